@@ -8,3 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+// pub mod controller;
+pub mod core;
+pub mod crdgen;
+pub mod telemetry;

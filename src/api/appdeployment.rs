@@ -247,9 +247,7 @@ pub enum OperationKind {
 }
 
 /// One applied object, enough to find and delete it again.
-#[derive(
-    Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InventoryEntry {
     pub api_version: String,

@@ -58,7 +58,5 @@ pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) -> bool {
 }
 
 pub fn condition_is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
+    conditions.iter().any(|c| c.type_ == type_ && c.status == "True")
 }

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "rb",
     category = "bosun",
-    printcolumn = r#"{"name":"Gates","type":"integer","jsonPath":".spec.gates[*].name","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[kube(derive = "Default", derive = "PartialEq")]
@@ -149,9 +148,7 @@ fn default_true() -> bool {
 impl RunbookSpec {
     pub fn verify_window(&self) -> Result<std::time::Duration, String> {
         match &self.verify_window {
-            Some(text) => {
-                super::parse_duration(text).map_err(|e| format!("spec.verifyWindow: {e}"))
-            }
+            Some(text) => super::parse_duration(text).map_err(|e| format!("spec.verifyWindow: {e}")),
             None => Ok(std::time::Duration::from_secs(60)),
         }
     }

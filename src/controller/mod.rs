@@ -1,0 +1,159 @@
+//! kube-runtime wiring: watches, the shared context, and the loop that turns each
+//! [`crate::core::Decision`] into API calls.
+
+mod error;
+mod events;
+mod reconcile;
+pub mod status;
+mod verify;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tracing::{info, warn};
+
+use crate::api::{AppDeployment, Runbook, RunbookKind};
+use crate::gates::http::HttpProber;
+use crate::source::GitCache;
+
+pub use error::Error;
+
+/// Settings of one controller process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where the shared Git clones live (one per repository URL).
+    pub cache_dir: PathBuf,
+    /// Requeue period while a revision is being verified (gates are probed on their own periods).
+    pub verify_tick: Duration,
+    /// Name of this controller instance in Events.
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cache_dir: std::env::temp_dir().join("bosun-git-cache"),
+            verify_tick: Duration::from_secs(1),
+            instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "bosun".into()),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub config: kube::Config,
+    pub git: GitCache,
+    pub recorder: Recorder,
+    pub prober: HttpProber,
+    pub settings: Settings,
+    /// Gate trackers of revisions being verified, keyed by `namespace/name`. In memory on
+    /// purpose: after a restart verification simply starts over for the same revision.
+    verifications: Mutex<HashMap<String, verify::Session>>,
+    /// When each app's applied revision was last re-applied (drift correction).
+    last_resync: Mutex<HashMap<String, Instant>>,
+    /// Clients impersonating `spec.serviceAccountName`, keyed by `namespace/name`.
+    impersonated: Mutex<HashMap<String, Client>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: kube::Config, settings: Settings) -> Result<Context, Error> {
+        let reporter = Reporter {
+            controller: "bosun".into(),
+            instance: Some(settings.instance.clone()),
+        };
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            git: GitCache::new(settings.cache_dir.clone()),
+            prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
+            client,
+            config,
+            settings,
+            verifications: Mutex::default(),
+            last_resync: Mutex::default(),
+            impersonated: Mutex::default(),
+        })
+    }
+
+    /// The client that applies an app's manifests: impersonating its ServiceAccount
+    /// when `spec.serviceAccountName` is set.
+    fn apply_client(&self, namespace: &str, service_account: Option<&str>) -> Result<Client, Error> {
+        let Some(service_account) = service_account else {
+            return Ok(self.client.clone());
+        };
+        let key = format!("{namespace}/{service_account}");
+        let mut cache = self.impersonated.lock().expect("impersonation cache poisoned");
+        if let Some(client) = cache.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut config = self.config.clone();
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{key}"));
+        let client =
+            Client::try_from(config).map_err(|e| Error::Internal(format!("impersonating client: {e}")))?;
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
+    let context = Arc::new(Context::new(client.clone(), config, settings)?);
+    let apps: Api<AppDeployment> = Api::all(client.clone());
+    let runbooks: Api<Runbook> = Api::all(client.clone());
+
+    // Fail early and clearly when the CRDs are not installed.
+    apps.list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(|e| {
+            Error::Internal(format!(
+                "cannot list AppDeployments (are the CRDs in crds/ installed?): {e}"
+            ))
+        })?;
+
+    info!("bosun controller started");
+    let app_store_watch = watcher::Config::default();
+    let controller = Controller::new(apps, app_store_watch);
+    let store = controller.store();
+    controller
+        .watches(runbooks, watcher::Config::default(), move |runbook| {
+            // A Runbook change re-verifies the apps that use it.
+            let namespace = runbook.namespace().unwrap_or_default();
+            let name = runbook.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|app| {
+                    app.namespace().as_deref() == Some(namespace.as_str())
+                        && app
+                            .spec
+                            .runbook_ref
+                            .as_ref()
+                            .is_some_and(|r| r.kind == RunbookKind::Runbook && r.name == name)
+                })
+                .map(|app| ObjectRef::from_obj(&*app))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+        })
+        .await;
+    info!("bosun controller stopped");
+    Ok(())
+}
+
+fn error_policy(app: Arc<AppDeployment>, error: &Error, _context: Arc<Context>) -> Action {
+    warn!(app = %format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()), %error, "will retry");
+    Action::requeue(Duration::from_secs(5))
+}

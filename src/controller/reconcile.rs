@@ -1,0 +1,806 @@
+//! The executor: gathers what [`decide`] needs, carries out its decision, and
+//! persists status before each step's side effects so a restart resumes the step.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::status::{self, now_rfc3339};
+use super::{Context, Error, events, verify};
+use crate::api::{
+    AppDeployment, AppDeploymentStatus, ClusterRunbook, FIELD_MANAGER, Operation, OperationKind, Phase,
+    Runbook, RunbookKind, RunbookSpec, parse_duration, short_revision,
+};
+use crate::apply::{Applier, ApplyPlan};
+use crate::core::{self, Decision, DesiredRevision, Verification};
+use crate::render::{self, Manifest};
+use crate::snapshot;
+use crate::source::Credentials;
+
+pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
+    let key = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+    let span = info_span!("reconcile", app = %key);
+    async move {
+        let mut run = Reconciliation::new(app, &context, key);
+        let action = run.run().await;
+        // Whatever happened, what was learned is written back.
+        run.save().await?;
+        action
+    }
+    .instrument(span)
+    .await
+}
+
+/// One pass over one AppDeployment.
+struct Reconciliation<'a> {
+    app: Arc<AppDeployment>,
+    context: &'a Context,
+    key: String,
+    namespace: String,
+    /// The status as last written; `status` is the working copy.
+    saved: AppDeploymentStatus,
+    status: AppDeploymentStatus,
+    generation: Option<i64>,
+}
+
+/// What a pass learned about the source before deciding.
+struct SourceView {
+    desired: DesiredRevision,
+    credentials: Option<Credentials>,
+}
+
+impl<'a> Reconciliation<'a> {
+    fn new(app: Arc<AppDeployment>, context: &'a Context, key: String) -> Self {
+        let status = app.status.clone().unwrap_or_default();
+        Reconciliation {
+            namespace: app.namespace().unwrap_or_default(),
+            generation: app.metadata.generation,
+            saved: status.clone(),
+            status,
+            app,
+            context,
+            key,
+        }
+    }
+
+    fn target_namespace(&self) -> String {
+        self.app
+            .spec
+            .target_namespace
+            .clone()
+            .unwrap_or_else(|| self.namespace.clone())
+    }
+
+    fn history_limit(&self) -> usize {
+        self.app.spec.revision_history_limit.unwrap_or(10) as usize
+    }
+
+    fn interval(&self) -> Duration {
+        self.app
+            .spec
+            .source
+            .git
+            .interval
+            .as_deref()
+            .and_then(|text| parse_duration(text).ok())
+            .unwrap_or(Duration::from_secs(60))
+            .max(Duration::from_secs(1))
+    }
+
+    async fn run(&mut self) -> Result<Action, Error> {
+        let runbook = self.load_runbook().await;
+        let source = self.observe_source().await;
+        let (runbook_spec, runbook_problem) = match runbook {
+            Ok(spec) => (spec, None),
+            Err(message) => (RunbookSpec::default(), Some(message)),
+        };
+        let spec_problem = runbook_problem.or_else(|| self.spec_problem());
+
+        let mut next = self.interval();
+        let verification = match self.status.operation.clone() {
+            Some(operation) if operation.applied_at.is_some() => {
+                let round = verify::run_round(
+                    self.context,
+                    &self.key,
+                    operation.kind,
+                    &operation.revision,
+                    &runbook_spec,
+                    &self.status.inventory,
+                    &self.target_namespace(),
+                )
+                .await;
+                let history_revision = operation
+                    .failed_revision
+                    .clone()
+                    .unwrap_or(operation.revision.clone());
+                let phase = self.status.phase;
+                status::update_history(
+                    &mut self.status,
+                    &history_revision,
+                    phase,
+                    None,
+                    Some(round.gates),
+                    false,
+                );
+                next = round.next;
+                round.outcome
+            }
+            _ => Verification::NotRun,
+        };
+
+        let decision = core::decide(&core::Input {
+            status: &self.status,
+            generation: self.generation,
+            suspended: self.app.spec.suspend,
+            automatic_rollback: runbook_spec.automatic_rollback(),
+            desired: source.desired.clone(),
+            verification,
+            spec_problem,
+        });
+        if decision != Decision::KeepVerifying && decision != Decision::Idle {
+            info!(?decision, "decided");
+        }
+        self.status.observed_generation = self.generation;
+
+        match decision {
+            Decision::Idle => {
+                self.resync_if_due().await?;
+                Ok(self.idle_action())
+            }
+            Decision::Suspend => {
+                status::set_phase(
+                    &mut self.status,
+                    Phase::Suspended,
+                    "spec.suspend is set",
+                    self.generation,
+                );
+                self.event(false, "Suspended", "spec.suspend is set: Git is not followed")
+                    .await;
+                Ok(Action::await_change())
+            }
+            Decision::BlockOnSpec { message } => {
+                if self.status.phase != Phase::Blocked || self.ready_message() != Some(message.as_str()) {
+                    status::set_phase(&mut self.status, Phase::Blocked, &message, self.generation);
+                    self.event(true, "Blocked", &message).await;
+                }
+                Ok(Action::requeue(self.interval()))
+            }
+            Decision::KeepVerifying => Ok(Action::requeue(next)),
+            Decision::Deploy { revision } => {
+                self.deploy(&revision, source.credentials.as_ref(), &runbook_spec)
+                    .await?;
+                Ok(Action::requeue(self.context.settings.verify_tick))
+            }
+            Decision::MarkHealthy { revision } => {
+                self.mark_healthy(&revision).await?;
+                Ok(Action::requeue(self.interval()))
+            }
+            Decision::RollBack {
+                failed_revision,
+                to,
+                message,
+            } => {
+                self.start_rollback(&failed_revision, &to, &message).await?;
+                self.apply_rollback(&to).await?;
+                Ok(Action::requeue(self.context.settings.verify_tick))
+            }
+            Decision::ResumeRollback { to } => {
+                self.apply_rollback(&to).await?;
+                Ok(Action::requeue(self.context.settings.verify_tick))
+            }
+            Decision::FinishRollback { to } => {
+                self.finish_rollback(&to).await;
+                Ok(Action::requeue(self.interval()))
+            }
+            Decision::Fail { revision, message } => {
+                self.fail(&revision, &message).await;
+                Ok(Action::requeue(self.interval()))
+            }
+            Decision::Adopt { revision } => {
+                status::set_phase(
+                    &mut self.status,
+                    Phase::Healthy,
+                    &format!("revision {} is running and healthy", short_revision(&revision)),
+                    self.generation,
+                );
+                self.event(
+                    false,
+                    "Healthy",
+                    &format!(
+                        "Git points at the running healthy revision {}",
+                        short_revision(&revision)
+                    ),
+                )
+                .await;
+                Ok(Action::requeue(self.interval()))
+            }
+        }
+    }
+
+    fn idle_action(&self) -> Action {
+        Action::requeue(self.interval())
+    }
+
+    fn ready_message(&self) -> Option<&str> {
+        self.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::api::condition::READY)
+            .map(|c| c.message.as_str())
+    }
+
+    /// Problems with the spec itself, found without any I/O.
+    fn spec_problem(&self) -> Option<String> {
+        let git = &self.app.spec.source.git;
+        if let Some(interval) = &git.interval
+            && let Err(e) = parse_duration(interval)
+        {
+            return Some(format!("spec.source.git.interval: {e}"));
+        }
+        if let Some(path) = &git.path
+            && let Err(e) = crate::source::validate_path(path)
+        {
+            return Some(e.to_string());
+        }
+        None
+    }
+
+    async fn load_runbook(&self) -> Result<RunbookSpec, String> {
+        let Some(reference) = &self.app.spec.runbook_ref else {
+            return Ok(RunbookSpec::default());
+        };
+        let found = match reference.kind {
+            RunbookKind::Runbook => {
+                let api: Api<Runbook> = Api::namespaced(self.context.client.clone(), &self.namespace);
+                api.get_opt(&reference.name).await.map(|r| r.map(|r| r.spec))
+            }
+            RunbookKind::ClusterRunbook => {
+                let api: Api<ClusterRunbook> = Api::all(self.context.client.clone());
+                api.get_opt(&reference.name)
+                    .await
+                    .map(|r| r.map(|r| r.spec.runbook))
+            }
+        };
+        let what = match reference.kind {
+            RunbookKind::Runbook => format!("Runbook {}/{}", self.namespace, reference.name),
+            RunbookKind::ClusterRunbook => format!("ClusterRunbook {}", reference.name),
+        };
+        match found {
+            Ok(Some(spec)) => {
+                spec.verify_window().map_err(|e| format!("{what}: {e}"))?;
+                Ok(spec)
+            }
+            Ok(None) => Err(format!("spec.runbookRef: {what} not found")),
+            Err(e) => Err(format!("spec.runbookRef: reading {what}: {e}")),
+        }
+    }
+
+    /// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
+    async fn observe_source(&mut self) -> SourceView {
+        if self.app.spec.suspend {
+            return SourceView {
+                desired: DesiredRevision::Unavailable,
+                credentials: None,
+            };
+        }
+        let credentials = match self.load_credentials().await {
+            Ok(credentials) => credentials,
+            Err(message) => {
+                self.source_failed("CredentialsInvalid", &message).await;
+                return SourceView {
+                    desired: DesiredRevision::Unavailable,
+                    credentials: None,
+                };
+            }
+        };
+        if let Some(pin) = &self.app.spec.pin {
+            let revision = pin.revision.clone();
+            self.status.desired_revision = Some(revision.clone());
+            return SourceView {
+                desired: DesiredRevision::Known {
+                    revision,
+                    pinned: true,
+                },
+                credentials,
+            };
+        }
+        if self.status.phase == Phase::Pending && self.status.desired_revision.is_none() {
+            status::set_phase(
+                &mut self.status,
+                Phase::Fetching,
+                "fetching the Git source",
+                self.generation,
+            );
+            let _ = self.save().await;
+        }
+        let git = &self.app.spec.source.git;
+        // While a revision is verified the loop runs every second: reuse the last
+        // fetch unless the interval has passed.
+        match self
+            .context
+            .git
+            .resolve(&git.url, &git.reference, credentials.as_ref(), self.interval())
+            .await
+        {
+            Ok(resolved) => {
+                let message = format!("{} at {}", resolved.reference, short_revision(&resolved.commit));
+                let changed = status::set_source_condition(
+                    &mut self.status,
+                    true,
+                    "Fetched",
+                    &message,
+                    self.generation,
+                );
+                if changed && self.status.desired_revision.as_deref() != Some(resolved.commit.as_str()) {
+                    info!(revision = %resolved.commit, "new Git tip");
+                }
+                self.status.desired_revision = Some(resolved.commit.clone());
+                SourceView {
+                    desired: DesiredRevision::Known {
+                        revision: resolved.commit,
+                        pinned: false,
+                    },
+                    credentials,
+                }
+            }
+            Err(error) => {
+                self.source_failed(error.reason(), &error.to_string()).await;
+                SourceView {
+                    desired: DesiredRevision::Unavailable,
+                    credentials,
+                }
+            }
+        }
+    }
+
+    async fn source_failed(&mut self, reason: &str, message: &str) {
+        let changed = status::set_source_condition(&mut self.status, false, reason, message, self.generation);
+        if changed {
+            warn!(reason, message, "source not ready");
+            self.event(true, reason, message).await;
+        }
+        if self.status.phase == Phase::Fetching {
+            status::set_phase(&mut self.status, Phase::Pending, message, self.generation);
+        }
+    }
+
+    async fn load_credentials(&self) -> Result<Option<Credentials>, String> {
+        let Some(secret_ref) = &self.app.spec.source.git.secret_ref else {
+            return Ok(None);
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.context.client.clone(), &self.namespace);
+        let secret = secrets
+            .get_opt(&secret_ref.name)
+            .await
+            .map_err(|e| {
+                format!(
+                    "spec.source.git.secretRef: reading Secret {}/{}: {e}",
+                    self.namespace, secret_ref.name
+                )
+            })?
+            .ok_or_else(|| {
+                format!(
+                    "spec.source.git.secretRef: Secret {}/{} not found",
+                    self.namespace, secret_ref.name
+                )
+            })?;
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect();
+        Credentials::from_secret_data(&secret_ref.name, &data).map_err(|e| e.to_string())
+    }
+
+    /// Render, record the operation, apply, snapshot, then start verifying.
+    async fn deploy(
+        &mut self,
+        revision: &str,
+        credentials: Option<&Credentials>,
+        runbook: &RunbookSpec,
+    ) -> Result<(), Error> {
+        let _ = runbook;
+        let short = short_revision(revision);
+        let resuming = matches!(&self.status.operation, Some(op) if op.kind == OperationKind::Deploy && op.revision == revision);
+        if !resuming {
+            if let Some(previous) = self.status.operation.clone() {
+                // A newer commit replaces a revision that never proved itself.
+                status::update_history(
+                    &mut self.status,
+                    &previous.revision,
+                    Phase::Failed,
+                    Some(&format!("superseded by {short}")),
+                    None,
+                    true,
+                );
+            }
+            let started_at = now_rfc3339();
+            self.status.operation = Some(Operation {
+                kind: OperationKind::Deploy,
+                revision: revision.to_string(),
+                failed_revision: None,
+                started_at: started_at.clone(),
+                applied_at: None,
+            });
+            status::open_history(
+                &mut self.status,
+                revision,
+                Phase::Applying,
+                &started_at,
+                self.history_limit(),
+            );
+            verify::forget(self.context, &self.key);
+        }
+        status::set_phase(
+            &mut self.status,
+            Phase::Applying,
+            &format!("applying revision {short}"),
+            self.generation,
+        );
+        self.save().await?;
+        if !resuming {
+            self.event(false, "Applying", &format!("applying revision {short}"))
+                .await;
+        }
+
+        let manifests = match self.render(revision, credentials).await {
+            Ok(manifests) => manifests,
+            Err(message) => {
+                self.block(revision, &message).await;
+                return Ok(());
+            }
+        };
+        // The snapshot is written before anything is applied: a rollback to this
+        // revision later never needs Git, and a crash after apply loses nothing.
+        snapshot::store(&self.context.client, &self.app, revision, &manifests).await?;
+
+        match self.apply(&manifests).await {
+            Ok(outcome) => {
+                self.status.inventory = outcome.inventory;
+                status::set_current_revision(&mut self.status, revision);
+                if let Some(operation) = &mut self.status.operation {
+                    operation.applied_at = Some(now_rfc3339());
+                }
+                let message = format!(
+                    "revision {short} applied ({} sent, {} unchanged, {} pruned); verifying",
+                    outcome.sent.len(),
+                    outcome.unchanged,
+                    outcome.pruned.len()
+                );
+                status::set_phase(&mut self.status, Phase::Verifying, &message, self.generation);
+                status::update_history(
+                    &mut self.status,
+                    revision,
+                    Phase::Verifying,
+                    Some(&message),
+                    None,
+                    false,
+                );
+                self.save().await?;
+                self.event(false, "Verifying", &message).await;
+            }
+            Err(error) if error.nothing_applied() => {
+                self.block(revision, &error.to_string()).await;
+            }
+            Err(error) => {
+                // Part of the revision may be live: treat like a failed gate.
+                let message = format!("apply failed: {error}");
+                let decision = core::failure_response(
+                    &core::Input {
+                        status: &self.status,
+                        generation: self.generation,
+                        suspended: false,
+                        automatic_rollback: runbook.automatic_rollback(),
+                        desired: DesiredRevision::Unavailable,
+                        verification: Verification::NotRun,
+                        spec_problem: None,
+                    },
+                    revision,
+                    &message,
+                );
+                match decision {
+                    Decision::RollBack {
+                        failed_revision,
+                        to,
+                        message,
+                    } => {
+                        self.start_rollback(&failed_revision, &to, &message).await?;
+                        self.apply_rollback(&to).await?;
+                    }
+                    Decision::Fail { revision, message } => self.fail(&revision, &message).await,
+                    _ => unreachable!("failure_response only rolls back or fails"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn render(
+        &self,
+        revision: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Vec<Manifest>, String> {
+        let git = &self.app.spec.source.git;
+        let files = self
+            .context
+            .git
+            .files(&git.url, revision, git.path.as_deref(), credentials)
+            .await
+            .map_err(|e| e.to_string())?;
+        if files.is_empty() {
+            return Err(format!(
+                "no *.yaml, *.yml or *.json files under {:?} at revision {}",
+                git.path.as_deref().unwrap_or("."),
+                short_revision(revision)
+            ));
+        }
+        render::render(&files).map_err(|e| e.to_string())
+    }
+
+    async fn apply(
+        &self,
+        manifests: &[Manifest],
+    ) -> Result<crate::apply::ApplyOutcome, crate::apply::ApplyError> {
+        let client = self
+            .context
+            .apply_client(&self.namespace, self.app.spec.service_account_name.as_deref())
+            .map_err(|e| crate::apply::ApplyError::client(e.to_string()))?;
+        let applier = Applier::new(client);
+        let target_namespace = self.target_namespace();
+        applier
+            .apply(ApplyPlan {
+                manifests,
+                default_namespace: &target_namespace,
+                owner: &self.key,
+                app_label: &format!("{}.{}", self.namespace, self.app.name_any()),
+                previous_inventory: &self.status.inventory,
+            })
+            .await
+    }
+
+    /// Nothing was applied: the revision waits for a new commit or a spec change.
+    async fn block(&mut self, revision: &str, message: &str) {
+        warn!(revision, message, "revision blocked");
+        self.status.operation = None;
+        status::update_history(
+            &mut self.status,
+            revision,
+            Phase::Blocked,
+            Some(message),
+            None,
+            true,
+        );
+        status::set_phase(&mut self.status, Phase::Blocked, message, self.generation);
+        self.event(
+            true,
+            "Blocked",
+            &format!("revision {}: {message}", short_revision(revision)),
+        )
+        .await;
+    }
+
+    async fn mark_healthy(&mut self, revision: &str) -> Result<(), Error> {
+        let short = short_revision(revision);
+        status::set_last_healthy_revision(&mut self.status, revision);
+        self.status.operation = None;
+        let message = format!("revision {short} passed every gate");
+        status::update_history(
+            &mut self.status,
+            revision,
+            Phase::Healthy,
+            Some(&message),
+            None,
+            true,
+        );
+        status::set_phase(&mut self.status, Phase::Healthy, &message, self.generation);
+        verify::forget(self.context, &self.key);
+        self.save().await?;
+        self.mark_resynced();
+        self.event(false, "Healthy", &message).await;
+        self.retain_snapshots().await;
+        Ok(())
+    }
+
+    /// Records the rollback before doing it: quarantine, history, operation.
+    async fn start_rollback(&mut self, failed_revision: &str, to: &str, message: &str) -> Result<(), Error> {
+        warn!(failed_revision, to, message, "rolling back");
+        status::quarantine(&mut self.status, failed_revision, message);
+        status::update_history(
+            &mut self.status,
+            failed_revision,
+            Phase::RollingBack,
+            Some(message),
+            None,
+            false,
+        );
+        status::set_gates_condition(&mut self.status, false, "GateFailed", message, self.generation);
+        self.status.operation = Some(Operation {
+            kind: OperationKind::Rollback,
+            revision: to.to_string(),
+            failed_revision: Some(failed_revision.to_string()),
+            started_at: now_rfc3339(),
+            applied_at: None,
+        });
+        let note = format!(
+            "revision {} failed ({message}); rolling back to {}",
+            short_revision(failed_revision),
+            short_revision(to)
+        );
+        status::set_phase(&mut self.status, Phase::RollingBack, &note, self.generation);
+        verify::forget(self.context, &self.key);
+        self.save().await?;
+        self.event(true, "RollingBack", &note).await;
+        Ok(())
+    }
+
+    /// Applies the last healthy snapshot: no Git involved.
+    async fn apply_rollback(&mut self, to: &str) -> Result<(), Error> {
+        let manifests = snapshot::load(&self.context.client, &self.app, to).await?;
+        match self.apply(&manifests).await {
+            Ok(outcome) => {
+                self.status.inventory = outcome.inventory;
+                status::set_current_revision(&mut self.status, to);
+                if let Some(operation) = &mut self.status.operation {
+                    operation.applied_at = Some(now_rfc3339());
+                }
+                self.save().await?;
+                info!(to, sent = outcome.sent.len(), "last healthy revision applied");
+                Ok(())
+            }
+            // Retried by the error policy; the operation in status keeps the intent.
+            Err(error) => Err(Error::Internal(format!(
+                "rollback to {}: {error}",
+                short_revision(to)
+            ))),
+        }
+    }
+
+    async fn finish_rollback(&mut self, to: &str) {
+        let failed = self
+            .status
+            .operation
+            .as_ref()
+            .and_then(|op| op.failed_revision.clone());
+        self.status.operation = None;
+        let message = match &failed {
+            Some(failed) => format!(
+                "rolled back from {} to last healthy revision {}",
+                short_revision(failed),
+                short_revision(to)
+            ),
+            None => format!("rolled back to last healthy revision {}", short_revision(to)),
+        };
+        if let Some(failed) = &failed {
+            status::update_history(&mut self.status, failed, Phase::RolledBack, None, None, true);
+        }
+        status::set_phase(&mut self.status, Phase::RolledBack, &message, self.generation);
+        verify::forget(self.context, &self.key);
+        self.mark_resynced();
+        self.event(true, "RolledBack", &message).await;
+    }
+
+    async fn fail(&mut self, revision: &str, message: &str) {
+        warn!(revision, message, "revision failed");
+        let failed_revision = self
+            .status
+            .operation
+            .as_ref()
+            .and_then(|op| op.failed_revision.clone())
+            .unwrap_or_else(|| revision.to_string());
+        self.status.operation = None;
+        status::quarantine(&mut self.status, &failed_revision, message);
+        status::update_history(
+            &mut self.status,
+            &failed_revision,
+            Phase::Failed,
+            Some(message),
+            None,
+            true,
+        );
+        status::set_gates_condition(&mut self.status, false, "GateFailed", message, self.generation);
+        status::set_phase(&mut self.status, Phase::Failed, message, self.generation);
+        verify::forget(self.context, &self.key);
+        self.event(
+            true,
+            "Failed",
+            &format!("revision {}: {message}", short_revision(&failed_revision)),
+        )
+        .await;
+    }
+
+    /// Drift correction for an app at rest: re-apply its current revision from the
+    /// snapshot once per interval. Unchanged objects are not sent, so an idle
+    /// resync writes nothing.
+    async fn resync_if_due(&mut self) -> Result<(), Error> {
+        if !matches!(self.status.phase, Phase::Healthy | Phase::RolledBack) {
+            return Ok(());
+        }
+        let Some(current) = self.status.current_revision.clone() else {
+            return Ok(());
+        };
+        let due = self
+            .context
+            .last_resync
+            .lock()
+            .expect("resync map poisoned")
+            .get(&self.key)
+            .is_none_or(|at| at.elapsed() >= self.interval());
+        if !due {
+            return Ok(());
+        }
+        self.mark_resynced();
+        let manifests = snapshot::load(&self.context.client, &self.app, &current).await?;
+        match self.apply(&manifests).await {
+            Ok(outcome) => {
+                if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {
+                    let message = format!(
+                        "corrected drift of revision {}: {} objects re-applied, {} pruned",
+                        short_revision(&current),
+                        outcome.sent.len(),
+                        outcome.pruned.len()
+                    );
+                    self.event(false, "DriftCorrected", &message).await;
+                }
+                self.status.inventory = outcome.inventory;
+            }
+            Err(error) => warn!(%error, "resync failed"),
+        }
+        Ok(())
+    }
+
+    fn mark_resynced(&self) {
+        self.context
+            .last_resync
+            .lock()
+            .expect("resync map poisoned")
+            .insert(self.key.clone(), Instant::now());
+    }
+
+    async fn retain_snapshots(&self) {
+        let mut keep: Vec<String> = self
+            .status
+            .history
+            .iter()
+            .filter(|entry| entry.phase == Phase::Healthy)
+            .map(|entry| entry.revision.clone())
+            .collect();
+        keep.extend(self.status.current_revision.clone());
+        keep.extend(self.status.last_healthy_revision.clone());
+        if let Err(error) = snapshot::retain(&self.context.client, &self.app, &keep).await {
+            warn!(%error, "could not delete old snapshots");
+        }
+    }
+
+    async fn event(&self, warning: bool, reason: &str, note: &str) {
+        events::publish(self.context, &self.app, warning, reason, note).await;
+    }
+
+    /// Writes the status when it changed (server-side apply on the status subresource).
+    async fn save(&mut self) -> Result<(), Error> {
+        if self.status == self.saved {
+            return Ok(());
+        }
+        let api: Api<AppDeployment> = Api::namespaced(self.context.client.clone(), &self.namespace);
+        let patch = json!({
+            "apiVersion": AppDeployment::api_version(&()),
+            "kind": AppDeployment::kind(&()),
+            "status": self.status,
+        });
+        api.patch_status(
+            &self.app.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+        self.saved = self.status.clone();
+        Ok(())
+    }
+}
