@@ -29,3 +29,33 @@ pub fn write_all(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Installs (server-side applies) every CRD and waits until each is established.
+pub async fn install(client: &kube::Client) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    use kube::{Api, ResourceExt};
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (file, crd) in crds() {
+        api.patch(&crd.name_any(), &PatchParams::apply(crate::api::FIELD_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .map_err(|e| anyhow::anyhow!("installing CRD {file}: {e}"))?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (file, crd) in crds() {
+        loop {
+            let live = api.get(&crd.name_any()).await?;
+            let established = live
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "CRD {file} not established after 30s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}

@@ -27,6 +27,19 @@ enum Command {
         #[arg(long, env = "BOSUN_LOG_JSON")]
         log_json: bool,
     },
+    /// Run the example end to end on a local control plane: a good commit becomes
+    /// Healthy, a bad one is flipped back by itself.
+    Demo {
+        /// Stop right after the story instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print figures measured on a local control plane: commit→Healthy, flip-back,
+    /// applying 50 objects.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Write the CRD manifests generated from the Rust types.
     Crds {
         /// Directory to write to.
@@ -49,6 +62,14 @@ async fn main() -> anyhow::Result<()> {
             }
             settings.verify_tick = Duration::from_secs(1);
             bosun::controller::run(client, config, settings).await?;
+        }
+        Command::Demo { no_wait } => {
+            bosun::telemetry::init(false);
+            bosun::demo::run(bosun::demo::DemoOptions { wait: !no_wait }).await?;
+        }
+        Command::Bench { runs } => {
+            bosun::telemetry::init(false);
+            bosun::bench::run(runs.max(1)).await?;
         }
         Command::Crds { out } => {
             bosun::crdgen::write_all(&out)?;

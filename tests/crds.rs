@@ -17,11 +17,23 @@ fn checked_in_crds_match_the_rust_types() {
 
 #[test]
 fn app_deployment_crd_has_status_short_names_and_columns() {
-    let (_, crd) = crds().into_iter().find(|(file, _)| *file == "appdeployments.yaml").unwrap();
+    let (_, crd) = crds()
+        .into_iter()
+        .find(|(file, _)| *file == "appdeployments.yaml")
+        .unwrap();
     let names = crd.spec.names.short_names.clone().unwrap_or_default();
-    assert!(names.contains(&"ad".to_string()) && names.contains(&"appdeploy".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"ad".to_string()) && names.contains(&"appdeploy".to_string()),
+        "{names:?}"
+    );
     let version = &crd.spec.versions[0];
-    assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some()
+    );
     let columns: Vec<String> = version
         .additional_printer_columns
         .iter()

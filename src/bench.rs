@@ -1,0 +1,179 @@
+//! `bosun bench`: figures measured on the local control plane, printed, never
+//! asserted. Commit → Healthy, flip-back (first failing probe → last healthy
+//! manifests applied → RolledBack), and applying 50 objects (first time, and
+//! unchanged, which must send nothing).
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+
+use crate::api::Phase;
+use crate::apply::{Applier, ApplyPlan};
+use crate::demo::DemoEnvironment;
+use crate::devenv::example::ExampleRevision;
+use crate::render::Manifest;
+
+pub async fn run(runs: usize) -> anyhow::Result<()> {
+    println!("bosun bench: {runs} runs each, on a local Kubernetes 1.20 control plane (2 shared cores; figures are noisy)");
+    let env = DemoEnvironment::start().await?;
+    println!("control plane start: {:.2}s", env.control_plane.startup_duration().as_secs_f64());
+    apply_fifty(&env, runs).await?;
+    revisions(&env, runs).await?;
+    Ok(())
+}
+
+fn summary(name: &str, samples: &[Duration]) {
+    let mut sorted: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    let mean = sorted.iter().sum::<f64>() / sorted.len().max(1) as f64;
+    println!(
+        "{name}: n={} min {:.3}s median {:.3}s mean {:.3}s max {:.3}s",
+        sorted.len(),
+        sorted.first().copied().unwrap_or_default(),
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default(),
+        mean,
+        sorted.last().copied().unwrap_or_default()
+    );
+}
+
+/// 20 ConfigMaps, 15 Deployments, 15 Services: the set `kubectl apply --server-side`
+/// was measured with.
+fn fifty_objects(generation: usize) -> Vec<Manifest> {
+    let mut objects = Vec::new();
+    for i in 0..20 {
+        objects.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("config-{i}")},
+            "data": {"key": format!("value-{i}-{generation}")}
+        }));
+    }
+    for i in 0..15 {
+        objects.push(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": format!("web-{i}")},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": format!("web-{i}")}},
+                "template": {"metadata": {"labels": {"app": format!("web-{i}")}},
+                    "spec": {"containers": [{"name": "web", "image": format!("example/web:{generation}"),
+                        "ports": [{"containerPort": 8080, "protocol": "TCP"}]}]}}}
+        }));
+        objects.push(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("web-{i}")},
+            "spec": {"selector": {"app": format!("web-{i}")}, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]}
+        }));
+    }
+    objects
+        .into_iter()
+        .enumerate()
+        .map(|(line, object)| Manifest { object, file: "bench.yaml".into(), line: line + 1 })
+        .collect()
+}
+
+async fn apply_fifty(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
+    let client = env.control_plane.client();
+    let applier = Applier::new(client.clone());
+    let mut first = Vec::new();
+    let mut unchanged = Vec::new();
+    let mut sent_unchanged = 0;
+    for run in 0..runs {
+        let namespace = format!("bench-{run}");
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .patch(&namespace, &kube::api::PatchParams::apply("bosun-bench"), &kube::api::Patch::Apply(&ns))
+            .await?;
+        let manifests = fifty_objects(run);
+        let started = Instant::now();
+        let outcome = applier
+            .apply(ApplyPlan {
+                manifests: &manifests,
+                default_namespace: &namespace,
+                owner: "bench/bench",
+                app_label: "bench.bench",
+                previous_inventory: &[],
+            })
+            .await?;
+        first.push(started.elapsed());
+        let started = Instant::now();
+        let again = applier
+            .apply(ApplyPlan {
+                manifests: &manifests,
+                default_namespace: &namespace,
+                owner: "bench/bench",
+                app_label: "bench.bench",
+                previous_inventory: &outcome.inventory,
+            })
+            .await?;
+        unchanged.push(started.elapsed());
+        sent_unchanged += again.sent.len();
+    }
+    summary("apply 50 objects (new)", &first);
+    summary("apply 50 objects (unchanged)", &unchanged);
+    println!("objects sent by the unchanged applies: {sent_unchanged}");
+    Ok(())
+}
+
+async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
+    let client = env.control_plane.client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "litevault");
+    let mut version = 1;
+    let mut last = env.commit(&ExampleRevision::good("0.1"), "bench start")?;
+    env.install_app_with("0s", "1s").await?;
+    let controller = env.start_controller();
+    wait_phase(env, Phase::Healthy, &last).await?;
+
+    let mut to_healthy = Vec::new();
+    let mut to_applied = Vec::new();
+    let mut to_rolled_back = Vec::new();
+    for _ in 0..runs {
+        version += 1;
+        let started = Instant::now();
+        last = env.commit(&ExampleRevision::good(&format!("{version}.0")), "good")?;
+        wait_phase(env, Phase::Healthy, &last).await?;
+        to_healthy.push(started.elapsed());
+
+        version += 1;
+        let healthy = last.clone();
+        let failures_before = env.health.counters().failures.load(Ordering::Relaxed);
+        env.commit(&ExampleRevision::unhealthy(&format!("{version}.0")), "unhealthy")?;
+        // The first failing probe answers once the unhealthy image is applied.
+        let first_failure = loop {
+            if env.health.counters().failures.load(Ordering::Relaxed) > failures_before {
+                break Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let good_image = format!("example/litevault-backend:{}.0", version - 1);
+        loop {
+            let image = deployments
+                .get("backend")
+                .await?
+                .spec
+                .and_then(|s| s.template.spec)
+                .and_then(|p| p.containers.into_iter().next())
+                .and_then(|c| c.image);
+            if image.as_deref() == Some(good_image.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        to_applied.push(first_failure.elapsed());
+        wait_phase(env, Phase::RolledBack, &healthy).await?;
+        to_rolled_back.push(first_failure.elapsed());
+    }
+    controller.abort();
+    summary("commit -> Healthy (interval 1s, verifyWindow 0s)", &to_healthy);
+    summary("flip-back: first failing probe -> last healthy manifests applied", &to_applied);
+    summary("flip-back: first failing probe -> RolledBack (rollout Ready, gates pass)", &to_rolled_back);
+    Ok(())
+}
+
+async fn wait_phase(env: &DemoEnvironment, phase: Phase, revision: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = env.app().await?.status.unwrap_or_default();
+        if status.phase == phase && status.current_revision.as_deref() == Some(revision) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no {phase} at {revision} after 120s (phase {})", status.phase);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,204 @@
+//! The example app of the demo and the tests, modelled on the LiteVault runbook:
+//! a FastAPI backend, an enrichment worker, a Service and a ConfigMap, plus a
+//! Runbook whose gate is "curl /health, expect {"status":"ok"}".
+
+/// One revision of the example app's manifests, as files for a Git repository.
+#[derive(Clone, Debug)]
+pub struct ExampleRevision {
+    /// Shown in the ConfigMap and in the image tags.
+    pub version: String,
+    pub backend_image: String,
+    pub worker_image: String,
+    /// Whether `deploy/config.yaml` (a ConfigMap) is part of the revision.
+    pub with_config_map: bool,
+}
+
+impl ExampleRevision {
+    pub fn good(version: &str) -> Self {
+        ExampleRevision {
+            version: version.into(),
+            backend_image: format!("example/litevault-backend:{version}"),
+            worker_image: format!("example/litevault-worker:{version}"),
+            with_config_map: true,
+        }
+    }
+
+    /// The backend starts but its /health answers `degraded`.
+    pub fn unhealthy(version: &str) -> Self {
+        ExampleRevision {
+            backend_image: format!("example/litevault-backend:{version}-unhealthy"),
+            ..Self::good(version)
+        }
+    }
+
+    /// The backend container crashes at start (CrashLoopBackOff).
+    pub fn crash_looping(version: &str) -> Self {
+        ExampleRevision {
+            backend_image: format!("example/litevault-backend:{version}-crashloop"),
+            ..Self::good(version)
+        }
+    }
+
+    /// `(path, contents)` of every manifest file, under `deploy/`.
+    pub fn files(&self) -> Vec<(String, String)> {
+        let mut files = vec![
+            ("deploy/backend.yaml".to_string(), self.backend()),
+            ("deploy/worker.yaml".to_string(), self.worker()),
+        ];
+        if self.with_config_map {
+            files.push(("deploy/config.yaml".to_string(), self.config_map()));
+        }
+        files
+    }
+
+    fn config_map(&self) -> String {
+        format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: litevault-config
+data:
+  ENV: production
+  AUTH_MODE: clerk
+  LLM_PROVIDER: litellm
+  LOG_LEVEL: WARNING
+  APP_VERSION: "{version}"
+"#,
+            version = self.version
+        )
+    }
+
+    fn backend(&self) -> String {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: backend
+  labels:
+    app: litevault
+    component: backend
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: litevault
+      component: backend
+  template:
+    metadata:
+      labels:
+        app: litevault
+        component: backend
+    spec:
+      containers:
+        - name: api
+          image: {image}
+          args: ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+          ports:
+            - containerPort: 8000
+          env:
+            - name: ENV
+              value: production
+            - name: AUTH_MODE
+              value: clerk
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: backend
+  labels:
+    app: litevault
+spec:
+  selector:
+    app: litevault
+    component: backend
+  ports:
+    - name: http
+      port: 8000
+      targetPort: 8000
+"#,
+            image = self.backend_image
+        )
+    }
+
+    fn worker(&self) -> String {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: worker
+  labels:
+    app: litevault
+    component: worker
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: litevault
+      component: worker
+  template:
+    metadata:
+      labels:
+        app: litevault
+        component: worker
+    spec:
+      containers:
+        - name: enrichment
+          image: {image}
+          args: ["python", "-m", "app.worker"]
+"#,
+            image = self.worker_image
+        )
+    }
+}
+
+/// The example Runbook: `GET <health_url>` must answer `{"status":"ok"}`; three
+/// failures in a row roll the app back.
+pub fn runbook_yaml(namespace: &str, name: &str, health_url: &str, verify_window: &str) -> String {
+    format!(
+        r#"apiVersion: bosun.dev/v1alpha1
+kind: Runbook
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  verifyWindow: {verify_window}
+  rollback:
+    automatic: true
+  gates:
+    - name: health
+      periodSeconds: 1
+      timeoutSeconds: 2
+      failureThreshold: 3
+      http:
+        url: {health_url}
+        expect:
+          status: [200]
+          json:
+            status: ok
+"#
+    )
+}
+
+/// The AppDeployment following `url` (manifests under `deploy/`).
+pub fn app_deployment_yaml(namespace: &str, name: &str, url: &str, runbook: Option<&str>, interval: &str) -> String {
+    let runbook_ref = runbook
+        .map(|runbook| format!("  runbookRef:\n    kind: Runbook\n    name: {runbook}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"apiVersion: bosun.dev/v1alpha1
+kind: AppDeployment
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  source:
+    git:
+      url: {url}
+      ref:
+        branch: main
+      path: deploy
+      interval: {interval}
+{runbook_ref}  revisionHistoryLimit: 10
+"#
+    )
+}

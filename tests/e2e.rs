@@ -1,0 +1,478 @@
+//! bosun end to end: a real control plane, a real Git server on loopback, a real
+//! HTTP health endpoint, and the `bosun` binary.
+
+mod support;
+
+use std::time::Duration;
+
+use bosun::api::{Phase, Verdict};
+use bosun::devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun::devenv::{HealthEndpoint, WorkRepo};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::Api;
+use kube::api::ListParams;
+use support::{Harness, status};
+
+const NS: &str = "shop";
+const APP: &str = "litevault";
+
+fn commit(repo: &WorkRepo, revision: &ExampleRevision, message: &str) -> String {
+    for stale in ["deploy/backend.yaml", "deploy/worker.yaml", "deploy/config.yaml"] {
+        if repo.path().join(stale).exists() {
+            repo.remove(stale).unwrap();
+        }
+    }
+    for (path, contents) in revision.files() {
+        repo.write(&path, &contents).unwrap();
+    }
+    repo.commit(message).unwrap()
+}
+
+async fn backend_image(harness: &Harness) -> String {
+    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
+    let deployment = api.get("backend").await.expect("backend Deployment");
+    deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap()
+}
+
+/// A namespace, a health endpoint, a Runbook and the AppDeployment on `repo`.
+async fn set_up_app(harness: &Harness, repo: &WorkRepo, verify_window: &str) -> HealthEndpoint {
+    harness.namespace(NS).await;
+    let health = HealthEndpoint::start(harness.client.clone(), NS, "backend")
+        .await
+        .unwrap();
+    harness
+        .apply_runbook(&runbook_yaml(NS, APP, &health.url(), verify_window))
+        .await;
+    harness
+        .apply_app(&app_deployment_yaml(
+            NS,
+            APP,
+            &harness.git.url(repo.name()),
+            Some(APP),
+            "2s",
+        ))
+        .await;
+    health
+}
+
+#[tokio::test]
+async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let first = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "2s").await;
+    harness.start_controller();
+
+    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &first).await;
+    let s = status(&app);
+    assert_eq!(s.last_healthy_revision.as_deref(), Some(first.as_str()));
+    assert_eq!(s.history.len(), 1);
+    assert_eq!(s.history[0].phase, Phase::Healthy);
+    assert!(
+        s.history[0]
+            .gates
+            .iter()
+            .any(|g| g.name == "health" && g.verdict == Verdict::Passed),
+        "{:?}",
+        s.history[0].gates
+    );
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(harness.client.clone(), NS);
+    assert!(config_maps.get_opt("litevault-config").await.unwrap().is_some());
+    // The healthy revision's manifests are kept in a Secret owned by the app.
+    let secrets: Api<Secret> = Api::namespaced(harness.client.clone(), NS);
+    let snapshots = secrets
+        .list(&ListParams::default().labels("bosun.dev/app"))
+        .await
+        .unwrap();
+    assert!(
+        snapshots.items.iter().any(|s| s
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| o[0].kind == "AppDeployment")),
+        "no snapshot Secret owned by the AppDeployment"
+    );
+
+    // An idle resync sends nothing: resourceVersions stay put across several intervals.
+    let deployments: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
+    let services: Api<Service> = Api::namespaced(harness.client.clone(), NS);
+    let before = (
+        deployments.get("worker").await.unwrap().metadata.resource_version,
+        services.get("backend").await.unwrap().metadata.resource_version,
+        config_maps
+            .get("litevault-config")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+    );
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = (
+        deployments.get("worker").await.unwrap().metadata.resource_version,
+        services.get("backend").await.unwrap().metadata.resource_version,
+        config_maps
+            .get("litevault-config")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+    );
+    assert_eq!(before, after, "an idle resync wrote to applied objects");
+
+    // Second commit drops the ConfigMap: it is pruned.
+    let second = commit(
+        &repo,
+        &ExampleRevision {
+            with_config_map: false,
+            ..ExampleRevision::good("1.1")
+        },
+        "v1.1",
+    );
+    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &second).await;
+    assert_eq!(status(&app).history.len(), 2);
+    assert!(
+        config_maps.get_opt("litevault-config").await.unwrap().is_none(),
+        "ConfigMap not pruned"
+    );
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.1");
+}
+
+#[tokio::test]
+async fn crash_looping_revision_is_rolled_back_quarantined_and_not_reapplied() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "2s").await;
+    harness.start_controller();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+
+    let bad = commit(&repo, &ExampleRevision::crash_looping("2.0"), "v2.0 crashes");
+    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
+    let s = status(&app);
+    assert_eq!(s.desired_revision.as_deref(), Some(bad.as_str()));
+    assert_eq!(s.last_healthy_revision.as_deref(), Some(good.as_str()));
+    assert_eq!(s.quarantined.len(), 1);
+    assert_eq!(s.quarantined[0].revision, bad);
+    assert!(
+        s.quarantined[0].reason.contains("CrashLoopBackOff"),
+        "{}",
+        s.quarantined[0].reason
+    );
+    let bad_entry = s
+        .history
+        .iter()
+        .find(|h| h.revision == bad)
+        .expect("history entry of the bad revision");
+    assert_eq!(bad_entry.phase, Phase::RolledBack);
+    assert!(
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "RolledBack" && c.status == "True")
+    );
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
+
+    // Several resyncs later the bad revision is still not applied again.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let app = harness.app(NS, APP).await;
+    let s = status(&app);
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert_eq!(s.history.iter().filter(|h| h.revision == bad).count(), 1);
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
+
+    // A new good commit proceeds normally.
+    let fixed = commit(&repo, &ExampleRevision::good("2.1"), "v2.1 fixed");
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &fixed).await;
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:2.1");
+}
+
+#[tokio::test]
+async fn failing_http_gate_rolls_back_after_failure_threshold() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let health = set_up_app(&harness, &repo, "3s").await;
+    harness.start_controller();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+    let failures_before = health
+        .counters()
+        .failures
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    let bad = commit(&repo, &ExampleRevision::unhealthy("2.0"), "v2.0 degraded");
+    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
+    let failures = health
+        .counters()
+        .failures
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - failures_before;
+    assert!(
+        failures >= 3,
+        "rolled back after {failures} failed probes, threshold is 3"
+    );
+    let s = status(&app);
+    let entry = s.history.iter().find(|h| h.revision == bad).unwrap();
+    assert_eq!(entry.phase, Phase::RolledBack);
+    let gate = entry
+        .gates
+        .iter()
+        .find(|g| g.name == "health")
+        .expect("health gate verdict");
+    assert_eq!(gate.verdict, Verdict::Failed);
+    assert!(
+        s.quarantined[0].reason.contains("gate health failed"),
+        "{}",
+        s.quarantined[0].reason
+    );
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
+}
+
+#[tokio::test]
+async fn bad_first_revision_fails_with_nothing_to_flip_to() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let bad = commit(&repo, &ExampleRevision::crash_looping("1.0"), "v1.0 crashes");
+    let _health = set_up_app(&harness, &repo, "2s").await;
+    harness.start_controller();
+    let app = harness.wait_for_phase(NS, APP, Phase::Failed, &bad).await;
+    let s = status(&app);
+    assert!(s.last_healthy_revision.is_none());
+    assert_eq!(s.quarantined[0].revision, bad);
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.contains("no healthy revision"), "{}", ready.message);
+    // Failed stays Failed across resyncs: no second attempt.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let app = harness.app(NS, APP).await;
+    assert_eq!(status(&app).phase, Phase::Failed);
+    assert_eq!(status(&app).history.len(), 1);
+}
+
+#[tokio::test]
+async fn controller_killed_while_verifying_and_while_rolling_back_finishes_once() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "6s").await;
+    harness.start_controller();
+
+    // Killed during Verifying: the restarted controller finishes the same revision.
+    harness
+        .wait_for(NS, APP, "Verifying", Duration::from_secs(60), |app| {
+            app.status.as_ref().is_some_and(|s| s.phase == Phase::Verifying)
+        })
+        .await;
+    harness.kill_controller();
+    harness.start_controller();
+    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+    assert_eq!(status(&app).history.len(), 1, "{:?}", status(&app).history);
+
+    // Killed during RollingBack: restarted, it completes the rollback exactly once.
+    let bad = commit(&repo, &ExampleRevision::crash_looping("2.0"), "v2.0 crashes");
+    harness
+        .wait_for(NS, APP, "RollingBack", Duration::from_secs(60), |app| {
+            app.status.as_ref().is_some_and(|s| s.phase == Phase::RollingBack)
+        })
+        .await;
+    harness.kill_controller();
+    harness.start_controller();
+    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
+    let s = status(&app);
+    assert_eq!(s.quarantined.len(), 1);
+    assert_eq!(s.history.iter().filter(|h| h.revision == bad).count(), 1);
+    assert_eq!(s.history.len(), 2);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let app = harness.app(NS, APP).await;
+    assert_eq!(status(&app).phase, Phase::RolledBack);
+    assert_eq!(status(&app).history.len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_yaml_blocks_with_file_and_line_and_applies_nothing() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    repo.write(
+        "deploy/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\ndata:\n  a: b\n",
+    )
+    .unwrap();
+    repo.write(
+        "deploy/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\n data: [\n",
+    )
+    .unwrap();
+    let broken = repo.commit("broken yaml").unwrap();
+    harness.namespace(NS).await;
+    harness
+        .apply_app(&app_deployment_yaml(
+            NS,
+            APP,
+            &harness.git.url(repo.name()),
+            None,
+            "2s",
+        ))
+        .await;
+    harness.start_controller();
+
+    let app = harness
+        .wait_for(NS, APP, "Blocked", Duration::from_secs(60), |app| {
+            app.status.as_ref().is_some_and(|s| s.phase == Phase::Blocked)
+        })
+        .await;
+    let s = status(&app);
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(
+        ready.message.contains("deploy/broken.yaml:5"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(s.history[0].revision, broken);
+    assert!(s.current_revision.is_none());
+    let config_maps: Api<ConfigMap> = Api::namespaced(harness.client.clone(), NS);
+    assert!(
+        config_maps.get_opt("fine").await.unwrap().is_none(),
+        "part of a blocked revision was applied"
+    );
+
+    // Fixing the file in a new commit unblocks.
+    repo.write(
+        "deploy/broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata: {}\n",
+    )
+    .unwrap();
+    let fixed = repo.commit("fixed").unwrap();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &fixed).await;
+    assert!(config_maps.get_opt("fine").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn paths_leaving_the_repository_are_rejected() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    repo.write(
+        "deploy/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fine\n",
+    )
+    .unwrap();
+    repo.symlink("escape", "../../..").unwrap();
+    repo.symlink("deploy/passwd.yaml", "/etc/passwd").unwrap();
+    repo.commit("links").unwrap();
+    harness.namespace(NS).await;
+    let url = harness.git.url(repo.name());
+
+    let dotdot = app_deployment_yaml(NS, "dotdot", &url, None, "2s").replace("path: deploy", "path: ../x");
+    harness.apply_app(&dotdot).await;
+    let symlinked_dir =
+        app_deployment_yaml(NS, "linkdir", &url, None, "2s").replace("path: deploy", "path: escape");
+    harness.apply_app(&symlinked_dir).await;
+    let symlinked_file = app_deployment_yaml(NS, "linkfile", &url, None, "2s");
+    harness.apply_app(&symlinked_file).await;
+    harness.start_controller();
+
+    for (name, expected) in [
+        ("dotdot", "spec.source.git.path"),
+        ("linkdir", "escape"),
+        ("linkfile", "deploy/passwd.yaml"),
+    ] {
+        let app = harness
+            .wait_for(NS, name, "Blocked", Duration::from_secs(60), |app| {
+                app.status.as_ref().is_some_and(|s| s.phase == Phase::Blocked)
+            })
+            .await;
+        let ready = status(&app)
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .message
+            .clone();
+        assert!(ready.contains(expected), "{name}: {ready}");
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(harness.client.clone(), NS);
+    assert!(config_maps.get_opt("fine").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn rollback_completes_from_the_snapshot_while_git_is_down() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "4s").await;
+    harness.start_controller();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+
+    let bad = commit(&repo, &ExampleRevision::unhealthy("2.0"), "v2.0 degraded");
+    harness
+        .wait_for(
+            NS,
+            APP,
+            "the bad revision applied",
+            Duration::from_secs(60),
+            |app| {
+                app.status
+                    .as_ref()
+                    .is_some_and(|s| s.current_revision.as_deref() == Some(bad.as_str()))
+            },
+        )
+        .await;
+    harness.git.stop();
+    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
+    assert_eq!(status(&app).quarantined[0].revision, bad);
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
+    let app = harness
+        .wait_for(NS, APP, "SourceReady=False", Duration::from_secs(30), |app| {
+            app.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "SourceReady" && c.status == "False")
+            })
+        })
+        .await;
+    assert_eq!(status(&app).phase, Phase::RolledBack);
+}
+
+#[tokio::test]
+async fn two_apps_on_one_repository_share_one_clone() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("mono");
+    repo.write(
+        "one/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: one\n",
+    )
+    .unwrap();
+    repo.write(
+        "two/config.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: two\n",
+    )
+    .unwrap();
+    let revision = repo.commit("two apps").unwrap();
+    harness.namespace(NS).await;
+    let url = harness.git.url(repo.name());
+    for name in ["one", "two"] {
+        let yaml =
+            app_deployment_yaml(NS, name, &url, None, "2s").replace("path: deploy", &format!("path: {name}"));
+        harness.apply_app(&yaml).await;
+    }
+    harness.start_controller();
+    for name in ["one", "two"] {
+        harness.wait_for_phase(NS, name, Phase::Healthy, &revision).await;
+    }
+    let clones: Vec<_> = std::fs::read_dir(&harness.cache_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert_eq!(
+        clones.len(),
+        1,
+        "expected one clone, found {:?}",
+        clones.iter().map(|e| e.path()).collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,212 @@
+//! Shared set-up of the end-to-end tests: a real control plane with the pod
+//! simulator, a `git daemon` on loopback, bosun's CRDs, and the real `bosun`
+//! binary run as a separate process (so a test can SIGKILL it).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bosun::api::{AppDeployment, Phase, Runbook};
+use bosun::devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, WorkRepo};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+
+pub struct Harness {
+    pub control_plane: ControlPlane,
+    pub client: Client,
+    pub git: GitServer,
+    pub dir: tempfile::TempDir,
+    pub cache_dir: PathBuf,
+    _pods: PodSimulator,
+    controller: Option<Child>,
+    controller_starts: u32,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("info,kube=warn")
+            .try_init();
+        let control_plane = ControlPlane::start(ControlPlaneOptions::default())
+            .await
+            .expect("control plane starts");
+        let client = control_plane.client();
+        let pods = PodSimulator::start(client.clone());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repos = dir.path().join("repos");
+        std::fs::create_dir_all(&repos).unwrap();
+        let git = GitServer::start(&repos).expect("git daemon starts");
+        install_crds(&client).await;
+        let cache_dir = dir.path().join("git-cache");
+        Harness {
+            control_plane,
+            client,
+            git,
+            dir,
+            cache_dir,
+            _pods: pods,
+            controller: None,
+            controller_starts: 0,
+        }
+    }
+
+    pub fn repo(&self, name: &str) -> WorkRepo {
+        WorkRepo::init(&self.dir.path().join("repos"), name).expect("work repo")
+    }
+
+    /// Starts `bosun controller` as a child process.
+    pub fn start_controller(&mut self) {
+        assert!(self.controller.is_none(), "controller already running");
+        self.controller_starts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller-{}.log", self.controller_starts));
+        let child = Command::new(env!("CARGO_BIN_EXE_bosun"))
+            .arg("controller")
+            .env("KUBECONFIG", self.control_plane.kubeconfig_path())
+            .env("BOSUN_CACHE_DIR", &self.cache_dir)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
+            .spawn()
+            .expect("bosun controller starts");
+        self.controller = Some(child);
+    }
+
+    /// SIGKILL: the controller gets no chance to clean up.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut child) = self.controller.take() {
+            child.kill().expect("SIGKILL controller");
+            child.wait().ok();
+        }
+    }
+
+    /// The controller's log so far (all runs), for failure messages.
+    pub fn controller_log(&self) -> String {
+        let mut text = String::new();
+        for run in 1..=self.controller_starts {
+            let path = self.dir.path().join(format!("controller-{run}.err.log"));
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            text.push_str(&format!("--- controller run {run} (last lines)\n"));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    pub async fn namespace(&self, name: &str) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap();
+        api.patch(name, &PatchParams::apply("bosun-test"), &Patch::Apply(&ns))
+            .await
+            .expect("namespace");
+    }
+
+    pub async fn apply_app(&self, yaml: &str) {
+        let app: AppDeployment = serde_saphyr::from_str(yaml).expect("AppDeployment YAML");
+        let api: Api<AppDeployment> = Api::namespaced(self.client.clone(), &app.namespace().unwrap());
+        api.patch(
+            &app.name_any(),
+            &PatchParams::apply("bosun-test").force(),
+            &Patch::Apply(&app),
+        )
+        .await
+        .expect("apply AppDeployment");
+    }
+
+    pub async fn apply_runbook(&self, yaml: &str) {
+        let runbook: Runbook = serde_saphyr::from_str(yaml).expect("Runbook YAML");
+        let api: Api<Runbook> = Api::namespaced(self.client.clone(), &runbook.namespace().unwrap());
+        api.patch(
+            &runbook.name_any(),
+            &PatchParams::apply("bosun-test").force(),
+            &Patch::Apply(&runbook),
+        )
+        .await
+        .expect("apply Runbook");
+    }
+
+    pub async fn app(&self, namespace: &str, name: &str) -> AppDeployment {
+        let api: Api<AppDeployment> = Api::namespaced(self.client.clone(), namespace);
+        api.get(name).await.expect("get AppDeployment")
+    }
+
+    /// Polls the AppDeployment until `done` holds; panics with its status and the
+    /// controller log after `timeout`.
+    pub async fn wait_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&AppDeployment) -> bool,
+    ) -> AppDeployment {
+        let api: Api<AppDeployment> = Api::namespaced(self.client.clone(), namespace);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(app) = api.get(name).await
+                && done(&app)
+            {
+                return app;
+            }
+            if Instant::now() > deadline {
+                let status = api.get(name).await.ok().and_then(|a| a.status);
+                panic!(
+                    "timed out waiting for {what} on {namespace}/{name}\nstatus: {}\n{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                    self.controller_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_for_phase(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: Phase,
+        revision: &str,
+    ) -> AppDeployment {
+        self.wait_for(
+            namespace,
+            name,
+            &format!("phase {phase} at {revision}"),
+            Duration::from_secs(120),
+            |app| {
+                app.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == phase && s.current_revision.as_deref() == Some(revision))
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.kill_controller();
+    }
+}
+
+/// Installs bosun's CRDs (identical to `crds/`, which `tests/crds.rs` checks).
+pub async fn install_crds(client: &Client) {
+    bosun::crdgen::install(client)
+        .await
+        .expect("CRDs installed and established");
+}
+
+pub fn status(app: &AppDeployment) -> &bosun::api::AppDeploymentStatus {
+    app.status.as_ref().expect("status")
+}
