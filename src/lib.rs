@@ -8,3 +8,5 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod render;
+pub mod source;
