@@ -1,0 +1,722 @@
+//! Against real repositories made by the `git` CLI, fetched over `file://` and,
+//! in one test, `git://` from a `git daemon` on loopback.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::api::GitRef;
+
+const LONG: Duration = Duration::from_secs(3600);
+
+/// A work repository on disk, driven by the git CLI.
+struct TestRepo {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl TestRepo {
+    fn new() -> TestRepo {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app");
+        std::fs::create_dir(&path).unwrap();
+        let repo = TestRepo { _dir: dir, path };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let output = Command::new("git")
+            .args([
+                "-c",
+                "core.symlinks=true",
+                "-c",
+                "commit.gpgsign=false",
+                "-c",
+                "tag.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(&self.path)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com")
+            .output()
+            .expect("git runs");
+        assert!(
+            output.status.success(),
+            "git {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    }
+
+    fn write(&self, file: &str, content: &str) {
+        let path = self.path.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    fn symlink(&self, link: &str, target: &str) {
+        let path = self.path.join(link);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
+    }
+
+    /// Commits everything in the work tree; returns the full commit id.
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+}
+
+fn cache() -> (tempfile::TempDir, GitCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = GitCache::new(dir.path().join("git"));
+    (dir, cache)
+}
+
+fn branch(name: &str) -> GitRef {
+    GitRef {
+        branch: Some(name.into()),
+        ..GitRef::default()
+    }
+}
+
+fn tag(name: &str) -> GitRef {
+    GitRef {
+        tag: Some(name.into()),
+        ..GitRef::default()
+    }
+}
+
+fn paths(files: &[SourceFile]) -> Vec<&str> {
+    files.iter().map(|f| f.path.as_str()).collect()
+}
+
+fn clone_dirs(root: &Path) -> usize {
+    std::fs::read_dir(root).map_or(0, |entries| entries.count())
+}
+
+#[tokio::test]
+async fn resolves_branch_tag_commit_and_semver() {
+    let repo = TestRepo::new();
+    repo.write("deploy/app.yaml", "v: 1\n");
+    let first = repo.commit("first");
+    repo.git(&["tag", "v1.0.0"]);
+    repo.write("deploy/app.yaml", "v: 2\n");
+    let second = repo.commit("second");
+    repo.git(&["tag", "-a", "v1.2.0", "-m", "annotated"]);
+    repo.git(&["branch", "release"]);
+    repo.write("deploy/app.yaml", "v: 3\n");
+    let third = repo.commit("third");
+    repo.git(&["tag", "v2.0.0"]);
+    repo.git(&["tag", "not-a-version"]);
+
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    let resolve = |reference: GitRef| {
+        let cache = cache.clone();
+        let url = url.clone();
+        async move { cache.resolve(&url, &reference, None, LONG).await }
+    };
+
+    let main = resolve(GitRef::default()).await.unwrap();
+    assert_eq!(
+        main,
+        Resolved {
+            commit: third.clone(),
+            reference: "branch main".into()
+        }
+    );
+    assert_eq!(resolve(branch("release")).await.unwrap().commit, second);
+    let lightweight = resolve(tag("v1.0.0")).await.unwrap();
+    assert_eq!(
+        (lightweight.commit.as_str(), lightweight.reference.as_str()),
+        (first.as_str(), "tag v1.0.0")
+    );
+    assert_eq!(
+        resolve(tag("v1.2.0")).await.unwrap().commit,
+        second,
+        "annotated tag peels to its commit"
+    );
+    let semver = resolve(GitRef {
+        semver: Some("^1".into()),
+        ..GitRef::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(semver.commit, second);
+    assert_eq!(semver.reference, "tag v1.2.0 (semver ^1)");
+    let latest = resolve(GitRef {
+        semver: Some(">=1".into()),
+        ..GitRef::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(latest.commit, third);
+    let by_prefix = resolve(GitRef {
+        commit: Some(first[..7].to_string()),
+        ..GitRef::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(by_prefix.commit, first);
+    assert_eq!(by_prefix.reference, format!("commit {}", &first[..7]));
+    let full = resolve(GitRef {
+        commit: Some(second.clone()),
+        ..GitRef::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(full.commit, second);
+
+    assert_eq!(cache.clone_count(), 1);
+    assert_eq!(
+        cache.fetch_count(),
+        1,
+        "one fetch serves every lookup within max_age"
+    );
+}
+
+#[tokio::test]
+async fn missing_refs_are_ref_not_found() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    repo.commit("first");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    for reference in [
+        branch("nope"),
+        tag("v9"),
+        GitRef {
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            ..GitRef::default()
+        },
+        GitRef {
+            semver: Some(">=5".into()),
+            ..GitRef::default()
+        },
+    ] {
+        let err = cache
+            .resolve(&url, &reference, None, LONG)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "RefNotFound", "{reference:?}: {err}");
+        assert!(err.to_string().contains(&url), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_ref_spec_is_rejected_before_any_fetch() {
+    let (_dir, cache) = cache();
+    let both = GitRef {
+        branch: Some("main".into()),
+        tag: Some("v1".into()),
+        ..GitRef::default()
+    };
+    let err = cache
+        .resolve("file:///nonexistent", &both, None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    assert!(err.to_string().contains("spec.source.git.ref"), "{err}");
+    assert_eq!(cache.fetch_count(), 0);
+}
+
+#[tokio::test]
+async fn second_commit_is_fetched_incrementally_into_the_same_clone() {
+    let repo = TestRepo::new();
+    repo.write("deploy/app.yaml", "v: 1\n");
+    let first = repo.commit("first");
+    let (dir, cache) = cache();
+    let url = repo.url();
+
+    assert_eq!(
+        cache
+            .resolve(&url, &GitRef::default(), None, LONG)
+            .await
+            .unwrap()
+            .commit,
+        first
+    );
+    assert_eq!((cache.clone_count(), cache.fetch_count()), (1, 1));
+
+    repo.write("deploy/app.yaml", "v: 2\n");
+    let second = repo.commit("second");
+    // Within max_age: the cached answer, no fetch.
+    assert_eq!(
+        cache
+            .resolve(&url, &GitRef::default(), None, LONG)
+            .await
+            .unwrap()
+            .commit,
+        first
+    );
+    assert_eq!(cache.fetch_count(), 1);
+    // Stale: fetched again into the same clone.
+    let resolved = cache
+        .resolve(&url, &GitRef::default(), None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(resolved.commit, second);
+    assert_eq!((cache.clone_count(), cache.fetch_count()), (1, 2));
+    assert_eq!(clone_dirs(&dir.path().join("git")), 1);
+
+    let files = cache
+        .files(&url, &second, Some("deploy"), None)
+        .await
+        .unwrap();
+    assert_eq!(files[0].content, b"v: 2\n");
+    let old = cache
+        .files(&url, &first, Some("deploy"), None)
+        .await
+        .unwrap();
+    assert_eq!(old[0].content, b"v: 1\n");
+    assert_eq!(
+        cache.fetch_count(),
+        2,
+        "cached commits are read without fetching"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resolves_of_one_url_share_one_clone_and_one_fetch() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    let head = repo.commit("first");
+    let (dir, cache) = cache();
+    let url = repo.url();
+    let tasks: Vec<_> = [GitRef::default(), branch("main")]
+        .into_iter()
+        .map(|reference| {
+            let (cache, url) = (cache.clone(), url.clone());
+            tokio::spawn(async move { cache.resolve(&url, &reference, None, LONG).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap().unwrap().commit, head);
+    }
+    assert_eq!(cache.clone_count(), 1);
+    assert_eq!(cache.fetch_count(), 1);
+    assert_eq!(clone_dirs(&dir.path().join("git")), 1);
+    // Another spelling of the same URL uses the same clone.
+    let other_spelling = format!("{url}/");
+    cache
+        .resolve(&other_spelling, &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert_eq!(clone_dirs(&dir.path().join("git")), 1);
+    assert_eq!(
+        cache.repo_dir(&url).unwrap(),
+        cache.repo_dir(&other_spelling).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_clone_survives_a_restart_of_the_cache() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    let head = repo.commit("first");
+    let (dir, cache) = cache();
+    cache
+        .resolve(&repo.url(), &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    let restarted = GitCache::new(dir.path().join("git"));
+    assert_eq!(
+        restarted
+            .resolve(&repo.url(), &GitRef::default(), None, LONG)
+            .await
+            .unwrap()
+            .commit,
+        head
+    );
+    assert_eq!(
+        restarted.clone_count(),
+        0,
+        "the existing bare clone is reused"
+    );
+    assert_eq!(restarted.fetch_count(), 1);
+}
+
+#[tokio::test]
+async fn deleted_branch_is_pruned() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    repo.commit("first");
+    repo.git(&["branch", "feature"]);
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    cache
+        .resolve(&url, &branch("feature"), None, LONG)
+        .await
+        .unwrap();
+    repo.git(&["branch", "-D", "feature"]);
+    let err = cache
+        .resolve(&url, &branch("feature"), None, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "RefNotFound", "{err}");
+}
+
+#[tokio::test]
+async fn other_credentials_must_fetch_themselves() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    let head = repo.commit("first");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    let data: BTreeMap<String, Vec<u8>> = [("token".to_string(), b"t0ken".to_vec())].into();
+    let creds = Credentials::from_secret_data("git-token", &data).unwrap();
+    cache
+        .resolve(&url, &GitRef::default(), Some(&creds), LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.fetch_count(),
+        2,
+        "a cached clone is not proof of access for other credentials"
+    );
+    cache.files(&url, &head, None, Some(&creds)).await.unwrap();
+    cache
+        .resolve(&url, &GitRef::default(), Some(&creds), LONG)
+        .await
+        .unwrap();
+    assert_eq!(cache.fetch_count(), 2);
+    assert_eq!(cache.clone_count(), 1);
+}
+
+#[tokio::test]
+async fn files_reads_manifests_recursively_sorted_from_the_commit_tree() {
+    let repo = TestRepo::new();
+    repo.write("deploy/b.yaml", "b\n");
+    repo.write("deploy/a.yml", "a\n");
+    repo.write("deploy/nested/c.json", "{}\n");
+    repo.write("deploy/README.md", "docs\n");
+    repo.write("deploy/script.sh", "echo\n");
+    repo.write("other/x.yaml", "x\n");
+    let head = repo.commit("first");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+
+    let files = cache
+        .files(&url, &head, Some("deploy"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        paths(&files),
+        ["deploy/a.yml", "deploy/b.yaml", "deploy/nested/c.json"]
+    );
+    assert_eq!(files[1].content, b"b\n");
+    assert_eq!(
+        cache.fetch_count(),
+        1,
+        "a fresh cache fetches once for files()"
+    );
+
+    let all = cache.files(&url, &head, None, None).await.unwrap();
+    assert_eq!(
+        paths(&all),
+        [
+            "deploy/a.yml",
+            "deploy/b.yaml",
+            "deploy/nested/c.json",
+            "other/x.yaml"
+        ]
+    );
+    let dotted = cache
+        .files(&url, &head, Some("./deploy/nested/"), None)
+        .await
+        .unwrap();
+    assert_eq!(paths(&dotted), ["deploy/nested/c.json"]);
+
+    let err = cache
+        .files(&url, &head, Some("missing"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidPath", "{err}");
+    let err = cache
+        .files(&url, &head, Some("deploy/b.yaml"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidPath", "{err}");
+}
+
+#[tokio::test]
+async fn path_outside_the_repository_is_rejected() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a\n");
+    let head = repo.commit("first");
+    let (_dir, cache) = cache();
+    for bad in ["../x", "/etc", "deploy/../../x"] {
+        let err = cache
+            .files(&repo.url(), &head, Some(bad), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "InvalidPath", "{bad}: {err}");
+        assert!(err.to_string().contains("spec.source.git.path"), "{err}");
+    }
+    assert_eq!(cache.fetch_count(), 0, "rejected before any fetch");
+}
+
+#[tokio::test]
+async fn symlinks_leaving_the_repository_are_rejected() {
+    let repo = TestRepo::new();
+    repo.write("app/ok.yaml", "ok\n");
+    repo.symlink("deploy", "../../outside");
+    repo.symlink("app/passwd.yaml", "/etc/passwd");
+    repo.symlink("nested/dir/up", "../../../..");
+    let head = repo.commit("links");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+
+    let err = cache
+        .files(&url, &head, Some("deploy"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "SymlinkOutsideRepository", "{err}");
+    let message = err.to_string();
+    assert!(message.contains("deploy -> ../../outside"), "{message}");
+
+    let err = cache
+        .files(&url, &head, Some("app"), None)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("app/passwd.yaml -> /etc/passwd"),
+        "{message}"
+    );
+
+    let err = cache
+        .files(&url, &head, Some("nested"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("nested/dir/up -> ../../../.."),
+        "{err}"
+    );
+
+    // Walking the whole repository meets the same links.
+    let err = cache.files(&url, &head, None, None).await.unwrap_err();
+    assert_eq!(err.reason(), "SymlinkOutsideRepository", "{err}");
+}
+
+#[tokio::test]
+async fn symlinks_inside_the_repository_are_followed() {
+    let repo = TestRepo::new();
+    repo.write("releases/v2/app.yaml", "v2\n");
+    repo.write("shared/cm.yaml", "shared\n");
+    repo.symlink("current", "releases/v2");
+    repo.symlink("app/cm.yaml", "../shared/cm.yaml");
+    repo.symlink("app/sub", "../releases/./v2/");
+    repo.symlink("app/notes", "../no/such/file");
+    let head = repo.commit("links");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+
+    let current = cache
+        .files(&url, &head, Some("current"), None)
+        .await
+        .unwrap();
+    assert_eq!(paths(&current), ["current/app.yaml"]);
+    assert_eq!(current[0].content, b"v2\n");
+
+    let app = cache.files(&url, &head, Some("app"), None).await.unwrap();
+    assert_eq!(paths(&app), ["app/cm.yaml", "app/sub/app.yaml"]);
+    assert_eq!(app[0].content, b"shared\n");
+}
+
+#[tokio::test]
+async fn symlink_loops_are_errors_not_hangs() {
+    let repo = TestRepo::new();
+    repo.write("deploy/a.yaml", "a\n");
+    repo.symlink("deploy/self", ".");
+    repo.symlink("loop/a", "b");
+    repo.symlink("loop/b", "a");
+    let head = repo.commit("loops");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    let err = cache
+        .files(&url, &head, Some("deploy"), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deploy/self"), "{err}");
+    let err = cache
+        .files(&url, &head, Some("loop/a"), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("loop"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_commit_is_an_error() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a\n");
+    repo.commit("first");
+    let (_dir, cache) = cache();
+    let err = cache
+        .files(
+            &repo.url(),
+            "0123456789abcdef0123456789abcdef01234567",
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "RefNotFound", "{err}");
+    assert_eq!(cache.fetch_count(), 1, "fetched once looking for it");
+}
+
+#[tokio::test]
+async fn ssh_without_known_hosts_is_refused_before_connecting() {
+    let (_dir, cache) = cache();
+    let err = cache
+        .resolve(
+            "git@github.com:acme/shop.git",
+            &GitRef::default(),
+            None,
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidSpec");
+    assert!(err.to_string().contains("known_hosts"), "{err}");
+    let data: BTreeMap<String, Vec<u8>> = [("token".to_string(), b"t".to_vec())].into();
+    let token = Credentials::from_secret_data("tok", &data).unwrap();
+    let err = cache
+        .resolve(
+            "ssh://git@github.com/acme/shop.git",
+            &GitRef::default(),
+            Some(&token),
+            LONG,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "InvalidCredentials", "{err}");
+    assert_eq!(cache.fetch_count(), 0);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_fetch_error_without_the_password() {
+    let (_dir, cache) = cache();
+    let url = format!("http://bot:s3cret-pw@127.0.0.1:{}/app.git", free_port());
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "FetchFailed", "{err}");
+    assert!(err.is_transient());
+    assert!(!err.to_string().contains("s3cret-pw"), "{err}");
+    assert!(err.to_string().contains("http://bot@127.0.0.1"), "{err}");
+}
+
+/// `git daemon` serving a directory on a loopback port; killed when dropped.
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> GitDaemon {
+        let port = free_port();
+        // Run git-daemon itself: `git daemon` would fork it as a child that outlives
+        // a kill of the `git` wrapper.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git runs");
+        let exec_path = PathBuf::from(String::from_utf8(exec_path.stdout).unwrap().trim());
+        let child = Command::new(exec_path.join("git-daemon"))
+            .args(["--reuseaddr", "--export-all"])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(format!("--port={port}"))
+            .arg("--listen=127.0.0.1")
+            .arg(base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        let daemon = GitDaemon { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "git daemon did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn git_daemon_stopped_fetch_fails_but_cached_commit_is_still_readable() {
+    let repo = TestRepo::new();
+    repo.write("deploy/app.yaml", "kind: x\n");
+    let head = repo.commit("first");
+    let base = repo.path.parent().unwrap().to_path_buf();
+    let mut daemon = GitDaemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/app", daemon.port);
+    let (_dir, cache) = cache();
+
+    let resolved = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert_eq!(resolved.commit, head);
+    let files = cache
+        .files(&url, &head, Some("deploy"), None)
+        .await
+        .unwrap();
+    assert_eq!(paths(&files), ["deploy/app.yaml"]);
+
+    daemon.stop();
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "FetchFailed", "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+
+    let files = cache
+        .files(&url, &head, Some("deploy"), None)
+        .await
+        .unwrap();
+    assert_eq!(files[0].content, b"kind: x\n");
+    assert_eq!(cache.fetch_count(), 2);
+}
