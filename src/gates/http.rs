@@ -72,12 +72,7 @@ impl HttpProber {
     /// goes wrong (bad URL, refused connection, timeout, unexpected answer) is a failed
     /// probe whose message says what. Request headers are never echoed (they may
     /// carry tokens), nor URL credentials.
-    pub async fn probe(
-        &self,
-        gate: &HttpGate,
-        timeout: Duration,
-        target_namespace: &str,
-    ) -> ProbeOutcome {
+    pub async fn probe(&self, gate: &HttpGate, timeout: Duration, target_namespace: &str) -> ProbeOutcome {
         let url = match probe_url(gate, target_namespace) {
             Ok(url) => url,
             Err(problem) => return ProbeOutcome::failed(problem),
@@ -92,9 +87,7 @@ impl HttpProber {
         let method = match Method::from_bytes(method_name.as_bytes()) {
             Ok(method) => method,
             Err(_) => {
-                return ProbeOutcome::failed(format!(
-                    "method {method_name:?} is not an HTTP method"
-                ));
+                return ProbeOutcome::failed(format!("method {method_name:?} is not an HTTP method"));
             }
         };
         let headers = match request_headers(gate) {
@@ -120,9 +113,7 @@ impl HttpProber {
             Ok::<_, reqwest::Error>((status, headers, body))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => {
-                ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout)))
-            }
+            Err(_) => ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout))),
             Ok(Err(error)) if error.is_timeout() => {
                 ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout)))
             }
@@ -158,8 +149,7 @@ pub fn probe_url(gate: &HttpGate, target_namespace: &str) -> Result<Url, String>
         }
         (None, None) => return Err("http gate names neither url nor service".into()),
     };
-    let url =
-        Url::parse(&text).map_err(|e| format!("URL {:?} is not valid: {e}", redact(&text)))?;
+    let url = Url::parse(&text).map_err(|e| format!("URL {:?} is not valid: {e}", redact(&text)))?;
     match url.scheme() {
         "http" | "https" => Ok(url),
         other => Err(format!("URL scheme {other:?}: expected http or https")),
@@ -170,11 +160,7 @@ fn join_path(base: &str, path: &str) -> String {
     if path.is_empty() {
         return base.to_string();
     }
-    format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
 }
 
 fn request_headers(gate: &HttpGate) -> Result<HeaderMap, String> {
@@ -307,8 +293,7 @@ pub fn json_matches(expected: &Value, actual: &Value) -> bool {
     match (expected, actual) {
         (Value::Number(e), Value::Number(a)) => numbers_equal(e, a),
         (Value::String(e), Value::String(a)) => e == a,
-        (Value::String(text), Value::Number(number))
-        | (Value::Number(number), Value::String(text)) => text
+        (Value::String(text), Value::Number(number)) | (Value::Number(number), Value::String(text)) => text
             .trim()
             .parse::<serde_json::Number>()
             .is_ok_and(|parsed| numbers_equal(&parsed, number)),
@@ -387,5 +372,283 @@ fn truncate(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn expect(yaml: &str) -> HttpExpect {
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn gate(yaml: &str) -> HttpGate {
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
+    }
+
+    #[test]
+    fn default_status_is_any_2xx() {
+        let none = HttpExpect::default();
+        assert_eq!(evaluate_response(&none, 200, &HeaderMap::new(), b""), Ok(()));
+        assert_eq!(evaluate_response(&none, 204, &HeaderMap::new(), b""), Ok(()));
+        assert_eq!(
+            evaluate_response(&none, 503, &HeaderMap::new(), b"down"),
+            Err("status 503, expected 2xx (body: down)".into())
+        );
+        assert_eq!(
+            evaluate_response(&none, 302, &HeaderMap::new(), b""),
+            Err("status 302, expected 2xx (empty body)".into())
+        );
+    }
+
+    #[test]
+    fn listed_statuses_only() {
+        let listed = expect("status: [200, 401]");
+        assert_eq!(evaluate_response(&listed, 401, &HeaderMap::new(), b""), Ok(()));
+        assert_eq!(
+            evaluate_response(&listed, 204, &HeaderMap::new(), b""),
+            Err("status 204, expected 200 or 401 (empty body)".into())
+        );
+    }
+
+    #[test]
+    fn json_fields_by_dotted_path() {
+        let wanted = expect(
+            r#"
+json:
+  status: ok
+  checks.database: connected
+  items.0.id: 7
+"#,
+        );
+        let good = br#"{"status":"ok","checks":{"database":"connected"},"items":[{"id":7},{"id":8}]}"#;
+        assert_eq!(evaluate_response(&wanted, 200, &HeaderMap::new(), good), Ok(()));
+
+        let bad = br#"{"status":"degraded","checks":{"database":"down"},"items":[]}"#;
+        let error = evaluate_response(&wanted, 200, &HeaderMap::new(), bad).expect_err("mismatch");
+        assert!(
+            error.contains(r#"json status: expected "ok", got "degraded""#),
+            "{error}"
+        );
+        assert!(
+            error.contains(r#"json checks.database: expected "connected", got "down""#),
+            "{error}"
+        );
+        assert!(error.contains("json items.0.id: expected 7, missing"), "{error}");
+        assert!(
+            error.ends_with(r#"(body: {"status":"degraded","checks":{"database":"down"},"items":[]})"#),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn non_json_body_when_json_is_expected() {
+        let wanted = expect("json: {status: ok}");
+        let error =
+            evaluate_response(&wanted, 200, &HeaderMap::new(), b"<html>ok</html>").expect_err("not JSON");
+        assert!(error.starts_with("body is not JSON"), "{error}");
+        assert!(error.ends_with("(body: <html>ok</html>)"), "{error}");
+    }
+
+    #[test]
+    fn scalar_matching_rules() {
+        // Numbers numerically.
+        assert!(json_matches(&json!(1), &json!(1.0)));
+        assert!(!json_matches(&json!(1), &json!(2)));
+        assert!(json_matches(&json!(u64::MAX), &json!(u64::MAX)));
+        // Strings by text against numbers and booleans, both ways.
+        assert!(json_matches(&json!("200"), &json!(200)));
+        assert!(json_matches(&json!("1.5"), &json!(1.5)));
+        assert!(json_matches(&json!(200), &json!("200")));
+        assert!(json_matches(&json!("true"), &json!(true)));
+        assert!(json_matches(&json!(false), &json!("false")));
+        assert!(!json_matches(&json!("ok"), &json!(0)));
+        assert!(!json_matches(&json!("true"), &json!(false)));
+        // Strings exactly.
+        assert!(json_matches(&json!("ok"), &json!("ok")));
+        assert!(!json_matches(&json!("ok"), &json!("OK")));
+        // Null and mismatched kinds.
+        assert!(json_matches(&json!(null), &json!(null)));
+        assert!(!json_matches(&json!("null"), &json!(null)));
+        assert!(!json_matches(&json!(1), &json!([1])));
+    }
+
+    #[test]
+    fn structured_values_match_element_wise() {
+        assert!(json_matches(
+            &json!({"a": "1", "b": [true]}),
+            &json!({"b": [true], "a": 1})
+        ));
+        assert!(!json_matches(&json!({"a": 1}), &json!({"a": 1, "b": 2})));
+        assert!(!json_matches(&json!([1, 2]), &json!([1])));
+    }
+
+    #[test]
+    fn yaml_values_compare_with_json_values() {
+        let wanted = expect("json: {status: ok, code: 200, ready: true, ratio: 0.5, version: \"2\"}");
+        let body = br#"{"status":"ok","code":200,"ready":true,"ratio":0.50,"version":2}"#;
+        assert_eq!(evaluate_response(&wanted, 200, &HeaderMap::new(), body), Ok(()));
+    }
+
+    #[test]
+    fn lookup_paths() {
+        let document = json!({"a": {"b": [10, {"c": "x"}]}, "d.e": 1, "top": null});
+        assert_eq!(json_lookup(&document, "a.b.0"), Some(&json!(10)));
+        assert_eq!(json_lookup(&document, "a.b.1.c"), Some(&json!("x")));
+        assert_eq!(json_lookup(&document, "$.a.b.1.c"), Some(&json!("x")));
+        assert_eq!(json_lookup(&document, "d.e"), Some(&json!(1)));
+        assert_eq!(json_lookup(&document, "top"), Some(&json!(null)));
+        assert_eq!(json_lookup(&document, "a.b.2"), None);
+        assert_eq!(json_lookup(&document, "a.b.x"), None);
+        assert_eq!(json_lookup(&document, "a.b.0.deeper"), None);
+        assert_eq!(json_lookup(&document, "missing"), None);
+        assert_eq!(json_lookup(&document, ""), Some(&document));
+    }
+
+    #[test]
+    fn contains_text() {
+        let wanted = expect("contains: all good");
+        assert_eq!(
+            evaluate_response(&wanted, 200, &HeaderMap::new(), b"we are all good here"),
+            Ok(())
+        );
+        assert_eq!(
+            evaluate_response(&wanted, 200, &HeaderMap::new(), b"bad"),
+            Err(r#"body does not contain "all good" (body: bad)"#.into())
+        );
+    }
+
+    #[test]
+    fn headers_by_case_insensitive_name() {
+        let wanted = expect("headers: {Access-Control-Allow-Origin: 'https://shop.example'}");
+        let good = headers(&[("access-control-allow-origin", "https://shop.example")]);
+        assert_eq!(evaluate_response(&wanted, 200, &good, b""), Ok(()));
+        let wrong = headers(&[("access-control-allow-origin", "*")]);
+        assert_eq!(
+            evaluate_response(&wanted, 200, &wrong, b""),
+            Err(r#"header Access-Control-Allow-Origin: expected "https://shop.example", got "*" (empty body)"#.into())
+        );
+        assert_eq!(
+            evaluate_response(&wanted, 200, &HeaderMap::new(), b""),
+            Err("header Access-Control-Allow-Origin: expected \"https://shop.example\", got none (empty body)".into())
+        );
+        // Any of several values of one header may match.
+        let several = headers(&[("vary", "Origin"), ("vary", "Accept")]);
+        assert_eq!(
+            evaluate_response(&expect("headers: {Vary: Accept}"), 200, &several, b""),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn long_bodies_are_cut_in_messages() {
+        let body = "x".repeat(1000);
+        let error = evaluate_response(&HttpExpect::default(), 500, &HeaderMap::new(), body.as_bytes())
+            .expect_err("status 500");
+        let quoted = error.split("(body: ").nth(1).expect("body quoted");
+        assert_eq!(quoted, format!("{}…)", "x".repeat(MAX_QUOTED_BODY_CHARS)));
+    }
+
+    #[test]
+    fn all_mismatches_are_listed() {
+        let wanted = expect("{status: [200], contains: ok, json: {status: ok}}");
+        let error = evaluate_response(&wanted, 500, &HeaderMap::new(), br#"{"status":"bad"}"#)
+            .expect_err("all wrong");
+        assert_eq!(
+            error,
+            r#"status 500, expected 200; body does not contain "ok"; json status: expected "ok", got "bad" (body: {"status":"bad"})"#
+        );
+    }
+
+    #[test]
+    fn url_from_url_and_path() {
+        let cases = [
+            ("url: http://h:8080", "http://h:8080/"),
+            ("{url: 'http://h:8080', path: /health}", "http://h:8080/health"),
+            ("{url: 'http://h:8080/', path: /health}", "http://h:8080/health"),
+            (
+                "{url: 'http://h:8080/api', path: health}",
+                "http://h:8080/api/health",
+            ),
+            ("{url: 'http://h/x?y=1'}", "http://h/x?y=1"),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(
+                probe_url(&gate(yaml), "shop").map(|u| u.to_string()),
+                Ok(want.to_string()),
+                "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_from_service_in_the_target_namespace() {
+        let cases = [
+            (
+                "{service: backend, port: 8080, path: /health}",
+                "http://backend.shop.svc:8080/health",
+            ),
+            (
+                "{service: backend, port: 8443, scheme: https, path: health}",
+                "https://backend.shop.svc:8443/health",
+            ),
+            ("{service: backend}", "http://backend.shop.svc/"),
+        ];
+        for (yaml, want) in cases {
+            assert_eq!(
+                probe_url(&gate(yaml), "shop").map(|u| u.to_string()),
+                Ok(want.to_string()),
+                "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn unusable_urls_are_explained() {
+        assert_eq!(
+            probe_url(&gate("{path: /health}"), "shop"),
+            Err("http gate names neither url nor service".into())
+        );
+        assert_eq!(
+            probe_url(&gate("{service: b, scheme: ftp}"), "shop"),
+            Err(r#"scheme "ftp": expected http or https"#.into())
+        );
+        assert_eq!(
+            probe_url(&gate("{url: 'ftp://h/x'}"), "shop"),
+            Err(r#"URL scheme "ftp": expected http or https"#.into())
+        );
+        let error = probe_url(&gate("{url: 'http://user:hunter2@[::1'}"), "shop").expect_err("invalid");
+        assert!(error.starts_with("URL \"http://[::1\" is not valid"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn credentials_never_shown() {
+        let url = Url::parse("https://user:hunter2@h/health").expect("url");
+        assert_eq!(display_url(&url), "https://h/health");
+    }
+
+    #[test]
+    fn invalid_request_headers_name_the_header_not_the_value() {
+        let bad_value = gate("{url: 'http://h', headers: {Authorization: \"Bearer a\\nb\"}}");
+        assert_eq!(
+            request_headers(&bad_value),
+            Err(r#"value of header "Authorization" is not a valid header value"#.into())
+        );
+        let bad_name = gate("{url: 'http://h', headers: {'bad name': x}}");
+        assert_eq!(
+            request_headers(&bad_name),
+            Err(r#"header name "bad name" is not valid"#.into())
+        );
     }
 }

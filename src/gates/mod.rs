@@ -46,10 +46,7 @@ impl Verification {
                 let mut tracker = GateTracker::new(gate);
                 if gate.http.is_none() {
                     // Nothing to probe would leave the gate pending forever; say so at once.
-                    tracker.fail(format!(
-                        "gate {} has nothing to probe: set `http`",
-                        gate.name
-                    ));
+                    tracker.fail(format!("gate {} has nothing to probe: set `http`", gate.name));
                 }
                 TrackedGate {
                     gate: gate.clone(),
@@ -114,9 +111,7 @@ impl Verification {
     pub fn next_due(&self, now: Instant) -> Duration {
         self.gates
             .iter()
-            .filter(|tracked| {
-                tracked.gate.http.is_some() && tracked.tracker.verdict() != Verdict::Failed
-            })
+            .filter(|tracked| tracked.gate.http.is_some() && tracked.tracker.verdict() != Verdict::Failed)
             .map(|tracked| tracked.tracker.until_due(now))
             .min()
             .unwrap_or(IDLE_RECHECK)
@@ -173,12 +168,7 @@ mod tests {
         let mut verification = Verification::new(&[http_gate("health", 5), http_gate("cors", 5)]);
         let now = Instant::now();
         assert!(!verification.all_passed());
-        record(
-            &mut verification,
-            "cors",
-            ProbeOutcome::passed("cors ok"),
-            now,
-        );
+        record(&mut verification, "cors", ProbeOutcome::passed("cors ok"), now);
         assert!(!verification.all_passed());
         record(
             &mut verification,
@@ -187,11 +177,7 @@ mod tests {
             now,
         );
         assert!(verification.all_passed());
-        let names: Vec<_> = verification
-            .verdicts()
-            .into_iter()
-            .map(|v| v.name)
-            .collect();
+        let names: Vec<_> = verification.verdicts().into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["health", "cors"]);
     }
 
@@ -257,10 +243,7 @@ mod tests {
         let start = Instant::now();
         verification.run_due_probes(&prober, "shop", start).await;
         let failures = |v: &Verification| -> Vec<u32> {
-            v.gates
-                .iter()
-                .map(|t| t.tracker.consecutive_failures())
-                .collect()
+            v.gates.iter().map(|t| t.tracker.consecutive_failures()).collect()
         };
         assert_eq!(failures(&verification), [1, 1]);
         verification

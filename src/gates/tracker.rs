@@ -165,9 +165,7 @@ mod tests {
         );
         assert_eq!(tracker.verdict(), Failed);
         assert!(
-            tracker
-                .summary()
-                .starts_with("3 consecutive failed probes: "),
+            tracker.summary().starts_with("3 consecutive failed probes: "),
             "{}",
             tracker.summary()
         );
@@ -177,19 +175,13 @@ mod tests {
     fn a_success_in_between_resets_the_failure_count() {
         let mut tracker = GateTracker::new(&gate(3, 1));
         let verdicts = run(&mut tracker, &[bad(), bad(), ok(), bad(), bad(), bad()]);
-        assert_eq!(
-            verdicts,
-            [Pending, Pending, Passed, Pending, Pending, Failed]
-        );
+        assert_eq!(verdicts, [Pending, Pending, Passed, Pending, Pending, Failed]);
     }
 
     #[test]
     fn passes_at_the_success_threshold_and_stays_passed_while_passing() {
         let mut tracker = GateTracker::new(&gate(3, 2));
-        assert_eq!(
-            run(&mut tracker, &[ok(), ok(), ok()]),
-            [Pending, Passed, Passed]
-        );
+        assert_eq!(run(&mut tracker, &[ok(), ok(), ok()]), [Pending, Passed, Passed]);
     }
 
     #[test]
@@ -203,10 +195,7 @@ mod tests {
     #[test]
     fn failed_is_final() {
         let mut tracker = GateTracker::new(&gate(1, 1));
-        assert_eq!(
-            run(&mut tracker, &[bad(), ok(), ok()]),
-            [Failed, Failed, Failed]
-        );
+        assert_eq!(run(&mut tracker, &[bad(), ok(), ok()]), [Failed, Failed, Failed]);
         assert!(!tracker.due(Instant::now() + Duration::from_secs(3600)));
     }
 
@@ -222,10 +211,7 @@ mod tests {
             Duration::from_secs(1)
         );
         assert!(tracker.due(start + Duration::from_secs(5)));
-        assert_eq!(
-            tracker.until_due(start + Duration::from_secs(6)),
-            Duration::ZERO
-        );
+        assert_eq!(tracker.until_due(start + Duration::from_secs(6)), Duration::ZERO);
     }
 
     #[test]

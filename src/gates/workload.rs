@@ -11,9 +11,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
-use k8s_openapi::api::apps::v1::{
-    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
-};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::Client;
@@ -115,14 +113,9 @@ pub fn evaluate_deployment(
     let waiting = if updated < desired {
         Some(format!("{updated} of {desired} replicas updated"))
     } else if total > updated {
-        Some(format!(
-            "{} old replicas pending termination",
-            total - updated
-        ))
+        Some(format!("{} old replicas pending termination", total - updated))
     } else if available < updated {
-        Some(format!(
-            "{available} of {updated} updated replicas available"
-        ))
+        Some(format!("{available} of {updated} updated replicas available"))
     } else {
         None
     };
@@ -131,20 +124,16 @@ pub fn evaluate_deployment(
         Some(waiting) => match progress_deadline_exceeded(deploy) {
             // Only an unfinished rollout can be past its deadline; a stale condition
             // on a completed one is ignored above.
-            Some(detail) => WorkloadVerdict::failed(format!(
-                "{id}: progress deadline exceeded ({waiting}){detail}"
-            )),
+            Some(detail) => {
+                WorkloadVerdict::failed(format!("{id}: progress deadline exceeded ({waiting}){detail}"))
+            }
             None => WorkloadVerdict::pending(format!("{id}: {waiting}")),
         },
     }
 }
 
 /// Rollout state of a StatefulSet, judged on the pods of its update revision only.
-pub fn evaluate_stateful_set(
-    sts: &StatefulSet,
-    pods: &[Pod],
-    max_restarts: i32,
-) -> WorkloadVerdict {
+pub fn evaluate_stateful_set(sts: &StatefulSet, pods: &[Pod], max_restarts: i32) -> WorkloadVerdict {
     let id = workload_id("StatefulSet", &sts.metadata);
     let Some(status) = sts.status.as_ref() else {
         return WorkloadVerdict::pending(format!("{id}: waiting for the StatefulSet controller"));
@@ -225,9 +214,8 @@ pub fn evaluate_daemon_set(
         .and_then(|r| label(&r.metadata, CONTROLLER_REVISION_HASH_LABEL));
     let current_pods = pods.iter().filter(|pod| {
         owned_by(&pod.metadata, "DaemonSet", &ds.metadata)
-            && current_hash.is_none_or(|hash| {
-                label(&pod.metadata, CONTROLLER_REVISION_HASH_LABEL) == Some(hash)
-            })
+            && current_hash
+                .is_none_or(|hash| label(&pod.metadata, CONTROLLER_REVISION_HASH_LABEL) == Some(hash))
     });
     if let Some(failure) = first_pod_failure(current_pods, max_restarts) {
         return WorkloadVerdict::failed(format!("{id}: {failure}"));
@@ -246,9 +234,7 @@ pub fn evaluate_daemon_set(
     let updated = status.updated_number_scheduled.unwrap_or(0);
     let available = status.number_available.unwrap_or(0);
     if !on_delete && updated < desired {
-        return WorkloadVerdict::pending(format!(
-            "{id}: {updated} of {desired} updated pods scheduled"
-        ));
+        return WorkloadVerdict::pending(format!("{id}: {updated} of {desired} updated pods scheduled"));
     }
     if available < desired {
         return WorkloadVerdict::pending(format!("{id}: {available} of {desired} pods available"));
@@ -303,9 +289,7 @@ fn container_failure(container: &ContainerStatus, max_restarts: i32) -> Option<S
         return Some(format!("OOMKilled (restarts {restarts})"));
     }
     if restarts > max_restarts {
-        return Some(format!(
-            "restarted {restarts} times (more than {max_restarts})"
-        ));
+        return Some(format!("restarted {restarts} times (more than {max_restarts})"));
     }
     None
 }
@@ -325,9 +309,7 @@ pub fn combine(verdicts: impl IntoIterator<Item = WorkloadVerdict>) -> WorkloadV
     let more = pending.len().saturating_sub(1);
     match pending.into_iter().next() {
         Some(first) if more == 0 => first,
-        Some(first) => {
-            WorkloadVerdict::pending(format!("{} (and {more} more waiting)", first.message))
-        }
+        Some(first) => WorkloadVerdict::pending(format!("{} (and {more} more waiting)", first.message)),
         None if passed == 0 => WorkloadVerdict::passed("no workloads to check"),
         None if passed == 1 => WorkloadVerdict::passed("1 workload rolled out"),
         None => WorkloadVerdict::passed(format!("{passed} workloads rolled out")),
@@ -350,13 +332,9 @@ pub async fn check_workloads(
             let namespace = entry.namespace.as_deref();
             let name = entry.name.as_str();
             match entry.kind.as_str() {
-                "Deployment" | "StatefulSet" | "DaemonSet" => Some(check_one(
-                    client,
-                    &entry.kind,
-                    namespace,
-                    name,
-                    max_restarts,
-                )),
+                "Deployment" | "StatefulSet" | "DaemonSet" => {
+                    Some(check_one(client, &entry.kind, namespace, name, max_restarts))
+                }
                 _ => None,
             }
         });
@@ -479,10 +457,7 @@ fn api_group(api_version: &str) -> &str {
 
 /// The ReplicaSet the Deployment controller is rolling out: owned by the Deployment
 /// and carrying the Deployment's revision number.
-fn current_replica_set<'a>(
-    deploy: &Deployment,
-    replica_sets: &'a [ReplicaSet],
-) -> Option<&'a ReplicaSet> {
+fn current_replica_set<'a>(deploy: &Deployment, replica_sets: &'a [ReplicaSet]) -> Option<&'a ReplicaSet> {
     let revision = annotation(&deploy.metadata, REVISION_ANNOTATION)?;
     replica_sets.iter().find(|rs| {
         owned_by(&rs.metadata, "Deployment", &deploy.metadata)
@@ -500,9 +475,7 @@ fn progress_deadline_exceeded(deploy: &Deployment) -> Option<String> {
     let conditions = deploy.status.as_ref()?.conditions.as_ref()?;
     conditions
         .iter()
-        .find(|c| {
-            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        })
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
         .map(|c| match c.message.as_deref() {
             Some(message) if !message.is_empty() => {
                 format!(": {}", truncate(message, MAX_DETAIL_CHARS))
@@ -515,8 +488,7 @@ fn first_pod_failure<'a>(pods: impl Iterator<Item = &'a Pod>, max_restarts: i32)
     let mut pods: Vec<&Pod> = pods.collect();
     // Deterministic across list orders: the same failure is reported each round.
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    pods.into_iter()
-        .find_map(|pod| pod_failure(pod, max_restarts))
+    pods.into_iter().find_map(|pod| pod_failure(pod, max_restarts))
 }
 
 /// Whether `owner` (of `kind`) is among the object's owner references; by uid when
@@ -565,18 +537,11 @@ mod tests {
     const MAX_RESTARTS: i32 = 3;
 
     fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
-        serde_saphyr::from_str(yaml)
-            .unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("fixture does not parse: {e}\n{yaml}"))
     }
 
     /// A Deployment `shop/backend` at generation 2, revision 2, with the given status.
-    fn deployment(
-        observed: i64,
-        replicas: i32,
-        updated: i32,
-        total: i32,
-        available: i32,
-    ) -> Deployment {
+    fn deployment(observed: i64, replicas: i32, updated: i32, total: i32, available: i32) -> Deployment {
         parse(&format!(
             r#"
 metadata:
@@ -688,12 +653,7 @@ status:
         // The revision annotation still names the previous ReplicaSet until the
         // controller observes the new generation; its pods must not be judged.
         let pods = [pod("backend-7d9-a", "7d9", &waiting("CrashLoopBackOff", 5))];
-        let verdict = evaluate_deployment(
-            &deployment(1, 2, 2, 2, 2),
-            &replica_sets(),
-            &pods,
-            MAX_RESTARTS,
-        );
+        let verdict = evaluate_deployment(&deployment(1, 2, 2, 2, 2), &replica_sets(), &pods, MAX_RESTARTS);
         assert_eq!(verdict.verdict, Verdict::Pending);
         assert!(
             verdict.message.contains("observe generation 2"),
@@ -712,12 +672,7 @@ status:
 
     #[test]
     fn too_few_updated_replicas_is_pending() {
-        let verdict = evaluate_deployment(
-            &deployment(2, 2, 1, 2, 1),
-            &replica_sets(),
-            &[],
-            MAX_RESTARTS,
-        );
+        let verdict = evaluate_deployment(&deployment(2, 2, 1, 2, 1), &replica_sets(), &[], MAX_RESTARTS);
         assert_eq!(
             verdict,
             WorkloadVerdict::pending("Deployment shop/backend: 1 of 2 replicas updated")
@@ -726,12 +681,7 @@ status:
 
     #[test]
     fn old_replicas_left_is_pending() {
-        let verdict = evaluate_deployment(
-            &deployment(2, 2, 2, 3, 2),
-            &replica_sets(),
-            &[],
-            MAX_RESTARTS,
-        );
+        let verdict = evaluate_deployment(&deployment(2, 2, 2, 3, 2), &replica_sets(), &[], MAX_RESTARTS);
         assert_eq!(
             verdict,
             WorkloadVerdict::pending("Deployment shop/backend: 1 old replicas pending termination")
@@ -740,17 +690,8 @@ status:
 
     #[test]
     fn unavailable_updated_replicas_is_pending() {
-        let pods = [pod(
-            "backend-7d9-a",
-            "7d9",
-            &waiting("ContainerCreating", 0),
-        )];
-        let verdict = evaluate_deployment(
-            &deployment(2, 2, 2, 2, 1),
-            &replica_sets(),
-            &pods,
-            MAX_RESTARTS,
-        );
+        let pods = [pod("backend-7d9-a", "7d9", &waiting("ContainerCreating", 0))];
+        let verdict = evaluate_deployment(&deployment(2, 2, 2, 2, 1), &replica_sets(), &pods, MAX_RESTARTS);
         assert_eq!(
             verdict,
             WorkloadVerdict::pending("Deployment shop/backend: 1 of 2 updated replicas available")
@@ -817,12 +758,7 @@ message: ReplicaSet "backend-7d9" has timed out progressing.
             pod("backend-7d9-a", "7d9", &running(0)),
             pod("backend-7d9-abc", "7d9", &waiting("CrashLoopBackOff", 4)),
         ];
-        let verdict = evaluate_deployment(
-            &deployment(2, 2, 2, 2, 1),
-            &replica_sets(),
-            &pods,
-            MAX_RESTARTS,
-        );
+        let verdict = evaluate_deployment(&deployment(2, 2, 2, 2, 1), &replica_sets(), &pods, MAX_RESTARTS);
         assert_eq!(
             verdict,
             WorkloadVerdict::failed(
@@ -838,19 +774,9 @@ message: ReplicaSet "backend-7d9" has timed out progressing.
             pod("backend-old-x", "old", &waiting("CrashLoopBackOff", 9)),
             pod("backend-7d9-a", "7d9", &running(0)),
         ];
-        let rolling = evaluate_deployment(
-            &deployment(2, 1, 1, 2, 1),
-            &replica_sets(),
-            &pods,
-            MAX_RESTARTS,
-        );
+        let rolling = evaluate_deployment(&deployment(2, 1, 1, 2, 1), &replica_sets(), &pods, MAX_RESTARTS);
         assert_eq!(rolling.verdict, Verdict::Pending, "{}", rolling.message);
-        let done = evaluate_deployment(
-            &deployment(2, 1, 1, 1, 1),
-            &replica_sets(),
-            &pods,
-            MAX_RESTARTS,
-        );
+        let done = evaluate_deployment(&deployment(2, 1, 1, 1, 1), &replica_sets(), &pods, MAX_RESTARTS);
         assert_eq!(done.verdict, Verdict::Passed, "{}", done.message);
     }
 
@@ -863,12 +789,8 @@ message: ReplicaSet "backend-7d9" has timed out progressing.
             "InvalidImageName",
         ] {
             let pods = [pod("backend-7d9-a", "7d9", &waiting(reason, 0))];
-            let verdict = evaluate_deployment(
-                &deployment(2, 1, 1, 1, 0),
-                &replica_sets(),
-                &pods,
-                MAX_RESTARTS,
-            );
+            let verdict =
+                evaluate_deployment(&deployment(2, 1, 1, 1, 0), &replica_sets(), &pods, MAX_RESTARTS);
             assert_eq!(
                 verdict,
                 WorkloadVerdict::failed(format!(
@@ -882,18 +804,9 @@ message: ReplicaSet "backend-7d9" has timed out progressing.
     fn ordinary_waiting_reasons_do_not_fail() {
         for reason in ["ContainerCreating", "PodInitializing"] {
             let pods = [pod("backend-7d9-a", "7d9", &waiting(reason, 0))];
-            let verdict = evaluate_deployment(
-                &deployment(2, 1, 1, 1, 0),
-                &replica_sets(),
-                &pods,
-                MAX_RESTARTS,
-            );
-            assert_eq!(
-                verdict.verdict,
-                Verdict::Pending,
-                "{reason}: {}",
-                verdict.message
-            );
+            let verdict =
+                evaluate_deployment(&deployment(2, 1, 1, 1, 0), &replica_sets(), &pods, MAX_RESTARTS);
+            assert_eq!(verdict.verdict, Verdict::Pending, "{reason}: {}", verdict.message);
         }
     }
 
@@ -903,8 +816,7 @@ message: ReplicaSet "backend-7d9" has timed out progressing.
             "{}\n    lastState: {{terminated: {{reason: OOMKilled, exitCode: 137}}}}",
             running(1)
         );
-        let now =
-            "    restartCount: 0\n    state: {terminated: {reason: OOMKilled, exitCode: 137}}";
+        let now = "    restartCount: 0\n    state: {terminated: {reason: OOMKilled, exitCode: 137}}";
         for (status, restarts) in [(last.as_str(), 1), (now, 0)] {
             let pods = [pod("backend-7d9-a", "7d9", status)];
             let verdict = evaluate_deployment(&complete(), &replica_sets(), &pods, MAX_RESTARTS);
@@ -959,11 +871,7 @@ restartCount: 2
 state: {waiting: {reason: CrashLoopBackOff}}
 "#,
         );
-        failing
-            .status
-            .as_mut()
-            .expect("status")
-            .init_container_statuses = Some(vec![init]);
+        failing.status.as_mut().expect("status").init_container_statuses = Some(vec![init]);
         let verdict = evaluate_deployment(
             &deployment(2, 1, 1, 1, 0),
             &replica_sets(),
@@ -982,12 +890,7 @@ state: {waiting: {reason: CrashLoopBackOff}}
     fn pods_are_matched_by_template_hash_without_owner_reference() {
         let mut orphan_labelled = pod("backend-7d9-a", "7d9", &waiting("ErrImagePull", 0));
         orphan_labelled.metadata.owner_references = None;
-        let verdict = evaluate_deployment(
-            &complete(),
-            &replica_sets(),
-            &[orphan_labelled],
-            MAX_RESTARTS,
-        );
+        let verdict = evaluate_deployment(&complete(), &replica_sets(), &[orphan_labelled], MAX_RESTARTS);
         assert_eq!(verdict.verdict, Verdict::Failed);
     }
 
@@ -995,8 +898,7 @@ state: {waiting: {reason: CrashLoopBackOff}}
     fn pods_are_matched_by_owner_reference_without_labels() {
         let mut unlabelled = pod("backend-7d9-a", "7d9", &waiting("ErrImagePull", 0));
         unlabelled.metadata.labels = None;
-        let verdict =
-            evaluate_deployment(&complete(), &replica_sets(), &[unlabelled], MAX_RESTARTS);
+        let verdict = evaluate_deployment(&complete(), &replica_sets(), &[unlabelled], MAX_RESTARTS);
         assert_eq!(verdict.verdict, Verdict::Failed);
     }
 
@@ -1005,11 +907,7 @@ state: {waiting: {reason: CrashLoopBackOff}}
         let only_old = [replica_set("backend-old", "old", "1")];
         let verdict = evaluate_deployment(&complete(), &only_old, &[], MAX_RESTARTS);
         assert_eq!(verdict.verdict, Verdict::Pending);
-        assert!(
-            verdict.message.contains("new ReplicaSet"),
-            "{}",
-            verdict.message
-        );
+        assert!(verdict.message.contains("new ReplicaSet"), "{}", verdict.message);
     }
 
     #[test]
@@ -1022,13 +920,7 @@ state: {waiting: {reason: CrashLoopBackOff}}
 
     // --- StatefulSet ---
 
-    fn stateful_set(
-        replicas: i32,
-        ready: i32,
-        updated: i32,
-        current: &str,
-        update: &str,
-    ) -> StatefulSet {
+    fn stateful_set(replicas: i32, ready: i32, updated: i32, current: &str, update: &str) -> StatefulSet {
         parse(&format!(
             r#"
 metadata: {{name: db, namespace: shop, uid: sts-uid, generation: 3}}
@@ -1090,11 +982,7 @@ status:
         );
 
         let mut unobserved = done.clone();
-        unobserved
-            .status
-            .as_mut()
-            .expect("status")
-            .observed_generation = Some(2);
+        unobserved.status.as_mut().expect("status").observed_generation = Some(2);
         assert_eq!(
             evaluate_stateful_set(&unobserved, &[], MAX_RESTARTS).verdict,
             Verdict::Pending
@@ -1125,18 +1013,13 @@ status:
     #[test]
     fn stateful_set_partition_and_on_delete() {
         let mut partitioned = stateful_set(3, 3, 1, "db-old", "db-new");
-        partitioned.spec.as_mut().expect("spec").update_strategy = Some(parse(
-            "{type: RollingUpdate, rollingUpdate: {partition: 2}}",
-        ));
+        partitioned.spec.as_mut().expect("spec").update_strategy =
+            Some(parse("{type: RollingUpdate, rollingUpdate: {partition: 2}}"));
         assert_eq!(
             evaluate_stateful_set(&partitioned, &[], MAX_RESTARTS).verdict,
             Verdict::Passed
         );
-        partitioned
-            .status
-            .as_mut()
-            .expect("status")
-            .updated_replicas = Some(0);
+        partitioned.status.as_mut().expect("status").updated_replicas = Some(0);
         assert_eq!(
             evaluate_stateful_set(&partitioned, &[], MAX_RESTARTS).verdict,
             Verdict::Pending
@@ -1242,9 +1125,9 @@ status:
         let verdict = evaluate_daemon_set(&daemon_set(1, 1, 0), &revisions, &current, MAX_RESTARTS);
         assert_eq!(verdict.verdict, Verdict::Failed);
         assert!(
-            verdict.message.starts_with(
-                "DaemonSet ops/agent: pod agent-y container agent: CreateContainerConfigError"
-            ),
+            verdict
+                .message
+                .starts_with("DaemonSet ops/agent: pod agent-y container agent: CreateContainerConfigError"),
             "{}",
             verdict.message
         );
@@ -1281,10 +1164,7 @@ status:
             WorkloadVerdict::pending("only")
         );
         assert_eq!(
-            combine(vec![
-                WorkloadVerdict::passed("a"),
-                WorkloadVerdict::passed("b")
-            ]),
+            combine(vec![WorkloadVerdict::passed("a"), WorkloadVerdict::passed("b")]),
             WorkloadVerdict::passed("2 workloads rolled out")
         );
         assert_eq!(combine(Vec::new()).verdict, Verdict::Passed);
