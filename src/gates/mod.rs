@@ -1,0 +1,254 @@
+//! Verify: is the applied revision good?
+//!
+//! - [`workload`]: the workload gate, always on — rollouts complete, pods of the
+//!   current revision not crash-looping, unpullable or misconfigured.
+//! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
+//! - [`tracker`]: one gate's verdict across probes (thresholds, period).
+//!
+//! [`Verification`] holds the Runbook gates of one revision for the controller; how
+//! long they must keep passing (`verifyWindow`) is the controller's decision.
+
+pub mod http;
+pub mod tracker;
+pub mod workload;
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+
+use crate::api::{Gate, GateVerdict, Verdict};
+
+pub use http::{HttpProber, ProbeOutcome};
+pub use tracker::GateTracker;
+pub use workload::{WorkloadVerdict, check_workloads};
+
+/// `next_due` when there is no gate to probe: how often the workload gate alone is
+/// worth re-checking.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+
+/// The Runbook gates of one revision being verified, in Runbook order.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    gates: Vec<TrackedGate>,
+}
+
+#[derive(Clone, Debug)]
+struct TrackedGate {
+    gate: Gate,
+    tracker: GateTracker,
+}
+
+impl Verification {
+    pub fn new(gates: &[Gate]) -> Self {
+        let gates = gates
+            .iter()
+            .map(|gate| {
+                let mut tracker = GateTracker::new(gate);
+                if gate.http.is_none() {
+                    // Nothing to probe would leave the gate pending forever; say so at once.
+                    tracker.fail(format!("gate {} has nothing to probe: set `http`", gate.name));
+                }
+                TrackedGate {
+                    gate: gate.clone(),
+                    tracker,
+                }
+            })
+            .collect();
+        Self { gates }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.gates.is_empty()
+    }
+
+    /// Sends every probe that is due at `now`, all at once, and records the outcomes
+    /// as of `now` (periods count from the start of a probe, as for a kubelet probe).
+    pub async fn run_due_probes(&mut self, prober: &HttpProber, namespace: &str, now: Instant) {
+        let (indices, probes): (Vec<usize>, Vec<_>) = self
+            .gates
+            .iter()
+            .enumerate()
+            .filter(|(_, tracked)| tracked.tracker.due(now))
+            .filter_map(|(index, tracked)| {
+                let http = tracked.gate.http.as_ref()?;
+                Some((index, prober.probe(http, tracked.gate.timeout(), namespace)))
+            })
+            .unzip();
+        let outcomes = join_all(probes).await;
+        for (index, outcome) in indices.into_iter().zip(outcomes) {
+            let tracked = &mut self.gates[index];
+            let before = tracked.tracker.verdict();
+            let after = tracked.tracker.record(&outcome, now);
+            tracing::debug!(gate = %tracked.gate.name, passed = outcome.passed, message = %outcome.message, "gate probe");
+            if before != after {
+                tracing::info!(gate = %tracked.gate.name, verdict = ?after, message = %outcome.message, "gate verdict changed");
+            }
+        }
+    }
+
+    /// Every gate's verdict, in Runbook order, for `status.history[].gates`.
+    pub fn verdicts(&self) -> Vec<GateVerdict> {
+        self.gates.iter().map(TrackedGate::verdict).collect()
+    }
+
+    /// The first gate that failed, if any: the revision is bad.
+    pub fn failed(&self) -> Option<GateVerdict> {
+        self.gates
+            .iter()
+            .find(|tracked| tracked.tracker.verdict() == Verdict::Failed)
+            .map(TrackedGate::verdict)
+    }
+
+    /// Whether every gate passes right now (true with no gates).
+    pub fn all_passed(&self) -> bool {
+        self.gates
+            .iter()
+            .all(|tracked| tracked.tracker.verdict() == Verdict::Passed)
+    }
+
+    /// Time until the next probe is due (zero if one is due now). With nothing left
+    /// to probe, a short idle interval rather than "never", so callers can sleep on it.
+    pub fn next_due(&self, now: Instant) -> Duration {
+        self.gates
+            .iter()
+            .filter(|tracked| tracked.gate.http.is_some() && tracked.tracker.verdict() != Verdict::Failed)
+            .map(|tracked| tracked.tracker.until_due(now))
+            .min()
+            .unwrap_or(IDLE_RECHECK)
+    }
+}
+
+impl TrackedGate {
+    fn verdict(&self) -> GateVerdict {
+        GateVerdict {
+            name: self.gate.name.clone(),
+            verdict: self.tracker.verdict(),
+            message: Some(self.tracker.summary()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::HttpGate;
+
+    fn http_gate(name: &str, period_seconds: u32) -> Gate {
+        Gate {
+            name: name.into(),
+            period_seconds: Some(period_seconds),
+            http: Some(HttpGate {
+                url: Some("http://127.0.0.1:1/health".into()),
+                ..HttpGate::default()
+            }),
+            ..Gate::default()
+        }
+    }
+
+    fn record(verification: &mut Verification, name: &str, outcome: ProbeOutcome, now: Instant) {
+        let tracked = verification
+            .gates
+            .iter_mut()
+            .find(|t| t.gate.name == name)
+            .expect("gate exists");
+        tracked.tracker.record(&outcome, now);
+    }
+
+    #[test]
+    fn no_gates_pass_and_idle() {
+        let verification = Verification::new(&[]);
+        assert!(verification.all_passed());
+        assert!(verification.failed().is_none());
+        assert!(verification.verdicts().is_empty());
+        assert_eq!(verification.next_due(Instant::now()), IDLE_RECHECK);
+    }
+
+    #[test]
+    fn verdicts_follow_runbook_order_and_all_must_pass() {
+        let mut verification = Verification::new(&[http_gate("health", 5), http_gate("cors", 5)]);
+        let now = Instant::now();
+        assert!(!verification.all_passed());
+        record(&mut verification, "cors", ProbeOutcome::passed("cors ok"), now);
+        assert!(!verification.all_passed());
+        record(
+            &mut verification,
+            "health",
+            ProbeOutcome::passed("health ok"),
+            now,
+        );
+        assert!(verification.all_passed());
+        let names: Vec<_> = verification.verdicts().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["health", "cors"]);
+    }
+
+    #[test]
+    fn failed_names_the_gate() {
+        let mut gate = http_gate("health", 5);
+        gate.failure_threshold = Some(1);
+        let mut verification = Verification::new(&[http_gate("cors", 5), gate]);
+        record(
+            &mut verification,
+            "health",
+            ProbeOutcome::failed("status 503"),
+            Instant::now(),
+        );
+        let failed = verification.failed().expect("a failed gate");
+        assert_eq!(failed.name, "health");
+        assert_eq!(failed.verdict, Verdict::Failed);
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("1 consecutive failed probes: status 503")
+        );
+    }
+
+    #[test]
+    fn gate_without_probe_fails_at_once() {
+        let gate = Gate {
+            name: "smoke".into(),
+            ..Gate::default()
+        };
+        let verification = Verification::new(&[gate]);
+        let failed = verification.failed().expect("a failed gate");
+        assert_eq!(failed.name, "smoke");
+        assert!(
+            failed
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("nothing to probe"))
+        );
+    }
+
+    #[test]
+    fn next_due_is_the_soonest_gate() {
+        let mut verification = Verification::new(&[http_gate("slow", 30), http_gate("fast", 5)]);
+        let start = Instant::now();
+        assert_eq!(verification.next_due(start), Duration::ZERO);
+        record(&mut verification, "slow", ProbeOutcome::passed("ok"), start);
+        record(&mut verification, "fast", ProbeOutcome::passed("ok"), start);
+        assert_eq!(
+            verification.next_due(start + Duration::from_secs(2)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            verification.next_due(start + Duration::from_secs(9)),
+            Duration::ZERO
+        );
+    }
+
+    #[tokio::test]
+    async fn run_due_probes_probes_only_due_gates() {
+        // Port 1 on loopback refuses connections: every probe fails fast.
+        let mut verification = Verification::new(&[http_gate("a", 5), http_gate("b", 60)]);
+        let prober = HttpProber::new().expect("client");
+        let start = Instant::now();
+        verification.run_due_probes(&prober, "shop", start).await;
+        let failures = |v: &Verification| -> Vec<u32> {
+            v.gates.iter().map(|t| t.tracker.consecutive_failures()).collect()
+        };
+        assert_eq!(failures(&verification), [1, 1]);
+        verification
+            .run_due_probes(&prober, "shop", start + Duration::from_secs(5))
+            .await;
+        assert_eq!(failures(&verification), [2, 1], "only gate a was due again");
+    }
+}
