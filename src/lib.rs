@@ -8,3 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod apply;
+pub mod render;
+pub mod snapshot;
