@@ -9,5 +9,6 @@
 
 pub mod api;
 pub mod apply;
+pub mod devenv;
 pub mod render;
 pub mod snapshot;

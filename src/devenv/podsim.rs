@@ -1,0 +1,736 @@
+//! A stand-in for the kubelet: nothing runs Pods on the local control plane, so
+//! this writes each Pod's status by a convention on its containers' images, and
+//! the real Deployment and Job controllers compute rollout and completion from it.
+//!
+//! | image contains      | simulated as                                                  |
+//! |---------------------|---------------------------------------------------------------|
+//! | `crashloop`         | Running, waiting `CrashLoopBackOff`, exit 1, restarts rising  |
+//! | `errimagepull`      | Pending, waiting `ErrImagePull`                               |
+//! | `imagepullbackoff`  | Pending, waiting `ImagePullBackOff`                           |
+//! | `configerror`       | Pending, waiting `CreateContainerConfigError`                 |
+//! | `oomkilled`         | Running but not ready, last state `OOMKilled`, restarts rising|
+//! | `notready`          | Running, never ready                                          |
+//! | anything else       | Running and Ready                                             |
+//!
+//! Pods of Jobs (or with `restartPolicy` `Never`/`OnFailure`) finish about a second
+//! after they start: `Failed` (exit 1) when an image contains `fail`, else
+//! `Succeeded` (exit 0); the pull and config errors above still apply to them.
+//!
+//! Pods are never bound to a node, so the API server deletes them at once when
+//! asked, which keeps rollouts and garbage collection moving.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+/// Seconds between two simulated crashes of a crash-looping container.
+const RESTART_INTERVAL_SECONDS: i64 = 2;
+/// Seconds a Job's Pod runs before it finishes.
+const JOB_RUN_SECONDS: i64 = 1;
+/// How often time-driven changes (restarts, Job completion) are written.
+const TICK: Duration = Duration::from_secs(1);
+/// The address every simulated Pod reports.
+const POD_IP: &str = "127.0.0.1";
+
+/// The running simulator: a task that watches Pods in all namespaces and writes
+/// their status. Dropping it (or [`PodSimulator::stop`]) aborts the task.
+#[derive(Debug)]
+pub struct PodSimulator {
+    task: JoinHandle<()>,
+}
+
+impl PodSimulator {
+    /// Starts simulating every Pod visible to `client`. Must be called inside a
+    /// Tokio runtime.
+    pub fn start(client: kube::Client) -> Self {
+        let task = tokio::spawn(run(Api::all(client)));
+        Self { task }
+    }
+
+    /// Stops the simulator; the same as dropping it.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for PodSimulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches Pods and, on every change and every tick, writes the status that
+/// [`simulated_status`] computes when it differs from what was last written.
+async fn run(pods: Api<Pod>) {
+    let mut events = watcher::watcher(pods.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // Pods by uid: the latest object seen, and the status last written for it (the
+    // watch may not have delivered that write yet when the next tick comes).
+    let mut observed: HashMap<String, Pod> = HashMap::new();
+    let mut written: HashMap<String, PodStatus> = HashMap::new();
+    let mut relisted: Option<HashMap<String, Pod>> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let Some(event) = event else {
+                    tracing::warn!("pod watch ended; pod simulator stops");
+                    return;
+                };
+                match event {
+                    Ok(Event::Apply(pod)) => {
+                        let uid = pod.uid().unwrap_or_default();
+                        sync(&pods, &pod, &mut written).await;
+                        observed.insert(uid, pod);
+                    }
+                    Ok(Event::Delete(pod)) => {
+                        let uid = pod.uid().unwrap_or_default();
+                        observed.remove(&uid);
+                        written.remove(&uid);
+                    }
+                    Ok(Event::Init) => relisted = Some(HashMap::new()),
+                    Ok(Event::InitApply(pod)) => {
+                        let uid = pod.uid().unwrap_or_default();
+                        sync(&pods, &pod, &mut written).await;
+                        relisted.get_or_insert_default().insert(uid, pod);
+                    }
+                    Ok(Event::InitDone) => {
+                        // Pods deleted while the watch was down vanish here.
+                        observed = relisted.take().unwrap_or_default();
+                        written.retain(|uid, _| observed.contains_key(uid));
+                    }
+                    Err(error) => tracing::warn!(%error, "pod watch error; retrying"),
+                }
+            }
+            _ = tick.tick() => {
+                for pod in observed.values() {
+                    sync(&pods, pod, &mut written).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the simulated status of `pod` if it changed. Errors are logged and the
+/// write is retried on the next tick, since nothing was recorded as written.
+async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatus>) {
+    let Some(uid) = pod.uid() else { return };
+    let previous = written.get(&uid).or_else(|| {
+        // After a restart of the simulator, continue from what is in the cluster.
+        pod.status
+            .as_ref()
+            .filter(|status| status.container_statuses.is_some())
+    });
+    let Some(status) = simulated_status(pod, Timestamp::now(), previous) else {
+        return;
+    };
+    let Some(namespace) = pod.namespace() else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &namespace);
+    // A merge patch replaces the lists (conditions, container statuses) wholesale
+    // and carries no resourceVersion, so it cannot conflict with other writers.
+    let patch = serde_json::json!({ "status": status });
+    match api
+        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            tracing::debug!(
+                pod = %pod.name_any(),
+                %namespace,
+                phase = status.phase.as_deref().unwrap_or_default(),
+                "pod status simulated"
+            );
+            written.insert(uid, status);
+        }
+        Err(kube::Error::Api(response)) if response.code == 404 => {
+            written.remove(&uid);
+        }
+        Err(error) => {
+            tracing::warn!(%error, pod = %pod.name_any(), %namespace, "writing pod status failed; will retry");
+        }
+    }
+}
+
+/// How one container behaves, from its image reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behavior {
+    Ready,
+    NotReady,
+    CrashLoop,
+    OomKilled,
+    /// Never starts; waiting with this reason.
+    Waiting(&'static str),
+}
+
+fn behavior(image: &str) -> Behavior {
+    let image = image.to_ascii_lowercase();
+    if image.contains("crashloop") {
+        Behavior::CrashLoop
+    } else if image.contains("errimagepull") {
+        Behavior::Waiting("ErrImagePull")
+    } else if image.contains("imagepullbackoff") {
+        Behavior::Waiting("ImagePullBackOff")
+    } else if image.contains("configerror") {
+        Behavior::Waiting("CreateContainerConfigError")
+    } else if image.contains("oomkilled") {
+        Behavior::OomKilled
+    } else if image.contains("notready") {
+        Behavior::NotReady
+    } else {
+        Behavior::Ready
+    }
+}
+
+/// The status the simulated kubelet gives `pod` at time `now`, given the status it
+/// wrote last (`previous`, `None` for a new Pod). `None` when nothing needs writing:
+/// the status is unchanged, the Pod is being deleted, or it already finished.
+pub fn simulated_status(
+    pod: &Pod,
+    now: Timestamp,
+    previous: Option<&PodStatus>,
+) -> Option<PodStatus> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    if previous.is_some_and(|p| matches!(p.phase.as_deref(), Some("Succeeded" | "Failed"))) {
+        return None;
+    }
+    // The API stores whole seconds; comparing at that precision keeps results stable.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let start_time = previous
+        .and_then(|p| p.start_time.as_ref())
+        .map_or(now, |t| t.0);
+    let previous_container = |name: &str| {
+        previous
+            .and_then(|p| p.container_statuses.as_ref())
+            .and_then(|statuses| statuses.iter().find(|s| s.name == name))
+    };
+    let behaviors: Vec<Behavior> = spec
+        .containers
+        .iter()
+        .map(|c| behavior(&c.image.clone().unwrap_or_default()))
+        .collect();
+    let any_waiting = behaviors.iter().any(|b| matches!(b, Behavior::Waiting(_)));
+
+    let runs_to_completion = is_owned_by_job(pod)
+        || matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
+    let finished = runs_to_completion
+        && !any_waiting
+        && now.as_second() - start_time.as_second() >= JOB_RUN_SECONDS;
+
+    let (phase, container_statuses): (&str, Vec<ContainerStatus>) = if finished {
+        let failed = spec
+            .containers
+            .iter()
+            .any(|c| c.image.as_deref().unwrap_or_default().contains("fail"));
+        let statuses = spec
+            .containers
+            .iter()
+            .map(|c| finished_container(pod, c, start_time, now, failed))
+            .collect();
+        (if failed { "Failed" } else { "Succeeded" }, statuses)
+    } else {
+        let statuses = spec
+            .containers
+            .iter()
+            .zip(&behaviors)
+            .map(|(c, &b)| container_status(pod, c, b, start_time, now, previous_container(&c.name)))
+            .collect();
+        (if any_waiting { "Pending" } else { "Running" }, statuses)
+    };
+
+    let init_container_statuses = spec.init_containers.as_ref().map(|init| {
+        init.iter()
+            .map(|c| completed_init_container(pod, c, start_time))
+            .collect::<Vec<_>>()
+    });
+    let all_ready = container_statuses.iter().all(|s| s.ready);
+    let unready: Vec<&str> = container_statuses
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
+    let not_ready_reason = if finished {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
+    let not_ready_message = format!("containers with unready status: [{}]", unready.join(" "));
+    let condition = |type_: &str, ready: bool| {
+        let status = if ready { "True" } else { "False" };
+        let since = previous
+            .and_then(|p| p.conditions.as_ref())
+            .and_then(|conditions| conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        PodCondition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            last_transition_time: Some(since),
+            reason: (!ready).then(|| not_ready_reason.to_owned()),
+            message: (!ready && !finished).then(|| not_ready_message.clone()),
+            ..Default::default()
+        }
+    };
+    let conditions = vec![
+        condition("Initialized", true),
+        condition("Ready", all_ready),
+        condition("ContainersReady", all_ready),
+        condition("PodScheduled", true),
+    ];
+
+    let status = PodStatus {
+        phase: Some(phase.to_owned()),
+        conditions: Some(conditions),
+        host_ip: Some(POD_IP.to_owned()),
+        pod_ip: Some(POD_IP.to_owned()),
+        pod_ips: Some(vec![PodIP {
+            ip: POD_IP.to_owned(),
+        }]),
+        start_time: Some(Time(start_time)),
+        container_statuses: Some(container_statuses),
+        init_container_statuses,
+        // Kept as the API server set it at creation.
+        qos_class: previous.and_then(|p| p.qos_class.clone()),
+        ..Default::default()
+    };
+    (previous != Some(&status)).then_some(status)
+}
+
+fn is_owned_by_job(pod: &Pod) -> bool {
+    pod.owner_references()
+        .iter()
+        .any(|owner| owner.kind == "Job" && owner.api_version.starts_with("batch/"))
+}
+
+/// The status of a container of a Pod that has not finished.
+fn container_status(
+    pod: &Pod,
+    container: &Container,
+    behavior: Behavior,
+    start_time: Timestamp,
+    now: Timestamp,
+    previous: Option<&ContainerStatus>,
+) -> ContainerStatus {
+    let image = container.image.clone().unwrap_or_default();
+    let running = |since: Timestamp| ContainerState {
+        running: Some(ContainerStateRunning {
+            started_at: Some(Time(since)),
+        }),
+        ..Default::default()
+    };
+    let base = ContainerStatus {
+        name: container.name.clone(),
+        image_id: image_id(&image),
+        image: image.clone(),
+        ..Default::default()
+    };
+    match behavior {
+        Behavior::Ready | Behavior::NotReady => ContainerStatus {
+            state: Some(running(start_time)),
+            ready: behavior == Behavior::Ready,
+            started: Some(true),
+            restart_count: 0,
+            container_id: Some(container_id(pod, &container.name, 0)),
+            ..base
+        },
+        Behavior::Waiting(reason) => ContainerStatus {
+            state: Some(waiting(reason, &waiting_message(reason, &image))),
+            image_id: String::new(),
+            ready: false,
+            started: Some(false),
+            ..base
+        },
+        Behavior::CrashLoop | Behavior::OomKilled => {
+            // One crash at start, then one more every RESTART_INTERVAL_SECONDS.
+            let (restart_count, crashed_at) = match previous.and_then(last_termination) {
+                Some((count, at)) if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS => {
+                    (count + 1, now)
+                }
+                Some((count, at)) => (count, at),
+                None => (1, now),
+            };
+            let (reason, exit_code) = if behavior == Behavior::OomKilled {
+                ("OOMKilled", 137)
+            } else {
+                ("Error", 1)
+            };
+            let last_state = ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code,
+                    reason: Some(reason.to_owned()),
+                    started_at: Some(Time(start_time)),
+                    finished_at: Some(Time(crashed_at)),
+                    container_id: Some(container_id(pod, &container.name, restart_count - 1)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let state = if behavior == Behavior::OomKilled {
+                // Restarted and running again until the next kill.
+                running(crashed_at)
+            } else {
+                let message = format!(
+                    "back-off 10s restarting failed container={} pod={}",
+                    container.name,
+                    pod.name_any()
+                );
+                waiting("CrashLoopBackOff", &message)
+            };
+            ContainerStatus {
+                state: Some(state),
+                last_state: Some(last_state),
+                ready: false,
+                started: Some(behavior == Behavior::OomKilled),
+                restart_count,
+                container_id: Some(container_id(pod, &container.name, restart_count)),
+                ..base
+            }
+        }
+    }
+}
+
+/// Restart count and time of the last simulated crash, from a previous status.
+fn last_termination(previous: &ContainerStatus) -> Option<(i32, Timestamp)> {
+    let finished_at = previous
+        .last_state
+        .as_ref()?
+        .terminated
+        .as_ref()?
+        .finished_at
+        .as_ref()?;
+    Some((previous.restart_count, finished_at.0))
+}
+
+/// The status of a container of a Job's Pod that ran to completion.
+fn finished_container(
+    pod: &Pod,
+    container: &Container,
+    start_time: Timestamp,
+    now: Timestamp,
+    failed: bool,
+) -> ContainerStatus {
+    let image = container.image.clone().unwrap_or_default();
+    let (exit_code, reason) = if failed { (1, "Error") } else { (0, "Completed") };
+    ContainerStatus {
+        name: container.name.clone(),
+        image_id: image_id(&image),
+        image,
+        state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code,
+                reason: Some(reason.to_owned()),
+                started_at: Some(Time(start_time)),
+                finished_at: Some(Time(now)),
+                container_id: Some(container_id(pod, &container.name, 0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ready: false,
+        started: Some(false),
+        container_id: Some(container_id(pod, &container.name, 0)),
+        ..Default::default()
+    }
+}
+
+/// Init containers always complete at once.
+fn completed_init_container(pod: &Pod, container: &Container, start_time: Timestamp) -> ContainerStatus {
+    let image = container.image.clone().unwrap_or_default();
+    ContainerStatus {
+        name: container.name.clone(),
+        image_id: image_id(&image),
+        image,
+        state: Some(ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 0,
+                reason: Some("Completed".to_owned()),
+                started_at: Some(Time(start_time)),
+                finished_at: Some(Time(start_time)),
+                container_id: Some(container_id(pod, &container.name, 0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ready: true,
+        container_id: Some(container_id(pod, &container.name, 0)),
+        ..Default::default()
+    }
+}
+
+fn waiting(reason: &str, message: &str) -> ContainerState {
+    ContainerState {
+        waiting: Some(ContainerStateWaiting {
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+        }),
+        ..Default::default()
+    }
+}
+
+fn waiting_message(reason: &str, image: &str) -> String {
+    match reason {
+        "ErrImagePull" => format!("rpc error: pull access denied for {image} (simulated)"),
+        "ImagePullBackOff" => format!("Back-off pulling image \"{image}\" (simulated)"),
+        _ => "couldn't find key in ConfigMap (simulated)".to_owned(),
+    }
+}
+
+fn image_id(image: &str) -> String {
+    format!("{image}@sha256:{}", hex_sha256(image))
+}
+
+/// A stable, distinct container id per Pod, container and restart.
+fn container_id(pod: &Pod, container: &str, restart: i32) -> String {
+    let uid = pod.uid().unwrap_or_else(|| pod.name_any());
+    format!("containerd://{}", hex_sha256(&format!("{uid}/{container}/{restart}")))
+}
+
+fn hex_sha256(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn pod(images: &[&str]) -> Pod {
+        let containers: Vec<serde_json::Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| serde_json::json!({ "name": format!("c{i}"), "image": image }))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "web-1", "namespace": "ns", "uid": "u-1" },
+            "spec": { "containers": containers }
+        }))
+        .unwrap()
+    }
+
+    fn job_pod(image: &str) -> Pod {
+        let mut pod = pod(&[image]);
+        pod.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "Job".into(),
+            name: "migrate".into(),
+            uid: "j-1".into(),
+            ..Default::default()
+        }]);
+        pod.spec.as_mut().unwrap().restart_policy = Some("Never".into());
+        pod
+    }
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + second).unwrap()
+    }
+
+    fn condition<'a>(status: &'a PodStatus, type_: &str) -> &'a PodCondition {
+        status
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap()
+    }
+
+    fn container(status: &PodStatus) -> &ContainerStatus {
+        &status.container_statuses.as_ref().unwrap()[0]
+    }
+
+    fn waiting_reason(status: &PodStatus) -> Option<&str> {
+        container(status).state.as_ref()?.waiting.as_ref()?.reason.as_deref()
+    }
+
+    #[test]
+    fn ordinary_image_runs_ready() {
+        let status = simulated_status(&pod(&["example/ok:1"]), at(0), None).unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        for type_ in ["Ready", "ContainersReady", "Initialized", "PodScheduled"] {
+            assert_eq!(condition(&status, type_).status, "True", "{type_}");
+        }
+        let c = container(&status);
+        assert!(c.ready);
+        assert!(c.state.as_ref().unwrap().running.is_some());
+        assert_eq!(status.pod_ip.as_deref(), Some(POD_IP));
+        assert_eq!(status.start_time, Some(Time(at(0))));
+    }
+
+    #[test]
+    fn unchanged_status_is_not_rewritten() {
+        let p = pod(&["example/ok:1"]);
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(simulated_status(&p, at(5), Some(&first)), None);
+    }
+
+    #[test]
+    fn crashloop_restarts_rise_every_interval() {
+        let p = pod(&["example/crashloop:1"]);
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        assert_eq!(waiting_reason(&first), Some("CrashLoopBackOff"));
+        assert_eq!(container(&first).restart_count, 1);
+        assert!(!container(&first).ready);
+        let terminated = container(&first)
+            .last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap();
+        assert_eq!(terminated.exit_code, 1);
+        assert_eq!(condition(&first, "Ready").status, "False");
+
+        // Too early: nothing to write.
+        assert_eq!(simulated_status(&p, at(1), Some(&first)), None);
+        let second = simulated_status(&p, at(2), Some(&first)).unwrap();
+        assert_eq!(container(&second).restart_count, 2);
+        let third = simulated_status(&p, at(4), Some(&second)).unwrap();
+        assert_eq!(container(&third).restart_count, 3);
+        // The Ready condition did not change, so its transition time did not either.
+        assert_eq!(
+            condition(&third, "Ready").last_transition_time,
+            Some(Time(at(0)))
+        );
+    }
+
+    #[test]
+    fn pull_and_config_errors_wait_in_pending() {
+        for (image, reason) in [
+            ("example/errimagepull:1", "ErrImagePull"),
+            ("example/imagepullbackoff:1", "ImagePullBackOff"),
+            ("example/configerror:1", "CreateContainerConfigError"),
+        ] {
+            let status = simulated_status(&pod(&[image]), at(0), None).unwrap();
+            assert_eq!(status.phase.as_deref(), Some("Pending"), "{image}");
+            assert_eq!(waiting_reason(&status), Some(reason), "{image}");
+            assert_eq!(container(&status).restart_count, 0);
+        }
+    }
+
+    #[test]
+    fn oomkilled_has_last_state_and_rising_restarts() {
+        let p = pod(&["example/oomkilled:1"]);
+        let first = simulated_status(&p, at(0), None).unwrap();
+        let c = container(&first);
+        let terminated = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(terminated.reason.as_deref(), Some("OOMKilled"));
+        assert!(!c.ready);
+        let later = simulated_status(&p, at(3), Some(&first)).unwrap();
+        assert_eq!(container(&later).restart_count, 2);
+    }
+
+    #[test]
+    fn notready_runs_but_is_never_ready() {
+        let status = simulated_status(&pod(&["example/notready:1"]), at(0), None).unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(container(&status).state.as_ref().unwrap().running.is_some());
+        assert!(!container(&status).ready);
+        assert_eq!(condition(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn one_bad_container_makes_the_pod_unready() {
+        let status =
+            simulated_status(&pod(&["example/ok:1", "example/notready:1"]), at(0), None).unwrap();
+        assert_eq!(condition(&status, "Ready").status, "False");
+        let message = condition(&status, "Ready").message.clone().unwrap();
+        assert!(message.contains("c1"), "{message}");
+        assert!(!message.contains("c0"), "{message}");
+    }
+
+    #[test]
+    fn job_pod_succeeds_after_running_a_second() {
+        let p = job_pod("example/job:1");
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        let done = simulated_status(&p, at(1), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Succeeded"));
+        let terminated = container(&done).state.as_ref().unwrap().terminated.clone().unwrap();
+        assert_eq!(terminated.exit_code, 0);
+        // Finished Pods are left alone.
+        assert_eq!(simulated_status(&p, at(10), Some(&done)), None);
+    }
+
+    #[test]
+    fn job_pod_with_fail_image_fails() {
+        let p = job_pod("example/fail-migration:1");
+        let first = simulated_status(&p, at(0), None).unwrap();
+        let done = simulated_status(&p, at(2), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Failed"));
+        let terminated = container(&done).state.as_ref().unwrap().terminated.clone().unwrap();
+        assert_eq!(terminated.exit_code, 1);
+    }
+
+    #[test]
+    fn restart_policy_never_without_job_also_completes() {
+        let mut p = pod(&["example/task:1"]);
+        p.spec.as_mut().unwrap().restart_policy = Some("OnFailure".into());
+        let first = simulated_status(&p, at(0), None).unwrap();
+        let done = simulated_status(&p, at(1), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Succeeded"));
+    }
+
+    #[test]
+    fn job_pod_with_pull_error_never_finishes() {
+        let p = job_pod("example/errimagepull:1");
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Pending"));
+        assert_eq!(simulated_status(&p, at(30), Some(&first)), None);
+    }
+
+    #[test]
+    fn deleting_pod_is_left_alone() {
+        let mut p = pod(&["example/ok:1"]);
+        p.metadata.deletion_timestamp = Some(Time(at(0)));
+        assert_eq!(simulated_status(&p, at(0), None), None);
+    }
+
+    #[test]
+    fn init_containers_complete() {
+        let mut p = pod(&["example/ok:1"]);
+        p.spec.as_mut().unwrap().init_containers = Some(vec![Container {
+            name: "init".into(),
+            image: Some("example/init:1".into()),
+            ..Default::default()
+        }]);
+        let status = simulated_status(&p, at(0), None).unwrap();
+        let init = &status.init_container_statuses.unwrap()[0];
+        let terminated = init.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(terminated.reason.as_deref(), Some("Completed"));
+    }
+
+    #[test]
+    fn a_restarted_simulator_continues_from_cluster_status() {
+        let p = pod(&["example/crashloop:1"]);
+        let first = simulated_status(&p, at(0), None).unwrap();
+        let mut from_cluster = first.clone();
+        from_cluster.qos_class = Some("BestEffort".into());
+        let next = simulated_status(&p, at(2), Some(&from_cluster)).unwrap();
+        assert_eq!(container(&next).restart_count, 2);
+        assert_eq!(next.qos_class.as_deref(), Some("BestEffort"));
+    }
+}
