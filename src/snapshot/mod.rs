@@ -1,0 +1,493 @@
+//! Healthy revisions stored in the cluster (SPEC §2 step 7): the rendered manifests of a
+//! revision that passed verification, gzipped JSON in a Secret owned by the
+//! AppDeployment, so that a rollback needs no Git and the garbage collector removes the
+//! snapshots together with the app.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info};
+
+use crate::api::{APP_LABEL, AppDeployment, FIELD_MANAGER, short_revision};
+use crate::render::Manifest;
+
+/// `type` of snapshot Secrets.
+pub const SNAPSHOT_SECRET_TYPE: &str = "bosun.dev/snapshot";
+/// Label with the short revision of a snapshot.
+pub const REVISION_LABEL: &str = "bosun.dev/revision";
+/// Annotation with the full revision of a snapshot.
+pub const REVISION_ANNOTATION: &str = "bosun.dev/revision";
+/// Key of the gzipped JSON manifests in a snapshot Secret.
+pub const DATA_KEY: &str = "manifests.json.gz";
+
+/// A Secret holds at most 1 MiB; leave room for its metadata.
+const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 - 16 * 1024;
+/// Refuse to inflate a snapshot beyond this (a corrupt or hostile Secret).
+const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
+const MAX_NAME_LEN: usize = 253;
+const MAX_LABEL_VALUE_LEN: usize = 63;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("AppDeployment {name} has no {field}")]
+    IncompleteApp { name: String, field: &'static str },
+    #[error(
+        "snapshot of revision {revision} for {namespace}/{app}: {bytes} bytes compressed, \
+         more than a Secret can hold ({limit})"
+    )]
+    TooLarge {
+        namespace: String,
+        app: String,
+        revision: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(
+        "no snapshot of revision {revision}: Secret {namespace}/{name} not found \
+         (the revision was never Healthy, or its snapshot was pruned)"
+    )]
+    NotFound {
+        namespace: String,
+        name: String,
+        revision: String,
+    },
+    #[error("snapshot Secret {namespace}/{name} is unreadable: {message}")]
+    Corrupt {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("snapshot data is unreadable: {0}")]
+    Decode(String),
+    #[error("{action} snapshot Secret {namespace}/{name} failed: {message}")]
+    Api {
+        action: &'static str,
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl SnapshotError {
+    /// Short CamelCase reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SnapshotError::IncompleteApp { .. } => "InvalidAppDeployment",
+            SnapshotError::TooLarge { .. } => "SnapshotTooLarge",
+            SnapshotError::NotFound { .. } => "SnapshotNotFound",
+            SnapshotError::Corrupt { .. } | SnapshotError::Decode(_) => "SnapshotCorrupt",
+            SnapshotError::Api { .. } => "SnapshotFailed",
+        }
+    }
+}
+
+/// gzip of the manifests' JSON. Deterministic (no timestamp in the gzip header), so
+/// storing the same revision again changes nothing on the server.
+pub fn encode(manifests: &[Manifest]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    // Writing JSON values into memory cannot fail: no I/O, and no non-string map keys.
+    serde_json::to_writer(&mut encoder, manifests).expect("serializing manifests into memory");
+    encoder.finish().expect("finishing gzip into memory")
+}
+
+/// The manifests of [`encode`]d bytes.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Manifest>, SnapshotError> {
+    let mut json = Vec::new();
+    GzDecoder::new(bytes)
+        .take(MAX_DECODED_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|error| SnapshotError::Decode(format!("gzip: {error}")))?;
+    if json.len() as u64 > MAX_DECODED_BYTES {
+        return Err(SnapshotError::Decode(format!(
+            "inflates beyond {MAX_DECODED_BYTES} bytes"
+        )));
+    }
+    serde_json::from_slice(&json).map_err(|error| SnapshotError::Decode(format!("JSON: {error}")))
+}
+
+/// Name of the snapshot Secret of `revision`: `<app>-rev-<short revision>`, with the
+/// app name shortened (and a hash of it added) when the result would exceed 253 chars.
+pub fn secret_name(app_name: &str, revision: &str) -> String {
+    let suffix = format!("-rev-{}", short_revision(revision).to_ascii_lowercase());
+    if app_name.len() + suffix.len() <= MAX_NAME_LEN {
+        return format!("{app_name}{suffix}");
+    }
+    let hash = short_hash(app_name);
+    let room = MAX_NAME_LEN - suffix.len() - hash.len() - 1;
+    format!("{}-{hash}{suffix}", truncate_alnum_end(app_name, room))
+}
+
+/// Value of the [`APP_LABEL`] label for an app: `namespace.name`, shortened with a hash
+/// when longer than a label value may be (63).
+pub fn app_label_value(namespace: &str, name: &str) -> String {
+    let full = format!("{namespace}.{name}");
+    if full.len() <= MAX_LABEL_VALUE_LEN {
+        return full;
+    }
+    let hash = short_hash(&full);
+    let room = MAX_LABEL_VALUE_LEN - hash.len() - 1;
+    format!("{}-{hash}", truncate_alnum_end(&full, room))
+}
+
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(4)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// At most `max` bytes of a (DNS-name-like, so ASCII) string, ending on a letter or digit.
+fn truncate_alnum_end(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+}
+
+fn app_identity(app: &AppDeployment) -> Result<(String, String), SnapshotError> {
+    let name = app.name_any();
+    match app.namespace() {
+        Some(namespace) => Ok((namespace, name)),
+        None => Err(SnapshotError::IncompleteApp {
+            name,
+            field: "namespace",
+        }),
+    }
+}
+
+/// The snapshot Secret of `revision` (pure; [`store`] sends it).
+pub fn snapshot_secret(
+    app: &AppDeployment,
+    revision: &str,
+    manifests: &[Manifest],
+) -> Result<Secret, SnapshotError> {
+    let (namespace, app_name) = app_identity(app)?;
+    let uid = app.uid().ok_or_else(|| SnapshotError::IncompleteApp {
+        name: app_name.clone(),
+        field: "uid (it must be read from the API server)",
+    })?;
+    let data = encode(manifests);
+    if data.len() > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge {
+            namespace,
+            app: app_name,
+            revision: revision.to_string(),
+            bytes: data.len(),
+            limit: MAX_SNAPSHOT_BYTES,
+        });
+    }
+    let owner = OwnerReference {
+        api_version: AppDeployment::api_version(&()).to_string(),
+        kind: AppDeployment::kind(&()).to_string(),
+        name: app_name.clone(),
+        uid,
+        controller: Some(true),
+        // Needs `update` on appdeployments/finalizers where that admission is on, and
+        // nothing waits on a snapshot: leave unset.
+        block_owner_deletion: None,
+    };
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(&app_name, revision)),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (
+                    APP_LABEL.to_string(),
+                    app_label_value(&namespace, &app_name),
+                ),
+                (REVISION_LABEL.to_string(), short_revision(revision)),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                REVISION_ANNOTATION.to_string(),
+                revision.to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        type_: Some(SNAPSHOT_SECRET_TYPE.to_string()),
+        data: Some(BTreeMap::from([(DATA_KEY.to_string(), ByteString(data))])),
+        ..Secret::default()
+    })
+}
+
+/// Stores the manifests of a Healthy revision. Idempotent (server-side apply).
+pub async fn store(
+    client: &Client,
+    app: &AppDeployment,
+    revision: &str,
+    manifests: &[Manifest],
+) -> Result<(), SnapshotError> {
+    let secret = snapshot_secret(app, revision, manifests)?;
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&secret),
+    )
+    .await
+    .map_err(|error| SnapshotError::Api {
+        action: "storing",
+        namespace: namespace.clone(),
+        name: name.clone(),
+        message: api_message(&error),
+    })?;
+    info!(app = %app.name_any(), %revision, secret = %name, objects = manifests.len(), "stored healthy snapshot");
+    Ok(())
+}
+
+/// The manifests of a stored Healthy revision.
+pub async fn load(
+    client: &Client,
+    app: &AppDeployment,
+    revision: &str,
+) -> Result<Vec<Manifest>, SnapshotError> {
+    let (namespace, app_name) = app_identity(app)?;
+    let name = secret_name(&app_name, revision);
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|error| SnapshotError::Api {
+            action: "reading",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message: api_message(&error),
+        })?
+        .ok_or_else(|| SnapshotError::NotFound {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            revision: revision.to_string(),
+        })?;
+    let corrupt = |message: String| SnapshotError::Corrupt {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        message,
+    };
+    // Short revisions can in principle collide; the full one is in the annotation.
+    if let Some(stored) = secret.annotations().get(REVISION_ANNOTATION)
+        && stored != revision
+    {
+        return Err(corrupt(format!("holds revision {stored}, not {revision}")));
+    }
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(DATA_KEY))
+        .ok_or_else(|| corrupt(format!("no key {DATA_KEY}")))?;
+    decode(&bytes.0).map_err(|error| corrupt(error.to_string()))
+}
+
+/// Deletes the app's snapshots of revisions not in `keep`.
+pub async fn retain(
+    client: &Client,
+    app: &AppDeployment,
+    keep: &[String],
+) -> Result<(), SnapshotError> {
+    let (namespace, app_name) = app_identity(app)?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!("{APP_LABEL}={}", app_label_value(&namespace, &app_name));
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|error| SnapshotError::Api {
+            action: "listing",
+            namespace: namespace.clone(),
+            name: format!("({selector})"),
+            message: api_message(&error),
+        })?;
+    let keep: HashSet<String> = keep.iter().map(|r| short_revision(r)).collect();
+    for secret in listed.items.iter().filter(|s| is_snapshot_of(s, app)) {
+        let revision = secret
+            .labels()
+            .get(REVISION_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        if keep.contains(&revision) {
+            continue;
+        }
+        let name = secret.name_any();
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => debug!(secret = %name, "deleted snapshot"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => {
+                return Err(SnapshotError::Api {
+                    action: "deleting",
+                    namespace: namespace.clone(),
+                    name,
+                    message: api_message(&error),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot Secret of this very app (type, and owned by it when the app has a uid: a
+/// shortened label could in principle be shared by two apps).
+fn is_snapshot_of(secret: &Secret, app: &AppDeployment) -> bool {
+    let typed = secret.type_.as_deref() == Some(SNAPSHOT_SECRET_TYPE);
+    let owned = match app.uid() {
+        Some(uid) => secret.owner_references().iter().any(|o| o.uid == uid),
+        None => true,
+    };
+    typed && owned
+}
+
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AppDeploymentSpec;
+    use serde_json::json;
+    use std::io::Write;
+
+    fn manifests() -> Vec<Manifest> {
+        vec![
+            Manifest {
+                object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "cfg"}, "data": {"k": "v"}}),
+                file: "app/config.yaml".into(),
+                line: 1,
+            },
+            Manifest {
+                object: json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "web"}, "spec": {"replicas": 2}}),
+                file: "app/web.yaml".into(),
+                line: 12,
+            },
+        ]
+    }
+
+    fn app(name: &str) -> AppDeployment {
+        let mut app = AppDeployment::new(name, AppDeploymentSpec::default());
+        app.metadata.namespace = Some("team".into());
+        app.metadata.uid = Some("uid-1".into());
+        app
+    }
+
+    #[test]
+    fn encode_decode_round_trip_keeps_objects_and_locations() {
+        let original = manifests();
+        let bytes = encode(&original);
+        assert_eq!(&bytes[..2], &[0x1f, 0x8b], "gzip magic");
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.len(), 2);
+        for (a, b) in original.iter().zip(&decoded) {
+            assert_eq!(a.object, b.object);
+            assert_eq!(a.file, b.file);
+            assert_eq!(a.line, b.line);
+        }
+        assert_eq!(encode(&original), bytes, "deterministic");
+        assert!(decode(&encode(&[])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert!(matches!(decode(b"not gzip"), Err(SnapshotError::Decode(_))));
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(b"{\"not\": \"a list\"}").unwrap();
+        let err = decode(&encoder.finish().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("JSON"), "{err}");
+    }
+
+    #[test]
+    fn secret_names_are_short_revision_and_bounded() {
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(secret_name("web", rev), "web-rev-0123456789ab");
+
+        let long = format!("{}.x", "a".repeat(250));
+        let name = secret_name(&long, rev);
+        assert!(name.len() <= 253, "{}", name.len());
+        assert!(name.ends_with("-rev-0123456789ab"));
+        assert!(name.starts_with("aaaa"));
+        let other = secret_name(&format!("{}.y", "a".repeat(250)), rev);
+        assert_ne!(name, other, "hash keeps truncated names apart");
+        // A dot right before the cut must not leave an invalid `.-` in the name.
+        let dotted = format!("{}.{}", "a".repeat(226), "b".repeat(30));
+        assert!(!secret_name(&dotted, rev).contains(".-"));
+    }
+
+    #[test]
+    fn app_label_values_fit_a_label() {
+        assert_eq!(app_label_value("team", "web"), "team.web");
+        let long = app_label_value("team", &"x".repeat(100));
+        assert!(long.len() <= 63);
+        assert!(long.starts_with("team.xxx"));
+        assert_ne!(long, app_label_value("team", &"x".repeat(101)));
+    }
+
+    #[test]
+    fn snapshot_secret_is_typed_labelled_and_owned_by_the_app() {
+        let rev = "0123456789abcdef0123456789abcdef01234567";
+        let secret = snapshot_secret(&app("web"), rev, &manifests()).unwrap();
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("web-rev-0123456789ab")
+        );
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("team"));
+        assert_eq!(secret.type_.as_deref(), Some(SNAPSHOT_SECRET_TYPE));
+        let labels = secret.metadata.labels.clone().unwrap();
+        assert_eq!(labels[APP_LABEL], "team.web");
+        assert_eq!(labels[REVISION_LABEL], "0123456789ab");
+        assert_eq!(secret.annotations()[REVISION_ANNOTATION], rev);
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "AppDeployment");
+        assert_eq!(owner.api_version, "bosun.dev/v1alpha1");
+        assert_eq!(owner.uid, "uid-1");
+        assert_eq!(owner.controller, Some(true));
+        let data = &secret.data.as_ref().unwrap()[DATA_KEY];
+        assert_eq!(decode(&data.0).unwrap().len(), 2);
+        assert!(is_snapshot_of(&secret, &app("web")));
+
+        let mut other_app = app("web");
+        other_app.metadata.uid = Some("uid-2".into());
+        assert!(!is_snapshot_of(&secret, &other_app));
+    }
+
+    #[test]
+    fn snapshot_secret_needs_namespace_and_uid() {
+        let mut no_uid = app("web");
+        no_uid.metadata.uid = None;
+        let err = snapshot_secret(&no_uid, "abc", &manifests()).unwrap_err();
+        assert!(err.to_string().contains("uid"), "{err}");
+        let mut no_ns = app("web");
+        no_ns.metadata.namespace = None;
+        let err = snapshot_secret(&no_ns, "abc", &manifests()).unwrap_err();
+        assert_eq!(err.reason(), "InvalidAppDeployment");
+    }
+
+    #[test]
+    fn oversized_snapshots_are_refused_before_sending() {
+        // Incompressible data: a long run of distinct hashes.
+        let noise: String = (0..40_000)
+            .map(|i| format!("{:x}", Sha256::digest(format!("{i}").as_bytes())))
+            .collect();
+        let big = vec![Manifest {
+            object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "big"}, "data": {"k": noise}}),
+            file: "big.yaml".into(),
+            line: 1,
+        }];
+        let err = snapshot_secret(&app("web"), "abc", &big).unwrap_err();
+        assert_eq!(err.reason(), "SnapshotTooLarge");
+    }
+}
