@@ -280,22 +280,35 @@ impl Applier {
 
     /// The live object of each prepared one (`None`: does not exist yet).
     async fn read_live(&self, prepared: &[Prepared<'_>]) -> Result<Vec<Option<Value>>, ApplyError> {
-        stream::iter(prepared)
-            .map(|p| async move {
-                match p.api(&self.client).get(&p.entry.name).await {
-                    Ok(live) => Ok(Some(serde_json::to_value(live).unwrap_or_default())),
-                    // Also the answer for a kind whose CRD is not installed yet.
-                    Err(error) if is_not_found(&error) => Ok(None),
-                    Err(error) => Err(ApplyError::ReadFailed {
-                        object: p.entry.clone(),
-                        location: p.location(),
-                        message: server_message(&error),
-                    }),
-                }
-            })
-            .buffered(CONCURRENT_REQUESTS)
-            .try_collect()
+        // Futures from an `async fn` (not a closure) keep the borrow lifetimes general
+        // enough for the controller's spawned, `Send` reconcile future.
+        let reads: Vec<_> = prepared.iter().map(|p| self.read_one(p)).collect();
+        stream::iter(reads).buffered(CONCURRENT_REQUESTS).try_collect().await
+    }
+
+    async fn read_one(&self, p: &Prepared<'_>) -> Result<Option<Value>, ApplyError> {
+        match p.api(&self.client).get(&p.entry.name).await {
+            Ok(live) => Ok(Some(serde_json::to_value(live).unwrap_or_default())),
+            // Also the answer for a kind whose CRD is not installed yet.
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(ApplyError::ReadFailed {
+                object: p.entry.clone(),
+                location: p.location(),
+                message: server_message(&error),
+            }),
+        }
+    }
+
+    async fn dry_run_one(&self, p: &Prepared<'_>, params: &PatchParams) -> Result<(), ApplyError> {
+        p.api(&self.client)
+            .patch(&p.entry.name, params, &Patch::Apply(&p.object))
             .await
+            .map(|_| ())
+            .map_err(|error| ApplyError::DryRunFailed {
+                object: p.entry.clone(),
+                location: p.location(),
+                message: server_message(&error),
+            })
     }
 
     /// Step 5: every changed object through a server dry run before anything is written.
@@ -347,21 +360,8 @@ impl Applier {
             })
             .collect();
         let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-        stream::iter(to_check)
-            .map(|p| {
-                let params = &params;
-                async move {
-                    p.api(&self.client)
-                        .patch(&p.entry.name, params, &Patch::Apply(&p.object))
-                        .await
-                        .map(|_| ())
-                        .map_err(|error| ApplyError::DryRunFailed {
-                            object: p.entry.clone(),
-                            location: p.location(),
-                            message: server_message(&error),
-                        })
-                }
-            })
+        let checks: Vec<_> = to_check.into_iter().map(|p| self.dry_run_one(p, &params)).collect();
+        stream::iter(checks)
             .buffered(CONCURRENT_REQUESTS)
             .try_collect::<Vec<()>>()
             .await?;

@@ -21,6 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::{AppDeployment, Runbook, RunbookKind};
+use crate::apply::DiscoveryCache;
 use crate::gates::http::HttpProber;
 use crate::source::GitCache;
 
@@ -54,6 +55,8 @@ pub struct Context {
     pub git: GitCache,
     pub recorder: Recorder,
     pub prober: HttpProber,
+    /// API discovery shared by every apply, whichever account applies.
+    pub discovery: DiscoveryCache,
     pub settings: Settings,
     /// Gate trackers of revisions being verified, keyed by `namespace/name`. In memory on
     /// purpose: after a restart verification simply starts over for the same revision.
@@ -74,6 +77,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             git: GitCache::new(settings.cache_dir.clone()),
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
+            discovery: DiscoveryCache::new(),
             client,
             config,
             settings,

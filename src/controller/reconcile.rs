@@ -19,7 +19,7 @@ use crate::api::{
     Runbook, RunbookKind, RunbookSpec, parse_duration, short_revision,
 };
 use crate::apply::{Applier, ApplyPlan};
-use crate::core::{self, Decision, DesiredRevision, Verification};
+use crate::core::{self, Decision, DesiredRevision, FailureResponse, Verification};
 use crate::render::{self, Manifest};
 use crate::snapshot;
 use crate::source::Credentials;
@@ -397,7 +397,9 @@ impl<'a> Reconciliation<'a> {
             .into_iter()
             .map(|(key, value)| (key, value.0))
             .collect();
-        Credentials::from_secret_data(&secret_ref.name, &data).map_err(|e| e.to_string())
+        Credentials::from_secret_data(&secret_ref.name, &data)
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// Render, record the operation, apply, snapshot, then start verifying.
@@ -430,13 +432,8 @@ impl<'a> Reconciliation<'a> {
                 started_at: started_at.clone(),
                 applied_at: None,
             });
-            status::open_history(
-                &mut self.status,
-                revision,
-                Phase::Applying,
-                &started_at,
-                self.history_limit(),
-            );
+            let limit = self.history_limit();
+            status::open_history(&mut self.status, revision, Phase::Applying, &started_at, limit);
             verify::forget(self.context, &self.key);
         }
         status::set_phase(
@@ -462,7 +459,7 @@ impl<'a> Reconciliation<'a> {
         // revision later never needs Git, and a crash after apply loses nothing.
         snapshot::store(&self.context.client, &self.app, revision, &manifests).await?;
 
-        match self.apply(&manifests).await {
+        match self.apply(&manifests).await? {
             Ok(outcome) => {
                 self.status.inventory = outcome.inventory;
                 status::set_current_revision(&mut self.status, revision);
@@ -487,36 +484,20 @@ impl<'a> Reconciliation<'a> {
                 self.save().await?;
                 self.event(false, "Verifying", &message).await;
             }
-            Err(error) if error.nothing_applied() => {
+            Err(error) if error.before_any_write() => {
                 self.block(revision, &error.to_string()).await;
             }
             Err(error) => {
                 // Part of the revision may be live: treat like a failed gate.
                 let message = format!("apply failed: {error}");
-                let decision = core::failure_response(
-                    &core::Input {
-                        status: &self.status,
-                        generation: self.generation,
-                        suspended: false,
-                        automatic_rollback: runbook.automatic_rollback(),
-                        desired: DesiredRevision::Unavailable,
-                        verification: Verification::NotRun,
-                        spec_problem: None,
-                    },
-                    revision,
-                    &message,
-                );
-                match decision {
-                    Decision::RollBack {
-                        failed_revision,
-                        to,
-                        message,
-                    } => {
+                let response =
+                    core::failure_response(&self.status, runbook.automatic_rollback(), revision, &message);
+                match response {
+                    FailureResponse::RollBack { failed_revision, to, message } => {
                         self.start_rollback(&failed_revision, &to, &message).await?;
                         self.apply_rollback(&to).await?;
                     }
-                    Decision::Fail { revision, message } => self.fail(&revision, &message).await,
-                    _ => unreachable!("failure_response only rolls back or fails"),
+                    FailureResponse::Fail { revision, message } => self.fail(&revision, &message).await,
                 }
             }
         }
@@ -545,25 +526,27 @@ impl<'a> Reconciliation<'a> {
         render::render(&files).map_err(|e| e.to_string())
     }
 
+    /// Applies `manifests` as this app (impersonating its ServiceAccount when set).
+    /// The outer error is a failure to build the client; the inner one the apply's.
     async fn apply(
         &self,
         manifests: &[Manifest],
-    ) -> Result<crate::apply::ApplyOutcome, crate::apply::ApplyError> {
+    ) -> Result<Result<crate::apply::ApplyOutcome, crate::apply::ApplyError>, Error> {
         let client = self
             .context
-            .apply_client(&self.namespace, self.app.spec.service_account_name.as_deref())
-            .map_err(|e| crate::apply::ApplyError::client(e.to_string()))?;
-        let applier = Applier::new(client);
+            .apply_client(&self.namespace, self.app.spec.service_account_name.as_deref())?;
+        let applier = Applier::with_discovery(client, self.context.discovery.clone());
         let target_namespace = self.target_namespace();
-        applier
+        let app_label = format!("{}.{}", self.namespace, self.app.name_any());
+        Ok(applier
             .apply(ApplyPlan {
                 manifests,
                 default_namespace: &target_namespace,
                 owner: &self.key,
-                app_label: &format!("{}.{}", self.namespace, self.app.name_any()),
+                app_label: &app_label,
                 previous_inventory: &self.status.inventory,
             })
-            .await
+            .await)
     }
 
     /// Nothing was applied: the revision waits for a new commit or a spec change.
@@ -644,7 +627,7 @@ impl<'a> Reconciliation<'a> {
     /// Applies the last healthy snapshot: no Git involved.
     async fn apply_rollback(&mut self, to: &str) -> Result<(), Error> {
         let manifests = snapshot::load(&self.context.client, &self.app, to).await?;
-        match self.apply(&manifests).await {
+        match self.apply(&manifests).await? {
             Ok(outcome) => {
                 self.status.inventory = outcome.inventory;
                 status::set_current_revision(&mut self.status, to);
@@ -738,7 +721,7 @@ impl<'a> Reconciliation<'a> {
         }
         self.mark_resynced();
         let manifests = snapshot::load(&self.context.client, &self.app, &current).await?;
-        match self.apply(&manifests).await {
+        match self.apply(&manifests).await? {
             Ok(outcome) => {
                 if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {
                     let message = format!(

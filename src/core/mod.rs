@@ -156,23 +156,48 @@ fn decide_deploy_in_progress(input: &Input<'_>, revision: &str, applied: bool) -
         Verification::Passed => Decision::MarkHealthy {
             revision: revision.to_string(),
         },
-        Verification::Failed { message } => failure_response(input, revision, message),
+        Verification::Failed { message } => {
+            failure_response(status, input.automatic_rollback, revision, message).into()
+        }
+    }
+}
+
+/// What a failed revision leads to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureResponse {
+    RollBack { failed_revision: String, to: String, message: String },
+    Fail { revision: String, message: String },
+}
+
+impl From<FailureResponse> for Decision {
+    fn from(response: FailureResponse) -> Decision {
+        match response {
+            FailureResponse::RollBack { failed_revision, to, message } => {
+                Decision::RollBack { failed_revision, to, message }
+            }
+            FailureResponse::Fail { revision, message } => Decision::Fail { revision, message },
+        }
     }
 }
 
 /// What to do when `revision` failed: flip back when there is somewhere to go.
-pub fn failure_response(input: &Input<'_>, revision: &str, message: &str) -> Decision {
-    match input.status.last_healthy_revision.as_deref() {
-        Some(last_healthy) if input.automatic_rollback && last_healthy != revision => Decision::RollBack {
+pub fn failure_response(
+    status: &AppDeploymentStatus,
+    automatic_rollback: bool,
+    revision: &str,
+    message: &str,
+) -> FailureResponse {
+    match status.last_healthy_revision.as_deref() {
+        Some(last_healthy) if automatic_rollback && last_healthy != revision => FailureResponse::RollBack {
             failed_revision: revision.to_string(),
             to: last_healthy.to_string(),
             message: message.to_string(),
         },
-        Some(_) if !input.automatic_rollback => Decision::Fail {
+        Some(_) if !automatic_rollback => FailureResponse::Fail {
             revision: revision.to_string(),
             message: format!("{message} (automatic rollback is off in the Runbook)"),
         },
-        _ => Decision::Fail {
+        _ => FailureResponse::Fail {
             revision: revision.to_string(),
             message: format!("{message} (no healthy revision to roll back to)"),
         },

@@ -11,11 +11,14 @@
 
 mod binaries;
 mod controlplane;
+pub mod example;
 mod git;
+mod health;
 mod podsim;
 pub mod process;
 
 pub use binaries::{Binaries, find_repo_root};
 pub use controlplane::{ControlPlane, ControlPlaneOptions};
 pub use git::{GitServer, WorkRepo};
+pub use health::{HealthCounters, HealthEndpoint};
 pub use podsim::{PodSimulator, simulated_status};

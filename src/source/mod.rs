@@ -130,3 +130,8 @@ impl SourceError {
 
 #[cfg(test)]
 mod tests;
+
+/// Checks `spec.source.git.path` without touching Git: relative, no `..`.
+pub fn validate_path(path: &str) -> Result<(), SourceError> {
+    tree::validate_path(Some(path)).map(|_| ())
+}
