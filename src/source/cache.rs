@@ -456,7 +456,9 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, SourceError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
+    // Keep the caller's span (app, revision) on the logs of the blocking thread.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| SourceError::Git {
             message: format!("git task did not finish: {e}"),
