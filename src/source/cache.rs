@@ -26,6 +26,8 @@ use crate::api::GitRef;
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 /// Default limit on one fetch; a stalled server must not hold the URL's lock forever.
 const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Extra wait past the fetch timeout for the blocking task to notice it and return.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 /// Credential prompts answered per fetch before giving up (libgit2 asks again on 401).
 const MAX_AUTH_ATTEMPTS: u32 = 3;
 
@@ -51,6 +53,16 @@ struct RepoState {
     /// repository successfully. A caller whose credentials never fetched it must fetch
     /// once itself: sharing the clone must not share access to a private repository.
     fetched: HashMap<String, Instant>,
+}
+
+impl std::fmt::Debug for GitCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitCache")
+            .field("root", &self.inner.root)
+            .field("clones", &self.clone_count())
+            .field("fetches", &self.fetch_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GitCache {
@@ -119,14 +131,19 @@ impl GitCache {
         let query = RefQuery::from_git_ref(reference)?;
         check_transport(&url, credentials)?;
         let fetcher = self.fetcher(&url, credentials);
-        // The guard moves into the blocking task: if this future is dropped mid-fetch,
-        // the lock is still held until the fetch really ends.
-        let mut state = self.lock(&url).await;
-        blocking(move || {
-            let fresh = state
-                .fetched
-                .get(&fetcher.who)
-                .is_some_and(|at| at.elapsed() < max_age);
+        self.with_repo(&url, move |state| {
+            let last_fetch = state.fetched.get(&fetcher.who);
+            let fresh = last_fetch.is_some_and(|at| at.elapsed() < max_age);
+            // A commit never changes: once cached (and these credentials have fetched
+            // the repository), it resolves without the server.
+            if !fresh
+                && last_fetch.is_some()
+                && matches!(query, RefQuery::Commit(_))
+                && let Ok(resolved) = open_bare(&fetcher.dir)
+                    .and_then(|repo| query.resolve(&repo, &fetcher.url.redacted))
+            {
+                return Ok(resolved);
+            }
             if !fresh {
                 fetcher.fetch()?;
                 state.fetched.insert(fetcher.who.clone(), Instant::now());
@@ -156,8 +173,7 @@ impl GitCache {
         check_transport(&url, credentials)?;
         let path = path.map(str::to_string);
         let fetcher = self.fetcher(&url, credentials);
-        let mut state = self.lock(&url).await;
-        blocking(move || {
+        self.with_repo(&url, move |state| {
             let shown_access = state.fetched.contains_key(&fetcher.who);
             let cached = if shown_access && fetcher.dir.exists() {
                 let repo = open_bare(&fetcher.dir)?;
@@ -183,6 +199,28 @@ impl GitCache {
             tree::read_manifests(&repo, oid, path.as_deref())
         })
         .await
+    }
+
+    /// Runs `work` on a blocking thread while holding the URL's lock. The guard moves
+    /// into the task, so a caller that gives up (or is cancelled) mid-fetch leaves the
+    /// lock held until the fetch really ends; callers wait a bounded time either way.
+    async fn with_repo<T, F>(&self, url: &RepoUrl, work: F) -> Result<T, SourceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut RepoState) -> Result<T, SourceError> + Send + 'static,
+    {
+        let timed_out = |what: &str| SourceError::FetchFailed {
+            url: url.redacted.clone(),
+            message: format!("{what} for more than {}s", self.fetch_timeout.as_secs()),
+        };
+        let mut state = tokio::time::timeout(self.fetch_timeout, self.lock(url))
+            .await
+            .map_err(|_| timed_out("another fetch of this repository has been running"))?;
+        // libgit2 has no connect timeout reachable from safe Rust: bound the wait here.
+        let task = blocking(move || work(&mut state));
+        tokio::time::timeout(self.fetch_timeout + TIMEOUT_GRACE, task)
+            .await
+            .map_err(|_| timed_out("the server has not answered"))?
     }
 
     fn fetcher(&self, url: &RepoUrl, credentials: Option<&Credentials>) -> Fetcher {
@@ -418,7 +456,9 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, SourceError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
+    // Keep the caller's span (app, revision) on the logs of the blocking thread.
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|e| SourceError::Git {
             message: format!("git task did not finish: {e}"),

@@ -46,7 +46,7 @@ pub(crate) mod field {
 
 /// Why fetching or reading a revision failed. Messages never carry credentials:
 /// URLs are shown without passwords and Secret values are never included.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// A field of `spec.source.git` is malformed (the message says how).
     #[error("{field}: {message}")]

@@ -718,5 +718,165 @@ async fn git_daemon_stopped_fetch_fails_but_cached_commit_is_still_readable() {
         .await
         .unwrap();
     assert_eq!(files[0].content, b"kind: x\n");
+    // A pinned commit that is cached resolves without the server.
+    let pinned = GitRef {
+        commit: Some(head.clone()),
+        ..GitRef::default()
+    };
+    let resolved = cache
+        .resolve(&url, &pinned, None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(resolved.commit, head);
     assert_eq!(cache.fetch_count(), 2);
+}
+
+/// An HTTP server that answers every request with 401 and records the
+/// `Authorization` headers it was sent.
+struct RefusingHttpServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RefusingHttpServer {
+    fn start() -> RefusingHttpServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (thread_stop, thread_seen) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(value) = line.strip_prefix("Authorization: ") {
+                        thread_seen.lock().unwrap().push(value.trim().to_string());
+                    }
+                    line.clear();
+                }
+                let mut stream = stream;
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        RefusingHttpServer {
+            port,
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RefusingHttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_credentials_are_sent_and_a_refusal_is_an_authentication_error() {
+    let server = RefusingHttpServer::start();
+    let url = format!("http://127.0.0.1:{}/app.git", server.port);
+    let (_dir, cache) = cache();
+
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert!(err.to_string().contains("secretRef"), "{err}");
+    assert!(server.seen.lock().unwrap().is_empty());
+
+    let data: BTreeMap<String, Vec<u8>> = [("token".to_string(), b"t0ken-value\n".to_vec())].into();
+    let creds = Credentials::from_secret_data("git-token", &data).unwrap();
+    let err = cache
+        .resolve(&url, &GitRef::default(), Some(&creds), LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "AuthenticationFailed", "{err}");
+    assert!(!err.to_string().contains("t0ken-value"), "{err}");
+    let seen = server.seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "credentials were offered");
+    for header in &seen {
+        let encoded = header.strip_prefix("Basic ").expect("basic auth");
+        let decoded = super::known_hosts::base64_decode(encoded).unwrap();
+        assert_eq!(decoded, b"x-access-token:t0ken-value");
+    }
+}
+
+/// A server that accepts connections and never answers; they close when it is dropped.
+struct SilentServer {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentServer {
+    fn start() -> SilentServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !thread_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        SilentServer {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_silent_server_times_out_and_does_not_block_the_url_forever() {
+    let server = SilentServer::start();
+    let url = format!("git://127.0.0.1:{}/app", server.port);
+    let (_dir, cache) = cache();
+    let cache = cache.with_fetch_timeout(Duration::from_secs(1));
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "FetchFailed", "{err}");
+    assert!(err.to_string().contains("more than 1s"), "{err}");
+    // The first fetch still hangs inside libgit2; the next caller gives up waiting.
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("another fetch"), "{err}");
+    drop(server);
 }
