@@ -48,7 +48,10 @@ impl Binaries {
                 let missing: Vec<&str> = [
                     (etcd.is_none(), "etcd (env ETCD)"),
                     (apiserver.is_none(), "kube-apiserver (env KUBE_APISERVER)"),
-                    (kcm.is_none(), "kube-controller-manager (env KUBE_CONTROLLER_MANAGER)"),
+                    (
+                        kcm.is_none(),
+                        "kube-controller-manager (env KUBE_CONTROLLER_MANAGER)",
+                    ),
                 ]
                 .into_iter()
                 .filter_map(|(is_missing, name)| is_missing.then_some(name))
@@ -167,7 +170,10 @@ mod tests {
         // The crate's own manifest dir is a bosun root (unless overridden by env).
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
-            assert_eq!(find_repo_root(&root.join("src/devenv")), Some(root.to_path_buf()));
+            assert_eq!(
+                find_repo_root(&root.join("src/devenv")),
+                Some(root.to_path_buf())
+            );
         }
     }
 }
