@@ -83,7 +83,7 @@ fn deployment(name: &str, image: &str, replicas: i32) -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow::Result<()> {
     init_tracing();
     let control_plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
