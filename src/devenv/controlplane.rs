@@ -171,7 +171,15 @@ impl ControlPlane {
                     tracing::warn!(attempt, "a control-plane port was taken; retrying");
                     attempt += 1;
                 }
-                Err(failure) => return Err(failure.error),
+                Err(failure) => {
+                    // Keep the logs the error points to; etcd's data is of no use.
+                    if let Some(temp) = &mut temp_run_dir {
+                        temp.disable_cleanup(true);
+                    }
+                    return Err(failure
+                        .error
+                        .context(format!("logs kept in {}", run_dir.join("logs").display())));
+                }
             }
         }
     }
