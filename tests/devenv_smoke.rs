@@ -83,7 +83,7 @@ fn deployment(name: &str, image: &str, replicas: i32) -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow::Result<()> {
     init_tracing();
     let control_plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
@@ -95,7 +95,7 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
     assert!(control_plane.kubeconfig_path().is_file());
     assert!(control_plane.log_dir().join("kube-apiserver.log").is_file());
     let client = control_plane.client();
-    let _simulator = PodSimulator::start(client.clone());
+    let simulator = PodSimulator::start(client.clone());
 
     let namespace = "smoke";
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -119,12 +119,24 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
     assert_eq!(status.updated_replicas, Some(2));
 
     // A crash-looping image shows CrashLoopBackOff with rising restarts.
-    apply(&deployments, deployment("crasher", "example/crashloop:1", 1)).await?;
+    apply(
+        &deployments,
+        deployment("crasher", "example/crashloop:1", 1),
+    )
+    .await?;
     let crash_restarts = || async {
-        let list = pods.list(&ListParams::default().labels("app=crasher")).await?;
+        let list = pods
+            .list(&ListParams::default().labels("app=crasher"))
+            .await?;
         let restarts = list.items.iter().find_map(|pod| {
             let container = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-            let reason = container.state.as_ref()?.waiting.as_ref()?.reason.as_deref()?;
+            let reason = container
+                .state
+                .as_ref()?
+                .waiting
+                .as_ref()?
+                .reason
+                .as_deref()?;
             (reason == "CrashLoopBackOff").then_some(container.restart_count)
         });
         Ok(restarts)
@@ -160,7 +172,10 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
     })
     .await?;
 
+    simulator.stop();
+    let stopping = Instant::now();
     control_plane.stop();
+    eprintln!("control plane stopped in {:?}", stopping.elapsed());
     Ok(())
 }
 
@@ -194,12 +209,18 @@ fn git_server_serves_work_repo_and_survives_restart() -> anyhow::Result<()> {
     assert!(refs.contains(&format!("{sha}\trefs/tags/v1.0.0")), "{refs}");
 
     server.stop();
-    assert!(ls_remote(&url).is_err(), "ls-remote should fail while stopped");
+    assert!(
+        ls_remote(&url).is_err(),
+        "ls-remote should fail while stopped"
+    );
 
     let second = repo.commit("second")?;
     server.restart()?;
     assert_eq!(server.url("app"), url, "same port after restart");
     let refs = ls_remote(&url)?;
-    assert!(refs.contains(&format!("{second}\trefs/heads/main")), "{refs}");
+    assert!(
+        refs.contains(&format!("{second}\trefs/heads/main")),
+        "{refs}"
+    );
     Ok(())
 }

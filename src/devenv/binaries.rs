@@ -27,43 +27,35 @@ impl Binaries {
         let cache = repo_root.map(|root| root.join("target/control-plane/bin"));
         let path_var = std::env::var_os("PATH").unwrap_or_default();
         let path_dirs: Vec<PathBuf> = std::env::split_paths(&path_var).collect();
-        let find = |env: &str, name: &str| {
-            locate_one(
-                std::env::var_os(env).map(PathBuf::from),
-                cache.as_deref(),
-                &path_dirs,
-                name,
-            )
-        };
-        let etcd = find("ETCD", "etcd");
-        let kube_apiserver = find("KUBE_APISERVER", "kube-apiserver");
-        let kube_controller_manager = find("KUBE_CONTROLLER_MANAGER", "kube-controller-manager");
-        match (etcd, kube_apiserver, kube_controller_manager) {
-            (Some(etcd), Some(kube_apiserver), Some(kube_controller_manager)) => Ok(Self {
-                etcd,
-                kube_apiserver,
-                kube_controller_manager,
-            }),
-            (etcd, apiserver, kcm) => {
-                let missing: Vec<&str> = [
-                    (etcd.is_none(), "etcd (env ETCD)"),
-                    (apiserver.is_none(), "kube-apiserver (env KUBE_APISERVER)"),
-                    (kcm.is_none(), "kube-controller-manager (env KUBE_CONTROLLER_MANAGER)"),
-                ]
-                .into_iter()
-                .filter_map(|(is_missing, name)| is_missing.then_some(name))
-                .collect();
-                let searched = cache.map_or_else(
-                    || "PATH".to_owned(),
-                    |dir| format!("{} and PATH", dir.display()),
-                );
-                bail!(
-                    "control-plane binaries not found: {} (searched {searched}); \
-                     run {BUILD_SCRIPT} from the repository root to build them",
-                    missing.join(", ")
-                )
+        let mut missing = Vec::new();
+        let mut find = |env: &str, name: &str| {
+            let explicit = std::env::var_os(env).map(PathBuf::from);
+            let found = locate_one(explicit.clone(), cache.as_deref(), &path_dirs, name);
+            if found.is_none() {
+                missing.push(match explicit {
+                    Some(path) => format!("{name} ({env}={} is not a file)", path.display()),
+                    None => format!("{name} (set {env}, or build it)"),
+                });
             }
+            found.unwrap_or_default()
+        };
+        let binaries = Self {
+            etcd: find("ETCD", "etcd"),
+            kube_apiserver: find("KUBE_APISERVER", "kube-apiserver"),
+            kube_controller_manager: find("KUBE_CONTROLLER_MANAGER", "kube-controller-manager"),
+        };
+        if !missing.is_empty() {
+            let searched = cache.map_or_else(
+                || "PATH".to_owned(),
+                |dir| format!("{} and PATH", dir.display()),
+            );
+            bail!(
+                "control-plane binaries not found: {} (searched {searched}); \
+                 run {BUILD_SCRIPT} from the repository root to build them",
+                missing.join(", ")
+            );
         }
+        Ok(binaries)
     }
 }
 
@@ -167,7 +159,10 @@ mod tests {
         // The crate's own manifest dir is a bosun root (unless overridden by env).
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
-            assert_eq!(find_repo_root(&root.join("src/devenv")), Some(root.to_path_buf()));
+            assert_eq!(
+                find_repo_root(&root.join("src/devenv")),
+                Some(root.to_path_buf())
+            );
         }
     }
 }

@@ -16,7 +16,7 @@ use rand::Rng;
 use tempfile::TempDir;
 
 use super::binaries::{Binaries, find_repo_root};
-use super::process::{self, ManagedProcess};
+use super::process::{self, ManagedProcess, ProcessGroup};
 
 /// Controllers of kube-controller-manager that need nodes, a cloud or volumes,
 /// none of which exist here.
@@ -58,7 +58,7 @@ impl Default for ControlPlaneOptions {
 /// A running control plane. Dropping it stops every process it started (SIGTERM,
 /// then SIGKILL) and removes its temporary directories unless kept.
 pub struct ControlPlane {
-    processes: Vec<ManagedProcess>,
+    processes: ProcessGroup,
     run_dir: PathBuf,
     server_url: String,
     token: String,
@@ -171,7 +171,15 @@ impl ControlPlane {
                     tracing::warn!(attempt, "a control-plane port was taken; retrying");
                     attempt += 1;
                 }
-                Err(failure) => return Err(failure.error),
+                Err(failure) => {
+                    // Keep the logs the error points to; etcd's data is of no use.
+                    if let Some(temp) = &mut temp_run_dir {
+                        temp.disable_cleanup(true);
+                    }
+                    return Err(failure
+                        .error
+                        .context(format!("logs kept in {}", run_dir.join("logs").display())));
+                }
             }
         }
     }
@@ -220,8 +228,9 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        // Controllers first, storage last.
-        process::stop_all(self.processes.iter_mut().rev(), Duration::from_secs(5));
+        let stopping = Instant::now();
+        self.processes.stop();
+        tracing::debug!(elapsed = ?stopping.elapsed(), "control plane stopped");
     }
 }
 
@@ -273,11 +282,13 @@ impl Layout {
         let sa_key = self.sa_key.display();
         let mut command = Command::new(&binaries.kube_apiserver);
         command
-            .arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_client_port))
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_client_port
+            ))
             .arg("--bind-address=127.0.0.1")
             .arg("--advertise-address=127.0.0.1")
             .arg(format!("--secure-port={}", self.apiserver_port))
-            .arg("--insecure-port=0")
             .arg(format!("--cert-dir={}", self.cert_dir.display()))
             .arg(format!("--token-auth-file={}", self.token_file.display()))
             .arg("--authorization-mode=RBAC")
@@ -306,6 +317,7 @@ impl Layout {
             .arg("--use-service-account-credentials=false")
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", self.kcm_port))
+            // The insecure port (default 10252) would clash between instances.
             .arg("--port=0")
             .arg("--profiling=false");
         command
@@ -351,25 +363,30 @@ async fn start_once(
     binaries: &Binaries,
     layout: &Layout,
     timeout: Duration,
-) -> Result<(Vec<ManagedProcess>, kube::Client, String), AttemptError> {
-    let deadline = Instant::now() + timeout;
+) -> Result<(ProcessGroup, kube::Client, String), AttemptError> {
+    let began = Instant::now();
+    let deadline = began + timeout;
     // A fresh etcd for every attempt; old logs would confuse the port check.
     reset_dir(&layout.etcd_data)?;
     for name in ["etcd", "kube-apiserver", "kube-controller-manager"] {
         let _ = std::fs::remove_file(layout.log(name));
     }
 
-    let mut processes = Vec::new();
+    let mut processes = ProcessGroup::default();
     processes.push(ManagedProcess::spawn(
         "etcd",
         layout.etcd_command(binaries),
         &layout.log("etcd"),
     )?);
     let token = prepare_credentials(layout).await?;
-    wait_until(&mut processes, deadline, "etcd accepting connections", async || {
-        Ok(process::port_accepts(layout.etcd_client_port))
-    })
+    wait_until(
+        &mut processes,
+        deadline,
+        "etcd accepting connections",
+        async || Ok(process::port_accepts(layout.etcd_client_port)),
+    )
     .await?;
+    tracing::debug!(elapsed = ?began.elapsed(), "etcd ready");
 
     processes.push(ManagedProcess::spawn(
         "kube-apiserver",
@@ -382,14 +399,20 @@ async fn start_once(
         .build()
         .map_err(anyhow::Error::from)?;
     let readyz = format!("{}/readyz", layout.server_url());
-    wait_until(&mut processes, deadline, "kube-apiserver /readyz", async || {
-        let response = http.get(&readyz).bearer_auth(&token).send().await;
-        Ok(match response {
-            Ok(response) => response.status().is_success(),
-            Err(_) => false,
-        })
-    })
+    wait_until(
+        &mut processes,
+        deadline,
+        "kube-apiserver /readyz",
+        async || {
+            let response = http.get(&readyz).bearer_auth(&token).send().await;
+            Ok(match response {
+                Ok(response) => response.status().is_success(),
+                Err(_) => false,
+            })
+        },
+    )
     .await?;
+    tracing::debug!(elapsed = ?began.elapsed(), "kube-apiserver ready");
 
     std::fs::write(&layout.kubeconfig, layout.kubeconfig_yaml(&token))
         .with_context(|| format!("writing {}", layout.kubeconfig.display()))?;
@@ -457,22 +480,21 @@ async fn prepare_credentials(layout: &Layout) -> anyhow::Result<String> {
 /// Polls `ready` until it returns true, failing when the deadline passes or a
 /// process exits; the error includes the tail of every process's log.
 async fn wait_until(
-    processes: &mut [ManagedProcess],
+    processes: &mut ProcessGroup,
     deadline: Instant,
     what: &str,
     mut ready: impl AsyncFnMut() -> anyhow::Result<bool>,
 ) -> Result<(), AttemptError> {
     let mut last_error = None;
     loop {
-        if let Some(exited) = processes.iter_mut().find_map(|p| {
-            let status = p.exited()?;
-            Some(format!("{} exited ({status})", p.name()))
-        }) {
+        if let Some((name, status)) = processes.first_exited() {
             let port_conflict = processes
+                .processes()
                 .iter()
                 .any(|p| p.log_tail(40).contains("address already in use"));
+            let message = format!("{name} exited ({status}) while waiting for {what}");
             return Err(AttemptError {
-                error: failure(processes, &format!("{exited} while waiting for {what}")),
+                error: failure(processes, &message),
                 port_conflict,
             });
         }
@@ -483,16 +505,18 @@ async fn wait_until(
         }
         if Instant::now() >= deadline {
             let detail = last_error.map_or_else(String::new, |e| format!(" (last error: {e:#})"));
-            return Err(failure(processes, &format!("timed out waiting for {what}{detail}")).into());
+            return Err(
+                failure(processes, &format!("timed out waiting for {what}{detail}")).into(),
+            );
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
 /// An error naming what failed, followed by the last lines of each log.
-fn failure(processes: &[ManagedProcess], message: &str) -> anyhow::Error {
+fn failure(processes: &ProcessGroup, message: &str) -> anyhow::Error {
     let mut text = format!("control plane failed to start: {message}");
-    for process in processes {
+    for process in processes.processes() {
         text.push_str(&format!(
             "\n--- {} ({}) ---\n{}",
             process.name(),
@@ -561,12 +585,15 @@ fn remove_stale_etcd_dirs(dir: &Path) {
     }
 }
 
-/// Empties `dir` (creating it if needed).
+/// Empties `dir` (creating it if needed), readable by its owner only as etcd wants.
 fn reset_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {}", dir.display()))
 }
 
 #[cfg(test)]
@@ -581,7 +608,10 @@ mod tests {
         let kubeconfig = Kubeconfig::from_yaml(&yaml).unwrap();
         assert_eq!(kubeconfig.current_context.as_deref(), Some("bosun-dev"));
         let cluster = kubeconfig.clusters[0].cluster.as_ref().unwrap();
-        assert_eq!(cluster.server.as_deref(), Some(layout.server_url().as_str()));
+        assert_eq!(
+            cluster.server.as_deref(),
+            Some(layout.server_url().as_str())
+        );
         let ca = cluster.certificate_authority.as_deref().unwrap();
         assert!(ca.ends_with("apiserver-certs/apiserver.crt"));
     }
@@ -591,7 +621,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // pid 0 is never a user process, and /proc/0 does not exist.
         let stale = dir.path().join("bosun-etcd-0-abc");
-        let live = dir.path().join(format!("bosun-etcd-{}-abc", std::process::id()));
+        let live = dir
+            .path()
+            .join(format!("bosun-etcd-{}-abc", std::process::id()));
         let other = dir.path().join("something-else");
         for d in [&stale, &live, &other] {
             std::fs::create_dir(d).unwrap();

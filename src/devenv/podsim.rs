@@ -147,7 +147,11 @@ async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatu
     // and carries no resourceVersion, so it cannot conflict with other writers.
     let patch = serde_json::json!({ "status": status });
     match api
-        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => {
@@ -252,7 +256,9 @@ pub fn simulated_status(
             .containers
             .iter()
             .zip(&behaviors)
-            .map(|(c, &b)| container_status(pod, c, b, start_time, now, previous_container(&c.name)))
+            .map(|(c, &b)| {
+                container_status(pod, c, b, start_time, now, previous_container(&c.name))
+            })
             .collect();
         (if any_waiting { "Pending" } else { "Running" }, statuses)
     };
@@ -363,7 +369,9 @@ fn container_status(
         Behavior::CrashLoop | Behavior::OomKilled => {
             // One crash at start, then one more every RESTART_INTERVAL_SECONDS.
             let (restart_count, crashed_at) = match previous.and_then(last_termination) {
-                Some((count, at)) if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS => {
+                Some((count, at))
+                    if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS =>
+                {
                     (count + 1, now)
                 }
                 Some((count, at)) => (count, at),
@@ -430,7 +438,11 @@ fn finished_container(
     failed: bool,
 ) -> ContainerStatus {
     let image = container.image.clone().unwrap_or_default();
-    let (exit_code, reason) = if failed { (1, "Error") } else { (0, "Completed") };
+    let (exit_code, reason) = if failed {
+        (1, "Error")
+    } else {
+        (0, "Completed")
+    };
     ContainerStatus {
         name: container.name.clone(),
         image_id: image_id(&image),
@@ -454,7 +466,11 @@ fn finished_container(
 }
 
 /// Init containers always complete at once.
-fn completed_init_container(pod: &Pod, container: &Container, start_time: Timestamp) -> ContainerStatus {
+fn completed_init_container(
+    pod: &Pod,
+    container: &Container,
+    start_time: Timestamp,
+) -> ContainerStatus {
     let image = container.image.clone().unwrap_or_default();
     ContainerStatus {
         name: container.name.clone(),
@@ -502,7 +518,10 @@ fn image_id(image: &str) -> String {
 /// A stable, distinct container id per Pod, container and restart.
 fn container_id(pod: &Pod, container: &str, restart: i32) -> String {
     let uid = pod.uid().unwrap_or_else(|| pod.name_any());
-    format!("containerd://{}", hex_sha256(&format!("{uid}/{container}/{restart}")))
+    format!(
+        "containerd://{}",
+        hex_sha256(&format!("{uid}/{container}/{restart}"))
+    )
 }
 
 fn hex_sha256(text: &str) -> String {
@@ -562,7 +581,13 @@ mod tests {
     }
 
     fn waiting_reason(status: &PodStatus) -> Option<&str> {
-        container(status).state.as_ref()?.waiting.as_ref()?.reason.as_deref()
+        container(status)
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?
+            .reason
+            .as_deref()
     }
 
     #[test]
@@ -669,7 +694,13 @@ mod tests {
         assert_eq!(first.phase.as_deref(), Some("Running"));
         let done = simulated_status(&p, at(1), Some(&first)).unwrap();
         assert_eq!(done.phase.as_deref(), Some("Succeeded"));
-        let terminated = container(&done).state.as_ref().unwrap().terminated.clone().unwrap();
+        let terminated = container(&done)
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .clone()
+            .unwrap();
         assert_eq!(terminated.exit_code, 0);
         // Finished Pods are left alone.
         assert_eq!(simulated_status(&p, at(10), Some(&done)), None);
@@ -681,7 +712,13 @@ mod tests {
         let first = simulated_status(&p, at(0), None).unwrap();
         let done = simulated_status(&p, at(2), Some(&first)).unwrap();
         assert_eq!(done.phase.as_deref(), Some("Failed"));
-        let terminated = container(&done).state.as_ref().unwrap().terminated.clone().unwrap();
+        let terminated = container(&done)
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .clone()
+            .unwrap();
         assert_eq!(terminated.exit_code, 1);
     }
 

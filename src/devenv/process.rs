@@ -148,15 +148,43 @@ impl Drop for ManagedProcess {
     }
 }
 
-/// Stops all `processes` at once: SIGTERM to each, then one shared grace period.
-pub fn stop_all<'a>(processes: impl IntoIterator<Item = &'a mut ManagedProcess>, grace: Duration) {
-    let mut processes: Vec<_> = processes.into_iter().collect();
-    for process in &mut processes {
-        process.terminate();
+/// Processes that depend on the ones started before them; dropping the group
+/// stops them newest first, each given time to shut down while what it depends on
+/// still runs (kube-apiserver shuts down slowly once etcd is gone).
+#[derive(Debug, Default)]
+pub struct ProcessGroup {
+    processes: Vec<ManagedProcess>,
+}
+
+impl ProcessGroup {
+    /// Adds a process started after (and possibly depending on) the others.
+    pub fn push(&mut self, process: ManagedProcess) {
+        self.processes.push(process);
     }
-    let deadline = Instant::now() + grace;
-    for process in &mut processes {
-        process.wait_or_kill(deadline);
+
+    /// The processes, oldest first.
+    pub fn processes(&self) -> &[ManagedProcess] {
+        &self.processes
+    }
+
+    /// The first process that has exited, with its exit status.
+    pub fn first_exited(&mut self) -> Option<(String, ExitStatus)> {
+        self.processes
+            .iter_mut()
+            .find_map(|p| Some((p.name().to_owned(), p.exited()?)))
+    }
+
+    /// Stops every process, newest first.
+    pub fn stop(&mut self) {
+        while let Some(mut process) = self.processes.pop() {
+            process.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
