@@ -78,6 +78,8 @@ struct Prepared<'m> {
     kind: ResolvedKind,
     /// The CRD of this revision that defines the kind, if one does.
     defined_by: Option<&'m CrdKind>,
+    /// Apply group ([`plan::apply_rank`]).
+    rank: u8,
 }
 
 impl Prepared<'_> {
@@ -211,6 +213,7 @@ impl Applier {
             };
 
             let mut object = manifest.object.clone();
+            plan::strip_server_metadata(&mut object);
             plan::fold_secret_string_data(&mut object);
             let entry_for = |namespace: Option<String>| InventoryEntry {
                 api_version: id.api_version.clone(),
@@ -241,12 +244,14 @@ impl Applier {
                     first,
                 });
             }
+            let rank = plan::apply_rank(group, &entry.kind);
             prepared.push(Prepared {
                 manifest,
                 object,
                 entry,
                 kind,
                 defined_by,
+                rank,
             });
         }
         Ok(prepared)
@@ -368,8 +373,10 @@ impl Applier {
         Ok(())
     }
 
-    /// Step 6: server-side apply of the changed objects, in order. CRDs are waited for
-    /// until Established before the objects that follow them.
+    /// Step 6: server-side apply of the changed objects, group by group in apply order.
+    /// Objects of one group do not depend on each other, so they are sent concurrently;
+    /// a group starts when the one before it is done. CRDs are waited for until
+    /// Established before the groups after them.
     async fn send(
         &self,
         prepared: &[Prepared<'_>],
@@ -378,23 +385,33 @@ impl Applier {
     ) -> Result<Vec<InventoryEntry>, ApplyError> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut sent = Vec::new();
-        for ((p, live), changed) in prepared.iter().zip(live).zip(changed) {
-            if *changed {
-                self.send_one(p, &params).await?;
+        let indices: Vec<usize> = (0..prepared.len()).collect();
+        for group in indices.chunk_by(|&a, &b| prepared[a].rank == prepared[b].rank) {
+            let to_send: Vec<&Prepared> = group
+                .iter()
+                .filter(|&&i| changed[i])
+                .map(|&i| &prepared[i])
+                .collect();
+            stream::iter(&to_send)
+                .map(|p| self.send_one(p, &params))
+                .buffered(CONCURRENT_REQUESTS)
+                .try_collect::<Vec<()>>()
+                .await?;
+            for p in &to_send {
                 debug!(object = %p.entry, "applied");
                 sent.push(p.entry.clone());
             }
-            if p.is_crd() {
-                let live_ready = live.as_ref().is_some_and(|l| {
-                    crd_versions(&p.object)
-                        .iter()
-                        .all(|version| crd_serves(l, version))
-                });
-                if *changed || !live_ready {
-                    self.wait_established(&p.entry.name).await?;
-                    for version in crd_versions(&p.object) {
-                        let group = p.object["spec"]["group"].as_str().unwrap_or_default();
-                        self.discovery.invalidate(&format!("{group}/{version}"));
+            for &i in group.iter().filter(|&&i| prepared[i].is_crd()) {
+                let crd = &prepared[i];
+                let versions = crd_versions(&crd.object);
+                let live_ready = live[i]
+                    .as_ref()
+                    .is_some_and(|l| versions.iter().all(|v| crd_serves(l, v)));
+                if changed[i] || !live_ready {
+                    self.wait_established(&crd.entry.name).await?;
+                    let api_group = crd.object["spec"]["group"].as_str().unwrap_or_default();
+                    for version in versions {
+                        self.discovery.invalidate(&format!("{api_group}/{version}"));
                     }
                 }
             }

@@ -189,6 +189,27 @@ fn canonical_json(value: &Value) -> String {
     }
 }
 
+/// Metadata only the server sets. Copied from an exported object they would turn the
+/// apply into a conditional update (`resourceVersion`) or be refused (`uid`).
+const SERVER_METADATA: [&str; 7] = [
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+];
+
+/// Removes [`SERVER_METADATA`] fields from a manifest.
+pub fn strip_server_metadata(object: &mut Value) {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in SERVER_METADATA {
+            metadata.remove(field);
+        }
+    }
+}
+
 /// `stringData` of a v1 Secret folded into `data` (base64), as the API server does. The
 /// server never returns `stringData`, so leaving it would make every resync look changed;
 /// server-side apply also tracks `stringData` ownership poorly.
@@ -494,6 +515,19 @@ mod tests {
         let c: Value = serde_json::from_str(r#"{"b":{"d":"x","c":[2,1]},"a":1}"#).unwrap();
         assert_eq!(content_hash(&a), content_hash(&b));
         assert_ne!(content_hash(&a), content_hash(&c));
+    }
+
+    #[test]
+    fn server_metadata_is_stripped() {
+        let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": "c", "namespace": "t", "resourceVersion": "12", "uid": "u",
+            "creationTimestamp": null, "generation": 3, "managedFields": [], "labels": {"a": "b"}
+        }});
+        strip_server_metadata(&mut object);
+        assert_eq!(
+            object["metadata"],
+            json!({"name": "c", "namespace": "t", "labels": {"a": "b"}})
+        );
     }
 
     #[test]
