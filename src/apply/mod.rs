@@ -392,8 +392,10 @@ impl Applier {
                 .filter(|&&i| changed[i])
                 .map(|&i| &prepared[i])
                 .collect();
-            stream::iter(&to_send)
-                .map(|p| self.send_one(p, &params))
+            // Futures collected first: a `.map(closure)` on the stream makes the
+            // reconcile future's lifetimes too specific for kube-runtime.
+            let sends: Vec<_> = to_send.iter().map(|p| self.send_one(p, &params)).collect();
+            stream::iter(sends)
                 .buffered(CONCURRENT_REQUESTS)
                 .try_collect::<Vec<()>>()
                 .await?;
