@@ -16,9 +16,14 @@ use crate::devenv::example::ExampleRevision;
 use crate::render::Manifest;
 
 pub async fn run(runs: usize) -> anyhow::Result<()> {
-    println!("bosun bench: {runs} runs each, on a local Kubernetes 1.20 control plane (2 shared cores; figures are noisy)");
+    println!(
+        "bosun bench: {runs} runs each, on a local Kubernetes 1.20 control plane (2 shared cores; figures are noisy)"
+    );
     let env = DemoEnvironment::start().await?;
-    println!("control plane start: {:.2}s", env.control_plane.startup_duration().as_secs_f64());
+    println!(
+        "control plane start: {:.2}s",
+        env.control_plane.startup_duration().as_secs_f64()
+    );
     apply_fifty(&env, runs).await?;
     revisions(&env, runs).await?;
     Ok(())
@@ -64,7 +69,11 @@ fn fifty_objects(generation: usize) -> Vec<Manifest> {
     objects
         .into_iter()
         .enumerate()
-        .map(|(line, object)| Manifest { object, file: "bench.yaml".into(), line: line + 1 })
+        .map(|(line, object)| Manifest {
+            object,
+            file: "bench.yaml".into(),
+            line: line + 1,
+        })
         .collect()
 }
 
@@ -76,9 +85,14 @@ async fn apply_fifty(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
     let mut sent_unchanged = 0;
     for run in 0..runs {
         let namespace = format!("bench-{run}");
-        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        let ns =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
         Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .patch(&namespace, &kube::api::PatchParams::apply("bosun-bench"), &kube::api::Patch::Apply(&ns))
+            .patch(
+                &namespace,
+                &kube::api::PatchParams::apply("bosun-bench"),
+                &kube::api::Patch::Apply(&ns),
+            )
             .await?;
         let manifests = fifty_objects(run);
         let started = Instant::now();
@@ -161,8 +175,14 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
     }
     controller.abort();
     summary("commit -> Healthy (interval 1s, verifyWindow 0s)", &to_healthy);
-    summary("flip-back: first failing probe -> last healthy manifests applied", &to_applied);
-    summary("flip-back: first failing probe -> RolledBack (rollout Ready, gates pass)", &to_rolled_back);
+    summary(
+        "flip-back: first failing probe -> last healthy manifests applied",
+        &to_applied,
+    );
+    summary(
+        "flip-back: first failing probe -> RolledBack (rollout Ready, gates pass)",
+        &to_rolled_back,
+    );
     Ok(())
 }
 
@@ -173,7 +193,11 @@ async fn wait_phase(env: &DemoEnvironment, phase: Phase, revision: &str) -> anyh
         if status.phase == phase && status.current_revision.as_deref() == Some(revision) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "no {phase} at {revision} after 120s (phase {})", status.phase);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no {phase} at {revision} after 120s (phase {})",
+            status.phase
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,8 +1,8 @@
 //! The CRD manifests, generated from the Rust types: `bosun crds` writes them to
 //! `crds/`, and a test fails when the checked-in files are stale.
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 use crate::api::{AppDeployment, ClusterRunbook, Runbook};
 
@@ -36,9 +36,13 @@ pub async fn install(client: &kube::Client) -> anyhow::Result<()> {
     use kube::{Api, ResourceExt};
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, crd) in crds() {
-        api.patch(&crd.name_any(), &PatchParams::apply(crate::api::FIELD_MANAGER).force(), &Patch::Apply(&crd))
-            .await
-            .map_err(|e| anyhow::anyhow!("installing CRD {file}: {e}"))?;
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply(crate::api::FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("installing CRD {file}: {e}"))?;
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for (file, crd) in crds() {
@@ -53,7 +57,10 @@ pub async fn install(client: &kube::Client) -> anyhow::Result<()> {
             if established {
                 break;
             }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "CRD {file} not established after 30s");
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "CRD {file} not established after 30s"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }

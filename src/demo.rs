@@ -25,7 +25,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     say("starting a local Kubernetes 1.20 control plane (etcd, kube-apiserver, kube-controller-manager)");
     let env = DemoEnvironment::start().await?;
-    say(&format!("control plane ready in {:.1}s", env.control_plane.startup_duration().as_secs_f64()));
+    say(&format!(
+        "control plane ready in {:.1}s",
+        env.control_plane.startup_duration().as_secs_f64()
+    ));
     say(&format!(
         "NOTE: no Pod really runs here. A pod simulator plays the kubelet, and bosun's demo serves the example \
          app's /health itself on {}: it answers according to the backend image currently applied \
@@ -34,17 +37,29 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     ));
 
     let good = env.commit(&ExampleRevision::good("1.0"), "litevault 1.0")?;
-    say(&format!("committed revision {} (litevault 1.0) to {}", short_revision(&good), env.git_url()));
+    say(&format!(
+        "committed revision {} (litevault 1.0) to {}",
+        short_revision(&good),
+        env.git_url()
+    ));
     env.install_app().await?;
-    say("created Runbook litevault (gate: GET /health expects {\"status\":\"ok\"}, 3 failures roll back) and AppDeployment litevault");
+    say(
+        "created Runbook litevault (gate: GET /health expects {\"status\":\"ok\"}, 3 failures roll back) and AppDeployment litevault",
+    );
     let controller = env.start_controller();
 
     env.watch_until(|s| s.phase == Phase::Healthy && s.current_revision.as_deref() == Some(good.as_str()))
         .await?;
     say(&format!("revision {} is Healthy", short_revision(&good)));
 
-    let bad = env.commit(&ExampleRevision::unhealthy("2.0"), "litevault 2.0 (its /health answers degraded)")?;
-    say(&format!("committed revision {} (litevault 2.0, unhealthy)", short_revision(&bad)));
+    let bad = env.commit(
+        &ExampleRevision::unhealthy("2.0"),
+        "litevault 2.0 (its /health answers degraded)",
+    )?;
+    say(&format!(
+        "committed revision {} (litevault 2.0, unhealthy)",
+        short_revision(&bad)
+    ));
     env.watch_until(|s| s.phase == Phase::RolledBack && s.current_revision.as_deref() == Some(good.as_str()))
         .await?;
     let app = env.app().await?;
@@ -53,7 +68,11 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         "bosun flipped back to {} by itself; {} is quarantined: {}",
         short_revision(&good),
         short_revision(&bad),
-        status.quarantined.first().map(|q| q.reason.as_str()).unwrap_or("")
+        status
+            .quarantined
+            .first()
+            .map(|q| q.reason.as_str())
+            .unwrap_or("")
     ));
     println!();
     println!("history:");
@@ -66,7 +85,10 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("demo story done in {:.0}s. Look around:", started.elapsed().as_secs_f64());
+    println!(
+        "demo story done in {:.0}s. Look around:",
+        started.elapsed().as_secs_f64()
+    );
     let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
     println!("  kubectl --kubeconfig {kubeconfig} get ad -A");
     println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} describe ad {APP}");
@@ -105,12 +127,24 @@ impl DemoEnvironment {
         std::fs::create_dir_all(&repos)?;
         let git = GitServer::start(&repos)?;
         let repo = WorkRepo::init(&repos, "litevault")?;
-        let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
+        let namespace =
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
         Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .patch(NAMESPACE, &PatchParams::apply("bosun-demo"), &Patch::Apply(&namespace))
+            .patch(
+                NAMESPACE,
+                &PatchParams::apply("bosun-demo"),
+                &Patch::Apply(&namespace),
+            )
             .await?;
         let health = HealthEndpoint::start(client, NAMESPACE, "backend").await?;
-        Ok(DemoEnvironment { control_plane, git, repo, health, _pods: pods, _dir: dir })
+        Ok(DemoEnvironment {
+            control_plane,
+            git,
+            repo,
+            health,
+            _pods: pods,
+            _dir: dir,
+        })
     }
 
     pub fn git_url(&self) -> String {
@@ -132,14 +166,28 @@ impl DemoEnvironment {
     /// The Runbook and AppDeployment of the example app.
     pub async fn install_app_with(&self, verify_window: &str, interval: &str) -> anyhow::Result<()> {
         let client = self.control_plane.client();
-        let runbook: Runbook = serde_saphyr::from_str(&runbook_yaml(NAMESPACE, APP, &self.health.url(), verify_window))?;
+        let runbook: Runbook =
+            serde_saphyr::from_str(&runbook_yaml(NAMESPACE, APP, &self.health.url(), verify_window))?;
         Api::<Runbook>::namespaced(client.clone(), NAMESPACE)
-            .patch(APP, &PatchParams::apply("bosun-demo").force(), &Patch::Apply(&runbook))
+            .patch(
+                APP,
+                &PatchParams::apply("bosun-demo").force(),
+                &Patch::Apply(&runbook),
+            )
             .await?;
-        let app: AppDeployment =
-            serde_saphyr::from_str(&app_deployment_yaml(NAMESPACE, APP, &self.git_url(), Some(APP), interval))?;
+        let app: AppDeployment = serde_saphyr::from_str(&app_deployment_yaml(
+            NAMESPACE,
+            APP,
+            &self.git_url(),
+            Some(APP),
+            interval,
+        ))?;
         Api::<AppDeployment>::namespaced(client, NAMESPACE)
-            .patch(&app.name_any(), &PatchParams::apply("bosun-demo").force(), &Patch::Apply(&app))
+            .patch(
+                &app.name_any(),
+                &PatchParams::apply("bosun-demo").force(),
+                &Patch::Apply(&app),
+            )
             .await?;
         Ok(())
     }
@@ -155,16 +203,19 @@ impl DemoEnvironment {
         let cache_dir = self._dir.path().join("git-cache");
         tokio::spawn(async move {
             let config = match kube::config::Kubeconfig::read_from(&kubeconfig) {
-                Ok(kubeconfig) => {
-                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.ok()
-                }
+                Ok(kubeconfig) => kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                    .await
+                    .ok(),
                 Err(_) => None,
             };
             let Some(config) = config else {
                 eprintln!("[bosun demo] cannot read the local kubeconfig");
                 return;
             };
-            let settings = crate::controller::Settings { cache_dir, ..Default::default() };
+            let settings = crate::controller::Settings {
+                cache_dir,
+                ..Default::default()
+            };
             if let Err(error) = crate::controller::run(client, config, settings).await {
                 eprintln!("[bosun demo] controller stopped: {error}");
             }
@@ -192,7 +243,10 @@ impl DemoEnvironment {
             if done(&status) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "the demo app did not get there in 180s: {last_line}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the demo app did not get there in 180s: {last_line}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -30,8 +30,7 @@ const APP_LABEL_VALUE: &str = "shop.app";
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bosun=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "bosun=info".into()),
         )
         .with_test_writer()
         .try_init();
@@ -160,8 +159,7 @@ async fn apply_prune_validate_and_snapshot_on_a_real_api_server() -> anyhow::Res
 
     let inventory = first_apply_creates_everything(&client, &applier).await?;
     idle_reapply_sends_nothing_and_drift_is_repaired(&client, &applier, &inventory).await?;
-    let inventory =
-        removed_objects_are_pruned_unless_taken_over(&client, &applier, &inventory).await?;
+    let inventory = removed_objects_are_pruned_unless_taken_over(&client, &applier, &inventory).await?;
     invalid_revision_changes_nothing(&client, &applier, &inventory).await?;
     let app = crd_and_its_objects_apply_in_one_set(&client, &applier).await?;
     snapshots_round_trip_retain_and_go_with_their_app(&client, &app).await?;
@@ -199,9 +197,7 @@ async fn first_apply_creates_everything(
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), NS)
         .get("settings")
         .await?;
-    let service = Api::<Service>::namespaced(client.clone(), NS)
-        .get("web")
-        .await?;
+    let service = Api::<Service>::namespaced(client.clone(), NS).get("web").await?;
     let namespace = Api::<Namespace>::all(client.clone()).get(NS).await?;
     for meta in [
         deployment.meta(),
@@ -211,14 +207,8 @@ async fn first_apply_creates_everything(
     ] {
         let annotations = meta.annotations.clone().unwrap_or_default();
         let labels = meta.labels.clone().unwrap_or_default();
-        assert_eq!(
-            annotations.get(OWNER_ANNOTATION).map(String::as_str),
-            Some(OWNER)
-        );
-        assert_eq!(
-            labels.get(APP_LABEL).map(String::as_str),
-            Some(APP_LABEL_VALUE)
-        );
+        assert_eq!(annotations.get(OWNER_ANNOTATION).map(String::as_str), Some(OWNER));
+        assert_eq!(labels.get(APP_LABEL).map(String::as_str), Some(APP_LABEL_VALUE));
         let managers: Vec<_> = meta
             .managed_fields
             .iter()
@@ -250,11 +240,7 @@ async fn idle_reapply_sends_nothing_and_drift_is_repaired(
     );
 
     let outcome = apply_set(applier, &first_revision(), inventory).await?;
-    assert!(
-        outcome.sent.is_empty(),
-        "idle re-apply sent {:?}",
-        outcome.sent
-    );
+    assert!(outcome.sent.is_empty(), "idle re-apply sent {:?}", outcome.sent);
     assert_eq!(outcome.unchanged, 5);
     assert!(outcome.pruned.is_empty());
     assert_eq!(outcome.inventory, inventory);
@@ -286,16 +272,8 @@ async fn idle_reapply_sends_nothing_and_drift_is_repaired(
     assert_eq!(names(&outcome.sent), vec!["Deployment shop/web"]);
     let outcome = apply_set(applier, &first_revision(), inventory).await?;
     assert_eq!(names(&outcome.sent), vec!["Deployment shop/web"]);
-    let labels = deployments
-        .get("web")
-        .await?
-        .metadata
-        .labels
-        .unwrap_or_default();
-    assert!(
-        !labels.contains_key("tier"),
-        "removed label is gone: {labels:?}"
-    );
+    let labels = deployments.get("web").await?.metadata.labels.unwrap_or_default();
+    assert!(!labels.contains_key("tier"), "removed label is gone: {labels:?}");
     Ok(())
 }
 
@@ -324,10 +302,7 @@ async fn removed_objects_are_pruned_unless_taken_over(
     assert_eq!(names(&outcome.prune_skipped), vec!["ConfigMap shop/taken"]);
     assert_eq!(outcome.inventory.len(), 3);
     assert!(config_maps.get_opt("settings").await?.is_none(), "pruned");
-    assert!(
-        config_maps.get_opt("taken").await?.is_some(),
-        "not ours: kept"
-    );
+    assert!(config_maps.get_opt("taken").await?.is_some(), "not ours: kept");
 
     // Pruning again finds nothing left to do (NotFound and foreign objects are fine).
     let again = apply_set(applier, &second, inventory).await?;
@@ -360,10 +335,7 @@ async fn invalid_revision_changes_nothing(
     assert!(text.contains("Deployment shop/web"), "{text}");
     assert!(text.contains("web.yaml:14"), "{text}");
     assert!(text.contains("replicas"), "{text}");
-    assert!(
-        config_maps.get_opt("fresh").await?.is_none(),
-        "nothing applied"
-    );
+    assert!(config_maps.get_opt("fresh").await?.is_none(), "nothing applied");
     let replicas = deployments.get("web").await?.spec.and_then(|s| s.replicas);
     assert_eq!(replicas, Some(1));
 
@@ -381,14 +353,8 @@ async fn invalid_revision_changes_nothing(
         .err()
         .context("an unknown kind must be refused")?;
     assert_eq!(error.reason(), "UnknownKind", "{error}");
-    assert!(
-        error.to_string().contains("Gizmo g (gizmo.yaml:3)"),
-        "{error}"
-    );
-    assert!(
-        config_maps.get_opt("fresh").await?.is_none(),
-        "nothing applied"
-    );
+    assert!(error.to_string().contains("Gizmo g (gizmo.yaml:3)"), "{error}");
+    assert!(config_maps.get_opt("fresh").await?.is_none(), "nothing applied");
     Ok(())
 }
 
@@ -460,10 +426,7 @@ async fn snapshots_round_trip_retain_and_go_with_their_app(
     );
 
     let secret = secrets.get(&first_name).await?;
-    assert_eq!(
-        secret.type_.as_deref(),
-        Some(snapshot::SNAPSHOT_SECRET_TYPE)
-    );
+    assert_eq!(secret.type_.as_deref(), Some(snapshot::SNAPSHOT_SECRET_TYPE));
     let owner = &secret.owner_references()[0];
     assert_eq!(Some(owner.uid.clone()), app.uid());
     assert_eq!(owner.controller, Some(true));
@@ -480,29 +443,22 @@ async fn snapshots_round_trip_retain_and_go_with_their_app(
     let missing = "3333333333333333333333333333333333333333";
     match snapshot::load(client, app, missing).await {
         Err(error @ SnapshotError::NotFound { .. }) => {
-            assert!(
-                error.to_string().contains("app-rev-333333333333"),
-                "{error}"
-            );
+            assert!(error.to_string().contains("app-rev-333333333333"), "{error}");
         }
         other => bail!("expected NotFound, got {other:?}"),
     }
 
     snapshot::retain(client, app, &[second.to_string()]).await?;
-    assert!(
-        secrets.get_opt(&first_name).await?.is_none(),
-        "not kept: deleted"
-    );
+    assert!(secrets.get_opt(&first_name).await?.is_none(), "not kept: deleted");
     assert!(secrets.get_opt(&second_name).await?.is_some(), "kept");
 
     // The snapshot is owned by the AppDeployment: the garbage collector removes it.
     Api::<AppDeployment>::namespaced(client.clone(), "team")
         .delete("app", &DeleteParams::background())
         .await?;
-    eventually(
-        "the snapshot to be garbage-collected with its app",
-        || async { Ok(secrets.get_opt(&second_name).await?.is_none().then_some(())) },
-    )
+    eventually("the snapshot to be garbage-collected with its app", || async {
+        Ok(secrets.get_opt(&second_name).await?.is_none().then_some(()))
+    })
     .await?;
     Ok(())
 }

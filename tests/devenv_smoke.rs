@@ -21,8 +21,7 @@ const WAIT: Duration = Duration::from_secs(60);
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bosun=info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "bosun=info".into()),
         )
         .with_test_writer()
         .try_init();
@@ -119,24 +118,12 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
     assert_eq!(status.updated_replicas, Some(2));
 
     // A crash-looping image shows CrashLoopBackOff with rising restarts.
-    apply(
-        &deployments,
-        deployment("crasher", "example/crashloop:1", 1),
-    )
-    .await?;
+    apply(&deployments, deployment("crasher", "example/crashloop:1", 1)).await?;
     let crash_restarts = || async {
-        let list = pods
-            .list(&ListParams::default().labels("app=crasher"))
-            .await?;
+        let list = pods.list(&ListParams::default().labels("app=crasher")).await?;
         let restarts = list.items.iter().find_map(|pod| {
             let container = pod.status.as_ref()?.container_statuses.as_ref()?.first()?;
-            let reason = container
-                .state
-                .as_ref()?
-                .waiting
-                .as_ref()?
-                .reason
-                .as_deref()?;
+            let reason = container.state.as_ref()?.waiting.as_ref()?.reason.as_deref()?;
             (reason == "CrashLoopBackOff").then_some(container.restart_count)
         });
         Ok(restarts)
@@ -185,10 +172,7 @@ fn ls_remote(url: &str) -> anyhow::Result<String> {
         .env("GIT_TERMINAL_PROMPT", "0")
         .output()?;
     if !output.status.success() {
-        bail!(
-            "git ls-remote {url}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        bail!("git ls-remote {url}: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -209,18 +193,12 @@ fn git_server_serves_work_repo_and_survives_restart() -> anyhow::Result<()> {
     assert!(refs.contains(&format!("{sha}\trefs/tags/v1.0.0")), "{refs}");
 
     server.stop();
-    assert!(
-        ls_remote(&url).is_err(),
-        "ls-remote should fail while stopped"
-    );
+    assert!(ls_remote(&url).is_err(), "ls-remote should fail while stopped");
 
     let second = repo.commit("second")?;
     server.restart()?;
     assert_eq!(server.url("app"), url, "same port after restart");
     let refs = ls_remote(&url)?;
-    assert!(
-        refs.contains(&format!("{second}\trefs/heads/main")),
-        "{refs}"
-    );
+    assert!(refs.contains(&format!("{second}\trefs/heads/main")), "{refs}");
     Ok(())
 }

@@ -38,6 +38,15 @@ async fn backend_image(harness: &Harness) -> String {
         .unwrap()
 }
 
+/// A Runbook with no gates but the workload gate and a short verify window.
+async fn workload_only_runbook(harness: &Harness) {
+    harness
+        .apply_runbook(&format!(
+            "apiVersion: bosun.dev/v1alpha1\nkind: Runbook\nmetadata:\n  name: quick\n  namespace: {NS}\nspec:\n  verifyWindow: 1s\n"
+        ))
+        .await;
+}
+
 /// A namespace, a health endpoint, a Runbook and the AppDeployment on `repo`.
 async fn set_up_app(harness: &Harness, repo: &WorkRepo, verify_window: &str) -> HealthEndpoint {
     harness.namespace(NS).await;
@@ -310,12 +319,13 @@ async fn malformed_yaml_blocks_with_file_and_line_and_applies_nothing() {
     .unwrap();
     let broken = repo.commit("broken yaml").unwrap();
     harness.namespace(NS).await;
+    workload_only_runbook(&harness).await;
     harness
         .apply_app(&app_deployment_yaml(
             NS,
             APP,
             &harness.git.url(repo.name()),
-            None,
+            Some("quick"),
             "2s",
         ))
         .await;
@@ -454,10 +464,11 @@ async fn two_apps_on_one_repository_share_one_clone() {
     .unwrap();
     let revision = repo.commit("two apps").unwrap();
     harness.namespace(NS).await;
+    workload_only_runbook(&harness).await;
     let url = harness.git.url(repo.name());
     for name in ["one", "two"] {
-        let yaml =
-            app_deployment_yaml(NS, name, &url, None, "2s").replace("path: deploy", &format!("path: {name}"));
+        let yaml = app_deployment_yaml(NS, name, &url, Some("quick"), "2s")
+            .replace("path: deploy", &format!("path: {name}"));
         harness.apply_app(&yaml).await;
     }
     harness.start_controller();

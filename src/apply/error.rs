@@ -36,10 +36,7 @@ pub enum ApplyError {
         location: Location,
     },
     #[error("discovery of {api_version} failed: {message}")]
-    Discovery {
-        api_version: String,
-        message: String,
-    },
+    Discovery { api_version: String, message: String },
     #[error("{object} ({location}) was rejected by the API server (dry run): {message}")]
     DryRunFailed {
         object: InventoryEntry,
@@ -61,19 +58,14 @@ pub enum ApplyError {
     #[error("CustomResourceDefinition {name} did not become Established: {message}")]
     CrdNotEstablished { name: String, message: String },
     #[error("pruning {object} failed: {message}")]
-    PruneFailed {
-        object: InventoryEntry,
-        message: String,
-    },
+    PruneFailed { object: InventoryEntry, message: String },
 }
 
 impl ApplyError {
     /// Short CamelCase reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
-            ApplyError::InvalidManifest { .. } | ApplyError::InvalidObject { .. } => {
-                "InvalidManifest"
-            }
+            ApplyError::InvalidManifest { .. } | ApplyError::InvalidObject { .. } => "InvalidManifest",
             ApplyError::DuplicateObject { .. } => "DuplicateObject",
             ApplyError::UnknownKind { .. } => "UnknownKind",
             ApplyError::Discovery { .. } => "DiscoveryFailed",

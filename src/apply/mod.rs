@@ -92,8 +92,7 @@ impl Prepared<'_> {
     }
 
     fn is_crd(&self) -> bool {
-        self.entry.api_version == "apiextensions.k8s.io/v1"
-            && self.entry.kind == "CustomResourceDefinition"
+        self.entry.api_version == "apiextensions.k8s.io/v1" && self.entry.kind == "CustomResourceDefinition"
     }
 
     fn is_namespace(&self) -> bool {
@@ -183,12 +182,10 @@ impl Applier {
         let mut prepared = Vec::with_capacity(plan.manifests.len());
         let mut seen: HashMap<(String, String, Option<String>, String), String> = HashMap::new();
         for manifest in plan.manifests {
-            let id = plan::identity(&manifest.object).map_err(|message| {
-                ApplyError::InvalidManifest {
-                    file: manifest.file.clone(),
-                    line: manifest.line,
-                    message,
-                }
+            let id = plan::identity(&manifest.object).map_err(|message| ApplyError::InvalidManifest {
+                file: manifest.file.clone(),
+                line: manifest.line,
+                message,
             })?;
             let group = plan::group_of(&id.api_version);
             let version = id.api_version.rsplit('/').next().unwrap_or_default();
@@ -221,13 +218,12 @@ impl Applier {
                 namespace,
                 name: id.name.clone(),
             };
-            let namespace =
-                plan::place_namespace(&mut object, kind.namespaced, plan.default_namespace)
-                    .map_err(|message| ApplyError::InvalidObject {
-                        object: entry_for(id.namespace.clone()),
-                        location: location(manifest),
-                        message,
-                    })?;
+            let namespace = plan::place_namespace(&mut object, kind.namespaced, plan.default_namespace)
+                .map_err(|message| ApplyError::InvalidObject {
+                    object: entry_for(id.namespace.clone()),
+                    location: location(manifest),
+                    message,
+                })?;
             let entry = entry_for(namespace);
             plan::stamp(&mut object, plan.owner, plan.app_label);
 
@@ -264,11 +260,7 @@ impl Applier {
         name: &str,
         manifest: &Manifest,
     ) -> Result<ResolvedKind, ApplyError> {
-        match self
-            .discovery
-            .resolve(&self.client, api_version, kind)
-            .await
-        {
+        match self.discovery.resolve(&self.client, api_version, kind).await {
             Ok(Some(resolved)) => Ok(resolved),
             Ok(None) => Err(ApplyError::UnknownKind {
                 api_version: api_version.to_string(),
@@ -288,7 +280,10 @@ impl Applier {
         // Futures from an `async fn` (not a closure) keep the borrow lifetimes general
         // enough for the controller's spawned, `Send` reconcile future.
         let reads: Vec<_> = prepared.iter().map(|p| self.read_one(p)).collect();
-        stream::iter(reads).buffered(CONCURRENT_REQUESTS).try_collect().await
+        stream::iter(reads)
+            .buffered(CONCURRENT_REQUESTS)
+            .try_collect()
+            .await
     }
 
     async fn read_one(&self, p: &Prepared<'_>) -> Result<Option<Value>, ApplyError> {
@@ -365,7 +360,10 @@ impl Applier {
             })
             .collect();
         let params = PatchParams::apply(FIELD_MANAGER).force().dry_run();
-        let checks: Vec<_> = to_check.into_iter().map(|p| self.dry_run_one(p, &params)).collect();
+        let checks: Vec<_> = to_check
+            .into_iter()
+            .map(|p| self.dry_run_one(p, &params))
+            .collect();
         stream::iter(checks)
             .buffered(CONCURRENT_REQUESTS)
             .try_collect::<Vec<()>>()
@@ -579,11 +577,7 @@ fn location(manifest: &Manifest) -> String {
     format!("{}:{}", manifest.file, manifest.line)
 }
 
-fn dynamic_api(
-    client: &Client,
-    kind: &ResolvedKind,
-    namespace: Option<&str>,
-) -> Api<DynamicObject> {
+fn dynamic_api(client: &Client, kind: &ResolvedKind, namespace: Option<&str>) -> Api<DynamicObject> {
     match (kind.namespaced, namespace) {
         (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &kind.resource),
         _ => Api::all_with(client.clone(), &kind.resource),

@@ -163,18 +163,13 @@ pub fn content_hash(object: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(canonical_json(object).as_bytes());
     let digest = hasher.finalize();
-    digest
-        .iter()
-        .take(16)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn canonical_json(value: &Value) -> String {
     match value {
         Value::Object(map) => {
-            let sorted: BTreeMap<&String, String> =
-                map.iter().map(|(k, v)| (k, canonical_json(v))).collect();
+            let sorted: BTreeMap<&String, String> = map.iter().map(|(k, v)| (k, canonical_json(v))).collect();
             let fields: Vec<String> = sorted
                 .into_iter()
                 .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
@@ -273,10 +268,7 @@ pub fn apply_rank(group: &str, kind: &str) -> u8 {
         ("", "Namespace") => 0,
         ("apiextensions.k8s.io", "CustomResourceDefinition") => 1,
         ("", "ServiceAccount") => 2,
-        (
-            "rbac.authorization.k8s.io",
-            "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding",
-        ) => 2,
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding") => 2,
         ("", "ConfigMap") => 3,
         ("", "Secret") => 4,
         ("", "PersistentVolumeClaim") => 5,
@@ -366,9 +358,7 @@ pub fn prune_set(previous: &[InventoryEntry], current: &[InventoryEntry]) -> Vec
         .cloned()
         .collect();
     prune.sort();
-    prune.sort_by_key(|entry| {
-        std::cmp::Reverse(apply_rank(group_of(&entry.api_version), &entry.kind))
-    });
+    prune.sort_by_key(|entry| std::cmp::Reverse(apply_rank(group_of(&entry.api_version), &entry.kind)));
     prune
 }
 
@@ -458,8 +448,7 @@ mod tests {
 
     #[test]
     fn namespaced_objects_get_the_default_namespace() {
-        let mut object =
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
         let ns = place_namespace(&mut object, true, "team").unwrap();
         assert_eq!(ns.as_deref(), Some("team"));
         assert_eq!(object["metadata"]["namespace"], "team");
@@ -502,10 +491,7 @@ mod tests {
         let mut b = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "labels": {"x": "y"}}, "data": {}});
         stamp(&mut b, "team/app", "team.app");
-        assert_ne!(
-            b["metadata"]["annotations"][APPLIED_HASH_ANNOTATION],
-            hash_a
-        );
+        assert_ne!(b["metadata"]["annotations"][APPLIED_HASH_ANNOTATION], hash_a);
     }
 
     #[test]
@@ -536,10 +522,7 @@ mod tests {
             "data": {"a": "YQ==", "b": "b2xk"}, "stringData": {"b": "new", "c": "hi"}});
         fold_secret_string_data(&mut secret);
         assert!(secret.get("stringData").is_none());
-        assert_eq!(
-            secret["data"],
-            json!({"a": "YQ==", "b": "bmV3", "c": "aGk="})
-        );
+        assert_eq!(secret["data"], json!({"a": "YQ==", "b": "bmV3", "c": "aGk="}));
 
         let mut config = json!({"apiVersion": "v1", "kind": "ConfigMap", "stringData": {"b": "x"}});
         let before = config.clone();
@@ -563,12 +546,7 @@ mod tests {
                 None,
                 "widgets",
             ),
-            entry(
-                "rbac.authorization.k8s.io/v1",
-                "RoleBinding",
-                Some("t"),
-                "rb",
-            ),
+            entry("rbac.authorization.k8s.io/v1", "RoleBinding", Some("t"), "rb"),
             entry("v1", "PersistentVolumeClaim", Some("t"), "data"),
             entry("v1", "ServiceAccount", Some("t"), "sa"),
             entry("v1", "Namespace", None, "t"),

@@ -116,19 +116,14 @@ impl<'a> Reconciliation<'a> {
                     &self.target_namespace(),
                 )
                 .await;
-                let history_revision = operation
-                    .failed_revision
-                    .clone()
-                    .unwrap_or(operation.revision.clone());
-                let phase = self.status.phase;
-                status::update_history(
-                    &mut self.status,
-                    &history_revision,
-                    phase,
-                    None,
-                    Some(round.gates),
-                    false,
-                );
+                // The verdicts belong to the revision under test. A rollback's own
+                // round is not recorded there: the failed revision's entry keeps the
+                // verdicts that condemned it.
+                if operation.kind == OperationKind::Deploy {
+                    let phase = self.status.phase;
+                    let gates = Some(round.gates);
+                    status::update_history(&mut self.status, &operation.revision, phase, None, gates, false);
+                }
                 next = round.next;
                 round.outcome
             }
@@ -493,7 +488,11 @@ impl<'a> Reconciliation<'a> {
                 let response =
                     core::failure_response(&self.status, runbook.automatic_rollback(), revision, &message);
                 match response {
-                    FailureResponse::RollBack { failed_revision, to, message } => {
+                    FailureResponse::RollBack {
+                        failed_revision,
+                        to,
+                        message,
+                    } => {
                         self.start_rollback(&failed_revision, &to, &message).await?;
                         self.apply_rollback(&to).await?;
                     }

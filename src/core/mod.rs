@@ -165,16 +165,29 @@ fn decide_deploy_in_progress(input: &Input<'_>, revision: &str, applied: bool) -
 /// What a failed revision leads to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailureResponse {
-    RollBack { failed_revision: String, to: String, message: String },
-    Fail { revision: String, message: String },
+    RollBack {
+        failed_revision: String,
+        to: String,
+        message: String,
+    },
+    Fail {
+        revision: String,
+        message: String,
+    },
 }
 
 impl From<FailureResponse> for Decision {
     fn from(response: FailureResponse) -> Decision {
         match response {
-            FailureResponse::RollBack { failed_revision, to, message } => {
-                Decision::RollBack { failed_revision, to, message }
-            }
+            FailureResponse::RollBack {
+                failed_revision,
+                to,
+                message,
+            } => Decision::RollBack {
+                failed_revision,
+                to,
+                message,
+            },
             FailureResponse::Fail { revision, message } => Decision::Fail { revision, message },
         }
     }

@@ -45,10 +45,8 @@ impl Binaries {
             kube_controller_manager: find("KUBE_CONTROLLER_MANAGER", "kube-controller-manager"),
         };
         if !missing.is_empty() {
-            let searched = cache.map_or_else(
-                || "PATH".to_owned(),
-                |dir| format!("{} and PATH", dir.display()),
-            );
+            let searched =
+                cache.map_or_else(|| "PATH".to_owned(), |dir| format!("{} and PATH", dir.display()));
             bail!(
                 "control-plane binaries not found: {} (searched {searched}); \
                  run {BUILD_SCRIPT} from the repository root to build them",
@@ -159,10 +157,7 @@ mod tests {
         // The crate's own manifest dir is a bosun root (unless overridden by env).
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
-            assert_eq!(
-                find_repo_root(&root.join("src/devenv")),
-                Some(root.to_path_buf())
-            );
+            assert_eq!(find_repo_root(&root.join("src/devenv")), Some(root.to_path_buf()));
         }
     }
 }

@@ -128,8 +128,7 @@ impl ControlPlane {
                 (temp.path().to_owned(), Some(temp))
             }
         };
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
         let mut etcd_data = etcd_data_dir()?;
         if options.keep_dir {
             etcd_data.disable_cleanup(true);
@@ -399,18 +398,13 @@ async fn start_once(
         .build()
         .map_err(anyhow::Error::from)?;
     let readyz = format!("{}/readyz", layout.server_url());
-    wait_until(
-        &mut processes,
-        deadline,
-        "kube-apiserver /readyz",
-        async || {
-            let response = http.get(&readyz).bearer_auth(&token).send().await;
-            Ok(match response {
-                Ok(response) => response.status().is_success(),
-                Err(_) => false,
-            })
-        },
-    )
+    wait_until(&mut processes, deadline, "kube-apiserver /readyz", async || {
+        let response = http.get(&readyz).bearer_auth(&token).send().await;
+        Ok(match response {
+            Ok(response) => response.status().is_success(),
+            Err(_) => false,
+        })
+    })
     .await?;
     tracing::debug!(elapsed = ?began.elapsed(), "kube-apiserver ready");
 
@@ -505,9 +499,7 @@ async fn wait_until(
         }
         if Instant::now() >= deadline {
             let detail = last_error.map_or_else(String::new, |e| format!(" (last error: {e:#})"));
-            return Err(
-                failure(processes, &format!("timed out waiting for {what}{detail}")).into(),
-            );
+            return Err(failure(processes, &format!("timed out waiting for {what}{detail}")).into());
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -529,8 +521,8 @@ fn failure(processes: &ProcessGroup, message: &str) -> anyhow::Error {
 
 /// A kube client for the kubeconfig at `path`.
 pub(crate) async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
-    let kubeconfig = Kubeconfig::read_from(path)
-        .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+    let kubeconfig =
+        Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
@@ -608,10 +600,7 @@ mod tests {
         let kubeconfig = Kubeconfig::from_yaml(&yaml).unwrap();
         assert_eq!(kubeconfig.current_context.as_deref(), Some("bosun-dev"));
         let cluster = kubeconfig.clusters[0].cluster.as_ref().unwrap();
-        assert_eq!(
-            cluster.server.as_deref(),
-            Some(layout.server_url().as_str())
-        );
+        assert_eq!(cluster.server.as_deref(), Some(layout.server_url().as_str()));
         let ca = cluster.certificate_authority.as_deref().unwrap();
         assert!(ca.ends_with("apiserver-certs/apiserver.crt"));
     }
@@ -621,9 +610,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // pid 0 is never a user process, and /proc/0 does not exist.
         let stale = dir.path().join("bosun-etcd-0-abc");
-        let live = dir
-            .path()
-            .join(format!("bosun-etcd-{}-abc", std::process::id()));
+        let live = dir.path().join(format!("bosun-etcd-{}-abc", std::process::id()));
         let other = dir.path().join("something-else");
         for d in [&stale, &live, &other] {
             std::fs::create_dir(d).unwrap();

@@ -180,7 +180,13 @@ spec:
 }
 
 /// The AppDeployment following `url` (manifests under `deploy/`).
-pub fn app_deployment_yaml(namespace: &str, name: &str, url: &str, runbook: Option<&str>, interval: &str) -> String {
+pub fn app_deployment_yaml(
+    namespace: &str,
+    name: &str,
+    url: &str,
+    runbook: Option<&str>,
+    interval: &str,
+) -> String {
     let runbook_ref = runbook
         .map(|runbook| format!("  runbookRef:\n    kind: Runbook\n    name: {runbook}\n"))
         .unwrap_or_default();

@@ -26,9 +26,7 @@ pub struct GitServer {
 impl GitServer {
     /// Starts the daemon on a free port and waits until it accepts connections.
     pub fn start(base_dir: &Path) -> anyhow::Result<Self> {
-        let mut log_dir = tempfile::Builder::new()
-            .prefix("bosun-git-daemon-")
-            .tempdir()?;
+        let mut log_dir = tempfile::Builder::new().prefix("bosun-git-daemon-").tempdir()?;
         if std::env::var("BOSUN_KEEP_DEVENV").is_ok_and(|v| v == "1") {
             log_dir.disable_cleanup(true);
         }
@@ -154,8 +152,7 @@ impl WorkRepo {
     pub fn write(&self, path: &str, contents: &str) -> anyhow::Result<()> {
         let file = self.path.join(path);
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         std::fs::write(&file, contents).with_context(|| format!("writing {}", file.display()))
     }
@@ -163,8 +160,8 @@ impl WorkRepo {
     /// Removes the file, symlink or directory at `path`.
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
         let target = self.path.join(path);
-        let metadata = std::fs::symlink_metadata(&target)
-            .with_context(|| format!("removing {}", target.display()))?;
+        let metadata =
+            std::fs::symlink_metadata(&target).with_context(|| format!("removing {}", target.display()))?;
         let result = if metadata.is_dir() {
             std::fs::remove_dir_all(&target)
         } else {

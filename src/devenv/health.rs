@@ -44,7 +44,9 @@ impl HealthEndpoint {
             deployment: deployment.to_string(),
             counters: counters.clone(),
         });
-        let app = axum::Router::new().route("/health", get(health)).with_state(shared);
+        let app = axum::Router::new()
+            .route("/health", get(health))
+            .with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let task = tokio::spawn(async move {
@@ -72,9 +74,10 @@ impl Drop for HealthEndpoint {
 pub fn answer_for_image(image: Option<&str>) -> (StatusCode, Value) {
     match image {
         None => (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "down"})),
-        Some(image) if image.contains("unhealthy") => {
-            (StatusCode::SERVICE_UNAVAILABLE, json!({"status": "degraded", "database": "unreachable"}))
-        }
+        Some(image) if image.contains("unhealthy") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "degraded", "database": "unreachable"}),
+        ),
         Some(_) => (StatusCode::OK, json!({"status": "ok", "database": "connected"})),
     }
 }
@@ -103,7 +106,10 @@ mod tests {
     #[test]
     fn answers_by_image() {
         assert_eq!(answer_for_image(Some("example/backend:1.0")).0, StatusCode::OK);
-        assert_eq!(answer_for_image(Some("example/backend:2.0-unhealthy")).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            answer_for_image(Some("example/backend:2.0-unhealthy")).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(answer_for_image(None).1["status"], "down");
     }
 }

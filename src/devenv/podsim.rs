@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -147,11 +147,7 @@ async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatu
     // and carries no resourceVersion, so it cannot conflict with other writers.
     let patch = serde_json::json!({ "status": status });
     match api
-        .patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => {
@@ -205,11 +201,7 @@ fn behavior(image: &str) -> Behavior {
 /// The status the simulated kubelet gives `pod` at time `now`, given the status it
 /// wrote last (`previous`, `None` for a new Pod). `None` when nothing needs writing:
 /// the status is unchanged, the Pod is being deleted, or it already finished.
-pub fn simulated_status(
-    pod: &Pod,
-    now: Timestamp,
-    previous: Option<&PodStatus>,
-) -> Option<PodStatus> {
+pub fn simulated_status(pod: &Pod, now: Timestamp, previous: Option<&PodStatus>) -> Option<PodStatus> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -219,9 +211,7 @@ pub fn simulated_status(
     }
     // The API stores whole seconds; comparing at that precision keeps results stable.
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
-    let start_time = previous
-        .and_then(|p| p.start_time.as_ref())
-        .map_or(now, |t| t.0);
+    let start_time = previous.and_then(|p| p.start_time.as_ref()).map_or(now, |t| t.0);
     let previous_container = |name: &str| {
         previous
             .and_then(|p| p.container_statuses.as_ref())
@@ -234,11 +224,10 @@ pub fn simulated_status(
         .collect();
     let any_waiting = behaviors.iter().any(|b| matches!(b, Behavior::Waiting(_)));
 
-    let runs_to_completion = is_owned_by_job(pod)
-        || matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
-    let finished = runs_to_completion
-        && !any_waiting
-        && now.as_second() - start_time.as_second() >= JOB_RUN_SECONDS;
+    let runs_to_completion =
+        is_owned_by_job(pod) || matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
+    let finished =
+        runs_to_completion && !any_waiting && now.as_second() - start_time.as_second() >= JOB_RUN_SECONDS;
 
     let (phase, container_statuses): (&str, Vec<ContainerStatus>) = if finished {
         let failed = spec
@@ -256,9 +245,7 @@ pub fn simulated_status(
             .containers
             .iter()
             .zip(&behaviors)
-            .map(|(c, &b)| {
-                container_status(pod, c, b, start_time, now, previous_container(&c.name))
-            })
+            .map(|(c, &b)| container_status(pod, c, b, start_time, now, previous_container(&c.name)))
             .collect();
         (if any_waiting { "Pending" } else { "Running" }, statuses)
     };
@@ -369,9 +356,7 @@ fn container_status(
         Behavior::CrashLoop | Behavior::OomKilled => {
             // One crash at start, then one more every RESTART_INTERVAL_SECONDS.
             let (restart_count, crashed_at) = match previous.and_then(last_termination) {
-                Some((count, at))
-                    if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS =>
-                {
+                Some((count, at)) if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS => {
                     (count + 1, now)
                 }
                 Some((count, at)) => (count, at),
@@ -438,11 +423,7 @@ fn finished_container(
     failed: bool,
 ) -> ContainerStatus {
     let image = container.image.clone().unwrap_or_default();
-    let (exit_code, reason) = if failed {
-        (1, "Error")
-    } else {
-        (0, "Completed")
-    };
+    let (exit_code, reason) = if failed { (1, "Error") } else { (0, "Completed") };
     ContainerStatus {
         name: container.name.clone(),
         image_id: image_id(&image),
@@ -466,11 +447,7 @@ fn finished_container(
 }
 
 /// Init containers always complete at once.
-fn completed_init_container(
-    pod: &Pod,
-    container: &Container,
-    start_time: Timestamp,
-) -> ContainerStatus {
+fn completed_init_container(pod: &Pod, container: &Container, start_time: Timestamp) -> ContainerStatus {
     let image = container.image.clone().unwrap_or_default();
     ContainerStatus {
         name: container.name.clone(),
@@ -636,10 +613,7 @@ mod tests {
         let third = simulated_status(&p, at(4), Some(&second)).unwrap();
         assert_eq!(container(&third).restart_count, 3);
         // The Ready condition did not change, so its transition time did not either.
-        assert_eq!(
-            condition(&third, "Ready").last_transition_time,
-            Some(Time(at(0)))
-        );
+        assert_eq!(condition(&third, "Ready").last_transition_time, Some(Time(at(0))));
     }
 
     #[test]
@@ -679,8 +653,7 @@ mod tests {
 
     #[test]
     fn one_bad_container_makes_the_pod_unready() {
-        let status =
-            simulated_status(&pod(&["example/ok:1", "example/notready:1"]), at(0), None).unwrap();
+        let status = simulated_status(&pod(&["example/ok:1", "example/notready:1"]), at(0), None).unwrap();
         assert_eq!(condition(&status, "Ready").status, "False");
         let message = condition(&status, "Ready").message.clone().unwrap();
         assert!(message.contains("c1"), "{message}");

@@ -163,10 +163,7 @@ fn validate(object: &Value) -> Result<(), String> {
             None | Some(Value::Null) => Err(format!("missing `{key}`")),
             Some(Value::String(s)) if s.trim().is_empty() => Err(format!("`{key}` is empty")),
             Some(Value::String(_)) => Ok(()),
-            Some(other) => Err(format!(
-                "`{key}` must be a string, found {}",
-                type_name(other)
-            )),
+            Some(other) => Err(format!("`{key}` must be a string, found {}", type_name(other))),
         }
     };
     string_field("apiVersion")?;
@@ -186,8 +183,7 @@ fn validate(object: &Value) -> Result<(), String> {
         Some(Value::String(_)) => return Err("`metadata.name` is empty".into()),
         None | Some(Value::Null) if metadata.contains_key("generateName") => {
             return Err(
-                "`metadata.generateName` cannot be applied declaratively: set `metadata.name`"
-                    .into(),
+                "`metadata.generateName` cannot be applied declaratively: set `metadata.name`".into(),
             );
         }
         None | Some(Value::Null) => return Err("missing `metadata.name`".into()),

@@ -80,18 +80,13 @@ fn yaml_options() -> serde_saphyr::Options {
 
 fn parse_yaml(path: &str, text: &str) -> Result<Vec<Parsed>, RenderError> {
     // Empty and null documents (`---` alone, comments only) are skipped by the parser.
-    let documents: Vec<Spanned<Value>> = serde_saphyr::from_str_multiple_with_options::<
-        Spanned<Value>,
-        Vec<_>,
-    >(text, yaml_options())
-    .map_err(|e| yaml_error(path, &e))?;
+    let documents: Vec<Spanned<Value>> =
+        serde_saphyr::from_str_multiple_with_options::<Spanned<Value>, Vec<_>>(text, yaml_options())
+            .map_err(|e| yaml_error(path, &e))?;
     let needs_item_lines = documents.iter().any(|d| is_list(&d.value));
     // Item positions only when a List needs them: a second, shape-only parse.
     let list_shapes: Option<Vec<ListShape>> = needs_item_lines
-        .then(|| {
-            serde_saphyr::from_str_multiple_with_options::<ListShape, Vec<_>>(text, yaml_options())
-                .ok()
-        })
+        .then(|| serde_saphyr::from_str_multiple_with_options::<ListShape, Vec<_>>(text, yaml_options()).ok())
         .flatten()
         .filter(|shapes| shapes.len() == documents.len());
     Ok(documents
@@ -121,9 +116,7 @@ struct ListShape {
 }
 
 fn line_of(location: &serde_saphyr::Location) -> usize {
-    usize::try_from(location.line())
-        .unwrap_or(usize::MAX)
-        .max(1)
+    usize::try_from(location.line()).unwrap_or(usize::MAX).max(1)
 }
 
 fn yaml_error(path: &str, e: &serde_saphyr::Error) -> RenderError {
@@ -184,13 +177,7 @@ fn expand_lists(documents: Vec<Parsed>) -> Vec<Document> {
 fn line_and_column(content: &[u8], offset: usize) -> (usize, usize) {
     let before = &content[..offset.min(content.len())];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     (line, column)
 }

@@ -35,10 +35,7 @@ metadata:
     assert_eq!(manifests[0].kind(), "ConfigMap");
     assert_eq!(manifests[0].namespace(), Some("shop"));
     assert_eq!(manifests[0].line, 1);
-    assert_eq!(
-        manifests[0].id(),
-        "ConfigMap shop/settings (deploy/app.yaml:1)"
-    );
+    assert_eq!(manifests[0].id(), "ConfigMap shop/settings (deploy/app.yaml:1)");
     assert_eq!(manifests[1].kind(), "Deployment");
     assert_eq!(manifests[1].group(), "apps");
     assert_eq!(manifests[1].api_version(), "apps/v1");
@@ -76,11 +73,7 @@ fn json_file() {
 
 #[test]
 fn json_syntax_error_names_file_and_line() {
-    let err = render_one(
-        "svc.json",
-        "{\n  \"kind\": \"Service\",\n  \"metadata\": {\n}\n",
-    )
-    .unwrap_err();
+    let err = render_one("svc.json", "{\n  \"kind\": \"Service\",\n  \"metadata\": {\n}\n").unwrap_err();
     let RenderError::Syntax { file, line, .. } = &err else {
         panic!("expected a syntax error, got {err:?}");
     };

@@ -202,10 +202,7 @@ pub fn snapshot_secret(
             name: Some(secret_name(&app_name, revision)),
             namespace: Some(namespace.clone()),
             labels: Some(BTreeMap::from([
-                (
-                    APP_LABEL.to_string(),
-                    app_label_value(&namespace, &app_name),
-                ),
+                (APP_LABEL.to_string(), app_label_value(&namespace, &app_name)),
                 (REVISION_LABEL.to_string(), short_revision(revision)),
             ])),
             annotations: Some(BTreeMap::from([(
@@ -291,11 +288,7 @@ pub async fn load(
 }
 
 /// Deletes the app's snapshots of revisions not in `keep`.
-pub async fn retain(
-    client: &Client,
-    app: &AppDeployment,
-    keep: &[String],
-) -> Result<(), SnapshotError> {
+pub async fn retain(client: &Client, app: &AppDeployment, keep: &[String]) -> Result<(), SnapshotError> {
     let (namespace, app_name) = app_identity(app)?;
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let selector = format!("{APP_LABEL}={}", app_label_value(&namespace, &app_name));
@@ -310,11 +303,7 @@ pub async fn retain(
         })?;
     let keep: HashSet<String> = keep.iter().map(|r| short_revision(r)).collect();
     for secret in listed.items.iter().filter(|s| is_snapshot_of(s, app)) {
-        let revision = secret
-            .labels()
-            .get(REVISION_LABEL)
-            .cloned()
-            .unwrap_or_default();
+        let revision = secret.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
         if keep.contains(&revision) {
             continue;
         }
@@ -439,10 +428,7 @@ mod tests {
     fn snapshot_secret_is_typed_labelled_and_owned_by_the_app() {
         let rev = "0123456789abcdef0123456789abcdef01234567";
         let secret = snapshot_secret(&app("web"), rev, &manifests()).unwrap();
-        assert_eq!(
-            secret.metadata.name.as_deref(),
-            Some("web-rev-0123456789ab")
-        );
+        assert_eq!(secret.metadata.name.as_deref(), Some("web-rev-0123456789ab"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("team"));
         assert_eq!(secret.type_.as_deref(), Some(SNAPSHOT_SECRET_TYPE));
         let labels = secret.metadata.labels.clone().unwrap();

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorCode, FetchOptions,
-    FetchPrune, ProxyOptions, RemoteCallbacks, Repository,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, ErrorCode, FetchOptions, FetchPrune,
+    ProxyOptions, RemoteCallbacks, Repository,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
@@ -139,8 +139,8 @@ impl GitCache {
             if !fresh
                 && last_fetch.is_some()
                 && matches!(query, RefQuery::Commit(_))
-                && let Ok(resolved) = open_bare(&fetcher.dir)
-                    .and_then(|repo| query.resolve(&repo, &fetcher.url.redacted))
+                && let Ok(resolved) =
+                    open_bare(&fetcher.dir).and_then(|repo| query.resolve(&repo, &fetcher.url.redacted))
             {
                 return Ok(resolved);
             }
@@ -229,9 +229,7 @@ impl GitCache {
             dir: self.dir_for(url),
             url: url.clone(),
             credentials: credentials.cloned(),
-            who: credentials
-                .map(Credentials::fingerprint)
-                .unwrap_or_default(),
+            who: credentials.map(Credentials::fingerprint).unwrap_or_default(),
             timeout: self.fetch_timeout,
         }
     }
@@ -258,10 +256,7 @@ fn check_transport(url: &RepoUrl, credentials: Option<&Credentials>) -> Result<(
         (Scheme::Https | Scheme::Http, Some((creds, Auth::Ssh { .. }))) => {
             Err(SourceError::InvalidCredentials {
                 secret: creds.secret_name().to_string(),
-                message: format!(
-                    "holds an SSH identity, but {} is not an SSH URL",
-                    url.redacted
-                ),
+                message: format!("holds an SSH identity, but {} is not an SSH URL", url.redacted),
             })
         }
         _ => Ok(()),
@@ -302,33 +297,25 @@ impl Fetcher {
                 return refuse("the server rejected the credentials");
             }
             match self.credentials.as_ref().map(Credentials::auth) {
-                None => refuse(
-                    "the server asks for credentials and spec.source.git.secretRef is not set",
-                ),
+                None => refuse("the server asks for credentials and spec.source.git.secretRef is not set"),
                 Some(Auth::Basic {
                     username, password, ..
                 }) if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
                     Cred::userpass_plaintext(username, password)
                 }
                 Some(Auth::Ssh {
-                    identity,
-                    passphrase,
-                    ..
+                    identity, passphrase, ..
                 }) => {
                     let user = username_from_url.unwrap_or("git");
                     if allowed.contains(CredentialType::USERNAME) {
                         Cred::username(user)
-                    } else if allowed
-                        .intersects(CredentialType::SSH_MEMORY | CredentialType::SSH_KEY)
-                    {
+                    } else if allowed.intersects(CredentialType::SSH_MEMORY | CredentialType::SSH_KEY) {
                         Cred::ssh_key_from_memory(user, None, identity, passphrase.as_deref())
                     } else {
                         refuse("the server does not accept an SSH key")
                     }
                 }
-                Some(_) => {
-                    refuse("the server does not accept the kind of credentials in the Secret")
-                }
+                Some(_) => refuse("the server does not accept the kind of credentials in the Secret"),
             }
         });
         if let (Some(Auth::Ssh { known_hosts, .. }), Some(host)) = (
@@ -433,10 +420,7 @@ impl Fetcher {
             }
         }
         std::fs::create_dir_all(&self.inner.root).map_err(|e| SourceError::Git {
-            message: format!(
-                "creating cache directory {}: {e}",
-                self.inner.root.display()
-            ),
+            message: format!("creating cache directory {}: {e}", self.inner.root.display()),
         })?;
         let repo = Repository::init_bare(&self.dir)
             .map_err(|e| SourceError::git(&format!("creating {}", self.dir.display()), &e))?;
@@ -447,8 +431,7 @@ impl Fetcher {
 }
 
 fn open_bare(dir: &Path) -> Result<Repository, SourceError> {
-    Repository::open_bare(dir)
-        .map_err(|e| SourceError::git(&format!("opening {}", dir.display()), &e))
+    Repository::open_bare(dir).map_err(|e| SourceError::git(&format!("opening {}", dir.display()), &e))
 }
 
 async fn blocking<T, F>(work: F) -> Result<T, SourceError>

@@ -128,9 +128,7 @@ impl Credentials {
     /// `basic`, `token` or `ssh`, for messages.
     pub fn kind(&self) -> &'static str {
         match &self.auth {
-            Auth::Basic {
-                from_token: true, ..
-            } => "token",
+            Auth::Basic { from_token: true, .. } => "token",
             Auth::Basic { .. } => "basic",
             Auth::Ssh { .. } => "ssh",
         }
@@ -155,9 +153,7 @@ impl Credentials {
                 hasher.update(password.as_bytes());
             }
             Auth::Ssh {
-                identity,
-                passphrase,
-                ..
+                identity, passphrase, ..
             } => {
                 hasher.update(b"ssh\0");
                 hasher.update(identity.as_bytes());
@@ -165,11 +161,7 @@ impl Credentials {
                 hasher.update(passphrase.as_deref().unwrap_or_default().as_bytes());
             }
         }
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -184,15 +176,13 @@ mod tests {
             .collect()
     }
 
-    const KNOWN_HOSTS: &str = "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n";
+    const KNOWN_HOSTS: &str =
+        "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n";
 
     #[test]
     fn username_and_password() {
-        let creds = Credentials::from_secret_data(
-            "git",
-            &data(&[("username", "bot"), ("password", "pw\n")]),
-        )
-        .unwrap();
+        let creds = Credentials::from_secret_data("git", &data(&[("username", "bot"), ("password", "pw\n")]))
+            .unwrap();
         assert_eq!(creds.kind(), "basic");
         match creds.auth() {
             Auth::Basic {
@@ -214,8 +204,7 @@ mod tests {
 
     #[test]
     fn identity_needs_known_hosts() {
-        let err =
-            Credentials::from_secret_data("deploy-key", &data(&[("identity", "KEY")])).unwrap_err();
+        let err = Credentials::from_secret_data("deploy-key", &data(&[("identity", "KEY")])).unwrap_err();
         assert_eq!(err.reason(), "InvalidCredentials");
         assert!(err.to_string().contains("deploy-key"), "{err}");
         assert!(err.to_string().contains("known_hosts"), "{err}");
@@ -245,11 +234,9 @@ mod tests {
 
     #[test]
     fn values_never_appear_in_debug_or_errors() {
-        let creds = Credentials::from_secret_data(
-            "c",
-            &data(&[("username", "bot"), ("password", "hunter2-secret")]),
-        )
-        .unwrap();
+        let creds =
+            Credentials::from_secret_data("c", &data(&[("username", "bot"), ("password", "hunter2-secret")]))
+                .unwrap();
         assert!(!format!("{creds:?}").contains("hunter2"));
         let mut bad = data(&[("token", "")]);
         bad.insert("password".into(), vec![0xff, 0xfe]);

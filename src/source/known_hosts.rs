@@ -135,12 +135,7 @@ impl KnownHosts {
 
     /// Checks the key presented by `host` on `port` the way OpenSSH does: the host is
     /// looked up as `host` on port 22 and as `[host]:port` otherwise.
-    pub fn check(
-        &self,
-        host: &str,
-        port: u16,
-        key: PresentedKey<'_>,
-    ) -> Result<(), HostKeyProblem> {
+    pub fn check(&self, host: &str, port: u16, key: PresentedKey<'_>) -> Result<(), HostKeyProblem> {
         let host = host.to_ascii_lowercase();
         let name = if port == 22 {
             host
@@ -278,9 +273,7 @@ mod tests {
 
     #[test]
     fn bracketed_host_with_port() {
-        let text = format!(
-            "# comment\n\n[git.local]:2222,[10.0.0.5]:2222 ssh-ed25519 {KEY_A} me@laptop\n"
-        );
+        let text = format!("# comment\n\n[git.local]:2222,[10.0.0.5]:2222 ssh-ed25519 {KEY_A} me@laptop\n");
         let hosts = KnownHosts::parse(&text).unwrap();
         assert_eq!(
             hosts.check("git.local", 2222, PresentedKey::Raw(&raw(KEY_A))),
@@ -320,10 +313,7 @@ mod tests {
     fn sha256_of_key_is_compared_when_raw_key_is_unavailable() {
         let hosts = KnownHosts::parse(&format!("github.com ssh-ed25519 {KEY_A}")).unwrap();
         let hash: [u8; 32] = Sha256::digest(raw(KEY_A)).into();
-        assert_eq!(
-            hosts.check("github.com", 22, PresentedKey::Sha256(&hash)),
-            Ok(())
-        );
+        assert_eq!(hosts.check("github.com", 22, PresentedKey::Sha256(&hash)), Ok(()));
         let other: [u8; 32] = Sha256::digest(raw(KEY_B)).into();
         assert_eq!(
             hosts.check("github.com", 22, PresentedKey::Sha256(&other)),
@@ -333,9 +323,8 @@ mod tests {
 
     #[test]
     fn wildcards_and_negation() {
-        let text = format!(
-            "*.example.com,!evil.example.com ssh-ed25519 {KEY_A}\ngit?.corp ssh-ed25519 {KEY_B}"
-        );
+        let text =
+            format!("*.example.com,!evil.example.com ssh-ed25519 {KEY_A}\ngit?.corp ssh-ed25519 {KEY_B}");
         let hosts = KnownHosts::parse(&text).unwrap();
         assert_eq!(
             hosts.check("git.example.com", 22, PresentedKey::Raw(&raw(KEY_A))),

@@ -50,10 +50,7 @@ pub(crate) mod field {
 pub enum SourceError {
     /// A field of `spec.source.git` is malformed (the message says how).
     #[error("{field}: {message}")]
-    InvalidSpec {
-        field: &'static str,
-        message: String,
-    },
+    InvalidSpec { field: &'static str, message: String },
     /// The Secret named by `secretRef` does not hold usable credentials.
     #[error("Secret {secret}: {message}")]
     InvalidCredentials { secret: String, message: String },
@@ -115,10 +112,7 @@ impl SourceError {
     /// Whether trying again later may help (the server or network), as opposed to
     /// an error that stays until the spec, the Secret or the repository changes.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SourceError::FetchFailed { .. } | SourceError::Git { .. }
-        )
+        matches!(self, SourceError::FetchFailed { .. } | SourceError::Git { .. })
     }
 
     pub(crate) fn git(context: &str, err: &git2::Error) -> SourceError {

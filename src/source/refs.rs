@@ -48,9 +48,7 @@ impl RefQuery {
             if value.is_empty() {
                 Err(invalid(format!("{name} must not be empty")))
             } else if !git2::Reference::is_valid_name(&format!("refs/heads/{value}")) {
-                Err(invalid(format!(
-                    "{name} {value:?} is not a valid Git ref name"
-                )))
+                Err(invalid(format!("{name} {value:?} is not a valid Git ref name")))
             } else {
                 Ok(value.to_string())
             }
@@ -110,16 +108,14 @@ impl RefQuery {
         };
         match self {
             RefQuery::Branch(name) => {
-                let id =
-                    peel(&format!("refs/heads/{name}"))?.ok_or_else(|| not_found(String::new()))?;
+                let id = peel(&format!("refs/heads/{name}"))?.ok_or_else(|| not_found(String::new()))?;
                 Ok(Resolved {
                     commit: id.to_string(),
                     reference: self.describe(),
                 })
             }
             RefQuery::Tag(name) => {
-                let id =
-                    peel(&format!("refs/tags/{name}"))?.ok_or_else(|| not_found(String::new()))?;
+                let id = peel(&format!("refs/tags/{name}"))?.ok_or_else(|| not_found(String::new()))?;
                 Ok(Resolved {
                     commit: id.to_string(),
                     reference: self.describe(),
@@ -133,12 +129,7 @@ impl RefQuery {
                 Err(e) if e.code() == git2::ErrorCode::Ambiguous => {
                     Err(not_found("the prefix matches more than one object".into()))
                 }
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        git2::ErrorCode::NotFound | git2::ErrorCode::InvalidSpec
-                    ) =>
-                {
+                Err(e) if matches!(e.code(), git2::ErrorCode::NotFound | git2::ErrorCode::InvalidSpec) => {
                     Err(not_found(String::new()))
                 }
                 Err(e) => Err(SourceError::git(&format!("looking up commit {prefix}"), &e)),
@@ -208,8 +199,7 @@ mod tests {
 
     #[test]
     fn more_than_one_set_names_the_field() {
-        let err =
-            RefQuery::from_git_ref(&git_ref(Some("main"), Some("v1"), None, None)).unwrap_err();
+        let err = RefQuery::from_git_ref(&git_ref(Some("main"), Some("v1"), None, None)).unwrap_err();
         assert_eq!(err.reason(), "InvalidSpec");
         let message = err.to_string();
         assert!(message.starts_with("spec.source.git.ref"), "{message}");

@@ -208,10 +208,7 @@ async fn missing_refs_are_ref_not_found() {
             ..GitRef::default()
         },
     ] {
-        let err = cache
-            .resolve(&url, &reference, None, LONG)
-            .await
-            .unwrap_err();
+        let err = cache.resolve(&url, &reference, None, LONG).await.unwrap_err();
         assert_eq!(err.reason(), "RefNotFound", "{reference:?}: {err}");
         assert!(err.to_string().contains(&url), "{err}");
     }
@@ -273,21 +270,11 @@ async fn second_commit_is_fetched_incrementally_into_the_same_clone() {
     assert_eq!((cache.clone_count(), cache.fetch_count()), (1, 2));
     assert_eq!(clone_dirs(&dir.path().join("git")), 1);
 
-    let files = cache
-        .files(&url, &second, Some("deploy"), None)
-        .await
-        .unwrap();
+    let files = cache.files(&url, &second, Some("deploy"), None).await.unwrap();
     assert_eq!(files[0].content, b"v: 2\n");
-    let old = cache
-        .files(&url, &first, Some("deploy"), None)
-        .await
-        .unwrap();
+    let old = cache.files(&url, &first, Some("deploy"), None).await.unwrap();
     assert_eq!(old[0].content, b"v: 1\n");
-    assert_eq!(
-        cache.fetch_count(),
-        2,
-        "cached commits are read without fetching"
-    );
+    assert_eq!(cache.fetch_count(), 2, "cached commits are read without fetching");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,11 +329,7 @@ async fn a_clone_survives_a_restart_of_the_cache() {
             .commit,
         head
     );
-    assert_eq!(
-        restarted.clone_count(),
-        0,
-        "the existing bare clone is reused"
-    );
+    assert_eq!(restarted.clone_count(), 0, "the existing bare clone is reused");
     assert_eq!(restarted.fetch_count(), 1);
 }
 
@@ -358,10 +341,7 @@ async fn deleted_branch_is_pruned() {
     repo.git(&["branch", "feature"]);
     let (_dir, cache) = cache();
     let url = repo.url();
-    cache
-        .resolve(&url, &branch("feature"), None, LONG)
-        .await
-        .unwrap();
+    cache.resolve(&url, &branch("feature"), None, LONG).await.unwrap();
     repo.git(&["branch", "-D", "feature"]);
     let err = cache
         .resolve(&url, &branch("feature"), None, Duration::ZERO)
@@ -377,10 +357,7 @@ async fn other_credentials_must_fetch_themselves() {
     let head = repo.commit("first");
     let (_dir, cache) = cache();
     let url = repo.url();
-    cache
-        .resolve(&url, &GitRef::default(), None, LONG)
-        .await
-        .unwrap();
+    cache.resolve(&url, &GitRef::default(), None, LONG).await.unwrap();
     let data: BTreeMap<String, Vec<u8>> = [("token".to_string(), b"t0ken".to_vec())].into();
     let creds = Credentials::from_secret_data("git-token", &data).unwrap();
     cache
@@ -414,20 +391,13 @@ async fn files_reads_manifests_recursively_sorted_from_the_commit_tree() {
     let (_dir, cache) = cache();
     let url = repo.url();
 
-    let files = cache
-        .files(&url, &head, Some("deploy"), None)
-        .await
-        .unwrap();
+    let files = cache.files(&url, &head, Some("deploy"), None).await.unwrap();
     assert_eq!(
         paths(&files),
         ["deploy/a.yml", "deploy/b.yaml", "deploy/nested/c.json"]
     );
     assert_eq!(files[1].content, b"b\n");
-    assert_eq!(
-        cache.fetch_count(),
-        1,
-        "a fresh cache fetches once for files()"
-    );
+    assert_eq!(cache.fetch_count(), 1, "a fresh cache fetches once for files()");
 
     let all = cache.files(&url, &head, None, None).await.unwrap();
     assert_eq!(
@@ -445,10 +415,7 @@ async fn files_reads_manifests_recursively_sorted_from_the_commit_tree() {
         .unwrap();
     assert_eq!(paths(&dotted), ["deploy/nested/c.json"]);
 
-    let err = cache
-        .files(&url, &head, Some("missing"), None)
-        .await
-        .unwrap_err();
+    let err = cache.files(&url, &head, Some("missing"), None).await.unwrap_err();
     assert_eq!(err.reason(), "InvalidPath", "{err}");
     let err = cache
         .files(&url, &head, Some("deploy/b.yaml"), None)
@@ -485,32 +452,17 @@ async fn symlinks_leaving_the_repository_are_rejected() {
     let (_dir, cache) = cache();
     let url = repo.url();
 
-    let err = cache
-        .files(&url, &head, Some("deploy"), None)
-        .await
-        .unwrap_err();
+    let err = cache.files(&url, &head, Some("deploy"), None).await.unwrap_err();
     assert_eq!(err.reason(), "SymlinkOutsideRepository", "{err}");
     let message = err.to_string();
     assert!(message.contains("deploy -> ../../outside"), "{message}");
 
-    let err = cache
-        .files(&url, &head, Some("app"), None)
-        .await
-        .unwrap_err();
+    let err = cache.files(&url, &head, Some("app"), None).await.unwrap_err();
     let message = err.to_string();
-    assert!(
-        message.contains("app/passwd.yaml -> /etc/passwd"),
-        "{message}"
-    );
+    assert!(message.contains("app/passwd.yaml -> /etc/passwd"), "{message}");
 
-    let err = cache
-        .files(&url, &head, Some("nested"), None)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("nested/dir/up -> ../../../.."),
-        "{err}"
-    );
+    let err = cache.files(&url, &head, Some("nested"), None).await.unwrap_err();
+    assert!(err.to_string().contains("nested/dir/up -> ../../../.."), "{err}");
 
     // Walking the whole repository meets the same links.
     let err = cache.files(&url, &head, None, None).await.unwrap_err();
@@ -530,10 +482,7 @@ async fn symlinks_inside_the_repository_are_followed() {
     let (_dir, cache) = cache();
     let url = repo.url();
 
-    let current = cache
-        .files(&url, &head, Some("current"), None)
-        .await
-        .unwrap();
+    let current = cache.files(&url, &head, Some("current"), None).await.unwrap();
     assert_eq!(paths(&current), ["current/app.yaml"]);
     assert_eq!(current[0].content, b"v2\n");
 
@@ -552,15 +501,9 @@ async fn symlink_loops_are_errors_not_hangs() {
     let head = repo.commit("loops");
     let (_dir, cache) = cache();
     let url = repo.url();
-    let err = cache
-        .files(&url, &head, Some("deploy"), None)
-        .await
-        .unwrap_err();
+    let err = cache.files(&url, &head, Some("deploy"), None).await.unwrap_err();
     assert!(err.to_string().contains("deploy/self"), "{err}");
-    let err = cache
-        .files(&url, &head, Some("loop/a"), None)
-        .await
-        .unwrap_err();
+    let err = cache.files(&url, &head, Some("loop/a"), None).await.unwrap_err();
     assert!(err.to_string().contains("loop"), "{err}");
 }
 
@@ -587,12 +530,7 @@ async fn missing_commit_is_an_error() {
 async fn ssh_without_known_hosts_is_refused_before_connecting() {
     let (_dir, cache) = cache();
     let err = cache
-        .resolve(
-            "git@github.com:acme/shop.git",
-            &GitRef::default(),
-            None,
-            LONG,
-        )
+        .resolve("git@github.com:acme/shop.git", &GitRef::default(), None, LONG)
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "InvalidSpec");
@@ -645,10 +583,7 @@ impl GitDaemon {
         let port = free_port();
         // Run git-daemon itself: `git daemon` would fork it as a child that outlives
         // a kill of the `git` wrapper.
-        let exec_path = Command::new("git")
-            .arg("--exec-path")
-            .output()
-            .expect("git runs");
+        let exec_path = Command::new("git").arg("--exec-path").output().expect("git runs");
         let exec_path = PathBuf::from(String::from_utf8(exec_path.stdout).unwrap().trim());
         let child = Command::new(exec_path.join("git-daemon"))
             .args(["--reuseaddr", "--export-all"])
@@ -663,10 +598,7 @@ impl GitDaemon {
         let daemon = GitDaemon { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "git daemon did not listen on {port}"
-            );
+            assert!(Instant::now() < deadline, "git daemon did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         daemon
@@ -694,15 +626,9 @@ async fn git_daemon_stopped_fetch_fails_but_cached_commit_is_still_readable() {
     let url = format!("git://127.0.0.1:{}/app", daemon.port);
     let (_dir, cache) = cache();
 
-    let resolved = cache
-        .resolve(&url, &GitRef::default(), None, LONG)
-        .await
-        .unwrap();
+    let resolved = cache.resolve(&url, &GitRef::default(), None, LONG).await.unwrap();
     assert_eq!(resolved.commit, head);
-    let files = cache
-        .files(&url, &head, Some("deploy"), None)
-        .await
-        .unwrap();
+    let files = cache.files(&url, &head, Some("deploy"), None).await.unwrap();
     assert_eq!(paths(&files), ["deploy/app.yaml"]);
 
     daemon.stop();
@@ -713,20 +639,14 @@ async fn git_daemon_stopped_fetch_fails_but_cached_commit_is_still_readable() {
     assert_eq!(err.reason(), "FetchFailed", "{err}");
     assert!(err.to_string().contains(&url), "{err}");
 
-    let files = cache
-        .files(&url, &head, Some("deploy"), None)
-        .await
-        .unwrap();
+    let files = cache.files(&url, &head, Some("deploy"), None).await.unwrap();
     assert_eq!(files[0].content, b"kind: x\n");
     // A pinned commit that is cached resolves without the server.
     let pinned = GitRef {
         commit: Some(head.clone()),
         ..GitRef::default()
     };
-    let resolved = cache
-        .resolve(&url, &pinned, None, Duration::ZERO)
-        .await
-        .unwrap();
+    let resolved = cache.resolve(&url, &pinned, None, Duration::ZERO).await.unwrap();
     assert_eq!(resolved.commit, head);
     assert_eq!(cache.fetch_count(), 2);
 }

@@ -33,9 +33,7 @@ pub(crate) fn validate_path(path: Option<&str>) -> Result<Vec<String>, SourceErr
         message: message.to_string(),
     };
     if path.starts_with('/') || path.starts_with('\\') {
-        return Err(invalid(
-            "must be relative to the repository root, not absolute",
-        ));
+        return Err(invalid("must be relative to the repository root, not absolute"));
     }
     if path.contains('\0') {
         return Err(invalid("contains a NUL character"));
@@ -114,9 +112,7 @@ fn resolve(
                 return Err(SourceError::SymlinkEscape {
                     link: link_path,
                     target,
-                    message: format!(
-                        "more than {MAX_LINK_EXPANSIONS} symlinks to follow (a loop?)"
-                    ),
+                    message: format!("more than {MAX_LINK_EXPANSIONS} symlinks to follow (a loop?)"),
                 });
             }
             let info = LinkInfo {
@@ -163,11 +159,7 @@ fn escape(via: Option<LinkInfo>, message: &str) -> SourceError {
     }
 }
 
-fn tree_at<'r>(
-    repo: &'r Repository,
-    root: &Tree<'r>,
-    real: &[String],
-) -> Result<Tree<'r>, SourceError> {
+fn tree_at<'r>(repo: &'r Repository, root: &Tree<'r>, real: &[String]) -> Result<Tree<'r>, SourceError> {
     if real.is_empty() {
         return Ok(root.clone());
     }
@@ -271,9 +263,7 @@ impl Walk<'_, '_> {
                         oid,
                         real: target_real,
                     }) => {
-                        if is_ancestor_or_self(&target_real, &real)
-                            || self.on_stack.contains(&target_real)
-                        {
+                        if is_ancestor_or_self(&target_real, &real) || self.on_stack.contains(&target_real) {
                             let link = join(&real, &name);
                             let target = read_link(self.repo, entry.id(), &link)?;
                             return Err(SourceError::SymlinkEscape {

@@ -104,12 +104,8 @@ impl RepoUrl {
                 Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
                 None => (None, authority),
             };
-            let (host, port) = split_host_port(hostport).ok_or_else(|| {
-                invalid(format!(
-                    "cannot read host and port of {:?}",
-                    redact(trimmed)
-                ))
-            })?;
+            let (host, port) = split_host_port(hostport)
+                .ok_or_else(|| invalid(format!("cannot read host and port of {:?}", redact(trimmed))))?;
             let (user, password) = match userinfo {
                 Some(info) => match info.split_once(':') {
                     Some((user, password)) => (Some(user), Some(password)),
@@ -296,10 +292,7 @@ mod tests {
             "https://host:notaport/x",
         ] {
             let err = RepoUrl::parse(bad).unwrap_err();
-            assert!(
-                err.to_string().starts_with("spec.source.git.url"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().starts_with("spec.source.git.url"), "{bad}: {err}");
         }
     }
 }
