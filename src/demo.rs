@@ -107,12 +107,13 @@ fn say(text: &str) {
 }
 
 /// Everything the demo (and the benchmark) runs locally.
+/// Fields drop in order: what uses the control plane stops before it does.
 pub struct DemoEnvironment {
-    pub control_plane: ControlPlane,
+    _pods: PodSimulator,
+    pub health: HealthEndpoint,
     pub git: GitServer,
     pub repo: WorkRepo,
-    pub health: HealthEndpoint,
-    _pods: PodSimulator,
+    pub control_plane: ControlPlane,
     _dir: tempfile::TempDir,
 }
 

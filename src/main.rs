@@ -64,11 +64,12 @@ async fn main() -> anyhow::Result<()> {
             bosun::controller::run(client, config, settings).await?;
         }
         Command::Demo { no_wait } => {
-            bosun::telemetry::init(false);
+            // The story is printed on stdout; the controller's own log only when asked.
+            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun::devenv=error");
             bosun::demo::run(bosun::demo::DemoOptions { wait: !no_wait }).await?;
         }
         Command::Bench { runs } => {
-            bosun::telemetry::init(false);
+            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun::devenv=error");
             bosun::bench::run(runs.max(1)).await?;
         }
         Command::Crds { out } => {

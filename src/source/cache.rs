@@ -385,12 +385,17 @@ impl Fetcher {
             return Err(self.fetch_failed(&e));
         }
         let stats = remote.stats();
-        tracing::info!(
-            url = %self.url.redacted,
-            received_objects = stats.received_objects(),
-            received_bytes = stats.received_bytes(),
-            "fetched"
-        );
+        // An empty fetch happens every interval: only news is worth an info line.
+        if stats.received_objects() > 0 {
+            tracing::info!(
+                url = %self.url.redacted,
+                received_objects = stats.received_objects(),
+                received_bytes = stats.received_bytes(),
+                "fetched"
+            );
+        } else {
+            tracing::debug!(url = %self.url.redacted, "fetched: up to date");
+        }
         Ok(())
     }
 
