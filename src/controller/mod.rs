@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::{AppDeployment, Runbook, RunbookKind};
+use crate::api::{AppDeployment, ClusterRunbook, Runbook, RunbookKind};
 use crate::apply::DiscoveryCache;
 use crate::gates::http::HttpProber;
 use crate::source::GitCache;
@@ -112,6 +112,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     let context = Arc::new(Context::new(client.clone(), config, settings)?);
     let apps: Api<AppDeployment> = Api::all(client.clone());
     let runbooks: Api<Runbook> = Api::all(client.clone());
+    let cluster_runbooks: Api<ClusterRunbook> = Api::all(client.clone());
 
     // Fail early and clearly when the CRDs are not installed.
     apps.list(&kube::api::ListParams::default().limit(1))
@@ -123,27 +124,27 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         })?;
 
     info!("bosun controller started");
-    let app_store_watch = watcher::Config::default();
-    let controller = Controller::new(apps, app_store_watch);
+    let controller = Controller::new(apps, watcher::Config::default());
     let store = controller.store();
+    let cluster_store = store.clone();
     controller
         .watches(runbooks, watcher::Config::default(), move |runbook| {
             // A Runbook change re-verifies the apps that use it.
-            let namespace = runbook.namespace().unwrap_or_default();
-            let name = runbook.name_any();
-            store
-                .state()
-                .into_iter()
-                .filter(|app| {
-                    app.namespace().as_deref() == Some(namespace.as_str())
-                        && app
-                            .spec
-                            .runbook_ref
-                            .as_ref()
-                            .is_some_and(|r| r.kind == RunbookKind::Runbook && r.name == name)
-                })
-                .map(|app| ObjectRef::from_obj(&*app))
-                .collect::<Vec<_>>()
+            let namespace = runbook.namespace();
+            apps_using(
+                &store,
+                RunbookKind::Runbook,
+                namespace.as_deref(),
+                &runbook.name_any(),
+            )
+        })
+        .watches(cluster_runbooks, watcher::Config::default(), move |runbook| {
+            apps_using(
+                &cluster_store,
+                RunbookKind::ClusterRunbook,
+                None,
+                &runbook.name_any(),
+            )
         })
         .shutdown_on_signal()
         .run(reconcile::reconcile, error_policy, context)
@@ -155,6 +156,28 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         .await;
     info!("bosun controller stopped");
     Ok(())
+}
+
+/// The AppDeployments whose `runbookRef` names this Runbook (`namespace` set) or
+/// ClusterRunbook.
+fn apps_using(
+    store: &Store<AppDeployment>,
+    kind: RunbookKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<AppDeployment>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|app| namespace.is_none() || app.namespace().as_deref() == namespace)
+        .filter(|app| {
+            app.spec
+                .runbook_ref
+                .as_ref()
+                .is_some_and(|r| r.kind == kind && r.name == name)
+        })
+        .map(|app| ObjectRef::from_obj(&*app))
+        .collect()
 }
 
 fn error_policy(app: Arc<AppDeployment>, error: &Error, _context: Arc<Context>) -> Action {

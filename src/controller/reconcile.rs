@@ -404,7 +404,6 @@ impl<'a> Reconciliation<'a> {
         credentials: Option<&Credentials>,
         runbook: &RunbookSpec,
     ) -> Result<(), Error> {
-        let _ = runbook;
         let short = short_revision(revision);
         let resuming = matches!(&self.status.operation, Some(op) if op.kind == OperationKind::Deploy && op.revision == revision);
         if !resuming {
@@ -452,7 +451,14 @@ impl<'a> Reconciliation<'a> {
         };
         // The snapshot is written before anything is applied: a rollback to this
         // revision later never needs Git, and a crash after apply loses nothing.
-        snapshot::store(&self.context.client, &self.app, revision, &manifests).await?;
+        match snapshot::store(&self.context.client, &self.app, revision, &manifests).await {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                self.block(revision, &error.to_string()).await;
+                return Ok(());
+            }
+        }
 
         match self.apply(&manifests).await? {
             Ok(outcome) => {
@@ -536,7 +542,7 @@ impl<'a> Reconciliation<'a> {
             .apply_client(&self.namespace, self.app.spec.service_account_name.as_deref())?;
         let applier = Applier::with_discovery(client, self.context.discovery.clone());
         let target_namespace = self.target_namespace();
-        let app_label = format!("{}.{}", self.namespace, self.app.name_any());
+        let app_label = snapshot::app_label_value(&self.namespace, &self.app.name_any());
         Ok(applier
             .apply(ApplyPlan {
                 manifests,
@@ -625,7 +631,16 @@ impl<'a> Reconciliation<'a> {
 
     /// Applies the last healthy snapshot: no Git involved.
     async fn apply_rollback(&mut self, to: &str) -> Result<(), Error> {
-        let manifests = snapshot::load(&self.context.client, &self.app, to).await?;
+        let manifests = match snapshot::load(&self.context.client, &self.app, to).await {
+            Ok(manifests) => manifests,
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                // Without the snapshot there is nothing to flip to.
+                let message = format!("cannot roll back to {}: {error}", short_revision(to));
+                self.fail(to, &message).await;
+                return Ok(());
+            }
+        };
         match self.apply(&manifests).await? {
             Ok(outcome) => {
                 self.status.inventory = outcome.inventory;
@@ -719,7 +734,13 @@ impl<'a> Reconciliation<'a> {
             return Ok(());
         }
         self.mark_resynced();
-        let manifests = snapshot::load(&self.context.client, &self.app, &current).await?;
+        let manifests = match snapshot::load(&self.context.client, &self.app, &current).await {
+            Ok(manifests) => manifests,
+            Err(error) => {
+                warn!(%error, "resync skipped: no snapshot of the current revision");
+                return Ok(());
+            }
+        };
         match self.apply(&manifests).await? {
             Ok(outcome) => {
                 if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {

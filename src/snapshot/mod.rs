@@ -88,6 +88,11 @@ impl SnapshotError {
             SnapshotError::Api { .. } => "SnapshotFailed",
         }
     }
+
+    /// Only API failures may go away by retrying; the others need a person.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SnapshotError::Api { .. })
+    }
 }
 
 /// gzip of the manifests' JSON. Deterministic (no timestamp in the gzip header), so
