@@ -1,0 +1,453 @@
+//! `http` gates against a real HTTP server on loopback whose answers the test controls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
+use bosun::gates::{GateTracker, HttpProber, Verification};
+use serde_json::json;
+
+const NAMESPACE: &str = "shop";
+const TOKEN: &str = "s3cr3t-token-value";
+
+/// The app under test: `/health` answers according to `healthy`.
+struct App {
+    base: String,
+    healthy: Arc<AtomicBool>,
+}
+
+impl App {
+    async fn start() -> anyhow::Result<Self> {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let router = Router::new()
+            .route("/health", get(health))
+            .route("/slow", get(never_answers))
+            .route("/cors", get(cors))
+            .route("/status/{code}", get(status))
+            .route("/echo", any(echo))
+            .with_state(healthy.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(Self { base, healthy })
+    }
+
+    fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    fn gate(&self, path: &str, expect: HttpExpect) -> HttpGate {
+        HttpGate {
+            url: Some(self.base.clone()),
+            path: Some(path.into()),
+            expect,
+            ..HttpGate::default()
+        }
+    }
+}
+
+async fn health(State(healthy): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if healthy.load(Ordering::SeqCst) {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ok", "checks": {"database": "connected"}, "items": [{"id": 7}]})),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "checks": {"database": "down"}})),
+        )
+    }
+}
+
+async fn never_answers() -> &'static str {
+    futures::future::pending::<()>().await;
+    "unreachable"
+}
+
+async fn cors() -> impl IntoResponse {
+    (
+        [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "https://shop.example")],
+        "cors ok",
+    )
+}
+
+async fn status(Path(code): Path<u16>) -> impl IntoResponse {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST),
+        format!("answered {code}"),
+    )
+}
+
+async fn echo(method: Method, headers: HeaderMap, body: Bytes) -> Json<serde_json::Value> {
+    let token = headers.get("x-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    Json(json!({
+        "method": method.as_str(),
+        "body": String::from_utf8_lossy(&body),
+        "tokenMatches": token == TOKEN,
+    }))
+}
+
+fn expect_json(pairs: &[(&str, serde_json::Value)]) -> HttpExpect {
+    HttpExpect {
+        json: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        ..HttpExpect::default()
+    }
+}
+
+fn ok_json() -> HttpExpect {
+    expect_json(&[
+        ("status", json!("ok")),
+        ("checks.database", json!("connected")),
+        ("items.0.id", json!(7)),
+    ])
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn passes_with_expected_json() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let outcome = prober
+        .probe(&app.gate("/health", ok_json()), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+    assert_eq!(outcome.message, format!("GET {}/health: 200", app.base));
+    Ok(())
+}
+
+#[tokio::test]
+async fn unexpected_json_fails_with_what_came() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    app.set_healthy(false);
+    let mut expect = ok_json();
+    expect.status = vec![200, 503];
+    let outcome = HttpProber::new()?
+        .probe(&app.gate("/health", expect), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(!outcome.passed);
+    assert!(
+        outcome
+            .message
+            .contains(r#"json status: expected "ok", got "degraded""#),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        outcome
+            .message
+            .contains(r#"json checks.database: expected "connected", got "down""#),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        !outcome.message.contains("status 503"),
+        "503 is accepted here: {}",
+        outcome.message
+    );
+    Ok(())
+}
+
+/// A gate probed through the façade, one period per round, with synthetic time.
+struct Rounds {
+    verification: Verification,
+    prober: HttpProber,
+    now: Instant,
+    period: Duration,
+}
+
+impl Rounds {
+    fn new(gate: Gate) -> anyhow::Result<Self> {
+        Ok(Self {
+            period: gate.period(),
+            verification: Verification::new(std::slice::from_ref(&gate)),
+            prober: HttpProber::new()?,
+            now: Instant::now(),
+        })
+    }
+
+    async fn probe(&mut self) -> Verdict {
+        assert_eq!(
+            self.verification.next_due(self.now),
+            Duration::ZERO,
+            "a probe is due"
+        );
+        self.verification
+            .run_due_probes(&self.prober, NAMESPACE, self.now)
+            .await;
+        self.now += self.period;
+        self.verification.verdicts()[0].verdict
+    }
+}
+
+fn health_gate(app: &App, failure_threshold: u32) -> Gate {
+    Gate {
+        name: "health".into(),
+        period_seconds: Some(10),
+        failure_threshold: Some(failure_threshold),
+        http: Some(app.gate("/health", ok_json())),
+        ..Gate::default()
+    }
+}
+
+#[tokio::test]
+async fn fails_after_exactly_failure_threshold_consecutive_failures() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let mut rounds = Rounds::new(health_gate(&app, 3))?;
+    assert_eq!(rounds.probe().await, Verdict::Passed);
+    app.set_healthy(false);
+    assert_eq!(rounds.probe().await, Verdict::Pending);
+    assert_eq!(rounds.probe().await, Verdict::Pending);
+    assert!(
+        rounds.verification.failed().is_none(),
+        "not failed before the threshold"
+    );
+    assert_eq!(rounds.probe().await, Verdict::Failed);
+
+    let failed = rounds.verification.failed().expect("gate failed");
+    assert_eq!(failed.name, "health");
+    let message = failed.message.unwrap_or_default();
+    assert!(message.starts_with("3 consecutive failed probes: "), "{message}");
+    assert!(message.contains("status 503, expected 2xx"), "{message}");
+    assert!(!rounds.verification.all_passed());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_recovery_in_between_resets_the_count() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let mut rounds = Rounds::new(health_gate(&app, 3))?;
+    app.set_healthy(false);
+    assert_eq!(rounds.probe().await, Verdict::Pending);
+    assert_eq!(rounds.probe().await, Verdict::Pending);
+    app.set_healthy(true);
+    assert_eq!(rounds.probe().await, Verdict::Passed);
+    assert!(rounds.verification.all_passed());
+    app.set_healthy(false);
+    assert_eq!(rounds.probe().await, Verdict::Pending);
+    assert_eq!(
+        rounds.probe().await,
+        Verdict::Pending,
+        "only two failures since the recovery"
+    );
+    assert_eq!(rounds.probe().await, Verdict::Failed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn timeout_counts_as_a_failure() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let gate = Gate {
+        name: "slow".into(),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(2),
+        http: Some(app.gate("/slow", HttpExpect::default())),
+        ..Gate::default()
+    };
+    let outcome = HttpProber::new()?
+        .probe(gate.http.as_ref().expect("http"), gate.timeout(), NAMESPACE)
+        .await;
+    assert!(!outcome.passed);
+    assert_eq!(
+        outcome.message,
+        format!("GET {}/slow: no answer within 1s", app.base)
+    );
+
+    let mut tracker = GateTracker::new(&gate);
+    let now = Instant::now();
+    assert_eq!(tracker.record(&outcome, now), Verdict::Pending);
+    assert_eq!(tracker.record(&outcome, now + gate.period()), Verdict::Failed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_status() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let outcome = prober
+        .probe(
+            &app.gate("/status/404", HttpExpect::default()),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "GET {}/status/404: status 404, expected 2xx (body: answered 404)",
+            app.base
+        )
+    );
+
+    let listed = HttpExpect {
+        status: vec![200, 202],
+        ..HttpExpect::default()
+    };
+    let outcome = prober
+        .probe(&app.gate("/status/204", listed.clone()), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(!outcome.passed, "204 is not listed: {}", outcome.message);
+    let outcome = prober
+        .probe(&app.gate("/status/202", listed), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+
+    let not_found_expected = HttpExpect {
+        status: vec![404],
+        ..HttpExpect::default()
+    };
+    let outcome = prober
+        .probe(&app.gate("/status/404", not_found_expected), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn contains() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let wanted = |text: &str| HttpExpect {
+        contains: Some(text.into()),
+        ..HttpExpect::default()
+    };
+    let outcome = prober
+        .probe(&app.gate("/health", wanted("\"ok\"")), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+    let outcome = prober
+        .probe(&app.gate("/health", wanted("READY")), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(!outcome.passed);
+    assert!(
+        outcome.message.contains(r#"body does not contain "READY""#),
+        "{}",
+        outcome.message
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_header() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let wanted = |origin: &str| HttpExpect {
+        headers: [("Access-Control-Allow-Origin".to_string(), origin.to_string())].into(),
+        ..HttpExpect::default()
+    };
+    let outcome = prober
+        .probe(
+            &app.gate("/cors", wanted("https://shop.example")),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+    let outcome = prober
+        .probe(
+            &app.gate("/cors", wanted("https://evil.example")),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert!(
+        outcome.message.contains(
+            r#"header Access-Control-Allow-Origin: expected "https://evil.example", got "https://shop.example""#
+        ),
+        "{}",
+        outcome.message
+    );
+    let outcome = prober
+        .probe(
+            &app.gate("/health", wanted("https://shop.example")),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert!(outcome.message.contains("got none"), "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn method_headers_and_body_are_sent_and_headers_never_echoed() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let mut gate = app.gate(
+        "/echo",
+        expect_json(&[
+            ("method", json!("POST")),
+            ("body", json!("{\"ping\":1}")),
+            ("tokenMatches", json!(true)),
+        ]),
+    );
+    gate.method = Some("post".into());
+    gate.headers = [("X-Token".to_string(), TOKEN.to_string())].into();
+    gate.body = Some("{\"ping\":1}".into());
+    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "{}", outcome.message);
+    assert_eq!(outcome.message, format!("POST {}/echo: 200", app.base));
+
+    gate.path = Some("/status/500".into());
+    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(!outcome.passed);
+    assert!(!outcome.message.contains(TOKEN), "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_failed_probe_with_a_message() -> anyhow::Result<()> {
+    // Take a free port, then close it: nothing listens there any more.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let gate = HttpGate {
+        url: Some(format!("http://user:hunter2@{closed}")),
+        path: Some("/health".into()),
+        ..HttpGate::default()
+    };
+    let outcome = HttpProber::new()?.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(!outcome.passed);
+    assert!(
+        outcome
+            .message
+            .starts_with(&format!("GET http://{closed}/health: ")),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        outcome.message.to_lowercase().contains("connect"),
+        "says the connection failed: {}",
+        outcome.message
+    );
+    assert!(!outcome.message.contains("hunter2"), "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_gate_fails_without_a_request() -> anyhow::Result<()> {
+    let prober = HttpProber::new()?;
+    let outcome = prober.probe(&HttpGate::default(), TIMEOUT, NAMESPACE).await;
+    assert!(!outcome.passed);
+    assert_eq!(outcome.message, "http gate names neither url nor service");
+    let bad_method = HttpGate {
+        url: Some("http://127.0.0.1:1".into()),
+        method: Some("GE T".into()),
+        ..HttpGate::default()
+    };
+    let outcome = prober.probe(&bad_method, TIMEOUT, NAMESPACE).await;
+    assert_eq!(outcome.message, r#"method "GE T" is not an HTTP method"#);
+    Ok(())
+}
