@@ -133,34 +133,39 @@ impl HttpProber {
 /// Where a gate's probe goes: `url` (+ `path`), or
 /// `{scheme}://{service}.{namespace}.svc[:{port}]{path}`.
 pub fn probe_url(gate: &HttpGate, target_namespace: &str) -> Result<Url, String> {
-    let path = gate.path.as_deref().unwrap_or_default();
-    let text = match (&gate.url, &gate.service) {
-        (Some(url), _) => join_path(url, path),
+    let base = match (&gate.url, &gate.service) {
+        (Some(url), _) => url.clone(),
         (None, Some(service)) => {
             let scheme = gate.scheme.as_deref().unwrap_or("http");
             if scheme != "http" && scheme != "https" {
                 return Err(format!("scheme {scheme:?}: expected http or https"));
             }
             let port = gate.port.map(|p| format!(":{p}")).unwrap_or_default();
-            join_path(
-                &format!("{scheme}://{service}.{target_namespace}.svc{port}"),
-                path,
-            )
+            format!("{scheme}://{service}.{target_namespace}.svc{port}")
         }
         (None, None) => return Err("http gate names neither url nor service".into()),
     };
-    let url = Url::parse(&text).map_err(|e| format!("URL {:?} is not valid: {e}", redact(&text)))?;
-    match url.scheme() {
-        "http" | "https" => Ok(url),
-        other => Err(format!("URL scheme {other:?}: expected http or https")),
+    let mut url = Url::parse(&base).map_err(|e| format!("URL {:?} is not valid: {e}", redact(&base)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("URL scheme {:?}: expected http or https", url.scheme()));
     }
-}
-
-fn join_path(base: &str, path: &str) -> String {
-    if path.is_empty() {
-        return base.to_string();
+    if let Some(path) = gate.path.as_deref().filter(|p| !p.is_empty()) {
+        // `path` extends the URL's own path; a query in `path` replaces the URL's.
+        let (path, query) = match path.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path, None),
+        };
+        let joined = format!(
+            "{}/{}",
+            url.path().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        );
+        url.set_path(&joined);
+        if query.is_some() {
+            url.set_query(query);
+        }
     }
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    Ok(url)
 }
 
 fn request_headers(gate: &HttpGate) -> Result<HeaderMap, String> {
@@ -581,6 +586,11 @@ json:
                 "http://h:8080/api/health",
             ),
             ("{url: 'http://h/x?y=1'}", "http://h/x?y=1"),
+            ("{url: 'http://h/x?y=1', path: health}", "http://h/x/health?y=1"),
+            (
+                "{url: 'http://h', path: '/health?full=1'}",
+                "http://h/health?full=1",
+            ),
         ];
         for (yaml, want) in cases {
             assert_eq!(
