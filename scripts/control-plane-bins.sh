@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager (Kubernetes 1.20 from Debian's
-# source package) once and caches them under target/control-plane/bin; installs etcd.
-# Prints nothing but progress on stderr. Safe to rerun: a cached build is reused.
+# Installs what bosun's build, tests and demo need from Debian (Go, etcd, git,
+# OpenSSL headers) and builds kube-apiserver and kube-controller-manager
+# (Kubernetes 1.20 from Debian's source package) once, caching them under
+# target/control-plane/bin. Progress goes to stderr. Safe to rerun: a cached build
+# is reused.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="$root/target/control-plane"
@@ -14,6 +16,11 @@ command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v git >/dev/null 2>&1 || need_pkgs+=(git)
 [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need_pkgs+=(golang-github-modern-go-reflect2-dev)
 command -v rsync >/dev/null 2>&1 || need_pkgs+=(rsync)
+command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# git2 builds libgit2 and libssh2 against OpenSSL.
+dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
+command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ ${#need_pkgs[@]} -eq 0 ]; then
   echo "control plane: cached binaries in $bin" >&2
@@ -33,7 +40,7 @@ SRC
 fi
 echo "control plane: apt-get update" >&2
 apt-get update -qq >&2
-apt-get install -y -qq golang-go etcd-server rsync jq golang-github-modern-go-reflect2-dev git >&2
+apt-get install -y -qq golang-go etcd-server rsync jq golang-github-modern-go-reflect2-dev git openssl libssl-dev pkg-config gcc make >&2
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ]; then
   exit 0
