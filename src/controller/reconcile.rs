@@ -462,11 +462,7 @@ impl<'a> Reconciliation<'a> {
 
         match self.apply(&manifests).await? {
             Ok(outcome) => {
-                self.status.inventory = outcome.inventory;
-                status::set_current_revision(&mut self.status, revision);
-                if let Some(operation) = &mut self.status.operation {
-                    operation.applied_at = Some(now_rfc3339());
-                }
+                self.record_applied(revision, outcome.inventory);
                 let message = format!(
                     "revision {short} applied ({} sent, {} unchanged, {} pruned); verifying",
                     outcome.sent.len(),
@@ -552,6 +548,15 @@ impl<'a> Reconciliation<'a> {
                 previous_inventory: &self.status.inventory,
             })
             .await)
+    }
+
+    /// `revision` is live: it owns `inventory`, and verification counts from now.
+    fn record_applied(&mut self, revision: &str, inventory: Vec<crate::api::InventoryEntry>) {
+        self.status.inventory = inventory;
+        status::set_current_revision(&mut self.status, revision);
+        if let Some(operation) = &mut self.status.operation {
+            operation.applied_at = Some(now_rfc3339());
+        }
     }
 
     /// Nothing was applied: the revision waits for a new commit or a spec change.
@@ -643,11 +648,7 @@ impl<'a> Reconciliation<'a> {
         };
         match self.apply(&manifests).await? {
             Ok(outcome) => {
-                self.status.inventory = outcome.inventory;
-                status::set_current_revision(&mut self.status, to);
-                if let Some(operation) = &mut self.status.operation {
-                    operation.applied_at = Some(now_rfc3339());
-                }
+                self.record_applied(to, outcome.inventory);
                 self.save().await?;
                 info!(to, sent = outcome.sent.len(), "last healthy revision applied");
                 Ok(())

@@ -21,138 +21,61 @@ pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
     text.parse().ok()
 }
 
-/// Sets the phase and the kstatus conditions that follow from it.
+/// Sets the phase and the kstatus conditions that follow from it: `Ready` says
+/// whether the desired revision runs healthy; `Reconciling` (work under way) and
+/// `Stalled` (nothing will change without a new commit or spec) are present only
+/// while true, as kstatus expects.
 pub fn set_phase(status: &mut AppDeploymentStatus, phase: Phase, message: &str, generation: Option<i64>) {
     status.phase = phase;
-    let now = Time(Timestamp::now());
-    let conditions = &mut status.conditions;
-    let reason = phase.as_str();
-    match phase {
-        Phase::Healthy => {
-            set_condition(
-                conditions,
-                condition::READY,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::RECONCILING);
-            remove_condition(conditions, condition::STALLED);
-            set_condition(
-                conditions,
-                condition::GATES_PASSED,
-                true,
-                "GatesPassed",
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::ROLLED_BACK);
-        }
+    let (ready, reconciling, stalled) = match phase {
+        Phase::Healthy => (Some(true), false, false),
         Phase::Pending
         | Phase::Fetching
         | Phase::BackingUp
         | Phase::Migrating
         | Phase::Applying
-        | Phase::Verifying => {
-            set_condition(
-                conditions,
-                condition::READY,
-                false,
-                "Progressing",
-                message,
-                generation,
-                &now,
-            );
-            set_condition(
-                conditions,
-                condition::RECONCILING,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::STALLED);
-        }
-        Phase::RollingBack => {
-            set_condition(
-                conditions,
-                condition::READY,
-                false,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            set_condition(
-                conditions,
-                condition::RECONCILING,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::STALLED);
-        }
-        Phase::RolledBack => {
-            set_condition(
-                conditions,
-                condition::READY,
-                false,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::RECONCILING);
-            set_condition(
-                conditions,
-                condition::STALLED,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            set_condition(
-                conditions,
-                condition::ROLLED_BACK,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-        }
-        Phase::Blocked | Phase::Failed => {
-            set_condition(
-                conditions,
-                condition::READY,
-                false,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-            remove_condition(conditions, condition::RECONCILING);
-            set_condition(
-                conditions,
-                condition::STALLED,
-                true,
-                reason,
-                message,
-                generation,
-                &now,
-            );
-        }
-        Phase::Suspended => {
-            remove_condition(conditions, condition::RECONCILING);
-            remove_condition(conditions, condition::STALLED);
-        }
+        | Phase::Verifying
+        | Phase::RollingBack => (Some(false), true, false),
+        Phase::RolledBack | Phase::Blocked | Phase::Failed => (Some(false), false, true),
+        // Suspension changes nothing about what runs: Ready keeps its last word.
+        Phase::Suspended => (None, false, false),
+    };
+    let reason = match phase {
+        Phase::Pending
+        | Phase::Fetching
+        | Phase::BackingUp
+        | Phase::Migrating
+        | Phase::Applying
+        | Phase::Verifying => "Progressing",
+        _ => phase.as_str(),
+    };
+    let now = Time(Timestamp::now());
+    let conditions = &mut status.conditions;
+    let mut set = |type_: &str, value: bool, reason: &str| {
+        set_condition(conditions, type_, value, reason, message, generation, &now);
+    };
+    if let Some(ready) = ready {
+        set(condition::READY, ready, reason);
+    }
+    if reconciling {
+        set(condition::RECONCILING, true, phase.as_str());
+    }
+    if stalled {
+        set(condition::STALLED, true, phase.as_str());
+    }
+    match phase {
+        Phase::Healthy => set(condition::GATES_PASSED, true, "GatesPassed"),
+        Phase::RolledBack => set(condition::ROLLED_BACK, true, phase.as_str()),
+        _ => {}
+    }
+    if !reconciling {
+        remove_condition(conditions, condition::RECONCILING);
+    }
+    if !stalled {
+        remove_condition(conditions, condition::STALLED);
+    }
+    if phase == Phase::Healthy {
+        remove_condition(conditions, condition::ROLLED_BACK);
     }
 }
 
@@ -269,4 +192,89 @@ pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str
     );
     // Quarantine only matters while Git points at the revision; keep a bounded list.
     status.quarantined.truncate(20);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition_status(status: &AppDeploymentStatus, type_: &str) -> Option<String> {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.status.clone())
+    }
+
+    #[test]
+    fn phases_map_to_kstatus_conditions() {
+        let mut status = AppDeploymentStatus::default();
+        set_phase(&mut status, Phase::Verifying, "verifying", Some(1));
+        assert_eq!(
+            condition_status(&status, condition::READY).as_deref(),
+            Some("False")
+        );
+        assert_eq!(
+            condition_status(&status, condition::RECONCILING).as_deref(),
+            Some("True")
+        );
+        assert_eq!(condition_status(&status, condition::STALLED), None);
+
+        set_phase(&mut status, Phase::RolledBack, "rolled back", Some(1));
+        assert_eq!(condition_status(&status, condition::RECONCILING), None);
+        assert_eq!(
+            condition_status(&status, condition::STALLED).as_deref(),
+            Some("True")
+        );
+        assert_eq!(
+            condition_status(&status, condition::ROLLED_BACK).as_deref(),
+            Some("True")
+        );
+
+        set_phase(&mut status, Phase::Healthy, "healthy", Some(2));
+        assert_eq!(
+            condition_status(&status, condition::READY).as_deref(),
+            Some("True")
+        );
+        assert_eq!(condition_status(&status, condition::STALLED), None);
+        assert_eq!(condition_status(&status, condition::ROLLED_BACK), None);
+        assert_eq!(
+            condition_status(&status, condition::GATES_PASSED).as_deref(),
+            Some("True")
+        );
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::READY)
+            .unwrap();
+        assert_eq!(ready.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn suspension_keeps_ready_as_it_was() {
+        let mut status = AppDeploymentStatus::default();
+        set_phase(&mut status, Phase::Healthy, "healthy", Some(1));
+        set_phase(&mut status, Phase::Suspended, "suspended", Some(2));
+        assert_eq!(
+            condition_status(&status, condition::READY).as_deref(),
+            Some("True")
+        );
+        assert_eq!(status.phase, Phase::Suspended);
+    }
+
+    #[test]
+    fn history_is_bounded_and_quarantine_not_duplicated() {
+        let mut status = AppDeploymentStatus::default();
+        for i in 0..5 {
+            open_history(&mut status, &format!("rev{i}"), Phase::Applying, "t", 3);
+        }
+        assert_eq!(status.history.len(), 3);
+        assert_eq!(status.history[0].revision, "rev4");
+        update_history(&mut status, "rev4", Phase::Healthy, Some("ok"), None, true);
+        assert_eq!(status.history[0].phase, Phase::Healthy);
+        assert!(status.history[0].finished_at.is_some());
+        quarantine(&mut status, "bad", "gate failed");
+        quarantine(&mut status, "bad", "gate failed again");
+        assert_eq!(status.quarantined.len(), 1);
+    }
 }
