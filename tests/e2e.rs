@@ -10,6 +10,7 @@ use bosun::devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml}
 use bosun::devenv::{HealthEndpoint, WorkRepo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use support::{Harness, status};
@@ -36,6 +37,21 @@ async fn backend_image(harness: &Harness) -> String {
         .image
         .clone()
         .unwrap()
+}
+
+/// Reasons of the Events bosun published about the AppDeployment.
+async fn event_reasons(harness: &Harness) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(harness.client.clone(), NS);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(APP))
+        .filter(|e| e.reporting_controller.as_deref() == Some("bosun"))
+        .filter_map(|e| e.reason)
+        .collect()
 }
 
 /// A Runbook with no gates but the workload gate and a short verify window.
@@ -188,6 +204,14 @@ async fn crash_looping_revision_is_rolled_back_quarantined_and_not_reapplied() {
             .any(|c| c.type_ == "RolledBack" && c.status == "True")
     );
     assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
+    // Every transition is also an Event on the AppDeployment.
+    let reasons = event_reasons(&harness).await;
+    for reason in ["Applying", "Verifying", "Healthy", "RollingBack", "RolledBack"] {
+        assert!(
+            reasons.iter().any(|r| r == reason),
+            "no {reason} Event in {reasons:?}"
+        );
+    }
 
     // Several resyncs later the bad revision is still not applied again.
     tokio::time::sleep(Duration::from_secs(8)).await;
