@@ -1,5 +1,9 @@
 use std::time::Duration;
 
+/// No interval or window bosun reads is meaningfully longer; the bound also keeps
+/// arithmetic on user input from overflowing.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Parses a Kubernetes-style duration such as `90s`, `1m`, `1h30m`, `500ms`.
 /// A bare number counts as seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -8,7 +12,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
+        return Some(Duration::from_secs(seconds))
+            .filter(|d| *d <= MAX_DURATION)
+            .ok_or_else(|| format!("invalid duration {text:?}: longer than 30 days"));
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -24,17 +30,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        total += match unit {
-            "ms" => Duration::from_millis(value),
-            "s" => Duration::from_secs(value),
-            "m" => Duration::from_secs(value * 60),
-            "h" => Duration::from_secs(value * 3600),
+        let part = match unit {
+            "ms" => Some(Duration::from_millis(value)),
+            "s" => Some(Duration::from_secs(value)),
+            "m" => value.checked_mul(60).map(Duration::from_secs),
+            "h" => value.checked_mul(3600).map(Duration::from_secs),
             _ => {
                 return Err(format!(
                     "invalid duration {text:?}: unknown unit {unit:?} (use ms, s, m, h)"
                 ));
             }
         };
+        total = part
+            .and_then(|part| total.checked_add(part))
+            .filter(|total| *total <= MAX_DURATION)
+            .ok_or_else(|| format!("invalid duration {text:?}: longer than 30 days"))?;
     }
     Ok(total)
 }
@@ -58,5 +68,14 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("5 days").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn huge_values_are_errors_not_panics() {
+        assert!(parse_duration("18446744073709551615s1s").is_err());
+        assert!(parse_duration("18446744073709551615h").is_err());
+        assert!(parse_duration("99999999999999999999999s").is_err());
+        assert!(parse_duration("31000000").is_err());
+        assert_eq!(parse_duration("720h").unwrap(), Duration::from_secs(720 * 3600));
     }
 }
