@@ -164,6 +164,10 @@ pub struct AppDeploymentStatus {
     pub current_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision_short: Option<String>,
+    /// Digest of the spec fields that shaped the applied revision (`url`, `path`,
+    /// `targetNamespace`, `serviceAccountName`): a change redeploys the same commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_spec_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_healthy_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +194,10 @@ pub struct Quarantine {
     pub revision: String,
     pub reason: String,
     pub at: String,
+    /// The AppDeployment's generation when the revision failed: a pin or a change of
+    /// the applied spec made later may try it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -263,6 +271,23 @@ impl std::fmt::Display for InventoryEntry {
             Some(ns) => write!(f, "{} {}/{}", self.kind, ns, self.name),
             None => write!(f, "{} {}", self.kind, self.name),
         }
+    }
+}
+
+impl AppDeploymentSpec {
+    /// Digest of the fields that decide what a revision renders to and how it is
+    /// applied. Other fields (suspend, history limit, runbook) do not redeploy.
+    pub fn apply_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let git = &self.source.git;
+        let fields = serde_json::json!([
+            git.url,
+            git.path,
+            self.target_namespace,
+            self.service_account_name,
+        ]);
+        let digest = Sha256::digest(fields.to_string().as_bytes());
+        digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
     }
 }
 

@@ -130,7 +130,9 @@ impl<'a> Reconciliation<'a> {
             _ => Verification::NotRun,
         };
 
+        let spec_digest = self.app.spec.apply_digest();
         let decision = core::decide(&core::Input {
+            spec_digest: &spec_digest,
             status: &self.status,
             generation: self.generation,
             suspended: self.app.spec.suspend,
@@ -197,6 +199,14 @@ impl<'a> Reconciliation<'a> {
             Decision::Fail { revision, message } => {
                 self.fail(&revision, &message).await;
                 Ok(Action::requeue(self.interval()))
+            }
+            Decision::Resume { phase } => {
+                let message = format!("spec.suspend removed; {phase}");
+                status::set_phase(&mut self.status, phase, &message, self.generation);
+                self.save().await?;
+                self.event(false, "Resumed", "spec.suspend removed: following Git again")
+                    .await;
+                Ok(Action::requeue(self.context.settings.verify_tick))
             }
             Decision::Adopt { revision } => {
                 status::set_phase(
@@ -553,6 +563,7 @@ impl<'a> Reconciliation<'a> {
     /// `revision` is live: it owns `inventory`, and verification counts from now.
     fn record_applied(&mut self, revision: &str, inventory: Vec<crate::api::InventoryEntry>) {
         self.status.inventory = inventory;
+        self.status.current_spec_digest = Some(self.app.spec.apply_digest());
         status::set_current_revision(&mut self.status, revision);
         if let Some(operation) = &mut self.status.operation {
             operation.applied_at = Some(now_rfc3339());
@@ -605,7 +616,7 @@ impl<'a> Reconciliation<'a> {
     /// Records the rollback before doing it: quarantine, history, operation.
     async fn start_rollback(&mut self, failed_revision: &str, to: &str, message: &str) -> Result<(), Error> {
         warn!(failed_revision, to, message, "rolling back");
-        status::quarantine(&mut self.status, failed_revision, message);
+        status::quarantine(&mut self.status, failed_revision, message, self.generation);
         status::update_history(
             &mut self.status,
             failed_revision,
@@ -694,7 +705,7 @@ impl<'a> Reconciliation<'a> {
             .and_then(|op| op.failed_revision.clone())
             .unwrap_or_else(|| revision.to_string());
         self.status.operation = None;
-        status::quarantine(&mut self.status, &failed_revision, message);
+        status::quarantine(&mut self.status, &failed_revision, message, self.generation);
         status::update_history(
             &mut self.status,
             &failed_revision,

@@ -178,16 +178,16 @@ pub fn update_history(
     }
 }
 
-pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str) {
-    if status.quarantined.iter().any(|q| q.revision == revision) {
-        return;
-    }
+/// Quarantines `revision` at `generation`; a repeat failure refreshes the entry.
+pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str, generation: Option<i64>) {
+    status.quarantined.retain(|q| q.revision != revision);
     status.quarantined.insert(
         0,
         Quarantine {
             revision: revision.to_string(),
             reason: reason.to_string(),
             at: now_rfc3339(),
+            generation,
         },
     );
     // Quarantine only matters while Git points at the revision; keep a bounded list.
@@ -273,8 +273,9 @@ mod tests {
         update_history(&mut status, "rev4", Phase::Healthy, Some("ok"), None, true);
         assert_eq!(status.history[0].phase, Phase::Healthy);
         assert!(status.history[0].finished_at.is_some());
-        quarantine(&mut status, "bad", "gate failed");
-        quarantine(&mut status, "bad", "gate failed again");
+        quarantine(&mut status, "bad", "gate failed", Some(1));
+        quarantine(&mut status, "bad", "gate failed again", Some(2));
         assert_eq!(status.quarantined.len(), 1);
+        assert_eq!(status.quarantined[0].generation, Some(2));
     }
 }

@@ -38,6 +38,9 @@ pub struct Input<'a> {
     pub automatic_rollback: bool,
     pub desired: DesiredRevision,
     pub verification: Verification,
+    /// Digest of the spec fields that shape what is applied
+    /// ([`crate::api::AppDeploymentSpec::apply_digest`]).
+    pub spec_digest: &'a str,
     /// Set when the spec cannot be acted on at all (missing Runbook, invalid path);
     /// the message says what and where.
     pub spec_problem: Option<String>,
@@ -71,6 +74,8 @@ pub enum Decision {
     /// A failure with nothing to flip to (or rollback turned off, or the rollback
     /// itself failed): phase `Failed`.
     Fail { revision: String, message: String },
+    /// `spec.suspend` was removed: restore the phase that says what runs.
+    Resume { phase: Phase },
     /// Git points at the revision already running and known healthy (e.g. after a
     /// revert): record it as Healthy without re-applying.
     Adopt { revision: String },
@@ -107,29 +112,64 @@ pub fn decide(input: &Input<'_>) -> Decision {
 
     let (revision, pinned) = match &input.desired {
         DesiredRevision::Known { revision, pinned } => (revision, *pinned),
-        DesiredRevision::Unavailable => return Decision::Idle,
+        DesiredRevision::Unavailable => return resume_or_idle(status, false),
     };
+    // The spec fields that shape what is applied changed since the running revision
+    // went out (path, target namespace, ...): the same commit must be deployed again.
+    let spec_changed = status
+        .current_spec_digest
+        .as_deref()
+        .is_some_and(|digest| digest != input.spec_digest);
+    // A pin or such a spec change is a human decision made after the quarantine; a
+    // repeat failure quarantines the revision again, at the new generation.
+    let held_back = quarantine_holds(status, revision, input.generation, pinned || spec_changed)
+        || blocked_on(status, revision, input.generation);
 
-    if status.current_revision.as_deref() == Some(revision.as_str()) {
+    if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
-        return if healthy && status.phase != Phase::Healthy {
+        return if healthy && status.phase != Phase::Healthy && !held_back {
             Decision::Adopt {
                 revision: revision.clone(),
             }
         } else {
-            Decision::Idle
+            resume_or_idle(status, false)
         };
     }
-    // A pin is an explicit human choice: it overrides quarantine.
-    if !pinned && is_quarantined(status, revision) {
-        return Decision::Idle;
-    }
-    if blocked_on(status, revision, input.generation) {
-        return Decision::Idle;
+    if held_back {
+        return resume_or_idle(status, true);
     }
     Decision::Deploy {
         revision: revision.clone(),
     }
+}
+
+/// After `spec.suspend` is removed, the phase says again what runs.
+fn resume_or_idle(status: &AppDeploymentStatus, desired_held_back: bool) -> Decision {
+    if status.phase != Phase::Suspended {
+        return Decision::Idle;
+    }
+    let phase = match (&status.current_revision, &status.last_healthy_revision) {
+        (Some(current), Some(healthy)) if current == healthy && desired_held_back => Phase::RolledBack,
+        (Some(current), Some(healthy)) if current == healthy => Phase::Healthy,
+        (Some(current), _) if is_quarantined(status, current) => Phase::Failed,
+        _ => Phase::Pending,
+    };
+    Decision::Resume { phase }
+}
+
+/// Whether a quarantine keeps `revision` out. `overridable`: a pin or spec change
+/// made after the quarantine (a later generation) lifts it.
+fn quarantine_holds(
+    status: &AppDeploymentStatus,
+    revision: &str,
+    generation: Option<i64>,
+    overridable: bool,
+) -> bool {
+    status
+        .quarantined
+        .iter()
+        .filter(|q| q.revision == revision)
+        .any(|q| !(overridable && q.generation < generation))
 }
 
 fn decide_deploy_in_progress(input: &Input<'_>, revision: &str, applied: bool) -> Decision {

@@ -4,12 +4,14 @@ use crate::api::{HistoryEntry, Operation, Quarantine};
 const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+const DIGEST: &str = "d1";
 
 fn healthy_on(revision: &str) -> AppDeploymentStatus {
     AppDeploymentStatus {
         phase: Phase::Healthy,
         observed_generation: Some(1),
         current_revision: Some(revision.into()),
+        current_spec_digest: Some(DIGEST.into()),
         last_healthy_revision: Some(revision.into()),
         ..Default::default()
     }
@@ -45,6 +47,7 @@ fn input<'a>(
         desired,
         verification,
         spec_problem: None,
+        spec_digest: DIGEST,
     }
 }
 
@@ -214,6 +217,7 @@ fn rollback_is_not_superseded_by_the_quarantined_tip() {
         revision: B.into(),
         reason: "x".into(),
         at: "t".into(),
+        generation: Some(1),
     });
     assert_eq!(
         decide(&input(&status, git(B), Verification::Pending)),
@@ -251,6 +255,7 @@ fn quarantined_tip_is_not_applied_again() {
         revision: B.into(),
         reason: "gate".into(),
         at: "t".into(),
+        generation: Some(1),
     });
     assert_eq!(
         decide(&input(&status, git(B), Verification::NotRun)),
@@ -268,6 +273,7 @@ fn new_commit_after_a_rollback_proceeds() {
         revision: B.into(),
         reason: "gate".into(),
         at: "t".into(),
+        generation: Some(1),
     });
     assert_eq!(
         decide(&input(&status, git(C), Verification::NotRun)),
@@ -275,24 +281,133 @@ fn new_commit_after_a_rollback_proceeds() {
     );
 }
 
+fn quarantined(status: &mut AppDeploymentStatus, revision: &str, generation: i64) {
+    status.quarantined.push(Quarantine {
+        revision: revision.into(),
+        reason: "gate".into(),
+        at: "t".into(),
+        generation: Some(generation),
+    });
+}
+
 #[test]
-fn pin_overrides_quarantine() {
+fn pin_set_after_the_quarantine_overrides_it() {
     let mut status = AppDeploymentStatus {
         phase: Phase::RolledBack,
         ..healthy_on(A)
     };
-    status.quarantined.push(Quarantine {
-        revision: B.into(),
-        reason: "gate".into(),
-        at: "t".into(),
-    });
+    quarantined(&mut status, B, 1);
     let pinned = DesiredRevision::Known {
         revision: B.into(),
         pinned: true,
     };
+    let mut pin_added = input(&status, pinned, Verification::NotRun);
+    pin_added.generation = Some(2);
+    assert_eq!(decide(&pin_added), Decision::Deploy { revision: B.into() });
+}
+
+#[test]
+fn pinned_revision_that_failed_again_is_not_retried_in_a_loop() {
+    let mut status = AppDeploymentStatus {
+        phase: Phase::RolledBack,
+        ..healthy_on(A)
+    };
+    // Quarantined again at the generation that carries the pin.
+    quarantined(&mut status, B, 2);
+    let pinned = DesiredRevision::Known {
+        revision: B.into(),
+        pinned: true,
+    };
+    let mut same_pin = input(&status, pinned, Verification::NotRun);
+    same_pin.generation = Some(2);
+    assert_eq!(decide(&same_pin), Decision::Idle);
+}
+
+#[test]
+fn changed_path_redeploys_the_same_commit() {
+    let status = healthy_on(A);
+    let mut changed = input(&status, git(A), Verification::NotRun);
+    changed.spec_digest = "d2";
+    changed.generation = Some(2);
+    assert_eq!(decide(&changed), Decision::Deploy { revision: A.into() });
+}
+
+#[test]
+fn changed_path_may_retry_a_quarantined_tip_once() {
+    let mut status = AppDeploymentStatus {
+        phase: Phase::RolledBack,
+        ..healthy_on(A)
+    };
+    quarantined(&mut status, B, 1);
+    let mut changed = input(&status, git(B), Verification::NotRun);
+    changed.spec_digest = "d2";
+    changed.generation = Some(2);
+    assert_eq!(decide(&changed), Decision::Deploy { revision: B.into() });
+    // Unrelated spec changes (a later generation, same digest) do not.
+    let mut unrelated = input(&status, git(B), Verification::NotRun);
+    unrelated.generation = Some(2);
+    assert_eq!(decide(&unrelated), Decision::Idle);
+}
+
+#[test]
+fn quarantined_running_revision_is_not_adopted_as_healthy() {
+    let mut status = AppDeploymentStatus {
+        phase: Phase::Failed,
+        ..healthy_on(A)
+    };
+    quarantined(&mut status, A, 1);
     assert_eq!(
-        decide(&input(&status, pinned, Verification::NotRun)),
-        Decision::Deploy { revision: B.into() }
+        decide(&input(&status, git(A), Verification::NotRun)),
+        Decision::Idle
+    );
+}
+
+#[test]
+fn unsuspending_restores_the_phase_that_says_what_runs() {
+    let suspended_on = |status: AppDeploymentStatus| AppDeploymentStatus {
+        phase: Phase::Suspended,
+        ..status
+    };
+    let status = suspended_on(healthy_on(A));
+    assert_eq!(
+        decide(&input(&status, git(A), Verification::NotRun)),
+        // Running its healthy tip: recorded as Healthy again.
+        Decision::Adopt { revision: A.into() }
+    );
+    let mut rolled_back = suspended_on(healthy_on(A));
+    quarantined(&mut rolled_back, B, 1);
+    assert_eq!(
+        decide(&input(&rolled_back, git(B), Verification::NotRun)),
+        Decision::Resume {
+            phase: Phase::RolledBack
+        }
+    );
+    let mut failed = suspended_on(AppDeploymentStatus {
+        current_revision: Some(A.into()),
+        ..Default::default()
+    });
+    quarantined(&mut failed, A, 1);
+    assert_eq!(
+        decide(&input(&failed, git(A), Verification::NotRun)),
+        Decision::Resume { phase: Phase::Failed }
+    );
+    // A new commit after unsuspending is simply deployed.
+    assert_eq!(
+        decide(&input(&rolled_back, git(C), Verification::NotRun)),
+        Decision::Deploy { revision: C.into() }
+    );
+}
+
+#[test]
+fn new_commit_does_not_interrupt_a_rollback() {
+    let status = AppDeploymentStatus {
+        phase: Phase::RollingBack,
+        operation: operation(OperationKind::Rollback, A, true),
+        ..healthy_on(A)
+    };
+    assert_eq!(
+        decide(&input(&status, git(C), Verification::Pending)),
+        Decision::KeepVerifying
     );
 }
 
@@ -306,6 +421,7 @@ fn git_reverted_to_the_running_healthy_revision_is_adopted() {
         revision: B.into(),
         reason: "gate".into(),
         at: "t".into(),
+        generation: Some(1),
     });
     assert_eq!(
         decide(&input(&status, git(A), Verification::NotRun)),
@@ -323,6 +439,7 @@ fn failed_first_revision_stays_failed_until_a_new_commit() {
         revision: A.into(),
         reason: "crash".into(),
         at: "t".into(),
+        generation: Some(1),
     });
     assert_eq!(
         decide(&input(&status, git(A), Verification::NotRun)),
