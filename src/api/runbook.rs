@@ -28,6 +28,10 @@ pub struct RunbookSpec {
     pub verify_window: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackPolicy>,
+    /// How long verification may stay undecided (rollout incomplete, gates below
+    /// their thresholds) before the revision counts as failed (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
 }
 
 /// Cluster-wide defaults shared by many apps, with the same fields as a Runbook.
@@ -150,6 +154,12 @@ impl RunbookSpec {
         match &self.verify_window {
             Some(text) => super::parse_duration(text).map_err(|e| format!("spec.verifyWindow: {e}")),
             None => Ok(std::time::Duration::from_secs(60)),
+        }
+    }
+    pub fn progress_deadline(&self) -> Result<std::time::Duration, String> {
+        match &self.progress_deadline {
+            Some(text) => super::parse_duration(text).map_err(|e| format!("spec.progressDeadline: {e}")),
+            None => Ok(std::time::Duration::from_secs(600)),
         }
     }
     pub fn automatic_rollback(&self) -> bool {

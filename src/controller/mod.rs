@@ -129,7 +129,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     let cluster_store = store.clone();
     controller
         .watches(runbooks, watcher::Config::default(), move |runbook| {
-            // A Runbook change re-verifies the apps that use it.
+            // A Runbook change reconciles the apps that use it at once.
             let namespace = runbook.namespace();
             apps_using(
                 &store,

@@ -26,7 +26,7 @@ use crate::source::Credentials;
 
 pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
     let key = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
-    let span = info_span!("reconcile", app = %key);
+    let span = info_span!("reconcile", app = %key, revision = tracing::field::Empty);
     async move {
         let mut run = Reconciliation::new(app, &context, key);
         let action = run.run().await;
@@ -36,6 +36,48 @@ pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result
     }
     .instrument(span)
     .await
+}
+
+/// Why a revision cannot be deployed now: retried, or held until Git or the spec
+/// changes.
+enum Rejection {
+    Transient(String),
+    Permanent(String),
+}
+
+/// API trouble that may pass (discovery, reads) is retried rather than blocking the
+/// revision; what the server refused stays refused.
+fn is_transient(error: &crate::apply::ApplyError) -> bool {
+    matches!(
+        error,
+        crate::apply::ApplyError::Discovery { .. } | crate::apply::ApplyError::ReadFailed { .. }
+    )
+}
+
+/// Verification undecided for longer than the Runbook's `progressDeadline` (counted
+/// from the apply recorded in status, so a restart does not reset it) fails.
+fn past_deadline(outcome: Verification, operation: &Operation, runbook: &RunbookSpec) -> Verification {
+    let deadline = runbook.progress_deadline().unwrap_or(Duration::from_secs(600));
+    let elapsed = operation
+        .applied_at
+        .as_deref()
+        .and_then(status::parse_rfc3339)
+        .and_then(|at| {
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(at)
+                .try_into()
+                .ok()
+        })
+        .unwrap_or(Duration::ZERO);
+    match outcome {
+        Verification::Pending if elapsed > deadline => Verification::Failed {
+            message: format!(
+                "verification did not finish within the progress deadline of {}s",
+                deadline.as_secs()
+            ),
+        },
+        other => other,
+    }
 }
 
 /// One pass over one AppDeployment.
@@ -101,11 +143,26 @@ impl<'a> Reconciliation<'a> {
             Ok(spec) => (spec, None),
             Err(message) => (RunbookSpec::default(), Some(message)),
         };
-        let spec_problem = runbook_problem.or_else(|| self.spec_problem());
 
         let mut next = self.interval();
-        let verification = match self.status.operation.clone() {
-            Some(operation) if operation.applied_at.is_some() => {
+        let verification = match (self.status.operation.clone(), &runbook_problem) {
+            // Never verify against defaults: a revision must not pass without the
+            // gates its Runbook asks for. It waits until the Runbook is readable.
+            (Some(operation), Some(problem)) if operation.applied_at.is_some() => {
+                let message = format!("verification paused: {problem}");
+                if self.condition_message(crate::api::condition::GATES_PASSED) != Some(message.as_str()) {
+                    status::set_gates_condition(
+                        &mut self.status,
+                        false,
+                        "RunbookUnavailable",
+                        &message,
+                        self.generation,
+                    );
+                    self.event(true, "RunbookUnavailable", &message).await;
+                }
+                Verification::Pending
+            }
+            (Some(operation), None) if operation.applied_at.is_some() => {
                 let round = verify::run_round(
                     self.context,
                     &self.key,
@@ -125,11 +182,21 @@ impl<'a> Reconciliation<'a> {
                     status::update_history(&mut self.status, &operation.revision, phase, None, gates, false);
                 }
                 next = round.next;
-                round.outcome
+                past_deadline(round.outcome, &operation, &runbook_spec)
             }
             _ => Verification::NotRun,
         };
+        let spec_problem = runbook_problem.or_else(|| self.spec_problem());
 
+        // Every log line of this pass names the revision it is about.
+        let revision_in_play = match (&self.status.operation, &source.desired) {
+            (Some(operation), _) => Some(operation.revision.clone()),
+            (None, DesiredRevision::Known { revision, .. }) => Some(revision.clone()),
+            (None, DesiredRevision::Unavailable) => self.status.current_revision.clone(),
+        };
+        if let Some(revision) = revision_in_play {
+            tracing::Span::current().record("revision", short_revision(&revision).as_str());
+        }
         let spec_digest = self.app.spec.apply_digest();
         let decision = core::decide(&core::Input {
             spec_digest: &spec_digest,
@@ -163,7 +230,9 @@ impl<'a> Reconciliation<'a> {
                 Ok(Action::await_change())
             }
             Decision::BlockOnSpec { message } => {
-                if self.status.phase != Phase::Blocked || self.ready_message() != Some(message.as_str()) {
+                if self.status.phase != Phase::Blocked
+                    || self.condition_message(crate::api::condition::READY) != Some(message.as_str())
+                {
                     status::set_phase(&mut self.status, Phase::Blocked, &message, self.generation);
                     self.event(true, "Blocked", &message).await;
                 }
@@ -193,11 +262,11 @@ impl<'a> Reconciliation<'a> {
                 Ok(Action::requeue(self.context.settings.verify_tick))
             }
             Decision::FinishRollback { to } => {
-                self.finish_rollback(&to).await;
+                self.finish_rollback(&to).await?;
                 Ok(Action::requeue(self.interval()))
             }
             Decision::Fail { revision, message } => {
-                self.fail(&revision, &message).await;
+                self.fail(&revision, &message).await?;
                 Ok(Action::requeue(self.interval()))
             }
             Decision::Resume { phase } => {
@@ -209,21 +278,14 @@ impl<'a> Reconciliation<'a> {
                 Ok(Action::requeue(self.context.settings.verify_tick))
             }
             Decision::Adopt { revision } => {
-                status::set_phase(
-                    &mut self.status,
-                    Phase::Healthy,
-                    &format!("revision {} is running and healthy", short_revision(&revision)),
-                    self.generation,
+                let message = format!("revision {} is running and healthy", short_revision(&revision));
+                status::set_phase(&mut self.status, Phase::Healthy, &message, self.generation);
+                self.save().await?;
+                let note = format!(
+                    "Git points at the running healthy revision {}",
+                    short_revision(&revision)
                 );
-                self.event(
-                    false,
-                    "Healthy",
-                    &format!(
-                        "Git points at the running healthy revision {}",
-                        short_revision(&revision)
-                    ),
-                )
-                .await;
+                self.event(false, "Healthy", &note).await;
                 Ok(Action::requeue(self.interval()))
             }
         }
@@ -233,11 +295,11 @@ impl<'a> Reconciliation<'a> {
         Action::requeue(self.interval())
     }
 
-    fn ready_message(&self) -> Option<&str> {
+    fn condition_message(&self, type_: &str) -> Option<&str> {
         self.status
             .conditions
             .iter()
-            .find(|c| c.type_ == crate::api::condition::READY)
+            .find(|c| c.type_ == type_)
             .map(|c| c.message.as_str())
     }
 
@@ -280,6 +342,7 @@ impl<'a> Reconciliation<'a> {
         match found {
             Ok(Some(spec)) => {
                 spec.verify_window().map_err(|e| format!("{what}: {e}"))?;
+                spec.progress_deadline().map_err(|e| format!("{what}: {e}"))?;
                 Ok(spec)
             }
             Ok(None) => Err(format!("spec.runbookRef: {what} not found")),
@@ -289,12 +352,7 @@ impl<'a> Reconciliation<'a> {
 
     /// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
     async fn observe_source(&mut self) -> SourceView {
-        if self.app.spec.suspend {
-            return SourceView {
-                desired: DesiredRevision::Unavailable,
-                credentials: None,
-            };
-        }
+        // Loaded even while suspended: an operation in progress may still need Git.
         let credentials = match self.load_credentials().await {
             Ok(credentials) => credentials,
             Err(message) => {
@@ -305,17 +363,22 @@ impl<'a> Reconciliation<'a> {
                 };
             }
         };
-        if let Some(pin) = &self.app.spec.pin {
-            let revision = pin.revision.clone();
-            self.status.desired_revision = Some(revision.clone());
+        if self.app.spec.suspend {
             return SourceView {
-                desired: DesiredRevision::Known {
-                    revision,
-                    pinned: true,
-                },
+                desired: DesiredRevision::Unavailable,
                 credentials,
             };
         }
+        let pinned = self.app.spec.pin.is_some();
+        let reference = match &self.app.spec.pin {
+            // A pin may be a short id: resolved like `ref.commit`, so status always
+            // holds full ids that compare equal to history and quarantine entries.
+            Some(pin) => crate::api::GitRef {
+                commit: Some(pin.revision.clone()),
+                ..Default::default()
+            },
+            None => self.app.spec.source.git.reference.clone(),
+        };
         if self.status.phase == Phase::Pending && self.status.desired_revision.is_none() {
             status::set_phase(
                 &mut self.status,
@@ -331,7 +394,7 @@ impl<'a> Reconciliation<'a> {
         match self
             .context
             .git
-            .resolve(&git.url, &git.reference, credentials.as_ref(), self.interval())
+            .resolve(&git.url, &reference, credentials.as_ref(), self.interval())
             .await
         {
             Ok(resolved) => {
@@ -350,7 +413,7 @@ impl<'a> Reconciliation<'a> {
                 SourceView {
                     desired: DesiredRevision::Known {
                         revision: resolved.commit,
-                        pinned: false,
+                        pinned,
                     },
                     credentials,
                 }
@@ -407,7 +470,11 @@ impl<'a> Reconciliation<'a> {
             .map_err(|e| e.to_string())
     }
 
-    /// Render, record the operation, apply, snapshot, then start verifying.
+    /// Render and snapshot, record the attempt, apply, then start verifying.
+    ///
+    /// Whatever can reject the revision without touching the cluster (Git, render,
+    /// snapshot, dry run) comes before the operation switches to it, so a revision
+    /// still being verified keeps being verified when a newer commit is unusable.
     async fn deploy(
         &mut self,
         revision: &str,
@@ -415,30 +482,24 @@ impl<'a> Reconciliation<'a> {
         runbook: &RunbookSpec,
     ) -> Result<(), Error> {
         let short = short_revision(revision);
-        let resuming = matches!(&self.status.operation, Some(op) if op.kind == OperationKind::Deploy && op.revision == revision);
-        if !resuming {
-            if let Some(previous) = self.status.operation.clone() {
-                // A newer commit replaces a revision that never proved itself.
-                status::update_history(
-                    &mut self.status,
-                    &previous.revision,
-                    Phase::Failed,
-                    Some(&format!("superseded by {short}")),
-                    None,
-                    true,
-                );
-            }
-            let started_at = now_rfc3339();
-            self.status.operation = Some(Operation {
-                kind: OperationKind::Deploy,
-                revision: revision.to_string(),
-                failed_revision: None,
-                started_at: started_at.clone(),
-                applied_at: None,
-            });
+        let manifests = match self.render(revision, credentials).await {
+            Ok(manifests) => manifests,
+            Err(Rejection::Transient(message)) => return Err(Error::Internal(message)),
+            Err(Rejection::Permanent(message)) => return self.block(revision, &message).await,
+        };
+        // The snapshot is written before anything is applied: a rollback to this
+        // revision later never needs Git, and a crash after apply loses nothing.
+        match snapshot::store(&self.context.client, &self.app, revision, &manifests).await {
+            Ok(()) => {}
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => return self.block(revision, &error.to_string()).await,
+        }
+
+        // One history entry per attempt, also when a restart repeats this step.
+        let first_attempt = status::open_entry(&mut self.status, revision).is_none();
+        if first_attempt {
             let limit = self.history_limit();
-            status::open_history(&mut self.status, revision, Phase::Applying, &started_at, limit);
-            verify::forget(self.context, &self.key);
+            status::open_history(&mut self.status, revision, Phase::Applying, &now_rfc3339(), limit);
         }
         status::set_phase(
             &mut self.status,
@@ -447,94 +508,115 @@ impl<'a> Reconciliation<'a> {
             self.generation,
         );
         self.save().await?;
-        if !resuming {
+        if first_attempt {
             self.event(false, "Applying", &format!("applying revision {short}"))
                 .await;
         }
 
-        let manifests = match self.render(revision, credentials).await {
-            Ok(manifests) => manifests,
-            Err(message) => {
-                self.block(revision, &message).await;
-                return Ok(());
-            }
-        };
-        // The snapshot is written before anything is applied: a rollback to this
-        // revision later never needs Git, and a crash after apply loses nothing.
-        match snapshot::store(&self.context.client, &self.app, revision, &manifests).await {
-            Ok(()) => {}
-            Err(error) if error.is_transient() => return Err(error.into()),
+        let outcome = match self.apply(&manifests).await? {
+            Ok(outcome) => outcome,
+            Err(error) if is_transient(&error) => return Err(Error::Internal(error.to_string())),
+            Err(error) if error.before_any_write() => return self.block(revision, &error.to_string()).await,
             Err(error) => {
-                self.block(revision, &error.to_string()).await;
-                return Ok(());
-            }
-        }
-
-        match self.apply(&manifests).await? {
-            Ok(outcome) => {
-                self.record_applied(revision, outcome.inventory);
-                let message = format!(
-                    "revision {short} applied ({} sent, {} unchanged, {} pruned); verifying",
-                    outcome.sent.len(),
-                    outcome.unchanged,
-                    outcome.pruned.len()
-                );
-                status::set_phase(&mut self.status, Phase::Verifying, &message, self.generation);
-                status::update_history(
-                    &mut self.status,
-                    revision,
-                    Phase::Verifying,
-                    Some(&message),
-                    None,
-                    false,
-                );
-                self.save().await?;
-                self.event(false, "Verifying", &message).await;
-            }
-            Err(error) if error.before_any_write() => {
-                self.block(revision, &error.to_string()).await;
-            }
-            Err(error) => {
-                // Part of the revision may be live: treat like a failed gate.
+                // Part of the revision may be live: treat it like a failed gate.
+                self.switch_operation_to(revision);
                 let message = format!("apply failed: {error}");
-                let response =
-                    core::failure_response(&self.status, runbook.automatic_rollback(), revision, &message);
-                match response {
+                return match core::failure_response(
+                    &self.status,
+                    runbook.automatic_rollback(),
+                    revision,
+                    &message,
+                ) {
                     FailureResponse::RollBack {
                         failed_revision,
                         to,
                         message,
                     } => {
                         self.start_rollback(&failed_revision, &to, &message).await?;
-                        self.apply_rollback(&to).await?;
+                        self.apply_rollback(&to).await
                     }
                     FailureResponse::Fail { revision, message } => self.fail(&revision, &message).await,
-                }
+                };
             }
-        }
+        };
+        self.switch_operation_to(revision);
+        self.record_applied(revision, outcome.inventory);
+        let message = format!(
+            "revision {short} applied ({} sent, {} unchanged, {} pruned); verifying",
+            outcome.sent.len(),
+            outcome.unchanged,
+            outcome.pruned.len()
+        );
+        status::set_phase(&mut self.status, Phase::Verifying, &message, self.generation);
+        status::set_gates_condition(&mut self.status, false, "Verifying", &message, self.generation);
+        status::update_history(
+            &mut self.status,
+            revision,
+            Phase::Verifying,
+            Some(&message),
+            None,
+            false,
+        );
+        self.save().await?;
+        self.event(false, "Verifying", &message).await;
         Ok(())
+    }
+
+    /// `revision` is now the operation in progress; a revision it replaces (one that
+    /// never proved itself) is closed in history as superseded.
+    fn switch_operation_to(&mut self, revision: &str) {
+        if let Some(previous) = self.status.operation.clone()
+            && previous.revision != revision
+        {
+            let message = format!("superseded by {}", short_revision(revision));
+            status::update_history(
+                &mut self.status,
+                &previous.revision,
+                Phase::Failed,
+                Some(&message),
+                None,
+                true,
+            );
+        }
+        let started_at = status::open_entry(&mut self.status, revision)
+            .map(|entry| entry.started_at.clone())
+            .unwrap_or_else(now_rfc3339);
+        self.status.operation = Some(Operation {
+            kind: OperationKind::Deploy,
+            revision: revision.to_string(),
+            failed_revision: None,
+            started_at,
+            applied_at: None,
+        });
+        verify::forget(self.context, &self.key);
     }
 
     async fn render(
         &self,
         revision: &str,
         credentials: Option<&Credentials>,
-    ) -> Result<Vec<Manifest>, String> {
+    ) -> Result<Vec<Manifest>, Rejection> {
         let git = &self.app.spec.source.git;
         let files = self
             .context
             .git
             .files(&git.url, revision, git.path.as_deref(), credentials)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_transient() {
+                    Rejection::Transient(e.to_string())
+                } else {
+                    Rejection::Permanent(e.to_string())
+                }
+            })?;
         if files.is_empty() {
-            return Err(format!(
+            return Err(Rejection::Permanent(format!(
                 "no *.yaml, *.yml or *.json files under {:?} at revision {}",
                 git.path.as_deref().unwrap_or("."),
                 short_revision(revision)
-            ));
+            )));
         }
-        render::render(&files).map_err(|e| e.to_string())
+        render::render(&files).map_err(|e| Rejection::Permanent(e.to_string()))
     }
 
     /// Applies `manifests` as this app (impersonating its ServiceAccount when set).
@@ -570,10 +652,15 @@ impl<'a> Reconciliation<'a> {
         }
     }
 
-    /// Nothing was applied: the revision waits for a new commit or a spec change.
-    async fn block(&mut self, revision: &str, message: &str) {
+    /// Nothing of `revision` was applied: it waits for a new commit or a spec
+    /// change. A different revision still being verified or rolled back carries on.
+    async fn block(&mut self, revision: &str, message: &str) -> Result<(), Error> {
         warn!(revision, message, "revision blocked");
-        self.status.operation = None;
+        let note = format!("revision {}: {message}", short_revision(revision));
+        if status::open_entry(&mut self.status, revision).is_none() {
+            let limit = self.history_limit();
+            status::open_history(&mut self.status, revision, Phase::Blocked, &now_rfc3339(), limit);
+        }
         status::update_history(
             &mut self.status,
             revision,
@@ -582,13 +669,23 @@ impl<'a> Reconciliation<'a> {
             None,
             true,
         );
-        status::set_phase(&mut self.status, Phase::Blocked, message, self.generation);
-        self.event(
-            true,
-            "Blocked",
-            &format!("revision {}: {message}", short_revision(revision)),
-        )
-        .await;
+        match self.status.operation.clone() {
+            Some(operation) if operation.revision != revision && operation.applied_at.is_some() => {
+                let phase = match operation.kind {
+                    OperationKind::Deploy => Phase::Verifying,
+                    OperationKind::Rollback => Phase::RollingBack,
+                };
+                let message = format!("{note}; still verifying {}", short_revision(&operation.revision));
+                status::set_phase(&mut self.status, phase, &message, self.generation);
+            }
+            _ => {
+                self.status.operation = None;
+                status::set_phase(&mut self.status, Phase::Blocked, &note, self.generation);
+            }
+        }
+        self.save().await?;
+        self.event(true, "Blocked", &note).await;
+        Ok(())
     }
 
     async fn mark_healthy(&mut self, revision: &str) -> Result<(), Error> {
@@ -653,8 +750,7 @@ impl<'a> Reconciliation<'a> {
             Err(error) => {
                 // Without the snapshot there is nothing to flip to.
                 let message = format!("cannot roll back to {}: {error}", short_revision(to));
-                self.fail(to, &message).await;
-                return Ok(());
+                return self.fail(to, &message).await;
             }
         };
         match self.apply(&manifests).await? {
@@ -664,15 +760,21 @@ impl<'a> Reconciliation<'a> {
                 info!(to, sent = outcome.sent.len(), "last healthy revision applied");
                 Ok(())
             }
-            // Retried by the error policy; the operation in status keeps the intent.
-            Err(error) => Err(Error::Internal(format!(
-                "rollback to {}: {error}",
-                short_revision(to)
-            ))),
+            // Retried by the error policy; the operation in status keeps the intent,
+            // and the condition and an Event say why it is not done yet.
+            Err(error) => {
+                let message = format!("rolling back to {} keeps failing: {error}", short_revision(to));
+                if self.condition_message(crate::api::condition::READY) != Some(message.as_str()) {
+                    status::set_phase(&mut self.status, Phase::RollingBack, &message, self.generation);
+                    self.save().await?;
+                    self.event(true, "RollbackFailing", &message).await;
+                }
+                Err(Error::Internal(message))
+            }
         }
     }
 
-    async fn finish_rollback(&mut self, to: &str) {
+    async fn finish_rollback(&mut self, to: &str) -> Result<(), Error> {
         let failed = self
             .status
             .operation
@@ -693,10 +795,12 @@ impl<'a> Reconciliation<'a> {
         status::set_phase(&mut self.status, Phase::RolledBack, &message, self.generation);
         verify::forget(self.context, &self.key);
         self.mark_resynced();
+        self.save().await?;
         self.event(true, "RolledBack", &message).await;
+        Ok(())
     }
 
-    async fn fail(&mut self, revision: &str, message: &str) {
+    async fn fail(&mut self, revision: &str, message: &str) -> Result<(), Error> {
         warn!(revision, message, "revision failed");
         let failed_revision = self
             .status
@@ -717,12 +821,14 @@ impl<'a> Reconciliation<'a> {
         status::set_gates_condition(&mut self.status, false, "GateFailed", message, self.generation);
         status::set_phase(&mut self.status, Phase::Failed, message, self.generation);
         verify::forget(self.context, &self.key);
+        self.save().await?;
         self.event(
             true,
             "Failed",
             &format!("revision {}: {message}", short_revision(&failed_revision)),
         )
         .await;
+        Ok(())
     }
 
     /// Drift correction for an app at rest: re-apply its current revision from the

@@ -180,6 +180,7 @@ fn decide_deploy_in_progress(input: &Input<'_>, revision: &str, applied: bool) -
     } = &input.desired
         && desired != revision
         && !is_quarantined(status, desired)
+        && !blocked_on(status, desired, input.generation)
         && !input.suspended
     {
         return Decision::Deploy {
@@ -275,14 +276,15 @@ pub fn is_quarantined(status: &AppDeploymentStatus, revision: &str) -> bool {
     status.quarantined.iter().any(|q| q.revision == revision)
 }
 
-/// A revision blocks for good (its manifests do not change) until the spec does.
+/// A revision whose latest attempt was Blocked stays blocked (its manifests do not
+/// change) until the spec does.
 fn blocked_on(status: &AppDeploymentStatus, revision: &str, generation: Option<i64>) -> bool {
-    status.phase == Phase::Blocked
-        && status.observed_generation == generation
+    status.observed_generation == generation
         && status
             .history
-            .first()
-            .is_some_and(|entry| entry.revision == revision && entry.phase == Phase::Blocked)
+            .iter()
+            .find(|entry| entry.revision == revision)
+            .is_some_and(|entry| entry.phase == Phase::Blocked)
 }
 
 #[cfg(test)]

@@ -515,3 +515,26 @@ fn unusable_spec_blocks() {
         }
     );
 }
+
+#[test]
+fn blocked_newer_commit_does_not_interrupt_a_revision_being_verified() {
+    let mut status = AppDeploymentStatus {
+        phase: Phase::Verifying,
+        operation: operation(OperationKind::Deploy, B, true),
+        ..healthy_on(A)
+    };
+    status.history.push(HistoryEntry {
+        revision: C.into(),
+        phase: Phase::Blocked,
+        started_at: "t".into(),
+        ..Default::default()
+    });
+    assert_eq!(
+        decide(&input(&status, git(C), Verification::Pending)),
+        Decision::KeepVerifying
+    );
+    assert_eq!(
+        decide(&input(&status, git(C), Verification::Passed)),
+        Decision::MarkHealthy { revision: B.into() }
+    );
+}
