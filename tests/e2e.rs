@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, Patch, PatchParams};
 use support::{Harness, status};
 
 const NS: &str = "shop";
@@ -39,8 +39,8 @@ async fn backend_image(harness: &Harness) -> String {
         .unwrap()
 }
 
-/// Reasons of the Events bosun published about the AppDeployment.
-async fn event_reasons(harness: &Harness) -> Vec<String> {
+/// The Events bosun published about the AppDeployment.
+async fn bosun_events(harness: &Harness) -> Vec<Event> {
     let events: Api<Event> = Api::namespaced(harness.client.clone(), NS);
     events
         .list(&ListParams::default())
@@ -50,6 +50,13 @@ async fn event_reasons(harness: &Harness) -> Vec<String> {
         .into_iter()
         .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(APP))
         .filter(|e| e.reporting_controller.as_deref() == Some("bosun"))
+        .collect()
+}
+
+async fn event_reasons(harness: &Harness) -> Vec<String> {
+    bosun_events(harness)
+        .await
+        .into_iter()
         .filter_map(|e| e.reason)
         .collect()
 }
@@ -127,10 +134,13 @@ async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
         "no snapshot Secret owned by the AppDeployment"
     );
 
-    // An idle resync sends nothing: resourceVersions stay put across several intervals.
+    // An idle resync sends nothing: resourceVersions (the app's own too: no status
+    // write) stay put across several intervals.
     let deployments: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
     let services: Api<Service> = Api::namespaced(harness.client.clone(), NS);
+    let app_version = |app: bosun::api::AppDeployment| app.metadata.resource_version;
     let before = (
+        app_version(harness.app(NS, APP).await),
         deployments.get("worker").await.unwrap().metadata.resource_version,
         services.get("backend").await.unwrap().metadata.resource_version,
         config_maps
@@ -142,6 +152,7 @@ async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
     );
     tokio::time::sleep(Duration::from_secs(7)).await;
     let after = (
+        app_version(harness.app(NS, APP).await),
         deployments.get("worker").await.unwrap().metadata.resource_version,
         services.get("backend").await.unwrap().metadata.resource_version,
         config_maps
@@ -151,7 +162,40 @@ async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
             .metadata
             .resource_version,
     );
-    assert_eq!(before, after, "an idle resync wrote to applied objects");
+    assert_eq!(
+        before, after,
+        "an idle resync wrote to applied objects or to status"
+    );
+
+    // Drift is corrected: a hand edit of an applied object is reverted at the next resync.
+    let edit = serde_json::json!({"data": {"APP_VERSION": "hand-edited"}});
+    config_maps
+        .patch("litevault-config", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let data = config_maps
+            .get("litevault-config")
+            .await
+            .unwrap()
+            .data
+            .unwrap_or_default();
+        if data.get("APP_VERSION").map(String::as_str) == Some("1.0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "drift not corrected: {data:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        event_reasons(&harness)
+            .await
+            .iter()
+            .any(|r| r == "DriftCorrected")
+    );
 
     // Second commit drops the ConfigMap: it is pruned.
     let second = commit(
@@ -315,9 +359,25 @@ async fn controller_killed_while_verifying_and_while_rolling_back_finishes_once(
         })
         .await;
     harness.kill_controller();
+    let deployments: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
+    let generation_at_kill = deployments.get("backend").await.unwrap().metadata.generation;
     harness.start_controller();
     let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
     let s = status(&app);
+    // No second rollback: one RollingBack Event, published once, and the backend
+    // was not written again after the restart.
+    let rolling_back: Vec<Event> = bosun_events(&harness)
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RollingBack"))
+        .collect();
+    assert_eq!(rolling_back.len(), 1, "{rolling_back:?}");
+    assert_eq!(rolling_back[0].series.as_ref().map(|s| s.count).unwrap_or(1), 1);
+    let generation_now = deployments.get("backend").await.unwrap().metadata.generation;
+    assert_eq!(
+        generation_at_kill, generation_now,
+        "the restarted controller rolled back again"
+    );
     assert_eq!(s.quarantined.len(), 1);
     assert_eq!(s.history.iter().filter(|h| h.revision == bad).count(), 1);
     assert_eq!(s.history.len(), 2);
@@ -456,7 +516,12 @@ async fn rollback_completes_from_the_snapshot_while_git_is_down() {
             },
         )
         .await;
+    // Neither the Git server nor the controller's clone is there any more: the
+    // rollback can only come from the snapshot in the cluster.
     harness.git.stop();
+    harness.kill_controller();
+    std::fs::remove_dir_all(&harness.cache_dir).unwrap();
+    harness.start_controller();
     let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
     assert_eq!(status(&app).quarantined[0].revision, bad);
     assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.0");
