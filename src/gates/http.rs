@@ -3,6 +3,7 @@
 //!
 //! [`evaluate_response`] and [`probe_url`] are pure; [`HttpProber`] does the I/O.
 
+use super::truncate;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -371,13 +372,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs_f64())
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]

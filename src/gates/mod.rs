@@ -128,6 +128,15 @@ impl TrackedGate {
     }
 }
 
+/// At most `max_chars` characters of `text`, marked when cut: gate messages quote
+/// bodies and kubelet details, which can be long.
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

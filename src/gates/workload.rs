@@ -8,6 +8,7 @@
 //! The `evaluate_*` functions are pure (objects in, verdict out); [`check_workloads`]
 //! reads the objects from the API server.
 
+use super::truncate;
 use std::collections::BTreeMap;
 
 use futures::future::join_all;
@@ -521,13 +522,6 @@ fn workload_id(kind: &str, meta: &ObjectMeta) -> String {
         meta.namespace.as_deref().unwrap_or("default"),
         meta.name.as_deref().unwrap_or("<unnamed>")
     )
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]
