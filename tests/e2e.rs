@@ -576,3 +576,40 @@ async fn two_apps_on_one_repository_share_one_clone() {
         clones.iter().map(|e| e.path()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn blocked_newer_commit_lets_the_revision_under_verification_finish() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "8s").await;
+    harness.start_controller();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+
+    let second = commit(&repo, &ExampleRevision::good("1.1"), "v1.1");
+    harness.wait_for_phase(NS, APP, Phase::Verifying, &second).await;
+    repo.write("deploy/broken.yaml", "kind: [\n").unwrap();
+    let broken = repo.commit("broken").unwrap();
+
+    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &second).await;
+    let s = status(&app);
+    let blocked = s
+        .history
+        .iter()
+        .find(|h| h.revision == broken)
+        .expect("history entry of the blocked commit");
+    assert_eq!(blocked.phase, Phase::Blocked);
+    assert!(
+        blocked
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("deploy/broken.yaml:1"),
+        "{blocked:?}"
+    );
+    let verified = s.history.iter().find(|h| h.revision == second).unwrap();
+    assert_eq!(verified.phase, Phase::Healthy, "{:?}", s.history);
+    assert_eq!(s.last_healthy_revision.as_deref(), Some(second.as_str()));
+    assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.1");
+    assert!(event_reasons(&harness).await.iter().any(|r| r == "Blocked"));
+}
