@@ -125,6 +125,17 @@ impl Applier {
         &self.discovery
     }
 
+    /// What applying `plan` would own (sorted), without writing anything: lets the
+    /// caller record the objects before they exist, so that a crash or failure half-way
+    /// through leaves nothing that no inventory names.
+    pub async fn inventory(&self, plan: &ApplyPlan<'_>) -> Result<Vec<InventoryEntry>, ApplyError> {
+        let crd_kinds = plan::crd_kinds(plan.manifests);
+        let prepared = self.prepare(plan, &crd_kinds).await?;
+        let mut entries: Vec<InventoryEntry> = prepared.into_iter().map(|p| p.entry).collect();
+        entries.sort();
+        Ok(entries)
+    }
+
     /// Validates the whole revision with a server dry run, applies what is not yet in
     /// place in dependency order, then prunes what the previous revision owned and this
     /// one does not. An error before the first write leaves the cluster untouched

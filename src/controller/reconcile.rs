@@ -15,8 +15,8 @@ use tracing::{Instrument, info, info_span, warn};
 use super::status::{self, now_rfc3339};
 use super::{Context, Error, events, verify};
 use crate::api::{
-    AppDeployment, AppDeploymentStatus, ClusterRunbook, FIELD_MANAGER, Operation, OperationKind, Phase,
-    Runbook, RunbookKind, RunbookSpec, parse_duration, short_revision,
+    AppDeployment, AppDeploymentStatus, ClusterRunbook, FIELD_MANAGER, InventoryEntry, Operation,
+    OperationKind, Phase, Runbook, RunbookKind, RunbookSpec, parse_duration, short_revision,
 };
 use crate::apply::{Applier, ApplyPlan};
 use crate::core::{self, Decision, DesiredRevision, FailureResponse, Verification};
@@ -78,6 +78,14 @@ fn past_deadline(outcome: Verification, operation: &Operation, runbook: &Runbook
         },
         other => other,
     }
+}
+
+/// Sorted union of two sorted inventories.
+fn union(owned: &[InventoryEntry], planned: &[InventoryEntry]) -> Vec<InventoryEntry> {
+    let mut all: Vec<InventoryEntry> = owned.iter().chain(planned).cloned().collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// One pass over one AppDeployment.
@@ -620,9 +628,14 @@ impl<'a> Reconciliation<'a> {
     }
 
     /// Applies `manifests` as this app (impersonating its ServiceAccount when set).
-    /// The outer error is a failure to build the client; the inner one the apply's.
+    /// The outer error is a failure to build the client or to save status; the inner
+    /// one the apply's.
+    ///
+    /// Objects are recorded in `status.inventory` before they are created (written
+    /// ahead, merged with what is already owned): if the apply fails half-way or the
+    /// controller dies, the rollback or the next revision still prunes them.
     async fn apply(
-        &self,
+        &mut self,
         manifests: &[Manifest],
     ) -> Result<Result<crate::apply::ApplyOutcome, crate::apply::ApplyError>, Error> {
         let client = self
@@ -631,19 +644,35 @@ impl<'a> Reconciliation<'a> {
         let applier = Applier::with_discovery(client, self.context.discovery.clone());
         let target_namespace = self.target_namespace();
         let app_label = snapshot::app_label_value(&self.namespace, &self.app.name_any());
-        Ok(applier
-            .apply(ApplyPlan {
-                manifests,
-                default_namespace: &target_namespace,
-                owner: &self.key,
-                app_label: &app_label,
-                previous_inventory: &self.status.inventory,
-            })
-            .await)
+        let owned_before = self.status.inventory.clone();
+        let owner = self.key.clone();
+        let mut plan = ApplyPlan {
+            manifests,
+            default_namespace: &target_namespace,
+            owner: &owner,
+            app_label: &app_label,
+            previous_inventory: &owned_before,
+        };
+        let planned = match applier.inventory(&plan).await {
+            Ok(planned) => planned,
+            Err(error) => return Ok(Err(error)),
+        };
+        let owned_ahead = union(&owned_before, &planned);
+        if owned_ahead != owned_before {
+            self.status.inventory = owned_ahead.clone();
+            self.save().await?;
+        }
+        plan.previous_inventory = &owned_ahead;
+        let result = applier.apply(plan).await;
+        if matches!(&result, Err(error) if error.before_any_write()) {
+            // Nothing was created: what is owned is what was owned before.
+            self.status.inventory = owned_before;
+        }
+        Ok(result)
     }
 
     /// `revision` is live: it owns `inventory`, and verification counts from now.
-    fn record_applied(&mut self, revision: &str, inventory: Vec<crate::api::InventoryEntry>) {
+    fn record_applied(&mut self, revision: &str, inventory: Vec<InventoryEntry>) {
         self.status.inventory = inventory;
         self.status.current_spec_digest = Some(self.app.spec.apply_digest());
         status::set_current_revision(&mut self.status, revision);
