@@ -613,3 +613,82 @@ async fn blocked_newer_commit_lets_the_revision_under_verification_finish() {
     assert_eq!(backend_image(&harness).await, "example/litevault-backend:1.1");
     assert!(event_reasons(&harness).await.iter().any(|r| r == "Blocked"));
 }
+
+#[tokio::test]
+async fn half_applied_revision_is_rolled_back_and_its_new_objects_pruned() {
+    let mut harness = Harness::start().await;
+    let repo = harness.repo("app");
+    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
+    let _health = set_up_app(&harness, &repo, "2s").await;
+    harness.start_controller();
+    harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
+
+    // The dry run cannot check a custom resource whose CRD arrives in the same
+    // revision; the real apply creates the ConfigMap and the CRD, then the API
+    // server refuses the Widget: a partial apply.
+    repo.write(
+        "deploy/extra.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: extra\ndata:\n  a: b\n",
+    )
+    .unwrap();
+    repo.write(
+        "deploy/widgets.yaml",
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                size: {type: integer}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata:
+  name: big
+spec:
+  size: "not a number"
+"#,
+    )
+    .unwrap();
+    let half = repo.commit("widgets").unwrap();
+
+    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
+    let s = status(&app);
+    assert_eq!(s.quarantined[0].revision, half);
+    assert!(
+        s.quarantined[0].reason.contains("Widget"),
+        "{}",
+        s.quarantined[0].reason
+    );
+    let config_maps: Api<ConfigMap> = Api::namespaced(harness.client.clone(), NS);
+    assert!(
+        config_maps.get_opt("extra").await.unwrap().is_none(),
+        "object of the failed revision left behind"
+    );
+    let crds: Api<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    > = Api::all(harness.client.clone());
+    let crd = crds.get_opt("widgets.example.com").await.unwrap();
+    assert!(
+        crd.is_none() || crd.unwrap().metadata.deletion_timestamp.is_some(),
+        "CRD of the failed revision left behind"
+    );
+    assert!(
+        !s.inventory.iter().any(|e| e.name == "extra"),
+        "{:?}",
+        s.inventory
+    );
+}
