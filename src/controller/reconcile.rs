@@ -954,3 +954,51 @@ impl<'a> Reconciliation<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied_seconds_ago(seconds: i64) -> Operation {
+        let at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+        Operation {
+            kind: OperationKind::Deploy,
+            revision: "r".into(),
+            failed_revision: None,
+            started_at: at.to_string(),
+            applied_at: Some(at.to_string()),
+        }
+    }
+
+    #[test]
+    fn undecided_verification_fails_after_the_progress_deadline() {
+        let runbook = RunbookSpec {
+            progress_deadline: Some("30s".into()),
+            ..Default::default()
+        };
+        let late = past_deadline(Verification::Pending, &applied_seconds_ago(31), &runbook);
+        assert!(
+            matches!(late, Verification::Failed { ref message } if message.contains("30s")),
+            "{late:?}"
+        );
+        let in_time = past_deadline(Verification::Pending, &applied_seconds_ago(5), &runbook);
+        assert_eq!(in_time, Verification::Pending);
+        // A decided verification is never overridden.
+        let passed = past_deadline(Verification::Passed, &applied_seconds_ago(31), &runbook);
+        assert_eq!(passed, Verification::Passed);
+    }
+
+    #[test]
+    fn union_keeps_every_entry_once_sorted() {
+        let entry = |name: &str| InventoryEntry {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+        };
+        assert_eq!(
+            union(&[entry("a"), entry("c")], &[entry("b"), entry("c")]),
+            vec![entry("a"), entry("b"), entry("c")]
+        );
+    }
+}
