@@ -1,9 +1,12 @@
 //! kube-runtime wiring: watches, the shared context, and the loop that turns each
 //! [`crate::core::Decision`] into API calls.
 
+mod deploy;
 mod error;
 mod events;
+mod observe;
 mod reconcile;
+mod rollback;
 pub mod status;
 mod verify;
 

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::api::{GateVerdict, InventoryEntry, OperationKind, RunbookSpec, Verdict};
+use crate::api::{GateVerdict, InventoryEntry, Operation, OperationKind, RunbookSpec, Verdict};
 use crate::core::Verification;
 use crate::gates;
 
-use super::Context;
+use super::{Context, status};
 
 /// Gate state of one revision being verified; lives in memory between reconciles.
 pub struct Session {
@@ -147,4 +147,68 @@ async fn evaluate(
 
 fn with_gates(workload: GateVerdict, gates: &gates::Verification) -> Vec<GateVerdict> {
     std::iter::once(workload).chain(gates.verdicts()).collect()
+}
+
+/// Verification undecided for longer than the Runbook's `progressDeadline` (counted
+/// from the apply recorded in status, so a restart does not reset it) fails.
+pub(super) fn past_deadline(
+    outcome: Verification,
+    operation: &Operation,
+    runbook: &RunbookSpec,
+) -> Verification {
+    let deadline = runbook.progress_deadline().unwrap_or(Duration::from_secs(600));
+    let elapsed = operation
+        .applied_at
+        .as_deref()
+        .and_then(status::parse_rfc3339)
+        .and_then(|at| {
+            k8s_openapi::jiff::Timestamp::now()
+                .duration_since(at)
+                .try_into()
+                .ok()
+        })
+        .unwrap_or(Duration::ZERO);
+    match outcome {
+        Verification::Pending if elapsed > deadline => Verification::Failed {
+            message: format!(
+                "verification did not finish within the progress deadline of {}s",
+                deadline.as_secs()
+            ),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied_seconds_ago(seconds: i64) -> Operation {
+        let at = k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(seconds);
+        Operation {
+            kind: OperationKind::Deploy,
+            revision: "r".into(),
+            failed_revision: None,
+            started_at: at.to_string(),
+            applied_at: Some(at.to_string()),
+        }
+    }
+
+    #[test]
+    fn undecided_verification_fails_after_the_progress_deadline() {
+        let runbook = RunbookSpec {
+            progress_deadline: Some("30s".into()),
+            ..Default::default()
+        };
+        let late = past_deadline(Verification::Pending, &applied_seconds_ago(31), &runbook);
+        assert!(
+            matches!(late, Verification::Failed { ref message } if message.contains("30s")),
+            "{late:?}"
+        );
+        let in_time = past_deadline(Verification::Pending, &applied_seconds_ago(5), &runbook);
+        assert_eq!(in_time, Verification::Pending);
+        // A decided verification is never overridden.
+        let passed = past_deadline(Verification::Passed, &applied_seconds_ago(31), &runbook);
+        assert_eq!(passed, Verification::Passed);
+    }
 }
