@@ -4,8 +4,9 @@
 //! and snapshot Secrets that round-trip, are retained, and are garbage-collected with
 //! their AppDeployment.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bosun::api::{APP_LABEL, AppDeployment, InventoryEntry, OWNER_ANNOTATION};
@@ -18,6 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
+use support::{eventually, init_tracing};
 
 /// Generous: the machine is shared, and the garbage collector rediscovers new kinds
 /// only every 30 s.
@@ -26,32 +28,6 @@ const WAIT: Duration = Duration::from_secs(180);
 const NS: &str = "shop";
 const OWNER: &str = "shop/app";
 const APP_LABEL_VALUE: &str = "shop.app";
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "bosun=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) | Err(_) if Instant::now() < deadline => {}
-            Ok(None) => bail!("timed out after {WAIT:?} waiting for {what}"),
-            Err(error) => return Err(error.context(format!("waiting for {what}"))),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
 
 fn manifest(file: &str, line: usize, object: Value) -> Manifest {
     Manifest {
@@ -456,9 +432,11 @@ async fn snapshots_round_trip_retain_and_go_with_their_app(
     Api::<AppDeployment>::namespaced(client.clone(), "team")
         .delete("app", &DeleteParams::background())
         .await?;
-    eventually("the snapshot to be garbage-collected with its app", || async {
-        Ok(secrets.get_opt(&second_name).await?.is_none().then_some(()))
-    })
+    eventually(
+        "the snapshot to be garbage-collected with its app",
+        WAIT,
+        || async { Ok(secrets.get_opt(&second_name).await?.is_none().then_some(())) },
+    )
     .await?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! Deployments and Jobs to completion with the pod simulator, and the Git server
 //! serves, stops and restarts.
 
-use std::future::Future;
+mod support;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,38 +16,9 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use support::{eventually, init_tracing};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "bosun=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Polls `check` until it yields `Some`, or fails after `WAIT` naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(error) if Instant::now() >= deadline => return Err(error),
-            Err(_) => {}
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {WAIT:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// Server-side applies `object` with the field manager `bosun-test`.
 async fn apply<K>(api: &Api<K>, object: serde_json::Value) -> anyhow::Result<K>
@@ -109,7 +81,7 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
 
     // A healthy Deployment becomes available through the real Deployment controller.
     apply(&deployments, deployment("web", "example/ok:1", 2)).await?;
-    let status = eventually("web to have 2 available replicas", || async {
+    let status = eventually("web to have 2 available replicas", WAIT, || async {
         let status = deployments.get("web").await?.status.unwrap_or_default();
         Ok((status.available_replicas == Some(2)).then_some(status))
     })
@@ -128,8 +100,8 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
         });
         Ok(restarts)
     };
-    let first = eventually("a crasher pod in CrashLoopBackOff", crash_restarts).await?;
-    eventually("crasher restarts to rise", || async {
+    let first = eventually("a crasher pod in CrashLoopBackOff", WAIT, crash_restarts).await?;
+    eventually("crasher restarts to rise", WAIT, || async {
         Ok(crash_restarts().await?.filter(|&count| count > first))
     })
     .await?;
@@ -153,7 +125,7 @@ async fn control_plane_runs_deployments_and_jobs_with_simulated_pods() -> anyhow
         }),
     )
     .await?;
-    eventually("job migrate to succeed", || async {
+    eventually("job migrate to succeed", WAIT, || async {
         let status = jobs.get("migrate").await?.status.unwrap_or_default();
         Ok((status.succeeded == Some(1)).then_some(()))
     })

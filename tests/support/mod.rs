@@ -210,3 +210,37 @@ pub async fn install_crds(client: &Client) {
 pub fn status(app: &AppDeployment) -> &bosun::api::AppDeploymentStatus {
     app.status.as_ref().expect("status")
 }
+
+/// Logs of the code under test, shown for a failing test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "bosun=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `check` until it yields `Some`. After `wait` it fails naming `what`, with
+/// the check's last error if it kept failing.
+pub async fn eventually<T, F, Fut>(what: &str, wait: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + wait;
+    loop {
+        let last_error = match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => None,
+            Err(error) => Some(error),
+        };
+        if Instant::now() >= deadline {
+            return Err(match last_error {
+                Some(error) => error.context(format!("waiting for {what}")),
+                None => anyhow::anyhow!("timed out after {wait:?} waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
