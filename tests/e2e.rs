@@ -100,6 +100,26 @@ async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
     harness.start_controller();
 
     let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &first).await;
+    // The Ready condition is what `kubectl wait` reads (checked when kubectl is here).
+    if let Ok(output) = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(harness.control_plane.kubeconfig_path())
+        .args([
+            "-n",
+            NS,
+            "wait",
+            "--for=condition=Ready",
+            "ad/litevault",
+            "--timeout=30s",
+        ])
+        .output()
+    {
+        assert!(
+            output.status.success(),
+            "kubectl wait: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let s = status(&app);
     assert_eq!(s.last_healthy_revision.as_deref(), Some(first.as_str()));
     assert_eq!(s.history.len(), 1);
