@@ -268,7 +268,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e:#}\nsshd log:\n{}", process::log_tail(&server.log_path(), 20)));
         assert!(refs.contains(&format!("{head}\trefs/heads/main")), "{refs}");
 
-        let stranger = generate_key(keys.path(), "stranger").unwrap();
+        generate_key(keys.path(), "stranger").unwrap();
         let error = repo
             .git(&[
                 "-c",
@@ -278,6 +278,5 @@ mod tests {
             ])
             .unwrap_err();
         assert!(format!("{error:#}").contains("Permission denied"), "{error:#}");
-        drop(stranger);
     }
 }
