@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what bosun's build, tests and demo need from Debian (Go, etcd, git,
-# OpenSSL headers) and builds kube-apiserver and kube-controller-manager
+# OpenSSL headers, sshd) and builds kube-apiserver and kube-controller-manager
 # (Kubernetes 1.20 from Debian's source package) once, caching them under
 # target/control-plane/bin. Progress goes to stderr. Safe to rerun: a cached build
 # is reused.
@@ -21,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_pkgs+=(libssl-dev)
 command -v pkg-config >/dev/null 2>&1 || need_pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
+# The SSH Git server of the tests (src/devenv/git_ssh.rs) runs its own sshd.
+[ -x /usr/sbin/sshd ] || need_pkgs+=(openssh-server)
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] && [ ${#need_pkgs[@]} -eq 0 ]; then
   echo "control plane: cached binaries in $bin" >&2
@@ -40,7 +42,7 @@ SRC
 fi
 echo "control plane: apt-get update" >&2
 apt-get update -qq >&2
-apt-get install -y -qq golang-go etcd-server rsync jq golang-github-modern-go-reflect2-dev git openssl libssl-dev pkg-config gcc make >&2
+apt-get install -y -qq golang-go etcd-server rsync jq golang-github-modern-go-reflect2-dev git openssl libssl-dev pkg-config gcc make openssh-server >&2
 
 if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ]; then
   exit 0

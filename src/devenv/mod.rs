@@ -1,7 +1,9 @@
 //! The local development environment shared by the integration tests and the demo:
 //! a real Kubernetes 1.20 control plane (etcd, kube-apiserver,
 //! kube-controller-manager) on loopback, a pod simulator standing in for the
-//! kubelet, and a `git daemon` serving repositories built with [`WorkRepo`].
+//! kubelet, and a `git daemon` serving repositories built with [`WorkRepo`]
+//! (also over HTTP with Basic auth, [`GitHttpServer`], and over SSH with a key,
+//! [`GitSshServer`]).
 //!
 //! Everything binds free ports on 127.0.0.1 and lives in its own temporary
 //! directory, so independent test processes can run side by side. Every process
@@ -38,6 +40,8 @@ mod binaries;
 mod controlplane;
 pub mod example;
 mod git;
+mod git_http;
+mod git_ssh;
 mod health;
 mod podsim;
 pub mod process;
@@ -45,5 +49,7 @@ pub mod process;
 pub use binaries::{Binaries, find_repo_root};
 pub use controlplane::{ControlPlane, ControlPlaneOptions};
 pub use git::{GitServer, WorkRepo};
+pub use git_http::GitHttpServer;
+pub use git_ssh::GitSshServer;
 pub use health::{HealthCounters, HealthEndpoint};
 pub use podsim::{PodSimulator, simulated_status};

@@ -139,7 +139,7 @@ impl Credentials {
     }
 
     /// Identifies the credential material (not the Secret's name): two Secrets holding
-    /// the same token share it. Used to tell whether this caller has shown access to a
+    /// the same token share it; for SSH the trusted host keys count too. Used to tell whether this caller has shown access to a
     /// cached repository.
     pub(crate) fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
@@ -153,12 +153,18 @@ impl Credentials {
                 hasher.update(password.as_bytes());
             }
             Auth::Ssh {
-                identity, passphrase, ..
+                identity,
+                passphrase,
+                known_hosts,
             } => {
                 hasher.update(b"ssh\0");
                 hasher.update(identity.as_bytes());
                 hasher.update(b"\0");
                 hasher.update(passphrase.as_deref().unwrap_or_default().as_bytes());
+                hasher.update(b"\0");
+                // A caller that trusts other host keys must connect and check them
+                // itself, not read what a caller trusting the server's key fetched.
+                known_hosts.hash_into(&mut hasher);
             }
         }
         hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -242,6 +248,19 @@ mod tests {
         bad.insert("password".into(), vec![0xff, 0xfe]);
         let err = Credentials::from_secret_data("c", &bad).unwrap_err();
         assert!(!err.to_string().contains('\u{fffd}'));
+    }
+
+    #[test]
+    fn ssh_fingerprint_depends_on_the_trusted_host_keys() {
+        let other_host =
+            "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbZ8Xb2Cv3uMn3xq4w3bS1y7D8yHjK2c1mI3nYqXw0a\n";
+        let fingerprint = |known_hosts: &str| {
+            Credentials::from_secret_data("k", &data(&[("identity", "KEY"), ("known_hosts", known_hosts)]))
+                .unwrap()
+                .fingerprint()
+        };
+        assert_eq!(fingerprint(KNOWN_HOSTS), fingerprint(KNOWN_HOSTS));
+        assert_ne!(fingerprint(KNOWN_HOSTS), fingerprint(other_host));
     }
 
     #[test]

@@ -74,6 +74,25 @@ impl PresentedKey<'_> {
 }
 
 impl KnownHosts {
+    /// Feeds every entry (marker, host patterns, key) to `hasher`, length-prefixed so
+    /// different contents never hash alike: callers share a fetch of the cache only
+    /// if they trust the same host keys.
+    pub fn hash_into(&self, hasher: &mut Sha256) {
+        let len = |n: usize| (n as u64).to_le_bytes();
+        hasher.update(len(self.entries.len()));
+        for entry in &self.entries {
+            hasher.update([u8::from(entry.revoked)]);
+            hasher.update(len(entry.patterns.len()));
+            for pattern in &entry.patterns {
+                hasher.update([u8::from(pattern.negated)]);
+                hasher.update(len(pattern.glob.len()));
+                hasher.update(pattern.glob.as_bytes());
+            }
+            hasher.update(len(entry.key.len()));
+            hasher.update(&entry.key);
+        }
+    }
+
     /// Parses `known_hosts` text. Unreadable lines are an error (naming the line number,
     /// never its content) so that a typo is not silently ignored.
     pub fn parse(text: &str) -> Result<KnownHosts, String> {
