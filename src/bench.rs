@@ -95,27 +95,18 @@ async fn apply_fifty(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
             )
             .await?;
         let manifests = fifty_objects(run);
+        let plan = |previous_inventory| ApplyPlan {
+            manifests: &manifests,
+            default_namespace: &namespace,
+            owner: "bench/bench",
+            app_label: "bench.bench",
+            previous_inventory,
+        };
         let started = Instant::now();
-        let outcome = applier
-            .apply(ApplyPlan {
-                manifests: &manifests,
-                default_namespace: &namespace,
-                owner: "bench/bench",
-                app_label: "bench.bench",
-                previous_inventory: &[],
-            })
-            .await?;
+        let outcome = applier.apply(plan(&[])).await?;
         first.push(started.elapsed());
         let started = Instant::now();
-        let again = applier
-            .apply(ApplyPlan {
-                manifests: &manifests,
-                default_namespace: &namespace,
-                owner: "bench/bench",
-                app_label: "bench.bench",
-                previous_inventory: &outcome.inventory,
-            })
-            .await?;
+        let again = applier.apply(plan(&outcome.inventory)).await?;
         unchanged.push(started.elapsed());
         sent_unchanged += again.sent.len();
     }

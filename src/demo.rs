@@ -153,15 +153,7 @@ impl DemoEnvironment {
     }
 
     pub fn commit(&self, revision: &ExampleRevision, message: &str) -> anyhow::Result<String> {
-        for stale in ["deploy/backend.yaml", "deploy/worker.yaml", "deploy/config.yaml"] {
-            if self.repo.path().join(stale).exists() {
-                self.repo.remove(stale)?;
-            }
-        }
-        for (path, contents) in revision.files() {
-            self.repo.write(&path, &contents)?;
-        }
-        self.repo.commit(message)
+        revision.commit_to(&self.repo, message)
     }
 
     /// The Runbook and AppDeployment of the example app.

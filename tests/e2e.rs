@@ -6,7 +6,9 @@ mod support;
 use std::time::Duration;
 
 use bosun::api::{Phase, Verdict};
-use bosun::devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun::devenv::example::{
+    ExampleRevision, app_deployment_yaml, runbook_yaml, workload_only_runbook_yaml,
+};
 use bosun::devenv::{HealthEndpoint, WorkRepo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -19,15 +21,7 @@ const NS: &str = "shop";
 const APP: &str = "litevault";
 
 fn commit(repo: &WorkRepo, revision: &ExampleRevision, message: &str) -> String {
-    for stale in ["deploy/backend.yaml", "deploy/worker.yaml", "deploy/config.yaml"] {
-        if repo.path().join(stale).exists() {
-            repo.remove(stale).unwrap();
-        }
-    }
-    for (path, contents) in revision.files() {
-        repo.write(&path, &contents).unwrap();
-    }
-    repo.commit(message).unwrap()
+    revision.commit_to(repo, message).unwrap()
 }
 
 async fn backend_image(harness: &Harness) -> String {
@@ -64,9 +58,7 @@ async fn event_reasons(harness: &Harness) -> Vec<String> {
 /// A Runbook with no gates but the workload gate and a short verify window.
 async fn workload_only_runbook(harness: &Harness) {
     harness
-        .apply_runbook(&format!(
-            "apiVersion: bosun.dev/v1alpha1\nkind: Runbook\nmetadata:\n  name: quick\n  namespace: {NS}\nspec:\n  verifyWindow: 1s\n"
-        ))
+        .apply_runbook(&workload_only_runbook_yaml(NS, "quick"))
         .await;
 }
 

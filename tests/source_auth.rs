@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bosun::api::{AppDeployment, Phase};
-use bosun::devenv::example::{ExampleRevision, app_deployment_yaml};
+use bosun::devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use bosun::devenv::{GitHttpServer, GitSshServer, WorkRepo};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -27,12 +27,8 @@ use support::{Harness, status};
 const APP: &str = "litevault";
 const SECRET: &str = "git-credentials";
 
-/// Writes the example app's files at `revision` and commits them.
 fn commit(repo: &WorkRepo, revision: &ExampleRevision, message: &str) -> String {
-    for (path, contents) in revision.files() {
-        repo.write(&path, &contents).unwrap();
-    }
-    repo.commit(message).unwrap()
+    revision.commit_to(repo, message).unwrap()
 }
 
 /// A value no test input contains by chance, so finding it in a message means it leaked.
@@ -67,9 +63,7 @@ async fn set_up_app(harness: &Harness, namespace: &str, url: &str, secret_data: 
         .await
         .expect("apply Secret");
     harness
-        .apply_runbook(&format!(
-            "apiVersion: bosun.dev/v1alpha1\nkind: Runbook\nmetadata:\n  name: quick\n  namespace: {namespace}\nspec:\n  verifyWindow: 1s\n"
-        ))
+        .apply_runbook(&workload_only_runbook_yaml(namespace, "quick"))
         .await;
     let plain = app_deployment_yaml(namespace, APP, url, Some("quick"), "2s");
     let with_secret = plain.replacen(

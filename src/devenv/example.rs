@@ -2,6 +2,11 @@
 //! a FastAPI backend, an enrichment worker, a Service and a ConfigMap, plus a
 //! Runbook whose gate is "curl /health, expect {"status":"ok"}".
 
+use super::WorkRepo;
+
+/// Every file a revision of the example app may have.
+const ALL_FILES: [&str; 3] = ["deploy/backend.yaml", "deploy/worker.yaml", "deploy/config.yaml"];
+
 /// One revision of the example app's manifests, as files for a Git repository.
 #[derive(Clone, Debug)]
 pub struct ExampleRevision {
@@ -39,14 +44,29 @@ impl ExampleRevision {
         }
     }
 
+    /// Makes this revision the repository's content (files of other revisions that
+    /// this one lacks are removed) and commits it; returns the commit id.
+    pub fn commit_to(&self, repo: &WorkRepo, message: &str) -> anyhow::Result<String> {
+        for stale in ALL_FILES {
+            if repo.path().join(stale).exists() {
+                repo.remove(stale)?;
+            }
+        }
+        for (path, contents) in self.files() {
+            repo.write(&path, &contents)?;
+        }
+        repo.commit(message)
+    }
+
     /// `(path, contents)` of every manifest file, under `deploy/`.
     pub fn files(&self) -> Vec<(String, String)> {
+        let [backend, worker, config] = ALL_FILES;
         let mut files = vec![
-            ("deploy/backend.yaml".to_string(), self.backend()),
-            ("deploy/worker.yaml".to_string(), self.worker()),
+            (backend.to_string(), self.backend()),
+            (worker.to_string(), self.worker()),
         ];
         if self.with_config_map {
-            files.push(("deploy/config.yaml".to_string(), self.config_map()));
+            files.push((config.to_string(), self.config_map()));
         }
         files
     }
@@ -176,6 +196,13 @@ spec:
           json:
             status: ok
 "#
+    )
+}
+
+/// A Runbook with no gates but the (always-on) workload gate and a 1s verify window.
+pub fn workload_only_runbook_yaml(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: bosun.dev/v1alpha1\nkind: Runbook\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n  verifyWindow: 1s\n"
     )
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tempfile::TempDir;
@@ -89,24 +89,7 @@ impl GitServer {
             .arg(format!("--port={}", self.port))
             .arg("--enable=receive-pack");
         let mut daemon = ManagedProcess::spawn("git daemon", command, &self.log_path())?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !process::port_accepts(self.port) {
-            if let Some(status) = daemon.exited() {
-                bail!(
-                    "git daemon on port {} exited ({status}):\n{}",
-                    self.port,
-                    daemon.log_tail(10)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "git daemon on port {} did not accept connections within {START_TIMEOUT:?}:\n{}",
-                    self.port,
-                    daemon.log_tail(10)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon.wait_for_port(self.port, START_TIMEOUT)?;
         self.daemon = Some(daemon);
         Ok(())
     }

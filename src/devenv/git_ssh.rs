@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tempfile::TempDir;
@@ -121,24 +121,7 @@ impl GitSshServer {
         let mut command = Command::new(SSHD);
         command.arg("-D").arg("-e").arg("-f").arg(&config);
         let mut sshd = ManagedProcess::spawn("sshd", command, &self.log_path())?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !process::port_accepts(self.port) {
-            if let Some(status) = sshd.exited() {
-                bail!(
-                    "sshd on port {} exited ({status}):\n{}",
-                    self.port,
-                    sshd.log_tail(10)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "sshd on port {} did not accept connections within {START_TIMEOUT:?}:\n{}",
-                    self.port,
-                    sshd.log_tail(10)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        sshd.wait_for_port(self.port, START_TIMEOUT)?;
         self.sshd = Some(sshd);
         Ok(())
     }

@@ -111,6 +111,30 @@ impl ManagedProcess {
         log_tail(&self.log_path, lines)
     }
 
+    /// Waits until `port` on 127.0.0.1 accepts connections; fails with the log's tail
+    /// if the process exits first or `timeout` passes.
+    pub fn wait_for_port(&mut self, port: u16, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !port_accepts(port) {
+            if let Some(status) = self.exited() {
+                anyhow::bail!(
+                    "{} on port {port} exited ({status}):\n{}",
+                    self.name,
+                    self.log_tail(10)
+                );
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} on port {port} did not accept connections within {timeout:?}:\n{}",
+                    self.name,
+                    self.log_tail(10)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn terminate(&mut self) {
         if self.exited().is_none() {
