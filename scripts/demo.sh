@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/control-plane-bins.sh
-cargo build --locked --bin bosun
+cargo build --locked --features devenv --bin bosun
 exec target/debug/bosun demo "$@"

@@ -13,7 +13,9 @@ export ETCD=${ETCD:-$(command -v etcd)}
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings denied)"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== the controller as shipped builds without the devenv feature"
+cargo check --locked --bin bosun
 echo "== tests"
-cargo nextest run --locked --no-fail-fast "$@"
+cargo nextest run --workspace --all-features --locked --no-fail-fast "$@"
 echo "test suite took $(( $(date +%s) - start ))s"

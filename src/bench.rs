@@ -12,8 +12,8 @@ use kube::Api;
 use crate::api::Phase;
 use crate::apply::{Applier, ApplyPlan};
 use crate::demo::DemoEnvironment;
-use crate::devenv::example::ExampleRevision;
 use crate::render::Manifest;
+use bosun_devenv::example::ExampleRevision;
 
 pub async fn run(runs: usize) -> anyhow::Result<()> {
     println!(

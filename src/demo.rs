@@ -10,8 +10,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::api::{AppDeployment, AppDeploymentStatus, Phase, Runbook, short_revision};
-use crate::devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
-use crate::devenv::{ControlPlane, ControlPlaneOptions, GitServer, HealthEndpoint, PodSimulator, WorkRepo};
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun_devenv::{ControlPlane, ControlPlaneOptions, GitServer, HealthEndpoint, PodSimulator, WorkRepo};
 
 const NAMESPACE: &str = "litevault";
 const APP: &str = "litevault";

@@ -3,19 +3,21 @@
 //!
 //! The life of a revision, one module per stage:
 //! [`source`] (fetch) → [`render`] → [`apply`] → [`gates`] (verify) →
-//! [`snapshot`] (healthy) or rollback. [`core`] decides the next step from plain
-//! data; [`controller`] does the I/O. [`devenv`] is the local control plane the
-//! tests, the demo and the benchmark run on.
+//! [`snapshot`] (healthy) or rollback. [`core`] (the `bosun-core` crate, which has no
+//! Kubernetes client) decides the next step from plain data; [`controller`] does the
+//! I/O. With the `devenv` feature, [`demo`] and [`bench`] run all of it on a local
+//! control plane (the `bosun-devenv` crate).
 #![forbid(unsafe_code)]
 
-pub mod api;
+pub use bosun_core::{api, core};
+
 pub mod apply;
+#[cfg(feature = "devenv")]
 pub mod bench;
 pub mod controller;
-pub mod core;
 pub mod crdgen;
+#[cfg(feature = "devenv")]
 pub mod demo;
-pub mod devenv;
 pub mod gates;
 pub mod render;
 pub mod snapshot;

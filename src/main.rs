@@ -29,6 +29,7 @@ enum Command {
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
+    #[cfg(feature = "devenv")]
     Demo {
         /// Stop right after the story instead of waiting for Ctrl-C.
         #[arg(long)]
@@ -36,6 +37,7 @@ enum Command {
     },
     /// Print figures measured on a local control plane: commit→Healthy, flip-back,
     /// applying 50 objects.
+    #[cfg(feature = "devenv")]
     Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
@@ -63,13 +65,15 @@ async fn main() -> anyhow::Result<()> {
             settings.verify_tick = Duration::from_secs(1);
             bosun::controller::run(client, config, settings).await?;
         }
+        #[cfg(feature = "devenv")]
         Command::Demo { no_wait } => {
             // The story is printed on stdout; the controller's own log only when asked.
-            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun::devenv=error");
+            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun_devenv=error");
             bosun::demo::run(bosun::demo::DemoOptions { wait: !no_wait }).await?;
         }
+        #[cfg(feature = "devenv")]
         Command::Bench { runs } => {
-            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun::devenv=error");
+            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun_devenv=error");
             bosun::bench::run(runs.max(1)).await?;
         }
         Command::Crds { out } => {

@@ -6,10 +6,8 @@ mod support;
 use std::time::Duration;
 
 use bosun::api::{Phase, Verdict};
-use bosun::devenv::example::{
-    ExampleRevision, app_deployment_yaml, runbook_yaml, workload_only_runbook_yaml,
-};
-use bosun::devenv::{HealthEndpoint, WorkRepo};
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml, workload_only_runbook_yaml};
+use bosun_devenv::{HealthEndpoint, WorkRepo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::events::v1::Event;

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use bosun::api::{InventoryEntry, Verdict};
-use bosun::devenv::{ControlPlane, ControlPlaneOptions, PodSimulator};
 use bosun::gates::workload::{WorkloadVerdict, check_workloads};
+use bosun_devenv::{ControlPlane, ControlPlaneOptions, PodSimulator};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{ListParams, Patch, PatchParams};

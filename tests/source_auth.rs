@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bosun::api::{AppDeployment, Phase};
-use bosun::devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
-use bosun::devenv::{GitHttpServer, GitSshServer, WorkRepo};
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use bosun_devenv::{GitHttpServer, GitSshServer, WorkRepo};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;

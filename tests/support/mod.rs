@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bosun::api::{AppDeployment, Phase, Runbook};
-use bosun::devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, WorkRepo};
+use bosun_devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, WorkRepo};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};

@@ -1,12 +1,13 @@
 use std::collections::BTreeMap;
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How to deploy an app safely: the executable form of a deployment runbook.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "bosun.dev",
     version = "v1alpha1",
     kind = "Runbook",
@@ -37,6 +38,7 @@ pub struct RunbookSpec {
 /// Cluster-wide defaults shared by many apps, with the same fields as a Runbook.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core"),
     group = "bosun.dev",
     version = "v1alpha1",
     kind = "ClusterRunbook",

@@ -204,7 +204,7 @@ fn current_user() -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devenv::WorkRepo;
+    use crate::WorkRepo;
 
     #[test]
     fn key_type_and_blob_drops_the_comment() {

@@ -338,7 +338,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devenv::WorkRepo;
+    use crate::WorkRepo;
 
     #[test]
     fn base64_matches_rfc_4648_vectors() {

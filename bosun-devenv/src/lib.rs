@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! use bosun::devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, WorkRepo};
+//! use bosun_devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, WorkRepo};
 //!
 //! let control_plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
 //! let _pods = PodSimulator::start(control_plane.client());
