@@ -41,6 +41,20 @@ pub struct AppDeploymentSpec {
     /// Hold the app at one revision (manual rollback); removing it resumes Git.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// What happens to the objects bosun created when this AppDeployment is deleted:
+    /// `Orphan` (the default: they keep running, released for another owner) or `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// Deleting the AppDeployment is not a request to take the app down: by default what
+/// bosun created keeps running (an AppDeployment deleted by mistake, or recreated while
+/// bosun is reinstalled, must not cost an outage). `Delete` removes what bosun created.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Orphan,
+    Delete,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -65,6 +79,9 @@ pub struct GitSource {
     /// How often to look for a new commit (default `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
+    /// Allow credentials over plain `http://` (they travel in clear text).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// Exactly one of `branch`, `tag`, `commit`, `semver`; none means branch `main`.
@@ -169,10 +186,16 @@ pub struct AppDeploymentStatus {
     /// `targetNamespace`, `serviceAccountName`): a change redeploys the same commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_spec_digest: Option<String>,
+    /// Snapshot Secret holding the manifests `currentRevision` was applied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_snapshot: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_healthy_revision: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_healthy_revision_short: Option<String>,
+    /// Snapshot Secret of the last healthy revision's render: the rollback target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_healthy_snapshot: Option<String>,
     /// Revisions that failed and are not applied again while Git stays on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Quarantine>,
@@ -187,6 +210,52 @@ pub struct AppDeploymentStatus {
     /// Objects the applied revision owns: what a later revision prunes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inventory: Vec<InventoryEntry>,
+    /// The Git tip (or pin) that could not be deployed, and why; it stays out until Git,
+    /// the spec or (for reasons that may pass) the next interval says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockedRevision>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockedRevision {
+    pub revision: String,
+    pub reason: BlockReason,
+    pub message: String,
+    /// The AppDeployment's generation when it was blocked: a spec change tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    pub at: String,
+    /// Whether trying again later may succeed without a new commit (a missing
+    /// permission, an object owned by another app, an API that kept failing); a
+    /// manifest that does not parse will not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry: bool,
+}
+
+/// Why a revision was refused before anything of it was written.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BlockReason {
+    /// Its manifests do not parse, name an unknown kind, or the API server refused them.
+    #[default]
+    RevisionInvalid,
+    /// The identity bosun applies as may not do what the revision needs.
+    Forbidden,
+    /// An object of the revision belongs to another AppDeployment.
+    OwnershipConflict,
+    /// A step kept failing for reasons outside the revision until its deadline.
+    DeadlineExceeded,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::RevisionInvalid => "RevisionInvalid",
+            BlockReason::Forbidden => "Forbidden",
+            BlockReason::OwnershipConflict => "OwnershipConflict",
+            BlockReason::DeadlineExceeded => "DeadlineExceeded",
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -232,27 +301,127 @@ pub enum Verdict {
     Failed,
 }
 
-/// What the controller is in the middle of. Written before the step's side effects,
-/// so that after a crash the same step is finished instead of started anew.
+/// What the controller is in the middle of: a Deploy or a Rollback, at one step.
+/// Written before the step's side effects, so that after a crash the same step is
+/// finished instead of started anew; every step is idempotent.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
     pub kind: OperationKind,
-    /// The revision being applied or verified (for a rollback: the one returned to).
+    /// The revision being deployed (for a rollback: the last healthy one returned to).
     pub revision: String,
     /// For a rollback: the revision that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_revision: Option<String>,
+    pub step: Step,
+    /// Failed attempts of this step so far (errors that may pass by themselves).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// The last such error, quoted when the step's deadline passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
     pub started_at: String,
-    /// Set once the revision's manifests are applied; verification counts from here.
+    /// When the current step began (its deadline counts from here).
+    pub step_started_at: String,
+    /// Digest of what shaped the render (url, path, target namespace): part of the
+    /// snapshot's name, so a re-render of the same commit never overwrites another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_digest: Option<String>,
+    /// The snapshot Secret the remaining steps apply (no Git needed after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Set once the revision's manifests are applied; gates judge what happened after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<String>,
+    /// Container restarts of the pods that existed when the revision was applied: only
+    /// restarts beyond these count against it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_baseline: Vec<PodRestarts>,
+    /// A verification this Deploy interrupted: restored if this revision is refused
+    /// before anything of it is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<InterruptedVerification>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// Restart count of one container of one pod when a revision was applied.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRestarts {
+    pub pod_uid: String,
+    pub container: String,
+    pub restarts: i32,
+}
+
+/// The verifying Deploy operation a newer commit interrupted.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InterruptedVerification {
+    pub revision: String,
+    pub started_at: String,
+    pub step_started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_baseline: Vec<PodRestarts>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum OperationKind {
     Deploy,
     Rollback,
+}
+
+/// The steps of an operation, in order. A Deploy runs all of them; a Rollback starts at
+/// `Inventory` with the last healthy snapshot. Preflight, backup and migration Jobs
+/// take their places between `Snapshot` and `Inventory`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum Step {
+    /// Read the revision's files from Git and parse them.
+    Render,
+    /// Store the rendered manifests in a Secret: later steps and rollbacks need no Git.
+    Snapshot,
+    /// Resolve every object, check ownership, dry-run what changes, and record the
+    /// objects as owned before any is written.
+    Inventory,
+    /// Server-side apply what changed, in order; prune what is no longer owned.
+    Apply,
+    /// Workload gate and Runbook gates for the verify window.
+    Verify,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Render => "render",
+            Step::Snapshot => "snapshot",
+            Step::Inventory => "inventory",
+            Step::Apply => "apply",
+            Step::Verify => "verify",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Deploy => "deploy",
+            OperationKind::Rollback => "rollback",
+        }
+    }
 }
 
 /// One applied object, enough to find and delete it again.
@@ -264,6 +433,20 @@ pub struct InventoryEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
+    /// The object existed before bosun applied it (found, not created): prune and
+    /// deletion leave it alone unless its manifest opts in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+}
+
+impl InventoryEntry {
+    /// Whether two entries name the same object (the `adopted` flag aside).
+    pub fn same_object(&self, other: &InventoryEntry) -> bool {
+        self.api_version == other.api_version
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
 }
 
 impl std::fmt::Display for InventoryEntry {
@@ -289,6 +472,19 @@ impl AppDeploymentSpec {
         ]);
         let digest = Sha256::digest(fields.to_string().as_bytes());
         digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+    }
+}
+
+impl AppDeploymentSpec {
+    /// Digest of what shapes the rendered manifests of a commit: the repository, the
+    /// path in it, and the namespace objects without one are placed in. Snapshots are
+    /// keyed by commit and this digest.
+    pub fn render_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let git = &self.source.git;
+        let fields = serde_json::json!([git.url, git.path, self.target_namespace]);
+        let digest = Sha256::digest(fields.to_string().as_bytes());
+        digest.iter().take(4).map(|byte| format!("{byte:02x}")).collect()
     }
 }
 

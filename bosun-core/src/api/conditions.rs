@@ -8,6 +8,8 @@ pub mod condition {
     pub const SOURCE_READY: &str = "SourceReady";
     pub const GATES_PASSED: &str = "GatesPassed";
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// False while objects that should have been pruned could not be (retried).
+    pub const PRUNED: &str = "Pruned";
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when the status does not change.

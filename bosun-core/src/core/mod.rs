@@ -1,9 +1,23 @@
 //! The pure decision at the heart of bosun: given what the user asked for (spec),
-//! what bosun recorded (status) and what it just observed (Git tip, gate verdicts),
-//! which step comes next. No I/O, no clock, no client: the controller gathers the
-//! inputs, calls [`decide`], and carries the [`Decision`] out.
+//! what bosun recorded (status), what it just observed (Git tip, Runbook) and what the
+//! step it just ran reported, which step comes next. No I/O and no clock of its own:
+//! the controller gathers the [`Input`], calls [`decide`], lets [`record`] write the
+//! [`Decision`] into the status, persists it, and only then carries the decision out.
+//!
+//! The life of a revision is an [`Operation`] (Deploy or Rollback) moving through its
+//! [`Step`]s. Each step reports a [`StepOutcome`]; this module alone turns outcomes
+//! into the next step, a rollback, a block or a failure.
 
-use crate::api::{AppDeploymentStatus, OperationKind, Phase};
+mod outcome;
+pub mod record;
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{AppDeploymentStatus, BlockReason, GateVerdict, Operation, OperationKind, Phase, Step};
+
+pub use outcome::{Applied, Failure, FailureKind, StepOutcome, StepResult, Verification};
 
 /// What the Git side says the app should run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,18 +28,13 @@ pub enum DesiredRevision {
     Unavailable,
 }
 
-/// Verdict of the verification round just run for the operation in progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verification {
-    /// Nothing was verified (no operation, or its manifests are not applied yet).
-    NotRun,
-    /// Still waiting: rollout not complete, a gate below its threshold, or the verify
-    /// window not yet over.
-    Pending,
-    Passed,
-    Failed {
-        message: String,
-    },
+impl DesiredRevision {
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            DesiredRevision::Known { revision, .. } => Some(revision),
+            DesiredRevision::Unavailable => None,
+        }
+    }
 }
 
 /// Everything [`decide`] looks at.
@@ -37,94 +46,125 @@ pub struct Input<'a> {
     /// Runbook `rollback.automatic` (default true).
     pub automatic_rollback: bool,
     pub desired: DesiredRevision,
-    pub verification: Verification,
     /// Digest of the spec fields that shape what is applied
     /// ([`crate::api::AppDeploymentSpec::apply_digest`]).
     pub spec_digest: &'a str,
-    /// Set when the spec cannot be acted on at all (missing Runbook, invalid path);
-    /// the message says what and where.
-    pub spec_problem: Option<String>,
+    /// The spec or the Runbook cannot be acted on (what and where); nothing proceeds,
+    /// nothing is held against a revision.
+    pub problem: Option<Failure>,
+    /// What the step run just before, in this same pass, reported.
+    pub outcome: Option<StepOutcome>,
+    pub now: Timestamp,
+    /// How long one step may take (the Runbook's `progressDeadline`).
+    pub step_deadline: Duration,
+    /// A blocked revision whose block may pass (a permission, an owner, a deadline) may
+    /// be tried again: the Git interval has passed since it was blocked.
+    pub block_retry_due: bool,
 }
 
 /// The one next step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
     /// Nothing to change now.
-    Idle,
-    /// `spec.suspend` is set: record the phase and touch nothing else.
-    Suspend,
-    /// The spec itself is unusable: phase `Blocked` until it changes.
-    BlockOnSpec { message: String },
-    /// Start (or, after a restart, finish) applying `revision`.
-    Deploy { revision: String },
-    /// Keep verifying the operation in progress.
-    KeepVerifying,
+    Wait,
+    /// Run the current step of the operation in progress (already persisted).
+    Run(Step),
+    /// Open a Deploy operation for `revision` at its first step. A verification in
+    /// progress is kept aside and restored if this revision is refused before any of it
+    /// is written; a rollback in progress is given up for it (a pin or a new commit).
+    StartDeploy { revision: String },
+    /// The step finished: record what it learned and move to the next step.
+    Advance(StepResult),
+    /// Verification goes on; the gates' verdicts so far.
+    KeepVerifying { gates: Vec<GateVerdict> },
     /// The deployed revision passed every gate for the whole window.
-    MarkHealthy { revision: String },
+    MarkHealthy { gates: Vec<GateVerdict> },
     /// Flip back to the last healthy revision and quarantine the failed one.
     RollBack {
         failed_revision: String,
         to: String,
         message: String,
+        gates: Vec<GateVerdict>,
     },
-    /// Re-apply the last healthy snapshot of a rollback already under way.
-    ResumeRollback { to: String },
     /// The rollback target verified: the app runs its last healthy revision again.
-    FinishRollback { to: String },
-    /// A failure with nothing to flip to (or rollback turned off, or the rollback
-    /// itself failed): phase `Failed`.
-    Fail { revision: String, message: String },
-    /// `spec.suspend` was removed: restore the phase that says what runs.
+    FinishRollback,
+    /// The revision failed with nothing to flip to (or rollback off, or the rollback
+    /// itself failed): phase `Failed`; `quarantine` is the revision held out from now on.
+    Fail {
+        revision: String,
+        message: String,
+        quarantine: Option<String>,
+        gates: Vec<GateVerdict>,
+    },
+    /// A step kept failing for reasons outside the revision until its deadline: phase
+    /// `Failed`, nothing quarantined; the revision is tried again at the next interval.
+    GiveUp { step: Step, message: String },
+    /// The revision was refused before anything of it was written.
+    Block {
+        revision: String,
+        reason: BlockReason,
+        message: String,
+        retry: bool,
+    },
+    /// The step failed for a reason that may pass: try it again after a back-off.
+    Retry { step: Step, message: String },
+    /// The spec or the Runbook cannot be acted on: phase `Blocked`; an operation in
+    /// progress waits (it is neither failed nor rolled back).
+    BlockOnProblem(Failure),
+    /// `spec.suspend` is set: record the phase; an operation in progress waits.
+    Suspend,
+    /// `spec.suspend` was removed (or a problem fixed): the phase says again what runs,
+    /// and a waiting operation's step starts over with a fresh deadline.
     Resume { phase: Phase },
     /// Git points at the revision already running and known healthy (e.g. after a
     /// revert): record it as Healthy without re-applying.
     Adopt { revision: String },
 }
 
-pub fn decide(input: &Input<'_>) -> Decision {
-    let status = input.status;
-
-    if let Some(operation) = &status.operation {
-        return match operation.kind {
-            OperationKind::Rollback => decide_rollback(
-                operation.revision.clone(),
-                operation.applied_at.is_some(),
-                &input.verification,
-            ),
-            OperationKind::Deploy => {
-                decide_deploy_in_progress(input, &operation.revision, operation.applied_at.is_some())
-            }
-        };
+impl Decision {
+    /// Whether the controller decides again at once after recording this decision
+    /// (the decision changed the status but did no I/O of its own).
+    pub fn continues(&self) -> bool {
+        matches!(
+            self,
+            Decision::StartDeploy { .. }
+                | Decision::Advance(_)
+                | Decision::RollBack { .. }
+                | Decision::Block { .. }
+                | Decision::Resume { .. }
+                | Decision::Adopt { .. }
+        )
     }
+}
 
+pub fn decide(input: &Input<'_>) -> Decision {
+    match &input.status.operation {
+        Some(operation) => decide_operation(input, operation),
+        None => decide_at_rest(input),
+    }
+}
+
+/// No operation in progress: follow Git, or wait.
+fn decide_at_rest(input: &Input<'_>) -> Decision {
+    let status = input.status;
     if input.suspended {
         return if status.phase == Phase::Suspended {
-            Decision::Idle
+            Decision::Wait
         } else {
             Decision::Suspend
         };
     }
-    if let Some(message) = &input.spec_problem {
-        return Decision::BlockOnSpec {
-            message: message.clone(),
-        };
+    if let Some(problem) = &input.problem {
+        return Decision::BlockOnProblem(problem.clone());
     }
-
-    let (revision, pinned) = match &input.desired {
-        DesiredRevision::Known { revision, pinned } => (revision, *pinned),
-        DesiredRevision::Unavailable => return resume_or_idle(status, false),
+    if status.phase == Phase::Suspended {
+        return resume_or_wait(input);
+    }
+    let DesiredRevision::Known { revision, .. } = &input.desired else {
+        return resume_or_wait(input);
     };
-    // The spec fields that shape what is applied changed since the running revision
-    // went out (path, target namespace, ...): the same commit must be deployed again.
-    let spec_changed = status
-        .current_spec_digest
-        .as_deref()
-        .is_some_and(|digest| digest != input.spec_digest);
-    // A pin or such a spec change is a human decision made after the quarantine; a
-    // repeat failure quarantines the revision again, at the new generation.
-    let held_back = quarantine_holds(status, revision, input.generation, pinned || spec_changed)
-        || blocked_on(status, revision, input.generation);
-
+    let spec_changed = spec_changed(input);
+    let held_back = !deployable(input, revision);
     if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
         return if healthy && status.phase != Phase::Healthy && !held_back {
@@ -132,143 +172,249 @@ pub fn decide(input: &Input<'_>) -> Decision {
                 revision: revision.clone(),
             }
         } else {
-            resume_or_idle(status, false)
+            resume_or_wait(input)
         };
     }
     if held_back {
-        return resume_or_idle(status, true);
+        return resume_or_wait(input);
     }
-    Decision::Deploy {
+    Decision::StartDeploy {
         revision: revision.clone(),
     }
 }
 
-/// After `spec.suspend` is removed, the phase says again what runs.
-fn resume_or_idle(status: &AppDeploymentStatus, desired_held_back: bool) -> Decision {
-    if status.phase != Phase::Suspended {
-        return Decision::Idle;
+/// After `spec.suspend` is removed or a problem is fixed, the phase says again what runs.
+fn resume_or_wait(input: &Input<'_>) -> Decision {
+    let status = input.status;
+    let paused = status.phase == Phase::Suspended
+        || (status.phase == Phase::Blocked && status.blocked.is_none() && status.operation.is_none());
+    if !paused {
+        return Decision::Wait;
     }
-    let phase = match (&status.current_revision, &status.last_healthy_revision) {
-        (Some(current), Some(healthy)) if current == healthy && desired_held_back => Phase::RolledBack,
-        (Some(current), Some(healthy)) if current == healthy => Phase::Healthy,
-        (Some(current), _) if is_quarantined(status, current) => Phase::Failed,
-        _ => Phase::Pending,
-    };
-    Decision::Resume { phase }
+    Decision::Resume {
+        phase: record::phase_at_rest(status, input.desired.revision()),
+    }
 }
 
-/// Whether a quarantine keeps `revision` out. `overridable`: a pin or spec change
-/// made after the quarantine (a later generation) lifts it.
-fn quarantine_holds(
-    status: &AppDeploymentStatus,
-    revision: &str,
-    generation: Option<i64>,
-    overridable: bool,
-) -> bool {
-    status
+/// The spec fields that shape what is applied changed since the running revision went
+/// out (path, target namespace, ...): the same commit must be deployed again.
+fn spec_changed(input: &Input<'_>) -> bool {
+    input
+        .status
+        .current_spec_digest
+        .as_deref()
+        .is_some_and(|digest| digest != input.spec_digest)
+}
+
+/// Whether `revision` may be deployed now: not held out by a quarantine or a block.
+fn deployable(input: &Input<'_>, revision: &str) -> bool {
+    let pinned = matches!(input.desired, DesiredRevision::Known { pinned: true, .. });
+    // A pin or a change of the applied spec is a human decision made after the
+    // quarantine; a repeat failure quarantines the revision again, at the new generation.
+    let overridable = pinned || spec_changed(input);
+    let quarantined = input
+        .status
         .quarantined
         .iter()
         .filter(|q| q.revision == revision)
-        .any(|q| !(overridable && q.generation < generation))
+        .any(|q| !(overridable && q.generation < input.generation));
+    !quarantined && !blocked(input, revision)
 }
 
-fn decide_deploy_in_progress(input: &Input<'_>, revision: &str, applied: bool) -> Decision {
-    let status = input.status;
-    // A newer commit supersedes a revision that has not proven itself yet.
+/// A revision blocked at this generation stays out, unless its block may pass and the
+/// interval for trying again has come.
+fn blocked(input: &Input<'_>, revision: &str) -> bool {
+    input.status.blocked.as_ref().is_some_and(|block| {
+        block.revision == revision
+            && block.generation == input.generation
+            && !(block.retry && input.block_retry_due)
+    })
+}
+
+fn decide_operation(input: &Input<'_>, operation: &Operation) -> Decision {
+    if let Some(outcome) = &input.outcome {
+        return decide_outcome(input, operation, outcome);
+    }
+    // Between steps: whatever the user changed is taken before the next step starts.
+    if input.suspended {
+        return if input.status.phase == Phase::Suspended {
+            Decision::Wait
+        } else {
+            Decision::Suspend
+        };
+    }
+    if let Some(problem) = &input.problem {
+        return Decision::BlockOnProblem(problem.clone());
+    }
+    if matches!(input.status.phase, Phase::Suspended | Phase::Blocked) {
+        return Decision::Resume {
+            phase: record::phase_of_step(operation),
+        };
+    }
     if let DesiredRevision::Known {
         revision: desired, ..
     } = &input.desired
-        && desired != revision
-        && !is_quarantined(status, desired)
-        && !blocked_on(status, desired, input.generation)
-        && !input.suspended
+        && desired != &operation.revision
+        && operation.failed_revision.as_deref() != Some(desired.as_str())
+        && deployable(input, desired)
     {
-        return Decision::Deploy {
+        // A newer commit supersedes a revision that has not proven itself yet; a pin or
+        // a new commit takes over from a rollback as soon as its current step ended.
+        return Decision::StartDeploy {
             revision: desired.clone(),
         };
     }
-    if !applied {
-        return Decision::Deploy {
-            revision: revision.to_string(),
-        };
-    }
-    match &input.verification {
-        Verification::NotRun | Verification::Pending => Decision::KeepVerifying,
-        Verification::Passed => Decision::MarkHealthy {
-            revision: revision.to_string(),
-        },
-        Verification::Failed { message } => {
-            failure_response(status, input.automatic_rollback, revision, message).into()
+    Decision::Run(operation.step)
+}
+
+fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcome) -> Decision {
+    match outcome {
+        StepOutcome::Done(result) => Decision::Advance(result.clone()),
+        StepOutcome::Verified(verification) => decide_verification(input, operation, verification),
+        StepOutcome::Transient(message) => {
+            if past(input, &operation.step_started_at, input.step_deadline) {
+                Decision::GiveUp {
+                    step: operation.step,
+                    message: format!(
+                        "step {} did not finish within {}: {message}",
+                        operation.step,
+                        human_duration(input.step_deadline)
+                    ),
+                }
+            } else {
+                Decision::Retry {
+                    step: operation.step,
+                    message: message.clone(),
+                }
+            }
         }
+        StepOutcome::Refused(failure) => decide_refusal(input, operation, failure),
     }
 }
 
-/// What a failed revision leads to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FailureResponse {
-    RollBack {
-        failed_revision: String,
-        to: String,
-        message: String,
-    },
-    Fail {
-        revision: String,
-        message: String,
-    },
-}
-
-impl From<FailureResponse> for Decision {
-    fn from(response: FailureResponse) -> Decision {
-        match response {
-            FailureResponse::RollBack {
-                failed_revision,
-                to,
-                message,
-            } => Decision::RollBack {
-                failed_revision,
-                to,
-                message,
-            },
-            FailureResponse::Fail { revision, message } => Decision::Fail { revision, message },
+fn decide_verification(input: &Input<'_>, operation: &Operation, verification: &Verification) -> Decision {
+    let gates = verification.gates().to_vec();
+    let verification = match verification {
+        Verification::Pending { .. } if past(input, &operation.step_started_at, input.step_deadline) => {
+            Verification::Failed {
+                message: format!(
+                    "verification did not finish within the progress deadline of {}",
+                    human_duration(input.step_deadline)
+                ),
+                gates: gates.clone(),
+            }
         }
+        other => other.clone(),
+    };
+    match (operation.kind, verification) {
+        (_, Verification::Pending { .. }) => Decision::KeepVerifying { gates },
+        (OperationKind::Deploy, Verification::Passed { .. }) => Decision::MarkHealthy { gates },
+        (OperationKind::Rollback, Verification::Passed { .. }) => Decision::FinishRollback,
+        (OperationKind::Deploy, Verification::Failed { message, .. }) => {
+            failure_response(input, &operation.revision, &message, gates)
+        }
+        (OperationKind::Rollback, Verification::Failed { message, .. }) => Decision::Fail {
+            revision: operation.failed_revision.clone().unwrap_or_default(),
+            message: format!(
+                "rolling back to {} failed verification: {message}",
+                crate::api::short_revision(&operation.revision)
+            ),
+            // The revision that failed is quarantined already; the one returned to
+            // proved itself before and is not blamed.
+            quarantine: None,
+            gates: Vec::new(),
+        },
     }
 }
 
-/// What to do when `revision` failed: flip back when there is somewhere to go.
-pub fn failure_response(
-    status: &AppDeploymentStatus,
-    automatic_rollback: bool,
-    revision: &str,
-    message: &str,
-) -> FailureResponse {
-    match status.last_healthy_revision.as_deref() {
-        Some(last_healthy) if automatic_rollback && last_healthy != revision => FailureResponse::RollBack {
-            failed_revision: revision.to_string(),
-            to: last_healthy.to_string(),
-            message: message.to_string(),
+/// A step refused the revision. Before anything is written (render, snapshot,
+/// inventory with its dry run) the revision is blocked; once part of it may be live
+/// (apply) it failed like a failed gate.
+fn decide_refusal(input: &Input<'_>, operation: &Operation, failure: &Failure) -> Decision {
+    let written = operation.step >= Step::Apply;
+    match operation.kind {
+        OperationKind::Deploy if !written => {
+            let reason = match failure.kind {
+                FailureKind::Forbidden => BlockReason::Forbidden,
+                FailureKind::OwnershipConflict => BlockReason::OwnershipConflict,
+                _ => BlockReason::RevisionInvalid,
+            };
+            Decision::Block {
+                revision: operation.revision.clone(),
+                reason,
+                message: failure.message.clone(),
+                // The same files render the same way; anything the API server says may
+                // change without a new commit (a namespace created, a permission granted).
+                retry: operation.step >= Step::Inventory,
+            }
+        }
+        OperationKind::Deploy => failure_response(
+            input,
+            &operation.revision,
+            &format!("apply failed: {}", failure.message),
+            Vec::new(),
+        ),
+        OperationKind::Rollback => Decision::Fail {
+            revision: operation.failed_revision.clone().unwrap_or_default(),
+            message: format!(
+                "cannot roll back to {}: {}",
+                crate::api::short_revision(&operation.revision),
+                failure.message
+            ),
+            quarantine: None,
+            gates: Vec::new(),
         },
-        Some(_) if !automatic_rollback => FailureResponse::Fail {
+    }
+}
+
+/// What a failed revision leads to: a flip back when there is somewhere to go.
+fn failure_response(input: &Input<'_>, revision: &str, message: &str, gates: Vec<GateVerdict>) -> Decision {
+    let status = input.status;
+    match (
+        status.last_healthy_revision.as_deref(),
+        &status.last_healthy_snapshot,
+    ) {
+        (Some(last_healthy), Some(_)) if input.automatic_rollback && last_healthy != revision => {
+            Decision::RollBack {
+                failed_revision: revision.to_string(),
+                to: last_healthy.to_string(),
+                message: message.to_string(),
+                gates,
+            }
+        }
+        (Some(_), _) if !input.automatic_rollback => Decision::Fail {
             revision: revision.to_string(),
             message: format!("{message} (automatic rollback is off in the Runbook)"),
+            quarantine: Some(revision.to_string()),
+            gates,
         },
-        _ => FailureResponse::Fail {
+        _ => Decision::Fail {
             revision: revision.to_string(),
             message: format!("{message} (no healthy revision to roll back to)"),
+            quarantine: Some(revision.to_string()),
+            gates,
         },
     }
 }
 
-fn decide_rollback(to: String, applied: bool, verification: &Verification) -> Decision {
-    if !applied {
-        return Decision::ResumeRollback { to };
-    }
-    match verification {
-        Verification::NotRun | Verification::Pending => Decision::KeepVerifying,
-        Verification::Passed => Decision::FinishRollback { to },
-        Verification::Failed { message } => Decision::Fail {
-            revision: to,
-            message: format!("rollback target failed verification: {message}"),
-        },
+/// Whether more than `limit` has passed since `since` (an RFC 3339 time in status).
+fn past(input: &Input<'_>, since: &str, limit: Duration) -> bool {
+    let Ok(since) = since.parse::<Timestamp>() else {
+        return false;
+    };
+    let elapsed = input.now.duration_since(since);
+    elapsed.as_secs() >= 0 && elapsed.unsigned_abs() > limit
+}
+
+/// `90s`, `10m`, `1h30m`: how durations read in messages.
+pub fn human_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
     }
 }
 
@@ -276,16 +422,7 @@ pub fn is_quarantined(status: &AppDeploymentStatus, revision: &str) -> bool {
     status.quarantined.iter().any(|q| q.revision == revision)
 }
 
-/// A revision whose latest attempt was Blocked stays blocked (its manifests do not
-/// change) until the spec does.
-fn blocked_on(status: &AppDeploymentStatus, revision: &str, generation: Option<i64>) -> bool {
-    status.observed_generation == generation
-        && status
-            .history
-            .iter()
-            .find(|entry| entry.revision == revision)
-            .is_some_and(|entry| entry.phase == Phase::Blocked)
-}
-
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

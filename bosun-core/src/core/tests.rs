@@ -1,30 +1,36 @@
+//! Scenarios of the decision, each a short story: a status, what was observed or what a
+//! step reported, and the decision with the status it leads to.
+
+use super::record::{Context, Notice, record};
 use super::*;
-use crate::api::{HistoryEntry, Operation, Quarantine};
+use crate::api::{BlockReason, InventoryEntry, Quarantine, Verdict};
 
-const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
-const DIGEST: &str = "d1";
+pub(super) const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub(super) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub(super) const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
+pub(super) const DIGEST: &str = "d1";
+const DEADLINE: Duration = Duration::from_secs(600);
 
-fn healthy_on(revision: &str) -> AppDeploymentStatus {
-    AppDeploymentStatus {
-        phase: Phase::Healthy,
-        observed_generation: Some(1),
-        current_revision: Some(revision.into()),
-        current_spec_digest: Some(DIGEST.into()),
-        last_healthy_revision: Some(revision.into()),
-        ..Default::default()
-    }
+pub(super) fn t0() -> Timestamp {
+    "2026-01-01T00:00:00Z".parse().unwrap()
 }
 
-fn operation(kind: OperationKind, revision: &str, applied: bool) -> Option<Operation> {
-    Some(Operation {
-        kind,
-        revision: revision.into(),
-        failed_revision: None,
-        started_at: "2026-01-01T00:00:00Z".into(),
-        applied_at: applied.then(|| "2026-01-01T00:00:05Z".into()),
-    })
+fn at(seconds: i64) -> Timestamp {
+    t0() + k8s_openapi::jiff::SignedDuration::from_secs(seconds)
+}
+
+/// An app at rest, Healthy on `revision`.
+fn healthy_on(revision: &str) -> AppDeploymentStatus {
+    let mut status = AppDeploymentStatus {
+        observed_generation: Some(1),
+        current_spec_digest: Some(DIGEST.into()),
+        ..Default::default()
+    };
+    record::set_current_revision(&mut status, revision);
+    status.last_healthy_revision = Some(revision.into());
+    status.last_healthy_snapshot = Some(format!("app-{}", &revision[..4]));
+    status.phase = Phase::Healthy;
+    status
 }
 
 fn git(revision: &str) -> DesiredRevision {
@@ -34,507 +40,819 @@ fn git(revision: &str) -> DesiredRevision {
     }
 }
 
-fn input<'a>(
-    status: &'a AppDeploymentStatus,
+fn pinned(revision: &str) -> DesiredRevision {
+    DesiredRevision::Known {
+        revision: revision.into(),
+        pinned: true,
+    }
+}
+
+/// The world as one pass sees it.
+#[derive(Clone)]
+struct World {
     desired: DesiredRevision,
-    verification: Verification,
-) -> Input<'a> {
-    Input {
-        status,
-        generation: Some(1),
-        suspended: false,
-        automatic_rollback: true,
-        desired,
-        verification,
-        spec_problem: None,
-        spec_digest: DIGEST,
-    }
+    generation: i64,
+    suspended: bool,
+    automatic_rollback: bool,
+    problem: Option<Failure>,
+    now: Timestamp,
+    block_retry_due: bool,
+    spec_digest: &'static str,
 }
 
-fn failed(message: &str) -> Verification {
-    Verification::Failed {
-        message: message.into(),
-    }
-}
-
-#[test]
-fn first_revision_is_deployed() {
-    let status = AppDeploymentStatus::default();
-    assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Deploy { revision: A.into() }
-    );
-}
-
-#[test]
-fn nothing_happens_while_the_source_is_unavailable() {
-    let status = AppDeploymentStatus::default();
-    assert_eq!(
-        decide(&input(
-            &status,
-            DesiredRevision::Unavailable,
-            Verification::NotRun
-        )),
-        Decision::Idle
-    );
-}
-
-#[test]
-fn healthy_app_on_the_git_tip_stays_idle() {
-    let status = healthy_on(A);
-    assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Idle
-    );
-}
-
-#[test]
-fn new_commit_on_a_healthy_app_is_deployed() {
-    let status = healthy_on(A);
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::Deploy { revision: B.into() }
-    );
-}
-
-#[test]
-fn deploy_interrupted_before_apply_finished_is_resumed() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, false),
-        ..healthy_on(A)
-    };
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::Deploy { revision: B.into() }
-    );
-}
-
-#[test]
-fn applied_revision_keeps_verifying_while_pending() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::Pending)),
-        Decision::KeepVerifying
-    );
-}
-
-#[test]
-fn applied_revision_that_passed_becomes_healthy() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::Passed)),
-        Decision::MarkHealthy { revision: B.into() }
-    );
-}
-
-#[test]
-fn failed_gate_rolls_back_to_the_last_healthy_revision() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
-    assert_eq!(
-        decide(&input(&status, git(B), failed("gate health failed"))),
-        Decision::RollBack {
-            failed_revision: B.into(),
-            to: A.into(),
-            message: "gate health failed".into()
+impl World {
+    fn on(desired: DesiredRevision) -> Self {
+        World {
+            desired,
+            generation: 1,
+            suspended: false,
+            automatic_rollback: true,
+            problem: None,
+            now: t0(),
+            block_retry_due: false,
+            spec_digest: DIGEST,
         }
+    }
+
+    fn decide(&self, status: &AppDeploymentStatus, outcome: Option<StepOutcome>) -> Decision {
+        decide(&Input {
+            status,
+            generation: Some(self.generation),
+            suspended: self.suspended,
+            automatic_rollback: self.automatic_rollback,
+            desired: self.desired.clone(),
+            spec_digest: self.spec_digest,
+            problem: self.problem.clone(),
+            outcome,
+            now: self.now,
+            step_deadline: DEADLINE,
+            block_retry_due: self.block_retry_due,
+        })
+    }
+
+    fn record(&self, status: &mut AppDeploymentStatus, decision: &Decision) -> Vec<Notice> {
+        record(
+            status,
+            decision,
+            &Context {
+                now: self.now,
+                generation: Some(self.generation),
+                history_limit: 10,
+                spec_digest: self.spec_digest,
+                desired: self.desired.revision(),
+            },
+        )
+    }
+
+    /// Decides and records once.
+    fn step(&self, status: &mut AppDeploymentStatus, outcome: Option<StepOutcome>) -> Decision {
+        let decision = self.decide(status, outcome);
+        self.record(status, &decision);
+        decision
+    }
+
+    /// One pass of the executor: decide, record, run what is decided with `run`,
+    /// until a decision that waits. Returns every decision taken.
+    fn pass(
+        &self,
+        status: &mut AppDeploymentStatus,
+        mut run: impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        let mut outcome = None;
+        for _ in 0..40 {
+            let decision = self.step(status, outcome.take());
+            decisions.push(decision.clone());
+            match decision {
+                Decision::Run(step) => outcome = Some(run(status, step)),
+                ref d if d.continues() => {}
+                _ => return decisions,
+            }
+        }
+        panic!("a pass did not end: {decisions:?}");
+    }
+}
+
+fn entry(name: &str) -> InventoryEntry {
+    InventoryEntry {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some("shop".into()),
+        name: name.into(),
+        adopted: false,
+    }
+}
+
+fn gate(verdict: Verdict) -> GateVerdict {
+    GateVerdict {
+        name: "health".into(),
+        verdict,
+        message: Some(format!("{verdict:?}")),
+    }
+}
+
+/// Every step succeeds; verification answers `verdict`.
+fn succeeding(verdict: Verdict) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    move |status, step| match step {
+        Step::Render => StepOutcome::Done(StepResult::Rendered {
+            render_digest: "r1".into(),
+            objects: 2,
+        }),
+        Step::Snapshot => StepOutcome::Done(StepResult::SnapshotStored {
+            name: format!("app-{}", &status.operation.as_ref().unwrap().revision[..4]),
+        }),
+        Step::Inventory => StepOutcome::Done(StepResult::Planned {
+            inventory: vec![entry("a")],
+        }),
+        Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry("a")],
+            sent: 1,
+            ..Default::default()
+        })),
+        Step::Verify => StepOutcome::Verified(match verdict {
+            Verdict::Passed => Verification::Passed {
+                gates: vec![gate(Verdict::Passed)],
+            },
+            Verdict::Pending => Verification::Pending {
+                gates: vec![gate(Verdict::Pending)],
+            },
+            Verdict::Failed => Verification::Failed {
+                message: "gate health failed: status 503".into(),
+                gates: vec![gate(Verdict::Failed)],
+            },
+        }),
+    }
+}
+
+/// Every step succeeds; verification fails for the revisions in `bad`, stays pending
+/// for those in `pending`, and passes for the others.
+fn judging(
+    bad: &'static [&'static str],
+    pending: &'static [&'static str],
+) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    move |status, step| {
+        let revision = status.operation.as_ref().unwrap().revision.as_str();
+        let verdict = if bad.contains(&revision) {
+            Verdict::Failed
+        } else if pending.contains(&revision) {
+            Verdict::Pending
+        } else {
+            Verdict::Passed
+        };
+        succeeding(verdict)(status, step)
+    }
+}
+
+/// Like [`judging`], but a rollback's steps fail transiently: the rollback stays at its
+/// first step.
+fn rollback_stuck(bad: &'static [&'static str]) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    let mut judge = judging(bad, &[]);
+    move |status, step| {
+        if status.operation.as_ref().unwrap().kind == OperationKind::Rollback {
+            StepOutcome::Transient("connection refused".into())
+        } else {
+            judge(status, step)
+        }
+    }
+}
+
+fn refusing_at(at_step: Step, kind: FailureKind) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    let mut ok = succeeding(Verdict::Passed);
+    move |status, step| {
+        if step == at_step {
+            StepOutcome::Refused(Failure::new(kind, "ConfigMap shop/a (deploy/a.yaml:1): refused"))
+        } else {
+            ok(status, step)
+        }
+    }
+}
+
+fn ready(status: &AppDeploymentStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition::READY)
+        .map(|c| c.status.as_str())
+}
+
+#[test]
+fn first_revision_goes_through_every_step_and_becomes_healthy() {
+    let world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    let steps: Vec<Step> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Run(step) => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            Step::Render,
+            Step::Snapshot,
+            Step::Inventory,
+            Step::Apply,
+            Step::Verify
+        ]
+    );
+    assert!(matches!(decisions.last(), Some(Decision::MarkHealthy { .. })));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.operation, None);
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(A));
+    assert_eq!(status.last_healthy_snapshot.as_deref(), Some("app-aaaa"));
+    assert_eq!(status.history.len(), 1);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+    assert_eq!(status.history[0].gates, vec![gate(Verdict::Passed)]);
+    assert_eq!(ready(&status), Some("True"));
+    // At rest on the tip, nothing more happens.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn each_step_is_persisted_before_the_next_runs() {
+    let world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    assert_eq!(
+        world.step(&mut status, None),
+        Decision::StartDeploy { revision: A.into() }
+    );
+    assert_eq!(status.operation.as_ref().unwrap().step, Step::Render);
+    assert_eq!(world.step(&mut status, None), Decision::Run(Step::Render));
+    // A restart here (outcome lost) runs the same step again.
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Render));
+    let done = StepOutcome::Done(StepResult::Rendered {
+        render_digest: "r1".into(),
+        objects: 1,
+    });
+    assert!(matches!(
+        world.step(&mut status, Some(done)),
+        Decision::Advance(_)
+    ));
+    let operation = status.operation.as_ref().unwrap();
+    assert_eq!(operation.step, Step::Snapshot);
+    assert_eq!(operation.render_digest.as_deref(), Some("r1"));
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Snapshot));
+}
+
+#[test]
+fn planned_inventory_is_recorded_ahead_of_the_apply() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    status.inventory = vec![entry("old")];
+    world.step(&mut status, None);
+    let planned = StepOutcome::Done(StepResult::Planned {
+        inventory: vec![entry("new")],
+    });
+    status.operation.as_mut().unwrap().step = Step::Inventory;
+    world.step(&mut status, Some(planned));
+    assert_eq!(status.inventory, vec![entry("new"), entry("old")]);
+    assert_eq!(status.operation.as_ref().unwrap().step, Step::Apply);
+}
+
+#[test]
+fn failed_gate_rolls_back_to_the_last_healthy_snapshot_and_quarantines() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, rollback_stuck(&[B]));
+    assert!(
+        decisions.iter().any(
+            |d| matches!(d, Decision::RollBack { to, failed_revision, .. } if to == A && failed_revision == B)
+        ),
+        "{decisions:?}"
+    );
+    let operation = status.operation.clone().expect("rollback in progress");
+    assert_eq!(operation.kind, OperationKind::Rollback);
+    assert_eq!(operation.snapshot.as_deref(), Some("app-aaaa"));
+    assert!(is_quarantined(&status, B));
+    assert_eq!(status.phase, Phase::RollingBack);
+    // The failed revision's entry keeps the verdicts that condemned it.
+    assert_eq!(status.history[0].revision, B);
+    assert_eq!(status.history[0].gates, vec![gate(Verdict::Failed)]);
+
+    // The rollback applies the snapshot and verifies it.
+    let decisions = world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(decisions.last(), Some(&Decision::FinishRollback));
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.history[0].phase, Phase::RolledBack);
+    assert_eq!(ready(&status), Some("False"));
+    // Quarantined: resyncs do not bring it back.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn first_revision_that_fails_has_nothing_to_flip_to() {
+    let world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
+    assert!(matches!(
+        decisions.last(),
+        Some(Decision::Fail { quarantine: Some(q), .. }) if q == A
+    ));
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(is_quarantined(&status, A));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // A new commit clears the way.
+    let world = World::on(git(B));
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::StartDeploy { revision: B.into() }
     );
 }
 
 #[test]
-fn failed_first_revision_fails_with_nothing_to_flip_to() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, A, true),
-        ..Default::default()
+fn rollback_off_fails_instead() {
+    let mut world = World::on(git(B));
+    world.automatic_rollback = false;
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, judging(&[B], &[]));
+    assert!(
+        matches!(decisions.last(), Some(Decision::Fail { message, .. }) if message.contains("automatic rollback is off"))
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(B));
+}
+
+#[test]
+fn a_transient_error_retries_and_never_blames_the_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let transient_at_apply = |status: &AppDeploymentStatus, step: Step| match step {
+        Step::Apply => StepOutcome::Transient("connection refused".into()),
+        other => succeeding(Verdict::Passed)(status, other),
     };
-    match decide(&input(&status, git(A), failed("CrashLoopBackOff"))) {
-        Decision::Fail { revision, message } => {
-            assert_eq!(revision, A);
-            assert!(message.contains("no healthy revision"), "{message}");
-        }
-        other => panic!("expected Fail, got {other:?}"),
+    let decisions = world.pass(&mut status, transient_at_apply);
+    assert!(matches!(
+        decisions.last(),
+        Some(Decision::Retry {
+            step: Step::Apply,
+            ..
+        })
+    ));
+    let operation = status.operation.as_ref().unwrap();
+    assert_eq!(operation.attempt, 1);
+    assert!(status.quarantined.is_empty());
+    let reconciling = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition::RECONCILING)
+        .unwrap();
+    assert_eq!(reconciling.reason, "Retrying");
+    assert!(
+        reconciling.message.contains("connection refused"),
+        "{}",
+        reconciling.message
+    );
+
+    // After the back-off the same step runs again and the revision completes.
+    world.now = at(30);
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(decisions.first(), Some(&Decision::Run(Step::Apply)));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert!(
+        !status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == crate::api::condition::RECONCILING),
+        "{:?}",
+        status.conditions
+    );
+}
+
+#[test]
+fn a_step_past_its_deadline_gives_up_without_quarantine() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let transient =
+        |_: &AppDeploymentStatus, _: Step| StepOutcome::Transient("503 Service Unavailable".into());
+    world.pass(&mut status, transient);
+    world.now = at(601);
+    let decisions = world.pass(&mut status, transient);
+    assert!(
+        matches!(decisions.last(), Some(Decision::GiveUp { step: Step::Render, message }) if message.contains("step render did not finish within 10m")),
+        "{decisions:?}"
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(status.quarantined.is_empty());
+    assert_eq!(status.operation, None);
+    // Not retried in a loop; tried again once the interval has passed.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.block_retry_due = true;
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::StartDeploy { revision: B.into() }
+    );
+}
+
+#[test]
+fn a_rollback_past_its_deadline_fails_and_blames_only_the_failed_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, rollback_stuck(&[B]));
+    assert_eq!(status.operation.as_ref().unwrap().kind, OperationKind::Rollback);
+    let transient =
+        |_: &AppDeploymentStatus, _: Step| StepOutcome::Transient("etcdserver: request timed out".into());
+    world.pass(&mut status, transient);
+    world.now = at(601);
+    world.pass(&mut status, transient);
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.operation, None);
+    assert!(is_quarantined(&status, B));
+    assert!(!is_quarantined(&status, A));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(A));
+}
+
+#[test]
+fn refused_before_any_write_blocks_and_never_rolls_back() {
+    for step in [Step::Render, Step::Snapshot, Step::Inventory] {
+        let world = World::on(git(B));
+        let mut status = healthy_on(A);
+        let decisions = world.pass(&mut status, refusing_at(step, FailureKind::RevisionInvalid));
+        assert!(
+            matches!(decisions.last(), Some(Decision::Wait)),
+            "{step}: {decisions:?}"
+        );
+        assert!(decisions.iter().any(|d| matches!(d, Decision::Block { .. })));
+        assert_eq!(status.phase, Phase::Blocked, "{step}");
+        assert_eq!(ready(&status), Some("False"));
+        assert!(status.quarantined.is_empty());
+        assert_eq!(status.current_revision.as_deref(), Some(A));
+        let block = status.blocked.as_ref().unwrap();
+        assert_eq!(block.revision, B);
+        assert_eq!(block.retry, step == Step::Inventory);
+        // The blocked tip waits for a new commit or spec change.
+        assert_eq!(world.decide(&status, None), Decision::Wait);
+        let mut next = world.clone();
+        next.generation = 2;
+        assert_eq!(
+            next.decide(&status, None),
+            Decision::StartDeploy { revision: B.into() }
+        );
     }
 }
 
 #[test]
-fn failed_gate_without_automatic_rollback_fails() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
-    let mut input = input(&status, git(B), failed("gate health failed"));
-    input.automatic_rollback = false;
-    match decide(&input) {
-        Decision::Fail { revision, message } => {
-            assert_eq!(revision, B);
-            assert!(message.contains("automatic rollback is off"), "{message}");
-        }
-        other => panic!("expected Fail, got {other:?}"),
+fn forbidden_and_ownership_conflicts_block_with_their_reason() {
+    for (kind, reason) in [
+        (FailureKind::Forbidden, BlockReason::Forbidden),
+        (FailureKind::OwnershipConflict, BlockReason::OwnershipConflict),
+    ] {
+        let world = World::on(git(B));
+        let mut status = healthy_on(A);
+        world.pass(&mut status, refusing_at(Step::Inventory, kind));
+        assert_eq!(status.blocked.as_ref().unwrap().reason, reason);
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == crate::api::condition::READY)
+            .unwrap();
+        assert_eq!(ready.reason, reason.as_str());
     }
+}
+
+#[test]
+fn refused_during_apply_is_a_failed_revision() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let refuse_b_at_apply = |status: &AppDeploymentStatus, step: Step| {
+        if status.operation.as_ref().unwrap().revision == B {
+            refusing_at(Step::Apply, FailureKind::RevisionInvalid)(status, step)
+        } else {
+            succeeding(Verdict::Passed)(status, step)
+        }
+    };
+    let decisions = world.pass(&mut status, refuse_b_at_apply);
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RollBack { message, .. } if message.starts_with("apply failed")))
+    );
+    assert_eq!(status.phase, Phase::RolledBack);
+}
+
+#[test]
+fn blocked_newer_commit_lets_the_revision_under_verification_finish() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    assert_eq!(status.phase, Phase::Verifying);
+    // C arrives while B verifies, and does not render.
+    let world = World::on(git(C));
+    let c_unusable_b_pending = |status: &AppDeploymentStatus, step: Step| {
+        if status.operation.as_ref().unwrap().revision == C {
+            refusing_at(Step::Render, FailureKind::RevisionInvalid)(status, step)
+        } else {
+            succeeding(Verdict::Pending)(status, step)
+        }
+    };
+    let decisions = world.pass(&mut status, c_unusable_b_pending);
+    assert!(decisions.contains(&Decision::StartDeploy { revision: C.into() }));
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Block { revision, .. } if revision == C))
+    );
+    let operation = status.operation.clone().unwrap();
+    assert_eq!((operation.revision.as_str(), operation.step), (B, Step::Verify));
+    assert_eq!(status.phase, Phase::Verifying);
+    // B finishes; the tip is still blocked: not Ready, phase says Blocked.
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert!(matches!(decisions.last(), Some(Decision::MarkHealthy { .. })));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(B));
+    assert_eq!(status.phase, Phase::Blocked);
+    assert_eq!(ready(&status), Some("False"));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
 #[test]
 fn newer_commit_supersedes_a_revision_still_verifying() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    let world = World::on(git(C));
+    world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(C));
+    let b = status.history.iter().find(|e| e.revision == B).unwrap();
+    assert_eq!(b.phase, Phase::Failed);
+    assert_eq!(b.message.as_deref(), Some("superseded by cccccccccccc"));
+    assert!(!is_quarantined(&status, B));
+}
+
+#[test]
+fn a_new_commit_takes_over_from_a_rollback_after_its_current_step() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, rollback_stuck(&[B]));
+    assert_eq!(status.operation.as_ref().unwrap().step, Step::Inventory);
+    let world = World::on(git(C));
     assert_eq!(
-        decide(&input(&status, git(C), Verification::Pending)),
-        Decision::Deploy { revision: C.into() }
+        world.decide(&status, None),
+        Decision::StartDeploy { revision: C.into() }
     );
+    world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(C));
+    let b = status.history.iter().find(|e| e.revision == B).unwrap();
+    assert!(b.finished_at.is_some());
+    assert!(is_quarantined(&status, B));
 }
 
 #[test]
-fn rollback_interrupted_before_apply_is_resumed() {
-    let status = AppDeploymentStatus {
-        phase: Phase::RollingBack,
-        operation: operation(OperationKind::Rollback, A, false),
-        ..healthy_on(A)
-    };
+fn a_pin_to_the_rollback_target_lets_the_rollback_finish() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, rollback_stuck(&[B]));
+    let world = World::on(pinned(A));
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Inventory));
+}
+
+#[test]
+fn the_quarantined_tip_does_not_supersede_its_own_rollback() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, rollback_stuck(&[B]));
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Inventory));
+}
+
+#[test]
+fn a_rollback_whose_target_fails_ends_failed_blaming_only_the_failed_revision() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, judging(&[A, B], &[]));
+    assert!(matches!(
+        decisions.last(),
+        Some(Decision::Fail { quarantine: None, .. })
+    ));
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(!is_quarantined(&status, A));
+}
+
+#[test]
+fn a_pin_made_after_the_quarantine_may_try_once_more() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    // The same generation: the pin written with the quarantine does not lift it.
+    let same_generation = World::on(pinned(B));
+    assert_eq!(same_generation.decide(&status, None), Decision::Wait);
+    let mut later = World::on(pinned(B));
+    later.generation = 2;
     assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::ResumeRollback { to: A.into() }
+        later.decide(&status, None),
+        Decision::StartDeploy { revision: B.into() }
     );
+    // Failing again quarantines it at the new generation: no loop.
+    later.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.quarantined[0].generation, Some(2));
+    assert_eq!(later.decide(&status, None), Decision::Wait);
 }
 
 #[test]
-fn rollback_is_not_superseded_by_the_quarantined_tip() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RollingBack,
-        operation: operation(OperationKind::Rollback, A, true),
-        ..healthy_on(A)
-    };
-    status.quarantined.push(Quarantine {
-        revision: B.into(),
-        reason: "x".into(),
-        at: "t".into(),
-        generation: Some(1),
-    });
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::Pending)),
-        Decision::KeepVerifying
-    );
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::Passed)),
-        Decision::FinishRollback { to: A.into() }
-    );
-}
-
-#[test]
-fn rollback_whose_target_fails_ends_failed() {
-    let status = AppDeploymentStatus {
-        phase: Phase::RollingBack,
-        operation: operation(OperationKind::Rollback, A, true),
-        ..healthy_on(A)
-    };
-    match decide(&input(&status, git(B), failed("still crashing"))) {
-        Decision::Fail { revision, message } => {
-            assert_eq!(revision, A);
-            assert!(message.contains("rollback target failed"), "{message}");
-        }
-        other => panic!("expected Fail, got {other:?}"),
-    }
-}
-
-#[test]
-fn quarantined_tip_is_not_applied_again() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    status.quarantined.push(Quarantine {
-        revision: B.into(),
-        reason: "gate".into(),
-        at: "t".into(),
-        generation: Some(1),
-    });
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::Idle
-    );
-}
-
-#[test]
-fn new_commit_after_a_rollback_proceeds() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    status.quarantined.push(Quarantine {
-        revision: B.into(),
-        reason: "gate".into(),
-        at: "t".into(),
-        generation: Some(1),
-    });
-    assert_eq!(
-        decide(&input(&status, git(C), Verification::NotRun)),
-        Decision::Deploy { revision: C.into() }
-    );
-}
-
-fn quarantined(status: &mut AppDeploymentStatus, revision: &str, generation: i64) {
-    status.quarantined.push(Quarantine {
-        revision: revision.into(),
-        reason: "gate".into(),
-        at: "t".into(),
-        generation: Some(generation),
-    });
-}
-
-#[test]
-fn pin_set_after_the_quarantine_overrides_it() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    quarantined(&mut status, B, 1);
-    let pinned = DesiredRevision::Known {
-        revision: B.into(),
-        pinned: true,
-    };
-    let mut pin_added = input(&status, pinned, Verification::NotRun);
-    pin_added.generation = Some(2);
-    assert_eq!(decide(&pin_added), Decision::Deploy { revision: B.into() });
-}
-
-#[test]
-fn pinned_revision_that_failed_again_is_not_retried_in_a_loop() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    // Quarantined again at the generation that carries the pin.
-    quarantined(&mut status, B, 2);
-    let pinned = DesiredRevision::Known {
-        revision: B.into(),
-        pinned: true,
-    };
-    let mut same_pin = input(&status, pinned, Verification::NotRun);
-    same_pin.generation = Some(2);
-    assert_eq!(decide(&same_pin), Decision::Idle);
-}
-
-#[test]
-fn changed_path_redeploys_the_same_commit() {
+fn a_changed_path_redeploys_the_same_commit() {
+    let mut world = World::on(git(A));
+    world.spec_digest = "d2";
     let status = healthy_on(A);
-    let mut changed = input(&status, git(A), Verification::NotRun);
-    changed.spec_digest = "d2";
-    changed.generation = Some(2);
-    assert_eq!(decide(&changed), Decision::Deploy { revision: A.into() });
-}
-
-#[test]
-fn changed_path_may_retry_a_quarantined_tip_once() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    quarantined(&mut status, B, 1);
-    let mut changed = input(&status, git(B), Verification::NotRun);
-    changed.spec_digest = "d2";
-    changed.generation = Some(2);
-    assert_eq!(decide(&changed), Decision::Deploy { revision: B.into() });
-    // Unrelated spec changes (a later generation, same digest) do not.
-    let mut unrelated = input(&status, git(B), Verification::NotRun);
-    unrelated.generation = Some(2);
-    assert_eq!(decide(&unrelated), Decision::Idle);
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::StartDeploy { revision: A.into() }
+    );
 }
 
 #[test]
 fn quarantined_running_revision_is_not_adopted_as_healthy() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::Failed,
-        ..healthy_on(A)
-    };
-    quarantined(&mut status, A, 1);
-    assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Idle
-    );
-}
-
-#[test]
-fn unsuspending_restores_the_phase_that_says_what_runs() {
-    let suspended_on = |status: AppDeploymentStatus| AppDeploymentStatus {
-        phase: Phase::Suspended,
-        ..status
-    };
-    let status = suspended_on(healthy_on(A));
-    assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        // Running its healthy tip: recorded as Healthy again.
-        Decision::Adopt { revision: A.into() }
-    );
-    let mut rolled_back = suspended_on(healthy_on(A));
-    quarantined(&mut rolled_back, B, 1);
-    assert_eq!(
-        decide(&input(&rolled_back, git(B), Verification::NotRun)),
-        Decision::Resume {
-            phase: Phase::RolledBack
-        }
-    );
-    let mut failed = suspended_on(AppDeploymentStatus {
-        current_revision: Some(A.into()),
-        ..Default::default()
+    let world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.phase = Phase::Failed;
+    status.quarantined.push(Quarantine {
+        revision: A.into(),
+        reason: "gate failed".into(),
+        at: "t".into(),
+        generation: Some(1),
     });
-    quarantined(&mut failed, A, 1);
-    assert_eq!(
-        decide(&input(&failed, git(A), Verification::NotRun)),
-        Decision::Resume { phase: Phase::Failed }
-    );
-    // A new commit after unsuspending is simply deployed.
-    assert_eq!(
-        decide(&input(&rolled_back, git(C), Verification::NotRun)),
-        Decision::Deploy { revision: C.into() }
-    );
-}
-
-#[test]
-fn new_commit_does_not_interrupt_a_rollback() {
-    let status = AppDeploymentStatus {
-        phase: Phase::RollingBack,
-        operation: operation(OperationKind::Rollback, A, true),
-        ..healthy_on(A)
-    };
-    assert_eq!(
-        decide(&input(&status, git(C), Verification::Pending)),
-        Decision::KeepVerifying
-    );
+    assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
 #[test]
 fn git_reverted_to_the_running_healthy_revision_is_adopted() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::RolledBack,
-        ..healthy_on(A)
-    };
-    status.quarantined.push(Quarantine {
-        revision: B.into(),
-        reason: "gate".into(),
-        at: "t".into(),
-        generation: Some(1),
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    let reverted = World::on(git(A));
+    let decisions = reverted.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(decisions[0], Decision::Adopt { revision: A.into() });
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(ready(&status), Some("True"));
+}
+
+#[test]
+fn suspend_is_honoured_between_any_two_steps_and_resume_continues() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.step(&mut status, None);
+    world.step(&mut status, None);
+    let rendered = StepOutcome::Done(StepResult::Rendered {
+        render_digest: "r1".into(),
+        objects: 1,
     });
+    // The step that was running finishes and is recorded...
+    world.suspended = true;
+    assert!(matches!(
+        world.step(&mut status, Some(rendered)),
+        Decision::Advance(_)
+    ));
+    // ...but the next one does not start.
+    assert_eq!(world.step(&mut status, None), Decision::Suspend);
+    assert_eq!(status.phase, Phase::Suspended);
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    assert_eq!(status.operation.as_ref().unwrap().step, Step::Snapshot);
+
+    world.suspended = false;
+    world.now = at(5000);
     assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Adopt { revision: A.into() }
+        world.step(&mut status, None),
+        Decision::Resume {
+            phase: Phase::Applying
+        }
     );
+    // A fresh deadline for the step.
+    assert_eq!(
+        status.operation.as_ref().unwrap().step_started_at,
+        record::rfc3339(at(5000))
+    );
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Snapshot));
 }
 
 #[test]
-fn failed_first_revision_stays_failed_until_a_new_commit() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::Failed,
-        ..Default::default()
-    };
-    status.quarantined.push(Quarantine {
-        revision: A.into(),
-        reason: "crash".into(),
-        at: "t".into(),
-        generation: Some(1),
-    });
+fn suspended_at_rest_records_the_phase_once_and_resumes_to_what_runs() {
+    let mut world = World::on(git(B));
+    world.suspended = true;
+    let mut status = healthy_on(A);
+    assert_eq!(world.step(&mut status, None), Decision::Suspend);
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // Ready keeps its last word while suspended.
+    world.suspended = false;
+    let world = World::on(git(A));
     assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Idle
-    );
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::Deploy { revision: B.into() }
-    );
-}
-
-#[test]
-fn blocked_revision_waits_for_a_new_commit_or_spec_change() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::Blocked,
-        observed_generation: Some(1),
-        ..Default::default()
-    };
-    status.history.push(HistoryEntry {
-        revision: A.into(),
-        phase: Phase::Blocked,
-        started_at: "t".into(),
-        ..Default::default()
-    });
-    assert_eq!(
-        decide(&input(&status, git(A), Verification::NotRun)),
-        Decision::Idle
-    );
-    assert_eq!(
-        decide(&input(&status, git(B), Verification::NotRun)),
-        Decision::Deploy { revision: B.into() }
-    );
-    let mut changed_spec = input(&status, git(A), Verification::NotRun);
-    changed_spec.generation = Some(2);
-    assert_eq!(decide(&changed_spec), Decision::Deploy { revision: A.into() });
-}
-
-#[test]
-fn suspended_app_records_the_phase_once() {
-    let status = healthy_on(A);
-    let mut suspended = input(&status, git(B), Verification::NotRun);
-    suspended.suspended = true;
-    assert_eq!(decide(&suspended), Decision::Suspend);
-    let status = AppDeploymentStatus {
-        phase: Phase::Suspended,
-        ..healthy_on(A)
-    };
-    let mut again = input(&status, git(B), Verification::NotRun);
-    again.suspended = true;
-    assert_eq!(decide(&again), Decision::Idle);
-}
-
-#[test]
-fn suspension_lets_an_applied_revision_finish_verifying() {
-    let status = AppDeploymentStatus {
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
-    };
-    let mut suspended = input(&status, git(C), Verification::Pending);
-    suspended.suspended = true;
-    assert_eq!(decide(&suspended), Decision::KeepVerifying);
-}
-
-#[test]
-fn unusable_spec_blocks() {
-    let status = AppDeploymentStatus::default();
-    let mut bad = input(&status, DesiredRevision::Unavailable, Verification::NotRun);
-    bad.spec_problem = Some("Runbook shop/missing not found".into());
-    assert_eq!(
-        decide(&bad),
-        Decision::BlockOnSpec {
-            message: "Runbook shop/missing not found".into()
+        world.step(&mut status, None),
+        Decision::Resume {
+            phase: Phase::Healthy
         }
     );
 }
 
 #[test]
-fn blocked_newer_commit_does_not_interrupt_a_revision_being_verified() {
-    let mut status = AppDeploymentStatus {
-        phase: Phase::Verifying,
-        operation: operation(OperationKind::Deploy, B, true),
-        ..healthy_on(A)
+fn an_invalid_runbook_blocks_and_holds_nothing_against_the_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    world.problem = Some(Failure::new(
+        FailureKind::RunbookInvalid,
+        "Runbook shop/app: spec.gates[0]: no probe this controller can evaluate",
+    ));
+    let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
+    assert!(matches!(decisions.as_slice(), [Decision::BlockOnProblem(_)]));
+    assert_eq!(status.phase, Phase::Blocked);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition::READY)
+        .unwrap();
+    assert_eq!(ready.reason, "RunbookInvalid");
+    assert!(status.quarantined.is_empty());
+    assert_eq!(status.operation.as_ref().unwrap().revision, B);
+    // Fixed: verification starts over.
+    world.problem = None;
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert!(matches!(
+        decisions[0],
+        Decision::Resume {
+            phase: Phase::Verifying
+        }
+    ));
+    assert_eq!(status.phase, Phase::Healthy);
+}
+
+#[test]
+fn verification_past_its_deadline_fails_the_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    world.now = at(601);
+    let decisions = world.pass(&mut status, judging(&[], &[B]));
+    assert!(decisions.iter().any(
+        |d| matches!(d, Decision::RollBack { message, .. } if message.contains("progress deadline of 10m"))
+    ));
+}
+
+#[test]
+fn nothing_happens_while_the_source_is_unavailable() {
+    let world = World::on(DesiredRevision::Unavailable);
+    let mut status = AppDeploymentStatus::default();
+    assert_eq!(world.step(&mut status, None), Decision::Wait);
+}
+
+#[test]
+fn only_gate_verdict_changes_are_written_while_verifying() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    let before = status.clone();
+    let mut other_message = gate(Verdict::Pending);
+    other_message.message = Some("failed 1 of 3 probes in a row".into());
+    world.step(
+        &mut status,
+        Some(StepOutcome::Verified(Verification::Pending {
+            gates: vec![other_message],
+        })),
+    );
+    assert_eq!(status, before, "a new message alone must not rewrite the status");
+}
+
+#[test]
+fn prune_failures_are_a_warning_not_a_verdict() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let run = |status: &AppDeploymentStatus, step: Step| match step {
+        Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry("a"), entry("kept")],
+            prune_failures: vec!["ConfigMap shop/kept: forbidden".into()],
+            ..Default::default()
+        })),
+        other => succeeding(Verdict::Passed)(status, other),
     };
-    status.history.push(HistoryEntry {
-        revision: C.into(),
-        phase: Phase::Blocked,
-        started_at: "t".into(),
-        ..Default::default()
-    });
-    assert_eq!(
-        decide(&input(&status, git(C), Verification::Pending)),
-        Decision::KeepVerifying
+    let decisions = world.pass(&mut status, run);
+    assert!(matches!(decisions.last(), Some(Decision::MarkHealthy { .. })));
+    let pruned = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::condition::PRUNED)
+        .unwrap();
+    assert_eq!(pruned.status, "False");
+    assert!(status.inventory.contains(&entry("kept")));
+}
+
+#[test]
+fn events_name_the_revision_and_are_not_repeated_on_a_repeated_block() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let decision = world.step(&mut status, None);
+    let notices = world.record(&mut status.clone(), &decision);
+    assert!(
+        notices.iter().all(|n| n.note.contains("bbbbbbbbbbbb")),
+        "{notices:?}"
     );
-    assert_eq!(
-        decide(&input(&status, git(C), Verification::Passed)),
-        Decision::MarkHealthy { revision: B.into() }
-    );
+    let block = Decision::Block {
+        revision: B.into(),
+        reason: BlockReason::RevisionInvalid,
+        message: "a.yaml:3: bad".into(),
+        retry: false,
+    };
+    let first = world.record(&mut status, &block);
+    assert_eq!(first.len(), 1);
+    assert!(first[0].note.contains("bbbbbbbbbbbb"));
+    let again = world.record(&mut status, &block);
+    assert!(again.is_empty(), "{again:?}");
 }

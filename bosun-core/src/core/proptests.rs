@@ -1,0 +1,341 @@
+//! Properties of the decision over arbitrary sequences of what the world does (new
+//! commits, pins, spec changes, suspension, a broken Runbook) and of what steps report
+//! (success, transient errors, refusals, any verification verdict):
+//! - every pass ends, and every path ends: once the world is quiet and steps succeed,
+//!   the app comes to rest;
+//! - a quarantined revision is never deployed again at the generation it was
+//!   quarantined at (only a later pin or spec change may try it once more);
+//! - a rollback only ever targets `lastHealthyRevision`, from its snapshot;
+//! - nothing is ever blamed for a transient error or a broken Runbook.
+
+use proptest::prelude::*;
+
+use super::record::{Context, record};
+use super::tests::{A, B, C, DIGEST, t0};
+use super::*;
+use crate::api::{InventoryEntry, Verdict};
+
+const REVISIONS: [&str; 3] = [A, B, C];
+
+/// What happens between two passes.
+#[derive(Clone, Debug)]
+struct World {
+    desired: Option<(usize, bool)>,
+    generation_bump: bool,
+    spec_change: bool,
+    suspended: bool,
+    automatic_rollback: bool,
+    runbook_broken: bool,
+    minutes_later: u8,
+    block_retry_due: bool,
+}
+
+fn world() -> impl Strategy<Value = World> {
+    (
+        prop::option::weighted(0.9, (0..3usize, prop::bool::weighted(0.2))),
+        prop::bool::weighted(0.15),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.85),
+        prop::bool::weighted(0.1),
+        0..15u8,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                desired,
+                generation_bump,
+                spec_change,
+                suspended,
+                automatic_rollback,
+                runbook_broken,
+                minutes_later,
+                block_retry_due,
+            )| World {
+                desired,
+                generation_bump,
+                spec_change,
+                suspended,
+                automatic_rollback,
+                runbook_broken,
+                minutes_later,
+                block_retry_due,
+            },
+        )
+}
+
+/// What a step reports, chosen by index so that one strategy serves every step.
+#[derive(Clone, Copy, Debug)]
+enum Report {
+    Succeed,
+    Transient,
+    Refuse(usize),
+    Verdict(Verdict),
+}
+
+fn report() -> impl Strategy<Value = Report> {
+    prop_oneof![
+        6 => Just(Report::Succeed),
+        2 => Just(Report::Transient),
+        1 => (0..3usize).prop_map(Report::Refuse),
+        2 => Just(Report::Verdict(Verdict::Pending)),
+        2 => Just(Report::Verdict(Verdict::Passed)),
+        2 => Just(Report::Verdict(Verdict::Failed)),
+    ]
+}
+
+fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
+    let entry = InventoryEntry {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some("shop".into()),
+        name: format!("cm-{}", &revision[..1]),
+        adopted: false,
+    };
+    let verdict = |verdict| {
+        let gates = vec![GateVerdict {
+            name: "health".into(),
+            verdict,
+            message: None,
+        }];
+        StepOutcome::Verified(match verdict {
+            Verdict::Pending => Verification::Pending { gates },
+            Verdict::Passed => Verification::Passed { gates },
+            Verdict::Failed => Verification::Failed {
+                message: "gate failed".into(),
+                gates,
+            },
+        })
+    };
+    match (step, report) {
+        (_, Report::Transient) => StepOutcome::Transient("connection reset".into()),
+        (_, Report::Refuse(kind)) if step != Step::Verify => StepOutcome::Refused(Failure::new(
+            [
+                FailureKind::RevisionInvalid,
+                FailureKind::Forbidden,
+                FailureKind::OwnershipConflict,
+            ][kind],
+            "refused",
+        )),
+        (Step::Verify, Report::Verdict(v)) => verdict(v),
+        (Step::Verify, _) => verdict(Verdict::Passed),
+        (Step::Render, _) => StepOutcome::Done(StepResult::Rendered {
+            render_digest: "r".into(),
+            objects: 1,
+        }),
+        (Step::Snapshot, _) => StepOutcome::Done(StepResult::SnapshotStored {
+            name: format!("snap-{revision}"),
+        }),
+        (Step::Inventory, _) => StepOutcome::Done(StepResult::Planned {
+            inventory: vec![entry],
+        }),
+        (Step::Apply, _) => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry],
+            sent: 1,
+            ..Default::default()
+        })),
+    }
+}
+
+struct Model {
+    status: AppDeploymentStatus,
+    generation: i64,
+    digest: &'static str,
+    now: Timestamp,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            status: AppDeploymentStatus::default(),
+            generation: 1,
+            digest: DIGEST,
+            now: t0(),
+        }
+    }
+
+    /// One pass under `world`, steps reporting from `reports` (then success). Checks the
+    /// invariants at every decision; returns the decisions.
+    fn pass(&mut self, world: &World, reports: &mut impl Iterator<Item = Report>) -> Vec<Decision> {
+        if world.generation_bump || world.spec_change {
+            self.generation += 1;
+        }
+        if world.spec_change {
+            self.digest = if self.digest == DIGEST { "d2" } else { DIGEST };
+        }
+        self.now += k8s_openapi::jiff::SignedDuration::from_mins(world.minutes_later.into());
+        let desired = match world.desired {
+            Some((index, pinned)) => DesiredRevision::Known {
+                revision: REVISIONS[index].into(),
+                pinned,
+            },
+            None => DesiredRevision::Unavailable,
+        };
+        let problem = world
+            .runbook_broken
+            .then(|| Failure::new(FailureKind::RunbookInvalid, "spec.gates[0]: no probe"));
+        let mut decisions = Vec::new();
+        let mut outcome: Option<StepOutcome> = None;
+        for _ in 0..40 {
+            let input = Input {
+                status: &self.status,
+                generation: Some(self.generation),
+                suspended: world.suspended,
+                automatic_rollback: world.automatic_rollback,
+                desired: desired.clone(),
+                spec_digest: self.digest,
+                problem: problem.clone(),
+                outcome: outcome.take(),
+                now: self.now,
+                step_deadline: Duration::from_secs(600),
+                block_retry_due: world.block_retry_due,
+            };
+            let reported = input.outcome.clone();
+            let decision = decide(&input);
+            self.check(&input, &decision, reported.as_ref());
+            let before = self.status.clone();
+            record(
+                &mut self.status,
+                &decision,
+                &Context {
+                    now: self.now,
+                    generation: Some(self.generation),
+                    history_limit: 10,
+                    spec_digest: self.digest,
+                    desired: desired.revision(),
+                },
+            );
+            self.check_recorded(&before, &decision);
+            decisions.push(decision.clone());
+            match decision {
+                Decision::Run(step) => {
+                    let revision = self
+                        .status
+                        .operation
+                        .as_ref()
+                        .map(|op| op.revision.clone())
+                        .unwrap_or_default();
+                    let report = reports.next().unwrap_or(Report::Succeed);
+                    outcome = Some(outcome_of(step, report, &revision));
+                }
+                ref d if d.continues() => {}
+                _ => return decisions,
+            }
+        }
+        panic!("a pass did not end: {decisions:?}");
+    }
+
+    fn check(&self, input: &Input<'_>, decision: &Decision, reported: Option<&StepOutcome>) {
+        let status = input.status;
+        match decision {
+            Decision::StartDeploy { revision } => {
+                let held_at_this_generation = status
+                    .quarantined
+                    .iter()
+                    .any(|q| &q.revision == revision && q.generation == input.generation);
+                assert!(
+                    !held_at_this_generation,
+                    "quarantined revision {revision} deployed again at generation {:?}: {status:#?}",
+                    input.generation
+                );
+                assert!(!input.suspended, "a deploy started while suspended");
+                assert!(input.problem.is_none(), "a deploy started with a broken Runbook");
+            }
+            Decision::RollBack { to, .. } => {
+                assert_eq!(Some(to), status.last_healthy_revision.as_ref(), "rollback target");
+                assert!(status.last_healthy_snapshot.is_some());
+            }
+            Decision::Run(_) => {
+                assert!(!input.suspended, "a step ran while suspended");
+                assert!(input.problem.is_none(), "a step ran with a broken Runbook");
+            }
+            _ => {}
+        }
+        // A transient error is never a verdict.
+        if matches!(reported, Some(StepOutcome::Transient(_))) {
+            assert!(
+                matches!(decision, Decision::Retry { .. } | Decision::GiveUp { .. }),
+                "transient error led to {decision:?}"
+            );
+        }
+    }
+
+    fn check_recorded(&self, before: &AppDeploymentStatus, decision: &Decision) {
+        let after = &self.status;
+        // Only a failed verification or apply quarantines, and only one revision.
+        let newly_quarantined: Vec<&str> = after
+            .quarantined
+            .iter()
+            .filter(|q| {
+                !before
+                    .quarantined
+                    .iter()
+                    .any(|b| b.revision == q.revision && b.at == q.at)
+            })
+            .map(|q| q.revision.as_str())
+            .collect();
+        if !newly_quarantined.is_empty() {
+            assert!(
+                matches!(decision, Decision::RollBack { .. } | Decision::Fail { .. }),
+                "{decision:?} quarantined {newly_quarantined:?}"
+            );
+        }
+        // The rollback target is never the one quarantined by its own failure.
+        if let Some(operation) = &after.operation
+            && operation.kind == OperationKind::Rollback
+        {
+            assert_eq!(Some(&operation.revision), after.last_healthy_revision.as_ref());
+            assert_ne!(operation.failed_revision.as_ref(), Some(&operation.revision));
+        }
+        // History stays bounded; one open entry per revision at most.
+        assert!(after.history.len() <= 10);
+        for revision in REVISIONS {
+            let open = after
+                .history
+                .iter()
+                .filter(|e| e.revision == revision && e.finished_at.is_none())
+                .count();
+            assert!(
+                open <= 1,
+                "{open} open history entries for {revision}: {:#?}",
+                after.history
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn every_path_ends_and_the_invariants_hold(
+        worlds in prop::collection::vec(world(), 1..12),
+        reports in prop::collection::vec(report(), 0..60),
+        settle_on in 0..3usize,
+    ) {
+        let mut model = Model::new();
+        let mut reports = reports.into_iter();
+        for world in &worlds {
+            model.pass(world, &mut reports);
+        }
+        // The world goes quiet and every step succeeds: within a few passes the app is
+        // at rest (no operation), whatever happened before.
+        let quiet = World {
+            desired: Some((settle_on, false)),
+            generation_bump: false,
+            spec_change: false,
+            suspended: false,
+            automatic_rollback: true,
+            runbook_broken: false,
+            minutes_later: 1,
+            block_retry_due: false,
+        };
+        let mut succeed = std::iter::repeat(Report::Verdict(Verdict::Passed));
+        for _ in 0..6 {
+            model.pass(&quiet, &mut succeed);
+        }
+        prop_assert!(model.status.operation.is_none(), "still in an operation: {:#?}", model.status);
+        let last = model.pass(&quiet, &mut succeed);
+        prop_assert_eq!(last, vec![Decision::Wait]);
+    }
+}

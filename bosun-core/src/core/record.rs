@@ -1,0 +1,858 @@
+//! What a [`Decision`] means for `AppDeployment.status`: the operation's step, phase,
+//! kstatus conditions, history, quarantine and the Events that announce it. Pure:
+//! the controller persists the result and publishes the [`Notice`]s afterwards.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{Timestamp, Unit};
+
+use super::{Decision, StepResult};
+use crate::api::{
+    AppDeploymentStatus, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification, InventoryEntry,
+    Operation, OperationKind, Phase, Quarantine, Step, condition, remove_condition, set_condition,
+    short_revision,
+};
+
+/// How many quarantine entries are kept (quarantine matters only while Git points at
+/// a revision; old entries are of no use).
+const MAX_QUARANTINED: usize = 20;
+
+/// What the bookkeeping needs besides the status.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub now: Timestamp,
+    pub generation: Option<i64>,
+    /// `spec.revisionHistoryLimit` (default 10).
+    pub history_limit: usize,
+    /// [`crate::api::AppDeploymentSpec::apply_digest`] of the current spec.
+    pub spec_digest: &'a str,
+    /// The Git tip (or pin) when known: `Ready` is true only when it is what runs.
+    pub desired: Option<&'a str>,
+}
+
+impl Context<'_> {
+    fn now_text(&self) -> String {
+        rfc3339(self.now)
+    }
+}
+
+/// An Event to publish once the status that records it is saved. The note always names
+/// the revision it is about, so Events of different revisions are never merged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Notice {
+    fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+    fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+}
+
+/// A time as status fields hold it: RFC 3339, to the second.
+pub fn rfc3339(time: Timestamp) -> String {
+    time.round(Unit::Second).unwrap_or(time).to_string()
+}
+
+/// Writes `decision` into `status`; returns the Events that announce it.
+pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Context<'_>) -> Vec<Notice> {
+    status.observed_generation = ctx.generation;
+    let mut notices = Vec::new();
+    match decision {
+        Decision::Wait | Decision::Run(_) => {}
+        Decision::StartDeploy { revision } => start_deploy(status, revision, ctx, &mut notices),
+        Decision::Advance(result) => advance(status, result, ctx, &mut notices),
+        Decision::KeepVerifying { gates } => {
+            if let Some(operation) = &status.operation
+                && operation.kind == OperationKind::Deploy
+            {
+                let revision = operation.revision.clone();
+                record_gates(status, &revision, gates, false);
+            }
+        }
+        Decision::MarkHealthy { gates } => mark_healthy(status, gates, ctx, &mut notices),
+        Decision::RollBack {
+            failed_revision,
+            to,
+            message,
+            gates,
+        } => roll_back(status, failed_revision, to, message, gates, ctx, &mut notices),
+        Decision::FinishRollback => finish_rollback(status, ctx, &mut notices),
+        Decision::Fail {
+            revision,
+            message,
+            quarantine: held,
+            gates,
+        } => {
+            status.operation = None;
+            if let Some(held) = held {
+                quarantine(status, held, message, ctx);
+            }
+            record_gates(status, revision, gates, true);
+            update_history(status, revision, Phase::Failed, Some(message), true, ctx);
+            set_condition_now(status, condition::GATES_PASSED, false, "GateFailed", message, ctx);
+            set_phase(status, Phase::Failed, message, ctx);
+            notices.push(Notice::warning(
+                "Failed",
+                format!("revision {}: {message}", short_revision(revision)),
+            ));
+        }
+        Decision::GiveUp { step, message } => give_up(status, *step, message, ctx, &mut notices),
+        Decision::Block {
+            revision,
+            reason,
+            message,
+            retry,
+        } => block(status, revision, *reason, message, *retry, ctx, &mut notices),
+        Decision::Retry { step, message } => {
+            let Some(operation) = status.operation.as_mut() else {
+                return notices;
+            };
+            operation.attempt = operation.attempt.saturating_add(1);
+            operation.last_error = Some(message.clone());
+            let text = format!(
+                "retrying step {step} of revision {} (attempt {}): {message}",
+                short_revision(&operation.revision),
+                operation.attempt
+            );
+            let first = operation.attempt == 1;
+            set_condition_now(status, condition::RECONCILING, true, "Retrying", &text, ctx);
+            if first {
+                notices.push(Notice::warning("Retrying", text));
+            }
+        }
+        Decision::BlockOnProblem(problem) => {
+            let reason = problem.kind.reason();
+            let changed =
+                status.phase != Phase::Blocked || ready_message(status) != Some(problem.message.as_str());
+            set_phase_with_reason(status, Phase::Blocked, reason, &problem.message, ctx);
+            if changed {
+                let about = status
+                    .operation
+                    .as_ref()
+                    .map(|op| op.revision.as_str())
+                    .or(ctx.desired)
+                    .map(|revision| format!("revision {}: ", short_revision(revision)))
+                    .unwrap_or_default();
+                notices.push(Notice::warning(reason, format!("{about}{}", problem.message)));
+            }
+        }
+        Decision::Suspend => {
+            set_phase(
+                status,
+                Phase::Suspended,
+                "spec.suspend is set: Git is not followed",
+                ctx,
+            );
+            let about = status
+                .current_revision
+                .as_deref()
+                .map(|revision| format!(" (revision {} stays as it is)", short_revision(revision)))
+                .unwrap_or_default();
+            notices.push(Notice::normal(
+                "Suspended",
+                format!("spec.suspend is set: Git is not followed{about}"),
+            ));
+        }
+        Decision::Resume { phase } => {
+            if let Some(operation) = status.operation.as_mut() {
+                // The step starts over with a fresh deadline (and, for verification, a
+                // fresh window).
+                operation.step_started_at = ctx.now_text();
+                operation.attempt = 0;
+                operation.last_error = None;
+            }
+            let about = status
+                .operation
+                .as_ref()
+                .map(|op| op.revision.as_str())
+                .or(status.current_revision.as_deref())
+                .map(short_revision)
+                .unwrap_or_default();
+            let message = format!("resumed: {phase} (revision {about})");
+            set_phase(status, *phase, &message, ctx);
+            notices.push(Notice::normal("Resumed", message));
+        }
+        Decision::Adopt { revision } => {
+            status.blocked = None;
+            let message = format!(
+                "Git points at the running healthy revision {}",
+                short_revision(revision)
+            );
+            set_phase(status, Phase::Healthy, &message, ctx);
+            notices.push(Notice::normal("Healthy", message));
+        }
+    }
+    notices
+}
+
+fn start_deploy(
+    status: &mut AppDeploymentStatus,
+    revision: &str,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let short = short_revision(revision);
+    let previous = status.operation.take();
+    let mut interrupted = None;
+    if let Some(previous) = previous {
+        match previous.kind {
+            // A verification in progress is kept aside: if this revision is refused
+            // before anything of it is written, it carries on.
+            OperationKind::Deploy if previous.step == Step::Verify => {
+                interrupted = Some(InterruptedVerification {
+                    revision: previous.revision,
+                    started_at: previous.started_at,
+                    step_started_at: previous.step_started_at,
+                    render_digest: previous.render_digest,
+                    snapshot: previous.snapshot,
+                    applied_at: previous.applied_at,
+                    restart_baseline: previous.restart_baseline,
+                });
+            }
+            // An unfinished deploy that never went live is simply replaced (what it may
+            // have written is in the inventory and pruned by this one).
+            OperationKind::Deploy => {
+                let message = format!("superseded by {short}");
+                update_history(
+                    status,
+                    &previous.revision,
+                    Phase::Failed,
+                    Some(&message),
+                    true,
+                    ctx,
+                );
+            }
+            OperationKind::Rollback => {
+                if let Some(failed) = &previous.failed_revision {
+                    let message = format!("rollback given up for {short}");
+                    update_history(status, failed, Phase::RolledBack, Some(&message), true, ctx);
+                }
+            }
+        }
+    }
+    if status
+        .blocked
+        .as_ref()
+        .is_some_and(|block| block.revision != revision)
+    {
+        status.blocked = None;
+    }
+    let now = ctx.now_text();
+    if open_entry(status, revision).is_none() {
+        open_history(status, revision, Phase::Applying, &now, ctx.history_limit);
+    } else {
+        update_history(status, revision, Phase::Applying, None, false, ctx);
+    }
+    status.operation = Some(Operation {
+        kind: OperationKind::Deploy,
+        revision: revision.to_string(),
+        failed_revision: None,
+        step: Step::Render,
+        attempt: 0,
+        last_error: None,
+        started_at: now.clone(),
+        step_started_at: now,
+        render_digest: None,
+        snapshot: None,
+        applied_at: None,
+        restart_baseline: Vec::new(),
+        interrupted,
+    });
+    remove_condition(&mut status.conditions, condition::PRUNED);
+    let message = format!("applying revision {short}");
+    set_phase(status, Phase::Applying, &message, ctx);
+    notices.push(Notice::normal("Applying", message));
+}
+
+fn advance(
+    status: &mut AppDeploymentStatus,
+    result: &StepResult,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let spec_digest = ctx.spec_digest.to_string();
+    let now = ctx.now_text();
+    let Some(operation) = status.operation.as_mut() else {
+        return;
+    };
+    let next = match result {
+        StepResult::Rendered { render_digest, .. } => {
+            operation.render_digest = Some(render_digest.clone());
+            Step::Snapshot
+        }
+        StepResult::SnapshotStored { name } => {
+            operation.snapshot = Some(name.clone());
+            Step::Inventory
+        }
+        StepResult::Planned { inventory } => {
+            // Written ahead: whatever the apply creates is owned even if it stops half-way.
+            let owned = union(&status.inventory, inventory);
+            status.inventory = owned;
+            Step::Apply
+        }
+        StepResult::Applied(applied) => {
+            operation.applied_at = Some(now.clone());
+            operation.restart_baseline = applied.restart_baseline.clone();
+            let revision = operation.revision.clone();
+            let kind = operation.kind;
+            let snapshot = operation.snapshot.clone();
+            // The verification this revision interrupted is over: superseded.
+            if let Some(interrupted) = operation.interrupted.take() {
+                let message = format!("superseded by {}", short_revision(&revision));
+                update_history(
+                    status,
+                    &interrupted.revision,
+                    Phase::Failed,
+                    Some(&message),
+                    true,
+                    ctx,
+                );
+            }
+            status.inventory = applied.inventory.clone();
+            status.current_spec_digest = Some(spec_digest);
+            status.current_snapshot = snapshot;
+            set_current_revision(status, &revision);
+            if applied.prune_failures.is_empty() {
+                remove_condition(&mut status.conditions, condition::PRUNED);
+            } else {
+                let message = format!("could not prune (retried): {}", applied.prune_failures.join("; "));
+                set_condition_now(status, condition::PRUNED, false, "PruneFailed", &message, ctx);
+                notices.push(Notice::warning(
+                    "PruneFailed",
+                    format!("revision {}: {message}", short_revision(&revision)),
+                ));
+            }
+            let message = format!(
+                "revision {} applied ({} sent, {} unchanged, {} pruned); verifying",
+                short_revision(&revision),
+                applied.sent,
+                applied.unchanged,
+                applied.pruned
+            );
+            match kind {
+                OperationKind::Deploy => {
+                    update_history(status, &revision, Phase::Verifying, Some(&message), false, ctx);
+                    set_condition_now(status, condition::GATES_PASSED, false, "Verifying", &message, ctx);
+                    set_phase(status, Phase::Verifying, &message, ctx);
+                    notices.push(Notice::normal("Verifying", message));
+                }
+                OperationKind::Rollback => {
+                    let message = format!("last healthy {message}");
+                    set_phase(status, Phase::RollingBack, &message, ctx);
+                    notices.push(Notice::warning("RollbackApplied", message));
+                }
+            }
+            Step::Verify
+        }
+    };
+    if let Some(operation) = status.operation.as_mut() {
+        operation.step = next;
+        operation.step_started_at = now;
+        operation.attempt = 0;
+        operation.last_error = None;
+    }
+    remove_retrying(status, ctx);
+}
+
+fn mark_healthy(
+    status: &mut AppDeploymentStatus,
+    gates: &[GateVerdict],
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let Some(operation) = status.operation.take() else {
+        return;
+    };
+    let revision = operation.revision;
+    let short = short_revision(&revision);
+    set_last_healthy(status, &revision, operation.snapshot);
+    if status
+        .blocked
+        .as_ref()
+        .is_some_and(|block| block.revision == revision)
+    {
+        status.blocked = None;
+    }
+    let message = format!("revision {short} passed every gate");
+    record_gates(status, &revision, gates, true);
+    update_history(status, &revision, Phase::Healthy, Some(&message), true, ctx);
+    set_condition_now(
+        status,
+        condition::GATES_PASSED,
+        true,
+        "GatesPassed",
+        &message,
+        ctx,
+    );
+    let phase = phase_at_rest(status, ctx.desired);
+    let phase_message = match (phase, &status.blocked) {
+        (Phase::Blocked, Some(block)) => format!(
+            "{message}; Git tip {} is blocked: {}",
+            short_revision(&block.revision),
+            block.message
+        ),
+        _ => message.clone(),
+    };
+    set_phase(status, phase, &phase_message, ctx);
+    notices.push(Notice::normal("Healthy", message));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn roll_back(
+    status: &mut AppDeploymentStatus,
+    failed_revision: &str,
+    to: &str,
+    message: &str,
+    gates: &[GateVerdict],
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    quarantine(status, failed_revision, message, ctx);
+    record_gates(status, failed_revision, gates, true);
+    update_history(
+        status,
+        failed_revision,
+        Phase::RollingBack,
+        Some(message),
+        false,
+        ctx,
+    );
+    set_condition_now(status, condition::GATES_PASSED, false, "GateFailed", message, ctx);
+    let now = ctx.now_text();
+    status.operation = Some(Operation {
+        kind: OperationKind::Rollback,
+        revision: to.to_string(),
+        failed_revision: Some(failed_revision.to_string()),
+        step: Step::Inventory,
+        attempt: 0,
+        last_error: None,
+        started_at: now.clone(),
+        step_started_at: now,
+        render_digest: None,
+        snapshot: status.last_healthy_snapshot.clone(),
+        applied_at: None,
+        restart_baseline: Vec::new(),
+        interrupted: None,
+    });
+    let note = format!(
+        "revision {} failed ({message}); rolling back to {}",
+        short_revision(failed_revision),
+        short_revision(to)
+    );
+    set_phase(status, Phase::RollingBack, &note, ctx);
+    notices.push(Notice::warning("RollingBack", note));
+}
+
+fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &Context<'_>, notices: &mut Vec<Notice>) {
+    let Some(operation) = status.operation.take() else {
+        return;
+    };
+    let message = match &operation.failed_revision {
+        Some(failed) => format!(
+            "rolled back from {} to last healthy revision {}",
+            short_revision(failed),
+            short_revision(&operation.revision)
+        ),
+        None => format!(
+            "rolled back to last healthy revision {}",
+            short_revision(&operation.revision)
+        ),
+    };
+    if let Some(failed) = &operation.failed_revision {
+        update_history(status, failed, Phase::RolledBack, None, true, ctx);
+    }
+    set_condition_now(status, condition::ROLLED_BACK, true, "RolledBack", &message, ctx);
+    let phase = match phase_at_rest(status, ctx.desired) {
+        // Git still points at the failed revision: the phase says it was rolled back.
+        Phase::Healthy => Phase::Healthy,
+        Phase::Blocked => Phase::Blocked,
+        _ => Phase::RolledBack,
+    };
+    set_phase(status, phase, &message, ctx);
+    notices.push(Notice::warning("RolledBack", message));
+}
+
+fn give_up(
+    status: &mut AppDeploymentStatus,
+    step: Step,
+    message: &str,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let Some(operation) = status.operation.take() else {
+        return;
+    };
+    let (revision, note) = match operation.kind {
+        OperationKind::Deploy => (operation.revision.clone(), message.to_string()),
+        OperationKind::Rollback => (
+            operation.failed_revision.clone().unwrap_or_default(),
+            format!(
+                "rolling back to {} gave up: {message}",
+                short_revision(&operation.revision)
+            ),
+        ),
+    };
+    if operation.kind == OperationKind::Deploy {
+        // Nothing is held against the revision: it is tried again at the next interval.
+        status.blocked = Some(BlockedRevision {
+            revision: revision.clone(),
+            reason: crate::api::BlockReason::DeadlineExceeded,
+            message: note.clone(),
+            generation: ctx.generation,
+            at: ctx.now_text(),
+            retry: true,
+        });
+    }
+    let _ = step;
+    update_history(status, &revision, Phase::Failed, Some(&note), true, ctx);
+    remove_retrying(status, ctx);
+    set_phase_with_reason(status, Phase::Failed, "DeadlineExceeded", &note, ctx);
+    notices.push(Notice::warning(
+        "DeadlineExceeded",
+        format!("revision {}: {note}", short_revision(&revision)),
+    ));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block(
+    status: &mut AppDeploymentStatus,
+    revision: &str,
+    reason: crate::api::BlockReason,
+    message: &str,
+    retry: bool,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let note = format!("revision {}: {message}", short_revision(revision));
+    let repeated = status
+        .blocked
+        .as_ref()
+        .is_some_and(|block| block.revision == revision && block.message == message);
+    status.blocked = Some(BlockedRevision {
+        revision: revision.to_string(),
+        reason,
+        message: message.to_string(),
+        generation: ctx.generation,
+        at: ctx.now_text(),
+        retry,
+    });
+    if open_entry(status, revision).is_none() && !repeated {
+        open_history(
+            status,
+            revision,
+            Phase::Blocked,
+            &ctx.now_text(),
+            ctx.history_limit,
+        );
+    }
+    update_history(status, revision, Phase::Blocked, Some(message), true, ctx);
+    remove_retrying(status, ctx);
+    let interrupted = status
+        .operation
+        .take()
+        .filter(|op| op.revision == revision)
+        .and_then(|op| op.interrupted);
+    match interrupted {
+        Some(verification) => {
+            // Nothing of the blocked revision was written: the one it interrupted
+            // carries on with its verification.
+            let message = format!(
+                "{note}; still verifying {}",
+                short_revision(&verification.revision)
+            );
+            status.operation = Some(Operation {
+                kind: OperationKind::Deploy,
+                revision: verification.revision,
+                failed_revision: None,
+                step: Step::Verify,
+                attempt: 0,
+                last_error: None,
+                started_at: verification.started_at,
+                step_started_at: verification.step_started_at,
+                render_digest: verification.render_digest,
+                snapshot: verification.snapshot,
+                applied_at: verification.applied_at,
+                restart_baseline: verification.restart_baseline,
+                interrupted: None,
+            });
+            set_phase(status, Phase::Verifying, &message, ctx);
+        }
+        None => set_phase_with_reason(status, Phase::Blocked, reason.as_str(), &note, ctx),
+    }
+    if !repeated {
+        notices.push(Notice::warning("Blocked", note));
+    }
+}
+
+/// The phase that says what runs when no operation is in progress.
+pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>) -> Phase {
+    let current = status.current_revision.as_deref();
+    let healthy = status.last_healthy_revision.as_deref();
+    let runs_healthy = current.is_some() && current == healthy;
+    match desired {
+        Some(desired) if status.blocked.as_ref().is_some_and(|b| b.revision == desired) => {
+            if status
+                .blocked
+                .as_ref()
+                .is_some_and(|b| b.reason == crate::api::BlockReason::DeadlineExceeded)
+            {
+                Phase::Failed
+            } else {
+                Phase::Blocked
+            }
+        }
+        Some(desired) if runs_healthy && current == Some(desired) => Phase::Healthy,
+        Some(desired) if runs_healthy && super::is_quarantined(status, desired) => Phase::RolledBack,
+        None if runs_healthy => Phase::Healthy,
+        _ if current.is_some_and(|c| super::is_quarantined(status, c)) => Phase::Failed,
+        _ if runs_healthy => Phase::Healthy,
+        _ => Phase::Pending,
+    }
+}
+
+/// The phase that says what an operation at its current step is doing.
+pub fn phase_of_step(operation: &Operation) -> Phase {
+    match (operation.kind, operation.step) {
+        (OperationKind::Rollback, _) => Phase::RollingBack,
+        (OperationKind::Deploy, Step::Verify) => Phase::Verifying,
+        (OperationKind::Deploy, _) => Phase::Applying,
+    }
+}
+
+/// Sets the phase and the kstatus conditions that follow from it. `Ready` is true only
+/// when the app is Healthy *and* runs the Git tip (or pin); `Reconciling` (work under
+/// way) and `Stalled` (nothing changes without a new commit or spec) are present only
+/// while true, as kstatus expects.
+pub fn set_phase(status: &mut AppDeploymentStatus, phase: Phase, message: &str, ctx: &Context<'_>) {
+    let reason = match phase {
+        Phase::Pending
+        | Phase::Fetching
+        | Phase::BackingUp
+        | Phase::Migrating
+        | Phase::Applying
+        | Phase::Verifying => "Progressing",
+        _ => phase.as_str(),
+    };
+    set_phase_with_reason(status, phase, reason, message, ctx);
+}
+
+fn set_phase_with_reason(
+    status: &mut AppDeploymentStatus,
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    ctx: &Context<'_>,
+) {
+    status.phase = phase;
+    let runs_desired = ctx
+        .desired
+        .is_none_or(|desired| status.current_revision.as_deref() == Some(desired));
+    let (ready, reconciling, stalled) = match phase {
+        Phase::Healthy => (Some(runs_desired), !runs_desired, false),
+        Phase::Pending
+        | Phase::Fetching
+        | Phase::BackingUp
+        | Phase::Migrating
+        | Phase::Applying
+        | Phase::Verifying
+        | Phase::RollingBack => (Some(false), true, false),
+        Phase::RolledBack | Phase::Blocked | Phase::Failed => (Some(false), false, true),
+        // Suspension changes nothing about what runs: Ready keeps its last word.
+        Phase::Suspended => (None, false, false),
+    };
+    let ready_reason = if phase == Phase::Healthy && !runs_desired {
+        "Progressing"
+    } else {
+        reason
+    };
+    if let Some(ready) = ready {
+        set_condition_now(status, condition::READY, ready, ready_reason, message, ctx);
+    }
+    if reconciling {
+        if !is_retrying(status) {
+            set_condition_now(status, condition::RECONCILING, true, phase.as_str(), message, ctx);
+        }
+    } else {
+        remove_condition(&mut status.conditions, condition::RECONCILING);
+    }
+    if stalled {
+        set_condition_now(status, condition::STALLED, true, reason, message, ctx);
+    } else {
+        remove_condition(&mut status.conditions, condition::STALLED);
+    }
+    if phase == Phase::Healthy {
+        remove_condition(&mut status.conditions, condition::ROLLED_BACK);
+    }
+}
+
+fn is_retrying(status: &AppDeploymentStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::RECONCILING && c.reason == "Retrying")
+}
+
+/// A step that finished is no longer being retried.
+fn remove_retrying(status: &mut AppDeploymentStatus, ctx: &Context<'_>) {
+    if is_retrying(status) {
+        remove_condition(&mut status.conditions, condition::RECONCILING);
+        let phase = status.phase;
+        let message = ready_message(status).unwrap_or_default().to_string();
+        set_phase(status, phase, &message, ctx);
+    }
+}
+
+fn ready_message(status: &AppDeploymentStatus) -> Option<&str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::READY)
+        .map(|c| c.message.as_str())
+}
+
+pub fn set_condition_now(
+    status: &mut AppDeploymentStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    ctx: &Context<'_>,
+) {
+    set_condition(
+        &mut status.conditions,
+        type_,
+        value,
+        reason,
+        message,
+        ctx.generation,
+        &Time(ctx.now),
+    );
+}
+
+pub fn set_current_revision(status: &mut AppDeploymentStatus, revision: &str) {
+    status.current_revision = Some(revision.to_string());
+    status.current_revision_short = Some(short_revision(revision));
+}
+
+fn set_last_healthy(status: &mut AppDeploymentStatus, revision: &str, snapshot: Option<String>) {
+    status.last_healthy_revision = Some(revision.to_string());
+    status.last_healthy_revision_short = Some(short_revision(revision));
+    status.last_healthy_snapshot = snapshot;
+}
+
+/// Opens a history entry for `revision`, newest first, bounded by `limit`.
+pub fn open_history(
+    status: &mut AppDeploymentStatus,
+    revision: &str,
+    phase: Phase,
+    started_at: &str,
+    limit: usize,
+) {
+    status.history.insert(
+        0,
+        HistoryEntry {
+            revision: revision.to_string(),
+            phase,
+            started_at: started_at.to_string(),
+            ..Default::default()
+        },
+    );
+    status.history.truncate(limit.max(1));
+}
+
+/// The unfinished history entry of `revision`, if any.
+pub fn open_entry<'a>(status: &'a mut AppDeploymentStatus, revision: &str) -> Option<&'a mut HistoryEntry> {
+    status
+        .history
+        .iter_mut()
+        .find(|entry| entry.revision == revision && entry.finished_at.is_none())
+}
+
+/// Updates the open entry of `revision`; `finished` closes it.
+pub fn update_history(
+    status: &mut AppDeploymentStatus,
+    revision: &str,
+    phase: Phase,
+    message: Option<&str>,
+    finished: bool,
+    ctx: &Context<'_>,
+) {
+    if let Some(entry) = open_entry(status, revision) {
+        entry.phase = phase;
+        if let Some(message) = message {
+            entry.message = Some(message.to_string());
+        }
+        if finished {
+            entry.finished_at = Some(ctx.now_text());
+        }
+    }
+}
+
+/// The gates' verdicts on the open entry of `revision`. While verification goes on only
+/// a change of verdict is written (a message that changes every probe would rewrite the
+/// status every round); `always` writes the final word.
+fn record_gates(status: &mut AppDeploymentStatus, revision: &str, gates: &[GateVerdict], always: bool) {
+    if gates.is_empty() {
+        return;
+    }
+    if let Some(entry) = open_entry(status, revision) {
+        let verdicts = |list: &[GateVerdict]| -> Vec<(String, crate::api::Verdict)> {
+            list.iter().map(|g| (g.name.clone(), g.verdict)).collect()
+        };
+        if always || verdicts(&entry.gates) != verdicts(gates) {
+            entry.gates = gates.to_vec();
+        }
+    }
+}
+
+/// Quarantines `revision` at the current generation; a repeat failure refreshes it.
+pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str, ctx: &Context<'_>) {
+    status.quarantined.retain(|q| q.revision != revision);
+    status.quarantined.insert(
+        0,
+        Quarantine {
+            revision: revision.to_string(),
+            reason: reason.to_string(),
+            at: ctx.now_text(),
+            generation: ctx.generation,
+        },
+    );
+    status.quarantined.truncate(MAX_QUARANTINED);
+}
+
+/// Sorted union of what is owned and what is planned; an entry already owned keeps
+/// its `adopted` flag.
+pub fn union(owned: &[InventoryEntry], planned: &[InventoryEntry]) -> Vec<InventoryEntry> {
+    let mut all: Vec<InventoryEntry> = owned.to_vec();
+    for entry in planned {
+        if !all.iter().any(|e| e.same_object(entry)) {
+            all.push(entry.clone());
+        }
+    }
+    all.sort();
+    all
+}
+
+/// How long since an RFC 3339 time in status (zero if it does not parse or is ahead).
+pub fn elapsed_since(now: Timestamp, since: &str) -> Duration {
+    since
+        .parse::<Timestamp>()
+        .ok()
+        .and_then(|at| now.duration_since(at).try_into().ok())
+        .unwrap_or(Duration::ZERO)
+}
