@@ -1,13 +1,13 @@
 //! The Runbook and ClusterRunbook resources.
 //!
 //! Their CRD schema refuses at `kubectl apply` time what a Kubernetes 1.20 schema can
-//! express (patterns, minimums, enums, required fields, one probe kind per gate; see
-//! the `schemars` attributes below). The controller validates every Runbook it reads
-//! as well ([`RunbookSpec::validate`](super::RunbookSpec::validate)): CRDs installed by
-//! an older bosun, ClusterRunbooks written before an upgrade and probe kinds of a newer
-//! bosun all reach it without passing this schema, and some rules (unique gate names
-//! on servers that do not check them, `verifyWindow` < `progressDeadline`, the 30-day
-//! bound of durations) have no schema form without CEL.
+//! express (patterns, minimums, enums, required fields, one probe kind per gate, gate
+//! names as list-map keys; see the `schemars` attributes below). The controller
+//! validates every Runbook it reads as well ([`RunbookSpec::validate`]): Runbooks
+//! stored under CRDs of an older bosun, ClusterRunbooks written before an upgrade and
+//! probe kinds of a newer bosun all reach it without passing this schema, and some
+//! rules (`verifyWindow` < `progressDeadline`, the 30-day bound of durations, a full
+//! URL parse) have no schema form without CEL.
 
 use std::collections::BTreeMap;
 
