@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
+use bosun::gates::http::MAX_QUOTED_CHARS;
 use bosun::gates::{GateTracker, HttpProber, Verification};
 use serde_json::json;
 
@@ -33,6 +34,10 @@ impl App {
             .route("/cors", get(cors))
             .route("/status/{code}", get(status))
             .route("/echo", any(echo))
+            .route("/moved", get(moved))
+            .route("/moved-with-credentials", get(moved_with_credentials))
+            .route("/long-json", get(long_json))
+            .route("/long-header", get(long_header))
             .with_state(healthy.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -94,6 +99,33 @@ async fn echo(method: Method, headers: HeaderMap, body: Bytes) -> Json<serde_jso
         "body": String::from_utf8_lossy(&body),
         "tokenMatches": token == TOKEN,
     }))
+}
+
+async fn moved() -> impl IntoResponse {
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, "/health")],
+        "moved to /health",
+    )
+}
+
+/// A redirect whose Location carries credentials, which no message may show.
+async fn moved_with_credentials() -> impl IntoResponse {
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, "http://user:hunter2@127.0.0.1:1/login")],
+        "",
+    )
+}
+
+const LONG: usize = 5000;
+
+async fn long_json() -> Json<serde_json::Value> {
+    Json(json!({"status": "z".repeat(LONG)}))
+}
+
+async fn long_header() -> impl IntoResponse {
+    ([("x-version", "v".repeat(LONG))], "ok")
 }
 
 fn expect_json(pairs: &[(&str, serde_json::Value)]) -> HttpExpect {
@@ -449,5 +481,118 @@ async fn invalid_gate_fails_without_a_request() -> anyhow::Result<()> {
     };
     let outcome = prober.probe(&bad_method, TIMEOUT, NAMESPACE).await;
     assert_eq!(outcome.message, r#"method "GE T" is not an HTTP method"#);
+    Ok(())
+}
+
+fn expect_status(codes: &[u16]) -> HttpExpect {
+    HttpExpect {
+        status: codes.to_vec(),
+        ..HttpExpect::default()
+    }
+}
+
+#[tokio::test]
+async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+
+    let outcome = prober
+        .probe(&app.gate("/moved", expect_status(&[200])), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(!outcome.passed, "not followed by default: {}", outcome.message);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "GET {base}/moved: status 302, expected 200 (body: moved to /health); Location: {base}/health, \
+             not followed (set followRedirects: true to follow it)",
+            base = app.base
+        )
+    );
+
+    let outcome = prober
+        .probe(&app.gate("/moved", expect_status(&[302])), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(outcome.passed, "{}", outcome.message);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "GET {base}/moved: 302; Location: {base}/health, not followed (set followRedirects: true to follow it)",
+            base = app.base
+        )
+    );
+
+    let mut following = app.gate("/moved", ok_json());
+    following.follow_redirects = true;
+    let outcome = prober.probe(&following, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "followed to /health: {}", outcome.message);
+    assert_eq!(
+        outcome.message,
+        format!("GET {base}/moved → {base}/health: 200", base = app.base)
+    );
+
+    let outcome = prober
+        .probe(
+            &app.gate("/moved-with-credentials", HttpExpect::default()),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert!(
+        outcome
+            .message
+            .contains("Location: http://127.0.0.1:1/login, not followed"),
+        "{}",
+        outcome.message
+    );
+    assert!(!outcome.message.contains("hunter2"), "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let cut = |letter: &str| format!("{}…", letter.repeat(MAX_QUOTED_CHARS - 1));
+
+    let outcome = prober
+        .probe(
+            &app.gate("/long-json", expect_json(&[("status", json!("ok"))])),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    // The JSON value (with its opening quote) and the body are each cut.
+    assert!(
+        outcome.message.contains(&format!(
+            "json status: expected \"ok\", got \"{} (body: ",
+            cut("z")
+        )),
+        "{}",
+        outcome.message
+    );
+    assert!(
+        outcome.message.len() < 3 * MAX_QUOTED_CHARS,
+        "{}",
+        outcome.message
+    );
+
+    let wanted = HttpExpect {
+        headers: [("X-Version".to_string(), "2".to_string())].into(),
+        ..HttpExpect::default()
+    };
+    let outcome = prober
+        .probe(&app.gate("/long-header", wanted), TIMEOUT, NAMESPACE)
+        .await;
+    assert!(!outcome.passed);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "GET {}/long-header: header X-Version: expected \"2\", got \"{} (body: ok)",
+            app.base,
+            cut("v")
+        )
+    );
     Ok(())
 }

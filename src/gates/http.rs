@@ -1,6 +1,11 @@
 //! The Runbook `http` gate: one probe is one request whose answer is checked against
 //! `expect` (status, JSON field values, body text, response headers).
 //!
+//! Redirects are followed only when the gate sets `followRedirects: true`: otherwise a
+//! 3xx answer is judged as the status it is, and the message names its `Location`.
+//! Messages quote at most [`MAX_QUOTED_CHARS`] characters of anything from a response
+//! (body, JSON values, header values) and never request headers or URL credentials.
+//!
 //! [`evaluate_response`] and [`probe_url`] are pure; [`HttpProber`] does the I/O.
 
 use super::truncate;
@@ -9,12 +14,16 @@ use std::time::Duration;
 use reqwest::Method;
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::redirect;
 use serde_json::Value;
 
 use crate::api::{HttpExpect, HttpGate};
 
-/// Longest part of a response body quoted in a message.
-const MAX_QUOTED_BODY_CHARS: usize = 200;
+/// Longest text from a response (body, a JSON value, header values, a `Location`)
+/// quoted in a message: gate messages end up in `status` and Events.
+pub const MAX_QUOTED_CHARS: usize = 200;
+/// Redirects followed at most, for a gate with `followRedirects: true`.
+const MAX_REDIRECTS: usize = 10;
 /// Bodies are read up to this size; a health endpoint has no business sending more.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -46,27 +55,25 @@ pub enum ProberError {
     Client(#[source] reqwest::Error),
 }
 
-/// Sends the probes of every `http` gate through one shared connection pool.
+/// Sends the probes of every `http` gate through two shared connection pools: one
+/// that follows redirects and one that does not (reqwest sets the policy per client).
 #[derive(Clone, Debug)]
 pub struct HttpProber {
-    client: reqwest::Client,
+    not_following: reqwest::Client,
+    following: reqwest::Client,
 }
 
 impl HttpProber {
     pub fn new() -> Result<Self, ProberError> {
-        let client = reqwest::Client::builder()
-            .use_rustls_tls()
-            // Probes target in-cluster Services or URLs the Runbook names directly,
-            // like a kubelet probe: an HTTP_PROXY meant for egress must not reroute them.
-            .no_proxy()
-            .user_agent(concat!("bosun-gate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(ProberError::Client)?;
-        Ok(Self { client })
-    }
-
-    pub fn with_client(client: reqwest::Client) -> Self {
-        Self { client }
+        // Not following is the default: a redirect usually means the probe hit a login
+        // page or the wrong path, and a followed redirect carries the gate's custom
+        // headers (reqwest drops only Authorization and cookies) to wherever it points.
+        let not_following = client(redirect::Policy::none())?;
+        let following = client(redirect::Policy::limited(MAX_REDIRECTS))?;
+        Ok(Self {
+            not_following,
+            following,
+        })
     }
 
     /// Sends one request for `gate` and judges the answer. Never errors: anything that
@@ -95,7 +102,12 @@ impl HttpProber {
             Ok(headers) => headers,
             Err(problem) => return ProbeOutcome::failed(format!("{target}: {problem}")),
         };
-        let mut request = self.client.request(method, url).headers(headers);
+        let client = if gate.follow_redirects {
+            &self.following
+        } else {
+            &self.not_following
+        };
+        let mut request = client.request(method, url.clone()).headers(headers);
         if let Some(body) = &gate.body {
             request = request.body(body.clone());
         }
@@ -103,6 +115,7 @@ impl HttpProber {
             let mut response = request.send().await?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
+            let answered_from = response.url().clone();
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await? {
                 let room = MAX_BODY_BYTES - body.len();
@@ -111,7 +124,7 @@ impl HttpProber {
                     break;
                 }
             }
-            Ok::<_, reqwest::Error>((status, headers, body))
+            Ok::<_, reqwest::Error>((status, headers, body, answered_from))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout))),
@@ -121,14 +134,59 @@ impl HttpProber {
             Ok(Err(error)) => {
                 ProbeOutcome::failed(format!("{target}: {}", error_chain(&error.without_url())))
             }
-            Ok(Ok((status, headers, body))) => {
-                match evaluate_response(&gate.expect, status, &headers, &body) {
-                    Ok(()) => ProbeOutcome::passed(format!("{target}: {status}")),
-                    Err(problem) => ProbeOutcome::failed(format!("{target}: {problem}")),
+            Ok(Ok((status, headers, body, answered_from))) => {
+                // Where the answer came from, when redirects led elsewhere.
+                let target = if answered_from == url {
+                    target
+                } else {
+                    format!("{target} → {}", quote(&display_url(&answered_from)))
+                };
+                let redirect = redirect_note(status, &headers, &answered_from);
+                match (evaluate_response(&gate.expect, status, &headers, &body), redirect) {
+                    (Ok(()), None) => ProbeOutcome::passed(format!("{target}: {status}")),
+                    (Ok(()), Some(note)) => ProbeOutcome::passed(format!("{target}: {status}; {note}")),
+                    (Err(problem), None) => ProbeOutcome::failed(format!("{target}: {problem}")),
+                    (Err(problem), Some(note)) => {
+                        ProbeOutcome::failed(format!("{target}: {problem}; {note}"))
+                    }
                 }
             }
         }
     }
+}
+
+fn client(redirects: redirect::Policy) -> Result<reqwest::Client, ProberError> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        // Probes target in-cluster Services or URLs the Runbook names directly,
+        // like a kubelet probe: an HTTP_PROXY meant for egress must not reroute them.
+        .no_proxy()
+        .redirect(redirects)
+        .user_agent(concat!("bosun-gate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(ProberError::Client)
+}
+
+/// For a 3xx answer with a `Location` (not followed, or past the last redirect
+/// followed): where it pointed, resolved
+/// against the URL that answered, without credentials and cut short.
+pub fn redirect_note(status: u16, headers: &HeaderMap, answered_from: &Url) -> Option<String> {
+    if !(300..400).contains(&status) {
+        return None;
+    }
+    let location = match headers.get(reqwest::header::LOCATION).map(HeaderValue::to_str) {
+        // 304 Not Modified and friends point nowhere.
+        None => return None,
+        Some(Err(_)) => return Some("redirect to a Location that is not text".into()),
+        Some(Ok(location)) => match answered_from.join(location) {
+            Ok(resolved) => display_url(&resolved),
+            Err(_) => redact(location),
+        },
+    };
+    Some(format!(
+        "Location: {}, not followed (set followRedirects: true to follow it)",
+        quote(&location)
+    ))
 }
 
 /// Where a gate's probe goes: `url` (+ `path`), or
@@ -219,11 +277,13 @@ pub fn evaluate_response(
             let got = if values.is_empty() {
                 "none".to_string()
             } else {
-                values
-                    .iter()
-                    .map(|v| format!("{v:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                quote(
+                    &values
+                        .iter()
+                        .map(|v| format!("{v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             };
             problems.push(format!("header {name}: expected {expected:?}, got {got}"));
         }
@@ -241,9 +301,10 @@ pub fn evaluate_response(
                 for (path, expected) in &expect.json {
                     match json_lookup(&document, path) {
                         None => problems.push(format!("json {path}: expected {expected}, missing")),
-                        Some(actual) if !json_matches(expected, actual) => {
-                            problems.push(format!("json {path}: expected {expected}, got {actual}"))
-                        }
+                        Some(actual) if !json_matches(expected, actual) => problems.push(format!(
+                            "json {path}: expected {expected}, got {}",
+                            quote(&actual.to_string())
+                        )),
                         Some(_) => {}
                     }
                 }
@@ -256,7 +317,7 @@ pub fn evaluate_response(
     let quoted = if text.trim().is_empty() {
         "empty body".to_string()
     } else {
-        format!("body: {}", truncate(text.trim(), MAX_QUOTED_BODY_CHARS))
+        format!("body: {}", quote(text.trim()))
     };
     Err(format!("{} ({quoted})", problems.join("; ")))
 }
@@ -368,6 +429,11 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     parts.join(": ")
+}
+
+/// Text from a response as a message quotes it: at most [`MAX_QUOTED_CHARS`].
+fn quote(text: &str) -> String {
+    truncate(text, MAX_QUOTED_CHARS)
 }
 
 fn seconds(duration: Duration) -> String {
@@ -555,7 +621,56 @@ json:
         let error = evaluate_response(&HttpExpect::default(), 500, &HeaderMap::new(), body.as_bytes())
             .expect_err("status 500");
         let quoted = error.split("(body: ").nth(1).expect("body quoted");
-        assert_eq!(quoted, format!("{}…)", "x".repeat(MAX_QUOTED_BODY_CHARS)));
+        assert_eq!(quoted, format!("{}…)", "x".repeat(MAX_QUOTED_CHARS)));
+    }
+
+    #[test]
+    fn long_json_and_header_values_are_cut_in_messages() {
+        let long = "y".repeat(1000);
+        let body = json!({"status": long}).to_string();
+        let error = evaluate_response(
+            &expect("json: {status: ok}"),
+            200,
+            &HeaderMap::new(),
+            body.as_bytes(),
+        )
+        .expect_err("mismatch");
+        let got = error
+            .split("got ")
+            .nth(1)
+            .and_then(|rest| rest.split(" (body: ").next())
+            .expect("value quoted");
+        assert_eq!(got, format!("\"{}…", "y".repeat(MAX_QUOTED_CHARS - 1)));
+
+        let mut answered = HeaderMap::new();
+        answered.insert("x-version", HeaderValue::from_str(&long).expect("header value"));
+        let error = evaluate_response(&expect("headers: {X-Version: '2'}"), 200, &answered, b"")
+            .expect_err("mismatch");
+        assert_eq!(
+            error,
+            format!(
+                "header X-Version: expected \"2\", got \"{}… (empty body)",
+                "y".repeat(MAX_QUOTED_CHARS - 1)
+            )
+        );
+    }
+
+    #[test]
+    fn redirect_notes_resolve_the_location_without_credentials() {
+        let from = Url::parse("http://h:8080/app/health").expect("url");
+        assert_eq!(redirect_note(200, &headers(&[("location", "/x")]), &from), None);
+        assert_eq!(
+            redirect_note(302, &headers(&[("location", "../login?next=1")]), &from),
+            Some(
+                "Location: http://h:8080/login?next=1, not followed (set followRedirects: true to follow it)"
+                    .into()
+            )
+        );
+        assert_eq!(
+            redirect_note(301, &headers(&[("location", "https://u:hunter2@other/")]), &from),
+            Some("Location: https://other/, not followed (set followRedirects: true to follow it)".into())
+        );
+        assert_eq!(redirect_note(304, &HeaderMap::new(), &from), None);
     }
 
     #[test]

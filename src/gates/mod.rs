@@ -39,19 +39,25 @@ struct TrackedGate {
 }
 
 impl Verification {
+    /// Tracks every gate that has a probe this controller can send (`http`).
+    ///
+    /// Call it with the gates of a Runbook that passed `RunbookSpec::validate`, which
+    /// refuses a gate without such a probe. Should one arrive all the same, it is left
+    /// out (logged, never in `verdicts`): failing it, or leaving it pending until the
+    /// progress deadline, would hold a Runbook problem against a good revision.
     pub fn new(gates: &[Gate]) -> Self {
         let gates = gates
             .iter()
-            .map(|gate| {
-                let mut tracker = GateTracker::new(gate);
-                if gate.http.is_none() {
-                    // Nothing to probe would leave the gate pending forever; say so at once.
-                    tracker.fail(format!("gate {} has nothing to probe: set `http`", gate.name));
+            .filter(|gate| {
+                let probeable = gate.http.is_some();
+                if !probeable {
+                    tracing::warn!(gate = %gate.name, "gate has no probe this controller can send; not verified");
                 }
-                TrackedGate {
-                    gate: gate.clone(),
-                    tracker,
-                }
+                probeable
+            })
+            .map(|gate| TrackedGate {
+                gate: gate.clone(),
+                tracker: GateTracker::new(gate),
             })
             .collect();
         Self { gates }
@@ -211,20 +217,29 @@ mod tests {
     }
 
     #[test]
-    fn gate_without_probe_fails_at_once() {
-        let gate = Gate {
+    fn a_gate_without_a_probe_is_left_out_not_failed() {
+        let smoke = Gate {
             name: "smoke".into(),
             ..Gate::default()
         };
-        let verification = Verification::new(&[gate]);
-        let failed = verification.failed().expect("a failed gate");
-        assert_eq!(failed.name, "smoke");
-        assert!(
-            failed
-                .message
-                .as_deref()
-                .is_some_and(|m| m.contains("nothing to probe"))
+        let verification = Verification::new(std::slice::from_ref(&smoke));
+        assert!(verification.failed().is_none(), "never held against the revision");
+        assert!(verification.is_empty());
+        assert!(verification.all_passed(), "nothing left to wait for");
+        assert_eq!(verification.next_due(Instant::now()), IDLE_RECHECK);
+
+        // Next to a gate with a probe, only that one is verified.
+        let mut verification = Verification::new(&[smoke, http_gate("health", 5)]);
+        let names: Vec<_> = verification.verdicts().into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["health"]);
+        assert!(!verification.all_passed(), "health not probed yet");
+        record(
+            &mut verification,
+            "health",
+            ProbeOutcome::passed("ok"),
+            Instant::now(),
         );
+        assert!(verification.all_passed());
     }
 
     #[test]

@@ -6,11 +6,13 @@ mod appdeployment;
 mod conditions;
 mod duration;
 mod runbook;
+mod validate;
 
 pub use appdeployment::*;
 pub use conditions::*;
 pub use duration::*;
 pub use runbook::*;
+pub use validate::*;
 
 /// API group of every bosun resource.
 pub const GROUP: &str = "bosun.dev";

@@ -1,8 +1,39 @@
+//! The Runbook and ClusterRunbook resources.
+//!
+//! Their CRD schema refuses at `kubectl apply` time what a Kubernetes 1.20 schema can
+//! express (patterns, minimums, enums, required fields, one probe kind per gate, gate
+//! names as list-map keys; see the `schemars` attributes below). The controller
+//! validates every Runbook it reads as well ([`RunbookSpec::validate`]): Runbooks
+//! stored under CRDs of an older bosun, ClusterRunbooks written before an upgrade and
+//! probe kinds of a newer bosun all reach it without passing this schema, and some
+//! rules (`verifyWindow` < `progressDeadline`, the 30-day bound of durations, a full
+//! URL parse) have no schema form without CEL.
+
 use std::collections::BTreeMap;
 
 use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The probe kinds a gate can have, exactly one per gate. This controller can
+/// evaluate each of them; the CRD schema and [`RunbookSpec::validate`] both read
+/// this list.
+pub const PROBE_KINDS: &[&str] = &["http"];
+
+/// HTTP methods an `http` gate may send (the CRD's `enum`; HTTP methods are
+/// case-sensitive, so only capitals).
+pub const HTTP_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The durations [`super::parse_duration`] reads: whole seconds (`90`) or numbers with
+/// units `ms`, `s`, `m`, `h` (`1h30m`). The 30-day bound is checked by the controller.
+pub const DURATION_PATTERN: &str = "^([0-9]+|([0-9]+(ms|s|m|h))+)$";
+
+/// An absolute `http`/`https` URL with a host; the controller parses it fully.
+const URL_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+([/?#]\S*)?$";
+
+/// A Kubernetes Service name (DNS-1035 label).
+const SERVICE_NAME_PATTERN: &str = "^[a-z]([-a-z0-9]*[a-z0-9])?$";
 
 /// How to deploy an app safely: the executable form of a deployment runbook.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -20,18 +51,22 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct RunbookSpec {
     /// Readiness gates that must keep passing for `verifyWindow` after rollout.
+    /// Gate names are unique (a list keyed by `name`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub gates: Vec<Gate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_gate: Option<WorkloadGate>,
     /// How long every gate must keep passing after rollout (default `60s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub verify_window: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackPolicy>,
     /// How long verification may stay undecided (rollout incomplete, gates below
     /// their thresholds) before the revision counts as failed (default `10m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     pub progress_deadline: Option<String>,
 }
 
@@ -52,24 +87,58 @@ pub struct ClusterRunbookSpec {
     pub runbook: RunbookSpec,
 }
 
+/// One readiness gate: a name, its timing, and exactly one probe (today `http`).
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = exactly_one_probe_kind)]
 pub struct Gate {
+    #[schemars(length(min = 1))]
     pub name: String,
     /// Seconds between probes (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub period_seconds: Option<u32>,
     /// Seconds one probe may take (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout_seconds: Option<u32>,
     /// Consecutive failed probes that fail the gate (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub failure_threshold: Option<u32>,
     /// Consecutive passing probes before the gate counts as passing (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub success_threshold: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "not_nullable::<HttpGate>")]
     pub http: Option<HttpGate>,
+    /// Fields this controller does not know. The schema prunes them, so they arrive
+    /// only past it: a probe kind of a newer bosun whose CRD kept it, or a Runbook
+    /// stored before a CRD upgrade. [`RunbookSpec::validate`] names each one.
+    #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(skip)]
+    pub unknown_fields: BTreeMap<String, Value>,
+}
+
+/// Schema transform for [`Gate`]: `oneOf` one `required` clause per probe kind, so the
+/// API server refuses a gate with no probe or with two. Structural schemas allow
+/// value validations only in `oneOf` branches (no `type`, `description`,
+/// `properties`), which plain `required` lists are. An unknown field (`smoke:`) is
+/// pruned before validation, so such a gate is refused as having no probe.
+fn exactly_one_probe_kind(schema: &mut schemars::Schema) {
+    let branches: Vec<Value> = PROBE_KINDS
+        .iter()
+        .map(|kind| json!({ "required": [kind] }))
+        .collect();
+    schema.insert("oneOf".into(), Value::Array(branches));
+}
+
+/// The schema of `T` for an `Option<T>` field without `nullable`: the API server then
+/// drops an explicit `null` before validation instead of storing it, so `http: null`
+/// counts as no probe in the `oneOf` above.
+fn not_nullable<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    generator.subschema_for::<T>()
 }
 
 impl Gate {
@@ -90,20 +159,31 @@ impl Gate {
 /// An HTTP probe: `url`, or `service` + `port` (+ `scheme`) in the target namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = one_http_target)]
 pub struct HttpGate {
+    /// Absolute `http://` or `https://` URL; `path` is appended to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN))]
     pub url: Option<String>,
+    /// A Service in the app's namespace, probed at `{scheme}://{service}.{namespace}.svc:{port}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = SERVICE_NAME_PATTERN), length(max = 63))]
     pub service: Option<String>,
+    /// The Service port (required with `service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
-    /// `http` (default) or `https`.
+    /// `http` (default) or `https`, with `service`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["http", "https"]))]
     pub scheme: Option<String>,
+    /// Path of the request, starting with `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^/"))]
     pub path: Option<String>,
     /// Default `GET`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = HTTP_METHODS))]
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -111,6 +191,26 @@ pub struct HttpGate {
     pub body: Option<String>,
     #[serde(default)]
     pub expect: HttpExpect,
+    /// Follow redirects (default false: a 3xx answer is judged as the status it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follow_redirects: bool,
+}
+
+/// Schema transform for [`HttpGate`]: exactly one target, `url` or `service` + `port`;
+/// `port` and `scheme` only with `service` (a URL carries its own).
+fn one_http_target(schema: &mut schemars::Schema) {
+    schema.insert(
+        "oneOf".into(),
+        json!([{ "required": ["url"] }, { "required": ["service", "port"] }]),
+    );
+    schema.insert(
+        "not".into(),
+        json!({ "anyOf": [
+            { "required": ["url", "service"] },
+            { "required": ["url", "port"] },
+            { "required": ["url", "scheme"] },
+        ] }),
+    );
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -118,6 +218,7 @@ pub struct HttpGate {
 pub struct HttpExpect {
     /// Accepted status codes (default: any 2xx).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 100, max = 599)))]
     pub status: Vec<u16>,
     /// Dotted JSON path → expected value, e.g. `status: ok`, `checks.database: connected`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -136,6 +237,7 @@ pub struct HttpExpect {
 pub struct WorkloadGate {
     /// Container restarts above which a pod counts as failing (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub max_restarts: Option<i32>,
 }
 

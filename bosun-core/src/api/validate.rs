@@ -1,0 +1,711 @@
+//! Is a Runbook one this controller can carry out? [`RunbookSpec::validate`] answers
+//! with every problem found, each naming the field (`spec.gates[1].http.url`) and what
+//! to do about it. Pure: the controller calls it on every Runbook it reads and blocks
+//! the app on a problem instead of holding it against a revision.
+//!
+//! The CRD schema refuses most of this at `kubectl apply` time; validating here too
+//! covers what reaches the controller past that schema (see the module doc of
+//! `runbook.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::{ClusterRunbookSpec, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec};
+
+/// One thing wrong with a Runbook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunbookProblem {
+    /// Where, as a path into the resource: `spec.gates[1].http.url`.
+    pub field: String,
+    /// What is wrong and how to put it right.
+    pub message: String,
+}
+
+impl RunbookProblem {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RunbookProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem on one line, for a condition message or an Event:
+/// `spec.verifyWindow: …; spec.gates[0]: …`.
+pub fn describe_problems(problems: &[RunbookProblem]) -> String {
+    problems
+        .iter()
+        .map(RunbookProblem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl RunbookSpec {
+    /// Checks everything the controller relies on when it verifies a revision with
+    /// this Runbook; `Err` lists every problem, in field order.
+    pub fn validate(&self) -> Result<(), Vec<RunbookProblem>> {
+        let mut problems = Vec::new();
+        check_durations(self, &mut problems);
+        let mut first_of_name: BTreeMap<&str, usize> = BTreeMap::new();
+        for (index, gate) in self.gates.iter().enumerate() {
+            let at = format!("spec.gates[{index}]");
+            if !gate.name.trim().is_empty()
+                && let Some(first) = first_of_name.insert(gate.name.as_str(), index)
+            {
+                first_of_name.insert(gate.name.as_str(), first);
+                problems.push(RunbookProblem::new(
+                    format!("{at}.name"),
+                    format!(
+                        "{:?} is already the name of spec.gates[{first}]; give each gate its own name",
+                        gate.name
+                    ),
+                ));
+            }
+            check_gate(gate, &at, &mut problems);
+        }
+        if let Some(max_restarts) = self.workload_gate.as_ref().and_then(|w| w.max_restarts)
+            && max_restarts < 0
+        {
+            problems.push(RunbookProblem::new(
+                "spec.workloadGate.maxRestarts",
+                format!("{max_restarts} is negative; use 0 or more"),
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl ClusterRunbookSpec {
+    /// The rules of [`RunbookSpec::validate`]: a ClusterRunbook has the same fields,
+    /// flattened into its `spec`, so the paths are the same.
+    pub fn validate(&self) -> Result<(), Vec<RunbookProblem>> {
+        self.runbook.validate()
+    }
+}
+
+fn check_durations(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
+    // `verify_window()` and `progress_deadline()` prefix their errors with the field.
+    let window = spec.verify_window().map_err(|e| problem_from_prefixed(&e));
+    let deadline = spec.progress_deadline().map_err(|e| problem_from_prefixed(&e));
+    match (window, deadline) {
+        (Ok(window), Ok(deadline)) if window >= deadline => {
+            let shown = |value: &Option<String>, default: &str| match value {
+                Some(text) => text.clone(),
+                None => format!("{default}, the default"),
+            };
+            problems.push(RunbookProblem::new(
+                "spec.verifyWindow",
+                format!(
+                    "{} is not shorter than progressDeadline ({}): gates could never pass for the whole window \
+                     before the deadline; shorten verifyWindow or lengthen progressDeadline",
+                    shown(&spec.verify_window, "60s"),
+                    shown(&spec.progress_deadline, "10m"),
+                ),
+            ));
+        }
+        (window, deadline) => problems.extend(window.err().into_iter().chain(deadline.err())),
+    }
+}
+
+/// `"spec.verifyWindow: invalid duration …"` → field and message.
+fn problem_from_prefixed(error: &str) -> RunbookProblem {
+    match error.split_once(": ") {
+        Some((field, message)) => {
+            RunbookProblem::new(field, format!("{message}; write it like 90s, 5m or 1h30m"))
+        }
+        None => RunbookProblem::new("spec", error),
+    }
+}
+
+fn check_gate(gate: &Gate, at: &str, problems: &mut Vec<RunbookProblem>) {
+    if gate.name.trim().is_empty() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.name"),
+            "is empty; name the gate (status and events report it by name)",
+        ));
+    }
+    let counts = [
+        ("periodSeconds", gate.period_seconds),
+        ("timeoutSeconds", gate.timeout_seconds),
+        ("failureThreshold", gate.failure_threshold),
+        ("successThreshold", gate.success_threshold),
+    ];
+    for (field, value) in counts {
+        if value == Some(0) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.{field}"),
+                "is 0; use 1 or more, or leave it out for the default",
+            ));
+        }
+    }
+    let known = PROBE_KINDS.join(", ");
+    // Fields serde did not recognise: a probe kind of a newer bosun, or a typo that
+    // reached the controller past an older schema.
+    for field in gate.unknown_fields.keys() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.{field}"),
+            format!(
+                "is not a field of a gate this controller knows; if it is a probe kind, this controller \
+                 can evaluate only: {known} (a newer bosun may know more)"
+            ),
+        ));
+    }
+    let mut kinds: Vec<&str> = Vec::new();
+    if gate.http.is_some() {
+        kinds.push("http");
+    }
+    match kinds.as_slice() {
+        [] if gate.unknown_fields.is_empty() => problems.push(RunbookProblem::new(
+            at,
+            format!("has no probe; set exactly one of: {known}"),
+        )),
+        // Already reported as unknown fields above.
+        [] => {}
+        [_] => {}
+        several => problems.push(RunbookProblem::new(
+            at,
+            format!("has {} probes; set exactly one", several.join(" and ")),
+        )),
+    }
+    if let Some(http) = &gate.http {
+        check_http(http, &format!("{at}.http"), problems);
+    }
+}
+
+fn check_http(http: &HttpGate, at: &str, problems: &mut Vec<RunbookProblem>) {
+    match (&http.url, &http.service) {
+        (Some(_), Some(_)) => problems.push(RunbookProblem::new(
+            at,
+            "sets both url and service; set url, or service and port",
+        )),
+        (None, None) => problems.push(RunbookProblem::new(
+            at,
+            "names neither url nor service; set url, or service and port",
+        )),
+        (Some(url), None) => {
+            if let Some(problem) = url_problem(url) {
+                problems.push(RunbookProblem::new(format!("{at}.url"), problem));
+            }
+            for (field, set) in [("port", http.port.is_some()), ("scheme", http.scheme.is_some())] {
+                if set {
+                    problems.push(RunbookProblem::new(
+                        format!("{at}.{field}"),
+                        format!("applies only with service; with url, write the {field} into the URL"),
+                    ));
+                }
+            }
+        }
+        (None, Some(service)) => {
+            if !is_service_name(service) {
+                problems.push(RunbookProblem::new(
+                    format!("{at}.service"),
+                    format!(
+                        "{service:?} is not a Service name: lowercase letters, digits and '-', starting with \
+                         a letter, at most 63 characters"
+                    ),
+                ));
+            }
+            if http.port.is_none() {
+                problems.push(RunbookProblem::new(
+                    format!("{at}.port"),
+                    "is required with service: the port of the Service to probe",
+                ));
+            }
+            if let Some(scheme) = &http.scheme
+                && scheme != "http"
+                && scheme != "https"
+            {
+                problems.push(RunbookProblem::new(
+                    format!("{at}.scheme"),
+                    format!("{scheme:?} is not http or https"),
+                ));
+            }
+        }
+    }
+    if http.port == Some(0) {
+        problems.push(RunbookProblem::new(
+            format!("{at}.port"),
+            "0 is not a port; use 1 to 65535",
+        ));
+    }
+    if let Some(method) = &http.method
+        && !HTTP_METHODS.contains(&method.as_str())
+    {
+        let hint = if HTTP_METHODS.contains(&method.to_ascii_uppercase().as_str()) {
+            format!(
+                "; methods are case-sensitive: write {}",
+                method.to_ascii_uppercase()
+            )
+        } else {
+            String::new()
+        };
+        problems.push(RunbookProblem::new(
+            format!("{at}.method"),
+            format!(
+                "{method:?} is not a method a gate sends; use one of {}{hint}",
+                HTTP_METHODS.join(", ")
+            ),
+        ));
+    }
+    if let Some(path) = &http.path
+        && !path.starts_with('/')
+    {
+        problems.push(RunbookProblem::new(
+            format!("{at}.path"),
+            format!(
+                "{path:?} does not start with '/'; write /{}",
+                path.trim_start_matches('/')
+            ),
+        ));
+    }
+    for (name, value) in &http.headers {
+        let field = format!("{at}.headers[{name:?}]");
+        if !is_token(name) {
+            problems.push(RunbookProblem::new(
+                field.clone(),
+                "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)",
+            ));
+        }
+        // Never quote the value: request headers carry tokens.
+        if value.chars().any(|c| c.is_control() && c != '\t') {
+            problems.push(RunbookProblem::new(
+                field,
+                "has a value with a line break or another control character",
+            ));
+        }
+    }
+    check_expect(&http.expect, &format!("{at}.expect"), problems);
+}
+
+fn check_expect(expect: &HttpExpect, at: &str, problems: &mut Vec<RunbookProblem>) {
+    for (index, status) in expect.status.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.status[{index}]"),
+                format!("{status} is not an HTTP status code; use 100 to 599"),
+            ));
+        }
+    }
+    for name in expect.headers.keys() {
+        if !is_token(name) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.headers[{name:?}]"),
+                "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)",
+            ));
+        }
+    }
+}
+
+/// Why `url` is not an absolute `http`/`https` URL with a host, if it is not. The
+/// message quotes the scheme, host or port at fault, never the whole URL (it may
+/// carry credentials).
+fn url_problem(url: &str) -> Option<String> {
+    const EXAMPLE: &str = "write it like https://api.example.com/health";
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some(format!("contains a space or a control character; {EXAMPLE}"));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!("is not an absolute URL; {EXAMPLE}"));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Some(format!("scheme {scheme:?} is not http or https"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, after)| after);
+    let (host, port) = if let Some(bracketed) = host_and_port.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return Some("has an IPv6 address without its closing ']'".into());
+        };
+        if address.is_empty()
+            || !address
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Some(format!("[{address}] is not an IPv6 address"));
+        }
+        match after.strip_prefix(':') {
+            Some(port) => (address, Some(port)),
+            None if after.is_empty() => (address, None),
+            None => return Some(format!("has {after:?} after the IPv6 address; expected :port")),
+        }
+    } else {
+        match host_and_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_and_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Some(format!("has no host; {EXAMPLE}"));
+    }
+    const FORBIDDEN_IN_HOST: &[char] = &['%', '<', '>', '\\', '^', '|', '[', ']', '"', '{', '}', '`'];
+    if host.contains(FORBIDDEN_IN_HOST) {
+        return Some(format!("host {host:?} is not a host name or address"));
+    }
+    if let Some(port) = port
+        && (port.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0))
+    {
+        return Some(format!("port {port:?} is not a number from 1 to 65535"));
+    }
+    None
+}
+
+/// A DNS-1035 label, as Service names are.
+fn is_service_name(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): header names and methods.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(yaml: &str) -> RunbookSpec {
+        serde_saphyr::from_str(yaml).expect("RunbookSpec YAML")
+    }
+
+    fn problems(yaml: &str) -> Vec<String> {
+        match spec(yaml).validate() {
+            Ok(()) => Vec::new(),
+            Err(problems) => problems.iter().map(RunbookProblem::to_string).collect(),
+        }
+    }
+
+    /// The one problem of a single-gate Runbook whose `http` is `http_yaml`.
+    fn http_problems(http_yaml: &str) -> Vec<String> {
+        problems(&format!("gates: [{{name: health, http: {http_yaml}}}]"))
+    }
+
+    #[test]
+    fn the_readme_runbook_is_valid() {
+        let readme = spec(
+            r#"
+verifyWindow: 60s
+progressDeadline: 10m
+rollback: {automatic: true}
+workloadGate: {maxRestarts: 3}
+gates:
+  - name: health
+    periodSeconds: 5
+    timeoutSeconds: 2
+    failureThreshold: 3
+    http:
+      service: backend
+      port: 8000
+      path: /health
+      expect:
+        status: [200]
+        json: {status: ok}
+"#,
+        );
+        assert_eq!(readme.validate(), Ok(()));
+        assert_eq!(RunbookSpec::default().validate(), Ok(()), "no gates, defaults");
+        let with_url = "gates: [{name: h, http: {url: 'https://user:pw@api.example.com:8443/health?full=1', \
+                        method: POST, headers: {Authorization: Bearer x}, followRedirects: true}}]";
+        assert_eq!(problems(with_url), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_gate_without_a_probe_says_which_kinds_exist() {
+        assert_eq!(
+            problems("gates: [{name: smoke}]"),
+            ["spec.gates[0]: has no probe; set exactly one of: http"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_probe_kind_is_named() {
+        // What an older controller sees of a gate kind it does not know, when the
+        // resource was stored without pruning.
+        assert_eq!(
+            problems("gates: [{name: smoke, smoke: {command: [./check]}}]"),
+            [
+                "spec.gates[0].smoke: is not a field of a gate this controller knows; if it is a probe kind, \
+                 this controller can evaluate only: http (a newer bosun may know more)"
+            ]
+        );
+        let both = problems("gates: [{name: smoke, smoke: {}, http: {url: 'http://h'}}]");
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert!(both[0].starts_with("spec.gates[0].smoke: "), "{both:?}");
+    }
+
+    #[test]
+    fn names_are_required_and_unique() {
+        assert_eq!(
+            problems(
+                "gates: [{name: a, http: {url: 'http://h'}}, {name: '', http: {url: 'http://h'}}, \
+                 {name: a, http: {url: 'http://h'}}, {name: a, http: {url: 'http://h'}}]"
+            ),
+            [
+                "spec.gates[1].name: is empty; name the gate (status and events report it by name)",
+                "spec.gates[2].name: \"a\" is already the name of spec.gates[0]; give each gate its own name",
+                "spec.gates[3].name: \"a\" is already the name of spec.gates[0]; give each gate its own name",
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_are_at_least_one() {
+        assert_eq!(
+            problems(
+                "gates: [{name: h, periodSeconds: 0, timeoutSeconds: 0, failureThreshold: 0, \
+                 successThreshold: 0, http: {url: 'http://h'}}]"
+            ),
+            [
+                "spec.gates[0].periodSeconds: is 0; use 1 or more, or leave it out for the default",
+                "spec.gates[0].timeoutSeconds: is 0; use 1 or more, or leave it out for the default",
+                "spec.gates[0].failureThreshold: is 0; use 1 or more, or leave it out for the default",
+                "spec.gates[0].successThreshold: is 0; use 1 or more, or leave it out for the default",
+            ]
+        );
+        assert_eq!(
+            problems("gates: [{name: h, periodSeconds: 1, failureThreshold: 1, http: {url: 'http://h'}}]"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            problems("verifyWindow: 5 minutes"),
+            [
+                "spec.verifyWindow: invalid duration \"5 minutes\": unknown unit \" minutes\" (use ms, s, m, h); \
+                 write it like 90s, 5m or 1h30m"
+            ]
+        );
+        assert_eq!(
+            problems("progressDeadline: 1d"),
+            [
+                "spec.progressDeadline: invalid duration \"1d\": unknown unit \"d\" (use ms, s, m, h); \
+                 write it like 90s, 5m or 1h30m"
+            ]
+        );
+        assert_eq!(
+            problems("verifyWindow: 2m\nprogressDeadline: 1h30m"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn the_verify_window_fits_in_the_progress_deadline() {
+        assert_eq!(
+            problems("verifyWindow: 10m"),
+            [
+                "spec.verifyWindow: 10m is not shorter than progressDeadline (10m, the default): gates could \
+                 never pass for the whole window before the deadline; shorten verifyWindow or lengthen \
+                 progressDeadline"
+            ]
+        );
+        assert_eq!(
+            problems("progressDeadline: 30s"),
+            [
+                "spec.verifyWindow: 60s, the default is not shorter than progressDeadline (30s): gates could \
+                 never pass for the whole window before the deadline; shorten verifyWindow or lengthen \
+                 progressDeadline"
+            ]
+        );
+        assert_eq!(
+            problems("verifyWindow: 10s\nprogressDeadline: 30s"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn exactly_one_target() {
+        assert_eq!(
+            http_problems("{url: 'http://h', service: backend, port: 80}"),
+            ["spec.gates[0].http: sets both url and service; set url, or service and port"]
+        );
+        assert_eq!(
+            http_problems("{path: /health}"),
+            ["spec.gates[0].http: names neither url nor service; set url, or service and port"]
+        );
+        assert_eq!(
+            http_problems("{service: backend}"),
+            ["spec.gates[0].http.port: is required with service: the port of the Service to probe"]
+        );
+        assert_eq!(
+            http_problems("{url: 'http://h', port: 80, scheme: https}"),
+            [
+                "spec.gates[0].http.port: applies only with service; with url, write the port into the URL",
+                "spec.gates[0].http.scheme: applies only with service; with url, write the scheme into the URL",
+            ]
+        );
+    }
+
+    #[test]
+    fn urls_are_absolute_http_with_a_host_and_credentials_are_not_quoted() {
+        let cases = [
+            ("ftp://h/x", "scheme \"ftp\" is not http or https"),
+            (
+                "h:8080/health",
+                "is not an absolute URL; write it like https://api.example.com/health",
+            ),
+            (
+                "http:///health",
+                "has no host; write it like https://api.example.com/health",
+            ),
+            ("http://h:0/x", "port \"0\" is not a number from 1 to 65535"),
+            ("http://h:99999", "port \"99999\" is not a number from 1 to 65535"),
+            ("http://h:/x", "port \"\" is not a number from 1 to 65535"),
+            (
+                "http://user:hunter2@[::1",
+                "has an IPv6 address without its closing ']'",
+            ),
+            (
+                "http://ex ample.com",
+                "contains a space or a control character; write it like https://api.example.com/health",
+            ),
+            (
+                "http://user:hunter2@h%zz/",
+                "host \"h%zz\" is not a host name or address",
+            ),
+        ];
+        for (url, want) in cases {
+            let found = http_problems(&format!("{{url: '{url}'}}"));
+            assert_eq!(found, [format!("spec.gates[0].http.url: {want}")], "{url}");
+            assert!(!found[0].contains("hunter2"), "{found:?}");
+        }
+        for url in [
+            "HTTPS://h",
+            "http://[::1]:8080/x",
+            "http://127.0.0.1:1",
+            "https://h.example?x=1#y",
+        ] {
+            assert_eq!(
+                http_problems(&format!("{{url: '{url}'}}")),
+                Vec::<String>::new(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn service_scheme_port_method_and_path() {
+        assert_eq!(
+            http_problems("{service: Backend_1, port: 80}"),
+            [
+                "spec.gates[0].http.service: \"Backend_1\" is not a Service name: lowercase letters, digits and \
+                 '-', starting with a letter, at most 63 characters"
+            ]
+        );
+        assert_eq!(
+            http_problems("{service: backend, port: 0, scheme: ftp}"),
+            [
+                "spec.gates[0].http.scheme: \"ftp\" is not http or https",
+                "spec.gates[0].http.port: 0 is not a port; use 1 to 65535",
+            ]
+        );
+        assert_eq!(
+            http_problems("{url: 'http://h', method: post}"),
+            [
+                "spec.gates[0].http.method: \"post\" is not a method a gate sends; use one of GET, HEAD, POST, \
+                 PUT, PATCH, DELETE, OPTIONS; methods are case-sensitive: write POST"
+            ]
+        );
+        assert_eq!(
+            http_problems("{url: 'http://h', method: FETCH}"),
+            [
+                "spec.gates[0].http.method: \"FETCH\" is not a method a gate sends; use one of GET, HEAD, POST, \
+                 PUT, PATCH, DELETE, OPTIONS"
+            ]
+        );
+        assert_eq!(
+            http_problems("{url: 'http://h', path: health}"),
+            ["spec.gates[0].http.path: \"health\" does not start with '/'; write /health"]
+        );
+    }
+
+    #[test]
+    fn headers_are_checked_without_quoting_their_values() {
+        let found = http_problems(
+            "{url: 'http://h', headers: {'bad name': x, Authorization: \"Bearer hunter2\\nx\"}}",
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.gates[0].http.headers[\"Authorization\"]: has a value with a line break or another control character",
+                "spec.gates[0].http.headers[\"bad name\"]: is not a valid header name (letters, digits and \
+                 !#$%&'*+-.^_`|~, no spaces)",
+            ]
+        );
+        assert!(!found.concat().contains("hunter2"));
+    }
+
+    #[test]
+    fn expected_statuses_are_status_codes() {
+        assert_eq!(
+            http_problems("{url: 'http://h', expect: {status: [200, 99, 600], headers: {'x y': z}}}"),
+            [
+                "spec.gates[0].http.expect.status[1]: 99 is not an HTTP status code; use 100 to 599",
+                "spec.gates[0].http.expect.status[2]: 600 is not an HTTP status code; use 100 to 599",
+                "spec.gates[0].http.expect.headers[\"x y\"]: is not a valid header name (letters, digits and \
+                 !#$%&'*+-.^_`|~, no spaces)",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_restarts_is_not_negative() {
+        assert_eq!(
+            problems("workloadGate: {maxRestarts: -1}"),
+            ["spec.workloadGate.maxRestarts: -1 is negative; use 0 or more"]
+        );
+        assert_eq!(problems("workloadGate: {maxRestarts: 0}"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_and_described_on_one_line() {
+        let found =
+            spec("verifyWindow: x\ngates: [{name: a}, {name: b, periodSeconds: 0, http: {url: 'ftp://h'}}]")
+                .validate()
+                .expect_err("invalid");
+        let fields: Vec<&str> = found.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.verifyWindow",
+                "spec.gates[0]",
+                "spec.gates[1].periodSeconds",
+                "spec.gates[1].http.url"
+            ]
+        );
+        let line = describe_problems(&found);
+        assert!(
+            line.starts_with("spec.verifyWindow: invalid duration \"x\"")
+                && line.contains("; spec.gates[0]: has no probe"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn cluster_runbooks_share_the_rules() {
+        let cluster: ClusterRunbookSpec = serde_saphyr::from_str("verifyWindow: 1s\ngates: [{name: smoke}]")
+            .expect("ClusterRunbookSpec YAML");
+        assert_eq!(
+            cluster.validate().map_err(|p| describe_problems(&p)),
+            Err("spec.gates[0]: has no probe; set exactly one of: http".into())
+        );
+    }
+}
