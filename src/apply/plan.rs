@@ -297,7 +297,8 @@ pub fn apply_order(entries: &[InventoryEntry]) -> Vec<usize> {
 /// server has rounded them up to milli-units (`"1.5"` and the stored `"1500m"`, `0.5` and
 /// `"500m"`), because the server rewrites every quantity it stores; anywhere else `"1000"`
 /// and `"1k"` still differ. This keeps the cheap comparison exact for quantities; the final
-/// judge of "would applying change anything" is the server's own dry-run result.
+/// judge of "would applying change anything" is the API server's own dry-run result, which
+/// the Apply stage is to consult.
 pub fn already_applied(desired: &Value, live: &Value) -> bool {
     let subset = Subset {
         quantities: QuantityFields::of(desired),
