@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{APP_LABEL, InventoryEntry, OWNER_ANNOTATION};
 use crate::render::Manifest;
+use crate::render::quantity::{self, PathStep, QuantityFields};
 
 /// Annotation holding a hash of what bosun last sent for an object. Because it is part of
 /// the desired object, "desired is a subset of live" also notices a field that was
@@ -291,36 +292,78 @@ pub fn apply_order(entries: &[InventoryEntry]) -> Vec<usize> {
 /// element by element with equal length. A zero value in `desired` (null, "", 0, false,
 /// {} or []) also matches an absent live field: the API server omits such fields. A
 /// top-level `status` is ignored: it is not applied through the main resource.
+///
+/// Resource quantities ([`QuantityFields`]) match when they are the same quantity once the
+/// server has rounded them up to milli-units (`"1.5"` and the stored `"1500m"`, `0.5` and
+/// `"500m"`), because the server rewrites every quantity it stores; anywhere else `"1000"`
+/// and `"1k"` still differ. This keeps the cheap comparison exact for quantities; the final
+/// judge of "would applying change anything" is the API server's own dry-run result, which
+/// the Apply stage is to consult.
 pub fn already_applied(desired: &Value, live: &Value) -> bool {
+    let subset = Subset {
+        quantities: QuantityFields::of(desired),
+    };
     match (desired.as_object(), live.as_object()) {
         (Some(desired), Some(live)) => desired
             .iter()
             .filter(|(key, _)| key.as_str() != "status")
-            .all(|(key, value)| field_matches(value, live.get(key))),
+            .all(|(key, value)| subset.field_matches(value, live.get(key), &mut vec![PathStep::Field(key)])),
         _ => false,
     }
 }
 
-fn field_matches(desired: &Value, live: Option<&Value>) -> bool {
-    match live {
-        None => is_zero(desired),
-        Some(live) => is_subset(desired, live),
-    }
+/// `desired` ⊆ `live`, recursively (see [`already_applied`]), knowing no quantities.
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    let subset = Subset {
+        quantities: QuantityFields::default(),
+    };
+    subset.is_subset(desired, live, &mut Vec::new())
 }
 
-/// `desired` ⊆ `live`, recursively (see [`already_applied`]).
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(desired), Value::Object(live)) => desired
-            .iter()
-            .all(|(key, value)| field_matches(value, live.get(key))),
-        (Value::Array(desired), Value::Array(live)) => {
-            desired.len() == live.len() && desired.iter().zip(live).all(|(d, l)| is_subset(d, l))
+/// The comparison of [`already_applied`] for one kind of object.
+struct Subset {
+    quantities: QuantityFields,
+}
+
+impl Subset {
+    fn field_matches<'d>(
+        &self,
+        desired: &'d Value,
+        live: Option<&Value>,
+        path: &mut Vec<PathStep<'d>>,
+    ) -> bool {
+        match live {
+            None => is_zero(desired),
+            Some(live) => self.is_subset(desired, live, path),
         }
-        (Value::Number(d), Value::Number(l)) => d == l || d.as_f64() == l.as_f64(),
-        (Value::Null, Value::Null) => true,
-        (desired, Value::Null) => is_zero(desired),
-        (desired, live) => desired == live,
+    }
+
+    /// `path` leads from the object's root to `desired`.
+    fn is_subset<'d>(&self, desired: &'d Value, live: &Value, path: &mut Vec<PathStep<'d>>) -> bool {
+        match (desired, live) {
+            (Value::Object(desired), Value::Object(live)) => desired.iter().all(|(key, value)| {
+                path.push(PathStep::Field(key));
+                let matches = self.field_matches(value, live.get(key), path);
+                path.pop();
+                matches
+            }),
+            (Value::Array(desired), Value::Array(live)) => {
+                desired.len() == live.len()
+                    && desired.iter().zip(live).enumerate().all(|(index, (d, l))| {
+                        path.push(PathStep::Index(index));
+                        let matches = self.is_subset(d, l, path);
+                        path.pop();
+                        matches
+                    })
+            }
+            (desired, live) if self.quantities.contains(path) && quantity::same_quantity(desired, live) => {
+                true
+            }
+            (Value::Number(d), Value::Number(l)) => d == l || d.as_f64() == l.as_f64(),
+            (Value::Null, Value::Null) => true,
+            (desired, Value::Null) => is_zero(desired),
+            (desired, live) => desired == live,
+        }
     }
 }
 
@@ -628,6 +671,70 @@ mod tests {
         assert!(!is_subset(&json!(1), &json!(2)));
         assert!(!is_subset(&json!([1, 2]), &json!([1])));
         assert!(is_subset(&json!([{"a": 1}]), &json!([{"a": 1, "b": 2}])));
+    }
+
+    #[test]
+    fn quantities_compare_by_value_where_kubernetes_has_quantities() {
+        let desired = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "resources": {
+                "requests": {"cpu": 0.5, "memory": "1024Mi"},
+                "limits": {"cpu": "1e3", "memory": "1Gi", "ephemeral-storage": "0.0001"}
+            }}]}}}
+        });
+        let live = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "resources": {
+                "requests": {"cpu": "500m", "memory": "1Gi"},
+                "limits": {"cpu": "1k", "memory": "1073741824", "ephemeral-storage": "1m"}
+            }}]}}}
+        });
+        assert!(already_applied(&desired, &live));
+
+        let mut other_value = desired.clone();
+        other_value["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] =
+            json!("1G");
+        assert!(!already_applied(&other_value, &live), "1G is not 1Gi");
+        let mut malformed = desired.clone();
+        malformed["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!("1 k");
+        assert!(!already_applied(&malformed, &live));
+
+        // The same texts outside a quantity field are just strings.
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"size": "1000"}});
+        let live_config = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"size": "1k"}});
+        assert!(!already_applied(&config, &live_config));
+        let not_resources = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"template": {"spec": {"containers": [{"env": [{"name": "CPU", "value": "1000"}]}]}}}});
+        let live_env = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "spec": {"template": {"spec": {"containers": [{"env": [{"name": "CPU", "value": "1k"}]}]}}}});
+        assert!(!already_applied(&not_resources, &live_env));
+        // Without a kind, no field is a quantity.
+        assert!(!is_subset(&json!({"cpu": "1000"}), &json!({"cpu": "1k"})));
+    }
+
+    #[test]
+    fn quantities_of_claims_quotas_and_limit_ranges_compare_by_value() {
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "spec": {"resources": {"requests": {"storage": 1073741824}}}});
+        let live_claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "spec": {"resources": {"requests": {"storage": "1Gi"}}, "volumeMode": "Filesystem"}});
+        assert!(already_applied(&claim, &live_claim));
+
+        let quota = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "spec": {"hard": {"requests.cpu": "1.5", "pods": 10}}});
+        let live_quota = json!({"apiVersion": "v1", "kind": "ResourceQuota",
+            "spec": {"hard": {"requests.cpu": "1500m", "pods": "10"}}});
+        assert!(already_applied(&quota, &live_quota));
+
+        let limits = json!({"apiVersion": "v1", "kind": "LimitRange",
+            "spec": {"limits": [{"type": "Container", "min": {"cpu": 0.1}, "maxLimitRequestRatio": {"cpu": 4}}]}});
+        let live_limits = json!({"apiVersion": "v1", "kind": "LimitRange",
+            "spec": {"limits": [{"type": "Container", "min": {"cpu": "100m"}, "maxLimitRequestRatio": {"cpu": "4"},
+                                 "defaultRequest": {"cpu": "100m"}}]}});
+        assert!(already_applied(&limits, &live_limits));
+        let mut changed = limits.clone();
+        changed["spec"]["limits"][0]["min"]["cpu"] = json!(0.2);
+        assert!(!already_applied(&changed, &live_limits));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod normalize;
 mod parse;
+pub mod quantity;
 
 use std::collections::HashMap;
 
@@ -138,6 +139,7 @@ pub fn render(files: &[SourceFile]) -> Result<Vec<Manifest>, RenderError> {
             validate(&document.value).map_err(invalid)?;
             let mut object = document.value;
             normalize::fill_default_protocols(&mut object);
+            normalize::canonicalize_numeric_quantities(&mut object);
             manifests.push(Manifest {
                 object,
                 file: file.path.clone(),
