@@ -100,6 +100,7 @@ async fn apply_fifty(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
             default_namespace: &namespace,
             owner: "bench/bench",
             app_label: "bench.bench",
+            field_manager: "bosun:bench/bench",
             previous_inventory,
         };
         let started = Instant::now();

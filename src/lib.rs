@@ -18,6 +18,7 @@ pub mod controller;
 pub mod crdgen;
 #[cfg(feature = "devenv")]
 pub mod demo;
+pub mod failure;
 pub mod gates;
 pub mod render;
 pub mod snapshot;

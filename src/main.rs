@@ -1,7 +1,6 @@
 //! The `bosun` binary: only wiring. See `bosun --help`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +25,18 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "BOSUN_LOG_JSON")]
         log_json: bool,
+        /// How many AppDeployments are reconciled at once.
+        #[arg(long, env = "BOSUN_CONCURRENCY", default_value_t = 16)]
+        concurrency: u16,
+        /// Apply apps that name no `serviceAccountName` as this ServiceAccount of their
+        /// own namespace (the multi-tenant setting, as Flux's flag of the same name).
+        /// Unset, such apps are applied as the controller itself.
+        #[arg(long, env = "BOSUN_DEFAULT_SERVICE_ACCOUNT")]
+        default_service_account: Option<String>,
+        /// Allow `file://` sources, which read the controller's own file system
+        /// (demos and tests only).
+        #[arg(long, env = "BOSUN_ALLOW_FILE_SOURCES")]
+        allow_file_sources: bool,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -54,15 +65,25 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Controller { cache_dir, log_json } => {
+        Command::Controller {
+            cache_dir,
+            log_json,
+            concurrency,
+            default_service_account,
+            allow_file_sources,
+        } => {
             bosun::telemetry::init(log_json);
             let config = kube::Config::infer().await?;
             let client = kube::Client::try_from(config.clone())?;
-            let mut settings = bosun::controller::Settings::default();
+            let mut settings = bosun::controller::Settings {
+                concurrency: concurrency.max(1),
+                default_service_account,
+                allow_file_sources,
+                ..Default::default()
+            };
             if let Some(dir) = cache_dir {
                 settings.cache_dir = dir;
             }
-            settings.verify_tick = Duration::from_secs(1);
             bosun::controller::run(client, config, settings).await?;
         }
         #[cfg(feature = "devenv")]

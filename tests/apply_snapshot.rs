@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use bosun::api::{APP_LABEL, AppDeployment, InventoryEntry, OWNER_ANNOTATION};
-use bosun::apply::{Applier, ApplyError, ApplyOutcome, ApplyPlan};
+use bosun::apply::{Applier, ApplyError, ApplyOutcome, ApplyPlan, field_manager};
+use bosun::core::FailureKind;
+use bosun::failure::Classified;
 use bosun::render::Manifest;
 use bosun::snapshot::{self, SnapshotError};
 use bosun_devenv::{ControlPlane, ControlPlaneOptions};
@@ -107,6 +109,7 @@ async fn apply_set(
             default_namespace: NS,
             owner: OWNER,
             app_label: APP_LABEL_VALUE,
+            field_manager: &field_manager(OWNER),
             previous_inventory: previous,
         })
         .await
@@ -191,7 +194,10 @@ async fn first_apply_creates_everything(
             .flatten()
             .filter_map(|m| m.manager.as_deref())
             .collect();
-        assert!(managers.contains(&"bosun"), "{managers:?}");
+        assert!(
+            managers.contains(&"bosun:shop/app"),
+            "one field manager per app: {managers:?}"
+        );
     }
     assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(1));
     Ok(outcome.inventory)
@@ -306,7 +312,10 @@ async fn invalid_revision_changes_nothing(
         .err()
         .context("a negative replica count must be refused")?;
     assert_eq!(error.reason(), "DryRunFailed", "{error}");
-    assert!(error.before_any_write());
+    assert!(
+        matches!(error.classify(), Classified::Refused(ref f) if f.kind == FailureKind::RevisionInvalid),
+        "{error}"
+    );
     let text = error.to_string();
     assert!(text.contains("Deployment shop/web"), "{text}");
     assert!(text.contains("web.yaml:14"), "{text}");
@@ -361,6 +370,7 @@ async fn crd_and_its_objects_apply_in_one_set(
             default_namespace: "team",
             owner: "bosun-system/platform",
             app_label: "bosun-system.platform",
+            field_manager: &field_manager("bosun-system/platform"),
             previous_inventory: &[],
         })
         .await?;
@@ -389,12 +399,11 @@ async fn snapshots_round_trip_retain_and_go_with_their_app(
     let first_manifests = first_revision();
     let second_manifests = vec![service(), deployment(2)];
 
-    snapshot::store(client, app, first, &first_manifests).await?;
-    snapshot::store(client, app, second, &second_manifests).await?;
-    let first_name = snapshot::secret_name("app", first);
-    let second_name = snapshot::secret_name("app", second);
+    let first_name = snapshot::store(client, app, first, "d1", &first_manifests).await?;
+    let second_name = snapshot::store(client, app, second, "d1", &second_manifests).await?;
+    assert_eq!(first_name, snapshot::secret_name("app", first, "d1"));
     let version = resource_version(&secrets, &first_name).await?;
-    snapshot::store(client, app, first, &first_manifests).await?;
+    snapshot::store(client, app, first, "d1", &first_manifests).await?;
     assert_eq!(
         resource_version(&secrets, &first_name).await?,
         version,
@@ -407,25 +416,39 @@ async fn snapshots_round_trip_retain_and_go_with_their_app(
     assert_eq!(Some(owner.uid.clone()), app.uid());
     assert_eq!(owner.controller, Some(true));
 
-    let loaded = snapshot::load(client, app, first).await?;
+    // Another render of the same commit (a changed path) has a Secret of its own.
+    let other_render = snapshot::store(client, app, first, "d2", &second_manifests).await?;
+    assert_ne!(other_render, first_name);
+    let loaded = snapshot::load(client, "team", &first_name, first).await?;
     ensure!(loaded.len() == first_manifests.len(), "all manifests back");
     for (stored, original) in loaded.iter().zip(&first_manifests) {
         assert_eq!(stored.object, original.object);
         assert_eq!((&stored.file, stored.line), (&original.file, original.line));
     }
-    let loaded = snapshot::load(client, app, second).await?;
+    let loaded = snapshot::load(client, "team", &second_name, second).await?;
     assert_eq!(loaded[1].object["spec"]["replicas"], 2);
 
     let missing = "3333333333333333333333333333333333333333";
-    match snapshot::load(client, app, missing).await {
+    match snapshot::load(
+        client,
+        "team",
+        &snapshot::secret_name("app", missing, "d1"),
+        missing,
+    )
+    .await
+    {
         Err(error @ SnapshotError::NotFound { .. }) => {
             assert!(error.to_string().contains("app-rev-333333333333"), "{error}");
         }
         other => bail!("expected NotFound, got {other:?}"),
     }
 
-    snapshot::retain(client, app, &[second.to_string()]).await?;
+    snapshot::retain(client, app, std::slice::from_ref(&second_name)).await?;
     assert!(secrets.get_opt(&first_name).await?.is_none(), "not kept: deleted");
+    assert!(
+        secrets.get_opt(&other_render).await?.is_none(),
+        "not kept: deleted"
+    );
     assert!(secrets.get_opt(&second_name).await?.is_some(), "kept");
 
     // The snapshot is owned by the AppDeployment: the garbage collector removes it.

@@ -20,6 +20,7 @@ fn entry(kind: &str, name: &str) -> InventoryEntry {
         kind: kind.into(),
         namespace: Some(NS.into()),
         name: name.into(),
+        adopted: false,
     }
 }
 
@@ -252,6 +253,7 @@ async fn workload_gate_on_a_real_control_plane() {
             kind: "ConfigMap".into(),
             namespace: Some(NS.into()),
             name: "ignored".into(),
+            adopted: false,
         },
     ];
     let passed = poll(&client, &all, Duration::from_secs(90), &mut never_failed, |v| {

@@ -475,6 +475,7 @@ async fn apply(
             default_namespace: APPLY_NS,
             owner: OWNER,
             app_label: APP_LABEL,
+            field_manager: &bosun::apply::field_manager(OWNER),
             previous_inventory: previous,
         })
         .await?)

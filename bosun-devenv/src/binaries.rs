@@ -154,10 +154,12 @@ mod tests {
 
     #[test]
     fn finds_root_from_a_subdirectory() {
-        // The crate's own manifest dir is a bosun root (unless overridden by env).
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // This crate lives in the bosun workspace, one level below its root (unless
+        // the root is overridden by the environment).
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = crate_dir.parent().expect("the workspace root");
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
-            assert_eq!(find_repo_root(&root.join("src/devenv")), Some(root.to_path_buf()));
+            assert_eq!(find_repo_root(&crate_dir.join("src")), Some(root.to_path_buf()));
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use kube::Client;
 use kube::core::{ApiResource, GroupVersionKind};
 
-use super::error::is_not_found;
+use super::is_not_found;
 
 /// A kind's resource and whether its objects live in a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

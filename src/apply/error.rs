@@ -1,10 +1,34 @@
 use crate::api::InventoryEntry;
+use crate::core::{Failure, FailureKind};
+use crate::failure::{ApiErrorClass, Classified, class_of, describe_forbidden, server_message};
 
 /// Where a failing object came from, as `file:line`.
 pub type Location = String;
 
-/// Why a revision could not be applied (or pruned). Every variant names the object, and
-/// where the object came from when it came from a manifest.
+/// What the apply stage was doing when the API server answered with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Discovery,
+    Read,
+    DryRun,
+    Apply,
+    WaitEstablished,
+}
+
+impl Action {
+    fn describe(self) -> &'static str {
+        match self {
+            Action::Discovery => "discovering",
+            Action::Read => "reading",
+            Action::DryRun => "dry run of",
+            Action::Apply => "applying",
+            Action::WaitEstablished => "waiting for",
+        }
+    }
+}
+
+/// Why a revision could not be applied. Every variant names the object, and where the
+/// object came from when it came from a manifest.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{file}:{line}: invalid manifest: {message}")]
@@ -35,68 +59,73 @@ pub enum ApplyError {
         name: String,
         location: Location,
     },
-    #[error("discovery of {api_version} failed: {message}")]
-    Discovery { api_version: String, message: String },
-    #[error("{object} ({location}) was rejected by the API server (dry run): {message}")]
-    DryRunFailed {
+    #[error("{object} ({location}) belongs to {owner}; nothing was overwritten")]
+    OwnedByAnother {
         object: InventoryEntry,
         location: Location,
-        message: String,
+        owner: String,
     },
-    #[error("{object} ({location}) could not be read from the API server: {message}")]
-    ReadFailed {
-        object: InventoryEntry,
-        location: Location,
+    /// The API server answered with an error (or did not answer).
+    #[error("{} {subject}: {message}", action.describe())]
+    Api {
+        action: Action,
+        /// The object (`ConfigMap shop/a (deploy/a.yaml:3)`) or API version concerned.
+        subject: String,
         message: String,
+        class: ApiErrorClass,
     },
-    #[error("applying {object} ({location}) failed: {message}")]
-    ApplyFailed {
-        object: InventoryEntry,
-        location: Location,
-        message: String,
-    },
-    #[error("CustomResourceDefinition {name} did not become Established: {message}")]
-    CrdNotEstablished { name: String, message: String },
-    #[error("pruning {object} failed: {message}")]
-    PruneFailed { object: InventoryEntry, message: String },
+    #[error("CustomResourceDefinition {name} cannot be Established: {message}")]
+    CrdNamesRejected { name: String, message: String },
 }
 
 impl ApplyError {
+    pub(crate) fn api(action: Action, subject: String, error: &kube::Error) -> Self {
+        ApplyError::Api {
+            action,
+            subject,
+            message: server_message(error),
+            class: class_of(error),
+        }
+    }
+
     /// Short CamelCase reason for conditions and Events.
     pub fn reason(&self) -> &'static str {
         match self {
             ApplyError::InvalidManifest { .. } | ApplyError::InvalidObject { .. } => "InvalidManifest",
             ApplyError::DuplicateObject { .. } => "DuplicateObject",
             ApplyError::UnknownKind { .. } => "UnknownKind",
-            ApplyError::Discovery { .. } => "DiscoveryFailed",
-            ApplyError::DryRunFailed { .. } => "DryRunFailed",
-            ApplyError::ReadFailed { .. } => "ReadFailed",
-            ApplyError::ApplyFailed { .. } => "ApplyFailed",
-            ApplyError::CrdNotEstablished { .. } => "CrdNotEstablished",
-            ApplyError::PruneFailed { .. } => "PruneFailed",
+            ApplyError::OwnedByAnother { .. } => "OwnershipConflict",
+            ApplyError::Api { action, class, .. } => match (class, action) {
+                (ApiErrorClass::Forbidden, _) => "Forbidden",
+                (_, Action::DryRun) => "DryRunFailed",
+                (_, Action::Read) => "ReadFailed",
+                (_, Action::Discovery) => "DiscoveryFailed",
+                (_, Action::Apply) => "ApplyFailed",
+                (_, Action::WaitEstablished) => "CrdNotEstablished",
+            },
+            ApplyError::CrdNamesRejected { .. } => "CrdNotEstablished",
         }
     }
 
-    /// True when nothing of the revision was changed on the server: the error came from
-    /// validation (manifests, discovery, dry run) before the first write.
-    pub fn before_any_write(&self) -> bool {
-        !matches!(
-            self,
-            ApplyError::ApplyFailed { .. }
-                | ApplyError::CrdNotEstablished { .. }
-                | ApplyError::PruneFailed { .. }
-        )
+    /// What the error means for the revision (see [`crate::failure`]).
+    pub fn classify(&self) -> Classified {
+        let refused = |kind| Classified::Refused(Failure::new(kind, self.to_string()));
+        match self {
+            ApplyError::Api {
+                class: ApiErrorClass::Transient,
+                ..
+            } => Classified::Transient(self.to_string()),
+            ApplyError::Api {
+                action,
+                subject,
+                message,
+                class: ApiErrorClass::Forbidden,
+            } => Classified::Refused(Failure::new(
+                FailureKind::Forbidden,
+                format!("{} {subject}: {}", action.describe(), describe_forbidden(message)),
+            )),
+            ApplyError::OwnedByAnother { .. } => refused(FailureKind::OwnershipConflict),
+            _ => refused(FailureKind::RevisionInvalid),
+        }
     }
-}
-
-/// The API server's own message when there is one (it names the field), else the error.
-pub(crate) fn server_message(error: &kube::Error) -> String {
-    match error {
-        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
-    }
-}
-
-pub(crate) fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
 }

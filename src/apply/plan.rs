@@ -416,6 +416,7 @@ mod tests {
             kind: kind.to_string(),
             namespace: namespace.map(str::to_string),
             name: name.to_string(),
+            adopted: false,
         }
     }
 

@@ -1,33 +1,43 @@
-//! kube-runtime wiring: watches, the shared context, and the loop that turns each
-//! [`crate::core::Decision`] into API calls.
+//! kube-runtime wiring: the watch caches, the shared context, and the passes that turn
+//! each [`crate::core::Decision`] into API calls.
+//!
+//! - [`pass`]: one pass over one AppDeployment (observe, decide, record, persist, act);
+//! - [`observe`]: Runbook, spec and Git tip;
+//! - [`steps`]: render, snapshot, inventory, apply; [`verify`]: verification rounds;
+//! - [`resync`]: drift correction at rest; [`cleanup`]: deletion;
+//! - [`cache`]: the watch caches; [`status_writer`]: the one status writer;
+//!   [`events`]: Events; [`fault`]: fault injection for the crash tests.
 
-mod deploy;
+mod cache;
+mod cleanup;
 mod error;
 mod events;
+pub mod fault;
 mod observe;
-mod reconcile;
-mod rollback;
-pub mod status;
+mod pass;
+mod resync;
+pub mod status_writer;
+mod steps;
 mod verify;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
-use crate::api::{AppDeployment, ClusterRunbook, Runbook, RunbookKind};
-use crate::apply::DiscoveryCache;
+use crate::api::AppDeployment;
+use crate::apply::{Applier, DiscoveryCache, UnchangedMemo};
 use crate::gates::http::HttpProber;
-use crate::source::GitCache;
+use crate::render::Manifest;
+use crate::source::{Credentials, GitCache};
 
+pub use cache::Caches;
 pub use error::Error;
 
 /// Settings of one controller process.
@@ -35,88 +45,185 @@ pub use error::Error;
 pub struct Settings {
     /// Where the shared Git clones live (one per repository URL).
     pub cache_dir: PathBuf,
-    /// Requeue period while a revision is being verified (gates are probed on their own periods).
-    pub verify_tick: Duration,
     /// Name of this controller instance in Events.
     pub instance: String,
+    /// How many AppDeployments are reconciled at once.
+    pub concurrency: u16,
+    /// Apps without `serviceAccountName` are applied as this ServiceAccount of their own
+    /// namespace (the multi-tenant setting); unset, as the controller itself.
+    pub default_service_account: Option<String>,
+    /// Allow `file://` sources (demos and tests).
+    pub allow_file_sources: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             cache_dir: std::env::temp_dir().join("bosun-git-cache"),
-            verify_tick: Duration::from_secs(1),
             instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "bosun".into()),
+            concurrency: 16,
+            default_service_account: None,
+            allow_file_sources: false,
         }
     }
 }
 
-/// Shared by every reconcile.
+/// What a controller keeps about one app between passes, in memory only: losing it
+/// (a restart) costs a fresh verification window and a re-read, never a decision.
+#[derive(Default)]
+pub struct AppState {
+    verification: Option<verify::Session>,
+    last_resync: Option<Instant>,
+    /// Consecutive failed passes (for the back-off).
+    errors: u32,
+    /// The `resourceVersion` of our last write of the app.
+    written_version: Option<String>,
+    /// Manifests rendered but not yet in a snapshot, keyed `revision/render digest`.
+    rendered: Option<(String, Arc<Vec<Manifest>>)>,
+    /// Git credentials read from the Secret, with when and from which Secret.
+    credentials: Option<(Instant, String, Credentials)>,
+    /// The app was deleted: do not keep this state.
+    forgotten: bool,
+}
+
+/// Shared by every pass.
 pub struct Context {
     pub client: Client,
     pub config: kube::Config,
     pub git: GitCache,
-    pub recorder: Recorder,
+    pub events: events::EventRecorder,
     pub prober: HttpProber,
     /// API discovery shared by every apply, whichever account applies.
     pub discovery: DiscoveryCache,
+    pub caches: Caches,
+    pub memo: UnchangedMemo,
     pub settings: Settings,
-    /// Gate trackers of revisions being verified, keyed by `namespace/name`. In memory on
-    /// purpose: after a restart verification simply starts over for the same revision.
-    verifications: Mutex<HashMap<String, verify::Session>>,
-    /// When each app's applied revision was last re-applied (drift correction).
-    last_resync: Mutex<HashMap<String, Instant>>,
-    /// Clients impersonating `spec.serviceAccountName`, keyed by `namespace/name`.
+    pub fault: fault::FaultSwitch,
+    apps: Mutex<HashMap<String, AppState>>,
+    /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: kube::Config, settings: Settings) -> Result<Context, Error> {
-        let reporter = Reporter {
-            controller: "bosun".into(),
-            instance: Some(settings.instance.clone()),
-        };
+    pub fn new(
+        client: Client,
+        config: kube::Config,
+        settings: Settings,
+        caches: Caches,
+    ) -> Result<Context, Error> {
         Ok(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
             git: GitCache::new(settings.cache_dir.clone()),
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
+            memo: UnchangedMemo::default(),
+            fault: fault::FaultSwitch::from_env(),
             client,
             config,
             settings,
-            verifications: Mutex::default(),
-            last_resync: Mutex::default(),
+            caches,
+            apps: Mutex::default(),
             impersonated: Mutex::default(),
         })
     }
 
-    /// The client that applies an app's manifests: impersonating its ServiceAccount
-    /// when `spec.serviceAccountName` is set.
-    fn apply_client(&self, namespace: &str, service_account: Option<&str>) -> Result<Client, Error> {
-        let Some(service_account) = service_account else {
-            return Ok(self.client.clone());
-        };
-        let key = format!("{namespace}/{service_account}");
-        let mut cache = self.impersonated.lock().expect("impersonation cache poisoned");
-        if let Some(client) = cache.get(&key) {
-            return Ok(client.clone());
+    fn take_state(&self, key: &str) -> AppState {
+        self.apps
+            .lock()
+            .expect("app states poisoned")
+            .remove(key)
+            .unwrap_or_default()
+    }
+
+    fn put_state(&self, key: &str, state: AppState) {
+        self.apps
+            .lock()
+            .expect("app states poisoned")
+            .insert(key.to_string(), state);
+    }
+
+    fn errors(&self, key: &str) -> u32 {
+        self.apps
+            .lock()
+            .expect("app states poisoned")
+            .get(key)
+            .map_or(0, |s| s.errors)
+    }
+
+    /// Drops everything kept about a deleted app.
+    fn forget(&self, app: &AppDeployment) {
+        let key = pass::app_key(app);
+        self.apps.lock().expect("app states poisoned").remove(&key);
+        if let Some(uid) = app.uid() {
+            self.events.forget(&uid);
         }
-        let mut config = self.config.clone();
-        config.auth_info.impersonate = Some(format!("system:serviceaccount:{key}"));
-        let client =
-            Client::try_from(config).map_err(|e| Error::Internal(format!("impersonating client: {e}")))?;
-        cache.insert(key, client.clone());
-        Ok(client)
+        let namespace = app.namespace().unwrap_or_default();
+        let snapshots: Vec<String> = app
+            .status
+            .iter()
+            .flat_map(|s| [s.current_snapshot.clone(), s.last_healthy_snapshot.clone()])
+            .flatten()
+            .collect();
+        self.caches.forget_snapshots(&namespace, &snapshots);
+        let owned: Vec<String> = app
+            .status
+            .iter()
+            .flat_map(|s| s.inventory.iter())
+            .map(|entry| {
+                format!(
+                    "{}/{}/{}/{}",
+                    entry.api_version,
+                    entry.kind,
+                    entry.namespace.as_deref().unwrap_or(""),
+                    entry.name
+                )
+            })
+            .collect();
+        self.memo.forget_where(|key| !owned.iter().any(|o| o == key));
+    }
+
+    /// The identity an app's manifests are applied as: `spec.serviceAccountName`, else
+    /// the controller's `--default-service-account`, of the app's own namespace; with
+    /// neither, the controller itself.
+    pub fn apply_identity(&self, app: &AppDeployment) -> Option<String> {
+        let account = app
+            .spec
+            .service_account_name
+            .clone()
+            .or_else(|| self.settings.default_service_account.clone())?;
+        Some(format!(
+            "system:serviceaccount:{}:{account}",
+            app.namespace().unwrap_or_default()
+        ))
+    }
+
+    /// An applier acting as the app's identity, sharing the caches.
+    fn applier(&self, app: &AppDeployment) -> Result<Applier, Error> {
+        let client = match self.apply_identity(app) {
+            None => self.client.clone(),
+            Some(user) => {
+                let mut cache = self.impersonated.lock().expect("impersonation cache poisoned");
+                match cache.get(&user) {
+                    Some(client) => client.clone(),
+                    None => {
+                        let mut config = self.config.clone();
+                        config.auth_info.impersonate = Some(user.clone());
+                        let client = Client::try_from(config)
+                            .map_err(|e| Error::Internal(format!("client impersonating {user}: {e}")))?;
+                        cache.insert(user, client.clone());
+                        client
+                    }
+                }
+            }
+        };
+        Ok(Applier::with_discovery(client, self.discovery.clone())
+            .with_cache(self.caches.managed.clone(), self.memo.clone()))
     }
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
-    let context = Arc::new(Context::new(client.clone(), config, settings)?);
     let apps: Api<AppDeployment> = Api::all(client.clone());
-    let runbooks: Api<Runbook> = Api::all(client.clone());
-    let cluster_runbooks: Api<ClusterRunbook> = Api::all(client.clone());
-
     // Fail early and clearly when the CRDs are not installed.
     apps.list(&kube::api::ListParams::default().limit(1))
         .await
@@ -126,34 +233,38 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             ))
         })?;
 
+    let (reader, writer) = reflector::store();
+    // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
+    // the annotations, never by bosun's own status writes.
+    let app_changes = watcher(apps, watcher::Config::default())
+        .default_backoff()
+        .modify(|app: &mut AppDeployment| app.metadata.managed_fields = None)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            (predicates::generation as fn(&AppDeployment) -> Option<u64>).combine(predicates::annotations),
+            Default::default(),
+        );
+    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+    let caches = Caches::start(&client, reader.clone(), trigger);
+    let concurrency = settings.concurrency;
+    let context = Arc::new(Context::new(client, config, settings, caches)?);
+    if context.fault.is_armed() {
+        warn!(
+            "fault injection is armed ({}): the process will abort at a step boundary",
+            fault::ENV
+        );
+    }
+    context.caches.wait_ready().await;
     info!("bosun controller started");
-    let controller = Controller::new(apps, watcher::Config::default());
-    let store = controller.store();
-    let cluster_store = store.clone();
-    controller
-        .watches(runbooks, watcher::Config::default(), move |runbook| {
-            // A Runbook change reconciles the apps that use it at once.
-            let namespace = runbook.namespace();
-            apps_using(
-                &store,
-                RunbookKind::Runbook,
-                namespace.as_deref(),
-                &runbook.name_any(),
-            )
-        })
-        .watches(cluster_runbooks, watcher::Config::default(), move |runbook| {
-            apps_using(
-                &cluster_store,
-                RunbookKind::ClusterRunbook,
-                None,
-                &runbook.name_any(),
-            )
-        })
+    Controller::for_stream(app_changes, reader)
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .reconcile_on(futures::stream::poll_fn(move |cx| triggered.poll_recv(cx)))
         .shutdown_on_signal()
-        .run(reconcile::reconcile, error_policy, context)
+        .run(pass::reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+                tracing::debug!(%error, "reconcile failed");
             }
         })
         .await;
@@ -161,29 +272,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     Ok(())
 }
 
-/// The AppDeployments whose `runbookRef` names this Runbook (`namespace` set) or
-/// ClusterRunbook.
-fn apps_using(
-    store: &Store<AppDeployment>,
-    kind: RunbookKind,
-    namespace: Option<&str>,
-    name: &str,
-) -> Vec<ObjectRef<AppDeployment>> {
-    store
-        .state()
-        .into_iter()
-        .filter(|app| namespace.is_none() || app.namespace().as_deref() == namespace)
-        .filter(|app| {
-            app.spec
-                .runbook_ref
-                .as_ref()
-                .is_some_and(|r| r.kind == kind && r.name == name)
-        })
-        .map(|app| ObjectRef::from_obj(&*app))
-        .collect()
-}
-
-fn error_policy(app: Arc<AppDeployment>, error: &Error, _context: Arc<Context>) -> Action {
-    warn!(app = %format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()), %error, "will retry");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(app: Arc<AppDeployment>, _error: &Error, context: Arc<Context>) -> Action {
+    let attempt = context.errors(&pass::app_key(&app)).max(1);
+    Action::requeue(pass::backoff(attempt))
 }

@@ -1,189 +1,227 @@
-//! What a pass observes before deciding: the Runbook, the spec's own validity,
-//! and the Git tip (or pin) with its credentials.
+//! What a pass observes before deciding: the Runbook (from the watch cache, validated),
+//! the spec's own validity, and the Git tip (or pin) with its credentials.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::reconcile::Reconciliation;
-use super::status;
-use crate::api::{ClusterRunbook, Phase, Runbook, RunbookKind, RunbookSpec, parse_duration, short_revision};
-use crate::core::DesiredRevision;
-use crate::source::Credentials;
+use super::{AppState, Context};
+use crate::api::{
+    AppDeployment, AppDeploymentStatus, RunbookKind, RunbookSpec, condition, describe_problems,
+    parse_duration, set_condition, short_revision,
+};
+use crate::core::record::Notice;
+use crate::core::{DesiredRevision, Failure, FailureKind};
+use crate::source::{Credentials, SourcePolicy};
 
-/// What a pass learned about the source before deciding.
-pub(super) struct SourceView {
-    pub(super) desired: DesiredRevision,
-    pub(super) credentials: Option<Credentials>,
+/// The Runbook an app deploys with, and the version it was read at (an edit restarts
+/// verification).
+pub struct Runbook {
+    pub spec: RunbookSpec,
+    pub version: String,
 }
 
-impl Reconciliation<'_> {
-    /// Problems with the spec itself, found without any I/O.
-    pub(super) fn spec_problem(&self) -> Option<String> {
-        let git = &self.app.spec.source.git;
-        if let Some(interval) = &git.interval
-            && let Err(e) = parse_duration(interval)
-        {
-            return Some(format!("spec.source.git.interval: {e}"));
-        }
-        if let Some(path) = &git.path
-            && let Err(e) = crate::source::validate_path(path)
-        {
-            return Some(e.to_string());
-        }
-        None
+/// The app's Runbook from the cache, validated. No `runbookRef`: the defaults (the
+/// workload gate alone). A Runbook that is missing or invalid is a problem that blocks
+/// the app, never one that fails a revision.
+pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failure> {
+    let Some(reference) = &app.spec.runbook_ref else {
+        return Ok(Runbook {
+            spec: RunbookSpec::default(),
+            version: String::new(),
+        });
+    };
+    let namespace = app.namespace().unwrap_or_default();
+    let what = match reference.kind {
+        RunbookKind::Runbook => format!("Runbook {namespace}/{}", reference.name),
+        RunbookKind::ClusterRunbook => format!("ClusterRunbook {}", reference.name),
+    };
+    let Some((spec, version)) = context
+        .caches
+        .runbook(reference.kind, &namespace, &reference.name)
+    else {
+        return Err(Failure::new(
+            FailureKind::RunbookInvalid,
+            format!("spec.runbookRef: {what} not found"),
+        ));
+    };
+    if let Err(problems) = spec.validate() {
+        return Err(Failure::new(
+            FailureKind::RunbookInvalid,
+            format!("{what} cannot be evaluated: {}", describe_problems(&problems)),
+        ));
     }
+    Ok(Runbook { spec, version })
+}
 
-    pub(super) async fn load_runbook(&self) -> Result<RunbookSpec, String> {
-        let Some(reference) = &self.app.spec.runbook_ref else {
-            return Ok(RunbookSpec::default());
-        };
-        let found = match reference.kind {
-            RunbookKind::Runbook => {
-                let api: Api<Runbook> = Api::namespaced(self.context.client.clone(), &self.namespace);
-                api.get_opt(&reference.name).await.map(|r| r.map(|r| r.spec))
-            }
-            RunbookKind::ClusterRunbook => {
-                let api: Api<ClusterRunbook> = Api::all(self.context.client.clone());
-                api.get_opt(&reference.name)
-                    .await
-                    .map(|r| r.map(|r| r.spec.runbook))
-            }
-        };
-        let what = match reference.kind {
-            RunbookKind::Runbook => format!("Runbook {}/{}", self.namespace, reference.name),
-            RunbookKind::ClusterRunbook => format!("ClusterRunbook {}", reference.name),
-        };
-        match found {
-            Ok(Some(spec)) => {
-                spec.verify_window().map_err(|e| format!("{what}: {e}"))?;
-                spec.progress_deadline().map_err(|e| format!("{what}: {e}"))?;
-                Ok(spec)
-            }
-            Ok(None) => Err(format!("spec.runbookRef: {what} not found")),
-            Err(e) => Err(format!("spec.runbookRef: reading {what}: {e}")),
-        }
+/// Problems with the spec itself, found without I/O: what the controller will not do.
+pub fn spec_problem(context: &Context, app: &AppDeployment) -> Option<Failure> {
+    let git = &app.spec.source.git;
+    let invalid = |message: String| Some(Failure::new(FailureKind::SpecInvalid, message));
+    if let Some(interval) = &git.interval
+        && let Err(e) = parse_duration(interval)
+    {
+        return invalid(format!("spec.source.git.interval: {e}"));
     }
+    if let Some(path) = &git.path
+        && let Err(e) = crate::source::validate_path(path)
+    {
+        return invalid(e.to_string());
+    }
+    let policy = SourcePolicy {
+        allow_file_sources: context.settings.allow_file_sources,
+    };
+    if let Err(e) = crate::source::check_policy(&git.url, git.secret_ref.is_some(), git.insecure, policy) {
+        return invalid(e.to_string());
+    }
+    None
+}
 
-    /// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
-    pub(super) async fn observe_source(&mut self) -> SourceView {
-        // Loaded even while suspended: an operation in progress may still need Git.
-        let credentials = match self.load_credentials().await {
-            Ok(credentials) => credentials,
-            Err(message) => {
-                self.source_failed("CredentialsInvalid", &message).await;
-                return SourceView {
-                    desired: DesiredRevision::Unavailable,
-                    credentials: None,
-                };
-            }
-        };
-        if self.app.spec.suspend {
-            return SourceView {
-                desired: DesiredRevision::Unavailable,
-                credentials,
-            };
+/// How often the app looks for a new commit (and corrects drift).
+pub fn interval(app: &AppDeployment) -> Duration {
+    app.spec
+        .source
+        .git
+        .interval
+        .as_deref()
+        .and_then(|text| parse_duration(text).ok())
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1))
+}
+
+/// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
+/// Returns the Event to publish when the source's state changed.
+pub async fn source(
+    context: &Context,
+    app: &AppDeployment,
+    state: &mut AppState,
+    status: &mut AppDeploymentStatus,
+) -> (DesiredRevision, Option<Credentials>, Option<Notice>) {
+    let generation = app.metadata.generation;
+    let credentials = match credentials(context, app, state).await {
+        Ok(credentials) => credentials,
+        Err(message) => {
+            let notice = source_failed(status, "CredentialsInvalid", &message, generation);
+            return (DesiredRevision::Unavailable, None, notice);
         }
-        let pinned = self.app.spec.pin.is_some();
-        let reference = match &self.app.spec.pin {
-            // A pin may be a short id: resolved like `ref.commit`, so status always
-            // holds full ids that compare equal to history and quarantine entries.
-            Some(pin) => crate::api::GitRef {
-                commit: Some(pin.revision.clone()),
-                ..Default::default()
-            },
-            None => self.app.spec.source.git.reference.clone(),
-        };
-        if self.status.phase == Phase::Pending && self.status.desired_revision.is_none() {
-            status::set_phase(
-                &mut self.status,
-                Phase::Fetching,
-                "fetching the Git source",
-                self.generation,
+    };
+    if app.spec.suspend {
+        return (DesiredRevision::Unavailable, credentials, None);
+    }
+    let pinned = app.spec.pin.is_some();
+    let reference = match &app.spec.pin {
+        // A pin may be a short id: resolved like `ref.commit`, so status always holds
+        // full ids that compare equal to history and quarantine entries.
+        Some(pin) => crate::api::GitRef {
+            commit: Some(pin.revision.clone()),
+            ..Default::default()
+        },
+        None => app.spec.source.git.reference.clone(),
+    };
+    let git = &app.spec.source.git;
+    match context
+        .git
+        .resolve(&git.url, &reference, credentials.as_ref(), interval(app))
+        .await
+    {
+        Ok(resolved) => {
+            let message = format!("{} at {}", resolved.reference, short_revision(&resolved.commit));
+            if status.desired_revision.as_deref() != Some(resolved.commit.as_str()) {
+                info!(revision = %resolved.commit, "new Git tip");
+            }
+            set_condition(
+                &mut status.conditions,
+                condition::SOURCE_READY,
+                true,
+                "Fetched",
+                &message,
+                generation,
+                &Time(Timestamp::now()),
             );
-            let _ = self.save().await;
+            status.desired_revision = Some(resolved.commit.clone());
+            let desired = DesiredRevision::Known {
+                revision: resolved.commit,
+                pinned,
+            };
+            (desired, credentials, None)
         }
-        let git = &self.app.spec.source.git;
-        // While a revision is verified the loop runs every second: reuse the last
-        // fetch unless the interval has passed.
-        match self
-            .context
-            .git
-            .resolve(&git.url, &reference, credentials.as_ref(), self.interval())
-            .await
-        {
-            Ok(resolved) => {
-                let message = format!("{} at {}", resolved.reference, short_revision(&resolved.commit));
-                let changed = status::set_source_condition(
-                    &mut self.status,
-                    true,
-                    "Fetched",
-                    &message,
-                    self.generation,
-                );
-                if changed && self.status.desired_revision.as_deref() != Some(resolved.commit.as_str()) {
-                    info!(revision = %resolved.commit, "new Git tip");
-                }
-                self.status.desired_revision = Some(resolved.commit.clone());
-                SourceView {
-                    desired: DesiredRevision::Known {
-                        revision: resolved.commit,
-                        pinned,
-                    },
-                    credentials,
-                }
-            }
-            Err(error) => {
-                self.source_failed(error.reason(), &error.to_string()).await;
-                SourceView {
-                    desired: DesiredRevision::Unavailable,
-                    credentials,
-                }
-            }
+        Err(error) => {
+            let notice = source_failed(status, error.reason(), &error.to_string(), generation);
+            (DesiredRevision::Unavailable, credentials, notice)
         }
     }
+}
 
-    pub(super) async fn source_failed(&mut self, reason: &str, message: &str) {
-        let changed = status::set_source_condition(&mut self.status, false, reason, message, self.generation);
-        if changed {
-            warn!(reason, message, "source not ready");
-            self.event(true, reason, message).await;
+fn source_failed(
+    status: &mut AppDeploymentStatus,
+    reason: &'static str,
+    message: &str,
+    generation: Option<i64>,
+) -> Option<Notice> {
+    let changed = set_condition(
+        &mut status.conditions,
+        condition::SOURCE_READY,
+        false,
+        reason,
+        message,
+        generation,
+        &Time(Timestamp::now()),
+    );
+    changed.then(|| {
+        warn!(reason, message, "source not ready");
+        Notice {
+            warning: true,
+            reason,
+            note: format!("Git source: {message}"),
         }
-        if self.status.phase == Phase::Fetching {
-            status::set_phase(&mut self.status, Phase::Pending, message, self.generation);
-        }
-    }
+    })
+}
 
-    pub(super) async fn load_credentials(&self) -> Result<Option<Credentials>, String> {
-        let Some(secret_ref) = &self.app.spec.source.git.secret_ref else {
-            return Ok(None);
-        };
-        let secrets: Api<Secret> = Api::namespaced(self.context.client.clone(), &self.namespace);
-        let secret = secrets
-            .get_opt(&secret_ref.name)
-            .await
-            .map_err(|e| {
-                format!(
-                    "spec.source.git.secretRef: reading Secret {}/{}: {e}",
-                    self.namespace, secret_ref.name
-                )
-            })?
-            .ok_or_else(|| {
-                format!(
-                    "spec.source.git.secretRef: Secret {}/{} not found",
-                    self.namespace, secret_ref.name
-                )
-            })?;
-        let data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(key, value)| (key, value.0))
-            .collect();
-        Credentials::from_secret_data(&secret_ref.name, &data)
-            .map(Some)
-            .map_err(|e| e.to_string())
+/// The Git credentials of `spec.source.git.secretRef`, read at most once per interval.
+async fn credentials(
+    context: &Context,
+    app: &AppDeployment,
+    state: &mut AppState,
+) -> Result<Option<Credentials>, String> {
+    let Some(secret_ref) = &app.spec.source.git.secret_ref else {
+        return Ok(None);
+    };
+    if let Some((read_at, name, credentials)) = &state.credentials
+        && name == &secret_ref.name
+        && read_at.elapsed() < interval(app)
+    {
+        return Ok(Some(credentials.clone()));
     }
+    let namespace = app.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            format!(
+                "spec.source.git.secretRef: reading Secret {namespace}/{}: {}",
+                secret_ref.name,
+                crate::failure::server_message(&e)
+            )
+        })?
+        .ok_or_else(|| {
+            format!(
+                "spec.source.git.secretRef: Secret {namespace}/{} not found",
+                secret_ref.name
+            )
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, value.0))
+        .collect();
+    let credentials = Credentials::from_secret_data(&secret_ref.name, &data).map_err(|e| e.to_string())?;
+    state.credentials = Some((Instant::now(), secret_ref.name.clone(), credentials.clone()));
+    Ok(Some(credentials))
 }

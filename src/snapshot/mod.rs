@@ -74,6 +74,7 @@ pub enum SnapshotError {
         namespace: String,
         name: String,
         message: String,
+        class: crate::failure::ApiErrorClass,
     },
 }
 
@@ -91,7 +92,30 @@ impl SnapshotError {
 
     /// Only API failures may go away by retrying; the others need a person.
     pub fn is_transient(&self) -> bool {
-        matches!(self, SnapshotError::Api { .. })
+        matches!(
+            self,
+            SnapshotError::Api {
+                class: crate::failure::ApiErrorClass::Transient,
+                ..
+            }
+        )
+    }
+
+    /// What the error means for the step that met it (see [`crate::failure`]).
+    pub fn classify(&self) -> crate::failure::Classified {
+        use crate::core::{Failure, FailureKind};
+        use crate::failure::{ApiErrorClass, Classified};
+        match self {
+            SnapshotError::Api {
+                class: ApiErrorClass::Transient,
+                ..
+            } => Classified::Transient(self.to_string()),
+            SnapshotError::Api {
+                class: ApiErrorClass::Forbidden,
+                ..
+            } => Classified::Refused(Failure::new(FailureKind::Forbidden, self.to_string())),
+            _ => Classified::Refused(Failure::new(FailureKind::RevisionInvalid, self.to_string())),
+        }
     }
 }
 
@@ -119,10 +143,17 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Manifest>, SnapshotError> {
     serde_json::from_slice(&json).map_err(|error| SnapshotError::Decode(format!("JSON: {error}")))
 }
 
-/// Name of the snapshot Secret of `revision`: `<app>-rev-<short revision>`, with the
-/// app name shortened (and a hash of it added) when the result would exceed 253 chars.
-pub fn secret_name(app_name: &str, revision: &str) -> String {
-    let suffix = format!("-rev-{}", short_revision(revision).to_ascii_lowercase());
+/// Name of the snapshot Secret of `revision` rendered with `render_digest` (what shaped
+/// the render: url, path, target namespace): `<app>-rev-<short revision>-<digest>`, with
+/// the app name shortened (and a hash of it added) when the result would exceed 253
+/// chars. A re-render of the same commit (a changed path) gets a Secret of its own, so
+/// it never overwrites the snapshot of a render that proved itself.
+pub fn secret_name(app_name: &str, revision: &str, render_digest: &str) -> String {
+    let suffix = format!(
+        "-rev-{}-{}",
+        short_revision(revision).to_ascii_lowercase(),
+        render_digest.to_ascii_lowercase()
+    );
     if app_name.len() + suffix.len() <= MAX_NAME_LEN {
         return format!("{app_name}{suffix}");
     }
@@ -175,6 +206,7 @@ fn app_identity(app: &AppDeployment) -> Result<(String, String), SnapshotError> 
 pub fn snapshot_secret(
     app: &AppDeployment,
     revision: &str,
+    render_digest: &str,
     manifests: &[Manifest],
 ) -> Result<Secret, SnapshotError> {
     let (namespace, app_name) = app_identity(app)?;
@@ -204,7 +236,7 @@ pub fn snapshot_secret(
     };
     Ok(Secret {
         metadata: ObjectMeta {
-            name: Some(secret_name(&app_name, revision)),
+            name: Some(secret_name(&app_name, revision, render_digest)),
             namespace: Some(namespace.clone()),
             labels: Some(BTreeMap::from([
                 (APP_LABEL.to_string(), app_label_value(&namespace, &app_name)),
@@ -223,14 +255,16 @@ pub fn snapshot_secret(
     })
 }
 
-/// Stores the manifests of a Healthy revision. Idempotent (server-side apply).
+/// Stores the manifests of a revision's render; returns the Secret's name. Idempotent
+/// (server-side apply, deterministic content).
 pub async fn store(
     client: &Client,
     app: &AppDeployment,
     revision: &str,
+    render_digest: &str,
     manifests: &[Manifest],
-) -> Result<(), SnapshotError> {
-    let secret = snapshot_secret(app, revision, manifests)?;
+) -> Result<String, SnapshotError> {
+    let secret = snapshot_secret(app, revision, render_digest, manifests)?;
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -245,19 +279,20 @@ pub async fn store(
         namespace: namespace.clone(),
         name: name.clone(),
         message: api_message(&error),
+        class: crate::failure::class_of(&error),
     })?;
-    info!(app = %app.name_any(), %revision, secret = %name, objects = manifests.len(), "stored healthy snapshot");
-    Ok(())
+    info!(app = %app.name_any(), %revision, secret = %name, objects = manifests.len(), "stored snapshot");
+    Ok(name)
 }
 
-/// The manifests of a stored Healthy revision.
+/// The manifests of the snapshot Secret `namespace/name`, which must hold `revision`.
 pub async fn load(
     client: &Client,
-    app: &AppDeployment,
+    namespace: &str,
+    name: &str,
     revision: &str,
 ) -> Result<Vec<Manifest>, SnapshotError> {
-    let (namespace, app_name) = app_identity(app)?;
-    let name = secret_name(&app_name, revision);
+    let (namespace, name) = (namespace.to_string(), name.to_string());
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret = api
         .get_opt(&name)
@@ -267,12 +302,21 @@ pub async fn load(
             namespace: namespace.clone(),
             name: name.clone(),
             message: api_message(&error),
+            class: crate::failure::class_of(&error),
         })?
         .ok_or_else(|| SnapshotError::NotFound {
             namespace: namespace.clone(),
             name: name.clone(),
             revision: revision.to_string(),
         })?;
+    manifests_of(&secret, revision)
+}
+
+/// The manifests a snapshot Secret holds (e.g. one from a watch cache); it must hold
+/// `revision`.
+pub fn manifests_of(secret: &Secret, revision: &str) -> Result<Vec<Manifest>, SnapshotError> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
     let corrupt = |message: String| SnapshotError::Corrupt {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -292,7 +336,7 @@ pub async fn load(
     decode(&bytes.0).map_err(|error| corrupt(error.to_string()))
 }
 
-/// Deletes the app's snapshots of revisions not in `keep`.
+/// Deletes the app's snapshot Secrets whose names are not in `keep`.
 pub async fn retain(client: &Client, app: &AppDeployment, keep: &[String]) -> Result<(), SnapshotError> {
     let (namespace, app_name) = app_identity(app)?;
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -305,14 +349,14 @@ pub async fn retain(client: &Client, app: &AppDeployment, keep: &[String]) -> Re
             namespace: namespace.clone(),
             name: format!("({selector})"),
             message: api_message(&error),
+            class: crate::failure::class_of(&error),
         })?;
-    let keep: HashSet<String> = keep.iter().map(|r| short_revision(r)).collect();
+    let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
     for secret in listed.items.iter().filter(|s| is_snapshot_of(s, app)) {
-        let revision = secret.labels().get(REVISION_LABEL).cloned().unwrap_or_default();
-        if keep.contains(&revision) {
+        let name = secret.name_any();
+        if keep.contains(name.as_str()) {
             continue;
         }
-        let name = secret.name_any();
         match api.delete(&name, &DeleteParams::background()).await {
             Ok(_) => debug!(secret = %name, "deleted snapshot"),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
@@ -322,6 +366,7 @@ pub async fn retain(client: &Client, app: &AppDeployment, keep: &[String]) -> Re
                     namespace: namespace.clone(),
                     name,
                     message: api_message(&error),
+                    class: crate::failure::class_of(&error),
                 });
             }
         }
@@ -406,18 +451,20 @@ mod tests {
     #[test]
     fn secret_names_are_short_revision_and_bounded() {
         let rev = "0123456789abcdef0123456789abcdef01234567";
-        assert_eq!(secret_name("web", rev), "web-rev-0123456789ab");
+        assert_eq!(secret_name("web", rev, "d1d2"), "web-rev-0123456789ab-d1d2");
+        // Another render of the same commit gets a Secret of its own.
+        assert_ne!(secret_name("web", rev, "d1d2"), secret_name("web", rev, "e3e4"));
 
         let long = format!("{}.x", "a".repeat(250));
-        let name = secret_name(&long, rev);
+        let name = secret_name(&long, rev, "d1d2");
         assert!(name.len() <= 253, "{}", name.len());
-        assert!(name.ends_with("-rev-0123456789ab"));
+        assert!(name.ends_with("-rev-0123456789ab-d1d2"));
         assert!(name.starts_with("aaaa"));
-        let other = secret_name(&format!("{}.y", "a".repeat(250)), rev);
+        let other = secret_name(&format!("{}.y", "a".repeat(250)), rev, "d1d2");
         assert_ne!(name, other, "hash keeps truncated names apart");
         // A dot right before the cut must not leave an invalid `.-` in the name.
-        let dotted = format!("{}.{}", "a".repeat(226), "b".repeat(30));
-        assert!(!secret_name(&dotted, rev).contains(".-"));
+        let dotted = format!("{}.{}", "a".repeat(221), "b".repeat(30));
+        assert!(!secret_name(&dotted, rev, "d1d2").contains(".-"));
     }
 
     #[test]
@@ -432,8 +479,8 @@ mod tests {
     #[test]
     fn snapshot_secret_is_typed_labelled_and_owned_by_the_app() {
         let rev = "0123456789abcdef0123456789abcdef01234567";
-        let secret = snapshot_secret(&app("web"), rev, &manifests()).unwrap();
-        assert_eq!(secret.metadata.name.as_deref(), Some("web-rev-0123456789ab"));
+        let secret = snapshot_secret(&app("web"), rev, "d1d2", &manifests()).unwrap();
+        assert_eq!(secret.metadata.name.as_deref(), Some("web-rev-0123456789ab-d1d2"));
         assert_eq!(secret.metadata.namespace.as_deref(), Some("team"));
         assert_eq!(secret.type_.as_deref(), Some(SNAPSHOT_SECRET_TYPE));
         let labels = secret.metadata.labels.clone().unwrap();
@@ -447,6 +494,8 @@ mod tests {
         assert_eq!(owner.controller, Some(true));
         let data = &secret.data.as_ref().unwrap()[DATA_KEY];
         assert_eq!(decode(&data.0).unwrap().len(), 2);
+        assert_eq!(manifests_of(&secret, rev).unwrap(), manifests());
+        assert!(manifests_of(&secret, "another").is_err());
         assert!(is_snapshot_of(&secret, &app("web")));
 
         let mut other_app = app("web");
@@ -458,11 +507,11 @@ mod tests {
     fn snapshot_secret_needs_namespace_and_uid() {
         let mut no_uid = app("web");
         no_uid.metadata.uid = None;
-        let err = snapshot_secret(&no_uid, "abc", &manifests()).unwrap_err();
+        let err = snapshot_secret(&no_uid, "abc", "d", &manifests()).unwrap_err();
         assert!(err.to_string().contains("uid"), "{err}");
         let mut no_ns = app("web");
         no_ns.metadata.namespace = None;
-        let err = snapshot_secret(&no_ns, "abc", &manifests()).unwrap_err();
+        let err = snapshot_secret(&no_ns, "abc", "d", &manifests()).unwrap_err();
         assert_eq!(err.reason(), "InvalidAppDeployment");
     }
 
@@ -478,7 +527,7 @@ mod tests {
             file: "big.yaml".into(),
             line: 1,
         }];
-        let err = snapshot_secret(&app("web"), "abc", &big).unwrap_err();
+        let err = snapshot_secret(&app("web"), "abc", "d", &big).unwrap_err();
         assert_eq!(err.reason(), "SnapshotTooLarge");
     }
 }

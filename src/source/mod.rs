@@ -129,3 +129,71 @@ mod tests;
 pub fn validate_path(path: &str) -> Result<(), SourceError> {
     tree::validate_path(Some(path)).map(|_| ())
 }
+
+/// What a controller lets an AppDeployment's source do, beyond what the URL itself allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourcePolicy {
+    /// `file://` URLs read the controller's own file system: only for demos and tests
+    /// (`--allow-file-sources`), never in a shared cluster.
+    pub allow_file_sources: bool,
+}
+
+/// Refuses a source the policy does not allow, before anything is fetched: `file://`
+/// unless allowed, and credentials over plain `http://` (sent in clear text) unless the
+/// source says `insecure: true`.
+pub fn check_policy(
+    url: &str,
+    has_credentials: bool,
+    insecure: bool,
+    policy: SourcePolicy,
+) -> Result<(), SourceError> {
+    let url = url::RepoUrl::parse(url)?;
+    match url.scheme {
+        url::Scheme::File if !policy.allow_file_sources => Err(SourceError::InvalidSpec {
+            field: field::URL,
+            message: format!(
+                "{} reads the controller's own file system; file:// sources are allowed only when the controller runs with --allow-file-sources",
+                url.redacted
+            ),
+        }),
+        url::Scheme::Http if has_credentials && !insecure => Err(SourceError::InvalidSpec {
+            field: field::SECRET_REF,
+            message: format!(
+                "{} is plain http://: the credentials would travel in clear text; use https:// or set spec.source.git.insecure: true",
+                url.redacted
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn file_sources_need_the_controller_flag() {
+        let closed = SourcePolicy::default();
+        let open = SourcePolicy {
+            allow_file_sources: true,
+        };
+        let error = check_policy("file:///srv/repo", false, false, closed).unwrap_err();
+        assert!(error.to_string().contains("--allow-file-sources"), "{error}");
+        assert!(check_policy("file:///srv/repo", false, false, open).is_ok());
+        assert!(check_policy("https://example.com/repo.git", false, false, closed).is_ok());
+    }
+
+    #[test]
+    fn credentials_over_plain_http_need_insecure() {
+        let policy = SourcePolicy::default();
+        let error = check_policy("http://git.example.com/repo.git", true, false, policy).unwrap_err();
+        assert!(
+            error.to_string().starts_with("spec.source.git.secretRef:"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("insecure: true"), "{error}");
+        assert!(check_policy("http://git.example.com/repo.git", true, true, policy).is_ok());
+        assert!(check_policy("http://git.example.com/repo.git", false, false, policy).is_ok());
+        assert!(check_policy("https://git.example.com/repo.git", true, false, policy).is_ok());
+    }
+}

@@ -1,0 +1,348 @@
+//! Watch caches: what reconciliation and verification read comes from reflectors that
+//! the API server keeps warm, so a verification round costs no request and a crash-looping
+//! Pod is seen the moment its status changes, not at the next tick.
+//!
+//! Only what bosun manages is watched: objects bosun applies carry its app label, and so
+//! do the pod templates of its workloads, hence their ReplicaSets, ControllerRevisions
+//! and Pods (a cluster holds far more Pods than bosun manages). Runbooks,
+//! ClusterRunbooks and snapshot Secrets are watched whole. Any change of a watched object
+//! wakes the app it belongs to.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::api::{APP_LABEL, AppDeployment, ClusterRunbook, Runbook, RunbookKind, RunbookSpec};
+use crate::apply::{LiveObjects, Lookup};
+use crate::render::Manifest;
+use crate::snapshot::{self, SNAPSHOT_SECRET_TYPE, SnapshotError};
+
+/// Wakes the app a change concerns.
+pub type Trigger = mpsc::UnboundedSender<ObjectRef<AppDeployment>>;
+
+/// Every cache the controller reads, kept warm by watches.
+#[derive(Clone)]
+pub struct Caches {
+    pub apps: Store<AppDeployment>,
+    pub runbooks: Store<Runbook>,
+    pub cluster_runbooks: Store<ClusterRunbook>,
+    pub snapshots: Store<Secret>,
+    pub workloads: WorkloadStores,
+    pub managed: Arc<ManagedObjects>,
+    decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+}
+
+/// A snapshot's manifests, with the Secret's resourceVersion they were decoded from.
+type Decoded = (String, Arc<Vec<Manifest>>);
+
+/// What the workload gate reads.
+#[derive(Clone)]
+pub struct WorkloadStores {
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub controller_revisions: Store<ControllerRevision>,
+    pub pods: Store<Pod>,
+}
+
+impl Caches {
+    /// Starts every watch; changes are sent on `trigger` as the apps they concern.
+    pub fn start(client: &Client, apps: Store<AppDeployment>, trigger: Trigger) -> Caches {
+        let managed_only = || watcher::Config::default().labels(APP_LABEL);
+        let to_owner = {
+            let apps = apps.clone();
+            let trigger = trigger.clone();
+            move |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                let Some(value) = meta.labels.as_ref().and_then(|l| l.get(APP_LABEL)) else {
+                    return;
+                };
+                for app in apps_with_label(&apps, value) {
+                    let _ = trigger.send(app);
+                }
+            }
+        };
+        let workloads = WorkloadStores {
+            deployments: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &Deployment| wake(&o.metadata)
+            }),
+            stateful_sets: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &StatefulSet| wake(&o.metadata)
+            }),
+            daemon_sets: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &DaemonSet| wake(&o.metadata)
+            }),
+            replica_sets: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &ReplicaSet| wake(&o.metadata)
+            }),
+            controller_revisions: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &ControllerRevision| wake(&o.metadata)
+            }),
+            pods: reflect(Api::all(client.clone()), managed_only(), {
+                let wake = to_owner.clone();
+                move |o: &Pod| wake(&o.metadata)
+            }),
+        };
+        let runbooks = reflect(Api::all(client.clone()), watcher::Config::default(), {
+            let apps = apps.clone();
+            let trigger = trigger.clone();
+            move |runbook: &Runbook| {
+                let namespace = runbook.namespace();
+                for app in apps_using(
+                    &apps,
+                    RunbookKind::Runbook,
+                    namespace.as_deref(),
+                    &runbook.name_any(),
+                ) {
+                    let _ = trigger.send(app);
+                }
+            }
+        });
+        let cluster_runbooks = reflect(Api::all(client.clone()), watcher::Config::default(), {
+            let apps = apps.clone();
+            let trigger = trigger.clone();
+            move |runbook: &ClusterRunbook| {
+                for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
+                    let _ = trigger.send(app);
+                }
+            }
+        });
+        let snapshots = reflect(
+            Api::all(client.clone()),
+            watcher::Config::default().fields(&format!("type={SNAPSHOT_SECRET_TYPE}")),
+            |_: &Secret| {},
+        );
+        Caches {
+            apps,
+            runbooks,
+            cluster_runbooks,
+            snapshots,
+            workloads,
+            managed: Arc::new(ManagedObjects::new(client.clone())),
+            decoded: Arc::default(),
+        }
+    }
+
+    /// Waits until every watch has listed once: before that, "not found" means nothing.
+    pub async fn wait_ready(&self) {
+        let _ = self.runbooks.wait_until_ready().await;
+        let _ = self.cluster_runbooks.wait_until_ready().await;
+        let _ = self.snapshots.wait_until_ready().await;
+        let w = &self.workloads;
+        let _ = w.deployments.wait_until_ready().await;
+        let _ = w.stateful_sets.wait_until_ready().await;
+        let _ = w.daemon_sets.wait_until_ready().await;
+        let _ = w.replica_sets.wait_until_ready().await;
+        let _ = w.controller_revisions.wait_until_ready().await;
+        let _ = w.pods.wait_until_ready().await;
+    }
+
+    /// The Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef`, with the
+    /// resourceVersion it was read at.
+    pub fn runbook(&self, kind: RunbookKind, namespace: &str, name: &str) -> Option<(RunbookSpec, String)> {
+        match kind {
+            RunbookKind::Runbook => self
+                .runbooks
+                .get(&ObjectRef::new(name).within(namespace))
+                .map(|r| (r.spec.clone(), r.resource_version().unwrap_or_default())),
+            RunbookKind::ClusterRunbook => self
+                .cluster_runbooks
+                .get(&ObjectRef::new(name))
+                .map(|r| (r.spec.runbook.clone(), r.resource_version().unwrap_or_default())),
+        }
+    }
+
+    /// The manifests of snapshot Secret `namespace/name` from the cache, decoded once per
+    /// version of the Secret. `None` when the cache does not hold it (read it instead).
+    pub fn snapshot(
+        &self,
+        namespace: &str,
+        name: &str,
+        revision: &str,
+    ) -> Option<Result<Arc<Vec<Manifest>>, SnapshotError>> {
+        let secret = self.snapshots.get(&ObjectRef::new(name).within(namespace))?;
+        let version = secret.resource_version().unwrap_or_default();
+        let key = format!("{namespace}/{name}");
+        if let Some((cached_version, manifests)) =
+            self.decoded.lock().expect("snapshot cache poisoned").get(&key)
+            && *cached_version == version
+        {
+            return Some(Ok(manifests.clone()));
+        }
+        let decoded = snapshot::manifests_of(&secret, revision).map(Arc::new);
+        if let Ok(manifests) = &decoded {
+            self.decoded
+                .lock()
+                .expect("snapshot cache poisoned")
+                .insert(key, (version, manifests.clone()));
+        }
+        Some(decoded)
+    }
+
+    /// Drops what was decoded for an app's snapshots (the app was deleted).
+    pub fn forget_snapshots(&self, namespace: &str, names: &[String]) {
+        let mut decoded = self.decoded.lock().expect("snapshot cache poisoned");
+        for name in names {
+            decoded.remove(&format!("{namespace}/{name}"));
+        }
+    }
+}
+
+/// A reflector over `api`, kept running in the background; `on_change` sees every
+/// object that is added, changed or deleted. Managed fields are dropped: they are not
+/// read and would double the memory.
+fn reflect<K>(api: Api<K>, config: watcher::Config, on_change: impl Fn(&K) + Send + 'static) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(drive(stream, on_change));
+    reader
+}
+
+async fn drive<K>(stream: impl Stream<Item = Result<K, watcher::Error>>, on_change: impl Fn(&K)) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(object) => on_change(&object),
+            Err(error) => warn!(%error, "watch error; retrying"),
+        }
+    }
+}
+
+/// The AppDeployments whose app label value is `value` (`namespace.name`, shortened
+/// with a hash when long).
+fn apps_with_label(apps: &Store<AppDeployment>, value: &str) -> Vec<ObjectRef<AppDeployment>> {
+    if let Some((namespace, name)) = value.split_once('.') {
+        let direct = ObjectRef::new(name).within(namespace);
+        if apps.get(&direct).is_some() {
+            return vec![direct];
+        }
+    }
+    apps.state()
+        .iter()
+        .filter(|app| {
+            snapshot::app_label_value(&app.namespace().unwrap_or_default(), &app.name_any()) == value
+        })
+        .map(|app| ObjectRef::from_obj(&**app))
+        .collect()
+}
+
+/// The AppDeployments whose `runbookRef` names this Runbook (`namespace` set) or
+/// ClusterRunbook.
+fn apps_using(
+    apps: &Store<AppDeployment>,
+    kind: RunbookKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<AppDeployment>> {
+    apps.state()
+        .into_iter()
+        .filter(|app| namespace.is_none() || app.namespace().as_deref() == namespace)
+        .filter(|app| {
+            app.spec
+                .runbook_ref
+                .as_ref()
+                .is_some_and(|r| r.kind == kind && r.name == name)
+        })
+        .map(|app| ObjectRef::from_obj(&*app))
+        .collect()
+}
+
+/// Live objects of every kind bosun applies, one label-selected watch per kind, started
+/// the first time a kind is looked up. An object not in the cache may still exist (one
+/// bosun did not create carries no label), so the cache answers only what it holds.
+pub struct ManagedObjects {
+    client: Client,
+    kinds: Mutex<HashMap<String, Arc<KindCache>>>,
+}
+
+struct KindCache {
+    resource: ApiResource,
+    store: Store<DynamicObject>,
+    ready: Arc<AtomicBool>,
+}
+
+impl ManagedObjects {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            kinds: Mutex::default(),
+        }
+    }
+
+    fn cache_of(&self, resource: &ApiResource) -> Arc<KindCache> {
+        let key = format!("{}/{}", resource.api_version, resource.plural);
+        let mut kinds = self.kinds.lock().expect("managed object caches poisoned");
+        if let Some(cache) = kinds.get(&key) {
+            return cache.clone();
+        }
+        debug!(resource = %key, "watching managed objects of a new kind");
+        let writer = reflector::store::Writer::new(resource.clone());
+        let store = writer.as_reader();
+        let ready = Arc::new(AtomicBool::new(false));
+        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let stream = watcher(api, watcher::Config::default().labels(APP_LABEL))
+            .default_backoff()
+            .modify(|object: &mut DynamicObject| object.metadata.managed_fields = None)
+            .reflect(writer)
+            .touched_objects();
+        let readiness = {
+            let store = store.clone();
+            let ready = ready.clone();
+            async move {
+                if store.wait_until_ready().await.is_ok() {
+                    ready.store(true, Ordering::Release);
+                }
+            }
+        };
+        tokio::spawn(readiness);
+        tokio::spawn(drive(stream, |_: &DynamicObject| {}));
+        let cache = Arc::new(KindCache {
+            resource: resource.clone(),
+            store,
+            ready,
+        });
+        kinds.insert(key, cache.clone());
+        cache
+    }
+}
+
+impl LiveObjects for ManagedObjects {
+    fn lookup(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> Lookup {
+        let cache = self.cache_of(resource);
+        if !cache.ready.load(Ordering::Acquire) {
+            return Lookup::Unknown;
+        }
+        let mut key = ObjectRef::new_with(name, cache.resource.clone());
+        if let Some(namespace) = namespace {
+            key = key.within(namespace);
+        }
+        match cache.store.get(&key) {
+            Some(object) => Lookup::Found(serde_json::to_value(&*object).unwrap_or_default()),
+            None => Lookup::Unknown,
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Deleting an AppDeployment. Its finalizer holds the deletion until bosun has done
+//! what `spec.deletionPolicy` says with the objects it created: `Orphan` (the default)
+//! leaves them running and releases them (no owner annotation, so another AppDeployment
+//! may take them over); `Delete` deletes them, by the same rules as prune (never what
+//! bosun found rather than created, never a Namespace, CRD or PersistentVolumeClaim
+//! unless annotated `bosun.dev/prune: "true"`). Snapshot Secrets go with the app (they
+//! are owned by it). The app's state in memory is dropped.
+
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use tracing::{info, warn};
+
+use super::pass::{app_key, backoff};
+use super::status_writer::{self, FINALIZER};
+use super::{AppState, Context, Error};
+use crate::api::{AppDeployment, DeletionPolicy};
+use crate::core::record::Notice;
+
+pub async fn finalize(
+    context: &Context,
+    api: &Api<AppDeployment>,
+    app: &AppDeployment,
+    state: &mut AppState,
+) -> Result<Action, Error> {
+    if !app.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let policy = app.spec.deletion_policy.unwrap_or_default();
+    let inventory = app
+        .status
+        .as_ref()
+        .map(|s| s.inventory.clone())
+        .unwrap_or_default();
+    let owner = app_key(app);
+    let applier = context.applier(app)?;
+    let outcome = applier
+        .remove_all(&inventory, &owner, policy == DeletionPolicy::Delete)
+        .await;
+    if !outcome.prune_failures.is_empty() {
+        let failures: Vec<String> = outcome
+            .prune_failures
+            .iter()
+            .map(|(entry, message)| format!("{entry}: {message}"))
+            .collect();
+        let note = format!(
+            "deletion ({policy:?}) could not finish, retried: {}",
+            failures.join("; ")
+        );
+        warn!(%note);
+        context
+            .events
+            .publish(
+                app,
+                &Notice {
+                    warning: true,
+                    reason: "DeletionPending",
+                    note,
+                },
+            )
+            .await;
+        state.errors = state.errors.saturating_add(1);
+        return Ok(Action::requeue(backoff(state.errors)));
+    }
+    let note = match policy {
+        DeletionPolicy::Orphan => format!(
+            "deletionPolicy Orphan: {} objects left running and released",
+            outcome.prune_skipped.len()
+        ),
+        DeletionPolicy::Delete => format!(
+            "deletionPolicy Delete: {} objects deleted, {} kept (found rather than created, or never pruned)",
+            outcome.pruned.len(),
+            outcome.prune_skipped.len()
+        ),
+    };
+    info!(%note, "AppDeployment deleted");
+    context
+        .events
+        .publish(
+            app,
+            &Notice {
+                warning: false,
+                reason: "Deleted",
+                note,
+            },
+        )
+        .await;
+    status_writer::set_finalizer(api, app, false).await?;
+    context.forget(app);
+    state.forgotten = true;
+    Ok(Action::await_change())
+}

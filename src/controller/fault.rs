@@ -1,0 +1,120 @@
+//! Deterministic fault injection for the crash tests: the process aborts right after a
+//! named step boundary has been persisted (and its Events published), never by racing a
+//! poll. Set at start from the environment:
+//!
+//! ```text
+//! BOSUN_FAULT_ABORT_AFTER=deploy/apply                 # any app
+//! BOSUN_FAULT_ABORT_AFTER=shop/litevault@rollback/start  # one app
+//! ```
+//!
+//! Boundaries: `deploy/start`, `deploy/render`, `deploy/snapshot`, `deploy/inventory`,
+//! `deploy/apply`, `deploy/verify` (recorded Healthy), `rollback/start`,
+//! `rollback/inventory`, `rollback/apply`, `rollback/verify` (recorded RolledBack).
+//! Unset, nothing happens.
+
+use crate::api::{AppDeploymentStatus, OperationKind};
+use crate::core::{Decision, StepResult};
+
+pub const ENV: &str = "BOSUN_FAULT_ABORT_AFTER";
+
+#[derive(Clone, Debug, Default)]
+pub struct FaultSwitch {
+    /// (app `namespace/name` or any, boundary)
+    points: Vec<(Option<String>, String)>,
+}
+
+impl FaultSwitch {
+    pub fn from_env() -> Self {
+        Self::parse(&std::env::var(ENV).unwrap_or_default())
+    }
+
+    pub fn parse(text: &str) -> Self {
+        let points = text
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|point| match point.split_once('@') {
+                Some((app, boundary)) => (Some(app.to_string()), boundary.to_string()),
+                None => (None, point.to_string()),
+            })
+            .collect();
+        Self { points }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        !self.points.is_empty()
+    }
+
+    /// Aborts the process if `decision`, just persisted for `app`, ends an armed boundary.
+    pub fn after(&self, app: &str, decision: &Decision, status: &AppDeploymentStatus) {
+        if self.points.is_empty() {
+            return;
+        }
+        let Some(boundary) = boundary(decision, status) else {
+            return;
+        };
+        let armed = self
+            .points
+            .iter()
+            .any(|(only, point)| point == &boundary && only.as_deref().is_none_or(|only| only == app));
+        if armed {
+            eprintln!("bosun: fault injection: aborting after {boundary} of {app}");
+            std::process::abort();
+        }
+    }
+}
+
+/// The boundary a persisted decision ends, named `<operation>/<step>`.
+pub fn boundary(decision: &Decision, status: &AppDeploymentStatus) -> Option<String> {
+    let kind = status.operation.as_ref().map(|op| op.kind);
+    let name = |kind: Option<OperationKind>, step: &str| {
+        let kind = match kind {
+            Some(OperationKind::Rollback) => "rollback",
+            _ => "deploy",
+        };
+        Some(format!("{kind}/{step}"))
+    };
+    match decision {
+        Decision::StartDeploy { .. } => name(Some(OperationKind::Deploy), "start"),
+        Decision::Advance(StepResult::Rendered { .. }) => name(kind, "render"),
+        Decision::Advance(StepResult::SnapshotStored { .. }) => name(kind, "snapshot"),
+        Decision::Advance(StepResult::Planned { .. }) => name(kind, "inventory"),
+        Decision::Advance(StepResult::Applied(_)) => name(kind, "apply"),
+        Decision::MarkHealthy { .. } => name(Some(OperationKind::Deploy), "verify"),
+        Decision::RollBack { .. } => name(Some(OperationKind::Rollback), "start"),
+        Decision::FinishRollback => name(Some(OperationKind::Rollback), "verify"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_points_for_any_app_or_one() {
+        let switch = FaultSwitch::parse(" deploy/apply, shop/app@rollback/start ,");
+        assert_eq!(
+            switch.points,
+            vec![
+                (None, "deploy/apply".to_string()),
+                (Some("shop/app".to_string()), "rollback/start".to_string())
+            ]
+        );
+        assert!(!FaultSwitch::parse("").is_armed());
+    }
+
+    #[test]
+    fn boundaries_are_named_by_operation_and_step() {
+        let status = AppDeploymentStatus::default();
+        assert_eq!(
+            boundary(&Decision::StartDeploy { revision: "a".into() }, &status).as_deref(),
+            Some("deploy/start")
+        );
+        assert_eq!(
+            boundary(&Decision::FinishRollback, &status).as_deref(),
+            Some("rollback/verify")
+        );
+        assert_eq!(boundary(&Decision::Wait, &status), None);
+    }
+}

@@ -1,0 +1,362 @@
+//! One pass over one AppDeployment: observe, then decide, record, persist and act, step
+//! by step, until the decision is to wait.
+//!
+//! The order inside the loop is what makes every step resumable: a decision is written
+//! into the status and persisted (with the `resourceVersion` it was computed from)
+//! before the step it leads to runs; the Events announcing it follow; only then does
+//! the fault switch get its chance to stop the process, and only then is the step run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use rand::Rng;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::observe::{self, Runbook};
+use super::status_writer::{self, FINALIZER};
+use super::steps::{self, StepInput};
+use super::{AppState, Context, Error, cleanup, resync, verify};
+use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
+use crate::core::record::{self, Notice};
+use crate::core::{self, Decision, DesiredRevision, Failure, StepOutcome};
+use crate::source::Credentials;
+
+/// Decisions one pass may take before it yields (a safety net: a pass ends long before).
+const MAX_DECISIONS: usize = 40;
+/// How often a conflicting status write is re-read and decided again within one pass.
+const CONFLICT_RETRIES: usize = 3;
+
+pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
+    let key = app_key(&app);
+    let span = info_span!("reconcile", app = %key, revision = tracing::field::Empty);
+    async move {
+        let mut state = context.take_state(&key);
+        let result = reconcile_app(&app, &context, &key, &mut state).await;
+        match &result {
+            Ok(_) => state.errors = 0,
+            Err(error) => {
+                state.errors = state.errors.saturating_add(1);
+                warn!(%error, attempt = state.errors, "pass failed; will retry");
+            }
+        }
+        if !state.forgotten {
+            context.put_state(&key, state);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn app_key(app: &AppDeployment) -> String {
+    format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any())
+}
+
+async fn reconcile_app(
+    app: &AppDeployment,
+    context: &Context,
+    key: &str,
+    state: &mut AppState,
+) -> Result<Action, Error> {
+    let namespace = app.namespace().unwrap_or_default();
+    let api: Api<AppDeployment> = Api::namespaced(context.client.clone(), &namespace);
+    let mut app = app.clone();
+    // The watch may not have delivered our own last write yet: a copy older than it
+    // would decide from the past. Read it fresh.
+    if state
+        .written_version
+        .as_ref()
+        .is_some_and(|written| app.resource_version().as_ref() != Some(written))
+    {
+        match api.get_opt(&app.name_any()).await? {
+            Some(fresh) => app = fresh,
+            None => return Ok(Action::await_change()),
+        }
+        state.written_version = app.resource_version();
+    }
+    if app.metadata.deletion_timestamp.is_some() {
+        return cleanup::finalize(context, &api, &app, state).await;
+    }
+    if !app.finalizers().iter().any(|f| f == FINALIZER) {
+        app = status_writer::set_finalizer(&api, &app, true).await?;
+        state.written_version = app.resource_version();
+    }
+    for _ in 0..CONFLICT_RETRIES {
+        let mut pass = Pass {
+            context,
+            api: &api,
+            key,
+            status: app.status.clone().unwrap_or_default(),
+            saved: app.status.clone().unwrap_or_default(),
+            app: app.clone(),
+            state,
+            next_round: None,
+        };
+        match pass.run().await {
+            Err(Error::Conflict) => {
+                info!("status changed meanwhile; reading it again and deciding anew");
+                match api.get_opt(&app.name_any()).await? {
+                    Some(fresh) => app = fresh,
+                    None => return Ok(Action::await_change()),
+                }
+                state.written_version = app.resource_version();
+            }
+            other => return other,
+        }
+    }
+    Err(Error::Conflict)
+}
+
+/// One pass: the app as read, the status being worked on, and what was last saved.
+struct Pass<'a> {
+    context: &'a Context,
+    api: &'a Api<AppDeployment>,
+    key: &'a str,
+    /// The app at the `resourceVersion` of the last read or write.
+    app: AppDeployment,
+    status: AppDeploymentStatus,
+    saved: AppDeploymentStatus,
+    state: &'a mut AppState,
+    /// When the verification round just run wants the next one.
+    next_round: Option<Duration>,
+}
+
+impl Pass<'_> {
+    async fn run(&mut self) -> Result<Action, Error> {
+        let (runbook, runbook_problem) = match observe::runbook(self.context, &self.app) {
+            Ok(runbook) => (runbook, None),
+            Err(problem) => (
+                Runbook {
+                    spec: RunbookSpec::default(),
+                    version: String::new(),
+                },
+                Some(problem),
+            ),
+        };
+        let problem: Option<Failure> = observe::spec_problem(self.context, &self.app).or(runbook_problem);
+        let (desired, credentials, source_notice) =
+            observe::source(self.context, &self.app, self.state, &mut self.status).await;
+        let mut notices: Vec<Notice> = source_notice.into_iter().collect();
+        let interval = observe::interval(&self.app);
+        let step_deadline = runbook
+            .spec
+            .progress_deadline()
+            .unwrap_or(Duration::from_secs(600));
+        let spec_digest = self.app.spec.apply_digest();
+        let generation = self.app.metadata.generation;
+
+        let mut outcome: Option<StepOutcome> = None;
+        for _ in 0..MAX_DECISIONS {
+            let now = Timestamp::now();
+            let decision = core::decide(&core::Input {
+                status: &self.status,
+                generation,
+                suspended: self.app.spec.suspend,
+                automatic_rollback: runbook.spec.automatic_rollback(),
+                desired: desired.clone(),
+                spec_digest: &spec_digest,
+                problem: problem.clone(),
+                outcome: outcome.take(),
+                now,
+                step_deadline,
+                block_retry_due: self.block_retry_due(now, interval),
+            });
+            self.name_revision_in_logs(&desired);
+            if !matches!(
+                decision,
+                Decision::Wait
+                    | Decision::Run(_)
+                    | Decision::KeepVerifying { .. }
+                    | Decision::BlockOnProblem(_)
+            ) {
+                info!(decision = %describe(&decision), "decided");
+            }
+            let record_context = record::Context {
+                now,
+                generation,
+                history_limit: self.app.spec.revision_history_limit.unwrap_or(10) as usize,
+                spec_digest: &spec_digest,
+                desired: desired.revision(),
+            };
+            notices.extend(record::record(&mut self.status, &decision, &record_context));
+            self.save().await?;
+            self.publish(&mut notices).await;
+            self.context.fault.after(self.key, &decision, &self.status);
+
+            match decision {
+                Decision::Run(step) => {
+                    outcome = Some(self.run_step(step, &runbook, credentials.as_ref()).await?);
+                }
+                ref continuing if continuing.continues() => {}
+                Decision::Wait => {
+                    resync::if_due(self.context, &self.app, self.state, &mut self.status, interval).await;
+                    self.save().await?;
+                    return Ok(Action::requeue(interval));
+                }
+                Decision::KeepVerifying { .. } => {
+                    return Ok(Action::requeue(self.next_round.unwrap_or(Duration::from_secs(5))));
+                }
+                Decision::Retry { .. } => {
+                    let attempt = self.status.operation.as_ref().map_or(1, |op| op.attempt);
+                    return Ok(Action::requeue(backoff(attempt)));
+                }
+                Decision::MarkHealthy { .. } | Decision::FinishRollback => {
+                    self.state.verification = None;
+                    resync::mark_done(self.state);
+                    resync::retain_snapshots(self.context, &self.app, &self.status).await;
+                    return Ok(Action::requeue(interval));
+                }
+                _ => {
+                    self.state.verification = None;
+                    return Ok(Action::requeue(interval));
+                }
+            }
+        }
+        warn!("a pass took {MAX_DECISIONS} decisions without coming to rest; yielding");
+        Ok(Action::requeue(Duration::from_secs(1)))
+    }
+
+    async fn run_step(
+        &mut self,
+        step: Step,
+        runbook: &Runbook,
+        credentials: Option<&Credentials>,
+    ) -> Result<StepOutcome, Error> {
+        let Some(operation) = self.status.operation.clone() else {
+            return Err(Error::Internal("a step was decided without an operation".into()));
+        };
+        let input = StepInput {
+            context: self.context,
+            app: &self.app,
+            operation: &operation,
+            inventory: &self.status.inventory,
+            credentials,
+        };
+        Ok(match step {
+            Step::Render => steps::render(&input, self.state).await,
+            Step::Snapshot => steps::snapshot(&input, self.state).await,
+            Step::Inventory => steps::inventory(&input).await?,
+            Step::Apply => steps::apply(&input).await?,
+            Step::Verify => {
+                let (_, target, _, _) = steps::plan_names(&input);
+                let round = verify::round(
+                    self.context,
+                    &mut self.state.verification,
+                    &operation,
+                    &runbook.spec,
+                    &runbook.version,
+                    &self.status.inventory,
+                    &target,
+                )
+                .await;
+                self.next_round = Some(round.next);
+                StepOutcome::Verified(round.verification)
+            }
+        })
+    }
+
+    /// Writes the status when it changed, conditional on the version it was computed
+    /// from.
+    async fn save(&mut self) -> Result<(), Error> {
+        if self.status == self.saved {
+            return Ok(());
+        }
+        let version = status_writer::save(self.api, &self.app, &self.status).await?;
+        self.app.metadata.resource_version = Some(version.clone());
+        self.state.written_version = Some(version);
+        self.saved = self.status.clone();
+        Ok(())
+    }
+
+    async fn publish(&self, notices: &mut Vec<Notice>) {
+        for notice in notices.drain(..) {
+            self.context.events.publish(&self.app, &notice).await;
+        }
+    }
+
+    /// A block that may pass is tried again once the Git interval has passed since.
+    fn block_retry_due(&self, now: Timestamp, interval: Duration) -> bool {
+        self.status
+            .blocked
+            .as_ref()
+            .is_some_and(|block| record::elapsed_since(now, &block.at) >= interval)
+    }
+
+    /// Every log line of this pass names the revision it is about.
+    fn name_revision_in_logs(&self, desired: &DesiredRevision) {
+        let revision = match (&self.status.operation, desired) {
+            (Some(operation), _) => Some(operation.revision.as_str()),
+            (None, DesiredRevision::Known { revision, .. }) => Some(revision.as_str()),
+            (None, DesiredRevision::Unavailable) => self.status.current_revision.as_deref(),
+        };
+        if let Some(revision) = revision {
+            tracing::Span::current().record("revision", short_revision(revision).as_str());
+        }
+    }
+}
+
+/// A decision in a log line: its name and revision, not every gate's message.
+fn describe(decision: &Decision) -> String {
+    match decision {
+        Decision::StartDeploy { revision } => format!("deploy {}", short_revision(revision)),
+        Decision::Advance(result) => format!("advance after {}", step_of(result)),
+        Decision::RollBack {
+            failed_revision, to, ..
+        } => format!(
+            "roll back from {} to {}",
+            short_revision(failed_revision),
+            short_revision(to)
+        ),
+        Decision::Block { revision, reason, .. } => {
+            format!("block {} ({})", short_revision(revision), reason.as_str())
+        }
+        Decision::Fail { revision, .. } => format!("fail {}", short_revision(revision)),
+        Decision::GiveUp { step, .. } => format!("give up at {step}"),
+        Decision::Retry { step, .. } => format!("retry {step}"),
+        Decision::MarkHealthy { .. } => "healthy".into(),
+        Decision::FinishRollback => "rolled back".into(),
+        Decision::Adopt { revision } => format!("adopt {}", short_revision(revision)),
+        Decision::Resume { phase } => format!("resume ({phase})"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn step_of(result: &crate::core::StepResult) -> &'static str {
+    use crate::core::StepResult;
+    match result {
+        StepResult::Rendered { .. } => "render",
+        StepResult::SnapshotStored { .. } => "snapshot",
+        StepResult::Planned { .. } => "inventory",
+        StepResult::Applied(_) => "apply",
+    }
+}
+
+/// Per-app exponential back-off with jitter: 2 s, 4 s, 8 s, … up to 5 minutes, each
+/// ±20%, so that many apps failing together do not retry in lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_secs(2).saturating_mul(1u32 << attempt.saturating_sub(1).min(8));
+    let capped = base.min(Duration::from_secs(300));
+    let jitter = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped_with_jitter() {
+        for attempt in 1..20 {
+            let delay = backoff(attempt);
+            let nominal =
+                Duration::from_secs(2 * (1u64 << (attempt - 1).min(8))).min(Duration::from_secs(300));
+            assert!(
+                delay >= nominal.mul_f64(0.79) && delay <= nominal.mul_f64(1.21),
+                "{attempt}: {delay:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! The one way status reaches the API server: every write carries the
+//! `resourceVersion` the status was computed from, so a write computed from a stale
+//! copy (a pass that started before the watch delivered the previous write, or another
+//! writer) fails with a conflict and is decided again from a fresh read, instead of
+//! overwriting a saved rollback or quarantine.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use super::Error;
+use crate::api::{AppDeployment, AppDeploymentStatus, FIELD_MANAGER};
+
+/// Finalizer that lets bosun act on an AppDeployment's deletion (its deletion policy).
+pub const FINALIZER: &str = "bosun.dev/finalizer";
+
+/// Writes `status` as computed from `app` (at its `resourceVersion`); returns the new
+/// `resourceVersion`. A conflict is [`Error::Conflict`].
+pub async fn save(
+    api: &Api<AppDeployment>,
+    app: &AppDeployment,
+    status: &AppDeploymentStatus,
+) -> Result<String, Error> {
+    let patch = json!({
+        "apiVersion": AppDeployment::api_version(&()),
+        "kind": AppDeployment::kind(&()),
+        "metadata": {"name": app.name_any(), "resourceVersion": app.resource_version()},
+        "status": status,
+    });
+    match api
+        .patch_status(
+            &app.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(saved) => Ok(saved.resource_version().unwrap_or_default()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Adds or removes bosun's finalizer, conditional on the `resourceVersion` read.
+pub async fn set_finalizer(
+    api: &Api<AppDeployment>,
+    app: &AppDeployment,
+    present: bool,
+) -> Result<AppDeployment, Error> {
+    let mut finalizers: Vec<String> = app.finalizers().to_vec();
+    finalizers.retain(|f| f != FINALIZER);
+    if present {
+        finalizers.push(FINALIZER.to_string());
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": app.resource_version()}});
+    match api
+        .patch(&app.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(updated) => Ok(updated),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,206 @@
+//! The one place that says what an error means for a revision: try again later
+//! (transient), or a refusal of a known kind ([`FailureKind`]). Every stage maps its
+//! errors through here, and [`crate::core::decide`] turns the result into retry, block
+//! or rollback.
+//!
+//! Kubernetes API errors are classified by what the API server answered:
+//! - transient: no answer (connection refused or reset, timeouts), 408, 409 (an
+//!   optimistic-lock conflict), 410, 429, 401 (credentials being rotated), and 5xx except
+//!   501 Not Implemented and 1.20's 500 for an object it cannot convert (a malformed
+//!   quantity); an admission webhook that is down or answers 500 makes the API server
+//!   answer 500 "failed calling webhook", which passes when the webhook is back;
+//! - forbidden: 403 from authorization (RBAC), which names the user, verb and resource;
+//! - refused: every other 4xx, and an admission webhook's denial (which can come as a
+//!   403 too, but says "admission webhook ... denied the request"): the revision itself.
+
+use crate::core::{Failure, FailureKind};
+
+/// What an error means for the step that met it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Classified {
+    Transient(String),
+    Refused(Failure),
+}
+
+impl Classified {
+    pub fn message(&self) -> &str {
+        match self {
+            Classified::Transient(message) => message,
+            Classified::Refused(failure) => &failure.message,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Classified::Transient(_))
+    }
+}
+
+/// The class of a Kubernetes API error, without the words around it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiErrorClass {
+    Transient,
+    Forbidden,
+    Refused,
+}
+
+pub fn class_of(error: &kube::Error) -> ApiErrorClass {
+    match error {
+        kube::Error::Api(status) => class_of_status(status.code, &status.message),
+        // The request could not be built or its answer not read as JSON: the object is
+        // the problem, not the network.
+        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => ApiErrorClass::Refused,
+        // No answer at all: connection refused or reset, TLS, timeouts, the token
+        // source, a watch stream ending.
+        _ => ApiErrorClass::Transient,
+    }
+}
+
+/// Classifies an answer of the API server by its HTTP status code and message.
+pub fn class_of_status(code: u16, message: &str) -> ApiErrorClass {
+    match code {
+        401 | 408 | 409 | 410 | 429 => ApiErrorClass::Transient,
+        403 if is_admission_denial(message) => ApiErrorClass::Refused,
+        403 => ApiErrorClass::Forbidden,
+        501 => ApiErrorClass::Refused,
+        500 if is_conversion_refusal(message) => ApiErrorClass::Refused,
+        500..=599 => ApiErrorClass::Transient,
+        _ => ApiErrorClass::Refused,
+    }
+}
+
+/// Kubernetes 1.20 answers a server-side apply of an object it cannot convert (a
+/// malformed quantity, say) with 500 "failed to convert new object to proper version":
+/// a verdict on the object that no retry changes.
+fn is_conversion_refusal(message: &str) -> bool {
+    message.contains("failed to convert new object")
+}
+
+/// An admission webhook (or admission plugin) said no: a verdict on the object.
+fn is_admission_denial(message: &str) -> bool {
+    message.contains("admission webhook") && message.contains("denied the request")
+}
+
+/// The API server's own message when there is one (it names the field), else the error.
+pub fn server_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Classifies `error` met while doing something to `subject` (e.g. "dry run of
+/// ConfigMap shop/a (deploy/a.yaml:3)"); the message says what and why.
+pub fn classify(error: &kube::Error, subject: &str) -> Classified {
+    let message = server_message(error);
+    match class_of(error) {
+        ApiErrorClass::Transient => Classified::Transient(format!("{subject}: {message}")),
+        ApiErrorClass::Forbidden => Classified::Refused(Failure::new(
+            FailureKind::Forbidden,
+            format!("{subject}: {}", describe_forbidden(&message)),
+        )),
+        ApiErrorClass::Refused => Classified::Refused(Failure::new(
+            FailureKind::RevisionInvalid,
+            format!("{subject}: {message}"),
+        )),
+    }
+}
+
+/// `forbidden: system:serviceaccount:team:deployer may not create configmaps in
+/// namespace kube-system` from the API server's RBAC refusal, which reads
+/// `configmaps "x" is forbidden: User "system:serviceaccount:team:deployer" cannot
+/// create resource "configmaps" in API group "" in the namespace "kube-system"`.
+/// Anything else is quoted as it came.
+pub fn describe_forbidden(message: &str) -> String {
+    let quoted_after = |marker: &str| -> Option<&str> {
+        let start = message.find(marker)? + marker.len();
+        let rest = &message[start..];
+        let end = rest.find('"')?;
+        Some(&rest[..end])
+    };
+    let (Some(user), Some(resource)) = (quoted_after("User \""), quoted_after("resource \"")) else {
+        return format!("forbidden: {message}");
+    };
+    let verb = message
+        .find("\" cannot ")
+        .map(|at| &message[at + "\" cannot ".len()..])
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or("use");
+    let group = quoted_after("API group \"").filter(|g| !g.is_empty());
+    let resource = match group {
+        Some(group) => format!("{resource}.{group}"),
+        None => resource.to_string(),
+    };
+    let scope = match quoted_after("the namespace \"") {
+        Some(namespace) => format!("in namespace {namespace}"),
+        None => "at cluster scope".to_string(),
+    };
+    format!("forbidden: {user} may not {verb} {resource} {scope}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(kube::core::Status::failure(message, "").with_code(code).boxed())
+    }
+
+    #[test]
+    fn codes_map_to_classes() {
+        for code in [401, 408, 409, 410, 429, 500, 502, 503, 504] {
+            assert_eq!(class_of(&api(code, "x")), ApiErrorClass::Transient, "{code}");
+        }
+        for code in [400, 404, 413, 415, 422, 501] {
+            assert_eq!(class_of(&api(code, "x")), ApiErrorClass::Refused, "{code}");
+        }
+        assert_eq!(class_of(&api(403, "nope")), ApiErrorClass::Forbidden);
+    }
+
+    #[test]
+    fn an_admission_denial_is_a_verdict_on_the_object_and_a_webhook_down_is_not() {
+        let denied = "admission webhook \"deny.example.com\" denied the request: no latest tags";
+        assert_eq!(class_of(&api(403, denied)), ApiErrorClass::Refused);
+        assert_eq!(class_of(&api(400, denied)), ApiErrorClass::Refused);
+        let malformed =
+            "failed to convert new object to proper version: quantities must match the regular expression";
+        assert_eq!(class_of(&api(500, malformed)), ApiErrorClass::Refused);
+        let down = "Internal error occurred: failed calling webhook \"x.example.com\": Post \"https://127.0.0.1:1/\": dial tcp: connection refused";
+        assert_eq!(class_of(&api(500, down)), ApiErrorClass::Transient);
+    }
+
+    #[test]
+    fn forbidden_names_identity_verb_resource_and_namespace() {
+        let message = r#"configmaps "x" is forbidden: User "system:serviceaccount:team:deployer" cannot patch resource "configmaps" in API group "" in the namespace "kube-system""#;
+        assert_eq!(
+            describe_forbidden(message),
+            "forbidden: system:serviceaccount:team:deployer may not patch configmaps in namespace kube-system"
+        );
+        let cluster = r#"namespaces "x" is forbidden: User "system:serviceaccount:team:deployer" cannot get resource "namespaces" in API group "" at the cluster scope"#;
+        assert_eq!(
+            describe_forbidden(cluster),
+            "forbidden: system:serviceaccount:team:deployer may not get namespaces at cluster scope"
+        );
+        let grouped = r#"deployments.apps "web" is forbidden: User "u" cannot create resource "deployments" in API group "apps" in the namespace "n""#;
+        assert_eq!(
+            describe_forbidden(grouped),
+            "forbidden: u may not create deployments.apps in namespace n"
+        );
+        assert_eq!(describe_forbidden("odd"), "forbidden: odd");
+        let classified = classify(
+            &api(403, message),
+            "dry run of ConfigMap kube-system/x (x.yaml:1)",
+        );
+        assert!(
+            matches!(classified, Classified::Refused(Failure { kind: FailureKind::Forbidden, ref message }) if message.starts_with("dry run of ConfigMap kube-system/x (x.yaml:1): forbidden: system:serviceaccount:team:deployer"))
+        );
+    }
+
+    #[test]
+    fn no_answer_is_transient() {
+        let error = kube::Error::Service(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        )));
+        assert!(classify(&error, "read of ConfigMap a/b").is_transient());
+    }
+}
