@@ -154,10 +154,11 @@ mod tests {
 
     #[test]
     fn finds_root_from_a_subdirectory() {
-        // The crate's own manifest dir is a bosun root (unless overridden by env).
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // This crate sits in the bosun workspace root (unless overridden by env).
+        let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = crate_dir.parent().expect("bosun-devenv is inside the workspace");
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
-            assert_eq!(find_repo_root(&root.join("src/devenv")), Some(root.to_path_buf()));
+            assert_eq!(find_repo_root(&crate_dir.join("src")), Some(root.to_path_buf()));
         }
     }
 }
