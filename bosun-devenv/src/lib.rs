@@ -44,7 +44,10 @@
 //! - [`ControlPlane::stop_apiserver`] / [`ControlPlane::kill_apiserver`] and
 //!   [`ControlPlane::start_apiserver`]: the same API server (port, certificate,
 //!   tokens, etcd) goes away and comes back; clients reconnect by themselves;
-//! - fake Nodes, [`ControlPlane::register_node`], so DaemonSets place Pods.
+//! - fake Nodes, [`ControlPlane::register_node`], so DaemonSets place Pods;
+//! - a validating admission webhook on loopback, [`AdmissionWebhook`], that
+//!   allows, denies, fails with HTTP 500 or is unreachable, switched at runtime
+//!   (its module docs list what the API server answers in each case).
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
@@ -70,6 +73,7 @@
 //! - ServiceAccount tokens are Secrets made by the token controller (1.24+ no
 //!   longer makes them).
 
+mod admission;
 pub mod audit;
 mod binaries;
 mod controlplane;
@@ -83,6 +87,7 @@ pub mod node;
 mod podsim;
 pub mod process;
 
+pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
 pub use audit::AuditedWrite;
 pub use binaries::{Binaries, find_repo_root};
 pub use controlplane::{ADMIN_USER, CONTROLLER_USER, ControlPlane, ControlPlaneOptions};
