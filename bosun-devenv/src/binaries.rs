@@ -154,10 +154,9 @@ mod tests {
 
     #[test]
     fn finds_root_from_a_subdirectory() {
-        // This crate lives in the bosun workspace, one level below its root (unless
-        // the root is overridden by the environment).
+        // This crate sits in the bosun workspace root (unless overridden by env).
         let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let root = crate_dir.parent().expect("the workspace root");
+        let root = crate_dir.parent().expect("bosun-devenv is inside the workspace");
         if std::env::var_os("BOSUN_REPO_ROOT").is_none() {
             assert_eq!(find_repo_root(&crate_dir.join("src")), Some(root.to_path_buf()));
         }

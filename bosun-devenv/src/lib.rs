@@ -29,13 +29,52 @@
 //! # }
 //! ```
 //!
+//! For the controller's fault and load tests the control plane also has:
+//! - a second identity: run the controller under test with
+//!   [`ControlPlane::controller_kubeconfig_path`] (user `bosun`, group
+//!   `system:masters`) and the test's own requests (user `admin`) stay apart;
+//!   [`ControlPlane::token_kubeconfig`] writes a kubeconfig for any bearer token,
+//!   e.g. [`ControlPlane::service_account_token`];
+//! - an audit log of every write request: [`ControlPlane::controller_writes`]
+//!   returns those the controller really made (dry runs left out), and
+//!   [`ControlPlane::audit_writes`] all of them as [`AuditedWrite`]s;
+//! - the API server's own metrics, [`ControlPlane::apiserver_metrics`], summed
+//!   over labels with [`sum_samples`] (`apiserver_request_total` has no user label
+//!   in 1.20);
+//! - [`ControlPlane::stop_apiserver`] / [`ControlPlane::kill_apiserver`] and
+//!   [`ControlPlane::start_apiserver`]: the same API server (port, certificate,
+//!   tokens, etcd) goes away and comes back; clients reconnect by themselves;
+//! - fake Nodes, [`ControlPlane::register_node`], so DaemonSets place Pods;
+//! - a validating admission webhook on loopback, [`AdmissionWebhook`], that
+//!   allows, denies, fails with HTTP 500 or is unreachable, switched at runtime
+//!   (its module docs list what the API server answers in each case).
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use bosun_devenv::{ControlPlane, ControlPlaneOptions};
+//!
+//! let control_plane = ControlPlane::start(ControlPlaneOptions::default()).await?;
+//! // ... run the controller with KUBECONFIG=control_plane.controller_kubeconfig_path() ...
+//! let writes = control_plane.controller_writes().await?;
+//! println!("the controller made {} writes", writes.len());
+//! control_plane.stop_apiserver().await?;
+//! control_plane.start_apiserver().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Known limits of this 1.20 control plane:
 //! - server-side apply refuses a Service port or container port without
 //!   `protocol` (set `protocol: TCP`);
-//! - Pods are never bound to a node, so Services get no endpoints and nothing
-//!   listens on a Pod's (simulated, loopback) IP;
-//! - etcd 3.4 cannot serve streaming lists: use kube's default list-then-watch.
+//! - no scheduler binds Pods, so Services get no endpoints and nothing listens on
+//!   a Pod's (simulated, loopback) IP; a Pod bound by its manifest
+//!   (`spec.nodeName`) is deleted gracefully and the pod simulator confirms;
+//! - etcd 3.4 cannot serve streaming lists: use kube's default list-then-watch;
+//! - ServiceAccount tokens are Secrets made by the token controller (1.24+ no
+//!   longer makes them).
 
+mod admission;
+pub mod audit;
 mod binaries;
 mod controlplane;
 pub mod example;
@@ -43,13 +82,18 @@ mod git;
 mod git_http;
 mod git_ssh;
 mod health;
+pub mod metrics;
+pub mod node;
 mod podsim;
 pub mod process;
 
+pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
+pub use audit::AuditedWrite;
 pub use binaries::{Binaries, find_repo_root};
-pub use controlplane::{ControlPlane, ControlPlaneOptions};
+pub use controlplane::{ADMIN_USER, CONTROLLER_USER, ControlPlane, ControlPlaneOptions};
 pub use git::{GitServer, WorkRepo};
 pub use git_http::GitHttpServer;
 pub use git_ssh::GitSshServer;
 pub use health::{HealthCounters, HealthEndpoint};
+pub use metrics::{REQUEST_TOTAL, sum_samples};
 pub use podsim::{PodSimulator, simulated_status};

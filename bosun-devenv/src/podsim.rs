@@ -16,8 +16,11 @@
 //! after they start: `Failed` (exit 1) when an image contains `fail`, else
 //! `Succeeded` (exit 0); the pull and config errors above still apply to them.
 //!
-//! Pods are never bound to a node, so the API server deletes them at once when
-//! asked, which keeps rollouts and garbage collection moving.
+//! The API server deletes a Pod that is not bound to a node at once. A Pod bound
+//! to a node (`spec.nodeName` set) it deletes gracefully: it sets
+//! `deletionTimestamp` and keeps the object until the node's kubelet confirms;
+//! the simulator confirms at once (a deletion with grace period 0), which keeps
+//! rollouts and garbage collection moving.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,7 +32,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
@@ -130,6 +133,10 @@ async fn run(pods: Api<Pod>) {
 /// write is retried on the next tick, since nothing was recorded as written.
 async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatus>) {
     let Some(uid) = pod.uid() else { return };
+    if awaits_kubelet_confirmation(pod) {
+        confirm_deletion(pods, pod, &uid).await;
+        return;
+    }
     let previous = written.get(&uid).or_else(|| {
         // After a restart of the simulator, continue from what is in the cluster.
         pod.status
@@ -164,6 +171,45 @@ async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatu
         }
         Err(error) => {
             tracing::warn!(%error, pod = %pod.name_any(), %namespace, "writing pod status failed; will retry");
+        }
+    }
+}
+
+/// Whether `pod` is being deleted gracefully and the API server waits for the
+/// kubelet of its node to confirm (see the module docs).
+fn awaits_kubelet_confirmation(pod: &Pod) -> bool {
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.node_name.as_deref())
+        .is_some_and(|node| !node.is_empty());
+    // Grace period 0 means confirmed; the object stays only for its finalizers.
+    bound
+        && pod.metadata.deletion_timestamp.is_some()
+        && pod.metadata.deletion_grace_period_seconds != Some(0)
+}
+
+/// Finishes the graceful deletion of `pod` as its kubelet would, once its
+/// containers stopped: a deletion with grace period 0. The uid precondition spares
+/// a new Pod of the same name (a StatefulSet's). Errors are logged; the next tick
+/// retries.
+async fn confirm_deletion(pods: &Api<Pod>, pod: &Pod, uid: &str) {
+    let Some(namespace) = pod.namespace() else { return };
+    let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&pod.name_any(), &params).await {
+        Ok(_) => tracing::debug!(pod = %pod.name_any(), %namespace, "pod deletion confirmed"),
+        // Already gone, or replaced by a new Pod of the same name.
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+        Err(error) => {
+            tracing::warn!(%error, pod = %pod.name_any(), %namespace, "confirming pod deletion failed; will retry");
         }
     }
 }
@@ -717,6 +763,24 @@ mod tests {
         let mut p = pod(&["example/ok:1"]);
         p.metadata.deletion_timestamp = Some(Time(at(0)));
         assert_eq!(simulated_status(&p, at(0), None), None);
+    }
+
+    #[test]
+    fn only_a_bound_pod_in_graceful_deletion_awaits_its_kubelet() {
+        let mut p = pod(&["example/ok:1"]);
+        p.metadata.deletion_timestamp = Some(Time(at(0)));
+        p.metadata.deletion_grace_period_seconds = Some(30);
+        assert!(
+            !awaits_kubelet_confirmation(&p),
+            "not bound: deleted at once by the API server"
+        );
+        p.spec.as_mut().unwrap().node_name = Some("node-1".into());
+        assert!(awaits_kubelet_confirmation(&p));
+        p.metadata.deletion_grace_period_seconds = Some(0);
+        assert!(!awaits_kubelet_confirmation(&p), "already confirmed");
+        p.metadata.deletion_timestamp = None;
+        p.metadata.deletion_grace_period_seconds = None;
+        assert!(!awaits_kubelet_confirmation(&p), "not being deleted");
     }
 
     #[test]

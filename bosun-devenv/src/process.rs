@@ -156,6 +156,14 @@ impl ManagedProcess {
         }
         if self.exited().is_none() {
             tracing::warn!(process = %self.name, "did not stop after SIGTERM; killing");
+        }
+        self.kill();
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, and waits for it;
+    /// stops the watchdog.
+    pub fn kill(&mut self) {
+        if self.exited().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -189,6 +197,29 @@ impl ProcessGroup {
     /// The processes, oldest first.
     pub fn processes(&self) -> &[ManagedProcess] {
         &self.processes
+    }
+
+    /// The process named `name`, if it is in the group.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ManagedProcess> {
+        self.processes.iter_mut().find(|p| p.name() == name)
+    }
+
+    /// Takes the process named `name` out of the group (to stop or replace it);
+    /// the caller owns it from now on.
+    pub fn take(&mut self, name: &str) -> Option<ManagedProcess> {
+        let index = self.processes.iter().position(|p| p.name() == name)?;
+        Some(self.processes.remove(index))
+    }
+
+    /// Puts `process` right after the one named `after` (at the end if there is
+    /// none), as if it had been started then: it is stopped before `after`.
+    pub fn insert_after(&mut self, after: &str, process: ManagedProcess) {
+        let index = self
+            .processes
+            .iter()
+            .position(|p| p.name() == after)
+            .map_or(self.processes.len(), |i| i + 1);
+        self.processes.insert(index, process);
     }
 
     /// The first process that has exited, with its exit status.
