@@ -3,11 +3,13 @@
 //! Plain data: no I/O lives here.
 
 mod appdeployment;
+mod baseline;
 mod conditions;
 mod duration;
 mod runbook;
 
 pub use appdeployment::*;
+pub use baseline::RestartBaseline;
 pub use conditions::*;
 pub use duration::*;
 pub use runbook::*;
