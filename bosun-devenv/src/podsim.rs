@@ -16,6 +16,18 @@
 //! after they start: `Failed` (exit 1) when an image contains `fail`, else
 //! `Succeeded` (exit 0); the pull and config errors above still apply to them.
 //!
+//! A Pod (usually through its template) can be given a history with annotations;
+//! they apply to every container simulated as Running above (`notready` and anything
+//! else), so a pod can look like one that crashed last month and is fine now:
+//!
+//! | annotation                          | simulated as                                      |
+//! |-------------------------------------|---------------------------------------------------|
+//! | `sim.bosun.dev/restarts: "10"`      | `restartCount` 10                                 |
+//! | `sim.bosun.dev/last-termination: "OOMKilled@2026-01-01T00:00:00Z"` | `lastState.terminated` with that reason (exit 137 for `OOMKilled`, 0 for `Completed`, else 1), finished at that time |
+//!
+//! Annotating a live Pod (not its template) changes its history in place, e.g. a
+//! restart after some moment without rolling the workload.
+//!
 //! The API server deletes a Pod that is not bound to a node at once. A Pod bound
 //! to a node (`spec.nodeName` set) it deletes gracefully: it sets
 //! `deletionTimestamp` and keeps the object until the node's kubelet confirms;
@@ -384,14 +396,18 @@ fn container_status(
         ..Default::default()
     };
     match behavior {
-        Behavior::Ready | Behavior::NotReady => ContainerStatus {
-            state: Some(running(start_time)),
-            ready: behavior == Behavior::Ready,
-            started: Some(true),
-            restart_count: 0,
-            container_id: Some(container_id(pod, &container.name, 0)),
-            ..base
-        },
+        Behavior::Ready | Behavior::NotReady => {
+            let (restart_count, last_state) = simulated_history(pod, start_time);
+            ContainerStatus {
+                state: Some(running(start_time)),
+                last_state,
+                ready: behavior == Behavior::Ready,
+                started: Some(true),
+                restart_count,
+                container_id: Some(container_id(pod, &container.name, restart_count)),
+                ..base
+            }
+        }
         Behavior::Waiting(reason) => ContainerStatus {
             state: Some(waiting(reason, &waiting_message(reason, &image))),
             image_id: String::new(),
@@ -446,6 +462,52 @@ fn container_status(
             }
         }
     }
+}
+
+/// Annotation giving every running container of a Pod this `restartCount`.
+pub const RESTARTS_ANNOTATION: &str = "sim.bosun.dev/restarts";
+/// Annotation giving every running container of a Pod a `lastState.terminated`:
+/// `REASON@RFC3339` (when it finished).
+pub const LAST_TERMINATION_ANNOTATION: &str = "sim.bosun.dev/last-termination";
+
+/// The restart count and last state the Pod's history annotations ask for (0 and
+/// none without them; an annotation that does not parse is ignored with a warning).
+fn simulated_history(pod: &Pod, start_time: Timestamp) -> (i32, Option<ContainerState>) {
+    let annotations = pod.annotations();
+    let restarts = annotations.get(RESTARTS_ANNOTATION).and_then(|value| {
+        let parsed = value.parse::<i32>().ok().filter(|n| *n >= 0);
+        if parsed.is_none() {
+            tracing::warn!(pod = %pod.name_any(), %value, "{RESTARTS_ANNOTATION} is not a count; ignored");
+        }
+        parsed
+    });
+    let last_termination = annotations.get(LAST_TERMINATION_ANNOTATION).and_then(|value| {
+        let parsed = value
+            .split_once('@')
+            .and_then(|(reason, at)| Some((reason, at.parse::<Timestamp>().ok()?)));
+        if parsed.is_none() {
+            tracing::warn!(pod = %pod.name_any(), %value, "{LAST_TERMINATION_ANNOTATION} is not REASON@RFC3339; ignored");
+        }
+        parsed
+    });
+    let last_state = last_termination.map(|(reason, finished_at)| {
+        let exit_code = match reason {
+            "OOMKilled" => 137,
+            "Completed" => 0,
+            _ => 1,
+        };
+        ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code,
+                reason: Some(reason.to_owned()),
+                started_at: Some(Time(finished_at.min(start_time))),
+                finished_at: Some(Time(finished_at)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    });
+    (restarts.unwrap_or(0), last_state)
 }
 
 /// Restart count and time of the last simulated crash, from a previous status.
@@ -625,6 +687,56 @@ mod tests {
         assert!(c.state.as_ref().unwrap().running.is_some());
         assert_eq!(status.pod_ip.as_deref(), Some(POD_IP));
         assert_eq!(status.start_time, Some(Time(at(0))));
+    }
+
+    #[test]
+    fn history_annotations_give_a_ready_pod_restarts_and_a_last_termination() {
+        let mut p = pod(&["example/ok:1", "example/notready:1"]);
+        p.metadata.annotations = Some(
+            [
+                (RESTARTS_ANNOTATION.to_owned(), "10".to_owned()),
+                (
+                    LAST_TERMINATION_ANNOTATION.to_owned(),
+                    "OOMKilled@2026-01-01T00:00:00Z".to_owned(),
+                ),
+            ]
+            .into(),
+        );
+        let status = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(condition(&status, "Ready").status, "False", "c1 is notready");
+        for c in status.container_statuses.as_ref().unwrap() {
+            assert_eq!(c.restart_count, 10, "{}", c.name);
+            assert!(c.state.as_ref().unwrap().running.is_some(), "{}", c.name);
+            let terminated = c.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+            assert_eq!(terminated.reason.as_deref(), Some("OOMKilled"));
+            assert_eq!(terminated.exit_code, 137);
+            assert_eq!(
+                terminated.finished_at,
+                Some(Time("2026-01-01T00:00:00Z".parse().unwrap()))
+            );
+        }
+        assert!(container(&status).ready);
+
+        // Annotating the live pod again is a new restart, written on the next sync.
+        p.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(RESTARTS_ANNOTATION.to_owned(), "11".to_owned());
+        let next = simulated_status(&p, at(5), Some(&status)).unwrap();
+        assert_eq!(container(&next).restart_count, 11);
+
+        // Unparsable values are ignored.
+        p.metadata.annotations = Some(
+            [
+                (RESTARTS_ANNOTATION.to_owned(), "many".to_owned()),
+                (LAST_TERMINATION_ANNOTATION.to_owned(), "OOMKilled".to_owned()),
+            ]
+            .into(),
+        );
+        let plain = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(container(&plain).restart_count, 0);
+        assert!(container(&plain).last_state.is_none());
     }
 
     #[test]

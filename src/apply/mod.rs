@@ -119,6 +119,10 @@ pub struct ApplyOutcome {
     pub prune_skipped: Vec<InventoryEntry>,
     /// Objects whose prune failed (kept in the inventory, tried again next time).
     pub prune_failures: Vec<(InventoryEntry, String)>,
+    /// `metadata.generation` of every object that has one, as this apply left it (from
+    /// the server's answer, or the live object when nothing was sent): a watch cache
+    /// showing an older generation has not seen this revision yet.
+    pub generations: Vec<(InventoryEntry, i64)>,
 }
 
 /// What a live-object cache knows about one object. A cache of what bosun labelled
@@ -296,7 +300,16 @@ impl Applier {
     pub async fn apply(&self, plan: ApplyPlan<'_>) -> Result<ApplyOutcome, ApplyError> {
         let crd_kinds = plan::crd_kinds(plan.manifests);
         let judged = self.judge(&plan, &crd_kinds).await?;
-        let sent = self.send(&judged, plan.field_manager).await?;
+        let (sent, mut generations) = self.send(&judged, plan.field_manager).await?;
+        for j in judged.iter().filter(|j| !j.send) {
+            if let Some(generation) = j
+                .live
+                .as_ref()
+                .and_then(|live| live["metadata"]["generation"].as_i64())
+            {
+                generations.push((j.prepared.entry.clone(), generation));
+            }
+        }
         let mut inventory: Vec<InventoryEntry> = judged.iter().map(|j| j.prepared.entry.clone()).collect();
         inventory.sort();
         let prune = self.prune(plan.previous_inventory, &inventory, plan.owner).await;
@@ -322,6 +335,7 @@ impl Applier {
             pruned: prune.deleted,
             prune_skipped: prune.skipped,
             prune_failures: prune.failures,
+            generations,
         })
     }
 
@@ -616,12 +630,9 @@ impl Applier {
     /// of one group do not depend on each other, so they are sent concurrently; a group
     /// starts when the one before it is done. CRDs are waited for until Established
     /// before the groups after them.
-    async fn send(
-        &self,
-        judged: &[Judged<'_>],
-        field_manager: &str,
-    ) -> Result<Vec<InventoryEntry>, ApplyError> {
+    async fn send(&self, judged: &[Judged<'_>], field_manager: &str) -> Result<Sent, ApplyError> {
         let mut sent = Vec::new();
+        let mut generations = Vec::new();
         let indices: Vec<usize> = (0..judged.len()).collect();
         for group in indices.chunk_by(|&a, &b| judged[a].prepared.rank == judged[b].prepared.rank) {
             let to_send: Vec<&Judged> = group
@@ -632,13 +643,16 @@ impl Applier {
             // Futures collected first: a `.map(closure)` on the stream makes the
             // reconcile future's lifetimes too specific for kube-runtime.
             let sends: Vec<_> = to_send.iter().map(|j| self.send_one(j, field_manager)).collect();
-            stream::iter(sends)
+            let answers: Vec<Option<i64>> = stream::iter(sends)
                 .buffered(CONCURRENT_REQUESTS)
-                .try_collect::<Vec<()>>()
+                .try_collect()
                 .await?;
-            for j in &to_send {
+            for (j, generation) in to_send.iter().zip(answers) {
                 debug!(object = %j.prepared.entry, "applied");
                 sent.push(j.prepared.entry.clone());
+                if let Some(generation) = generation {
+                    generations.push((j.prepared.entry.clone(), generation));
+                }
             }
             for &i in group.iter().filter(|&&i| judged[i].prepared.is_crd()) {
                 let crd = &judged[i];
@@ -656,10 +670,11 @@ impl Applier {
                 }
             }
         }
-        Ok(sent)
+        Ok((sent, generations))
     }
 
-    async fn send_one(&self, j: &Judged<'_>, field_manager: &str) -> Result<(), ApplyError> {
+    /// Sends one object; returns the generation the server gave it, if it has one.
+    async fn send_one(&self, j: &Judged<'_>, field_manager: &str) -> Result<Option<i64>, ApplyError> {
         let p = &j.prepared;
         // Conflicts with another bosun app were refused at the dry run; what is left to
         // force is drift made by hand or by other tools. An object whose dry run was
@@ -680,7 +695,7 @@ impl Applier {
                 .patch(&p.entry.name, &params, &Patch::Apply(&p.object))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(applied) => return Ok(applied.metadata.generation),
                 Err(error) if is_not_found(&error) && attempt < attempts => {
                     tokio::time::sleep(CRD_POLL).await;
                 }
@@ -887,6 +902,9 @@ async fn release(api: &Api<DynamicObject>, name: &str) -> Result<(), kube::Error
         .await
         .map(|_| ())
 }
+
+/// What was sent, and the generations the server answered with.
+type Sent = (Vec<InventoryEntry>, Vec<(InventoryEntry, i64)>);
 
 #[derive(Default)]
 struct PruneReport {

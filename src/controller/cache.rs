@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::api::{APP_LABEL, AppDeployment, ClusterRunbook, Runbook, RunbookKind, RunbookSpec};
 use crate::apply::{LiveObjects, Lookup};
+use crate::gates::WorkloadStores;
 use crate::render::Manifest;
 use crate::snapshot::{self, SNAPSHOT_SECRET_TYPE, SnapshotError};
 
@@ -45,17 +46,6 @@ pub struct Caches {
 
 /// A snapshot's manifests, with the Secret's resourceVersion they were decoded from.
 type Decoded = (String, Arc<Vec<Manifest>>);
-
-/// What the workload gate reads.
-#[derive(Clone)]
-pub struct WorkloadStores {
-    pub deployments: Store<Deployment>,
-    pub stateful_sets: Store<StatefulSet>,
-    pub daemon_sets: Store<DaemonSet>,
-    pub replica_sets: Store<ReplicaSet>,
-    pub controller_revisions: Store<ControllerRevision>,
-    pub pods: Store<Pod>,
-}
 
 impl Caches {
     /// Starts every watch; changes are sent on `trigger` as the apps they concern.

@@ -25,7 +25,7 @@ pub async fn finalize(
     if !app.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    let policy = app.spec.deletion_policy.unwrap_or_default();
+    let policy = app.spec.deletion_policy;
     let inventory = app
         .status
         .as_ref()

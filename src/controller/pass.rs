@@ -94,6 +94,7 @@ async fn reconcile_app(
             app: app.clone(),
             state,
             next_round: None,
+            logged_revision: None,
         };
         match pass.run().await {
             Err(Error::Conflict) => {
@@ -122,6 +123,8 @@ struct Pass<'a> {
     state: &'a mut AppState,
     /// When the verification round just run wants the next one.
     next_round: Option<Duration>,
+    /// The revision the pass's log span names (recorded once it is known).
+    logged_revision: Option<String>,
 }
 
 impl Pass<'_> {
@@ -286,14 +289,18 @@ impl Pass<'_> {
     }
 
     /// Every log line of this pass names the revision it is about.
-    fn name_revision_in_logs(&self, desired: &DesiredRevision) {
+    fn name_revision_in_logs(&mut self, desired: &DesiredRevision) {
         let revision = match (&self.status.operation, desired) {
             (Some(operation), _) => Some(operation.revision.as_str()),
             (None, DesiredRevision::Known { revision, .. }) => Some(revision.as_str()),
             (None, DesiredRevision::Unavailable) => self.status.current_revision.as_deref(),
         };
-        if let Some(revision) = revision {
-            tracing::Span::current().record("revision", short_revision(revision).as_str());
+        if let Some(revision) = revision
+            && self.logged_revision.is_none()
+        {
+            let short = short_revision(revision);
+            tracing::Span::current().record("revision", short.as_str());
+            self.logged_revision = Some(short);
         }
     }
 }

@@ -3,9 +3,15 @@
 //! copy (a pass that started before the watch delivered the previous write, or another
 //! writer) fails with a conflict and is decided again from a fresh read, instead of
 //! overwriting a saved rollback or quarantine.
+//!
+//! The status is replaced whole (PUT on the status subresource): it is bosun's record,
+//! computed entirely from the copy it read, so nothing of another writer can be lost
+//! without a conflict. (Server-side apply of the status also worked until a field was
+//! removed: the 1.20 API server then left `null`s behind inside the removed object's
+//! maps and refused its own result.)
 
-use kube::api::{Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::Error;
@@ -21,20 +27,15 @@ pub async fn save(
     app: &AppDeployment,
     status: &AppDeploymentStatus,
 ) -> Result<String, Error> {
-    let patch = json!({
-        "apiVersion": AppDeployment::api_version(&()),
-        "kind": AppDeployment::kind(&()),
-        "metadata": {"name": app.name_any(), "resourceVersion": app.resource_version()},
-        "status": status,
-    });
-    match api
-        .patch_status(
-            &app.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-    {
+    let mut written = AppDeployment::new(&app.name_any(), app.spec.clone());
+    written.metadata.namespace = app.namespace();
+    written.metadata.resource_version = app.resource_version();
+    written.status = Some(status.clone());
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    match api.replace_status(&app.name_any(), &params, &written).await {
         Ok(saved) => Ok(saved.resource_version().unwrap_or_default()),
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict),
         Err(error) => Err(error.into()),

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::{AppState, Context, Error, verify};
+use super::{AppState, Context, Error};
 use crate::api::{AppDeployment, Operation, short_revision};
 use crate::apply::{ApplyPlan, field_manager};
 use crate::core::{Applied, Failure, FailureKind, StepOutcome, StepResult};
 use crate::failure::Classified;
+use crate::gates::capture_baseline;
 use crate::render::{self, Manifest};
 use crate::snapshot;
 use crate::source::Credentials;
@@ -186,7 +187,8 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
         field_manager: &manager,
         previous_inventory: step.inventory,
     };
-    let restart_baseline = verify::restart_baseline(&step.context.caches.workloads, &label);
+    // Taken before anything is sent: the pods it lists predate the revision.
+    let mut restart_baseline = capture_baseline(&step.context.caches.workloads, step.inventory);
     Ok(match applier.apply(plan).await {
         Ok(outcome) => StepOutcome::Done(StepResult::Applied(Applied {
             sent: outcome.sent.len(),
@@ -198,7 +200,12 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
                 .map(|(entry, message)| format!("{entry}: {message}"))
                 .collect(),
             inventory: outcome.inventory,
-            restart_baseline,
+            restart_baseline: {
+                for (entry, generation) in &outcome.generations {
+                    restart_baseline.record_generation(entry, *generation);
+                }
+                restart_baseline
+            },
         })),
         Err(error) => from(error.classify()),
     })

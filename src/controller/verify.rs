@@ -9,14 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::{Selector, SelectorExt};
+use k8s_openapi::jiff::Timestamp;
 
 use super::Context;
-use super::cache::WorkloadStores;
-use crate::api::{GateVerdict, InventoryEntry, Operation, OperationKind, PodRestarts, RunbookSpec, Verdict};
+use crate::api::{GateVerdict, InventoryEntry, Operation, OperationKind, RunbookSpec, Verdict};
 use crate::core::Verification;
-use crate::gates::{self, WorkloadVerdict, workload};
+use crate::gates::{self, evaluate_workloads};
 
 /// How often an undecided verification is looked at again without a change waking it.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
@@ -69,10 +67,16 @@ pub async fn round(
     }
     let session = session.as_mut().expect("just set");
 
-    let workload = workload_verdict(
+    let applied_at = operation
+        .applied_at
+        .as_deref()
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let workload = evaluate_workloads(
         &context.caches.workloads,
         inventory,
         &operation.restart_baseline,
+        applied_at,
         runbook.max_restarts(),
     );
     let workload_verdict = GateVerdict::from(workload.clone());
@@ -148,118 +152,4 @@ pub async fn round(
         .min(until_window)
         .max(Duration::from_millis(100));
     Round { verification, next }
-}
-
-/// The workload gate over the watch caches, for the workloads of `inventory`.
-pub fn workload_verdict(
-    stores: &WorkloadStores,
-    inventory: &[InventoryEntry],
-    _baseline: &[PodRestarts],
-    max_restarts: i32,
-) -> WorkloadVerdict {
-    use kube::runtime::reflector::ObjectRef;
-    let verdicts = inventory
-        .iter()
-        .filter(|entry| entry.api_version == "apps/v1")
-        .filter_map(|entry| {
-            let namespace = entry.namespace.as_deref()?;
-            let id = format!("{} {namespace}/{}", entry.kind, entry.name);
-            let key = |name: &str| (name.to_string(), namespace.to_string());
-            let pods_matching = |selector: Option<
-                &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-            >| { matching(&stores.pods, namespace, selector) };
-            let verdict = match entry.kind.as_str() {
-                "Deployment" => {
-                    let (name, ns) = key(&entry.name);
-                    match stores.deployments.get(&ObjectRef::new(&name).within(&ns)) {
-                        Some(deploy) => {
-                            let selector = deploy.spec.as_ref().map(|s| &s.selector);
-                            let replica_sets: Vec<_> = matching(&stores.replica_sets, namespace, selector);
-                            let pods = pods_matching(selector);
-                            workload::evaluate_deployment(&deploy, &replica_sets, &pods, max_restarts)
-                        }
-                        None => WorkloadVerdict::pending(format!("{id}: not found")),
-                    }
-                }
-                "StatefulSet" => match stores
-                    .stateful_sets
-                    .get(&ObjectRef::new(&entry.name).within(namespace))
-                {
-                    Some(sts) => {
-                        let pods = pods_matching(sts.spec.as_ref().map(|s| &s.selector));
-                        workload::evaluate_stateful_set(&sts, &pods, max_restarts)
-                    }
-                    None => WorkloadVerdict::pending(format!("{id}: not found")),
-                },
-                "DaemonSet" => match stores
-                    .daemon_sets
-                    .get(&ObjectRef::new(&entry.name).within(namespace))
-                {
-                    Some(ds) => {
-                        let selector = ds.spec.as_ref().map(|s| &s.selector);
-                        let revisions = matching(&stores.controller_revisions, namespace, selector);
-                        let pods = pods_matching(selector);
-                        workload::evaluate_daemon_set(&ds, &revisions, &pods, max_restarts)
-                    }
-                    None => WorkloadVerdict::pending(format!("{id}: not found")),
-                },
-                _ => return None,
-            };
-            Some(verdict)
-        });
-    workload::combine(verdicts.collect::<Vec<_>>())
-}
-
-/// Objects of `namespace` in `store` whose labels match `selector`.
-fn matching<K>(
-    store: &kube::runtime::reflector::Store<K>,
-    namespace: &str,
-    selector: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-) -> Vec<K>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let Some(selector) = selector.and_then(|s| Selector::try_from(s.clone()).ok()) else {
-        return Vec::new();
-    };
-    store
-        .state_filter(|object| {
-            object.meta().namespace.as_deref() == Some(namespace)
-                && selector.matches(object.meta().labels.as_ref().unwrap_or(&Default::default()))
-        })
-        .into_iter()
-        .map(|object| (*object).clone())
-        .collect()
-}
-
-/// Container restart counts of the pods of `inventory`'s workloads right now: what the
-/// new revision's gates count from.
-pub fn restart_baseline(stores: &WorkloadStores, app_label: &str) -> Vec<PodRestarts> {
-    stores
-        .pods
-        .state_filter(|pod: &Pod| {
-            pod.metadata
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(crate::api::APP_LABEL))
-                .is_some_and(|value| value == app_label)
-        })
-        .iter()
-        .flat_map(|pod| {
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            let status = pod.status.clone().unwrap_or_default();
-            status
-                .init_container_statuses
-                .unwrap_or_default()
-                .into_iter()
-                .chain(status.container_statuses.unwrap_or_default())
-                .filter(|c| c.restart_count > 0)
-                .map(move |c| PodRestarts {
-                    pod_uid: uid.clone(),
-                    container: c.name,
-                    restarts: c.restart_count,
-                })
-        })
-        .collect()
 }

@@ -1,7 +1,8 @@
 //! Verify: is the applied revision good?
 //!
 //! - [`workload`]: the workload gate, always on — rollouts complete, pods of the
-//!   current revision not crash-looping, unpullable or misconfigured.
+//!   current revision not crash-looping, unpullable or misconfigured since the
+//!   revision was applied; read from watch caches, no API request per round.
 //! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
 //! - [`tracker`]: one gate's verdict across probes (thresholds, period).
 //!
@@ -20,7 +21,7 @@ use crate::api::{Gate, GateVerdict, Verdict};
 
 pub use http::{HttpProber, ProbeOutcome};
 pub use tracker::GateTracker;
-pub use workload::{WorkloadVerdict, check_workloads};
+pub use workload::{WorkloadStores, WorkloadVerdict, WorkloadView, capture_baseline, evaluate_workloads};
 
 /// `next_due` when there is no gate to probe: how often the workload gate alone is
 /// worth re-checking.

@@ -1,4 +1,6 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::RestartBaseline;
 use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -43,8 +45,11 @@ pub struct AppDeploymentSpec {
     pub pin: Option<Pin>,
     /// What happens to the objects bosun created when this AppDeployment is deleted:
     /// `Orphan` (the default: they keep running, released for another owner) or `Delete`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deletion_policy: Option<DeletionPolicy>,
+    // Not an Option: schemars writes `null` into the enum of an optional enum, and a 1.20
+    // API server then refuses the CRD ("per-version schemas may not all be set to
+    // identical values").
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
 }
 
 /// Deleting the AppDeployment is not a request to take the app down: by default what
@@ -333,10 +338,10 @@ pub struct Operation {
     /// Set once the revision's manifests are applied; gates judge what happened after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<String>,
-    /// Container restarts of the pods that existed when the revision was applied: only
-    /// restarts beyond these count against it.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub restart_baseline: Vec<PodRestarts>,
+    /// Container restarts of the pods that existed when the revision was applied (and
+    /// the workload generations the apply wrote): only what happens after counts.
+    #[serde(default, skip_serializing_if = "RestartBaseline::is_empty")]
+    pub restart_baseline: RestartBaseline,
     /// A verification this Deploy interrupted: restored if this revision is refused
     /// before anything of it is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,15 +350,6 @@ pub struct Operation {
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
-}
-
-/// Restart count of one container of one pod when a revision was applied.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodRestarts {
-    pub pod_uid: String,
-    pub container: String,
-    pub restarts: i32,
 }
 
 /// The verifying Deploy operation a newer commit interrupted.
@@ -369,8 +365,8 @@ pub struct InterruptedVerification {
     pub snapshot: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub restart_baseline: Vec<PodRestarts>,
+    #[serde(default, skip_serializing_if = "RestartBaseline::is_empty")]
+    pub restart_baseline: RestartBaseline,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]

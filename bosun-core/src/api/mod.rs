@@ -3,12 +3,14 @@
 //! Plain data: no I/O lives here.
 
 mod appdeployment;
+mod baseline;
 mod conditions;
 mod duration;
 mod runbook;
 mod validate;
 
 pub use appdeployment::*;
+pub use baseline::RestartBaseline;
 pub use conditions::*;
 pub use duration::*;
 pub use runbook::*;

@@ -1,7 +1,7 @@
 //! What a step reports back to [`decide`](super::decide): plain data, so that the
 //! decision about what follows is made in one place and can be tested without I/O.
 
-use crate::api::{GateVerdict, InventoryEntry, PodRestarts};
+use crate::api::{GateVerdict, InventoryEntry, RestartBaseline};
 
 /// The result of running one step of the operation in progress.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,8 +47,9 @@ pub struct Applied {
     /// Objects that should have been pruned but could not be (retried later; a warning,
     /// never a verdict on the revision).
     pub prune_failures: Vec<String>,
-    /// Container restarts at apply time, so gates count only what happens after.
-    pub restart_baseline: Vec<PodRestarts>,
+    /// Container restarts just before the apply and the generations it wrote, so gates
+    /// count only what happens after.
+    pub restart_baseline: RestartBaseline,
 }
 
 /// Verdict of one verification round.

@@ -270,7 +270,7 @@ fn start_deploy(
         render_digest: None,
         snapshot: None,
         applied_at: None,
-        restart_baseline: Vec::new(),
+        restart_baseline: Default::default(),
         interrupted,
     });
     remove_condition(&mut status.conditions, condition::PRUNED);
@@ -446,7 +446,7 @@ fn roll_back(
         render_digest: None,
         snapshot: status.last_healthy_snapshot.clone(),
         applied_at: None,
-        restart_baseline: Vec::new(),
+        restart_baseline: Default::default(),
         interrupted: None,
     });
     let note = format!(
