@@ -68,11 +68,13 @@ pub fn class_of_status(code: u16, message: &str) -> ApiErrorClass {
     }
 }
 
-/// Kubernetes 1.20 answers a server-side apply of an object it cannot convert (a
-/// malformed quantity, say) with 500 "failed to convert new object to proper version":
-/// a verdict on the object that no retry changes.
+/// Kubernetes 1.20 answers a server-side apply of an object it cannot type (a string
+/// where the schema wants a number, a malformed quantity) with a 500: "failed to create
+/// typed patch object" or "failed to convert new object to proper version". A verdict
+/// on the object that no retry changes.
 fn is_conversion_refusal(message: &str) -> bool {
     message.contains("failed to convert new object")
+        || message.contains("failed to create typed patch object")
 }
 
 /// An admission webhook (or admission plugin) said no: a verdict on the object.
@@ -164,6 +166,8 @@ mod tests {
         let malformed =
             "failed to convert new object to proper version: quantities must match the regular expression";
         assert_eq!(class_of(&api(500, malformed)), ApiErrorClass::Refused);
+        let untyped = "failed to create typed patch object: .spec.size: expected numeric (int or float), got *value.valueUnstructured";
+        assert_eq!(class_of(&api(500, untyped)), ApiErrorClass::Refused);
         let down = "Internal error occurred: failed calling webhook \"x.example.com\": Post \"https://127.0.0.1:1/\": dial tcp: connection refused";
         assert_eq!(class_of(&api(500, down)), ApiErrorClass::Transient);
     }

@@ -601,8 +601,30 @@ async fn blocked_newer_commit_lets_the_revision_under_verification_finish() {
     repo.write("deploy/broken.yaml", "kind: [\n").unwrap();
     let broken = repo.commit("broken").unwrap();
 
-    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &second).await;
+    // The second revision finishes verifying and is healthy, but the Git tip is
+    // blocked: the phase and Ready say that the latest commit did not go out.
+    let app = harness
+        .wait_for(
+            NS,
+            APP,
+            "the second revision healthy, the tip blocked",
+            Duration::from_secs(120),
+            |app| {
+                app.status.as_ref().is_some_and(|s| {
+                    s.phase == Phase::Blocked && s.last_healthy_revision.as_deref() == Some(second.as_str())
+                })
+            },
+        )
+        .await;
     let s = status(&app);
+    assert_eq!(s.current_revision.as_deref(), Some(second.as_str()));
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready");
+    assert_eq!(ready.status, "False", "{ready:?}");
+    assert!(ready.message.contains("deploy/broken.yaml:1"), "{ready:?}");
+    assert_eq!(
+        s.blocked.as_ref().map(|b| b.revision.as_str()),
+        Some(broken.as_str())
+    );
     let blocked = s
         .history
         .iter()
@@ -647,6 +669,9 @@ async fn half_applied_revision_is_rolled_back_and_its_new_objects_pruned() {
 kind: CustomResourceDefinition
 metadata:
   name: widgets.example.com
+  annotations:
+    # A CRD is never pruned (its objects would go with it) unless its manifest opts in.
+    bosun.dev/prune: "true"
 spec:
   group: example.com
   names: {kind: Widget, plural: widgets, singular: widget}

@@ -39,6 +39,17 @@ fn unique_secret(label: &str) -> String {
 /// Namespace `namespace` with the Secret, a Runbook with no gates but the workload's
 /// and a 1s verify window, and the AppDeployment on `url` using the Secret.
 async fn set_up_app(harness: &Harness, namespace: &str, url: &str, secret_data: &[(&str, &str)]) {
+    set_up_app_with(harness, namespace, url, secret_data, url.starts_with("http://")).await;
+}
+
+/// [`set_up_app`], saying whether credentials may travel over plain HTTP.
+async fn set_up_app_with(
+    harness: &Harness,
+    namespace: &str,
+    url: &str,
+    secret_data: &[(&str, &str)],
+    insecure: bool,
+) {
     harness.namespace(namespace).await;
     let data: BTreeMap<String, ByteString> = secret_data
         .iter()
@@ -66,9 +77,10 @@ async fn set_up_app(harness: &Harness, namespace: &str, url: &str, secret_data: 
         .apply_runbook(&workload_only_runbook_yaml(namespace, "quick"))
         .await;
     let plain = app_deployment_yaml(namespace, APP, url, Some("quick"), "2s");
+    let insecure = if insecure { "      insecure: true\n" } else { "" };
     let with_secret = plain.replacen(
         "      path: deploy\n",
-        &format!("      path: deploy\n      secretRef:\n        name: {SECRET}\n"),
+        &format!("      path: deploy\n      secretRef:\n        name: {SECRET}\n{insecure}"),
         1,
     );
     assert_ne!(plain, with_secret, "secretRef not inserted into:\n{plain}");
@@ -154,6 +166,15 @@ async fn http_basic_auth_from_a_secret_fetches_and_a_wrong_password_is_refused()
         &[("username", "deployer"), ("password", &wrong_password)],
     )
     .await;
+    // Without `insecure: true` the credentials are not sent over plain HTTP at all.
+    set_up_app_with(
+        &harness,
+        "http-clear",
+        &url,
+        &[("username", "deployer"), ("password", &password)],
+        false,
+    )
+    .await;
     harness.start_controller();
 
     let app = harness
@@ -179,6 +200,24 @@ async fn http_basic_auth_from_a_secret_fetches_and_a_wrong_password_is_refused()
         assert!(!message.contains(&wrong_password), "password in {message:?}");
         assert!(!message.contains(&password), "password in {message:?}");
     }
+
+    let clear = harness
+        .wait_for(
+            "http-clear",
+            APP,
+            "Blocked: credentials over http://",
+            Duration::from_secs(90),
+            |app| app.status.as_ref().is_some_and(|s| s.phase == Phase::Blocked),
+        )
+        .await;
+    let ready = clear
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .expect("Ready");
+    assert_eq!(ready.reason, "SpecInvalid", "{ready:?}");
+    assert!(ready.message.contains("insecure: true"), "{ready:?}");
+    assert_nothing_applied(&harness, "http-clear").await;
 }
 
 /// Generates an ed25519 key pair with ssh-keygen; returns the private key.

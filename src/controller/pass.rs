@@ -139,9 +139,14 @@ impl Pass<'_> {
                 Some(problem),
             ),
         };
-        let problem: Option<Failure> = observe::spec_problem(self.context, &self.app).or(runbook_problem);
-        let (desired, credentials, source_notice) =
-            observe::source(self.context, &self.app, self.state, &mut self.status).await;
+        let spec_problem = observe::spec_problem(self.context, &self.app);
+        // A source the spec may not use is not fetched at all (credentials over plain
+        // HTTP would already be on the wire).
+        let (desired, credentials, source_notice) = match spec_problem {
+            Some(_) => (DesiredRevision::Unavailable, None, None),
+            None => observe::source(self.context, &self.app, self.state, &mut self.status).await,
+        };
+        let problem: Option<Failure> = spec_problem.or(runbook_problem);
         let mut notices: Vec<Notice> = source_notice.into_iter().collect();
         let interval = observe::interval(&self.app);
         let step_deadline = runbook

@@ -477,9 +477,12 @@ fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &Context<'_>, notices:
         update_history(status, failed, Phase::RolledBack, None, true, ctx);
     }
     set_condition_now(status, condition::ROLLED_BACK, true, "RolledBack", &message, ctx);
+    // Healthy only when what runs is what Git (or the pin) asks for; while Git still
+    // points at the failed revision (or cannot be read) the phase says it was rolled back.
     let phase = match phase_at_rest(status, ctx.desired) {
-        // Git still points at the failed revision: the phase says it was rolled back.
-        Phase::Healthy => Phase::Healthy,
+        Phase::Healthy if ctx.desired.is_some() && ctx.desired == status.current_revision.as_deref() => {
+            Phase::Healthy
+        }
         Phase::Blocked => Phase::Blocked,
         _ => Phase::RolledBack,
     };
