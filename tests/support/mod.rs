@@ -57,25 +57,74 @@ impl Harness {
         WorkRepo::init(&self.dir.path().join("repos"), name).expect("work repo")
     }
 
-    /// Starts `bosun controller` as a child process.
+    /// Starts `bosun controller` as a child process, authenticated as its own user
+    /// (`bosun`), so the API server's audit log tells its requests from the test's.
     pub fn start_controller(&mut self) {
+        self.start_controller_with(&[], &[]);
+    }
+
+    /// [`Harness::start_controller`] with extra arguments and environment (e.g. the
+    /// fault switch `BOSUN_FAULT_ABORT_AFTER`).
+    pub fn start_controller_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        let kubeconfig = self.control_plane.controller_kubeconfig_path().to_path_buf();
+        self.start_controller_as(&kubeconfig, args, env);
+    }
+
+    /// Starts the controller with the credentials of `kubeconfig`.
+    pub fn start_controller_as(&mut self, kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, &str)]) {
         assert!(self.controller.is_none(), "controller already running");
         self.controller_starts += 1;
         let log = self
             .dir
             .path()
             .join(format!("controller-{}.log", self.controller_starts));
-        let child = Command::new(env!("CARGO_BIN_EXE_bosun"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
+        command
             .arg("controller")
-            .env("KUBECONFIG", self.control_plane.kubeconfig_path())
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
             .env("BOSUN_CACHE_DIR", &self.cache_dir)
             .env("RUST_LOG", "info,kube=warn")
+            .env_remove(bosun::controller::fault::ENV);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
             .spawn()
             .expect("bosun controller starts");
         self.controller = Some(child);
+    }
+
+    /// Waits for the controller to exit by itself (an armed fault switch aborts it);
+    /// panics with its log after `timeout`.
+    pub async fn wait_for_controller_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.controller.as_mut().expect("controller running");
+            if let Some(status) = child.try_wait().expect("controller status") {
+                self.controller = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the controller did not exit within {timeout:?}\n{}",
+                    self.controller_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Write requests the controller sent (dry runs excluded), from the API server's
+    /// audit log.
+    pub async fn controller_writes(&self) -> Vec<bosun_devenv::AuditedWrite> {
+        self.control_plane
+            .controller_writes()
+            .await
+            .expect("audit log readable")
     }
 
     /// SIGKILL: the controller gets no chance to clean up.
