@@ -14,6 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::Context;
 use crate::api::{GateVerdict, InventoryEntry, Operation, OperationKind, RunbookSpec, Verdict};
 use crate::core::Verification;
+use crate::gates::window::{VerifyWindow, WindowState};
 use crate::gates::{self, evaluate_workloads};
 
 /// How often an undecided verification is looked at again without a change waking it.
@@ -23,8 +24,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 pub struct Session {
     key: SessionKey,
     gates: gates::Verification,
-    /// Since when every gate has been passing without a break.
-    passing_since: Option<Instant>,
+    window: VerifyWindow,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub async fn round(
         *session = Some(Session {
             key,
             gates: gates::Verification::new(&runbook.gates),
-            passing_since: None,
+            window: VerifyWindow::default(),
         });
     }
     let session = session.as_mut().expect("just set");
@@ -96,7 +96,7 @@ pub async fn round(
             };
         }
         Verdict::Pending => {
-            session.passing_since = None;
+            session.window.observe(false, Instant::now(), Duration::ZERO);
             return Round {
                 verification: Verification::Pending {
                     gates: with_gates(&session.gates),
@@ -131,25 +131,14 @@ pub async fn round(
         OperationKind::Rollback => Duration::ZERO,
         OperationKind::Deploy => runbook.verify_window().unwrap_or(Duration::from_secs(60)),
     };
-    if session.gates.all_passed() {
-        session.passing_since.get_or_insert(now);
-    } else {
-        // The window restarts: every gate must keep passing for all of it.
-        session.passing_since = None;
-    }
-    let held_for = session
-        .passing_since
-        .map(|since| now.saturating_duration_since(since));
-    let verification = match held_for {
-        Some(held) if held >= window => Verification::Passed { gates },
-        _ => Verification::Pending { gates },
+    let (verification, until_window) = match session.window.observe(session.gates.all_passed(), now, window) {
+        WindowState::Complete => (Verification::Passed { gates }, Duration::ZERO),
+        WindowState::Holding { remaining, .. } => (Verification::Pending { gates }, remaining),
+        WindowState::NotPassing => (Verification::Pending { gates }, window),
     };
-    let until_window = window
-        .saturating_sub(held_for.unwrap_or_default())
-        .max(Duration::from_millis(100));
     let next = IDLE_RECHECK
         .min(session.gates.next_due(Instant::now()))
-        .min(until_window)
+        .min(until_window.max(Duration::from_millis(100)))
         .max(Duration::from_millis(100));
     Round { verification, next }
 }

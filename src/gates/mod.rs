@@ -11,6 +11,7 @@
 
 pub mod http;
 pub mod tracker;
+pub mod window;
 pub mod workload;
 
 use std::time::{Duration, Instant};

@@ -201,6 +201,9 @@ pub struct AppDeploymentStatus {
     /// Snapshot Secret of the last healthy revision's render: the rollback target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_healthy_snapshot: Option<String>,
+    /// `currentSpecDigest` of the last healthy render: what a rollback puts back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_healthy_spec_digest: Option<String>,
     /// Revisions that failed and are not applied again while Git stays on them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Quarantine>,
@@ -273,6 +276,10 @@ pub struct Quarantine {
     /// the applied spec made later may try it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// The spec digest it failed with (`currentSpecDigest`): the same commit rendered
+    /// from another path is another candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_digest: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

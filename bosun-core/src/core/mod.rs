@@ -192,7 +192,7 @@ fn resume_or_wait(input: &Input<'_>) -> Decision {
         return Decision::Wait;
     }
     Decision::Resume {
-        phase: record::phase_at_rest(status, input.desired.revision()),
+        phase: record::phase_at_rest(status, input.desired.revision(), input.spec_digest),
     }
 }
 
@@ -216,7 +216,7 @@ fn deployable(input: &Input<'_>, revision: &str) -> bool {
         .status
         .quarantined
         .iter()
-        .filter(|q| q.revision == revision)
+        .filter(|q| quarantine_applies(q, revision, input.spec_digest))
         .any(|q| !(overridable && q.generation < input.generation));
     !quarantined && !blocked(input, revision)
 }
@@ -311,7 +311,7 @@ fn decide_verification(input: &Input<'_>, operation: &Operation, verification: &
         (OperationKind::Deploy, Verification::Passed { .. }) => Decision::MarkHealthy { gates },
         (OperationKind::Rollback, Verification::Passed { .. }) => Decision::FinishRollback,
         (OperationKind::Deploy, Verification::Failed { message, .. }) => {
-            failure_response(input, &operation.revision, &message, gates)
+            failure_response(input, operation, &message, gates)
         }
         (OperationKind::Rollback, Verification::Failed { message, .. }) => Decision::Fail {
             revision: operation.failed_revision.clone().unwrap_or_default(),
@@ -350,7 +350,7 @@ fn decide_refusal(input: &Input<'_>, operation: &Operation, failure: &Failure) -
         }
         OperationKind::Deploy => failure_response(
             input,
-            &operation.revision,
+            operation,
             &format!("apply failed: {}", failure.message),
             Vec::new(),
         ),
@@ -367,22 +367,27 @@ fn decide_refusal(input: &Input<'_>, operation: &Operation, failure: &Failure) -
     }
 }
 
-/// What a failed revision leads to: a flip back when there is somewhere to go.
-fn failure_response(input: &Input<'_>, revision: &str, message: &str, gates: Vec<GateVerdict>) -> Decision {
+/// What a failed revision leads to: a flip back to the last healthy render when there
+/// is one and it is not the render that failed (the same commit rendered from another
+/// path may well have somewhere to go back to).
+fn failure_response(
+    input: &Input<'_>,
+    operation: &Operation,
+    message: &str,
+    gates: Vec<GateVerdict>,
+) -> Decision {
     let status = input.status;
-    match (
-        status.last_healthy_revision.as_deref(),
-        &status.last_healthy_snapshot,
-    ) {
-        (Some(last_healthy), Some(_)) if input.automatic_rollback && last_healthy != revision => {
-            Decision::RollBack {
-                failed_revision: revision.to_string(),
-                to: last_healthy.to_string(),
-                message: message.to_string(),
-                gates,
-            }
-        }
-        (Some(_), _) if !input.automatic_rollback => Decision::Fail {
+    let revision = operation.revision.as_str();
+    let elsewhere_to_go =
+        status.last_healthy_snapshot.is_some() && status.last_healthy_snapshot != operation.snapshot;
+    match status.last_healthy_revision.as_deref() {
+        Some(last_healthy) if input.automatic_rollback && elsewhere_to_go => Decision::RollBack {
+            failed_revision: revision.to_string(),
+            to: last_healthy.to_string(),
+            message: message.to_string(),
+            gates,
+        },
+        Some(_) if !input.automatic_rollback => Decision::Fail {
             revision: revision.to_string(),
             message: format!("{message} (automatic rollback is off in the Runbook)"),
             quarantine: Some(revision.to_string()),
@@ -420,6 +425,20 @@ pub fn human_duration(duration: Duration) -> String {
 
 pub fn is_quarantined(status: &AppDeploymentStatus, revision: &str) -> bool {
     status.quarantined.iter().any(|q| q.revision == revision)
+}
+
+/// Whether a quarantine entry concerns `revision` as rendered with `spec_digest` (an
+/// entry without a digest concerns every render of the revision).
+pub fn quarantine_applies(quarantine: &crate::api::Quarantine, revision: &str, spec_digest: &str) -> bool {
+    quarantine.revision == revision && quarantine.spec_digest.as_deref().is_none_or(|d| d == spec_digest)
+}
+
+/// Whether `revision`, rendered with `spec_digest`, is quarantined.
+pub fn quarantined_at(status: &AppDeploymentStatus, revision: &str, spec_digest: &str) -> bool {
+    status
+        .quarantined
+        .iter()
+        .any(|q| quarantine_applies(q, revision, spec_digest))
 }
 
 #[cfg(test)]

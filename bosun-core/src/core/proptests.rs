@@ -285,7 +285,7 @@ impl Model {
             && operation.kind == OperationKind::Rollback
         {
             assert_eq!(Some(&operation.revision), after.last_healthy_revision.as_ref());
-            assert_ne!(operation.failed_revision.as_ref(), Some(&operation.revision));
+            assert_eq!(operation.snapshot, after.last_healthy_snapshot, "rollback source");
         }
         // History stays bounded; one open entry per revision at most.
         assert!(after.history.len() <= 10);

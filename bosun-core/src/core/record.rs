@@ -324,7 +324,11 @@ fn advance(
                 );
             }
             status.inventory = applied.inventory.clone();
-            status.current_spec_digest = Some(spec_digest);
+            // A rollback puts back the last healthy render, made with the spec of then.
+            status.current_spec_digest = match kind {
+                OperationKind::Deploy => Some(spec_digest),
+                OperationKind::Rollback => status.last_healthy_spec_digest.clone().or(Some(spec_digest)),
+            };
             status.current_snapshot = snapshot;
             set_current_revision(status, &revision);
             if applied.prune_failures.is_empty() {
@@ -381,6 +385,7 @@ fn mark_healthy(
     let revision = operation.revision;
     let short = short_revision(&revision);
     set_last_healthy(status, &revision, operation.snapshot);
+    status.last_healthy_spec_digest = status.current_spec_digest.clone();
     if status
         .blocked
         .as_ref()
@@ -399,7 +404,7 @@ fn mark_healthy(
         &message,
         ctx,
     );
-    let phase = phase_at_rest(status, ctx.desired);
+    let phase = phase_at_rest(status, ctx.desired, ctx.spec_digest);
     let phase_message = match (phase, &status.blocked) {
         (Phase::Blocked, Some(block)) => format!(
             "{message}; Git tip {} is blocked: {}",
@@ -479,10 +484,8 @@ fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &Context<'_>, notices:
     set_condition_now(status, condition::ROLLED_BACK, true, "RolledBack", &message, ctx);
     // Healthy only when what runs is what Git (or the pin) asks for; while Git still
     // points at the failed revision (or cannot be read) the phase says it was rolled back.
-    let phase = match phase_at_rest(status, ctx.desired) {
-        Phase::Healthy if ctx.desired.is_some() && ctx.desired == status.current_revision.as_deref() => {
-            Phase::Healthy
-        }
+    let phase = match phase_at_rest(status, ctx.desired, ctx.spec_digest) {
+        Phase::Healthy if ctx.desired.is_some() && runs_desired(status, ctx) => Phase::Healthy,
         Phase::Blocked => Phase::Blocked,
         _ => Phase::RolledBack,
     };
@@ -603,10 +606,12 @@ fn block(
 }
 
 /// The phase that says what runs when no operation is in progress.
-pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>) -> Phase {
+pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>, spec_digest: &str) -> Phase {
     let current = status.current_revision.as_deref();
     let healthy = status.last_healthy_revision.as_deref();
     let runs_healthy = current.is_some() && current == healthy;
+    let current_digest = status.current_spec_digest.as_deref().unwrap_or(spec_digest);
+    let quarantined = |revision: &str| super::quarantined_at(status, revision, spec_digest);
     match desired {
         Some(desired) if status.blocked.as_ref().is_some_and(|b| b.revision == desired) => {
             if status
@@ -619,13 +624,25 @@ pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>) -> Pha
                 Phase::Blocked
             }
         }
-        Some(desired) if runs_healthy && current == Some(desired) => Phase::Healthy,
-        Some(desired) if runs_healthy && super::is_quarantined(status, desired) => Phase::RolledBack,
+        Some(desired) if runs_healthy && quarantined(desired) => Phase::RolledBack,
+        Some(desired) if runs_healthy && current == Some(desired) && current_digest == spec_digest => {
+            Phase::Healthy
+        }
         None if runs_healthy => Phase::Healthy,
-        _ if current.is_some_and(|c| super::is_quarantined(status, c)) => Phase::Failed,
+        _ if current.is_some_and(|c| super::quarantined_at(status, c, current_digest)) => Phase::Failed,
         _ if runs_healthy => Phase::Healthy,
         _ => Phase::Pending,
     }
+}
+
+/// Whether what runs is what Git (or the pin) asks for, rendered from the current spec.
+fn runs_desired(status: &AppDeploymentStatus, ctx: &Context<'_>) -> bool {
+    ctx.desired
+        .is_none_or(|desired| status.current_revision.as_deref() == Some(desired))
+        && status
+            .current_spec_digest
+            .as_deref()
+            .is_none_or(|digest| digest == ctx.spec_digest)
 }
 
 /// The phase that says what an operation at its current step is doing.
@@ -662,9 +679,7 @@ fn set_phase_with_reason(
     ctx: &Context<'_>,
 ) {
     status.phase = phase;
-    let runs_desired = ctx
-        .desired
-        .is_none_or(|desired| status.current_revision.as_deref() == Some(desired));
+    let runs_desired = runs_desired(status, ctx);
     let (ready, reconciling, stalled) = match phase {
         Phase::Healthy => (Some(runs_desired), !runs_desired, false),
         Phase::Pending
@@ -833,6 +848,7 @@ pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str
             reason: reason.to_string(),
             at: ctx.now_text(),
             generation: ctx.generation,
+            spec_digest: Some(ctx.spec_digest.to_string()),
         },
     );
     status.quarantined.truncate(MAX_QUARANTINED);

@@ -29,6 +29,7 @@ fn healthy_on(revision: &str) -> AppDeploymentStatus {
     record::set_current_revision(&mut status, revision);
     status.last_healthy_revision = Some(revision.into());
     status.last_healthy_snapshot = Some(format!("app-{}", &revision[..4]));
+    status.last_healthy_spec_digest = Some(DIGEST.into());
     status.phase = Phase::Healthy;
     status
 }
@@ -661,6 +662,43 @@ fn a_changed_path_redeploys_the_same_commit() {
 }
 
 #[test]
+fn a_changed_path_that_fails_rolls_back_to_the_old_render_and_reverting_it_adopts() {
+    let mut world = World::on(git(A));
+    world.spec_digest = "d2";
+    world.generation = 2;
+    let mut status = healthy_on(A);
+    // The same commit, rendered from the new path, fails; the rollback returns to the
+    // render of the old path, which is what runs again.
+    let new_render_fails = |status: &AppDeploymentStatus, step: Step| {
+        let operation = status.operation.as_ref().unwrap();
+        if operation.kind == OperationKind::Deploy {
+            match step {
+                Step::Snapshot => StepOutcome::Done(StepResult::SnapshotStored {
+                    name: "app-aaaa-d2".into(),
+                }),
+                other => succeeding(Verdict::Failed)(status, other),
+            }
+        } else {
+            succeeding(Verdict::Passed)(status, step)
+        }
+    };
+    world.pass(&mut status, new_render_fails);
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert_eq!(status.last_healthy_snapshot.as_deref(), Some("app-aaaa"));
+    assert_eq!(status.current_snapshot.as_deref(), Some("app-aaaa"));
+    assert_eq!(status.current_spec_digest.as_deref(), Some(DIGEST));
+    // The same spec again: held back (quarantined at this generation).
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // The path reverted (generation 3): what runs is that render, healthy: adopted.
+    let mut reverted = World::on(git(A));
+    reverted.generation = 3;
+    assert_eq!(
+        reverted.decide(&status, None),
+        Decision::Adopt { revision: A.into() }
+    );
+}
+
+#[test]
 fn quarantined_running_revision_is_not_adopted_as_healthy() {
     let world = World::on(git(A));
     let mut status = healthy_on(A);
@@ -670,6 +708,7 @@ fn quarantined_running_revision_is_not_adopted_as_healthy() {
         reason: "gate failed".into(),
         at: "t".into(),
         generation: Some(1),
+        spec_digest: None,
     });
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
