@@ -19,6 +19,8 @@ const APP: &str = "litevault";
 pub struct DemoOptions {
     /// Keep everything running after the story, until Ctrl-C.
     pub wait: bool,
+    /// Where the controller's own log goes (shown at the end).
+    pub log: std::path::PathBuf,
 }
 
 pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
@@ -94,6 +96,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} describe ad {APP}");
     println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} get deploy,svc,events");
     println!("  git -C {} log --oneline", env.repo.path().display());
+    println!("  less {}    # the controller's own log", options.log.display());
     if options.wait {
         println!("Everything keeps running until Ctrl-C.");
         tokio::signal::ctrl_c().await.ok();

@@ -50,8 +50,17 @@ enum Command {
     /// applying 50 objects.
     #[cfg(feature = "devenv")]
     Bench {
+        /// Runs of each small measurement (apply 50 objects, commit → Healthy, flip-back);
+        /// 0 skips them.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// App counts of the scale run, e.g. `10,100,1000` (each on fresh control planes,
+        /// beside kubectl alone); empty skips it.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        scale: Vec<usize>,
+        /// Seconds an idle controller is watched after all apps are Healthy.
+        #[arg(long, default_value_t = 60)]
+        idle_seconds: u64,
     },
     /// Write the CRD manifests generated from the Rust types.
     Crds {
@@ -88,14 +97,24 @@ async fn main() -> anyhow::Result<()> {
         }
         #[cfg(feature = "devenv")]
         Command::Demo { no_wait } => {
-            // The story is printed on stdout; the controller's own log only when asked.
-            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun_devenv=error");
-            bosun::demo::run(bosun::demo::DemoOptions { wait: !no_wait }).await?;
+            // The story is printed on stdout; the controller's own log goes to a file.
+            let log = bosun::telemetry::init_to_file("demo")?;
+            bosun::demo::run(bosun::demo::DemoOptions { wait: !no_wait, log }).await?;
         }
         #[cfg(feature = "devenv")]
-        Command::Bench { runs } => {
-            bosun::telemetry::init_with_default(false, "warn,kube=error,bosun_devenv=error");
-            bosun::bench::run(runs.max(1)).await?;
+        Command::Bench {
+            runs,
+            scale,
+            idle_seconds,
+        } => {
+            let log = bosun::telemetry::init_to_file("bench")?;
+            println!("bosun bench: the controller's own log goes to {}", log.display());
+            bosun::bench::run(bosun::bench::BenchOptions {
+                runs,
+                scale,
+                idle: std::time::Duration::from_secs(idle_seconds.max(1)),
+            })
+            .await?;
         }
         Command::Crds { out } => {
             bosun::crdgen::write_all(&out)?;

@@ -41,6 +41,22 @@ rules:
 - level: None
 "#;
 
+/// Whether `verb` changes state (one of [`WRITE_VERBS`]).
+pub fn audit_write_verb(verb: &str) -> bool {
+    WRITE_VERBS.contains(&verb)
+}
+
+/// [`POLICY`] plus the reads (get, list, watch) of `user`, at `Metadata` level.
+pub fn policy_with_reads_of(user: &str) -> String {
+    POLICY.replacen(
+        "rules:\n",
+        &format!(
+            "rules:\n- level: Metadata\n  users: [\"{user}\"]\n  verbs: [\"get\", \"list\", \"watch\"]\n"
+        ),
+        1,
+    )
+}
+
 /// One write request as the API server recorded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditedWrite {
@@ -144,6 +160,22 @@ struct ResponseStatus {
 /// verbs or stages are skipped, and so is an unfinished last line (the API server
 /// may be writing it).
 pub fn parse_writes(log: &str) -> anyhow::Result<Vec<AuditedWrite>> {
+    parse(log, |event| {
+        event.stage == "ResponseComplete" && WRITE_VERBS.contains(&event.verb.as_str())
+    })
+}
+
+/// Every request in an audit log, oldest first: each at its `ResponseComplete`
+/// record, except watches, counted at `ResponseStarted` (they complete only when the
+/// stream closes).
+pub fn parse_requests(log: &str) -> anyhow::Result<Vec<AuditedWrite>> {
+    parse(log, |event| match event.verb.as_str() {
+        "watch" => event.stage == "ResponseStarted",
+        _ => event.stage == "ResponseComplete",
+    })
+}
+
+fn parse(log: &str, wanted: impl Fn(&Event) -> bool) -> anyhow::Result<Vec<AuditedWrite>> {
     let complete = match log.rfind('\n') {
         Some(end) => &log[..end],
         None => "",
@@ -155,7 +187,7 @@ pub fn parse_writes(log: &str) -> anyhow::Result<Vec<AuditedWrite>> {
         }
         let event: Event = serde_json::from_str(line)
             .with_context(|| format!("audit log line {}: not an audit event", index + 1))?;
-        if event.stage != "ResponseComplete" || !WRITE_VERBS.contains(&event.verb.as_str()) {
+        if !wanted(&event) {
             continue;
         }
         let object = event.object_ref.unwrap_or_default();

@@ -77,6 +77,10 @@ pub struct ControlPlaneOptions {
     /// How long to wait for the API server and the default ServiceAccount; also
     /// how long [`ControlPlane::start_apiserver`] waits.
     pub startup_timeout: Duration,
+    /// Audit the reads (get, list, watch) of the controller user too, so that
+    /// [`ControlPlane::controller_requests`] counts every request it sends (the
+    /// benchmark's load figures). Off by default: the log stays small.
+    pub audit_controller_reads: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -86,6 +90,7 @@ impl Default for ControlPlaneOptions {
             keep_dir: std::env::var("BOSUN_KEEP_DEVENV").is_ok_and(|v| v == "1"),
             binaries: None,
             startup_timeout: Duration::from_secs(120),
+            audit_controller_reads: false,
         }
     }
 }
@@ -132,6 +137,7 @@ struct Layout {
     controller_kubeconfig: PathBuf,
     audit_policy: PathBuf,
     audit_log: PathBuf,
+    audit_controller_reads: bool,
     etcd_client_port: u16,
     etcd_peer_port: u16,
     apiserver_port: u16,
@@ -195,7 +201,8 @@ impl ControlPlane {
 
         let mut attempt = 1;
         loop {
-            let layout = Layout::new(&run_dir, etcd_data.path())?;
+            let mut layout = Layout::new(&run_dir, etcd_data.path())?;
+            layout.audit_controller_reads = options.audit_controller_reads;
             match start_once(&binaries, &layout, options.startup_timeout).await {
                 Ok((processes, client, tokens)) => {
                     let startup_duration = started.elapsed();
@@ -383,6 +390,22 @@ impl ControlPlane {
         let mut writes = self.audit_writes().await?;
         writes.retain(|write| write.is_write_by(user));
         Ok(writes)
+    }
+
+    /// Every request of the controller user the audit log holds (reads only with
+    /// [`ControlPlaneOptions::audit_controller_reads`]), dry runs included; a watch is
+    /// counted when it starts.
+    pub async fn controller_requests(&self) -> anyhow::Result<Vec<AuditedWrite>> {
+        let log = if self.apiserver_running() {
+            self.audit_log_after_barrier().await?
+        } else {
+            self.read_audit_log()?
+        };
+        let mut requests = audit::parse_requests(&log)
+            .with_context(|| format!("reading {}", self.audit_log_path().display()))?;
+        requests
+            .retain(|request| request.effective_user() == CONTROLLER_USER || request.user == CONTROLLER_USER);
+        Ok(requests)
     }
 
     /// The write requests of the controller under test (user [`CONTROLLER_USER`],
@@ -641,6 +664,7 @@ impl Layout {
             controller_kubeconfig: run_dir.join("kubeconfig-bosun"),
             audit_policy: run_dir.join("audit-policy.yaml"),
             audit_log: run_dir.join("logs").join("audit.log"),
+            audit_controller_reads: false,
             etcd_client_port: ports[0],
             etcd_peer_port: ports[1],
             apiserver_port: ports[2],
@@ -877,7 +901,12 @@ async fn prepare_credentials(layout: &Layout) -> anyhow::Result<Tokens> {
         controller = tokens.controller,
     );
     write_secret_file(&layout.token_file, &token_file)?;
-    std::fs::write(&layout.audit_policy, audit::POLICY)
+    let policy = if layout.audit_controller_reads {
+        audit::policy_with_reads_of(CONTROLLER_USER)
+    } else {
+        audit::POLICY.to_string()
+    };
+    std::fs::write(&layout.audit_policy, policy)
         .with_context(|| format!("writing {}", layout.audit_policy.display()))?;
     Ok(tokens)
 }

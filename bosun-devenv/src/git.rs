@@ -63,6 +63,18 @@ impl GitServer {
         self.log_dir.path().join("git-daemon.log")
     }
 
+    /// How many fetches (`upload-pack` requests) the daemon has served so far, counted
+    /// from its own log.
+    pub fn fetches(&self) -> usize {
+        std::fs::read_to_string(self.log_path())
+            .map(|log| {
+                log.lines()
+                    .filter(|line| line.contains("Request upload-pack"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// Stops the daemon; clients then fail to connect until [`GitServer::restart`].
     pub fn stop(&mut self) {
         if let Some(mut daemon) = self.daemon.take() {

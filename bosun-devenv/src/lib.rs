@@ -88,7 +88,7 @@ mod podsim;
 pub mod process;
 
 pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
-pub use audit::AuditedWrite;
+pub use audit::{AuditedWrite, audit_write_verb};
 pub use binaries::{Binaries, find_repo_root};
 pub use controlplane::{ADMIN_USER, CONTROLLER_USER, ControlPlane, ControlPlaneOptions};
 pub use git::{GitServer, WorkRepo};

@@ -145,7 +145,21 @@ pub async fn retain_snapshots(context: &Context, app: &AppDeployment, status: &A
     if let Some(operation) = &status.operation {
         keep.extend(operation.snapshot.clone());
     }
-    if let Err(error) = snapshot::retain(&context.client, app, &keep).await {
+    // The candidates come from the watch cache of snapshot Secrets: no LIST per app.
+    let uid = app.uid();
+    let candidates: Vec<k8s_openapi::api::core::v1::Secret> = context
+        .caches
+        .snapshots
+        .state_filter(|secret| {
+            secret
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .iter()
+        .map(|secret| (**secret).clone())
+        .collect();
+    if let Err(error) = snapshot::retain_among(&context.client, app, &candidates, &keep).await {
         warn!(%error, "could not delete old snapshots");
     }
 }

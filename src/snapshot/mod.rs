@@ -351,8 +351,24 @@ pub async fn retain(client: &Client, app: &AppDeployment, keep: &[String]) -> Re
             message: api_message(&error),
             class: crate::failure::class_of(&error),
         })?;
+    retain_among(client, app, &listed.items, keep).await
+}
+
+/// Deletes those of `secrets` (e.g. from a watch cache) that are snapshots of `app` and
+/// whose names are not in `keep`.
+pub async fn retain_among(
+    client: &Client,
+    app: &AppDeployment,
+    secrets: &[Secret],
+    keep: &[String],
+) -> Result<(), SnapshotError> {
+    let (namespace, _) = app_identity(app)?;
+    let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let keep: HashSet<&str> = keep.iter().map(String::as_str).collect();
-    for secret in listed.items.iter().filter(|s| is_snapshot_of(s, app)) {
+    for secret in secrets
+        .iter()
+        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()) && is_snapshot_of(s, app))
+    {
         let name = secret.name_any();
         if keep.contains(name.as_str()) {
             continue;

@@ -1,7 +1,12 @@
 //! `bosun bench`: figures measured on the local control plane, printed, never
 //! asserted. Commit → Healthy, flip-back (first failing probe → last healthy
-//! manifests applied → RolledBack), and applying 50 objects (first time, and
-//! unchanged, which must send nothing).
+//! manifests applied → RolledBack), applying 50 objects (first time, and unchanged,
+//! which must send nothing) beside `kubectl apply --server-side` of the same objects,
+//! and the scale run ([`scale`]): many AppDeployments over ten repositories, beside
+//! kubectl alone, measured from the outside.
+
+mod kubectl;
+pub mod scale;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,17 +20,34 @@ use crate::demo::DemoEnvironment;
 use crate::render::Manifest;
 use bosun_devenv::example::ExampleRevision;
 
-pub async fn run(runs: usize) -> anyhow::Result<()> {
-    println!(
-        "bosun bench: {runs} runs each, on a local Kubernetes 1.20 control plane (2 shared cores; figures are noisy)"
-    );
-    let env = DemoEnvironment::start().await?;
-    println!(
-        "control plane start: {:.2}s",
-        env.control_plane.startup_duration().as_secs_f64()
-    );
-    apply_fifty(&env, runs).await?;
-    revisions(&env, runs).await?;
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Runs of each of the small measurements (apply, commit → Healthy, flip-back).
+    pub runs: usize,
+    /// App counts of the scale run (none: skip it).
+    pub scale: Vec<usize>,
+    /// How long the scale run watches an idle controller.
+    pub idle: Duration,
+}
+
+pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    let runs = options.runs;
+    if runs > 0 {
+        println!(
+            "bosun bench: {runs} runs each, on a local Kubernetes 1.20 control plane (2 shared cores; figures are noisy)"
+        );
+        let env = DemoEnvironment::start().await?;
+        println!(
+            "control plane start: {:.2}s",
+            env.control_plane.startup_duration().as_secs_f64()
+        );
+        apply_fifty(&env, runs).await?;
+        revisions(&env, runs).await?;
+    }
+    for &apps in &options.scale {
+        scale::run(apps, options.idle).await?;
+    }
     Ok(())
 }
 
@@ -114,7 +136,40 @@ async fn apply_fifty(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
     summary("apply 50 objects (new)", &first);
     summary("apply 50 objects (unchanged)", &unchanged);
     println!("objects sent by the unchanged applies: {sent_unchanged}");
+
+    // The same objects through kubectl alone, in the same run.
+    let Some(kubectl) = kubectl::Kubectl::find(env.control_plane.kubeconfig_path()) else {
+        println!("kubectl not found: the comparison with kubectl apply --server-side is skipped");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let mut kubectl_first = Vec::new();
+    let mut kubectl_unchanged = Vec::new();
+    for run in 0..runs {
+        let namespace = format!("kubectl-{run}");
+        let file = dir.path().join(format!("{namespace}.yaml"));
+        kubectl::write_manifests(&file, &fifty_objects(run))?;
+        kubectl.create_namespace(&namespace)?;
+        kubectl_first.push(kubectl.apply_server_side(&file, &namespace)?);
+        kubectl_unchanged.push(kubectl.apply_server_side(&file, &namespace)?);
+    }
+    summary("kubectl apply --server-side 50 objects (new)", &kubectl_first);
+    summary(
+        "kubectl apply --server-side 50 objects (unchanged)",
+        &kubectl_unchanged,
+    );
+    println!(
+        "bosun / kubectl (medians): new {:.2}x, unchanged {:.2}x",
+        median(&first) / median(&kubectl_first),
+        median(&unchanged) / median(&kubectl_unchanged)
+    );
     Ok(())
+}
+
+fn median(samples: &[Duration]) -> f64 {
+    let mut sorted: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
