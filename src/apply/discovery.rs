@@ -1,6 +1,7 @@
 //! Which resource (URL path) and scope a kind has: asked of the API server one
 //! group-version at a time, cached, and asked again when a kind is missing (a CRD may
-//! have been installed since).
+//! have been installed since). When a kind is not found, [`DiscoveryCache::serving`]
+//! says what the server serves instead, so the message can name the apiVersion to use.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +19,18 @@ pub struct ResolvedKind {
 }
 
 type KindsOfVersion = HashMap<String, ResolvedKind>;
+
+/// What the API server serves of the group of an apiVersion it has no kind for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupServing {
+    /// Whether the server serves the apiVersion asked for at all.
+    pub version_served: bool,
+    /// The versions of the group it serves, as apiVersions (`autoscaling/v1`), the
+    /// preferred one first; empty when it serves no version of the group.
+    pub versions: Vec<String>,
+    /// Those of `versions` that have the kind.
+    pub versions_with_kind: Vec<String>,
+}
 
 /// Discovery results shared by every [`Applier`](super::Applier) built from it (one per
 /// impersonated account, one cache for the controller). Cheap to clone.
@@ -44,6 +57,51 @@ impl DiscoveryCache {
         }
         self.refresh(client, api_version).await?;
         Ok(self.cached(api_version, kind))
+    }
+
+    /// What the server serves of `api_version`'s group, and where it has `kind`: asked
+    /// when [`DiscoveryCache::resolve`] found no such kind, for the message (a manifest
+    /// written for a newer Kubernetes names a version an older server does not serve).
+    pub async fn serving(
+        &self,
+        client: &Client,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<GroupServing, kube::Error> {
+        let versions = match api_version.split_once('/') {
+            Some((group, _)) => {
+                let groups = client.list_api_groups().await?;
+                groups
+                    .groups
+                    .into_iter()
+                    .find(|g| g.name == group)
+                    .map(|g| {
+                        let preferred = g.preferred_version.map(|v| v.group_version);
+                        let mut versions: Vec<String> =
+                            g.versions.into_iter().map(|v| v.group_version).collect();
+                        // Preferred first, the rest in the server's order.
+                        if let Some(at) = versions.iter().position(|v| Some(v) == preferred.as_ref()) {
+                            let preferred = versions.remove(at);
+                            versions.insert(0, preferred);
+                        }
+                        versions
+                    })
+                    .unwrap_or_default()
+            }
+            // The core group: `v1`.
+            None => client.list_core_api_versions().await?.versions,
+        };
+        let mut versions_with_kind = Vec::new();
+        for version in &versions {
+            if self.resolve(client, version, kind).await?.is_some() {
+                versions_with_kind.push(version.clone());
+            }
+        }
+        Ok(GroupServing {
+            version_served: versions.iter().any(|v| v == api_version),
+            versions,
+            versions_with_kind,
+        })
     }
 
     /// Forgets what is known about one apiVersion (after a CRD changed).

@@ -39,7 +39,7 @@ use crate::api::{APP_LABEL, InventoryEntry, OWNER_ANNOTATION};
 use crate::failure::server_message;
 use crate::render::Manifest;
 
-pub use discovery::{DiscoveryCache, ResolvedKind};
+pub use discovery::{DiscoveryCache, GroupServing, ResolvedKind};
 pub use error::{Action, ApplyError};
 use plan::CrdKind;
 
@@ -490,6 +490,8 @@ impl Applier {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 location: location(manifest),
+                // Only for the message: what to write instead, when discovery can say.
+                serving: self.discovery.serving(&self.client, api_version, kind).await.ok(),
             }),
             Err(error) => Err(ApplyError::api(
                 Action::Discovery,
@@ -1084,6 +1086,7 @@ mod tests {
             kind: "Widget".into(),
             name: "w".into(),
             location: "w.yaml:1".into(),
+            serving: None,
         };
         assert_eq!(unknown.reason(), "UnknownKind");
         assert!(unknown.to_string().contains("Widget w (w.yaml:1)"));

@@ -3,8 +3,11 @@
 //!
 //! Every `*.yaml|*.yml` file may hold several documents; `*.json` holds one object.
 //! A `kind: List` expands into its items. Any error names the file and the line, so
-//! the revision is blocked with a message the author can act on.
+//! the revision is blocked with a message the author can act on. kustomize's own files
+//! (a `kustomization.yaml`) are refused: bosun applies what kustomize would output, not
+//! its input.
 
+mod kustomize;
 mod normalize;
 mod parse;
 pub mod quantity;
@@ -98,6 +101,14 @@ pub enum RenderError {
         line: usize,
         message: String,
     },
+    /// A kustomize file (a `kustomization.yaml`, a `Component`): input to a build,
+    /// not an object to apply.
+    #[error("{file}:{line}: {message}")]
+    KustomizeInput {
+        file: String,
+        line: usize,
+        message: String,
+    },
     /// Two documents describe the same object.
     #[error("{object} is defined twice: {first} and {second}")]
     Duplicate {
@@ -120,6 +131,7 @@ impl RenderError {
     pub fn reason(&self) -> &'static str {
         match self {
             RenderError::Syntax { .. } | RenderError::Invalid { .. } => "InvalidManifest",
+            RenderError::KustomizeInput { .. } => "KustomizeInput",
             RenderError::Duplicate { .. } => "DuplicateManifest",
         }
     }
@@ -128,9 +140,19 @@ impl RenderError {
 /// Parses, validates and normalizes every manifest of a revision, in file order and,
 /// within a file, in document order.
 pub fn render(files: &[SourceFile]) -> Result<Vec<Manifest>, RenderError> {
+    // First: in a directory made for kustomize, other files' errors (a patch that is
+    // only part of an object) would only hide what is really wrong.
+    reject_kustomization_files(files)?;
     let mut manifests = Vec::new();
     for file in files {
         for document in parse::parse_file(&file.path, &file.content)? {
+            if kustomize::is_kustomize_object(&document.value) {
+                return Err(RenderError::KustomizeInput {
+                    file: file.path.clone(),
+                    line: document.line,
+                    message: kustomize::refusal(&file.path, kind_of(&document.value)),
+                });
+            }
             let invalid = |message: String| RenderError::Invalid {
                 file: file.path.clone(),
                 line: document.line,
@@ -149,6 +171,25 @@ pub fn render(files: &[SourceFile]) -> Result<Vec<Manifest>, RenderError> {
     }
     reject_duplicates(&manifests)?;
     Ok(manifests)
+}
+
+/// Refuses the first file named like a kustomization (`kustomization.yaml`), at the
+/// line of its first document (line 1 when it does not even parse).
+fn reject_kustomization_files(files: &[SourceFile]) -> Result<(), RenderError> {
+    let Some(file) = files.iter().find(|f| kustomize::is_kustomization_file(&f.path)) else {
+        return Ok(());
+    };
+    let documents = parse::parse_file(&file.path, &file.content).unwrap_or_default();
+    let first = documents.first();
+    Err(RenderError::KustomizeInput {
+        file: file.path.clone(),
+        line: first.map_or(1, |document| document.line),
+        message: kustomize::refusal(&file.path, first.and_then(|document| kind_of(&document.value))),
+    })
+}
+
+fn kind_of(object: &Value) -> Option<&str> {
+    object.get("kind").and_then(Value::as_str)
 }
 
 /// The minimum server-side apply needs: a mapping with `apiVersion`, `kind` and

@@ -419,3 +419,85 @@ fn manifests_round_trip_through_serde() {
     assert_eq!(back, manifests);
     assert_eq!(back[0].id(), "Namespace shop (ns.yaml:1)");
 }
+
+/// podinfo's `kustomize/` directory as committed upstream: a kustomization listing the
+/// manifests beside it.
+#[test]
+fn a_kustomization_beside_manifests_is_refused_naming_file_and_line() {
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: podinfo\n";
+    let kustomization = "\
+# built by kustomize
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - deployment.yaml
+";
+    let error = render(&[
+        file("kustomize/deployment.yaml", deployment),
+        file("kustomize/kustomization.yaml", kustomization),
+    ])
+    .unwrap_err();
+    assert_eq!(error.reason(), "KustomizeInput");
+    assert_eq!(
+        error.to_string(),
+        "kustomize/kustomization.yaml:2: `kustomization.yaml` is kustomize input, not a \
+         Kubernetes object; bosun applies plain manifests: render them with `kustomize build \
+         kustomize` (or `kubectl kustomize kustomize`) and commit the output in place of the \
+         kustomize files"
+    );
+}
+
+#[test]
+fn a_kustomization_is_refused_before_other_files_errors() {
+    // A strategic-merge patch of a kustomize base is only part of an object; the user
+    // needs to hear about kustomize, not about the patch's missing metadata.
+    let error = render(&[
+        file(
+            "base/add-limits.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nspec: {}\n",
+        ),
+        file(
+            "base/kustomization.yml",
+            "resources: [app.yaml]\npatches: [{path: add-limits.yaml}]\n",
+        ),
+    ])
+    .unwrap_err();
+    assert!(
+        matches!(&error, RenderError::KustomizeInput { file, line: 1, .. } if file == "base/kustomization.yml"),
+        "{error}"
+    );
+
+    // Even one that does not parse is named for what it is.
+    let error = render(&[file("kustomization.yaml", "resources: [\n")]).unwrap_err();
+    assert!(
+        matches!(&error, RenderError::KustomizeInput { line: 1, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("`kustomize build .`"), "{error}");
+}
+
+#[test]
+fn a_kustomize_component_in_a_file_of_another_name_is_refused() {
+    let yaml = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+---
+apiVersion: kustomize.config.k8s.io/v1alpha1
+kind: Component
+patches: []
+";
+    let error = render_one("overlays/tracing.yaml", yaml).unwrap_err();
+    assert_eq!(error.reason(), "KustomizeInput");
+    let text = error.to_string();
+    assert!(
+        text.starts_with(
+            "overlays/tracing.yaml:6: `kind: Component` (kustomize.config.k8s.io) is kustomize input"
+        ),
+        "{text}"
+    );
+    // Flux's Kustomization is a Kubernetes object like any other.
+    let flux = "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: apps\n";
+    assert_eq!(render_one("clusters/apps.yaml", flux).unwrap().len(), 1);
+}
