@@ -82,6 +82,9 @@ pub struct AppState {
     rendered: Option<(String, Arc<Vec<Manifest>>)>,
     /// Git credentials read from the Secret, with when and from which Secret.
     credentials: Option<(Instant, String, Credentials)>,
+    /// When the blocked revision was last checked again (checks cost no write, so the
+    /// status does not say when).
+    last_block_check: Option<Instant>,
     /// The app was deleted: do not keep this state.
     forgotten: bool,
 }

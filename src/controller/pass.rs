@@ -21,7 +21,7 @@ use super::steps::{self, StepInput};
 use super::{AppState, Context, Error, cleanup, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
-use crate::core::{self, Decision, DesiredRevision, Failure, StepOutcome};
+use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
 use crate::source::Credentials;
 
 /// Decisions one pass may take before it yields (a safety net: a pass ends long before).
@@ -157,6 +157,7 @@ impl Pass<'_> {
         let generation = self.app.metadata.generation;
 
         let mut outcome: Option<StepOutcome> = None;
+        let mut recheck: Option<Recheck> = None;
         for _ in 0..MAX_DECISIONS {
             let now = Timestamp::now();
             let decision = core::decide(&core::Input {
@@ -171,6 +172,7 @@ impl Pass<'_> {
                 now,
                 step_deadline,
                 block_retry_due: self.block_retry_due(now, interval),
+                recheck: recheck.take(),
             });
             self.name_revision_in_logs(&desired);
             if !matches!(
@@ -197,6 +199,20 @@ impl Pass<'_> {
             match decision {
                 Decision::Run(step) => {
                     outcome = Some(self.run_step(step, &runbook, credentials.as_ref()).await?);
+                }
+                Decision::RecheckBlock { ref revision } => {
+                    self.state.last_block_check = Some(std::time::Instant::now());
+                    let inventory = self.status.inventory.clone();
+                    recheck = Some(
+                        steps::recheck(
+                            self.context,
+                            &self.app,
+                            revision,
+                            &inventory,
+                            credentials.as_ref(),
+                        )
+                        .await?,
+                    );
                 }
                 ref continuing if continuing.continues() => {}
                 Decision::Wait => {
@@ -285,12 +301,19 @@ impl Pass<'_> {
         }
     }
 
-    /// A block that may pass is tried again once the Git interval has passed since.
+    /// A block that may pass is checked again once the Git interval has passed since it
+    /// was recorded and since this controller last checked it.
     fn block_retry_due(&self, now: Timestamp, interval: Duration) -> bool {
-        self.status
+        let since_block = self
+            .status
             .blocked
             .as_ref()
-            .is_some_and(|block| record::elapsed_since(now, &block.at) >= interval)
+            .is_some_and(|block| record::elapsed_since(now, &block.at) >= interval);
+        let since_check = self
+            .state
+            .last_block_check
+            .is_none_or(|at| at.elapsed() >= interval);
+        since_block && since_check
     }
 
     /// Every log line of this pass names the revision it is about.
@@ -332,6 +355,7 @@ fn describe(decision: &Decision) -> String {
         Decision::FinishRollback => "rolled back".into(),
         Decision::Adopt { revision } => format!("adopt {}", short_revision(revision)),
         Decision::Resume { phase } => format!("resume ({phase})"),
+        Decision::RecheckBlock { revision } => format!("check blocked {} again", short_revision(revision)),
         other => format!("{other:?}"),
     }
 }

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use super::{AppState, Context, Error};
 use crate::api::{AppDeployment, Operation, short_revision};
 use crate::apply::{ApplyPlan, field_manager};
-use crate::core::{Applied, Failure, FailureKind, StepOutcome, StepResult};
+use crate::core::{Applied, Failure, FailureKind, Recheck, StepOutcome, StepResult};
 use crate::failure::Classified;
 use crate::gates::capture_baseline;
 use crate::render::{self, Manifest};
@@ -208,6 +208,62 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
             },
         })),
         Err(error) => from(error.classify()),
+    })
+}
+
+/// Checks a blocked revision again without writing anything: its files rendered from
+/// Git and the whole set dry-run as it would be applied.
+pub async fn recheck(
+    context: &Context,
+    app: &AppDeployment,
+    revision: &str,
+    inventory: &[crate::api::InventoryEntry],
+    credentials: Option<&Credentials>,
+) -> Result<Recheck, Error> {
+    let operation = crate::api::Operation {
+        kind: crate::api::OperationKind::Deploy,
+        revision: revision.to_string(),
+        failed_revision: None,
+        step: crate::api::Step::Inventory,
+        attempt: 0,
+        last_error: None,
+        started_at: String::new(),
+        step_started_at: String::new(),
+        render_digest: None,
+        snapshot: None,
+        applied_at: None,
+        restart_baseline: Default::default(),
+        interrupted: None,
+    };
+    let step = StepInput {
+        context,
+        app,
+        operation: &operation,
+        inventory,
+        credentials,
+    };
+    let manifests = match render_manifests(&step, revision).await {
+        Ok(manifests) => manifests,
+        Err(StepOutcome::Transient(message)) => return Ok(Recheck::Transient(message)),
+        Err(StepOutcome::Refused(failure)) => return Ok(Recheck::Refused(failure)),
+        Err(_) => return Ok(Recheck::Transient("render gave no answer".into())),
+    };
+    let applier = context.applier(app)?;
+    let (owner, target, label, manager) = plan_names(&step);
+    let plan = ApplyPlan {
+        manifests: &manifests,
+        default_namespace: &target,
+        owner: &owner,
+        app_label: &label,
+        field_manager: &manager,
+        previous_inventory: inventory,
+    };
+    Ok(match applier.plan(&plan).await {
+        Ok(_) => Recheck::Clear,
+        Err(error) => match error.classify() {
+            Classified::Transient(message) => Recheck::Transient(message),
+            Classified::Refused(failure) => Recheck::Refused(failure),
+        },
     })
 }
 

@@ -58,8 +58,22 @@ pub struct Input<'a> {
     /// How long one step may take (the Runbook's `progressDeadline`).
     pub step_deadline: Duration,
     /// A blocked revision whose block may pass (a permission, an owner, a deadline) may
-    /// be tried again: the Git interval has passed since it was blocked.
+    /// be checked again: the Git interval has passed since it was blocked or last checked.
     pub block_retry_due: bool,
+    /// What checking the blocked revision again (render and dry run, nothing written)
+    /// found, in this same pass.
+    pub recheck: Option<Recheck>,
+}
+
+/// What a re-check of a blocked revision found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recheck {
+    /// Nothing refuses it any more: deploy it.
+    Clear,
+    /// Still refused (perhaps for another reason).
+    Refused(Failure),
+    /// The check itself could not be made now.
+    Transient(String),
 }
 
 /// The one next step.
@@ -119,6 +133,9 @@ pub enum Decision {
     /// Git points at the revision already running and known healthy (e.g. after a
     /// revert): record it as Healthy without re-applying.
     Adopt { revision: String },
+    /// Check a blocked revision again without writing anything (render and a dry run):
+    /// a block that may pass costs no write while it lasts.
+    RecheckBlock { revision: String },
 }
 
 impl Decision {
@@ -175,11 +192,53 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
             resume_or_wait(input)
         };
     }
+    if let Some(block) = recheckable_block(input, revision) {
+        return match &input.recheck {
+            None => Decision::RecheckBlock {
+                revision: revision.clone(),
+            },
+            Some(Recheck::Clear) => Decision::StartDeploy {
+                revision: revision.clone(),
+            },
+            Some(Recheck::Refused(failure)) if failure.message != block.message => Decision::Block {
+                revision: revision.clone(),
+                reason: block_reason(failure.kind),
+                message: failure.message.clone(),
+                retry: true,
+            },
+            Some(Recheck::Refused(_) | Recheck::Transient(_)) => Decision::Wait,
+        };
+    }
     if held_back {
         return resume_or_wait(input);
     }
     Decision::StartDeploy {
         revision: revision.clone(),
+    }
+}
+
+/// The block on `revision` when it may pass and is due for a check: only then, and only
+/// when no quarantine holds the revision out anyway.
+fn recheckable_block<'a>(input: &'a Input<'_>, revision: &str) -> Option<&'a crate::api::BlockedRevision> {
+    let block = input.status.blocked.as_ref()?;
+    let quarantined = input
+        .status
+        .quarantined
+        .iter()
+        .any(|q| quarantine_applies(q, revision, input.spec_digest) && q.generation == input.generation);
+    (block.revision == revision
+        && block.generation == input.generation
+        && block.retry
+        && input.block_retry_due
+        && !quarantined)
+        .then_some(block)
+}
+
+fn block_reason(kind: FailureKind) -> BlockReason {
+    match kind {
+        FailureKind::Forbidden => BlockReason::Forbidden,
+        FailureKind::OwnershipConflict => BlockReason::OwnershipConflict,
+        _ => BlockReason::RevisionInvalid,
     }
 }
 
@@ -221,14 +280,14 @@ fn deployable(input: &Input<'_>, revision: &str) -> bool {
     !quarantined && !blocked(input, revision)
 }
 
-/// A revision blocked at this generation stays out, unless its block may pass and the
-/// interval for trying again has come.
+/// A revision blocked at this generation stays out until Git or the spec changes, or a
+/// re-check ([`Decision::RecheckBlock`]) finds the block gone.
 fn blocked(input: &Input<'_>, revision: &str) -> bool {
-    input.status.blocked.as_ref().is_some_and(|block| {
-        block.revision == revision
-            && block.generation == input.generation
-            && !(block.retry && input.block_retry_due)
-    })
+    input
+        .status
+        .blocked
+        .as_ref()
+        .is_some_and(|block| block.revision == revision && block.generation == input.generation)
 }
 
 fn decide_operation(input: &Input<'_>, operation: &Operation) -> Decision {
@@ -334,14 +393,9 @@ fn decide_refusal(input: &Input<'_>, operation: &Operation, failure: &Failure) -
     let written = operation.step >= Step::Apply;
     match operation.kind {
         OperationKind::Deploy if !written => {
-            let reason = match failure.kind {
-                FailureKind::Forbidden => BlockReason::Forbidden,
-                FailureKind::OwnershipConflict => BlockReason::OwnershipConflict,
-                _ => BlockReason::RevisionInvalid,
-            };
             Decision::Block {
                 revision: operation.revision.clone(),
-                reason,
+                reason: block_reason(failure.kind),
                 message: failure.message.clone(),
                 // The same files render the same way; anything the API server says may
                 // change without a new commit (a namespace created, a permission granted).

@@ -176,6 +176,7 @@ impl Model {
             .then(|| Failure::new(FailureKind::RunbookInvalid, "spec.gates[0]: no probe"));
         let mut decisions = Vec::new();
         let mut outcome: Option<StepOutcome> = None;
+        let mut recheck: Option<Recheck> = None;
         for _ in 0..40 {
             let input = Input {
                 status: &self.status,
@@ -189,6 +190,7 @@ impl Model {
                 now: self.now,
                 step_deadline: Duration::from_secs(600),
                 block_retry_due: world.block_retry_due,
+                recheck: recheck.take(),
             };
             let reported = input.outcome.clone();
             let decision = decide(&input);
@@ -245,11 +247,20 @@ impl Model {
                 assert_eq!(Some(to), status.last_healthy_revision.as_ref(), "rollback target");
                 assert!(status.last_healthy_snapshot.is_some());
             }
-            Decision::Run(_) => {
+            Decision::Run(_) | Decision::RecheckBlock { .. } => {
                 assert!(!input.suspended, "a step ran while suspended");
                 assert!(input.problem.is_none(), "a step ran with a broken Runbook");
             }
             _ => {}
+        }
+        if let Decision::RecheckBlock { revision } = decision {
+            assert!(
+                status
+                    .blocked
+                    .as_ref()
+                    .is_some_and(|b| &b.revision == revision && b.retry),
+                "a re-check of {revision} without a block that may pass"
+            );
         }
         // A transient error is never a verdict.
         if matches!(reported, Some(StepOutcome::Transient(_))) {

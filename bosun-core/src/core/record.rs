@@ -73,7 +73,7 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
     status.observed_generation = ctx.generation;
     let mut notices = Vec::new();
     match decision {
-        Decision::Wait | Decision::Run(_) => {}
+        Decision::Wait | Decision::Run(_) | Decision::RecheckBlock { .. } => {}
         Decision::StartDeploy { revision } => start_deploy(status, revision, ctx, &mut notices),
         Decision::Advance(result) => advance(status, result, ctx, &mut notices),
         Decision::KeepVerifying { gates } => {

@@ -59,6 +59,8 @@ struct World {
     now: Timestamp,
     block_retry_due: bool,
     spec_digest: &'static str,
+    /// What a re-check of a blocked revision finds.
+    recheck: Recheck,
 }
 
 impl World {
@@ -72,10 +74,20 @@ impl World {
             now: t0(),
             block_retry_due: false,
             spec_digest: DIGEST,
+            recheck: Recheck::Clear,
         }
     }
 
     fn decide(&self, status: &AppDeploymentStatus, outcome: Option<StepOutcome>) -> Decision {
+        self.decide_with(status, outcome, None)
+    }
+
+    fn decide_with(
+        &self,
+        status: &AppDeploymentStatus,
+        outcome: Option<StepOutcome>,
+        recheck: Option<Recheck>,
+    ) -> Decision {
         decide(&Input {
             status,
             generation: Some(self.generation),
@@ -88,6 +100,7 @@ impl World {
             now: self.now,
             step_deadline: DEADLINE,
             block_retry_due: self.block_retry_due,
+            recheck,
         })
     }
 
@@ -107,7 +120,16 @@ impl World {
 
     /// Decides and records once.
     fn step(&self, status: &mut AppDeploymentStatus, outcome: Option<StepOutcome>) -> Decision {
-        let decision = self.decide(status, outcome);
+        self.step_with(status, outcome, None)
+    }
+
+    fn step_with(
+        &self,
+        status: &mut AppDeploymentStatus,
+        outcome: Option<StepOutcome>,
+        recheck: Option<Recheck>,
+    ) -> Decision {
+        let decision = self.decide_with(status, outcome, recheck);
         self.record(status, &decision);
         decision
     }
@@ -121,11 +143,13 @@ impl World {
     ) -> Vec<Decision> {
         let mut decisions = Vec::new();
         let mut outcome = None;
+        let mut recheck = None;
         for _ in 0..40 {
-            let decision = self.step(status, outcome.take());
+            let decision = self.step_with(status, outcome.take(), recheck.take());
             decisions.push(decision.clone());
             match decision {
                 Decision::Run(step) => outcome = Some(run(status, step)),
+                Decision::RecheckBlock { .. } => recheck = Some(self.recheck.clone()),
                 ref d if d.continues() => {}
                 _ => return decisions,
             }
@@ -438,13 +462,55 @@ fn a_step_past_its_deadline_gives_up_without_quarantine() {
     assert_eq!(status.phase, Phase::Failed);
     assert!(status.quarantined.is_empty());
     assert_eq!(status.operation, None);
-    // Not retried in a loop; tried again once the interval has passed.
+    // Not retried in a loop; checked again once the interval has passed, without
+    // writing anything, and deployed when the check finds nothing in the way.
     assert_eq!(world.decide(&status, None), Decision::Wait);
     world.block_retry_due = true;
     assert_eq!(
         world.decide(&status, None),
+        Decision::RecheckBlock { revision: B.into() }
+    );
+    assert_eq!(
+        world.decide_with(&status, None, Some(Recheck::Clear)),
         Decision::StartDeploy { revision: B.into() }
     );
+}
+
+#[test]
+fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, refusing_at(Step::Inventory, FailureKind::Forbidden));
+    let blocked = status.clone();
+    world.block_retry_due = true;
+    // The same refusal: nothing changes, not even the time of the block.
+    world.recheck = Recheck::Refused(Failure::new(
+        FailureKind::Forbidden,
+        "ConfigMap shop/a (deploy/a.yaml:1): refused",
+    ));
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(
+        decisions,
+        vec![Decision::RecheckBlock { revision: B.into() }, Decision::Wait]
+    );
+    assert_eq!(status, blocked);
+    // A check that cannot be made now changes nothing either.
+    world.recheck = Recheck::Transient("connection refused".into());
+    world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(status, blocked);
+    // Another reason is recorded (and announced once).
+    world.recheck = Recheck::Refused(Failure::new(
+        FailureKind::OwnershipConflict,
+        "ConfigMap shop/a (deploy/a.yaml:1) belongs to AppDeployment shop/other",
+    ));
+    world.pass(&mut status, succeeding(Verdict::Passed));
+    let block = status.blocked.as_ref().unwrap();
+    assert_eq!(block.reason, BlockReason::OwnershipConflict);
+    // Cleared: deployed.
+    world.recheck = Recheck::Clear;
+    world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(B));
+    assert_eq!(status.blocked, None);
 }
 
 #[test]
