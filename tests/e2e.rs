@@ -343,61 +343,6 @@ async fn bad_first_revision_fails_with_nothing_to_flip_to() {
 }
 
 #[tokio::test]
-async fn controller_killed_while_verifying_and_while_rolling_back_finishes_once() {
-    let mut harness = Harness::start().await;
-    let repo = harness.repo("app");
-    let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
-    let _health = set_up_app(&harness, &repo, "6s").await;
-    harness.start_controller();
-
-    // Killed during Verifying: the restarted controller finishes the same revision.
-    harness
-        .wait_for(NS, APP, "Verifying", Duration::from_secs(60), |app| {
-            app.status.as_ref().is_some_and(|s| s.phase == Phase::Verifying)
-        })
-        .await;
-    harness.kill_controller();
-    harness.start_controller();
-    let app = harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
-    assert_eq!(status(&app).history.len(), 1, "{:?}", status(&app).history);
-
-    // Killed during RollingBack: restarted, it completes the rollback exactly once.
-    let bad = commit(&repo, &ExampleRevision::crash_looping("2.0"), "v2.0 crashes");
-    harness
-        .wait_for(NS, APP, "RollingBack", Duration::from_secs(60), |app| {
-            app.status.as_ref().is_some_and(|s| s.phase == Phase::RollingBack)
-        })
-        .await;
-    harness.kill_controller();
-    let deployments: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
-    let generation_at_kill = deployments.get("backend").await.unwrap().metadata.generation;
-    harness.start_controller();
-    let app = harness.wait_for_phase(NS, APP, Phase::RolledBack, &good).await;
-    let s = status(&app);
-    // No second rollback: one RollingBack Event, published once, and the backend
-    // was not written again after the restart.
-    let rolling_back: Vec<Event> = bosun_events(&harness)
-        .await
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("RollingBack"))
-        .collect();
-    assert_eq!(rolling_back.len(), 1, "{rolling_back:?}");
-    assert_eq!(rolling_back[0].series.as_ref().map(|s| s.count).unwrap_or(1), 1);
-    let generation_now = deployments.get("backend").await.unwrap().metadata.generation;
-    assert_eq!(
-        generation_at_kill, generation_now,
-        "the restarted controller rolled back again"
-    );
-    assert_eq!(s.quarantined.len(), 1);
-    assert_eq!(s.history.iter().filter(|h| h.revision == bad).count(), 1);
-    assert_eq!(s.history.len(), 2);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let app = harness.app(NS, APP).await;
-    assert_eq!(status(&app).phase, Phase::RolledBack);
-    assert_eq!(status(&app).history.len(), 2);
-}
-
-#[tokio::test]
 async fn malformed_yaml_blocks_with_file_and_line_and_applies_nothing() {
     let mut harness = Harness::start().await;
     let repo = harness.repo("app");

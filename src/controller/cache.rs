@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -294,9 +294,10 @@ impl ManagedObjects {
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
         let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let kind = resource.clone();
         let stream = watcher(api, watcher::Config::default().labels(APP_LABEL))
             .default_backoff()
-            .modify(|object: &mut DynamicObject| object.metadata.managed_fields = None)
+            .modify(move |object: &mut DynamicObject| as_cached(object, &kind))
             .reflect(writer)
             .touched_objects();
         let readiness = {
@@ -320,6 +321,21 @@ impl ManagedObjects {
     }
 }
 
+/// A watched object as the cache keeps it: without managed fields (never read, and
+/// they would double the memory), with `apiVersion` and `kind`. The items of a list
+/// come without them (watch events carry them), and a live object lacking them never
+/// looks like what bosun applies: after a restart every object listed at start would
+/// be applied again at its first resync.
+fn as_cached(object: &mut DynamicObject, resource: &ApiResource) {
+    object.metadata.managed_fields = None;
+    if object.types.is_none() {
+        object.types = Some(TypeMeta {
+            api_version: resource.api_version.clone(),
+            kind: resource.kind.clone(),
+        });
+    }
+}
+
 impl LiveObjects for ManagedObjects {
     fn lookup(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> Lookup {
         let cache = self.cache_of(resource);
@@ -334,5 +350,53 @@ impl LiveObjects for ManagedObjects {
             Some(object) => Lookup::Found(serde_json::to_value(&*object).unwrap_or_default()),
             None => Lookup::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::ObjectList;
+
+    #[test]
+    fn listed_objects_are_cached_with_their_api_version_and_kind() {
+        // The API server leaves apiVersion and kind out of a list's items.
+        let list: ObjectList<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMapList",
+            "metadata": {"resourceVersion": "7"},
+            "items": [{
+                "metadata": {"name": "config", "namespace": "shop", "managedFields": [{"manager": "x"}]},
+                "data": {"a": "b"}
+            }]
+        }))
+        .unwrap();
+        let mut object = list.items[0].clone();
+        assert!(object.types.is_none());
+        let resource = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        as_cached(&mut object, &resource);
+        let cached = serde_json::to_value(&object).unwrap();
+        assert_eq!(cached["apiVersion"], "v1");
+        assert_eq!(cached["kind"], "ConfigMap");
+        assert_eq!(cached["data"]["a"], "b");
+        assert!(cached["metadata"].get("managedFields").is_none());
+        // What bosun applies compares equal on these fields now.
+        let desired = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "config", "namespace": "shop"}, "data": {"a": "b"}
+        });
+        assert!(crate::apply::plan::already_applied(&desired, &cached));
+
+        // An object from a watch event keeps what it came with.
+        let mut watched: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "backend"}
+        }))
+        .unwrap();
+        let deployments = ApiResource::erase::<Deployment>(&());
+        as_cached(&mut watched, &deployments);
+        assert_eq!(
+            watched.types.as_ref().map(|t| t.kind.as_str()),
+            Some("Deployment")
+        );
     }
 }

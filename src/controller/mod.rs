@@ -87,6 +87,9 @@ pub struct AppState {
     last_block_check: Option<Instant>,
     /// The app was deleted: do not keep this state.
     forgotten: bool,
+    /// Snapshots nothing can return to were deleted since this process took the app
+    /// over (a crash right after a revision's end skips the deletion that follows it).
+    snapshots_retained: bool,
 }
 
 /// Shared by every pass.

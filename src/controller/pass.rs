@@ -218,6 +218,10 @@ impl Pass<'_> {
                 Decision::Wait => {
                     resync::if_due(self.context, &self.app, self.state, &mut self.status, interval).await;
                     self.save().await?;
+                    if !self.state.snapshots_retained {
+                        self.state.snapshots_retained = true;
+                        resync::retain_snapshots(self.context, &self.app, &self.status).await;
+                    }
                     return Ok(Action::requeue(interval));
                 }
                 Decision::KeepVerifying { .. } => {
@@ -230,6 +234,7 @@ impl Pass<'_> {
                 Decision::MarkHealthy { .. } | Decision::FinishRollback => {
                     self.state.verification = None;
                     resync::mark_done(self.state);
+                    self.state.snapshots_retained = true;
                     resync::retain_snapshots(self.context, &self.app, &self.status).await;
                     return Ok(Action::requeue(interval));
                 }
