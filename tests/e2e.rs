@@ -200,12 +200,16 @@ async fn good_commits_become_healthy_and_removed_objects_are_pruned() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(
-        event_reasons(&harness)
+    // The Event follows the apply that corrected it.
+    support::eventually("a DriftCorrected Event", Duration::from_secs(10), || async {
+        Ok(event_reasons(&harness)
             .await
             .iter()
             .any(|r| r == "DriftCorrected")
-    );
+            .then_some(()))
+    })
+    .await
+    .unwrap();
 
     // Second commit drops the ConfigMap: it is pruned.
     let second = commit(
