@@ -84,6 +84,8 @@ pub struct AppState {
     credentials: Option<(Instant, String, Credentials)>,
     /// The app was deleted: do not keep this state.
     forgotten: bool,
+    /// A decision whose status write got no answer, written by the next pass.
+    unsaved: Option<pass::Unsaved>,
 }
 
 /// Shared by every pass.

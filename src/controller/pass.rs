@@ -22,6 +22,7 @@ use super::{AppState, Context, Error, cleanup, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, StepOutcome};
+use crate::failure::{self, ApiErrorClass};
 use crate::source::Credentials;
 
 /// Decisions one pass may take before it yields (a safety net: a pass ends long before).
@@ -85,14 +86,26 @@ async fn reconcile_app(
         state.written_version = app.resource_version();
     }
     for _ in 0..CONFLICT_RETRIES {
+        // A decision the last pass could not write goes on from where it was, provided
+        // nothing changed the app since it was computed.
+        let (status, pending) = match state.unsaved.take() {
+            Some(unsaved) if unsaved.computed_from == app.resource_version() => {
+                info!("writing the status an earlier pass could not write");
+                (unsaved.status, unsaved.notices)
+            }
+            // Written after all (the answer was lost), or changed by someone else:
+            // decide anew from what is there.
+            _ => (app.status.clone().unwrap_or_default(), Vec::new()),
+        };
         let mut pass = Pass {
             context,
             api: &api,
             key,
-            status: app.status.clone().unwrap_or_default(),
+            status,
             saved: app.status.clone().unwrap_or_default(),
             app: app.clone(),
             state,
+            pending,
             next_round: None,
             logged_revision: None,
         };
@@ -111,6 +124,16 @@ async fn reconcile_app(
     Err(Error::Conflict)
 }
 
+/// A status computed from `computed_from` whose write got no answer (the API server
+/// unreachable), and the Events announcing it. The next pass writes it rather than
+/// decide from the older copy, so what happened meanwhile (a step retried while the
+/// API server was down) is recorded once it is back.
+pub(super) struct Unsaved {
+    computed_from: Option<String>,
+    status: AppDeploymentStatus,
+    notices: Vec<Notice>,
+}
+
 /// One pass: the app as read, the status being worked on, and what was last saved.
 struct Pass<'a> {
     context: &'a Context,
@@ -121,6 +144,8 @@ struct Pass<'a> {
     status: AppDeploymentStatus,
     saved: AppDeploymentStatus,
     state: &'a mut AppState,
+    /// Events of an earlier pass's decision, published once it is written.
+    pending: Vec<Notice>,
     /// When the verification round just run wants the next one.
     next_round: Option<Duration>,
     /// The revision the pass's log span names (recorded once it is known).
@@ -147,7 +172,8 @@ impl Pass<'_> {
             None => observe::source(self.context, &self.app, self.state, &mut self.status).await,
         };
         let problem: Option<Failure> = spec_problem.or(runbook_problem);
-        let mut notices: Vec<Notice> = source_notice.into_iter().collect();
+        let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
+        notices.extend(source_notice);
         let interval = observe::interval(&self.app);
         let step_deadline = runbook
             .spec
@@ -190,7 +216,7 @@ impl Pass<'_> {
                 desired: desired.revision(),
             };
             notices.extend(record::record(&mut self.status, &decision, &record_context));
-            self.save().await?;
+            self.save(&mut notices).await?;
             self.publish(&mut notices).await;
             self.context.fault.after(self.key, &decision, &self.status);
 
@@ -201,7 +227,7 @@ impl Pass<'_> {
                 ref continuing if continuing.continues() => {}
                 Decision::Wait => {
                     resync::if_due(self.context, &self.app, self.state, &mut self.status, interval).await;
-                    self.save().await?;
+                    self.save(&mut notices).await?;
                     return Ok(Action::requeue(interval));
                 }
                 Decision::KeepVerifying { .. } => {
@@ -267,12 +293,24 @@ impl Pass<'_> {
     }
 
     /// Writes the status when it changed, conditional on the version it was computed
-    /// from.
-    async fn save(&mut self) -> Result<(), Error> {
+    /// from. When the write gets no answer, the status and the `notices` announcing it
+    /// are kept for the next pass.
+    async fn save(&mut self, notices: &mut Vec<Notice>) -> Result<(), Error> {
         if self.status == self.saved {
             return Ok(());
         }
-        let version = status_writer::save(self.api, &self.app, &self.status).await?;
+        let version = match status_writer::save(self.api, &self.app, &self.status).await {
+            Ok(version) => version,
+            Err(Error::Kube(error)) if failure::class_of(&error) == ApiErrorClass::Transient => {
+                self.state.unsaved = Some(Unsaved {
+                    computed_from: self.app.resource_version(),
+                    status: self.status.clone(),
+                    notices: std::mem::take(notices),
+                });
+                return Err(Error::Kube(error));
+            }
+            Err(error) => return Err(error),
+        };
         self.app.metadata.resource_version = Some(version.clone());
         self.state.written_version = Some(version);
         self.saved = self.status.clone();
