@@ -234,8 +234,15 @@ impl Pass<'_> {
                     return Ok(Action::requeue(self.next_round.unwrap_or(Duration::from_secs(5))));
                 }
                 Decision::Retry { .. } => {
-                    let attempt = self.status.operation.as_ref().map_or(1, |op| op.attempt);
-                    return Ok(Action::requeue(backoff(attempt)));
+                    let (attempt, elapsed) =
+                        self.status.operation.as_ref().map_or((1, Duration::ZERO), |op| {
+                            (op.attempt, record::elapsed_since(now, &op.step_started_at))
+                        });
+                    return Ok(Action::requeue(retry_delay(
+                        backoff(attempt),
+                        step_deadline,
+                        elapsed,
+                    )));
                 }
                 Decision::MarkHealthy { .. } | Decision::FinishRollback => {
                     self.state.verification = None;
@@ -393,9 +400,31 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// The back-off, but never past the step's deadline: the step is tried once more just
+/// after the deadline and gives up then, not a whole back-off later (with a back-off of
+/// up to 5 minutes, a 30 s deadline could otherwise pass by minutes).
+fn retry_delay(backoff: Duration, step_deadline: Duration, elapsed: Duration) -> Duration {
+    // A second past the deadline, so that the attempt then is past it.
+    let until_past_deadline = step_deadline.saturating_sub(elapsed) + Duration::from_secs(1);
+    backoff.min(until_past_deadline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_never_waits_past_the_step_deadline() {
+        let secs = Duration::from_secs;
+        // The back-off ends before the deadline: the back-off.
+        assert_eq!(retry_delay(secs(4), secs(30), secs(2)), secs(4));
+        assert_eq!(retry_delay(secs(16), secs(30), secs(14)), secs(16));
+        // The back-off would end well past the deadline: just past it instead.
+        assert_eq!(retry_delay(secs(32), secs(30), secs(28)), secs(3));
+        // At or past the deadline (the step is about to give up): a second.
+        assert_eq!(retry_delay(secs(32), secs(30), secs(30)), secs(1));
+        assert_eq!(retry_delay(secs(32), secs(30), secs(45)), secs(1));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped_with_jitter() {
