@@ -335,7 +335,7 @@ impl Pass<'_> {
         self.status
             .blocked
             .as_ref()
-            .is_some_and(|block| record::elapsed_since(now, &block.at) >= interval)
+            .is_some_and(|block| interval_passed_since(now, &block.at, interval))
     }
 
     /// Every log line of this pass names the revision it is about.
@@ -400,6 +400,14 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// Whether `interval` has passed since `at`, a time in status. Status times are
+/// rounded to the second, so `at` may be up to half a second later than the moment it
+/// records: the pass requeued one interval after that moment must find it due, not wait
+/// a whole interval more.
+fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
+    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+}
+
 /// The back-off, but never past the step's deadline: the step is tried once more just
 /// after the deadline and gives up then, not a whole back-off later (with a back-off of
 /// up to 5 minutes, a 30 s deadline could otherwise pass by minutes).
@@ -412,6 +420,20 @@ fn retry_delay(backoff: Duration, step_deadline: Duration, elapsed: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
+        let interval = Duration::from_secs(5);
+        let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
+        // Recorded as 00:00:11 (rounded up); the pass requeued 5 s later runs at 15.6 s.
+        let at = record::rfc3339(blocked);
+        assert_eq!(at, "2026-01-01T00:00:11Z");
+        let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
+        assert!(interval_passed_since(requeued, &at, interval));
+        // Well before the interval: not yet.
+        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_500);
+        assert!(!interval_passed_since(early, &at, interval));
+    }
 
     #[test]
     fn a_retry_never_waits_past_the_step_deadline() {
