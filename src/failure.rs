@@ -82,12 +82,30 @@ fn is_admission_denial(message: &str) -> bool {
     message.contains("admission webhook") && message.contains("denied the request")
 }
 
-/// The API server's own message when there is one (it names the field), else the error.
+/// The API server's own message when there is one (it names the field), else the error
+/// with its causes: `client error (Connect)` alone does not say that the connection
+/// was refused.
 pub fn server_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => other.to_string(),
+        other => with_causes(other),
     }
+}
+
+/// An error and the chain of its sources, each said once (many errors repeat their
+/// source in their own message).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Classifies `error` met while doing something to `subject` (e.g. "dry run of
@@ -196,6 +214,36 @@ mod tests {
         );
         assert!(
             matches!(classified, Classified::Refused(Failure { kind: FailureKind::Forbidden, ref message }) if message.starts_with("dry run of ConfigMap kube-system/x (x.yaml:1): forbidden: system:serviceaccount:team:deployer"))
+        );
+    }
+
+    /// What hyper's client says when it cannot connect: the why is in its sources.
+    #[derive(Debug)]
+    struct ConnectFailure(std::io::Error);
+
+    impl std::fmt::Display for ConnectFailure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+
+    impl std::error::Error for ConnectFailure {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_failed_connection_is_described_with_its_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let error = kube::Error::Service(Box::new(ConnectFailure(refused)));
+        assert_eq!(
+            server_message(&error),
+            "ServiceError: client error (Connect): Connection refused"
+        );
+        assert_eq!(
+            classify(&error, "applying ConfigMap a/b").message(),
+            "applying ConfigMap a/b: ServiceError: client error (Connect): Connection refused"
         );
     }
 

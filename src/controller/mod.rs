@@ -90,6 +90,8 @@ pub struct AppState {
     /// Snapshots nothing can return to were deleted since this process took the app
     /// over (a crash right after a revision's end skips the deletion that follows it).
     snapshots_retained: bool,
+    /// A decision whose status write got no answer, written by the next pass.
+    unsaved: Option<pass::Unsaved>,
 }
 
 /// Shared by every pass.
@@ -230,14 +232,7 @@ impl Context {
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
     let apps: Api<AppDeployment> = Api::all(client.clone());
-    // Fail early and clearly when the CRDs are not installed.
-    apps.list(&kube::api::ListParams::default().limit(1))
-        .await
-        .map_err(|e| {
-            Error::Internal(format!(
-                "cannot list AppDeployments (are the CRDs in crds/ installed?): {e}"
-            ))
-        })?;
+    wait_for_api_server(&apps).await?;
 
     let (reader, writer) = reflector::store();
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
@@ -276,6 +271,35 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         .await;
     info!("bosun controller stopped");
     Ok(())
+}
+
+/// Lists AppDeployments once before anything starts: fails early and clearly when the
+/// API server answers that it cannot (the CRDs are not installed, no permission), and
+/// waits, with back-off, while it does not answer at all (a controller restarted during
+/// an outage of the API server carries on when it is back).
+async fn wait_for_api_server(apps: &Api<AppDeployment>) -> Result<(), Error> {
+    let mut attempt = 0;
+    loop {
+        match apps.list(&kube::api::ListParams::default().limit(1)).await {
+            Ok(_) => return Ok(()),
+            Err(error) if crate::failure::class_of(&error) == crate::failure::ApiErrorClass::Transient => {
+                attempt += 1;
+                let delay = pass::backoff(attempt).min(std::time::Duration::from_secs(30));
+                warn!(
+                    error = %crate::failure::server_message(&error),
+                    retry_in = ?delay,
+                    "the API server is unreachable or not ready; waiting for it"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(error) => {
+                return Err(Error::Internal(format!(
+                    "cannot list AppDeployments (are the CRDs in crds/ installed?): {}",
+                    crate::failure::server_message(&error)
+                )));
+            }
+        }
+    }
 }
 
 fn error_policy(app: Arc<AppDeployment>, _error: &Error, context: Arc<Context>) -> Action {

@@ -22,6 +22,7 @@ use super::{AppState, Context, Error, cleanup, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
+use crate::failure::{self, ApiErrorClass};
 use crate::source::Credentials;
 
 /// Decisions one pass may take before it yields (a safety net: a pass ends long before).
@@ -85,14 +86,26 @@ async fn reconcile_app(
         state.written_version = app.resource_version();
     }
     for _ in 0..CONFLICT_RETRIES {
+        // A decision the last pass could not write goes on from where it was, provided
+        // nothing changed the app since it was computed.
+        let (status, pending) = match state.unsaved.take() {
+            Some(unsaved) if unsaved.computed_from == app.resource_version() => {
+                info!("writing the status an earlier pass could not write");
+                (unsaved.status, unsaved.notices)
+            }
+            // Written after all (the answer was lost), or changed by someone else:
+            // decide anew from what is there.
+            _ => (app.status.clone().unwrap_or_default(), Vec::new()),
+        };
         let mut pass = Pass {
             context,
             api: &api,
             key,
-            status: app.status.clone().unwrap_or_default(),
+            status,
             saved: app.status.clone().unwrap_or_default(),
             app: app.clone(),
             state,
+            pending,
             next_round: None,
             logged_revision: None,
         };
@@ -111,6 +124,16 @@ async fn reconcile_app(
     Err(Error::Conflict)
 }
 
+/// A status computed from `computed_from` whose write got no answer (the API server
+/// unreachable), and the Events announcing it. The next pass writes it rather than
+/// decide from the older copy, so what happened meanwhile (a step retried while the
+/// API server was down) is recorded once it is back.
+pub(super) struct Unsaved {
+    computed_from: Option<String>,
+    status: AppDeploymentStatus,
+    notices: Vec<Notice>,
+}
+
 /// One pass: the app as read, the status being worked on, and what was last saved.
 struct Pass<'a> {
     context: &'a Context,
@@ -121,6 +144,8 @@ struct Pass<'a> {
     status: AppDeploymentStatus,
     saved: AppDeploymentStatus,
     state: &'a mut AppState,
+    /// Events of an earlier pass's decision, published once it is written.
+    pending: Vec<Notice>,
     /// When the verification round just run wants the next one.
     next_round: Option<Duration>,
     /// The revision the pass's log span names (recorded once it is known).
@@ -147,7 +172,8 @@ impl Pass<'_> {
             None => observe::source(self.context, &self.app, self.state, &mut self.status).await,
         };
         let problem: Option<Failure> = spec_problem.or(runbook_problem);
-        let mut notices: Vec<Notice> = source_notice.into_iter().collect();
+        let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
+        notices.extend(source_notice);
         let interval = observe::interval(&self.app);
         let step_deadline = runbook
             .spec
@@ -192,7 +218,7 @@ impl Pass<'_> {
                 desired: desired.revision(),
             };
             notices.extend(record::record(&mut self.status, &decision, &record_context));
-            self.save().await?;
+            self.save(&mut notices).await?;
             self.publish(&mut notices).await;
             self.context.fault.after(self.key, &decision, &self.status);
 
@@ -217,7 +243,7 @@ impl Pass<'_> {
                 ref continuing if continuing.continues() => {}
                 Decision::Wait => {
                     resync::if_due(self.context, &self.app, self.state, &mut self.status, interval).await;
-                    self.save().await?;
+                    self.save(&mut notices).await?;
                     if !self.state.snapshots_retained {
                         self.state.snapshots_retained = true;
                         resync::retain_snapshots(self.context, &self.app, &self.status).await;
@@ -228,8 +254,15 @@ impl Pass<'_> {
                     return Ok(Action::requeue(self.next_round.unwrap_or(Duration::from_secs(5))));
                 }
                 Decision::Retry { .. } => {
-                    let attempt = self.status.operation.as_ref().map_or(1, |op| op.attempt);
-                    return Ok(Action::requeue(backoff(attempt)));
+                    let (attempt, elapsed) =
+                        self.status.operation.as_ref().map_or((1, Duration::ZERO), |op| {
+                            (op.attempt, record::elapsed_since(now, &op.step_started_at))
+                        });
+                    return Ok(Action::requeue(retry_delay(
+                        backoff(attempt),
+                        step_deadline,
+                        elapsed,
+                    )));
                 }
                 Decision::MarkHealthy { .. } | Decision::FinishRollback => {
                     self.state.verification = None;
@@ -288,12 +321,24 @@ impl Pass<'_> {
     }
 
     /// Writes the status when it changed, conditional on the version it was computed
-    /// from.
-    async fn save(&mut self) -> Result<(), Error> {
+    /// from. When the write gets no answer, the status and the `notices` announcing it
+    /// are kept for the next pass.
+    async fn save(&mut self, notices: &mut Vec<Notice>) -> Result<(), Error> {
         if self.status == self.saved {
             return Ok(());
         }
-        let version = status_writer::save(self.api, &self.app, &self.status).await?;
+        let version = match status_writer::save(self.api, &self.app, &self.status).await {
+            Ok(version) => version,
+            Err(Error::Kube(error)) if failure::class_of(&error) == ApiErrorClass::Transient => {
+                self.state.unsaved = Some(Unsaved {
+                    computed_from: self.app.resource_version(),
+                    status: self.status.clone(),
+                    notices: std::mem::take(notices),
+                });
+                return Err(Error::Kube(error));
+            }
+            Err(error) => return Err(error),
+        };
         self.app.metadata.resource_version = Some(version.clone());
         self.state.written_version = Some(version);
         self.saved = self.status.clone();
@@ -313,7 +358,7 @@ impl Pass<'_> {
             .status
             .blocked
             .as_ref()
-            .is_some_and(|block| record::elapsed_since(now, &block.at) >= interval);
+            .is_some_and(|block| interval_passed_since(now, &block.at, interval));
         let since_check = self
             .state
             .last_block_check
@@ -384,9 +429,53 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
+/// Whether `interval` has passed since `at`, a time in status. Status times are
+/// rounded to the second, so `at` may be up to half a second later than the moment it
+/// records: the pass requeued one interval after that moment must find it due, not wait
+/// a whole interval more.
+fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
+    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+}
+
+/// The back-off, but never past the step's deadline: the step is tried once more just
+/// after the deadline and gives up then, not a whole back-off later (with a back-off of
+/// up to 5 minutes, a 30 s deadline could otherwise pass by minutes).
+fn retry_delay(backoff: Duration, step_deadline: Duration, elapsed: Duration) -> Duration {
+    // A second past the deadline, so that the attempt then is past it.
+    let until_past_deadline = step_deadline.saturating_sub(elapsed) + Duration::from_secs(1);
+    backoff.min(until_past_deadline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
+        let interval = Duration::from_secs(5);
+        let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
+        // Recorded as 00:00:11 (rounded up); the pass requeued 5 s later runs at 15.6 s.
+        let at = record::rfc3339(blocked);
+        assert_eq!(at, "2026-01-01T00:00:11Z");
+        let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
+        assert!(interval_passed_since(requeued, &at, interval));
+        // Well before the interval: not yet.
+        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_500);
+        assert!(!interval_passed_since(early, &at, interval));
+    }
+
+    #[test]
+    fn a_retry_never_waits_past_the_step_deadline() {
+        let secs = Duration::from_secs;
+        // The back-off ends before the deadline: the back-off.
+        assert_eq!(retry_delay(secs(4), secs(30), secs(2)), secs(4));
+        assert_eq!(retry_delay(secs(16), secs(30), secs(14)), secs(16));
+        // The back-off would end well past the deadline: just past it instead.
+        assert_eq!(retry_delay(secs(32), secs(30), secs(28)), secs(3));
+        // At or past the deadline (the step is about to give up): a second.
+        assert_eq!(retry_delay(secs(32), secs(30), secs(30)), secs(1));
+        assert_eq!(retry_delay(secs(32), secs(30), secs(45)), secs(1));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped_with_jitter() {

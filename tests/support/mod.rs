@@ -135,6 +135,27 @@ impl Harness {
         }
     }
 
+    /// Whether the controller process is still running (it may exit by itself: an
+    /// armed fault switch, or an error at start).
+    pub fn controller_running(&mut self) -> bool {
+        match self.controller.as_mut() {
+            Some(child) => child.try_wait().expect("controller status").is_none(),
+            None => false,
+        }
+    }
+
+    /// The controller's whole log (stderr of every run, oldest first), to look for
+    /// what it said.
+    pub fn controller_log_text(&self) -> String {
+        (1..=self.controller_starts)
+            .map(|run| {
+                let path = self.dir.path().join(format!("controller-{run}.err.log"));
+                std::fs::read_to_string(path).unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The controller's log so far (all runs), for failure messages.
     pub fn controller_log(&self) -> String {
         let mut text = String::new();

@@ -122,6 +122,10 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
             let Some(operation) = status.operation.as_mut() else {
                 return notices;
             };
+            // The first attempt, and any whose cause differs from the one before (a
+            // webhook failing, then the API server unreachable), is announced; a
+            // repeat of the same cause only updates the condition.
+            let new_cause = operation.last_error.as_deref() != Some(message.as_str());
             operation.attempt = operation.attempt.saturating_add(1);
             operation.last_error = Some(message.clone());
             let text = format!(
@@ -129,9 +133,8 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
                 short_revision(&operation.revision),
                 operation.attempt
             );
-            let first = operation.attempt == 1;
             set_condition_now(status, condition::RECONCILING, true, "Retrying", &text, ctx);
-            if first {
+            if new_cause {
                 notices.push(Notice::warning("Retrying", text));
             }
         }

@@ -447,6 +447,54 @@ fn a_transient_error_retries_and_never_blames_the_revision() {
 }
 
 #[test]
+fn a_retry_is_announced_when_its_cause_changes_not_when_it_repeats() {
+    let world = World::on(git(B));
+    let mut status = healthy_on(A);
+    let decision = world.step(&mut status, None);
+    assert!(matches!(decision, Decision::StartDeploy { .. }));
+    // The step makes no difference: say the apply.
+    status.operation.as_mut().unwrap().step = Step::Apply;
+    let webhook = "dry run of ConfigMap shop/a: failed calling webhook \"guard\": HTTP 500";
+    let unreachable = "applying ConfigMap shop/a: client error (Connect): Connection refused";
+    let retry = |status: &mut AppDeploymentStatus, message: &str| -> Vec<Notice> {
+        let decision = world.decide(status, Some(StepOutcome::Transient(message.into())));
+        assert!(matches!(decision, Decision::Retry { .. }), "{decision:?}");
+        world.record(status, &decision)
+    };
+    let announced = |notices: &[Notice]| -> Vec<String> {
+        notices
+            .iter()
+            .filter(|n| n.reason == "Retrying")
+            .map(|n| n.note.clone())
+            .collect()
+    };
+
+    let first = announced(&retry(&mut status, webhook));
+    assert_eq!(first.len(), 1);
+    assert!(
+        first[0].contains("(attempt 1)") && first[0].contains(webhook),
+        "{first:?}"
+    );
+    assert!(
+        announced(&retry(&mut status, webhook)).is_empty(),
+        "the same cause again"
+    );
+    let changed = announced(&retry(&mut status, unreachable));
+    assert_eq!(changed.len(), 1, "a new cause");
+    assert!(
+        changed[0].contains("(attempt 3)") && changed[0].contains(unreachable),
+        "{changed:?}"
+    );
+    assert!(announced(&retry(&mut status, unreachable)).is_empty());
+    assert_eq!(
+        announced(&retry(&mut status, webhook)).len(),
+        1,
+        "the first cause back"
+    );
+    assert_eq!(status.operation.as_ref().unwrap().attempt, 5);
+}
+
+#[test]
 fn a_step_past_its_deadline_gives_up_without_quarantine() {
     let mut world = World::on(git(B));
     let mut status = healthy_on(A);
