@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -805,7 +806,9 @@ impl Applier {
             live.annotations().get(PRUNE_ANNOTATION).map(String::as_str),
         ) {
             info!(object = %entry, why, "not pruned; released");
-            release(&api, &entry.name).await.map_err(|e| server_message(&e))?;
+            release(&api, &live, &field_manager(owner))
+                .await
+                .map_err(|e| server_message(&e))?;
             return Ok(PruneResult::Kept);
         }
         // The uid precondition keeps us from deleting an object recreated meanwhile.
@@ -864,7 +867,9 @@ impl Applier {
         let api = dynamic_api(&self.client, &kind, entry.namespace.as_deref());
         match api.get_opt(&entry.name).await {
             Ok(Some(live)) if live.annotations().get(OWNER_ANNOTATION).map(String::as_str) == Some(owner) => {
-                release(&api, &entry.name).await.map_err(|e| server_message(&e))?;
+                release(&api, &live, &field_manager(owner))
+                    .await
+                    .map_err(|e| server_message(&e))?;
                 Ok(PruneResult::Kept)
             }
             Ok(_) => Ok(PruneResult::Gone),
@@ -894,15 +899,52 @@ pub fn keep_reason(entry: &InventoryEntry, prune_annotation: Option<&str>) -> Op
     }
 }
 
-/// Removes bosun's owner annotation and app label: the object is no longer this app's.
-async fn release(api: &Api<DynamicObject>, name: &str) -> Result<(), kube::Error> {
-    let patch = json!({"metadata": {
+/// Removes bosun's owner annotation and app label, and this app's field ownership: the
+/// object is no longer this app's, and another app may take it over without its
+/// fields counting as another app's (the dry run refuses those). The object itself is
+/// left as it is. Conditional on the `resourceVersion` read, so that no change of the
+/// managed fields made meanwhile is lost (a conflict is retried with the prune).
+async fn release(
+    api: &Api<DynamicObject>,
+    live: &DynamicObject,
+    field_manager: &str,
+) -> Result<(), kube::Error> {
+    let mut metadata = json!({
+        "resourceVersion": live.resource_version(),
         "annotations": {OWNER_ANNOTATION: null, plan::APPLIED_HASH_ANNOTATION: null},
         "labels": {APP_LABEL: null},
-    }});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map(|_| ())
+    });
+    if let Some(managed_fields) = managed_fields_without(live.managed_fields(), field_manager) {
+        metadata["managedFields"] = managed_fields;
+    }
+    api.patch(
+        &live.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": metadata})),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The managed fields of an object without the entries of `field_manager`, as a patch
+/// sends them: `None` when it has none (nothing to change). With no entry left, the
+/// list holds one empty entry: that clears it, where an empty list would mean
+/// "unchanged" to the API server.
+fn managed_fields_without(managed_fields: &[ManagedFieldsEntry], field_manager: &str) -> Option<Value> {
+    let ours = |entry: &&ManagedFieldsEntry| entry.manager.as_deref() == Some(field_manager);
+    if !managed_fields.iter().any(|entry| ours(&entry)) {
+        return None;
+    }
+    let others: Vec<Value> = managed_fields
+        .iter()
+        .filter(|entry| !ours(entry))
+        .map(|entry| serde_json::to_value(entry).unwrap_or_default())
+        .collect();
+    Some(if others.is_empty() {
+        json!([{}])
+    } else {
+        Value::Array(others)
+    })
 }
 
 /// What was sent, and the generations the server answered with.
@@ -1122,6 +1164,28 @@ mod tests {
         found.adopted = true;
         assert!(keep_reason(&found, None).is_some());
         assert_eq!(keep_reason(&found, Some("true")), None);
+    }
+
+    #[test]
+    fn a_release_drops_only_the_apps_own_field_ownership() {
+        let entry = |manager: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            ..Default::default()
+        };
+        let managed = vec![entry("bosun:shop/app"), entry("kube-controller-manager")];
+        let kept = managed_fields_without(&managed, "bosun:shop/app").unwrap();
+        assert_eq!(kept.as_array().unwrap().len(), 1);
+        assert_eq!(kept[0]["manager"], "kube-controller-manager");
+        assert_eq!(kept[0]["operation"], "Apply");
+        // Another app's ownership is not this app's to give away.
+        assert_eq!(managed_fields_without(&managed, "bosun:shop/other"), None);
+        // Nothing left: one empty entry clears the list (an empty list changes nothing).
+        assert_eq!(
+            managed_fields_without(&[entry("bosun:shop/app")], "bosun:shop/app"),
+            Some(json!([{}]))
+        );
+        assert_eq!(managed_fields_without(&[], "bosun:shop/app"), None);
     }
 
     #[test]
