@@ -197,6 +197,10 @@ pub struct Applier {
     crd_timeout: Duration,
     live: Arc<dyn LiveObjects>,
     memo: UnchangedMemo,
+    /// The client acts for someone with fewer rights than the cache's reader (an
+    /// impersonated ServiceAccount): the cache answers only for this app's own objects,
+    /// anything else is read as that identity, so it learns nothing it may not read.
+    scoped: bool,
 }
 
 /// A manifest resolved, placed and stamped, ready to send.
@@ -258,6 +262,7 @@ impl Applier {
             crd_timeout: DEFAULT_CRD_TIMEOUT,
             live: Arc::new(NoCache),
             memo: UnchangedMemo::default(),
+            scoped: false,
         }
     }
 
@@ -267,6 +272,14 @@ impl Applier {
     pub fn with_cache(mut self, live: Arc<dyn LiveObjects>, memo: UnchangedMemo) -> Self {
         self.live = live;
         self.memo = memo;
+        self
+    }
+
+    /// The client acts for an identity with fewer rights than the cache's reader
+    /// (see [`Applier::with_cache`]).
+    #[must_use]
+    pub fn scoped(mut self, scoped: bool) -> Self {
+        self.scoped = scoped;
         self
     }
 
@@ -353,7 +366,7 @@ impl Applier {
         let mut slots: Vec<Option<Prepared>> = prepared.drain(..).map(Some).collect();
         let prepared: Vec<Prepared> = order.iter().filter_map(|&i| slots[i].take()).collect();
 
-        let live = self.read_live(&prepared).await?;
+        let live = self.read_live(&prepared, plan.owner).await?;
         let mut judged = Vec::with_capacity(prepared.len());
         for (mut p, live) in prepared.into_iter().zip(live) {
             if let Some(live) = &live {
@@ -504,23 +517,32 @@ impl Applier {
 
     /// The live object of each prepared one (`None`: does not exist yet), from the
     /// cache where it knows, else from the API server.
-    async fn read_live(&self, prepared: &[Prepared<'_>]) -> Result<Vec<Option<Value>>, ApplyError> {
+    async fn read_live(
+        &self,
+        prepared: &[Prepared<'_>],
+        owner: &str,
+    ) -> Result<Vec<Option<Value>>, ApplyError> {
         // Futures from an `async fn` (not a closure) keep the borrow lifetimes general
         // enough for the controller's spawned, `Send` reconcile future.
-        let reads: Vec<_> = prepared.iter().map(|p| self.read_one(p)).collect();
+        let reads: Vec<_> = prepared.iter().map(|p| self.read_one(p, owner)).collect();
         stream::iter(reads)
             .buffered(CONCURRENT_REQUESTS)
             .try_collect()
             .await
     }
 
-    async fn read_one(&self, p: &Prepared<'_>) -> Result<Option<Value>, ApplyError> {
+    async fn read_one(&self, p: &Prepared<'_>, owner: &str) -> Result<Option<Value>, ApplyError> {
         match self
             .live
             .lookup(&p.kind.resource, p.entry.namespace.as_deref(), &p.entry.name)
         {
-            Lookup::Found(live) => return Ok(Some(live)),
-            Lookup::Unknown => {}
+            Lookup::Found(live)
+                if !self.scoped
+                    || live["metadata"]["annotations"][OWNER_ANNOTATION].as_str() == Some(owner) =>
+            {
+                return Ok(Some(live));
+            }
+            Lookup::Found(_) | Lookup::Unknown => {}
         }
         match p.api(&self.client).get(&p.entry.name).await {
             Ok(live) => Ok(Some(serde_json::to_value(live).unwrap_or_default())),

@@ -224,8 +224,11 @@ impl Context {
                 }
             }
         };
+        // An impersonated account reads from the shared cache only what this app owns.
+        let scoped = self.apply_identity(app).is_some();
         Ok(Applier::with_discovery(client, self.discovery.clone())
-            .with_cache(self.caches.managed.clone(), self.memo.clone()))
+            .with_cache(self.caches.managed.clone(), self.memo.clone())
+            .scoped(scoped))
     }
 }
 
