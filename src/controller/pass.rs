@@ -184,6 +184,9 @@ impl Pass<'_> {
 
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
+        // Judged once per pass: the re-check this pass makes must not make itself
+        // "not due" before its result is decided on.
+        let block_retry_due = self.block_retry_due(Timestamp::now(), interval);
         for _ in 0..MAX_DECISIONS {
             let now = Timestamp::now();
             let decision = core::decide(&core::Input {
@@ -197,7 +200,7 @@ impl Pass<'_> {
                 outcome: outcome.take(),
                 now,
                 step_deadline,
-                block_retry_due: self.block_retry_due(now, interval),
+                block_retry_due,
                 recheck: recheck.take(),
             });
             self.name_revision_in_logs(&desired);
@@ -229,16 +232,18 @@ impl Pass<'_> {
                 Decision::RecheckBlock { ref revision } => {
                     self.state.last_block_check = Some(std::time::Instant::now());
                     let inventory = self.status.inventory.clone();
-                    recheck = Some(
-                        steps::recheck(
-                            self.context,
-                            &self.app,
-                            revision,
-                            &inventory,
-                            credentials.as_ref(),
-                        )
-                        .await?,
-                    );
+                    let found = steps::recheck(
+                        self.context,
+                        &self.app,
+                        revision,
+                        &inventory,
+                        credentials.as_ref(),
+                    )
+                    .await?;
+                    if !matches!(found, Recheck::Clear) {
+                        info!(?found, "blocked revision checked again: still in the way");
+                    }
+                    recheck = Some(found);
                 }
                 ref continuing if continuing.continues() => {}
                 Decision::Wait => {
