@@ -23,12 +23,7 @@ fn commit(repo: &WorkRepo, revision: &ExampleRevision, message: &str) -> String 
 }
 
 async fn backend_image(harness: &Harness) -> String {
-    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
-    let deployment = api.get("backend").await.expect("backend Deployment");
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap()
+    harness.image_of(NS, "backend").await
 }
 
 /// The Events bosun published about the AppDeployment.

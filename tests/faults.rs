@@ -23,7 +23,6 @@ use bosun_devenv::{
     AdmissionWebhook, ControlPlane, ControlPlaneOptions, WebhookBehavior, WorkRepo, webhook_name,
     webhook_rule,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -156,12 +155,7 @@ async fn config_version(harness: &Harness) -> Option<String> {
 }
 
 async fn backend_image(harness: &Harness) -> String {
-    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
-    let deployment = api.get("backend").await.expect("backend Deployment");
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap()
+    harness.image_of(NS, "backend").await
 }
 
 /// Nothing rolled back, nothing quarantined, one history entry for `revision`, and it

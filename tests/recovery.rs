@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use bosun::api::{AppDeployment, AppDeploymentStatus, OperationKind, Phase, Step, short_revision};
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use bosun_devenv::{AuditedWrite, WorkRepo};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
@@ -293,12 +292,7 @@ async fn snapshot_secrets(harness: &Harness, case: &Case) -> BTreeSet<String> {
 }
 
 async fn backend_image(harness: &Harness, case: &Case) -> String {
-    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), &case.namespace);
-    let deployment = api.get("backend").await.expect("backend Deployment");
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap()
+    harness.image_of(&case.namespace, "backend").await
 }
 
 /// After the last boundary of an operation the abort has left the final phase already:

@@ -218,12 +218,7 @@ async fn app_events(harness: &Harness) -> BTreeMap<String, (String, String, i32)
 }
 
 async fn backend_image(harness: &Harness) -> String {
-    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
-    let deployment = api.get("backend").await.expect("backend Deployment");
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap()
+    harness.image_of(NS, "backend").await
 }
 
 async fn intruder(harness: &Harness) -> Option<ConfigMap> {

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bosun::api::{Phase, Verdict};
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
 use bosun_devenv::{HealthEndpoint, WorkRepo};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -23,12 +22,7 @@ const APP: &str = "litevault";
 const WAIT: Duration = Duration::from_secs(120);
 
 async fn backend_image(harness: &Harness) -> String {
-    let api: Api<Deployment> = Api::namespaced(harness.client.clone(), NS);
-    let deployment = api.get("backend").await.expect("backend Deployment");
-    deployment.spec.unwrap().template.spec.unwrap().containers[0]
-        .image
-        .clone()
-        .unwrap()
+    harness.image_of(NS, "backend").await
 }
 
 /// The namespace, the health endpoint, the example Runbook (`verify_window`) and the

@@ -126,6 +126,16 @@ pub struct ApplyOutcome {
     pub generations: Vec<(InventoryEntry, i64)>,
 }
 
+impl ApplyOutcome {
+    /// `Kind namespace/name: why` for each prune that failed, for messages.
+    pub fn prune_failure_notes(&self) -> Vec<String> {
+        self.prune_failures
+            .iter()
+            .map(|(entry, message)| format!("{entry}: {message}"))
+            .collect()
+    }
+}
+
 /// What a live-object cache knows about one object. A cache of what bosun labelled
 /// cannot say "absent": an object bosun did not create carries no label.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,7 +168,8 @@ pub struct UnchangedMemo {
 }
 
 impl UnchangedMemo {
-    fn key(entry: &InventoryEntry) -> String {
+    /// The key an object is remembered by.
+    pub fn key(entry: &InventoryEntry) -> String {
         format!(
             "{}/{}/{}/{}",
             entry.api_version,
@@ -799,21 +810,28 @@ impl Applier {
         report
     }
 
-    async fn prune_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, String> {
+    /// The API of an inventory entry's kind; `None` when the kind itself is gone (its
+    /// CRD was removed), and its objects with it.
+    async fn api_of(&self, entry: &InventoryEntry) -> Result<Option<Api<DynamicObject>>, String> {
         let kind = match self
             .discovery
             .resolve(&self.client, &entry.api_version, &entry.kind)
             .await
         {
             Ok(Some(kind)) => kind,
-            // The kind itself is gone (its CRD was removed), and its objects with it.
-            Ok(None) => return Ok(PruneResult::Gone),
+            Ok(None) => return Ok(None),
             Err(error) => return Err(server_message(&error)),
         };
         if kind.namespaced && entry.namespace.is_none() {
             return Err("inventory entry of a namespaced kind has no namespace".to_string());
         }
-        let api = dynamic_api(&self.client, &kind, entry.namespace.as_deref());
+        Ok(Some(dynamic_api(&self.client, &kind, entry.namespace.as_deref())))
+    }
+
+    async fn prune_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, String> {
+        let Some(api) = self.api_of(entry).await? else {
+            return Ok(PruneResult::Gone);
+        };
         let live = match api.get(&entry.name).await {
             Ok(live) => live,
             Err(error) if is_not_found(&error) => return Ok(PruneResult::Gone),
@@ -877,16 +895,9 @@ impl Applier {
     }
 
     async fn release_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, String> {
-        let kind = match self
-            .discovery
-            .resolve(&self.client, &entry.api_version, &entry.kind)
-            .await
-        {
-            Ok(Some(kind)) => kind,
-            Ok(None) => return Ok(PruneResult::Gone),
-            Err(error) => return Err(server_message(&error)),
+        let Some(api) = self.api_of(entry).await? else {
+            return Ok(PruneResult::Gone);
         };
-        let api = dynamic_api(&self.client, &kind, entry.namespace.as_deref());
         match api.get_opt(&entry.name).await {
             Ok(Some(live)) if live.annotations().get(OWNER_ANNOTATION).map(String::as_str) == Some(owner) => {
                 release(&api, &live, &field_manager(owner))

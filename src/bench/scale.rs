@@ -55,12 +55,19 @@ pub async fn run(apps: usize, idle: Duration) -> anyhow::Result<()> {
         figures.to_healthy.as_secs_f64()
     );
     println!(
-        "  bosun's requests while rolling out: {} ({:.1}/s), of which reads of workloads, ReplicaSets and Pods: {}",
+        "  bosun's requests while rolling out: {} ({:.1}/s); GET or LIST of Pods and ReplicaSets: {} (the watch caches' first lists)",
         figures.rollout_requests,
         figures.rollout_requests as f64 / figures.to_healthy.as_secs_f64(),
-        figures.rollout_workload_reads
+        figures.rollout_pod_reads
     );
     println!("    by verb and resource: {}", figures.rollout_breakdown);
+    println!(
+        "  while the last apps verify (from the last apply to all Healthy, {:.1}s): {} requests ({:.1}/s): {}",
+        figures.verifying_for.as_secs_f64(),
+        figures.verifying_requests,
+        figures.verifying_requests as f64 / figures.verifying_for.as_secs_f64().max(1.0),
+        figures.verifying_breakdown
+    );
     println!(
         "  idle {}s after all Healthy: {:.2} CPU seconds, {} write requests, {} read requests, {} Git fetches ({REPOSITORIES} repositories, interval {INTERVAL})",
         idle.as_secs(),
@@ -226,8 +233,11 @@ async fn kubectl_alone(apps: usize) -> anyhow::Result<Option<Duration>> {
 struct Figures {
     to_healthy: Duration,
     rollout_requests: usize,
-    rollout_workload_reads: usize,
+    rollout_pod_reads: usize,
     rollout_breakdown: String,
+    verifying_for: Duration,
+    verifying_requests: usize,
+    verifying_breakdown: String,
     idle_cpu_seconds: f64,
     idle_writes: usize,
     idle_reads: usize,
@@ -348,40 +358,30 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
         .into_iter()
         .filter(|r| r.received_at >= started_at && r.received_at <= healthy_at)
         .collect();
-    let workload_reads = rollout
+    let pod_reads = rollout
         .iter()
         .filter(|r| matches!(r.verb.as_str(), "get" | "list"))
         .filter(|r| {
             matches!(
                 r.resource.as_str(),
-                "deployments"
-                    | "replicasets"
-                    | "pods"
-                    | "statefulsets"
-                    | "daemonsets"
-                    | "controllerrevisions"
+                "replicasets" | "pods" | "controllerrevisions"
             )
         })
         .count();
-    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for request in &rollout {
-        let dry = if request.dry_run { " (dry run)" } else { "" };
-        let sub = request
-            .subresource
-            .as_deref()
-            .map(|s| format!("/{s}"))
-            .unwrap_or_default();
-        *by_kind
-            .entry(format!("{} {}{sub}{dry}", request.verb, request.resource))
-            .or_default() += 1;
-    }
-    let mut breakdown: Vec<(String, usize)> = by_kind.into_iter().collect();
-    breakdown.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
-    let rollout_breakdown = breakdown
+    let rollout_breakdown = breakdown(&rollout);
+    // After the last object of the last app is applied, what bosun sends is the cost of
+    // verification alone (verdicts recorded, Healthy, its Event).
+    let last_apply = rollout
         .iter()
-        .map(|(what, count)| format!("{what} {count}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .filter(|r| {
+            r.verb == "patch" && !r.dry_run && matches!(r.resource.as_str(), "deployments" | "configmaps")
+        })
+        .map(|r| r.received_at)
+        .max()
+        .unwrap_or(started_at);
+    let verifying: Vec<&AuditedWrite> = rollout.iter().filter(|r| r.received_at > last_apply).collect();
+    let verifying_for = Duration::try_from(healthy_at.duration_since(last_apply)).unwrap_or_default();
+    let verifying_breakdown = breakdown(&verifying.iter().map(|r| (*r).clone()).collect::<Vec<_>>());
 
     // Idle: every app Healthy, Git unchanged. Counted over `idle`, after the first
     // resync interval has begun.
@@ -407,8 +407,11 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
     Ok(Figures {
         to_healthy,
         rollout_requests: rollout.len(),
-        rollout_workload_reads: workload_reads,
+        rollout_pod_reads: pod_reads,
         rollout_breakdown,
+        verifying_for,
+        verifying_requests: verifying.len(),
+        verifying_breakdown,
         idle_cpu_seconds: cpu_after - cpu_before,
         idle_writes,
         idle_reads: idle_requests.len() - idle_writes,
@@ -416,6 +419,29 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
         rss_mib,
         peak_rss_mib,
     })
+}
+
+/// Requests counted by verb and resource, most first.
+fn breakdown(requests: &[AuditedWrite]) -> String {
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for request in requests {
+        let dry = if request.dry_run { " (dry run)" } else { "" };
+        let sub = request
+            .subresource
+            .as_deref()
+            .map(|s| format!("/{s}"))
+            .unwrap_or_default();
+        *by_kind
+            .entry(format!("{} {}{sub}{dry}", request.verb, request.resource))
+            .or_default() += 1;
+    }
+    let mut counted: Vec<(String, usize)> = by_kind.into_iter().collect();
+    counted.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    counted
+        .iter()
+        .map(|(what, count)| format!("{what} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// User plus system CPU time of process `pid`, in seconds (from `/proc/<pid>/stat`).

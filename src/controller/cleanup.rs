@@ -37,11 +37,7 @@ pub async fn finalize(
         .remove_all(&inventory, &owner, policy == DeletionPolicy::Delete)
         .await;
     if !outcome.prune_failures.is_empty() {
-        let failures: Vec<String> = outcome
-            .prune_failures
-            .iter()
-            .map(|(entry, message)| format!("{entry}: {message}"))
-            .collect();
+        let failures = outcome.prune_failure_notes();
         let note = format!(
             "deletion ({policy:?}) could not finish, retried: {}",
             failures.join("; ")

@@ -32,7 +32,7 @@ use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use crate::api::AppDeployment;
-use crate::apply::{Applier, DiscoveryCache, UnchangedMemo};
+use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
 use crate::gates::http::HttpProber;
 use crate::render::Manifest;
 use crate::source::{Credentials, GitCache};
@@ -92,6 +92,48 @@ pub struct AppState {
     snapshots_retained: bool,
     /// A decision whose status write got no answer, written by the next pass.
     unsaved: Option<pass::Unsaved>,
+}
+
+/// The names an app's applies go by: owner (`namespace/name`, the owner annotation),
+/// the namespace objects without one are placed in, the app label, the field manager.
+pub struct AppNames {
+    pub owner: String,
+    pub target_namespace: String,
+    pub label: String,
+    pub field_manager: String,
+}
+
+impl AppNames {
+    pub fn of(app: &AppDeployment) -> Self {
+        let namespace = app.namespace().unwrap_or_default();
+        let owner = format!("{namespace}/{}", app.name_any());
+        AppNames {
+            target_namespace: app
+                .spec
+                .target_namespace
+                .clone()
+                .unwrap_or_else(|| namespace.clone()),
+            label: crate::snapshot::app_label_value(&namespace, &app.name_any()),
+            field_manager: crate::apply::field_manager(&owner),
+            owner,
+        }
+    }
+
+    /// The plan that applies `manifests` as this app, `previous` being what it owns.
+    pub fn plan<'a>(
+        &'a self,
+        manifests: &'a [Manifest],
+        previous: &'a [crate::api::InventoryEntry],
+    ) -> ApplyPlan<'a> {
+        ApplyPlan {
+            manifests,
+            default_namespace: &self.target_namespace,
+            owner: &self.owner,
+            app_label: &self.label,
+            field_manager: &self.field_manager,
+            previous_inventory: previous,
+        }
+    }
 }
 
 /// Shared by every pass.
@@ -177,15 +219,7 @@ impl Context {
             .status
             .iter()
             .flat_map(|s| s.inventory.iter())
-            .map(|entry| {
-                format!(
-                    "{}/{}/{}/{}",
-                    entry.api_version,
-                    entry.kind,
-                    entry.namespace.as_deref().unwrap_or(""),
-                    entry.name
-                )
-            })
+            .map(UnchangedMemo::key)
             .collect();
         self.memo.forget_where(|key| !owned.iter().any(|o| o == key));
     }

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::observe::{self, Runbook};
 use super::status_writer::{self, FINALIZER};
 use super::steps::{self, StepInput};
-use super::{AppState, Context, Error, cleanup, resync, verify};
+use super::{AppNames, AppState, Context, Error, cleanup, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
@@ -308,7 +308,7 @@ impl Pass<'_> {
             Step::Inventory => steps::inventory(&input).await?,
             Step::Apply => steps::apply(&input).await?,
             Step::Verify => {
-                let (_, target, _, _) = steps::plan_names(&input);
+                let target = AppNames::of(&self.app).target_namespace;
                 let round = verify::round(
                     self.context,
                     &mut self.state.verification,

@@ -9,9 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{debug, warn};
 
-use super::{AppState, Context};
+use super::{AppNames, AppState, Context};
 use crate::api::{AppDeployment, AppDeploymentStatus, condition, remove_condition, short_revision};
-use crate::apply::ApplyPlan;
 use crate::core::record::Notice;
 use crate::snapshot;
 
@@ -66,24 +65,9 @@ pub async fn if_due(
             return;
         }
     };
-    let owner = format!("{namespace}/{}", app.name_any());
-    let target = app
-        .spec
-        .target_namespace
-        .clone()
-        .unwrap_or_else(|| namespace.clone());
-    let label = snapshot::app_label_value(&namespace, &app.name_any());
-    let manager = crate::apply::field_manager(&owner);
+    let names = AppNames::of(app);
     let inventory = status.inventory.clone();
-    let plan = ApplyPlan {
-        manifests: &manifests,
-        default_namespace: &target,
-        owner: &owner,
-        app_label: &label,
-        field_manager: &manager,
-        previous_inventory: &inventory,
-    };
-    match applier.apply(plan).await {
+    match applier.apply(names.plan(&manifests, &inventory)).await {
         Ok(outcome) => {
             if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {
                 let objects: Vec<String> = outcome.sent.iter().map(ToString::to_string).collect();
@@ -112,15 +96,11 @@ pub async fn if_due(
             } else {
                 debug!("resync: nothing drifted");
             }
-            status.inventory = outcome.inventory;
+            status.inventory = outcome.inventory.clone();
             if outcome.prune_failures.is_empty() {
                 remove_condition(&mut status.conditions, condition::PRUNED);
             } else {
-                let failures: Vec<String> = outcome
-                    .prune_failures
-                    .iter()
-                    .map(|(entry, message)| format!("{entry}: {message}"))
-                    .collect();
+                let failures = outcome.prune_failure_notes();
                 crate::api::set_condition(
                     &mut status.conditions,
                     condition::PRUNED,

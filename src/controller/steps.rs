@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::{AppState, Context, Error};
+use super::{AppNames, AppState, Context, Error};
 use crate::api::{AppDeployment, Operation, short_revision};
-use crate::apply::{ApplyPlan, field_manager};
 use crate::core::{Applied, Failure, FailureKind, Recheck, StepOutcome, StepResult};
 use crate::failure::Classified;
 use crate::gates::capture_baseline;
@@ -30,10 +29,6 @@ pub struct StepInput<'a> {
 impl StepInput<'_> {
     fn namespace(&self) -> String {
         self.app.namespace().unwrap_or_default()
-    }
-
-    fn owner(&self) -> String {
-        format!("{}/{}", self.namespace(), self.app.name_any())
     }
 }
 
@@ -154,21 +149,15 @@ pub async fn inventory(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
         Err(outcome) => return Ok(outcome),
     };
     let applier = step.context.applier(step.app)?;
-    let (owner, target, label, manager) = plan_names(step);
-    let plan = ApplyPlan {
-        manifests: &manifests,
-        default_namespace: &target,
-        owner: &owner,
-        app_label: &label,
-        field_manager: &manager,
-        previous_inventory: step.inventory,
-    };
-    Ok(match applier.plan(&plan).await {
-        Ok(planned) => StepOutcome::Done(StepResult::Planned {
-            inventory: planned.inventory,
-        }),
-        Err(error) => from(error.classify()),
-    })
+    let names = AppNames::of(step.app);
+    Ok(
+        match applier.plan(&names.plan(&manifests, step.inventory)).await {
+            Ok(planned) => StepOutcome::Done(StepResult::Planned {
+                inventory: planned.inventory,
+            }),
+            Err(error) => from(error.classify()),
+        },
+    )
 }
 
 /// Applies what changed and prunes; records the container restarts the gates count from.
@@ -178,37 +167,27 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
         Err(outcome) => return Ok(outcome),
     };
     let applier = step.context.applier(step.app)?;
-    let (owner, target, label, manager) = plan_names(step);
-    let plan = ApplyPlan {
-        manifests: &manifests,
-        default_namespace: &target,
-        owner: &owner,
-        app_label: &label,
-        field_manager: &manager,
-        previous_inventory: step.inventory,
-    };
+    let names = AppNames::of(step.app);
     // Taken before anything is sent: the pods it lists predate the revision.
     let mut restart_baseline = capture_baseline(&step.context.caches.workloads, step.inventory);
-    Ok(match applier.apply(plan).await {
-        Ok(outcome) => StepOutcome::Done(StepResult::Applied(Applied {
-            sent: outcome.sent.len(),
-            unchanged: outcome.unchanged,
-            pruned: outcome.pruned.len(),
-            prune_failures: outcome
-                .prune_failures
-                .iter()
-                .map(|(entry, message)| format!("{entry}: {message}"))
-                .collect(),
-            inventory: outcome.inventory,
-            restart_baseline: {
-                for (entry, generation) in &outcome.generations {
-                    restart_baseline.record_generation(entry, *generation);
-                }
-                restart_baseline
-            },
-        })),
-        Err(error) => from(error.classify()),
-    })
+    Ok(
+        match applier.apply(names.plan(&manifests, step.inventory)).await {
+            Ok(outcome) => StepOutcome::Done(StepResult::Applied(Applied {
+                sent: outcome.sent.len(),
+                unchanged: outcome.unchanged,
+                pruned: outcome.pruned.len(),
+                prune_failures: outcome.prune_failure_notes(),
+                inventory: outcome.inventory,
+                restart_baseline: {
+                    for (entry, generation) in &outcome.generations {
+                        restart_baseline.record_generation(entry, *generation);
+                    }
+                    restart_baseline
+                },
+            })),
+            Err(error) => from(error.classify()),
+        },
+    )
 }
 
 /// Checks a blocked revision again without writing anything: its files rendered from
@@ -249,34 +228,12 @@ pub async fn recheck(
         Err(_) => return Ok(Recheck::Transient("render gave no answer".into())),
     };
     let applier = context.applier(app)?;
-    let (owner, target, label, manager) = plan_names(&step);
-    let plan = ApplyPlan {
-        manifests: &manifests,
-        default_namespace: &target,
-        owner: &owner,
-        app_label: &label,
-        field_manager: &manager,
-        previous_inventory: inventory,
-    };
-    Ok(match applier.plan(&plan).await {
+    let names = AppNames::of(app);
+    Ok(match applier.plan(&names.plan(&manifests, inventory)).await {
         Ok(_) => Recheck::Clear,
         Err(error) => match error.classify() {
             Classified::Transient(message) => Recheck::Transient(message),
             Classified::Refused(failure) => Recheck::Refused(failure),
         },
     })
-}
-
-/// Owner, target namespace, app label and field manager of the app's applies.
-pub fn plan_names(step: &StepInput<'_>) -> (String, String, String, String) {
-    let owner = step.owner();
-    let target = step
-        .app
-        .spec
-        .target_namespace
-        .clone()
-        .unwrap_or_else(|| step.namespace());
-    let label = snapshot::app_label_value(&step.namespace(), &step.app.name_any());
-    let manager = field_manager(&owner);
-    (owner, target, label, manager)
 }

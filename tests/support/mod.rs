@@ -207,6 +207,17 @@ impl Harness {
         .expect("apply Runbook");
     }
 
+    /// The image of the first container of Deployment `namespace/name`.
+    pub async fn image_of(&self, namespace: &str, name: &str) -> String {
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), namespace);
+        let deployment = api.get(name).await.expect("the Deployment exists");
+        deployment.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    }
+
     pub async fn app(&self, namespace: &str, name: &str) -> AppDeployment {
         let api: Api<AppDeployment> = Api::namespaced(self.client.clone(), namespace);
         api.get(name).await.expect("get AppDeployment")
