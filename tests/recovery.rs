@@ -681,6 +681,28 @@ async fn rollback_finishes_once_after_an_abort_at_each_step_boundary() {
             .await;
         good_snapshots.push(status(&app).last_healthy_snapshot.clone().unwrap());
     }
+    // The Healthy Event follows the status write that records it: let the last one go
+    // out before the controller is killed (a kill in between loses it; it is never
+    // published twice).
+    for (case, (_, good)) in cases.iter().zip(&apps) {
+        let short = short_revision(good);
+        support::eventually(
+            "the Healthy Event of the good revision",
+            Duration::from_secs(30),
+            || async {
+                Ok(app_events(&harness, case)
+                    .await
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("Healthy")
+                            && e.note.as_deref().unwrap_or("").contains(&short)
+                    })
+                    .then_some(()))
+            },
+        )
+        .await
+        .unwrap();
+    }
     harness.kill_controller();
     eprintln!("good revisions healthy after {:?}", started.elapsed());
 
