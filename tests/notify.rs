@@ -25,7 +25,7 @@ use bosun::core::{
 };
 use bosun::notify::{
     DeliveryOutcome, DeliveryReport, DeliverySettings, Notifier, PhaseEvent, Receiver, event_of,
-    receivers_of, resolve, secrets_read_by,
+    receivers_for,
 };
 use bosun_devenv::{ControlPlane, ControlPlaneOptions};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -686,24 +686,8 @@ async fn no_body_nor_log_line_carries_a_secret_value() -> anyhow::Result<()> {
     let mut problems_seen = Vec::new();
     for event in [blocked, rotation] {
         // What the controller does after a save: the receivers that want the phase,
-        // with the Secrets they name read first.
-        let wanted = receivers_of(&notify, event.phase);
-        let mut read = BTreeMap::new();
-        for name in secrets_read_by(&wanted) {
-            if let Some(secret) = secrets.get_opt(&name).await? {
-                let data: BTreeMap<String, Vec<u8>> = secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(key, value)| (key, value.0))
-                    .collect();
-                read.insert(name, data);
-            }
-        }
-        let (receivers, problems) = resolve(&wanted, "shop", |namespace, name| {
-            assert_eq!(namespace, "shop");
-            read.get(name).cloned()
-        });
+        // with the Secrets they name read from the API server.
+        let (receivers, problems) = receivers_for(&client, &notify, "shop", event.phase).await;
         assert_eq!(
             receivers.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             ["ops", "chat"]
@@ -725,6 +709,28 @@ async fn no_body_nor_log_line_carries_a_secret_value() -> anyhow::Result<()> {
             "{report:?}"
         );
     }
+
+    // An identity that may not read the Secret: the receiver is skipped, and the problem
+    // says why, still without a value.
+    let nobody = control_plane.impersonating_client("nobody").await?;
+    let (receivers, problems) = receivers_for(&nobody, &notify, "shop", Phase::Failed).await;
+    assert_eq!(
+        receivers.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["ops"]
+    );
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].starts_with("notify receiver chat: cannot read Secret shop/chat-webhook: ")
+            && problems[0].contains("forbidden"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[1].starts_with("notify receiver pager: cannot read Secret shop/jwt: "),
+        "{problems:?}"
+    );
+    // Not told to receivers that do not want the phase.
+    let (receivers, _) = receivers_for(&client, &notify, "shop", Phase::Applying).await;
+    assert!(receivers.is_empty());
 
     let bodies: Vec<Received> = ops.received().into_iter().chain(chat.received()).collect();
     assert_eq!(bodies.len(), 5, "2 to ops; 3 to chat (one answered 500)");

@@ -7,7 +7,8 @@
 //! - [`json_payload`] / [`slack_payload`] (pure): the bodies posted.
 //! - [`receivers_of`] and [`resolve`]: which receivers want an event, and their URLs
 //!   (inline or read from a Secret key; a URL from a Secret is a credential, never
-//!   logged or quoted: receivers are named by `name` only).
+//!   logged or quoted: receivers are named by `name` only). [`receivers_for`] does both
+//!   with the Secrets read from the API server.
 //! - [`Notifier`]: delivery in the background, with retries, never blocking a pass.
 //!
 //! The controller calls them right after a status write succeeds, comparing the status
@@ -22,5 +23,5 @@ mod sender;
 
 pub use event::{PhaseEvent, TOLD_PHASES, event_of};
 pub use payload::{SLACK_FIELD_MAX_CHARS, SLACK_TEXT_MAX_CHARS, json_payload, payload, slack_payload};
-pub use receivers::{DEFAULT_PHASES, Receiver, receivers_of, resolve, secrets_read_by, wants};
+pub use receivers::{DEFAULT_PHASES, Receiver, receivers_for, receivers_of, resolve, secrets_read_by, wants};
 pub use sender::{Attempt, DeliveryOutcome, DeliveryReport, DeliverySettings, Notifier, NotifyError, judge};

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use reqwest::Url;
 
 use crate::api::{Notify, NotifyFormat, Phase};
@@ -108,6 +110,57 @@ pub fn resolve(
             Err(problem) => problems.push(problem),
         }
     }
+    (ready, problems)
+}
+
+/// [`receivers_of`] `phase` with their URLs ([`resolve`]), the Secrets they name read
+/// from the API server through `client` (one GET per Secret, made only when there is
+/// something to tell). Problems as [`resolve`] words them; a Secret that cannot be read
+/// is named with the API server's reason.
+pub async fn receivers_for(
+    client: &kube::Client,
+    notify: &[Notify],
+    namespace: &str,
+    phase: Phase,
+) -> (Vec<Receiver>, Vec<String>) {
+    let wanted = receivers_of(notify, phase);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut read = BTreeMap::new();
+    let mut unreadable = BTreeMap::new();
+    for name in secrets_read_by(&wanted) {
+        match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => {
+                let data = secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(key, value)| (key, value.0))
+                    .collect::<BTreeMap<_, _>>();
+                read.insert(name, data);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                unreadable.insert(name, crate::failure::server_message(&error));
+            }
+        }
+    }
+    let mut readable: Vec<Notify> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for receiver in wanted {
+        let cannot_read = receiver
+            .url_from
+            .as_ref()
+            .and_then(|from| unreadable.get(&from.name).map(|why| (from, why)));
+        match cannot_read {
+            Some((from, why)) => problems.push(format!(
+                "notify receiver {}: cannot read Secret {namespace}/{}: {why}",
+                receiver.name, from.name
+            )),
+            None => readable.push(receiver),
+        }
+    }
+    let (ready, more) = resolve(&readable, namespace, |_, name| read.get(name).cloned());
+    problems.extend(more);
     (ready, problems)
 }
 

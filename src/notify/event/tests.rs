@@ -567,3 +567,44 @@ fn a_summary_quotes_the_first_line_of_a_long_cause() {
     assert_eq!(cut.chars().count(), SUMMARY_CAUSE_MAX_CHARS + 1);
     assert!(cut.ends_with('…'));
 }
+
+#[test]
+fn a_tip_refused_while_another_revision_verifies_is_told_when_that_one_ends() {
+    let mut story = Story::healthy();
+    let pending = || Verification::Pending {
+        gates: vec![verdict("health", Verdict::Pending, "1 of 1 probes passed")],
+    };
+    // NEWER is applied and still verifying.
+    assert!(story.pass(NEWER, steps(|_| pending())).is_empty());
+    assert_eq!(story.status.phase, Phase::Verifying);
+    // Git moves on to BAD, which does not render: NEWER's verification goes on, the
+    // phase stays Verifying, nothing is told yet.
+    let invalid = Failure::new(
+        FailureKind::RevisionInvalid,
+        "deploy.yaml line 3: did not find expected key",
+    );
+    let mut still_pending = steps(|_| pending());
+    let refused_then_pending = |status: &AppDeploymentStatus, step: Step| match step {
+        Step::Render => StepOutcome::Refused(invalid.clone()),
+        other => still_pending(status, other),
+    };
+    assert!(story.pass(BAD, refused_then_pending).is_empty());
+    assert_eq!(story.status.phase, Phase::Verifying);
+    // NEWER passes: the app rests Blocked on BAD, and that is told.
+    let event = only(story.pass(BAD, steps(|_| passed())));
+    assert_eq!(event.phase, Phase::Blocked);
+    assert_eq!(
+        (event.from.as_deref(), event.to.as_deref()),
+        (Some(NEWER), Some(BAD))
+    );
+    assert_eq!(event.reason, "RevisionInvalid");
+    assert_eq!(
+        event.message,
+        "revision 2c3d4e5f6a7b passed every gate; Git tip 1a2b3c4d5e6f is blocked: deploy.yaml line 3: \
+         did not find expected key"
+    );
+    assert_eq!(
+        event.summary,
+        "shop/api: revision 1a2b3c4d5e6f blocked (RevisionInvalid): deploy.yaml line 3: did not find expected key"
+    );
+}
