@@ -608,3 +608,38 @@ fn a_tip_refused_while_another_revision_verifies_is_told_when_that_one_ends() {
         "shop/api: revision 1a2b3c4d5e6f blocked (RevisionInvalid): deploy.yaml line 3: did not find expected key"
     );
 }
+
+#[test]
+fn git_reverted_during_a_rollback_is_told_healthy_again() {
+    let mut story = Story::healthy();
+    let pending = || Verification::Pending {
+        gates: vec![verdict("health", Verdict::Pending, "0 of 1 probes passed")],
+    };
+    // BAD fails; the rollback to GOOD is still verifying when the pass ends.
+    let events = story.pass(
+        BAD,
+        steps(|revision| {
+            if revision == BAD {
+                health_failed()
+            } else {
+                pending()
+            }
+        }),
+    );
+    assert_eq!(
+        events.iter().map(|e| e.phase).collect::<Vec<_>>(),
+        vec![Phase::RollingBack]
+    );
+    // Git is reverted to GOOD: the rollback finishes on what Git asks for.
+    let event = only(story.pass(GOOD, steps(good_unless_bad)));
+    assert_eq!(event.phase, Phase::Healthy);
+    assert_eq!(
+        (event.from.as_deref(), event.to.as_deref()),
+        (Some(BAD), Some(GOOD))
+    );
+    assert_eq!(event.gate, None);
+    assert_eq!(
+        event.summary,
+        "shop/api: revision 0f9e8d7c6b5a is healthy again (rolled back from 1a2b3c4d5e6f)"
+    );
+}
