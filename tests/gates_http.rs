@@ -589,7 +589,7 @@ async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()>
     assert_eq!(
         outcome.message,
         format!(
-            "GET {}/long-header: header X-Version: expected \"2\", got \"{} (body: ok)",
+            "GET {}/long-header: 200 but header X-Version: expected \"2\", got \"{} (body: ok)",
             app.base,
             cut("v")
         )
