@@ -492,7 +492,7 @@ fn with_stand_ins(request: &HttpGate) -> HttpGate {
         }
     };
     HttpGate {
-        url: request.url.as_deref().map(stand_in),
+        url: request.url.as_deref().map(url_with_stand_ins),
         path: request.path.as_deref().map(stand_in),
         headers: request
             .headers
@@ -501,6 +501,38 @@ fn with_stand_ins(request: &HttpGate) -> HttpGate {
             .collect(),
         ..request.clone()
     }
+}
+
+/// A step's `url` with values standing in for its references, for the checks of a fixed
+/// URL. A reference inside the host or port (`http://{{.steps.a.host}}:8080`, or a
+/// captured `Location` path right after the port) leaves the host and port to the run,
+/// which checks the URL it sends: only the scheme is checked then.
+fn url_with_stand_ins(url: &str) -> String {
+    let Ok(pieces) = template_pieces(url) else {
+        return url.to_string();
+    };
+    let literal_prefix: String = pieces
+        .iter()
+        .map_while(|piece| match piece {
+            TemplatePiece::Text(text) => Some(*text),
+            TemplatePiece::Reference(_) => None,
+        })
+        .collect();
+    let reference_in_authority = literal_prefix.len() < url.len()
+        && literal_prefix
+            .split_once("://")
+            .is_some_and(|(_, authority)| !authority.contains(['/', '?', '#']));
+    if reference_in_authority {
+        let scheme = literal_prefix.split_once("://").map_or("", |(scheme, _)| scheme);
+        return format!("{scheme}://host.invalid/");
+    }
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            TemplatePiece::Text(text) => text,
+            TemplatePiece::Reference(_) => "1",
+        })
+        .collect()
 }
 
 const SMOKE_NAME_RULE: &str =
@@ -1189,6 +1221,12 @@ gates:
           capture: {id: json:id}
         - name: read
           url: 'http://{{.steps.create.id}}:{{.steps.create.id}}/items'
+        - name: confirm
+          url: 'http://127.0.0.1:8000{{.steps.create.id}}/confirm'
+        - name: elsewhere
+          url: 'ftp://{{.steps.create.id}}/x'
+        - name: relative
+          url: '{{.steps.create.id}}/x'
 "#,
         );
         assert_eq!(
@@ -1198,8 +1236,11 @@ gates:
                 "spec.gates[0].smoke.steps[0].method: \"post\" is not a method a gate sends; use one of GET, HEAD, \
                  POST, PUT, PATCH, DELETE, OPTIONS; methods are case-sensitive: write POST",
                 "spec.gates[0].smoke.steps[0].path: \"items\" does not start with '/'; write /items",
+                "spec.gates[0].smoke.steps[3].url: scheme \"ftp\" is not http or https",
+                "spec.gates[0].smoke.steps[4].url: is not an absolute URL; write it like \
+                 https://api.example.com/health",
             ],
-            "a reference may stand for a host or a port"
+            "a reference may stand for a host, a port or a path after the port"
         );
     }
 
