@@ -37,7 +37,7 @@ enum Enrichment {
     /// As the example app would behave: the backend Deployment's image decides (an
     /// `unhealthy` image never enriches; any other after `after`).
     ByImage {
-        deployments: Api<Deployment>,
+        deployments: Box<Api<Deployment>>,
         deployment: String,
         after: Duration,
     },
@@ -567,7 +567,7 @@ async fn a_smoke_gated_app_is_healthy_when_the_smoke_passes_and_rolled_back_when
     let good = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
     harness.namespace(NS).await;
     let app = LiteVault::start(Enrichment::ByImage {
-        deployments: Api::namespaced(harness.client.clone(), NS),
+        deployments: Box::new(Api::namespaced(harness.client.clone(), NS)),
         deployment: "backend".into(),
         after: Duration::from_secs(1),
     })

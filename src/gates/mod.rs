@@ -44,7 +44,8 @@ struct TrackedGate {
 }
 
 impl Verification {
-    /// Tracks every gate that has a probe this controller can send ([`send_probe`]).
+    /// Tracks every gate that has a probe this controller can send (`http`, `smoke`:
+    /// see `send_probe`).
     ///
     /// Call it with the gates of a Runbook that passed `RunbookSpec::validate`, which
     /// refuses a gate without such a probe. Should one arrive all the same, it is left
