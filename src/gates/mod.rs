@@ -4,19 +4,22 @@
 //!   current revision not crash-looping, unpullable or misconfigured since the
 //!   revision was applied; read from watch caches, no API request per round.
 //! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
+//! - [`smoke`]: the Runbook's `smoke` gates: ordered HTTP steps, all run by one probe.
 //! - [`tracker`]: one gate's verdict across probes (thresholds, period).
 //!
 //! [`Verification`] holds the Runbook gates of one revision for the controller; how
 //! long they must keep passing (`verifyWindow`) is the controller's decision.
 
 pub mod http;
+pub mod smoke;
 pub mod tracker;
 pub mod window;
 pub mod workload;
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
 
 use crate::api::{Gate, GateVerdict, Verdict};
 
@@ -41,7 +44,8 @@ struct TrackedGate {
 }
 
 impl Verification {
-    /// Tracks every gate that has a probe this controller can send (`http`).
+    /// Tracks every gate that has a probe this controller can send (`http`, `smoke`:
+    /// see `send_probe`).
     ///
     /// Call it with the gates of a Runbook that passed `RunbookSpec::validate`, which
     /// refuses a gate without such a probe. Should one arrive all the same, it is left
@@ -51,7 +55,7 @@ impl Verification {
         let gates = gates
             .iter()
             .filter(|gate| {
-                let probeable = gate.http.is_some();
+                let probeable = can_probe(gate);
                 if !probeable {
                     tracing::warn!(gate = %gate.name, "gate has no probe this controller can send; not verified");
                 }
@@ -77,10 +81,7 @@ impl Verification {
             .iter()
             .enumerate()
             .filter(|(_, tracked)| tracked.tracker.due(now))
-            .filter_map(|(index, tracked)| {
-                let http = tracked.gate.http.as_ref()?;
-                Some((index, prober.probe(http, tracked.gate.timeout(), namespace)))
-            })
+            .filter_map(|(index, tracked)| Some((index, send_probe(&tracked.gate, prober, namespace)?)))
             .unzip();
         let outcomes = join_all(probes).await;
         for (index, outcome) in indices.into_iter().zip(outcomes) {
@@ -119,11 +120,34 @@ impl Verification {
     pub fn next_due(&self, now: Instant) -> Duration {
         self.gates
             .iter()
-            .filter(|tracked| tracked.gate.http.is_some() && tracked.tracker.verdict() != Verdict::Failed)
+            .filter(|tracked| tracked.tracker.verdict() != Verdict::Failed)
             .map(|tracked| tracked.tracker.until_due(now))
             .min()
             .unwrap_or(IDLE_RECHECK)
     }
+}
+
+/// One probe of `gate`, for each probe kind this controller sends; `None` for a gate
+/// it cannot probe. The one place a probe kind meets the code that probes it.
+fn send_probe<'a>(
+    gate: &'a Gate,
+    prober: &'a HttpProber,
+    namespace: &'a str,
+) -> Option<BoxFuture<'a, ProbeOutcome>> {
+    match gate {
+        Gate { http: Some(http), .. } => Some(prober.probe(http, gate.timeout(), namespace).boxed()),
+        // One probe runs every step; `timeoutSeconds` bounds each request of a step
+        // (see `smoke::probe` for the bound on the whole run).
+        Gate {
+            smoke: Some(smoke), ..
+        } => Some(smoke::probe(prober, smoke, gate.timeout(), namespace).boxed()),
+        _ => None,
+    }
+}
+
+/// Whether [`send_probe`] has a probe for `gate`.
+fn can_probe(gate: &Gate) -> bool {
+    matches!(gate, Gate { http: Some(_), .. } | Gate { smoke: Some(_), .. })
 }
 
 impl TrackedGate {
