@@ -21,6 +21,7 @@ pub mod demo;
 pub mod failure;
 pub mod gates;
 pub mod notify;
+pub mod preflight;
 pub mod render;
 pub mod snapshot;
 pub mod source;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use super::{
-    ClusterRunbookSpec, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec, SmokeGate,
+    ClusterRunbookSpec, EnvRule, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec, SmokeGate,
     SmokeStep, parse_duration,
 };
 
@@ -80,6 +80,7 @@ impl RunbookSpec {
                 format!("{max_restarts} is negative; use 0 or more"),
             ));
         }
+        check_env(self, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -656,6 +657,118 @@ impl<'a> CaptureSource<'a> {
     }
 }
 
+/// `spec.workloads` and `spec.env`: names that can select a container and a
+/// variable, one rule per variable, rules that some value can meet. A `policy.pattern`
+/// is compiled (and refused when invalid) by preflight: this crate has no regex engine.
+fn check_env(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
+    for (index, entry) in spec.workloads.iter().enumerate() {
+        let at = format!("spec.workloads[{index}]");
+        let parts: Vec<&str> = entry.split('/').collect();
+        if entry.trim().is_empty() {
+            problems.push(RunbookProblem::new(
+                at,
+                "is empty; name a workload (api) or one of its containers (api/server)",
+            ));
+        } else if parts.len() > 2 || parts.iter().any(|part| part.trim().is_empty()) {
+            problems.push(RunbookProblem::new(
+                at,
+                format!("{entry:?} is neither a workload name (api) nor workload/container (api/server)"),
+            ));
+        }
+    }
+    let mut first_of_name: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, rule) in spec.env.iter().enumerate() {
+        let at = format!("spec.env[{index}]");
+        let name = rule.name.as_str();
+        if name.trim().is_empty() {
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                "is empty; name the environment variable",
+            ));
+        } else if !is_env_name(name) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                format!("{name:?} is not an environment variable name (printable characters, no '=' or space)"),
+            ));
+        } else if let Some(first) = first_of_name.get(name) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                format!("{name:?} already has a rule, spec.env[{first}]; write one rule per variable"),
+            ));
+        } else {
+            first_of_name.insert(name, index);
+        }
+        check_env_rule(rule, &at, problems);
+    }
+}
+
+fn check_env_rule(rule: &EnvRule, at: &str, problems: &mut Vec<RunbookProblem>) {
+    let name = rule.name.as_str();
+    if let Some(condition) = &rule.required_when {
+        if condition.env.trim().is_empty() {
+            problems.push(RunbookProblem::new(
+                format!("{at}.requiredWhen.env"),
+                format!("is empty; name the variable whose value makes {name} required"),
+            ));
+        } else if condition.env == name {
+            problems.push(RunbookProblem::new(
+                format!("{at}.requiredWhen.env"),
+                format!("names {name} itself; a variable cannot be required by its own value"),
+            ));
+        }
+    }
+    if rule.inject && rule.default.is_none() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.inject"),
+            format!("needs default: inject adds {name}=<default> to the containers that lack it"),
+        ));
+    }
+    if rule.inject && rule.secret {
+        problems.push(RunbookProblem::new(
+            format!("{at}.inject"),
+            "would add the default as a literal, which secret: true refuses; drop inject or secret",
+        ));
+    }
+    let Some(policy) = &rule.policy else { return };
+    if policy.min_length == Some(0) {
+        problems.push(RunbookProblem::new(
+            format!("{at}.policy.minLength"),
+            "is 0, which every value meets; use 1 or more, or leave it out",
+        ));
+    }
+    // Quoting the Runbook's own values is safe: they are in the Runbook already.
+    if let Some(equals) = &policy.equals {
+        let no_value_passes = "; no value can pass";
+        if !policy.one_of.is_empty() && !policy.one_of.contains(equals) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.policy"),
+                format!("equals {equals:?} is not in oneOf{no_value_passes}"),
+            ));
+        }
+        if policy.not_equals.contains(equals) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.policy"),
+                format!("equals {equals:?} is also in notEquals{no_value_passes}"),
+            ));
+        }
+        if let Some(min_length) = policy.min_length
+            && equals.chars().count() < min_length as usize
+        {
+            problems.push(RunbookProblem::new(
+                format!("{at}.policy"),
+                format!("equals {equals:?} is shorter than minLength ({min_length}){no_value_passes}"),
+            ));
+        }
+    }
+}
+
+/// A name some Kubernetes version can set: up to 1.31 a server accepts only
+/// `[-._a-zA-Z][-._a-zA-Z0-9]*` by default, from 1.32 (RelaxedEnvironmentVariableValidation,
+/// beta) any printable ASCII but `=`. Only what no server accepts is refused here.
+fn is_env_name(name: &str) -> bool {
+    name.chars().all(|c| c.is_ascii_graphic() && c != '=')
+}
+
 /// Why `url` is not an absolute `http`/`https` URL with a host, if it is not. The
 /// message quotes the scheme, host or port at fault, never the whole URL (it may
 /// carry credentials).
@@ -1046,6 +1159,104 @@ gates:
             line.starts_with("spec.verifyWindow: invalid duration \"x\"")
                 && line.contains("; spec.gates[0]: has no probe"),
             "{line}"
+        );
+    }
+
+    #[test]
+    fn the_seed_env_contracts_are_valid() {
+        let seeds = r#"
+workloads: [api, worker/worker]
+env:
+  - {name: AUTH_MODE, required: true, default: mixed, policy: {equals: clerk}}
+  - {name: LLM_PROVIDER, default: stub, inject: true, policy: {oneOf: [stub, litellm]}}
+  - {name: OPENAI_API_KEY, secret: true, requiredWhen: {env: LLM_PROVIDER, equals: litellm}}
+  - name: JWT_SECRET
+    required: true
+    secret: true
+    policy: {minLength: 32, notEquals: [your-long-random-secret-key-min-32-chars], pattern: '\S+'}
+  - {name: CORS_ORIGINS, required: true, policy: {notEquals: ['*']}}
+"#;
+        assert_eq!(problems(seeds), Vec::<String>::new());
+    }
+
+    #[test]
+    fn env_names_are_given_once_and_can_be_set() {
+        assert_eq!(
+            problems("env: [{name: A}, {name: ''}, {name: A}, {name: 'B=C'}, {name: 'has space'}, {name: A}]"),
+            [
+                "spec.env[1].name: is empty; name the environment variable",
+                "spec.env[2].name: \"A\" already has a rule, spec.env[0]; write one rule per variable",
+                "spec.env[3].name: \"B=C\" is not an environment variable name (printable characters, no '=' or \
+                 space)",
+                "spec.env[4].name: \"has space\" is not an environment variable name (printable characters, no \
+                 '=' or space)",
+                "spec.env[5].name: \"A\" already has a rule, spec.env[0]; write one rule per variable",
+            ]
+        );
+        // Names servers from 1.32 accept.
+        assert_eq!(problems("env: [{name: '1.x-Y:z'}]"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn required_when_names_another_variable() {
+        assert_eq!(
+            problems(
+                "env: [{name: KEY, requiredWhen: {env: KEY, equals: x}}, {name: B, requiredWhen: {env: '', equals: x}}]"
+            ),
+            [
+                "spec.env[0].requiredWhen.env: names KEY itself; a variable cannot be required by its own value",
+                "spec.env[1].requiredWhen.env: is empty; name the variable whose value makes B required",
+            ]
+        );
+        assert_eq!(
+            problems("env: [{name: KEY, requiredWhen: {env: PROVIDER, equals: x}}]"),
+            Vec::<String>::new(),
+            "the other variable needs no rule of its own"
+        );
+    }
+
+    #[test]
+    fn inject_needs_a_default_and_no_secret() {
+        assert_eq!(
+            problems("env: [{name: A, inject: true}, {name: S, inject: true, secret: true, default: x}]"),
+            [
+                "spec.env[0].inject: needs default: inject adds A=<default> to the containers that lack it",
+                "spec.env[1].inject: would add the default as a literal, which secret: true refuses; drop inject or \
+                 secret",
+            ]
+        );
+        assert_eq!(problems("env: [{name: A, inject: true, default: ''}]"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_policy_some_value_can_meet() {
+        assert_eq!(
+            problems("env: [{name: A, policy: {minLength: 0}}]"),
+            ["spec.env[0].policy.minLength: is 0, which every value meets; use 1 or more, or leave it out"]
+        );
+        assert_eq!(
+            problems("env: [{name: A, policy: {equals: ab, oneOf: [x, y], notEquals: [ab], minLength: 3}}]"),
+            [
+                "spec.env[0].policy: equals \"ab\" is not in oneOf; no value can pass",
+                "spec.env[0].policy: equals \"ab\" is also in notEquals; no value can pass",
+                "spec.env[0].policy: equals \"ab\" is shorter than minLength (3); no value can pass",
+            ]
+        );
+        assert_eq!(
+            problems("env: [{name: A, policy: {equals: abc, oneOf: [abc], notEquals: [x], minLength: 3}}]"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn workload_entries_name_a_workload_or_a_container() {
+        assert_eq!(
+            problems("workloads: [api, '', api/, a/b/c, api/server]"),
+            [
+                "spec.workloads[1]: is empty; name a workload (api) or one of its containers (api/server)",
+                "spec.workloads[2]: \"api/\" is neither a workload name (api) nor workload/container (api/server)",
+                "spec.workloads[3]: \"a/b/c\" is neither a workload name (api) nor workload/container (api/server)",
+            ]
         );
     }
 

@@ -1,0 +1,500 @@
+//! Where each environment variable of a container gets its value, as the kubelet
+//! computes it, and the Secrets and ConfigMaps it reads (rendered by the revision
+//! itself, or in the cluster).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+use serde_json::Value;
+
+use super::ClusterLookup;
+use super::workloads::{array, optional, str_field};
+use crate::render::Manifest;
+
+/// The data of a Secret or ConfigMap.
+pub(super) struct Data {
+    /// The revision renders the object itself (its data is the manifest's).
+    pub rendered: bool,
+    /// Key → value; `None` for a rendered value that is not valid base64 (the key
+    /// exists, its value is not known).
+    pub entries: BTreeMap<String, Option<EnvValue>>,
+}
+
+/// A value read for a check: its Debug output hides it, since it may come from a
+/// Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct EnvValue(pub String);
+
+impl fmt::Debug for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EnvValue(..)")
+    }
+}
+
+impl EnvValue {
+    fn from_bytes(bytes: &[u8]) -> EnvValue {
+        EnvValue(String::from_utf8_lossy(bytes).into_owned())
+    }
+}
+
+/// The Secrets and ConfigMaps a container can read: those the revision renders, then
+/// those in the cluster.
+pub(super) struct KnownObjects<'a> {
+    secrets: BTreeMap<(String, String), BTreeMap<String, Option<EnvValue>>>,
+    config_maps: BTreeMap<(String, String), BTreeMap<String, Option<EnvValue>>>,
+    cluster: &'a dyn ClusterLookup,
+}
+
+impl<'a> KnownObjects<'a> {
+    pub fn new(objects: &[Manifest], namespace: &str, cluster: &'a dyn ClusterLookup) -> Self {
+        let mut secrets = BTreeMap::new();
+        let mut config_maps = BTreeMap::new();
+        for manifest in objects {
+            if manifest.group() != "" {
+                continue;
+            }
+            let key = (
+                manifest.namespace().unwrap_or(namespace).to_string(),
+                manifest.name().to_string(),
+            );
+            match manifest.kind() {
+                "Secret" => {
+                    secrets.insert(key, rendered_secret_data(&manifest.object));
+                }
+                "ConfigMap" => {
+                    config_maps.insert(key, rendered_config_map_data(&manifest.object));
+                }
+                _ => {}
+            }
+        }
+        KnownObjects {
+            secrets,
+            config_maps,
+            cluster,
+        }
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Data> {
+        if let Some(entries) = self.secrets.get(&(namespace.into(), name.into())) {
+            return Some(Data {
+                rendered: true,
+                entries: entries.clone(),
+            });
+        }
+        let data = self.cluster.secret(namespace, name)?;
+        Some(Data {
+            rendered: false,
+            entries: data
+                .iter()
+                .map(|(key, value)| (key.clone(), Some(EnvValue::from_bytes(value))))
+                .collect(),
+        })
+    }
+
+    pub fn config_map(&self, namespace: &str, name: &str) -> Option<Data> {
+        if let Some(entries) = self.config_maps.get(&(namespace.into(), name.into())) {
+            return Some(Data {
+                rendered: true,
+                entries: entries.clone(),
+            });
+        }
+        let data = self.cluster.config_map(namespace, name)?;
+        Some(Data {
+            rendered: false,
+            entries: data
+                .into_iter()
+                .map(|(key, value)| (key, Some(EnvValue(value))))
+                .collect(),
+        })
+    }
+
+    /// Does the revision render Secret `namespace/name` itself?
+    pub fn renders_secret(&self, namespace: &str, name: &str) -> bool {
+        self.secrets.contains_key(&(namespace.into(), name.into()))
+    }
+
+    pub fn of(&self, kind: ObjectKind, namespace: &str, name: &str) -> Option<Data> {
+        match kind {
+            ObjectKind::Secret => self.secret(namespace, name),
+            ObjectKind::ConfigMap => self.config_map(namespace, name),
+        }
+    }
+}
+
+/// A rendered Secret's keys and values: `data` (base64) overlaid with `stringData`,
+/// as the API server stores them.
+fn rendered_secret_data(secret: &Value) -> BTreeMap<String, Option<EnvValue>> {
+    let mut entries = BTreeMap::new();
+    if let Some(data) = secret.get("data").and_then(Value::as_object) {
+        for (key, value) in data {
+            let decoded = serde_json::from_value::<ByteString>(value.clone())
+                .ok()
+                .map(|bytes| EnvValue::from_bytes(&bytes.0));
+            entries.insert(key.clone(), decoded);
+        }
+    }
+    if let Some(data) = secret.get("stringData").and_then(Value::as_object) {
+        for (key, value) in data {
+            entries.insert(key.clone(), value.as_str().map(|v| EnvValue(v.to_string())));
+        }
+    }
+    entries
+}
+
+fn rendered_config_map_data(config_map: &Value) -> BTreeMap<String, Option<EnvValue>> {
+    config_map
+        .get("data")
+        .and_then(Value::as_object)
+        .map(|data| {
+            data.iter()
+                .map(|(key, value)| (key.clone(), value.as_str().map(|v| EnvValue(v.to_string()))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ObjectKind {
+    Secret,
+    ConfigMap,
+}
+
+impl ObjectKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "Secret",
+            ObjectKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// Where a container's variable gets its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Source {
+    /// `value:` in the manifest.
+    Literal,
+    /// A key of a Secret or ConfigMap, by `valueFrom` or (`env_from`) `envFrom`.
+    Object {
+        kind: ObjectKind,
+        /// `namespace/name`.
+        object: String,
+        key: String,
+        env_from: bool,
+    },
+    /// `fieldRef` / `resourceFieldRef`: what it reads (`fieldRef metadata.name`).
+    Downward(String),
+    /// A literal expanding `$(NAME)` references to other variables.
+    Expansion {
+        references: Vec<String>,
+        /// One of them comes from a Secret: the value is a Secret's to hide.
+        from_secret: bool,
+    },
+}
+
+impl Source {
+    /// The value comes (wholly or in part) from a Secret.
+    pub fn from_secret(&self) -> bool {
+        match self {
+            Source::Object { kind, .. } => *kind == ObjectKind::Secret,
+            Source::Expansion { from_secret, .. } => *from_secret,
+            Source::Literal | Source::Downward(_) => false,
+        }
+    }
+}
+
+/// The value of a variable, as far as it can be known before the pod runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Known {
+    Value(EnvValue),
+    /// Known only in the pod (`fieldRef`, or built from such a value).
+    InPod,
+    /// Its Secret or ConfigMap (or key) is missing: reported as a reference miss, so
+    /// nothing else is judged about it.
+    Broken,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Setting {
+    pub source: Source,
+    pub value: Known,
+}
+
+/// A container's environment as the kubelet would build it.
+#[derive(Debug, Default)]
+pub(super) struct ContainerEnv {
+    pub vars: BTreeMap<String, Setting>,
+    /// An `envFrom` source is missing (and not optional): any variable may come from
+    /// it once it exists, so the absence of a variable proves nothing.
+    pub incomplete: bool,
+}
+
+/// The variables of `container` (a container spec) in `namespace`: `envFrom` in
+/// order, then `env` in order, later definitions winning, as the kubelet does.
+pub(super) fn resolve(container: &Value, namespace: &str, known: &KnownObjects<'_>) -> ContainerEnv {
+    let mut env = ContainerEnv::default();
+    for source in array(container, "envFrom") {
+        let prefix = str_field(source, "prefix").unwrap_or_default();
+        let Some((kind, reference)) = env_from_reference(source) else {
+            continue;
+        };
+        let name = str_field(reference, "name").unwrap_or_default();
+        match known.of(kind, namespace, name) {
+            Some(data) => {
+                for (key, value) in data.entries {
+                    env.vars.insert(
+                        format!("{prefix}{key}"),
+                        Setting {
+                            source: Source::Object {
+                                kind,
+                                object: format!("{namespace}/{name}"),
+                                key,
+                                env_from: true,
+                            },
+                            value: value.map_or(Known::InPod, Known::Value),
+                        },
+                    );
+                }
+            }
+            None if optional(reference) => {}
+            None => env.incomplete = true,
+        }
+    }
+    for variable in array(container, "env") {
+        let Some(name) = str_field(variable, "name") else {
+            continue;
+        };
+        if let Some(setting) = from_value_from(variable.get("valueFrom"), namespace, known) {
+            match setting {
+                Some(setting) => {
+                    env.vars.insert(name.to_string(), setting);
+                }
+                // An optional reference to what does not exist: the kubelet skips the
+                // entry, and an earlier definition (from envFrom) stays.
+                None => {}
+            }
+            continue;
+        }
+        // No value and no valueFrom: the variable is set, to "".
+        let literal = str_field(variable, "value").unwrap_or_default();
+        let setting = expand(literal, &env.vars);
+        env.vars.insert(name.to_string(), setting);
+    }
+    env
+}
+
+/// The Secret or ConfigMap an `envFrom` entry reads.
+pub(super) fn env_from_reference(source: &Value) -> Option<(ObjectKind, &Value)> {
+    if let Some(reference) = source.get("secretRef") {
+        Some((ObjectKind::Secret, reference))
+    } else {
+        source
+            .get("configMapRef")
+            .map(|reference| (ObjectKind::ConfigMap, reference))
+    }
+}
+
+/// The Secret or ConfigMap key a `valueFrom` reads.
+pub(super) fn key_reference(value_from: &Value) -> Option<(ObjectKind, &Value)> {
+    if let Some(reference) = value_from.get("secretKeyRef") {
+        Some((ObjectKind::Secret, reference))
+    } else {
+        value_from
+            .get("configMapKeyRef")
+            .map(|reference| (ObjectKind::ConfigMap, reference))
+    }
+}
+
+/// `None`: no `valueFrom`. `Some(None)`: an optional reference to what does not exist.
+fn from_value_from(
+    value_from: Option<&Value>,
+    namespace: &str,
+    known: &KnownObjects<'_>,
+) -> Option<Option<Setting>> {
+    let value_from = value_from.filter(|v| v.is_object())?;
+    if let Some((kind, reference)) = key_reference(value_from) {
+        let name = str_field(reference, "name").unwrap_or_default();
+        let key = str_field(reference, "key").unwrap_or_default();
+        let value = match known.of(kind, namespace, name).map(|data| data.entries.get(key).cloned()) {
+            Some(Some(Some(value))) => Known::Value(value),
+            Some(Some(None)) => Known::InPod,
+            _ if optional(reference) => return Some(None),
+            _ => Known::Broken,
+        };
+        return Some(Some(Setting {
+            source: Source::Object {
+                kind,
+                object: format!("{namespace}/{name}"),
+                key: key.to_string(),
+                env_from: false,
+            },
+            value,
+        }));
+    }
+    let what = if let Some(field) = value_from.get("fieldRef") {
+        format!("fieldRef {}", str_field(field, "fieldPath").unwrap_or_default())
+    } else if let Some(resource) = value_from.get("resourceFieldRef") {
+        format!("resourceFieldRef {}", str_field(resource, "resource").unwrap_or_default())
+    } else {
+        "valueFrom".to_string()
+    };
+    Some(Some(Setting {
+        source: Source::Downward(what),
+        value: Known::InPod,
+    }))
+}
+
+/// A literal with its `$(NAME)` references to variables defined before it expanded,
+/// by the kubelet's rules: `$$` is a `$`, a reference to an undefined variable stays
+/// as written.
+fn expand(literal: &str, defined: &BTreeMap<String, Setting>) -> Setting {
+    let mut expanded = String::new();
+    let mut references: Vec<String> = Vec::new();
+    let mut value_known = true;
+    let mut from_secret = false;
+    let mut rest = literal;
+    while let Some(dollar) = rest.find('$') {
+        expanded.push_str(&rest[..dollar]);
+        let after = &rest[dollar + 1..];
+        if after.is_empty() {
+            // A '$' at the very end stays.
+            expanded.push('$');
+            rest = after;
+            break;
+        }
+        if let Some(after_escape) = after.strip_prefix('$') {
+            expanded.push('$');
+            rest = after_escape;
+        } else if let Some(inner) = after.strip_prefix('(') {
+            match inner.find(')') {
+                Some(close) => {
+                    let name = &inner[..close];
+                    match defined.get(name) {
+                        Some(setting) => {
+                            references.push(name.to_string());
+                            from_secret |= setting.source.from_secret();
+                            match &setting.value {
+                                Known::Value(value) => expanded.push_str(&value.0),
+                                Known::InPod | Known::Broken => value_known = false,
+                            }
+                        }
+                        None => {
+                            expanded.push_str("$(");
+                            expanded.push_str(name);
+                            expanded.push(')');
+                        }
+                    }
+                    rest = &inner[close + 1..];
+                }
+                None => {
+                    // Incomplete reference: "$(" stays and scanning goes on after it.
+                    expanded.push_str("$(");
+                    rest = inner;
+                }
+            }
+        } else {
+            // A '$' that starts no expression stays, with the character after it.
+            let next = after.chars().next().map_or(0, char::len_utf8);
+            expanded.push('$');
+            expanded.push_str(&after[..next]);
+            rest = &after[next..];
+        }
+    }
+    expanded.push_str(rest);
+    if references.is_empty() {
+        return Setting {
+            source: Source::Literal,
+            value: Known::Value(EnvValue(expanded)),
+        };
+    }
+    // `$(OTHER)` alone is OTHER, wherever it comes from.
+    if references.len() == 1 && literal == format!("$({})", references[0]) {
+        return defined[&references[0]].clone();
+    }
+    Setting {
+        source: Source::Expansion {
+            references,
+            from_secret,
+        },
+        value: if value_known {
+            Known::Value(EnvValue(expanded))
+        } else {
+            Known::InPod
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn literal(value: &str) -> Setting {
+        Setting {
+            source: Source::Literal,
+            value: Known::Value(EnvValue(value.into())),
+        }
+    }
+
+    fn expanded(literal: &str, defined: &[(&str, Setting)]) -> Setting {
+        let defined = defined
+            .iter()
+            .map(|(name, setting)| (name.to_string(), setting.clone()))
+            .collect();
+        expand(literal, &defined)
+    }
+
+    fn value_of(setting: &Setting) -> &str {
+        match &setting.value {
+            Known::Value(value) => &value.0,
+            other => panic!("no value: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn expansion_follows_the_kubelet() {
+        let host = ("HOST", literal("db"));
+        for (input, want) in [
+            ("plain", "plain"),
+            ("$(HOST):5432", "db:5432"),
+            ("$$(HOST)", "$(HOST)"),
+            ("$(MISSING)", "$(MISSING)"),
+            ("a$b", "a$b"),
+            ("end$", "end$"),
+            ("$(HOST", "$(HOST"),
+            ("$(HOST)$(HOST)", "dbdb"),
+            ("€$€", "€$€"),
+        ] {
+            assert_eq!(value_of(&expanded(input, std::slice::from_ref(&host))), want, "{input}");
+        }
+        assert_eq!(expanded("$$(HOST)", std::slice::from_ref(&host)).source, Source::Literal);
+    }
+
+    #[test]
+    fn an_expansion_of_a_secret_is_the_secrets() {
+        let password = Setting {
+            source: Source::Object {
+                kind: ObjectKind::Secret,
+                object: "app/db".into(),
+                key: "password".into(),
+                env_from: false,
+            },
+            value: Known::Value(EnvValue("pw".into())),
+        };
+        let alone = expanded("$(PASSWORD)", &[("PASSWORD", password.clone())]);
+        assert_eq!(alone, password);
+        let built = expanded("postgres://u:$(PASSWORD)@db", &[("PASSWORD", password)]);
+        assert_eq!(
+            built.source,
+            Source::Expansion {
+                references: vec!["PASSWORD".into()],
+                from_secret: true
+            }
+        );
+        assert_eq!(value_of(&built), "postgres://u:pw@db");
+        let in_pod = Setting {
+            source: Source::Downward("fieldRef status.podIP".into()),
+            value: Known::InPod,
+        };
+        assert_eq!(expanded("http://$(IP):80", &[("IP", in_pod)]).value, Known::InPod);
+    }
+}
