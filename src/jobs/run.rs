@@ -189,6 +189,9 @@ pub async fn log_tail(client: &Client, job: &Job) -> Vec<String> {
         ..LogParams::default()
     };
     match pods.logs(&pod_name, &params).await {
+        // An empty answer: nothing logged, or (a pod never bound to a node) nothing
+        // to ask. Said, so a failure message does not end without a word on its log.
+        Ok(text) if text.trim().is_empty() => vec![format!("the log of pod {namespace}/{pod_name} is empty")],
         Ok(text) => last_lines(&text),
         Err(error) => {
             let message = server_message(&error);
