@@ -145,7 +145,12 @@ const UPGRADE: &[&str] = &["uv", "run", "alembic", "upgrade", "head"];
 /// one; until then the image decides).
 const FAILING: &[&str] = &["sh", "-c", "echo migrating; exit 3"];
 
-fn migrate_step(from: Option<&str>, image: Option<&str>, timeout: Option<&str>, command: &[&str]) -> MigrateStep {
+fn migrate_step(
+    from: Option<&str>,
+    image: Option<&str>,
+    timeout: Option<&str>,
+    command: &[&str],
+) -> MigrateStep {
     MigrateStep {
         job: JobStep {
             from: from.map(|workload| ContainerRef {
@@ -160,7 +165,13 @@ fn migrate_step(from: Option<&str>, image: Option<&str>, timeout: Option<&str>, 
         },
         rollback: Some(MigrateRollback {
             policy: MigrationRollbackPolicy::Downgrade,
-            command: vec!["uv".into(), "run".into(), "alembic".into(), "downgrade".into(), "-1".into()],
+            command: vec![
+                "uv".into(),
+                "run".into(),
+                "alembic".into(),
+                "downgrade".into(),
+                "-1".into(),
+            ],
             args: vec![],
         }),
     }
@@ -182,7 +193,10 @@ async fn ensure_creates_the_job_once_and_adopts_it_after() -> anyhow::Result<()>
     assert_eq!(job.name_any(), "web-migrate-0123456789ab");
 
     let first = jobs::ensure(&cluster.controller, &job).await?;
-    assert!(matches!(first, JobState::Running { ref since } if !since.is_empty()), "{first:?}");
+    assert!(
+        matches!(first, JobState::Running { ref since } if !since.is_empty()),
+        "{first:?}"
+    );
     let created = cluster.jobs().get(&job.name_any()).await?;
 
     // A restarted controller builds the same Job again and adopts the one running.
@@ -204,7 +218,10 @@ async fn ensure_creates_the_job_once_and_adopts_it_after() -> anyhow::Result<()>
         jobs::observe(&cluster.controller, NS, &job.name_any()).await?,
         Some(finished)
     );
-    assert_eq!(jobs::observe(&cluster.controller, NS, "web-migrate-ffffffffffff").await?, None);
+    assert_eq!(
+        jobs::observe(&cluster.controller, NS, "web-migrate-ffffffffffff").await?,
+        None
+    );
 
     let stored = cluster.jobs().get(&job.name_any()).await?;
     assert_eq!(stored.uid(), created.uid());
@@ -231,7 +248,10 @@ async fn ensure_creates_the_job_once_and_adopts_it_after() -> anyhow::Result<()>
         .collect();
     let created_ok = creates.iter().filter(|w| w.code == Some(201)).count();
     assert_eq!(created_ok, 1, "{creates:?}");
-    assert!(creates.iter().all(|w| matches!(w.code, Some(201 | 409))), "{creates:?}");
+    assert!(
+        creates.iter().all(|w| matches!(w.code, Some(201 | 409))),
+        "{creates:?}"
+    );
     Ok(())
 }
 
@@ -298,7 +318,8 @@ async fn a_foreign_job_is_not_adopted_and_a_refused_spec_names_the_job() -> anyh
         bail!("a refusal: {error}");
     };
     assert!(
-        message.starts_with("creating Job shop/web-migrate-0123456789ab: ") && message.contains("spec.backoffLimit"),
+        message.starts_with("creating Job shop/web-migrate-0123456789ab: ")
+            && message.contains("spec.backoffLimit"),
         "{message}"
     );
     assert!(cluster.jobs().get_opt(&refused.name_any()).await?.is_none());
@@ -313,10 +334,7 @@ async fn failed_and_timed_out_jobs_report_reason_and_log_tail() -> anyhow::Resul
     let failing = migrate_step(None, Some("example/fail-migration:1"), None, FAILING);
     let job = migration_job(&cluster, &failing, REVISION, &[]);
     let state = cluster.run_to_end(&job).await?;
-    let JobState::Failed {
-        reason, log_tail, ..
-    } = &state
-    else {
+    let JobState::Failed { reason, log_tail, .. } = &state else {
         bail!("the migration should fail: {state:?}");
     };
     assert_eq!(reason, "BackoffLimitExceeded");
@@ -350,10 +368,7 @@ async fn failed_and_timed_out_jobs_report_reason_and_log_tail() -> anyhow::Resul
         Ok(jobs::ensure(&narrow, &job).await.ok())
     })
     .await?;
-    let JobState::Failed {
-        reason, log_tail, ..
-    } = &seen
-    else {
+    let JobState::Failed { reason, log_tail, .. } = &seen else {
         bail!("still failed: {seen:?}");
     };
     assert_eq!(reason, "BackoffLimitExceeded");

@@ -26,9 +26,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 
 use super::name::{job_labels, job_name};
-use crate::api::{
-    AppDeployment, BackupStep, ContainerRef, JobKind, JobStep, MigrateStep, OWNER_ANNOTATION,
-};
+use crate::api::{AppDeployment, BackupStep, ContainerRef, JobKind, JobStep, MigrateStep, OWNER_ANNOTATION};
 use crate::core::{Failure, FailureKind};
 use crate::failure::Classified;
 use crate::render::Manifest;
@@ -242,10 +240,13 @@ pub fn build_job(request: &JobRequest<'_>) -> Result<Job, JobSpecError> {
                 image: Some(image.clone()),
                 ..Container::default()
             };
-            (target_namespace, PodSpec {
-                containers: vec![container],
-                ..PodSpec::default()
-            })
+            (
+                target_namespace,
+                PodSpec {
+                    containers: vec![container],
+                    ..PodSpec::default()
+                },
+            )
         }
     };
     let container = &mut pod_spec.containers[0];
@@ -253,7 +254,11 @@ pub fn build_job(request: &JobRequest<'_>) -> Result<Job, JobSpecError> {
     container.args = non_empty(request.args);
     pod_spec.restart_policy = Some("Never".to_string());
 
-    let labels = job_labels(&app_label_value(&app_namespace, &app_name), request.kind, request.revision);
+    let labels = job_labels(
+        &app_label_value(&app_namespace, &app_name),
+        request.kind,
+        request.revision,
+    );
     let owner_references = if namespace == app_namespace {
         let uid = app.uid().ok_or_else(|| JobSpecError::IncompleteApp {
             name: app_name.clone(),
@@ -278,11 +283,19 @@ pub fn build_job(request: &JobRequest<'_>) -> Result<Job, JobSpecError> {
     };
     Ok(Job {
         metadata: ObjectMeta {
-            name: Some(job_name(&app_namespace, &app_name, request.kind, request.revision)),
+            name: Some(job_name(
+                &app_namespace,
+                &app_name,
+                request.kind,
+                request.revision,
+            )),
             namespace: Some(namespace),
             labels: Some(labels.clone()),
             annotations: Some(BTreeMap::from([
-                (OWNER_ANNOTATION.to_string(), format!("{app_namespace}/{app_name}")),
+                (
+                    OWNER_ANNOTATION.to_string(),
+                    format!("{app_namespace}/{app_name}"),
+                ),
                 (REVISION_ANNOTATION.to_string(), request.revision.to_string()),
             ])),
             owner_references,

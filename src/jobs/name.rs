@@ -165,10 +165,7 @@ mod tests {
         );
         assert_eq!(
             job_name("shop", "web.v2", JobKind::Migrate, REVISION),
-            format!(
-                "web-v2-{}-migrate-0123456789ab",
-                short_hash("shop/web.v2")
-            )
+            format!("web-v2-{}-migrate-0123456789ab", short_hash("shop/web.v2"))
         );
         let long = "a-very-long-application-name-that-goes-on-and-on-and-on";
         let name = job_name("shop", long, JobKind::Downgrade, REVISION);
@@ -203,7 +200,10 @@ mod tests {
         assert_eq!(labels[REVISION_LABEL], REVISION);
         let sha256 = "f".repeat(64);
         assert_eq!(revision_label_value(&sha256), "f".repeat(63));
-        assert_eq!(app_selector("shop.web"), "bosun.dev/app=shop.web,bosun.dev/job-kind");
+        assert_eq!(
+            app_selector("shop.web"),
+            "bosun.dev/app=shop.web,bosun.dev/job-kind"
+        );
     }
 
     fn app_names() -> impl Strategy<Value = String> {

@@ -35,19 +35,15 @@ pub enum JobError {
         action: &'static str,
         namespace: String,
         name: String,
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// A Job of that name exists and is not the one this app would have started.
-    #[error(
-        "Job {namespace}/{name} exists and is not the {kind} Job of revision {revision} of \
-         AppDeployment {owner}: {found}; bosun neither adopts nor replaces it"
-    )]
+    #[error("Job {job} exists and is not {expected}: {found}; bosun neither adopts nor replaces it")]
     NotOurs {
-        namespace: String,
-        name: String,
-        kind: String,
-        revision: String,
-        owner: String,
+        /// `namespace/name`.
+        job: String,
+        /// `the backup Job of revision … of AppDeployment shop/web`.
+        expected: String,
         /// What the Job found says about itself.
         found: String,
     },
@@ -59,7 +55,7 @@ impl JobError {
             action,
             namespace: namespace.to_string(),
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -174,7 +170,9 @@ pub async fn log_tail(client: &Client, job: &Job) -> Vec<String> {
             .cmp(&b.metadata.creation_timestamp)
             .then_with(|| a.name_any().cmp(&b.name_any()))
     }) else {
-        return vec![format!("Job {namespace}/{name} has no pod left to read a log from")];
+        return vec![format!(
+            "Job {namespace}/{name} has no pod left to read a log from"
+        )];
     };
     let pod_name = pod.name_any();
     let container = pod
@@ -289,7 +287,17 @@ fn check_ours(wanted: &Job, existing: &Job) -> Result<(), JobError> {
     if labels_match && annotations_match {
         return Ok(());
     }
-    let label = |key: &str| wanted.labels().get(key).cloned().unwrap_or_default();
+    let wanted_label = |key: &str| wanted.labels().get(key).cloned().unwrap_or_default();
+    let revision = wanted
+        .annotations()
+        .get(REVISION_ANNOTATION)
+        .cloned()
+        .unwrap_or_else(|| wanted_label(REVISION_LABEL));
+    let owner = wanted
+        .annotations()
+        .get(OWNER_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
     let found: Vec<String> = keys
         .iter()
         .filter_map(|key| existing.labels().get(*key).map(|value| format!("{key}={value}")))
@@ -301,19 +309,15 @@ fn check_ours(wanted: &Job, existing: &Job) -> Result<(), JobError> {
         )
         .collect();
     Err(JobError::NotOurs {
-        namespace: existing.namespace().unwrap_or_default(),
-        name: existing.name_any(),
-        kind: label(JOB_KIND_LABEL),
-        revision: wanted
-            .annotations()
-            .get(REVISION_ANNOTATION)
-            .cloned()
-            .unwrap_or_else(|| label(REVISION_LABEL)),
-        owner: wanted
-            .annotations()
-            .get(OWNER_ANNOTATION)
-            .cloned()
-            .unwrap_or_default(),
+        job: format!(
+            "{}/{}",
+            existing.namespace().unwrap_or_default(),
+            existing.name_any()
+        ),
+        expected: format!(
+            "the {} Job of revision {revision} of AppDeployment {owner}",
+            wanted_label(JOB_KIND_LABEL)
+        ),
         found: if found.is_empty() {
             "it has none of bosun's labels".to_string()
         } else {

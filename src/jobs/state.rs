@@ -64,9 +64,8 @@ impl JobState {
 pub fn state_of(job: &Job) -> JobState {
     let status = job.status.as_ref();
     let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
-    let at = |time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
-        time.map(|t| t.0.to_string())
-    };
+    let at =
+        |time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| time.map(|t| t.0.to_string());
     for condition in conditions {
         if condition.status != "True" {
             continue;

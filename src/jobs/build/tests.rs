@@ -187,7 +187,10 @@ fn a_migration_from_a_workload_takes_its_container_and_what_the_container_needs(
     assert_eq!(container["command"], json!(["uv", "run", "alembic"]));
     assert_eq!(container["args"], json!(["upgrade", "head"]));
     assert_eq!(container["workingDir"], "/srv");
-    assert_eq!(container["env"][0], json!({ "name": "AUTH_MODE", "value": "clerk" }));
+    assert_eq!(
+        container["env"][0],
+        json!({ "name": "AUTH_MODE", "value": "clerk" })
+    );
     assert_eq!(
         container["env"][1]["valueFrom"]["secretKeyRef"],
         json!({ "name": "db", "key": "url" })
@@ -215,11 +218,17 @@ fn a_migration_from_a_workload_takes_its_container_and_what_the_container_needs(
 fn the_default_container_is_the_first_and_image_overrides_the_workloads() {
     let objects = rendered(API);
     let app = app("shop", None);
-    let step = migrate_step(Some(("api", None)), Some("registry.example.com/litevault/migrator:1.4.0"));
+    let step = migrate_step(
+        Some(("api", None)),
+        Some("registry.example.com/litevault/migrator:1.4.0"),
+    );
     let job = to_json(&build_job(&JobRequest::migrate(&app, &step, REVISION, &objects)).unwrap());
     let container = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["name"], "proxy");
-    assert_eq!(container["image"], "registry.example.com/litevault/migrator:1.4.0");
+    assert_eq!(
+        container["image"],
+        "registry.example.com/litevault/migrator:1.4.0"
+    );
     assert_eq!(
         job["spec"]["template"]["spec"]["volumes"],
         json!([{ "name": "proxy-config", "configMap": { "name": "envoy" } }])
@@ -362,7 +371,11 @@ fn errors_name_the_field_the_workload_and_what_there_is() {
     );
     let mut slow = migrate_step(None, Some("migrator:1"));
     slow.job.timeout = Some("forever".into());
-    assert!(error(&slow).starts_with("spec.migrate.timeout: "), "{}", error(&slow));
+    assert!(
+        error(&slow).starts_with("spec.migrate.timeout: "),
+        "{}",
+        error(&slow)
+    );
 
     let backup = BackupStep {
         job: JobStep {
