@@ -18,9 +18,11 @@
 //!    a downgrade);
 //! 2. `let job = build_job(&request)?` (a [`JobSpecError`] refuses the revision);
 //! 3. each pass, `ensure(&client, &job).await` gives [`JobState::Running`] (wait for the
-//!    next Job event), [`JobState::Succeeded`] or [`JobState::Failed`] (record a
-//!    `JobRecord`, with [`irreversible`] for a migration); a [`JobError`] is classified
-//!    by [`JobError::classify`] like every other error (see [`crate::failure`]);
+//!    next Job event), [`JobState::Succeeded`] or [`JobState::Failed`]: record
+//!    `state.record(kind, revision, &job.name_any(), irreversible(&manifests, from))`
+//!    in `status.jobs`, and put [`JobState::failure_message`] (reason, message, log
+//!    tail) in the Event; a [`JobError`] is classified by [`JobError::classify`] like
+//!    every other error (see [`crate::failure`]);
 //! 4. after recording, `cleanup(&client, namespace, &app_label, history_limit)`.
 //!
 //! The controller learns about Job changes from one watch of every bosun Job:

@@ -3,6 +3,8 @@
 use k8s_openapi::api::batch::v1::Job;
 use kube::ResourceExt;
 
+use crate::api::{JobKind, JobRecord};
+
 /// Lines of the pod log kept with a failed Job (in the Event and the history entry).
 pub const LOG_TAIL_LINES: usize = 20;
 
@@ -52,6 +54,28 @@ impl JobState {
             text.push_str(&log_tail.join("\n"));
         }
         Some(text)
+    }
+}
+
+impl JobState {
+    /// The status record of a finished Job (`None` while it runs): `job` its name,
+    /// `revision` the one it ran for, `irreversible` what [`super::irreversible`] said of
+    /// the revision's migration.
+    pub fn record(&self, kind: JobKind, revision: &str, job: &str, irreversible: bool) -> Option<JobRecord> {
+        let (succeeded, finished_at) = match self {
+            JobState::Running { .. } => return None,
+            JobState::Succeeded { finished_at } => (true, finished_at),
+            JobState::Failed { finished_at, .. } => (false, finished_at),
+        };
+        Some(JobRecord {
+            kind,
+            revision: revision.to_string(),
+            job: job.to_string(),
+            succeeded,
+            finished_at: finished_at.clone(),
+            irreversible,
+            message: self.failure_message(),
+        })
     }
 }
 
@@ -235,6 +259,43 @@ mod tests {
                 finished_at: String::new()
             }
             .failure_message(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_finished_job_becomes_a_status_record() {
+        let failed = JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "Job has reached the specified backoff limit".into(),
+            finished_at: "2024-05-01T10:00:03Z".into(),
+            log_tail: vec!["migrating".into()],
+        };
+        let record = failed
+            .record(JobKind::Migrate, "abc", "web-migrate-abc", true)
+            .unwrap();
+        assert_eq!(
+            record,
+            JobRecord {
+                kind: JobKind::Migrate,
+                revision: "abc".into(),
+                job: "web-migrate-abc".into(),
+                succeeded: false,
+                finished_at: "2024-05-01T10:00:03Z".into(),
+                irreversible: true,
+                message: failed.failure_message(),
+            }
+        );
+        let done = JobState::Succeeded {
+            finished_at: "2024-05-01T10:00:03Z".into(),
+        };
+        let record = done
+            .record(JobKind::Backup, "abc", "web-backup-abc", false)
+            .unwrap();
+        assert!(record.succeeded && record.message.is_none());
+        let running = JobState::Running { since: String::new() };
+        assert_eq!(
+            running.record(JobKind::Backup, "abc", "web-backup-abc", false),
             None
         );
     }
