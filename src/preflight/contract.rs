@@ -99,10 +99,7 @@ impl Target<'_> {
     /// the Runbook says it is secret.
     fn hidden(&self, name: &str, source: Option<&Source>) -> bool {
         source.is_some_and(Source::from_secret)
-            || self
-                .rules
-                .iter()
-                .any(|rule| rule.name == name && rule.secret)
+            || self.rules.iter().any(|rule| rule.name == name && rule.secret)
     }
 
     fn miss(&self, variable: &str, source: Option<&Source>, text: String) -> PreflightMiss {
@@ -158,7 +155,11 @@ pub(super) fn check(target: &Target<'_>, misses: &mut Vec<PreflightMiss>, notes:
                         let subject = subject(name, &setting.source);
                         let hidden = target.hidden(name, Some(&setting.source));
                         for text in policy_misses(policy, target.patterns.of(index), value, hidden) {
-                            misses.push(target.miss(name, Some(&setting.source), format!("{subject} {text}")));
+                            misses.push(target.miss(
+                                name,
+                                Some(&setting.source),
+                                format!("{subject} {text}"),
+                            ));
                         }
                     }
                     Known::InPod => notes.push(target.note(format!(
@@ -186,7 +187,8 @@ pub(super) fn check(target: &Target<'_>, misses: &mut Vec<PreflightMiss>, notes:
                 if rule.required {
                     misses.push(target.miss(name, None, format!("{name} is required and not set")));
                 } else if let Some(condition) = &rule.required_when
-                    && let Some(text) = required_when(target, index, name, &condition.env, &condition.equals, notes)
+                    && let Some(text) =
+                        required_when(target, index, name, &condition.env, &condition.equals, notes)
                 {
                     misses.push(target.miss(name, None, text));
                 }

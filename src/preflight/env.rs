@@ -315,7 +315,10 @@ fn from_value_from(
     if let Some((kind, reference)) = key_reference(value_from) {
         let name = str_field(reference, "name").unwrap_or_default();
         let key = str_field(reference, "key").unwrap_or_default();
-        let value = match known.of(kind, namespace, name).map(|data| data.entries.get(key).cloned()) {
+        let value = match known
+            .of(kind, namespace, name)
+            .map(|data| data.entries.get(key).cloned())
+        {
             Some(Some(Some(value))) => Known::Value(value),
             Some(Some(None)) => Known::InPod,
             _ if optional(reference) => return Some(None),
@@ -334,7 +337,10 @@ fn from_value_from(
     let what = if let Some(field) = value_from.get("fieldRef") {
         format!("fieldRef {}", str_field(field, "fieldPath").unwrap_or_default())
     } else if let Some(resource) = value_from.get("resourceFieldRef") {
-        format!("resourceFieldRef {}", str_field(resource, "resource").unwrap_or_default())
+        format!(
+            "resourceFieldRef {}",
+            str_field(resource, "resource").unwrap_or_default()
+        )
     } else {
         "valueFrom".to_string()
     };
@@ -464,9 +470,16 @@ mod tests {
             ("$(HOST)$(HOST)", "dbdb"),
             ("€$€", "€$€"),
         ] {
-            assert_eq!(value_of(&expanded(input, std::slice::from_ref(&host))), want, "{input}");
+            assert_eq!(
+                value_of(&expanded(input, std::slice::from_ref(&host))),
+                want,
+                "{input}"
+            );
         }
-        assert_eq!(expanded("$$(HOST)", std::slice::from_ref(&host)).source, Source::Literal);
+        assert_eq!(
+            expanded("$$(HOST)", std::slice::from_ref(&host)).source,
+            Source::Literal
+        );
     }
 
     #[test]

@@ -105,7 +105,10 @@ pub fn apply_transforms(
                 let (field, index) = if container.init {
                     ("initContainers", position)
                 } else {
-                    ("containers", position - array(workload.pod_spec, "initContainers").len())
+                    (
+                        "containers",
+                        position - array(workload.pod_spec, "initContainers").len(),
+                    )
                 };
                 add_env(object, workload.template_path, field, index, missing);
             }
@@ -163,7 +166,13 @@ fn injections<'r>(
     missing
 }
 
-fn add_env(object: &mut Value, template_path: &[&str], field: &str, index: usize, missing: Vec<(&str, &str)>) {
+fn add_env(
+    object: &mut Value,
+    template_path: &[&str],
+    field: &str,
+    index: usize,
+    missing: Vec<(&str, &str)>,
+) {
     let Some(container) = path_mut(object, template_path)
         .and_then(|template| template.pointer_mut(&format!("/spec/{field}/{index}")))
         .and_then(Value::as_object_mut)
@@ -237,7 +246,8 @@ fn annotate(object: &mut Value, template_path: &[&str], digest: &str) {
     let Some(template) = path_mut(object, template_path) else {
         return;
     };
-    let Some(annotations) = ensure_object(template, "metadata").and_then(|m| ensure_object(m, "annotations")) else {
+    let Some(annotations) = ensure_object(template, "metadata").and_then(|m| ensure_object(m, "annotations"))
+    else {
         return;
     };
     if let Some(annotations) = annotations.as_object_mut() {
