@@ -86,6 +86,7 @@ pub mod metrics;
 pub mod node;
 mod podsim;
 pub mod process;
+pub mod script;
 
 pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
 pub use audit::{AuditedWrite, audit_write_verb};
@@ -96,4 +97,4 @@ pub use git_http::GitHttpServer;
 pub use git_ssh::GitSshServer;
 pub use health::{HealthCounters, HealthEndpoint};
 pub use metrics::{REQUEST_TOTAL, sum_samples};
-pub use podsim::{PodSimulator, simulated_status};
+pub use podsim::{PodSimulator, container_log, simulated_status};
