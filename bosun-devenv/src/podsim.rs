@@ -21,7 +21,11 @@
 //! | `sh -c "echo …; sleep N; exit C"`    | each `echo`, after the `sleep`s before it | ends at `exit`: `Failed` when `C` ≠ 0, else `Succeeded` | Running and Ready until `exit`, then restarts: `CrashLoopBackOff`, last exit code `C` |
 //! | `sh -c` script without `exit`        | each `echo`                           | `Succeeded` after its last statement| keeps Running and Ready                |
 //! | `sh -c "…; sleep infinity"`          | each `echo` before it                 | runs until the Job's deadline       | keeps Running and Ready                |
-//! | anything else (or no command)        | one line: `simulated: ran <command line>` | `Failed` (exit 1) about a second after the start when an image contains `fail`, else `Succeeded` (exit 0) | as its image says (table above) |
+//! | anything else (or no command)        | one line: `simulated: ran <command line>` (`… the entrypoint of <image> <args>`) | `Failed` (exit 1) about a second after the start when an image contains `fail`, else `Succeeded` (exit 0) | as its image says (table above) |
+//!
+//! Script time counts in whole seconds from the Pod's `startTime` (the API keeps
+//! whole seconds), and status is written once a second: a `sleep 2` before an
+//! `exit` ends the container 1 to 3 seconds of wall time after its start.
 //!
 //! The image conventions above keep applying to scripts: a pull or config error
 //! keeps any Pod `Pending`; in a Pod that does not run to completion a `crashloop`,
@@ -551,9 +555,8 @@ pub fn container_log(pod: &Pod, container: &str, now: Timestamp) -> Result<Vec<(
             waiting(reason)
         })?
         .0;
-    let image = definition.image.as_deref().unwrap_or_default();
     Ok(Program::of(definition)
-        .log(image)
+        .log()
         .into_iter()
         .filter_map(|(offset, line)| {
             let at = started_at

@@ -31,7 +31,8 @@ const SHELLS: &[&str] = &["sh", "bash", "ash", "dash", "zsh", "ksh"];
 pub enum Program {
     /// A shell script of `echo`, `sleep` and `exit` (see the module docs).
     Script(Script),
-    /// Anything else: its command line as written (empty: the image's entrypoint).
+    /// Anything else: its command line as written; without a `command`, `the
+    /// entrypoint of IMAGE ARGS`.
     Other { command_line: String },
 }
 
@@ -70,8 +71,10 @@ impl Program {
         let command = container.command.clone().unwrap_or_default();
         let args = container.args.clone().unwrap_or_default();
         if command.is_empty() {
+            let image = container.image.as_deref().unwrap_or("its image");
+            let command_line = format!("the entrypoint of {image} {}", args.join(" "));
             return Program::Other {
-                command_line: args.join(" "),
+                command_line: command_line.trim_end().to_owned(),
             };
         }
         let words: Vec<String> = command.into_iter().chain(args).collect();
@@ -84,16 +87,10 @@ impl Program {
     }
 
     /// Every line the program logs, with when since the start: a script's lines,
-    /// or one line naming what ran (`image` names an entrypoint run without a command).
-    pub fn log(&self, image: &str) -> Vec<(Duration, String)> {
+    /// or one line naming what ran.
+    pub fn log(&self) -> Vec<(Duration, String)> {
         match self {
             Program::Script(script) => script.lines.clone(),
-            Program::Other { command_line } if command_line.is_empty() => {
-                vec![(
-                    Duration::ZERO,
-                    format!("simulated: ran the entrypoint of {image}"),
-                )]
-            }
             Program::Other { command_line } => {
                 vec![(Duration::ZERO, format!("simulated: ran {command_line}"))]
             }
@@ -398,7 +395,7 @@ mod tests {
             }
         );
         assert_eq!(
-            migrate.log("img"),
+            migrate.log(),
             [(
                 Duration::ZERO,
                 "simulated: ran uv run alembic upgrade head".to_string()
@@ -411,14 +408,12 @@ mod tests {
         ));
         let entrypoint = Program::of(&container(&[], &["--port", "80"]));
         assert_eq!(
-            entrypoint,
-            Program::Other {
-                command_line: "--port 80".into()
-            }
+            entrypoint.log()[0].1,
+            "simulated: ran the entrypoint of example/app:1 --port 80"
         );
         assert_eq!(
-            Program::of(&container(&[], &[])).log("example/web:1")[0].1,
-            "simulated: ran the entrypoint of example/web:1"
+            Program::of(&container(&[], &[])).log()[0].1,
+            "simulated: ran the entrypoint of example/app:1"
         );
     }
 
