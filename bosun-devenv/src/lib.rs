@@ -93,6 +93,7 @@ pub mod metrics;
 pub mod node;
 mod podsim;
 pub mod process;
+pub mod prometheus;
 pub mod script;
 
 pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
@@ -106,3 +107,4 @@ pub use health::{HealthCounters, HealthEndpoint};
 pub use kubelet::KubeletEndpoint;
 pub use metrics::{REQUEST_TOTAL, sum_samples};
 pub use podsim::{PodSimulator, container_log, simulated_status};
+pub use prometheus::{MetricsEndpoint, Prometheus};
