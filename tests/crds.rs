@@ -106,10 +106,15 @@ async fn the_api_server_refuses_invalid_runbooks() -> anyhow::Result<()> {
             "oneOf",
         ),
         (
-            // As `kubectl apply --validate=false` sends it: `smoke` is not in the
+            // As `kubectl apply --validate=false` sends it: `grpc` is not in the
             // schema, so the server prunes it, and the gate is left with no probe.
             "a gate of an unknown kind",
-            json!({"gates": [{"name": "smoke", "smoke": {"command": ["./check"]}}]}),
+            json!({"gates": [{"name": "grpc", "grpc": {"port": 9090}}]}),
+            "oneOf",
+        ),
+        (
+            "a gate with two probe kinds",
+            json!({"gates": [{"name": "h", "http": {"url": "http://h"}, "logs": {"workload": "w", "pattern": "up"}}]}),
             "oneOf",
         ),
         (
@@ -213,11 +218,10 @@ async fn the_api_server_refuses_invalid_runbooks() -> anyhow::Result<()> {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
-    // With one probe kind, `http` next to an unknown kind is not a second probe the
-    // server can see: it prunes the unknown one and keeps an http gate (kubectl's
-    // own validation refuses the unknown field unless --validate=false). A second
-    // probe kind in the schema turns this into a `oneOf` refusal.
-    let with_unknown = json!({"gates": [{"name": "h", "http": {"url": "http://h"}, "smoke": {}}]});
+    // `http` next to an unknown kind is not a second probe the server can see: it
+    // prunes the unknown one and keeps an http gate (kubectl's own validation refuses
+    // the unknown field unless --validate=false).
+    let with_unknown = json!({"gates": [{"name": "h", "http": {"url": "http://h"}, "grpc": {}}]});
     let stored = create(&client, &with_unknown).await?;
     assert_eq!(
         stored,

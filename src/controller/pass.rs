@@ -305,6 +305,9 @@ impl Pass<'_> {
         Ok(match step {
             Step::Render => steps::render(&input, self.state).await,
             Step::Snapshot => steps::snapshot(&input, self.state).await,
+            Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade => {
+                return Err(Error::Internal(format!("step {step} is not wired in yet")));
+            }
             Step::Inventory => steps::inventory(&input).await?,
             Step::Apply => steps::apply(&input).await?,
             Step::Verify => {

@@ -213,6 +213,8 @@ pub async fn recheck(
         applied_at: None,
         restart_baseline: Default::default(),
         interrupted: None,
+        rotation: Default::default(),
+        failed_snapshot: None,
     };
     let step = StepInput {
         context,

@@ -222,6 +222,54 @@ pub struct AppDeploymentStatus {
     /// the spec or (for reasons that may pass) the next interval says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<BlockedRevision>,
+    /// Backup, migration and downgrade Jobs that finished, newest first: a revision
+    /// whose migration succeeded never migrates again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobRecord>,
+    /// Secrets the running workloads read (not carried by the revision itself) → digest
+    /// of their data, as written into the pod templates; a change rolls the workloads.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_digests: std::collections::BTreeMap<String, String>,
+    /// Secret data whose rollout failed (name → digest): not rolled out again until the
+    /// data changes once more.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rejected_secret_digests: std::collections::BTreeMap<String, String>,
+}
+
+/// A backup, migration or downgrade Job that finished.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub kind: JobKind,
+    /// The revision the Job ran for (for a downgrade: the revision whose migration it undid).
+    pub revision: String,
+    /// The Job's name (deterministic from app, kind and revision).
+    pub job: String,
+    pub succeeded: bool,
+    pub finished_at: String,
+    /// The revision marked its migration irreversible (`bosun.dev/migration: irreversible`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub irreversible: bool,
+    /// Why it failed, with the last lines of its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum JobKind {
+    Backup,
+    Migrate,
+    Downgrade,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Migrate => "migrate",
+            JobKind::Downgrade => "downgrade",
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -253,6 +301,9 @@ pub enum BlockReason {
     OwnershipConflict,
     /// A step kept failing for reasons outside the revision until its deadline.
     DeadlineExceeded,
+    /// The env contract or a Secret reference is not met; fixed in the cluster (a
+    /// Secret created), it passes without a new commit.
+    PreflightFailed,
 }
 
 impl BlockReason {
@@ -262,6 +313,7 @@ impl BlockReason {
             BlockReason::Forbidden => "Forbidden",
             BlockReason::OwnershipConflict => "OwnershipConflict",
             BlockReason::DeadlineExceeded => "DeadlineExceeded",
+            BlockReason::PreflightFailed => "PreflightFailed",
         }
     }
 }
@@ -294,6 +346,9 @@ pub struct HistoryEntry {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateVerdict>,
+    /// For a rollout of a Secret change (no new commit): the Secrets whose data changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotation: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -353,6 +408,15 @@ pub struct Operation {
     /// before anything of it is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<InterruptedVerification>,
+    /// For a rollout of a Secret change: the Secrets whose data changed → the digest of
+    /// their new data (the revision is the one already running; its snapshot is
+    /// applied again with the new digests).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rotation: std::collections::BTreeMap<String, String>,
+    /// For a rollback: the snapshot of the revision that failed (a downgrade Job takes
+    /// its image from there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_snapshot: Option<String>,
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -382,15 +446,24 @@ pub enum OperationKind {
     Rollback,
 }
 
-/// The steps of an operation, in order. A Deploy runs all of them; a Rollback starts at
-/// `Inventory` with the last healthy snapshot. Preflight, backup and migration Jobs
-/// take their places between `Snapshot` and `Inventory`.
+/// The steps of an operation, in order. A Deploy runs them all but `Downgrade` (and
+/// skips `Backup`/`Migrate` when the Runbook has none); a rollout of a Secret change
+/// starts at `Preflight` with the running snapshot; a Rollback starts at `Downgrade`
+/// (when the Runbook asks for one) or `Inventory`, with the last healthy snapshot.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub enum Step {
     /// Read the revision's files from Git and parse them.
     Render,
     /// Store the rendered manifests in a Secret: later steps and rollbacks need no Git.
     Snapshot,
+    /// The env contract and the Secret references, checked before anything is written.
+    Preflight,
+    /// The Runbook's backup Job.
+    Backup,
+    /// The Runbook's migration Job (once per revision).
+    Migrate,
+    /// On a rollback: the downgrade Job, with the failed revision's image.
+    Downgrade,
     /// Resolve every object, check ownership, dry-run what changes, and record the
     /// objects as owned before any is written.
     Inventory,
@@ -405,6 +478,10 @@ impl Step {
         match self {
             Step::Render => "render",
             Step::Snapshot => "snapshot",
+            Step::Preflight => "preflight",
+            Step::Backup => "backup",
+            Step::Migrate => "migrate",
+            Step::Downgrade => "downgrade",
             Step::Inventory => "inventory",
             Step::Apply => "apply",
             Step::Verify => "verify",

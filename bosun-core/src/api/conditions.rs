@@ -7,6 +7,8 @@ pub mod condition {
     pub const STALLED: &str = "Stalled";
     pub const SOURCE_READY: &str = "SourceReady";
     pub const GATES_PASSED: &str = "GatesPassed";
+    pub const PREFLIGHT_PASSED: &str = "PreflightPassed";
+    pub const MIGRATION_SUCCEEDED: &str = "MigrationSucceeded";
     pub const ROLLED_BACK: &str = "RolledBack";
     /// False while objects that should have been pruned could not be (retried).
     pub const PRUNED: &str = "Pruned";

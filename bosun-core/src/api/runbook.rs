@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 /// The probe kinds a gate can have, exactly one per gate. This controller can
 /// evaluate each of them; the CRD schema and [`RunbookSpec::validate`] both read
 /// this list.
-pub const PROBE_KINDS: &[&str] = &["http"];
+pub const PROBE_KINDS: &[&str] = &["http", "smoke", "logs", "metrics"];
 
 /// HTTP methods an `http` gate may send (the CRD's `enum`; HTTP methods are
 /// case-sensitive, so only capitals).
@@ -68,6 +68,25 @@ pub struct RunbookSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub progress_deadline: Option<String>,
+    /// Names of the workloads (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs)
+    /// whose containers the env contract is checked against (default: all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<String>,
+    /// The env contract: variables the containers must (or must not) have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub env: Vec<EnvRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsPolicy>,
+    /// A Job run before the migration (e.g. `pg_dump`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStep>,
+    /// A Job run before the revision's workloads are applied (e.g. `alembic upgrade head`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<MigrateStep>,
+    /// Webhooks told when the app becomes Healthy, Blocked, Failed, RollingBack or RolledBack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
 }
 
 /// Cluster-wide defaults shared by many apps, with the same fields as a Runbook.
@@ -113,6 +132,15 @@ pub struct Gate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "not_nullable::<HttpGate>")]
     pub http: Option<HttpGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "not_nullable::<SmokeGate>")]
+    pub smoke: Option<SmokeGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "not_nullable::<LogsGate>")]
+    pub logs: Option<LogsGate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "not_nullable::<MetricsGate>")]
+    pub metrics: Option<MetricsGate>,
     /// Fields this controller does not know. The schema prunes them, so they arrive
     /// only past it: a probe kind of a newer bosun whose CRD kept it, or a Runbook
     /// stored before a CRD upgrade. [`RunbookSpec::validate`] names each one.
@@ -274,5 +302,297 @@ impl RunbookSpec {
             .as_ref()
             .and_then(|w| w.max_restarts)
             .unwrap_or(3)
+    }
+}
+
+/// Ordered HTTP requests, each judged like an `http` gate; a step may capture values
+/// from its response for later steps (`{{ .steps.STEP.NAME }}` in a later `url`, `path`,
+/// header value or `body`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmokeGate {
+    #[schemars(length(min = 1))]
+    pub steps: Vec<SmokeStep>,
+}
+
+/// One request of a smoke test: an `http` probe with a name, captures and `eventually`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SmokeStep {
+    /// Names the step in messages and in `{{ .steps.NAME.… }}`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    #[serde(flatten)]
+    pub request: HttpGate,
+    /// Values to keep from the response: name → `json:DOTTED.PATH` or `header:NAME`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub capture: BTreeMap<String, String>,
+    /// Retry the step until its expectations hold, within a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eventually: Option<Eventually>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Eventually {
+    /// How long the step may keep failing (e.g. `30s`).
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub within: String,
+    /// Pause between tries (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub every: Option<String>,
+}
+
+/// A workload's pods (those created for the revision being verified) log a line
+/// matching `pattern` within `within` of the apply.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsGate {
+    /// Name of a Deployment, StatefulSet or DaemonSet of the revision.
+    #[schemars(length(min = 1))]
+    pub workload: String,
+    /// The container whose log is read (default: the pod's first container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// A regular expression a log line must match.
+    #[schemars(length(min = 1))]
+    pub pattern: String,
+    /// Default `60s`, counted from the apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub within: Option<String>,
+}
+
+/// A PromQL instant query whose every sample must satisfy the threshold.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsGate {
+    /// Base URL of the Prometheus server, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(regex(pattern = URL_PATTERN))]
+    pub prometheus: String,
+    #[schemars(length(min = 1))]
+    pub query: String,
+    pub threshold: Threshold,
+    /// What an empty result means (default `Wait`: pending, failed at the progress deadline).
+    #[serde(default)]
+    pub no_data: NoData,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Threshold {
+    /// One of `<`, `<=`, `>`, `>=`, `==`.
+    #[schemars(extend("enum" = ["<", "<=", ">", ">=", "=="]))]
+    pub op: String,
+    pub value: f64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NoData {
+    #[default]
+    Wait,
+    Fail,
+    Pass,
+}
+
+/// One variable of the env contract.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvRule {
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Every checked container must set it (unless `default` gives a value).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// The value assumed when a container does not set the variable: `required` is
+    /// then met, and `policy` and `requiredWhen` of other variables read this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// With `default`: add `NAME=default` to containers that lack it when applying.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inject: bool,
+    /// The value must come from a Secret (`secretKeyRef` or `envFrom` of a Secret); a
+    /// literal or a ConfigMap is refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    /// Required only when another variable has a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required_when: Option<RequiredWhen>,
+    /// Rules the value must follow wherever it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<EnvPolicy>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequiredWhen {
+    pub env: String,
+    pub equals: String,
+}
+
+/// Rules for a value; every one given must hold.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub one_of: Vec<String>,
+    /// A regular expression the whole value must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<u32>,
+    /// A value the variable must not have (e.g. a documented default secret, or `*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_equals: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretsPolicy {
+    /// Roll the workloads that use a Secret when its data changes (default true).
+    #[serde(default = "default_true")]
+    pub rollout_on_change: bool,
+}
+
+/// A Job's container: from a workload of the new revision, or an image.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStep {
+    /// Take image, env, `envFrom`, volume mounts (and the pod's volumes, service account
+    /// and image pull Secrets) from this container of the new revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<ContainerRef>,
+    /// The image, when not `from` a workload (or to override its image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// How long the Job may run (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Retries of the Job's pod (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backoff_limit: Option<i32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRef {
+    /// A Deployment, StatefulSet, DaemonSet, Job or CronJob of the revision.
+    pub workload: String,
+    /// Default: the workload's first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStep {
+    #[serde(flatten)]
+    pub job: JobStep,
+    /// A failed backup stops the revision (default true); otherwise it is a warning.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateStep {
+    #[serde(flatten)]
+    pub job: JobStep,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<MigrateRollback>,
+}
+
+/// What happens to the schema when a migrated revision is rolled back.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrateRollback {
+    #[serde(default)]
+    pub policy: MigrationRollbackPolicy,
+    /// For `Downgrade`: the command run with the failed (newer) revision's image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum MigrationRollbackPolicy {
+    /// The schema stays as the newer revision left it (additive migrations).
+    #[default]
+    Keep,
+    /// Run the downgrade command before the workloads flip back.
+    Downgrade,
+    /// A revision that marks its migration irreversible (annotation
+    /// `bosun.dev/migration: irreversible` on the migration's `from` workload) is not
+    /// flipped back automatically: the app holds, `Failed`, for a human to decide.
+    Hold,
+}
+
+/// A webhook told of the app's phase changes.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Notify {
+    /// Names the receiver in messages.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// The webhook URL, inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = URL_PATTERN))]
+    pub url: Option<String>,
+    /// The webhook URL from a Secret of the AppDeployment's namespace (URLs of chat
+    /// webhooks are credentials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<SecretKeyRef>,
+    /// `Json` (default) or `Slack` (`text` and `blocks`).
+    #[serde(default)]
+    pub format: NotifyFormat,
+    /// Phases to tell (default: Healthy, Blocked, Failed, RollingBack, RolledBack).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<super::Phase>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NotifyFormat {
+    #[default]
+    Json,
+    Slack,
+}
+
+impl RunbookSpec {
+    /// Whether a change of a referenced Secret rolls the workloads (default true).
+    pub fn rollout_on_secret_change(&self) -> bool {
+        self.secrets.as_ref().is_none_or(|s| s.rollout_on_change)
+    }
+    /// The policy for the schema when a migrated revision is rolled back.
+    pub fn migration_rollback_policy(&self) -> MigrationRollbackPolicy {
+        self.migrate
+            .as_ref()
+            .and_then(|m| m.rollback.as_ref())
+            .map_or(MigrationRollbackPolicy::Keep, |r| r.policy)
+    }
+}
+
+impl JobStep {
+    pub fn timeout(&self) -> Result<std::time::Duration, String> {
+        match &self.timeout {
+            Some(text) => super::parse_duration(text),
+            None => Ok(std::time::Duration::from_secs(600)),
+        }
     }
 }

@@ -161,8 +161,15 @@ fn check_gate(gate: &Gate, at: &str, problems: &mut Vec<RunbookProblem>) {
         ));
     }
     let mut kinds: Vec<&str> = Vec::new();
-    if gate.http.is_some() {
-        kinds.push("http");
+    for (kind, set) in [
+        ("http", gate.http.is_some()),
+        ("smoke", gate.smoke.is_some()),
+        ("logs", gate.logs.is_some()),
+        ("metrics", gate.metrics.is_some()),
+    ] {
+        if set {
+            kinds.push(kind);
+        }
     }
     match kinds.as_slice() {
         [] if gate.unknown_fields.is_empty() => problems.push(RunbookProblem::new(
@@ -430,7 +437,7 @@ gates:
     fn a_gate_without_a_probe_says_which_kinds_exist() {
         assert_eq!(
             problems("gates: [{name: smoke}]"),
-            ["spec.gates[0]: has no probe; set exactly one of: http"]
+            ["spec.gates[0]: has no probe; set exactly one of: http, smoke, logs, metrics"]
         );
     }
 
@@ -439,15 +446,15 @@ gates:
         // What an older controller sees of a gate kind it does not know, when the
         // resource was stored without pruning.
         assert_eq!(
-            problems("gates: [{name: smoke, smoke: {command: [./check]}}]"),
+            problems("gates: [{name: grpc, grpc: {port: 9090}}]"),
             [
-                "spec.gates[0].smoke: is not a field of a gate this controller knows; if it is a probe kind, \
-                 this controller can evaluate only: http (a newer bosun may know more)"
+                "spec.gates[0].grpc: is not a field of a gate this controller knows; if it is a probe kind, \
+                 this controller can evaluate only: http, smoke, logs, metrics (a newer bosun may know more)"
             ]
         );
-        let both = problems("gates: [{name: smoke, smoke: {}, http: {url: 'http://h'}}]");
+        let both = problems("gates: [{name: grpc, grpc: {}, http: {url: 'http://h'}}]");
         assert_eq!(both.len(), 1, "{both:?}");
-        assert!(both[0].starts_with("spec.gates[0].smoke: "), "{both:?}");
+        assert!(both[0].starts_with("spec.gates[0].grpc: "), "{both:?}");
     }
 
     #[test]
@@ -705,7 +712,7 @@ gates:
             .expect("ClusterRunbookSpec YAML");
         assert_eq!(
             cluster.validate().map_err(|p| describe_problems(&p)),
-            Err("spec.gates[0]: has no probe; set exactly one of: http".into())
+            Err("spec.gates[0]: has no probe; set exactly one of: http, smoke, logs, metrics".into())
         );
     }
 }

@@ -129,6 +129,9 @@ fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
         (Step::Inventory, _) => StepOutcome::Done(StepResult::Planned {
             inventory: vec![entry],
         }),
+        (Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade, _) => {
+            unreachable!("the core does not enter step {step} yet")
+        }
         (Step::Apply, _) => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry],
             sent: 1,

@@ -275,6 +275,8 @@ fn start_deploy(
         applied_at: None,
         restart_baseline: Default::default(),
         interrupted,
+        rotation: Default::default(),
+        failed_snapshot: None,
     });
     remove_condition(&mut status.conditions, condition::PRUNED);
     let message = format!("applying revision {short}");
@@ -456,6 +458,8 @@ fn roll_back(
         applied_at: None,
         restart_baseline: Default::default(),
         interrupted: None,
+        rotation: Default::default(),
+        failed_snapshot: None,
     });
     let note = format!(
         "revision {} failed ({message}); rolling back to {}",
@@ -598,6 +602,8 @@ fn block(
                 applied_at: verification.applied_at,
                 restart_baseline: verification.restart_baseline,
                 interrupted: None,
+                rotation: Default::default(),
+                failed_snapshot: None,
             });
             set_phase(status, Phase::Verifying, &message, ctx);
         }

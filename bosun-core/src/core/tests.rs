@@ -189,6 +189,9 @@ fn succeeding(verdict: Verdict) -> impl FnMut(&AppDeploymentStatus, Step) -> Ste
         Step::Inventory => StepOutcome::Done(StepResult::Planned {
             inventory: vec![entry("a")],
         }),
+        Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade => {
+            unreachable!("the core does not enter step {step} yet")
+        }
         Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry("a")],
             sent: 1,
