@@ -247,7 +247,8 @@ impl LogQuery {
                 "tailLines" => parsed.tail_lines = Some(number()?.max(0) as usize),
                 "limitBytes" => parsed.limit_bytes = Some(number()?.max(0) as usize),
                 "sinceSeconds" => {
-                    parsed.since = Some(now - SignedDuration::from_secs(number()?.max(0)));
+                    // Longer ago than time goes back: everything.
+                    parsed.since = now.checked_sub(SignedDuration::from_secs(number()?.max(0))).ok();
                 }
                 "sinceTime" => {
                     parsed.since = Some(
@@ -355,6 +356,7 @@ mod tests {
             render("timestamps=true&tailLines=2").lines().next(),
             Some("2023-11-14T22:13:22.000000000Z two")
         );
+        assert_eq!(render("sinceSeconds=9223372036854775807"), "one\ntwo\nthree\n");
         assert!(LogQuery::parse("previous=true", now).unwrap().previous);
         assert!(
             LogQuery::parse("tailLines=many", now)

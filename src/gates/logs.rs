@@ -56,8 +56,9 @@ pub struct LogTarget {
 pub struct LogPlan {
     /// The workload as messages name it: `Deployment shop/worker`.
     pub workload: String,
-    /// The container read, as messages name it.
-    pub container: String,
+    /// The container read (`None`: the gate names none and no pod was found to
+    /// tell the first container's name).
+    pub container: Option<String>,
     /// Newest pod first.
     pub targets: Vec<LogTarget>,
     /// Why there is nothing (more) to read: no such workload, no new pod, a pod
@@ -69,13 +70,9 @@ pub struct LogPlan {
 /// `applied_at` whose container has started, from `view` (the watch caches).
 pub fn plan(view: &dyn WorkloadView, gate: &LogsGate, namespace: &str, applied_at: Timestamp) -> LogPlan {
     let name = gate.workload.as_str();
-    let container_named = gate
-        .container
-        .clone()
-        .unwrap_or_else(|| "the first container".to_string());
     let mut plan = LogPlan {
         workload: format!("workload {namespace}/{name}"),
-        container: container_named.clone(),
+        container: gate.container.clone(),
         ..LogPlan::default()
     };
     let found: Option<(&str, ObjectMeta, LabelSelector)> =
@@ -177,7 +174,7 @@ pub fn plan(view: &dyn WorkloadView, gate: &LogsGate, namespace: &str, applied_a
             ));
             continue;
         }
-        plan.container = container.clone();
+        plan.container = Some(container.clone());
         if !container_started(&pod, &container) {
             plan.notes
                 .push(format!("pod {pod_name}: container {container} has not started"));
@@ -231,10 +228,13 @@ pub fn judge(
     applied_at: Timestamp,
     now: Timestamp,
 ) -> Observation {
+    let container = match &plan.container {
+        Some(container) => format!("container {container}"),
+        None => "first container".to_string(),
+    };
     let what = format!(
-        "{}, container {}, pattern {:?}",
+        "{}, {container}, pattern {:?}",
         plan.workload,
-        plan.container,
         truncate(&gate.pattern, MAX_QUOTED_CHARS)
     );
     let mut problems = plan.notes.clone();
@@ -346,6 +346,8 @@ mod tests {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
     use serde_json::json;
 
+    const PATTERN_FOR_TESTS: &str = "EnrichmentWorker started";
+
     fn at(second: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + second).unwrap()
     }
@@ -354,7 +356,7 @@ mod tests {
         LogsGate {
             workload: "worker".into(),
             container: container.map(Into::into),
-            pattern: "EnrichmentWorker started".into(),
+            pattern: PATTERN_FOR_TESTS.into(),
             within: None,
         }
     }
@@ -434,7 +436,7 @@ mod tests {
         ]);
         let plan = plan(&objects, &gate(None), "shop", at(10));
         assert_eq!(plan.workload, "Deployment shop/worker");
-        assert_eq!(plan.container, "worker");
+        assert_eq!(plan.container.as_deref(), Some("worker"));
         assert_eq!(
             plan.targets,
             [target("worker-b", "worker"), target("worker-a", "worker")]
@@ -472,6 +474,14 @@ mod tests {
         };
         let missing = plan(&objects, &other, "shop", at(10));
         assert_eq!(missing.workload, "workload shop/api");
+        let pattern = Regex::new(PATTERN_FOR_TESTS).unwrap();
+        let waiting = judge(&other, &pattern, DEFAULT_WITHIN, &missing, &[], at(10), at(11));
+        assert!(
+            matches!(&waiting, Observation::Waiting(m) if m.starts_with(
+                "workload shop/api, first container, pattern \"EnrichmentWorker started\": waiting"
+            )),
+            "{waiting:?}"
+        );
         assert_eq!(
             missing.notes,
             ["no Deployment, StatefulSet or DaemonSet shop/api found"]
@@ -481,7 +491,7 @@ mod tests {
     fn judged(logs: &[Result<String, String>], now: Timestamp) -> Observation {
         let plan = LogPlan {
             workload: "Deployment shop/worker".into(),
-            container: "worker".into(),
+            container: Some("worker".into()),
             targets: vec![target("worker-b", "worker"), target("worker-a", "worker")],
             notes: vec![],
         };
