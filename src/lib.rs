@@ -20,6 +20,7 @@ pub mod crdgen;
 pub mod demo;
 pub mod failure;
 pub mod gates;
+pub mod notify;
 pub mod render;
 pub mod snapshot;
 pub mod source;

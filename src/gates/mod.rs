@@ -4,6 +4,7 @@
 //!   current revision not crash-looping, unpullable or misconfigured since the
 //!   revision was applied; read from watch caches, no API request per round.
 //! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
+//! - [`smoke`]: the Runbook's `smoke` gates: ordered HTTP steps, all run by one probe.
 //! - [`logs`]: the Runbook's `logs` gates: a new pod of a workload logs a line
 //!   matching a pattern within a time of the apply (the `pods/log` API).
 //! - [`metrics`]: the Runbook's `metrics` gates: a PromQL query against a threshold.
@@ -15,12 +16,14 @@
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod smoke;
 pub mod tracker;
 pub mod window;
 pub mod workload;
 
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use futures::future::{BoxFuture, join_all};
 use k8s_openapi::jiff::Timestamp;
 
@@ -76,14 +79,9 @@ struct TrackedGate {
     waiting: Option<(Instant, String)>,
 }
 
-/// Whether this controller can probe `gate`.
-fn probeable(gate: &Gate) -> bool {
-    gate.http.is_some() || gate.logs.is_some() || gate.metrics.is_some()
-}
-
 impl Verification {
-    /// Tracks every gate that has a probe this controller can send (`http`, `logs`,
-    /// `metrics`).
+    /// Tracks every gate that has a probe this controller can send (`http`, `smoke`,
+    /// `logs`, `metrics`: see `send_probe`).
     ///
     /// Call it with the gates of a Runbook that passed `RunbookSpec::validate`, which
     /// refuses a gate without such a probe. Should one arrive all the same, it is left
@@ -93,7 +91,7 @@ impl Verification {
         let gates = gates
             .iter()
             .filter(|gate| {
-                let probeable = probeable(gate);
+                let probeable = can_probe(gate);
                 if !probeable {
                     tracing::warn!(gate = %gate.name, "gate has no probe this controller can send; not verified");
                 }
@@ -120,7 +118,7 @@ impl Verification {
             .iter()
             .enumerate()
             .filter(|(_, tracked)| tracked.due(now))
-            .filter_map(|(index, tracked)| Some((index, tracked.probe(probes)?)))
+            .filter_map(|(index, tracked)| Some((index, send_probe(&tracked.gate, probes)?)))
             .unzip();
         let observations = join_all(pending).await;
         for (index, observation) in indices.into_iter().zip(observations) {
@@ -167,6 +165,57 @@ impl Verification {
     }
 }
 
+/// One probe of `gate`, for each probe kind this controller sends; `None` for a gate
+/// it cannot probe. The one place a probe kind meets the code that probes it.
+fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFuture<'a, Observation>> {
+    let (timeout, namespace) = (gate.timeout(), probes.namespace);
+    match gate {
+        Gate { http: Some(http), .. } => Some(
+            probes
+                .http
+                .probe(http, timeout, namespace)
+                .map(Observation::Probe)
+                .boxed(),
+        ),
+        // One probe runs every step; `timeoutSeconds` bounds each request of a step
+        // (see `smoke::probe` for the bound on the whole run).
+        Gate {
+            smoke: Some(smoke), ..
+        } => Some(
+            smoke::probe(probes.http, smoke, timeout, namespace)
+                .map(Observation::Probe)
+                .boxed(),
+        ),
+        Gate { logs: Some(logs), .. } => Some(
+            logs::probe(
+                probes.client,
+                probes.workloads,
+                logs,
+                namespace,
+                probes.applied_at,
+                timeout,
+            )
+            .boxed(),
+        ),
+        Gate {
+            metrics: Some(metrics),
+            ..
+        } => Some(metrics::probe(metrics, timeout).boxed()),
+        _ => None,
+    }
+}
+
+/// Whether [`send_probe`] has a probe for `gate`.
+fn can_probe(gate: &Gate) -> bool {
+    matches!(
+        gate,
+        Gate { http: Some(_), .. }
+            | Gate { smoke: Some(_), .. }
+            | Gate { logs: Some(_), .. }
+            | Gate { metrics: Some(_), .. }
+    )
+}
+
 impl TrackedGate {
     /// The gate's verdict: the tracker's, except that a gate whose last probe found
     /// nothing to judge is pending (unless it failed for good).
@@ -202,29 +251,6 @@ impl TrackedGate {
 
     fn due(&self, now: Instant) -> bool {
         self.probed_again() && self.until_due(now).is_zero()
-    }
-
-    /// The probe of this gate, `None` for a kind this controller cannot send.
-    fn probe<'a>(&'a self, probes: &'a ProbeContext<'_>) -> Option<BoxFuture<'a, Observation>> {
-        let timeout = self.gate.timeout();
-        if let Some(http) = &self.gate.http {
-            let probe = probes.http.probe(http, timeout, probes.namespace);
-            return Some(Box::pin(async move { Observation::Probe(probe.await) }));
-        }
-        if let Some(gate) = &self.gate.logs {
-            return Some(Box::pin(logs::probe(
-                probes.client,
-                probes.workloads,
-                gate,
-                probes.namespace,
-                probes.applied_at,
-                timeout,
-            )));
-        }
-        if let Some(gate) = &self.gate.metrics {
-            return Some(Box::pin(metrics::probe(gate, timeout)));
-        }
-        None
     }
 
     /// Records what a probe started at `now` found.
