@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
 use bosun::gates::http::MAX_QUOTED_CHARS;
-use bosun::gates::{GateTracker, HttpProber, Verification};
+use bosun::gates::workload::WorkloadObjects;
+use bosun::gates::{GateTracker, HttpProber, ProbeContext, Verification};
 use serde_json::json;
 
 const NAMESPACE: &str = "shop";
@@ -275,9 +276,17 @@ impl Rounds {
             Duration::ZERO,
             "a probe is due"
         );
-        self.verification
-            .run_due_probes(&self.prober, NAMESPACE, self.now)
-            .await;
+        // An http gate reads no pods: a client of no API server will do.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
+        let client = kube::Client::try_from(config).expect("a client");
+        let probes = ProbeContext {
+            http: &self.prober,
+            client: &client,
+            workloads: &WorkloadObjects::default(),
+            namespace: NAMESPACE,
+            applied_at: k8s_openapi::jiff::Timestamp::now(),
+        };
+        self.verification.run_due_probes(&probes, self.now).await;
         self.now += self.period;
         self.verification.verdicts()[0].verdict
     }

@@ -18,7 +18,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bosun::api::{Gate, Phase, RunbookSpec, SmokeGate, Verdict};
-use bosun::gates::{HttpProber, Verification, smoke};
+use bosun::gates::workload::WorkloadObjects;
+use bosun::gates::{HttpProber, ProbeContext, Verification, smoke};
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -478,6 +479,27 @@ fn gate(smoke: SmokeGate, timeout_seconds: u32, failure_threshold: u32) -> Gate 
     }
 }
 
+/// A smoke gate reads no pods: a client of no API server will do.
+fn offline_client() -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(kube::Config::new(
+        "http://127.0.0.1:1".parse()?,
+    ))?)
+}
+
+fn probe_context<'a>(
+    prober: &'a HttpProber,
+    client: &'a kube::Client,
+    workloads: &'a WorkloadObjects,
+) -> ProbeContext<'a> {
+    ProbeContext {
+        http: prober,
+        client,
+        workloads,
+        namespace: NAMESPACE,
+        applied_at: k8s_openapi::jiff::Timestamp::now(),
+    }
+}
+
 #[tokio::test]
 async fn the_gate_timeout_bounds_each_request_not_an_eventually() -> anyhow::Result<()> {
     let app = LiteVault::start(Enrichment::After(Duration::from_secs(3))).await?;
@@ -486,8 +508,9 @@ async fn the_gate_timeout_bounds_each_request_not_an_eventually() -> anyhow::Res
     let mut verification = Verification::new(&[gate(smoke, 1, 1)]);
     assert!(!verification.is_empty(), "a smoke gate is verified");
     let started = Instant::now();
+    let (prober, client, workloads) = (HttpProber::new()?, offline_client()?, WorkloadObjects::default());
     verification
-        .run_due_probes(&HttpProber::new()?, NAMESPACE, started)
+        .run_due_probes(&probe_context(&prober, &client, &workloads), started)
         .await;
     assert!(started.elapsed() >= Duration::from_secs(3));
     let verdicts = verification.verdicts();
@@ -501,9 +524,10 @@ async fn a_failed_smoke_run_counts_as_one_failed_probe() -> anyhow::Result<()> {
     let app = LiteVault::start(Enrichment::Never).await?;
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "1s"));
     let mut verification = Verification::new(&[gate(smoke, 2, 2)]);
-    let prober = HttpProber::new()?;
+    let (prober, client, workloads) = (HttpProber::new()?, offline_client()?, WorkloadObjects::default());
+    let probes = probe_context(&prober, &client, &workloads);
     let start = Instant::now();
-    verification.run_due_probes(&prober, NAMESPACE, start).await;
+    verification.run_due_probes(&probes, start).await;
     let first = &verification.verdicts()[0];
     assert_eq!(first.verdict, Verdict::Pending, "1 of 2 failures: {first:?}");
     assert!(
@@ -514,7 +538,7 @@ async fn a_failed_smoke_run_counts_as_one_failed_probe() -> anyhow::Result<()> {
         "{first:?}"
     );
     verification
-        .run_due_probes(&prober, NAMESPACE, start + Duration::from_secs(5))
+        .run_due_probes(&probes, start + Duration::from_secs(5))
         .await;
     let failed = verification.failed().expect("failed at the threshold");
     assert_eq!(failed.name, "smoke");
