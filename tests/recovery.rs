@@ -45,7 +45,15 @@ const ABORT_WITHIN: Duration = Duration::from_secs(120);
 /// Two resyncs of the apps' 2 s interval, the second one from warm watch caches.
 const RESYNCS: Duration = Duration::from_secs(5);
 
-const DEPLOY_STEPS: [&str; 6] = ["start", "render", "snapshot", "inventory", "apply", "verify"];
+const DEPLOY_STEPS: [&str; 7] = [
+    "start",
+    "render",
+    "snapshot",
+    "preflight",
+    "inventory",
+    "apply",
+    "verify",
+];
 const ROLLBACK_STEPS: [&str; 4] = ["start", "inventory", "apply", "verify"];
 
 /// The example app's objects (`resource/name`, as the audit log names them).
@@ -342,7 +350,8 @@ fn check_deploy_at_abort(case: &Case, step: &str, status: &AppDeploymentStatus, 
     let (next, rendered, snapshot, planned, applied) = match step {
         "start" => (Step::Render, false, false, false, false),
         "render" => (Step::Snapshot, true, false, false, false),
-        "snapshot" => (Step::Inventory, true, true, false, false),
+        "snapshot" => (Step::Preflight, true, true, false, false),
+        "preflight" => (Step::Inventory, true, true, false, false),
         "inventory" => (Step::Apply, true, true, true, false),
         "apply" => (Step::Verify, true, true, true, true),
         other => unreachable!("deploy step {other}"),
