@@ -340,6 +340,8 @@ fn at_test_speed(spec: &mut bosun::api::RunbookSpec) {
         let duration = parse_duration(text).expect("a duration");
         format!("{}ms", (duration / TIME_SCALE).as_millis())
     };
+    // A PromQL range such as `[1m]`.
+    let range = regex::Regex::new(r"\[(\d+)([smh])\]").unwrap();
     spec.verify_window = spec.verify_window.as_deref().map(faster);
     for gate in &mut spec.gates {
         gate.period_seconds = gate.period_seconds.map(|p| p.div_ceil(TIME_SCALE).max(1));
@@ -353,7 +355,6 @@ fn at_test_speed(spec: &mut bosun::api::RunbookSpec) {
             logs.within = logs.within.as_deref().map(faster);
         }
         if let Some(metrics) = &mut gate.metrics {
-            let range = regex::Regex::new(r"\[(\d+)([smh])\]").unwrap();
             metrics.query = range
                 .replace_all(&metrics.query, |c: &regex::Captures| {
                     let unit = match &c[2] {
@@ -950,6 +951,23 @@ async fn every_example_file_is_valid_for_bosun_and_the_api_server() {
                 .unwrap_or_else(|e| panic!("examples/{name}: {id} is refused: {e}"));
         }
     }
+
+    // The demo's Runbook with its migration step, too.
+    let demo: Runbook = serde_saphyr::from_str(&bosun_devenv::example::runbook_with_migration_yaml(
+        "litevault",
+        "litevault",
+        "http://127.0.0.1:8000/health",
+        "10s",
+    ))
+    .expect("the demo's Runbook parses");
+    assert_eq!(demo.spec.validate(), Ok(()));
+    assert_eq!(
+        demo.spec.migrate.as_ref().unwrap().job.command,
+        ["uv", "run", "alembic", "upgrade", "head"]
+    );
+    dry_run_apply(&client, "litevault", &serde_json::to_value(&demo).unwrap())
+        .await
+        .expect("the demo's Runbook is accepted");
 
     // The dry run checks the schema: a gate with two probe kinds is refused.
     let mut runbook = serde_json::to_value(Example::new("lotus").runbook()).unwrap();
