@@ -1315,7 +1315,11 @@ async fn lotus_example() {
     );
     let told = slack.wait_for_phase(Phase::RolledBack).await;
     assert!(
-        told.contains(&unhealthy[..12]) || told.contains(&good[..12]),
+        told.starts_with(&format!(
+            "lotus/lotus: revision {} rolled back to {}: ",
+            &unhealthy[..12],
+            &good[..12]
+        )),
         "{told}"
     );
     assert_each_job_created_once(&harness, &rolled_back, &[]).await;
@@ -1491,7 +1495,15 @@ async fn plannior_example() {
         image_of(&harness, "plannior", "plannior-backend").await,
         "registry.example.com/plannior-backend:1.0.0"
     );
-    slack.wait_for_phase(Phase::RolledBack).await;
+    let told = slack.wait_for_phase(Phase::RolledBack).await;
+    assert!(
+        told.starts_with(&format!(
+            "plannior/plannior: revision {} rolled back to {}: ",
+            &erroring[..12],
+            &good[..12]
+        )) && told.contains("error-rate"),
+        "{told}"
+    );
     assert_each_job_created_once(&harness, &rolled_back, &[&migration_job]).await;
     eprintln!("plannior: 1.2.0 rolled back at {:?}", started.elapsed());
 }
