@@ -83,10 +83,22 @@ impl JobError {
 ///
 /// An existing Job is adopted as it is, even if the Runbook changed since it was
 /// created: it is this revision's Job, and it ran (or runs) once.
+///
+/// The Job is read before it is created: a step looks in on its running Job many times
+/// (every Job and pod event), and a create refused as `AlreadyExists` is still a write
+/// request, which admission webhooks see and the audit log records.
 pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    match api.get_opt(&name).await {
+        Ok(Some(existing)) => {
+            check_ours(job, &existing)?;
+            return Ok(with_log_tail(client, &existing, state_of(&existing)).await);
+        }
+        Ok(None) => {}
+        Err(error) => return Err(JobError::api("reading", &namespace, &name, error)),
+    }
     let mut attempt = 0;
     let current = loop {
         attempt += 1;
