@@ -57,7 +57,12 @@ pub struct InMemoryLookup {
 
 impl InMemoryLookup {
     /// Adds (or replaces) Secret `namespace/name` with `data`.
-    pub fn with_secret<K, V>(mut self, namespace: &str, name: &str, data: impl IntoIterator<Item = (K, V)>) -> Self
+    pub fn with_secret<K, V>(
+        mut self,
+        namespace: &str,
+        name: &str,
+        data: impl IntoIterator<Item = (K, V)>,
+    ) -> Self
     where
         K: Into<String>,
         V: Into<Vec<u8>>,

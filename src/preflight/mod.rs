@@ -110,8 +110,9 @@ pub fn describe_misses(misses: &[PreflightMiss]) -> String {
 
 /// Does the revision (`objects`, as rendered) meet `runbook`'s env contract, and does
 /// every Secret and ConfigMap it reads exist? `namespace` is the target namespace of
-/// objects that name none. `Err` holds every miss, sorted (workload, container, ...),
-/// the same whatever the order of the objects and containers.
+/// objects that name none. `Err` holds every miss, Runbook misses first, then by
+/// workload (its volumes and image pulls before its containers) and message: the
+/// same whatever the order of the objects and containers.
 pub fn check(
     objects: &[Manifest],
     runbook: &RunbookSpec,
@@ -152,7 +153,16 @@ pub fn check(
             }
         }
     }
-    misses.sort();
+    // Grouped by workload, its own misses (volumes, image pulls) before its
+    // containers'; then by message, which starts with the container.
+    misses.sort_by(|a, b| {
+        (&a.workload, a.container.is_some(), &a.message, a).cmp(&(
+            &b.workload,
+            b.container.is_some(),
+            &b.message,
+            b,
+        ))
+    });
     misses.dedup();
     if misses.is_empty() {
         notes.sort();

@@ -181,7 +181,10 @@ fn judge(
                 [key] => Some(*key),
                 _ => None,
             };
-            misses.push(miss(key, format!("{} {what}, which does not exist", reference.by)));
+            misses.push(miss(
+                key,
+                format!("{} {what}, which does not exist", reference.by),
+            ));
         }
         return;
     };

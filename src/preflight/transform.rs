@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ClusterLookup;
+use super::contract::default_of;
 use super::env::{KnownObjects, ObjectKind, env_from_reference, key_reference};
 use super::workloads::{self, Depth, Selection, Workload, array, str_field};
 use crate::api::RunbookSpec;
@@ -105,7 +106,10 @@ pub fn apply_transforms(
                 let (field, index) = if container.init {
                     ("initContainers", position)
                 } else {
-                    ("containers", position - array(workload.pod_spec, "initContainers").len())
+                    (
+                        "containers",
+                        position - array(workload.pod_spec, "initContainers").len(),
+                    )
                 };
                 add_env(object, workload.template_path, field, index, missing);
             }
@@ -147,12 +151,13 @@ fn injections<'r>(
         .filter_map(|variable| str_field(variable, "name"))
         .collect();
     let mut missing = Vec::new();
-    for rule in &runbook.env {
+    for rule in runbook.env.iter().filter(|rule| rule.inject) {
+        let name = rule.name.as_str();
         // `secret: true` refuses a literal, which an injected default would be.
-        let (true, false, Some(default)) = (rule.inject, rule.secret, rule.default.as_deref()) else {
+        let secret = runbook.env.iter().any(|rule| rule.name == name && rule.secret);
+        let Some(default) = default_of(&runbook.env, name).filter(|_| !secret) else {
             continue;
         };
-        let name = rule.name.as_str();
         if !in_env.contains(name)
             && !from_env_from.contains(name)
             && !missing.iter().any(|(seen, _)| *seen == name)
@@ -163,7 +168,13 @@ fn injections<'r>(
     missing
 }
 
-fn add_env(object: &mut Value, template_path: &[&str], field: &str, index: usize, missing: Vec<(&str, &str)>) {
+fn add_env(
+    object: &mut Value,
+    template_path: &[&str],
+    field: &str,
+    index: usize,
+    missing: Vec<(&str, &str)>,
+) {
     let Some(container) = path_mut(object, template_path)
         .and_then(|template| template.pointer_mut(&format!("/spec/{field}/{index}")))
         .and_then(Value::as_object_mut)
@@ -237,7 +248,8 @@ fn annotate(object: &mut Value, template_path: &[&str], digest: &str) {
     let Some(template) = path_mut(object, template_path) else {
         return;
     };
-    let Some(annotations) = ensure_object(template, "metadata").and_then(|m| ensure_object(m, "annotations")) else {
+    let Some(annotations) = ensure_object(template, "metadata").and_then(|m| ensure_object(m, "annotations"))
+    else {
         return;
     };
     if let Some(annotations) = annotations.as_object_mut() {

@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::{ClusterRunbookSpec, EnvRule, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec};
+use super::{
+    ClusterRunbookSpec, EnvRule, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec,
+};
 
 /// One thing wrong with a Runbook.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -345,7 +347,9 @@ fn check_env(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
         } else if !is_env_name(name) {
             problems.push(RunbookProblem::new(
                 format!("{at}.name"),
-                format!("{name:?} is not an environment variable name (printable characters, no '=' or space)"),
+                format!(
+                    "{name:?} is not an environment variable name (printable characters, no '=' or space)"
+                ),
             ));
         } else if let Some(first) = first_of_name.get(name) {
             problems.push(RunbookProblem::new(
@@ -839,7 +843,9 @@ env:
     #[test]
     fn env_names_are_given_once_and_can_be_set() {
         assert_eq!(
-            problems("env: [{name: A}, {name: ''}, {name: A}, {name: 'B=C'}, {name: 'has space'}, {name: A}]"),
+            problems(
+                "env: [{name: A}, {name: ''}, {name: A}, {name: 'B=C'}, {name: 'has space'}, {name: A}]"
+            ),
             [
                 "spec.env[1].name: is empty; name the environment variable",
                 "spec.env[2].name: \"A\" already has a rule, spec.env[0]; write one rule per variable",
@@ -882,7 +888,10 @@ env:
                  secret",
             ]
         );
-        assert_eq!(problems("env: [{name: A, inject: true, default: ''}]"), Vec::<String>::new());
+        assert_eq!(
+            problems("env: [{name: A, inject: true, default: ''}]"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
