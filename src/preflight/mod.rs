@@ -63,8 +63,9 @@ pub struct Checked {
     /// What could not be judged before the pod runs and was let pass, one sentence
     /// each (a policy on a `fieldRef` value). Never a Secret value.
     pub notes: Vec<String>,
-    /// Secrets in the cluster that the revision reads (`namespace/name`, any kind of
-    /// reference, `imagePullSecrets` included), not counting those it renders itself.
+    /// The Secrets the revision reads from the cluster (`namespace/name`, any kind of
+    /// reference, `imagePullSecrets` and optional ones included), not counting those it
+    /// renders itself: a change of one of them may change this verdict.
     pub secrets: BTreeSet<String>,
 }
 
