@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 start=$(date +%s)
 
 bash scripts/control-plane-bins.sh
+# The metrics gate's tests scrape with a real Prometheus (Debian's package, 2.42).
+[ -x /usr/bin/prometheus ] || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >&2; }
 export KUBE_APISERVER=${KUBE_APISERVER:-$PWD/target/control-plane/bin/kube-apiserver}
 export KUBE_CONTROLLER_MANAGER=${KUBE_CONTROLLER_MANAGER:-$PWD/target/control-plane/bin/kube-controller-manager}
 export ETCD=${ETCD:-$(command -v etcd)}

@@ -20,6 +20,8 @@ pub mod crdgen;
 pub mod demo;
 pub mod failure;
 pub mod gates;
+pub mod jobs;
+pub mod notify;
 pub mod preflight;
 pub mod render;
 pub mod snapshot;

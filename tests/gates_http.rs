@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
 use bosun::gates::http::MAX_QUOTED_CHARS;
-use bosun::gates::{GateTracker, HttpProber, Verification};
+use bosun::gates::workload::WorkloadObjects;
+use bosun::gates::{GateTracker, HttpProber, ProbeContext, Verification};
 use serde_json::json;
 
 const NAMESPACE: &str = "shop";
@@ -38,6 +39,8 @@ impl App {
             .route("/moved-with-credentials", get(moved_with_credentials))
             .route("/long-json", get(long_json))
             .route("/long-header", get(long_header))
+            .route("/api/scan", any(cors_preflight))
+            .route("/api/public", any(cors_preflight_any_origin))
             .with_state(healthy.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
@@ -128,6 +131,66 @@ async fn long_header() -> impl IntoResponse {
     ([("x-version", "v".repeat(LONG))], "ok")
 }
 
+/// The origins the Lotus API allows (its `CORS_ORIGINS`).
+const ALLOWED_ORIGINS: &[&str] = &["https://your-frontend.vercel.app", "https://your-domain.com"];
+const ALLOWED_METHODS: &str = "DELETE, GET, OPTIONS, PATCH, POST, PUT";
+
+/// A CORS preflight answered as Starlette's `CORSMiddleware` (FastAPI, as in the
+/// Lotus and LiteVault backends) answers it: an allowed origin is echoed in
+/// `Access-Control-Allow-Origin`; any other gets 400 "Disallowed CORS origin" without
+/// it. A request that is not a preflight is not this handler's business.
+async fn cors_preflight(method: Method, headers: HeaderMap) -> axum::response::Response {
+    preflight(method, &headers, |origin| {
+        ALLOWED_ORIGINS.contains(&origin).then(|| origin.to_string())
+    })
+}
+
+/// `allow_origins=["*"]`: every origin gets `*`.
+async fn cors_preflight_any_origin(method: Method, headers: HeaderMap) -> axum::response::Response {
+    preflight(method, &headers, |_| Some("*".to_string()))
+}
+
+fn preflight(
+    method: Method,
+    headers: &HeaderMap,
+    allowed: impl Fn(&str) -> Option<String>,
+) -> axum::response::Response {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &header::HeaderValue| v.to_str().ok())
+    };
+    let (Some(origin), Some(requested)) = (text(header::ORIGIN), text(header::ACCESS_CONTROL_REQUEST_METHOD))
+    else {
+        return (StatusCode::METHOD_NOT_ALLOWED, "not a CORS preflight").into_response();
+    };
+    if method != Method::OPTIONS {
+        return (StatusCode::METHOD_NOT_ALLOWED, "not a CORS preflight").into_response();
+    }
+    let mut answer = HeaderMap::new();
+    answer.insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    answer.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static(ALLOWED_METHODS),
+    );
+    answer.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        header::HeaderValue::from_static("600"),
+    );
+    let method_allowed = ALLOWED_METHODS.split(", ").any(|m| m == requested);
+    match allowed(origin) {
+        Some(allow_origin) if method_allowed => {
+            answer.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                header::HeaderValue::from_str(&allow_origin).expect("origin is a header value"),
+            );
+            (StatusCode::OK, answer, "OK").into_response()
+        }
+        Some(_) => (StatusCode::BAD_REQUEST, answer, "Disallowed CORS method").into_response(),
+        None => (StatusCode::BAD_REQUEST, answer, "Disallowed CORS origin").into_response(),
+    }
+}
+
 fn expect_json(pairs: &[(&str, serde_json::Value)]) -> HttpExpect {
     HttpExpect {
         json: pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
@@ -213,9 +276,17 @@ impl Rounds {
             Duration::ZERO,
             "a probe is due"
         );
-        self.verification
-            .run_due_probes(&self.prober, NAMESPACE, self.now)
-            .await;
+        // An http gate reads no pods: a client of no API server will do.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
+        let client = kube::Client::try_from(config).expect("a client");
+        let probes = ProbeContext {
+            http: &self.prober,
+            client: &client,
+            workloads: &WorkloadObjects::default(),
+            namespace: NAMESPACE,
+            applied_at: k8s_openapi::jiff::Timestamp::now(),
+        };
+        self.verification.run_due_probes(&probes, self.now).await;
         self.now += self.period;
         self.verification.verdicts()[0].verdict
     }
@@ -589,10 +660,149 @@ async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()>
     assert_eq!(
         outcome.message,
         format!(
-            "GET {}/long-header: header X-Version: expected \"2\", got \"{} (body: ok)",
+            "GET {}/long-header: 200 but header X-Version: expected \"2\", got \"{} (body: ok)",
             app.base,
             cut("v")
         )
+    );
+    Ok(())
+}
+
+/// The Lotus guide's CORS check as a gate: an OPTIONS preflight with `Origin` and
+/// `Access-Control-Request-Method`, expecting the origin back.
+fn preflight_gate(
+    app: &App,
+    path: &str,
+    origin: &str,
+    expected_header: &str,
+    expected_origin: &str,
+) -> HttpGate {
+    let yaml = format!(
+        r#"
+url: {base}
+path: {path}
+method: OPTIONS
+headers:
+  Origin: {origin}
+  Access-Control-Request-Method: POST
+expect:
+  headers:
+    {expected_header}: {expected_origin}
+"#,
+        base = app.base
+    );
+    serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("gate YAML: {e}\n{yaml}"))
+}
+
+#[tokio::test]
+async fn cors_preflight_passes_for_an_allowed_origin() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let origin = "https://your-frontend.vercel.app";
+    let gate = preflight_gate(&app, "/api/scan", origin, "Access-Control-Allow-Origin", origin);
+    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "{}", outcome.message);
+    assert_eq!(outcome.message, format!("OPTIONS {}/api/scan: 200", app.base));
+
+    // Header names in any case; the server sends them in lower case.
+    let shouting = preflight_gate(&app, "/api/scan", origin, "ACCESS-CONTROL-ALLOW-ORIGIN", origin);
+    let outcome = prober.probe(&shouting, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "{}", outcome.message);
+
+    // Without the preflight headers the same server does not answer as a preflight:
+    // the gate passes above only because they were sent.
+    let mut bare = gate.clone();
+    bare.headers.clear();
+    let outcome = prober.probe(&bare, TIMEOUT, NAMESPACE).await;
+    assert!(!outcome.passed);
+    assert!(outcome.message.contains("status 405"), "{}", outcome.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_preflight_fails_for_an_origin_not_allowed_naming_the_header_and_the_answer()
+-> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let origin = "https://evil.example";
+    let outcome = prober
+        .probe(
+            &preflight_gate(&app, "/api/scan", origin, "Access-Control-Allow-Origin", origin),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "OPTIONS {}/api/scan: status 400, expected 2xx; header Access-Control-Allow-Origin: expected \
+             \"https://evil.example\", got none (body: Disallowed CORS origin)",
+            app.base
+        )
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
+    let app = App::start().await?;
+    let prober = HttpProber::new()?;
+    let origin = "https://your-frontend.vercel.app";
+
+    // `*` is not the origin the Runbook expects (it is what `CORS_ORIGINS=*` gives).
+    let outcome = prober
+        .probe(
+            &preflight_gate(&app, "/api/public", origin, "Access-Control-Allow-Origin", origin),
+            TIMEOUT,
+            NAMESPACE,
+        )
+        .await;
+    assert!(!outcome.passed);
+    assert_eq!(
+        outcome.message,
+        format!(
+            "OPTIONS {}/api/public: 200 but header Access-Control-Allow-Origin: expected \
+             \"https://your-frontend.vercel.app\", got \"*\" (body: OK)",
+            app.base
+        )
+    );
+    let wildcard = preflight_gate(&app, "/api/public", origin, "Access-Control-Allow-Origin", "'*'");
+    let outcome = prober.probe(&wildcard, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "{}", outcome.message);
+
+    // Values are compared with their case.
+    let upper = preflight_gate(
+        &app,
+        "/api/scan",
+        origin,
+        "Access-Control-Allow-Origin",
+        "HTTPS://YOUR-FRONTEND.VERCEL.APP",
+    );
+    let outcome = prober.probe(&upper, TIMEOUT, NAMESPACE).await;
+    assert!(!outcome.passed, "{}", outcome.message);
+
+    // A list-valued header is compared as the whole value sent.
+    let methods = HttpExpect {
+        headers: [(
+            "Access-Control-Allow-Methods".to_string(),
+            ALLOWED_METHODS.to_string(),
+        )]
+        .into(),
+        ..HttpExpect::default()
+    };
+    let mut gate = preflight_gate(&app, "/api/scan", origin, "Vary", "Origin");
+    gate.expect.headers.extend(methods.headers);
+    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(outcome.passed, "{}", outcome.message);
+    gate.expect
+        .headers
+        .insert("Access-Control-Allow-Methods".into(), "POST".into());
+    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    assert!(
+        !outcome.passed,
+        "POST alone is not the value sent: {}",
+        outcome.message
     );
     Ok(())
 }

@@ -510,19 +510,20 @@ fn review_response(uid: &str, behavior: &WebhookBehavior) -> Option<Value> {
     }))
 }
 
-/// A TLS acceptor for the PEM certificate chain and key.
-fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<TlsAcceptor> {
+/// A TLS acceptor for the PEM certificate chain and key (also the kubelet
+/// endpoint's).
+pub(crate) fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<TlsAcceptor> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .context("parsing the webhook's certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem).context("parsing the webhook's key")?;
+        .context("parsing the serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).context("parsing the serving key")?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("choosing TLS versions")?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .context("loading the webhook's certificate")?;
+        .context("loading the serving certificate")?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -619,7 +620,7 @@ async fn generate_certificates(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `openssl` with the concatenated `args` in `dir`.
-async fn openssl(dir: &Path, args: &[&[&str]]) -> anyhow::Result<()> {
+pub(crate) async fn openssl(dir: &Path, args: &[&[&str]]) -> anyhow::Result<()> {
     let args: Vec<&str> = args.concat();
     let output = tokio::process::Command::new("openssl")
         .args(&args)

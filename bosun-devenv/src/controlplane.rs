@@ -1,9 +1,12 @@
 //! A real Kubernetes 1.20 control plane on loopback: etcd, kube-apiserver and
 //! kube-controller-manager, each on free ports in a directory of its own.
 //!
-//! No kubelet, scheduler or proxy runs: Pods stay unscheduled and the
-//! [`PodSimulator`](super::PodSimulator) writes their status instead; Nodes are
-//! objects written by [`ControlPlane::register_node`].
+//! No kubelet, scheduler or proxy runs: the [`PodSimulator`](super::PodSimulator)
+//! writes Pod status instead (and binds Pods to a Node when started with
+//! [`PodSimulator::start_on_node`](super::PodSimulator::start_on_node)); Nodes are
+//! objects written by [`ControlPlane::register_node`], whose kubelet endpoint is a
+//! small HTTPS server of this control plane serving the simulated containers' logs
+//! ([`kubelet`](crate::kubelet)), so `kubectl logs` works for a bound Pod.
 //!
 //! Two static token users exist: `admin`, the tests' own, and `bosun`
 //! ([`CONTROLLER_USER`]), for the controller under test; both are in the group
@@ -26,6 +29,7 @@ use tempfile::TempDir;
 
 use super::audit::{self, AuditedWrite};
 use super::binaries::{Binaries, find_repo_root};
+use super::kubelet::KubeletEndpoint;
 use super::node;
 use super::process::{self, ManagedProcess, ProcessGroup};
 
@@ -112,6 +116,8 @@ pub struct ControlPlane {
     /// client does not do: /readyz, /metrics, the audit barrier.
     http: reqwest::Client,
     startup_duration: Duration,
+    /// Where the API server reads the logs of Pods bound to a registered Node.
+    kubelet: KubeletEndpoint,
     // Removed after `Drop::drop` has stopped the processes.
     _etcd_data: TempDir,
     _temp_run_dir: Option<TempDir>,
@@ -213,6 +219,7 @@ impl ControlPlane {
                         "control plane ready"
                     );
                     let http = apiserver_http_client(&layout.serving_cert())?;
+                    let kubelet = KubeletEndpoint::start(client.clone()).await?;
                     return Ok(Self {
                         processes: Mutex::new(processes),
                         binaries,
@@ -223,6 +230,7 @@ impl ControlPlane {
                         client,
                         http,
                         startup_duration,
+                        kubelet,
                         run_dir,
                         _etcd_data: etcd_data,
                         _temp_run_dir: temp_run_dir,
@@ -513,11 +521,13 @@ impl ControlPlane {
 
     /// Creates (or refreshes) a Node named `name` that looks like one with a
     /// healthy kubelet: Ready, untainted, labelled `kubernetes.io/hostname=<name>`
-    /// and `kubernetes.io/os=linux`. DaemonSets then place a Pod on it (see
-    /// [`node`](crate::node) for what 1.20 does with it).
+    /// and `kubernetes.io/os=linux`, its kubelet this control plane's
+    /// [kubelet endpoint](crate::kubelet) (so the logs of Pods bound to it can be
+    /// read). DaemonSets then place a Pod on it (see [`node`](crate::node) for what
+    /// 1.20 does with it).
     pub async fn register_node(&self, name: &str) -> anyhow::Result<Node> {
         let nodes: Api<Node> = Api::all(self.client());
-        let node = node::fake_node(name, Timestamp::now());
+        let node = node::fake_node(name, Timestamp::now(), self.kubelet.port());
         nodes
             .patch(
                 name,
@@ -542,6 +552,11 @@ impl ControlPlane {
             .patch(name, &PatchParams::default(), &Patch::Merge(&untainted))
             .await
             .with_context(|| format!("removing the taints of Node {name}"))
+    }
+
+    /// The port of the kubelet endpoint every registered Node names.
+    pub fn kubelet_port(&self) -> u16 {
+        self.kubelet.port()
     }
 
     /// How long [`ControlPlane::start`] took.
@@ -717,6 +732,9 @@ impl Layout {
             .arg("--service-cluster-ip-range=10.96.0.0/16")
             .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
+            // Nodes name their kubelet by address 127.0.0.1 (`InternalIP`); the
+            // default order would try their `Hostname` first, which does not resolve.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!("--audit-policy-file={}", self.audit_policy.display()))
             .arg(format!("--audit-log-path={}", self.audit_log.display()))
             .arg("--audit-log-format=json")

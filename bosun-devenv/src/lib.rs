@@ -44,7 +44,12 @@
 //! - [`ControlPlane::stop_apiserver`] / [`ControlPlane::kill_apiserver`] and
 //!   [`ControlPlane::start_apiserver`]: the same API server (port, certificate,
 //!   tokens, etcd) goes away and comes back; clients reconnect by themselves;
-//! - fake Nodes, [`ControlPlane::register_node`], so DaemonSets place Pods;
+//! - fake Nodes, [`ControlPlane::register_node`], so DaemonSets place Pods; their
+//!   kubelet endpoint ([`KubeletEndpoint`]) serves the simulated containers' logs,
+//!   so with [`PodSimulator::start_on_node`] binding Pods to a Node the real
+//!   `pods/log` API (`kubectl logs`) works;
+//! - a real Prometheus ([`Prometheus`], Debian's `prometheus` package) scraping
+//!   targets such as a [`MetricsEndpoint`] whose error rate and latency a test sets;
 //! - a validating admission webhook on loopback, [`AdmissionWebhook`], that
 //!   allows, denies, fails with HTTP 500 or is unreachable, switched at runtime
 //!   (its module docs list what the API server answers in each case).
@@ -66,9 +71,10 @@
 //! Known limits of this 1.20 control plane:
 //! - server-side apply refuses a Service port or container port without
 //!   `protocol` (set `protocol: TCP`);
-//! - no scheduler binds Pods, so Services get no endpoints and nothing listens on
-//!   a Pod's (simulated, loopback) IP; a Pod bound by its manifest
-//!   (`spec.nodeName`) is deleted gracefully and the pod simulator confirms;
+//! - no scheduler runs: Pods stay unbound unless the pod simulator binds them
+//!   ([`PodSimulator::start_on_node`]) or their manifest does (`spec.nodeName`);
+//!   Services get no endpoints and nothing listens on a Pod's (simulated, loopback)
+//!   IP; a bound Pod is deleted gracefully and the pod simulator confirms;
 //! - etcd 3.4 cannot serve streaming lists: use kube's default list-then-watch;
 //! - ServiceAccount tokens are Secrets made by the token controller (1.24+ no
 //!   longer makes them).
@@ -82,10 +88,13 @@ mod git;
 mod git_http;
 mod git_ssh;
 mod health;
+pub mod kubelet;
 pub mod metrics;
 pub mod node;
 mod podsim;
 pub mod process;
+pub mod prometheus;
+pub mod script;
 
 pub use admission::{AdmissionWebhook, ReceivedReview, WebhookBehavior, webhook_name, webhook_rule};
 pub use audit::{AuditedWrite, audit_write_verb};
@@ -95,5 +104,7 @@ pub use git::{GitServer, WorkRepo};
 pub use git_http::GitHttpServer;
 pub use git_ssh::GitSshServer;
 pub use health::{HealthCounters, HealthEndpoint};
+pub use kubelet::KubeletEndpoint;
 pub use metrics::{REQUEST_TOTAL, sum_samples};
-pub use podsim::{PodSimulator, simulated_status};
+pub use podsim::{PodSimulator, container_log, simulated_status};
+pub use prometheus::{MetricsEndpoint, Prometheus};

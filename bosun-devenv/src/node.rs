@@ -1,5 +1,7 @@
 //! Fake Nodes: no kubelet runs on the local control plane, so a Node is an object
-//! whose status says what a healthy kubelet would report, written once.
+//! whose status says what a healthy kubelet would report, written once. Its kubelet
+//! endpoint is the control plane's [`KubeletEndpoint`](super::KubeletEndpoint),
+//! which serves the logs of the simulated containers of the Pods bound to it.
 //!
 //! That is all the DaemonSet controller of 1.20 needs: it places a daemon Pod on
 //! every Node whose labels and taints the Pod's template accepts (it checks no
@@ -23,8 +25,9 @@ pub const KUBELET_VERSION: &str = "v1.20.2";
 
 /// The object of a Ready Node named `name`, labelled as a kubelet labels its Node
 /// (`kubernetes.io/hostname`, `kubernetes.io/os`, `kubernetes.io/arch`), without
-/// taints, with room for 110 Pods, its heartbeats at `now`.
-pub fn fake_node(name: &str, now: Timestamp) -> Node {
+/// taints, with room for 110 Pods, its heartbeats at `now`, its kubelet serving on
+/// 127.0.0.1:`kubelet_port` (address `InternalIP`).
+pub fn fake_node(name: &str, now: Timestamp, kubelet_port: u16) -> Node {
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now).to_string();
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({
@@ -64,7 +67,7 @@ pub fn fake_node(name: &str, now: Timestamp) -> Node {
                 { "type": "InternalIP", "address": "127.0.0.1" },
                 { "type": "Hostname", "address": name },
             ],
-            "daemonEndpoints": { "kubeletEndpoint": { "Port": 10250 } },
+            "daemonEndpoints": { "kubeletEndpoint": { "Port": kubelet_port } },
             "nodeInfo": {
                 "machineID": name,
                 "systemUUID": name,
@@ -88,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_fake_node_is_ready_untainted_and_labelled() {
-        let node = fake_node("worker-1", Timestamp::from_second(1_700_000_000).unwrap());
+        let node = fake_node("worker-1", Timestamp::from_second(1_700_000_000).unwrap(), 10250);
         assert_eq!(node.metadata.name.as_deref(), Some("worker-1"));
         let labels = node.metadata.labels.as_ref().unwrap();
         assert_eq!(labels["kubernetes.io/hostname"], "worker-1");
@@ -104,6 +107,20 @@ mod tests {
             .unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(status.allocatable.as_ref().unwrap()["pods"].0, "110");
+        let kubelet = status
+            .daemon_endpoints
+            .as_ref()
+            .unwrap()
+            .kubelet_endpoint
+            .as_ref()
+            .unwrap();
+        assert_eq!(kubelet.port, 10250);
+        let addresses = status.addresses.as_ref().unwrap();
+        assert!(
+            addresses
+                .iter()
+                .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1")
+        );
         assert_eq!(
             status.node_info.as_ref().unwrap().kubelet_version,
             KUBELET_VERSION

@@ -12,9 +12,31 @@
 //! | `notready`          | Running, never ready                                          |
 //! | anything else       | Running and Ready                                             |
 //!
-//! Pods of Jobs (or with `restartPolicy` `Never`/`OnFailure`) finish about a second
-//! after they start: `Failed` (exit 1) when an image contains `fail`, else
-//! `Succeeded` (exit 0); the pull and config errors above still apply to them.
+//! What a container runs, its `command` + `args`, decides what it logs and when a
+//! Pod that runs to completion (a Job's, or `restartPolicy` `Never`/`OnFailure`)
+//! finishes (see [`script`](crate::script) for the statements a script may use):
+//!
+//! | command                              | logs                                  | a Job's Pod                         | any other Pod                          |
+//! |--------------------------------------|---------------------------------------|-------------------------------------|----------------------------------------|
+//! | `sh -c "echo …; sleep N; exit C"`    | each `echo`, after the `sleep`s before it | ends at `exit`: `Failed` when `C` ≠ 0, else `Succeeded` | Running and Ready until `exit`, then restarts: `CrashLoopBackOff`, last exit code `C` |
+//! | `sh -c` script without `exit`        | each `echo`                           | `Succeeded` after its last statement| keeps Running and Ready                |
+//! | `sh -c "…; sleep infinity"`          | each `echo` before it                 | runs until the Job's deadline       | keeps Running and Ready                |
+//! | anything else (or no command)        | one line: `simulated: ran <command line>` (`… the entrypoint of <image> <args>`) | `Failed` (exit 1) about a second after the start when an image contains `fail`, else `Succeeded` (exit 0) | as its image says (table above) |
+//!
+//! Script time counts in whole seconds from the Pod's `startTime` (the API keeps
+//! whole seconds), and status is written once a second: a `sleep 2` before an
+//! `exit` ends the container 1 to 3 seconds of wall time after its start.
+//!
+//! The image conventions above keep applying to scripts: a pull or config error
+//! keeps any Pod `Pending`; in a Pod that does not run to completion a `crashloop`,
+//! `oomkilled` or `notready` image wins over the script. `sh`, `bash`, `ash`, `dash`,
+//! `zsh` and `ksh` (any path) with `-c` are shells; `bash -euxc` and `-o pipefail`
+//! are read too. A Job Pod with `restartPolicy: OnFailure` fails instead of
+//! restarting its container in place.
+//!
+//! The log lines are served by the control plane's kubelet endpoint, so the real
+//! `pods/log` API (`kubectl logs`) returns them for a Pod bound to a registered Node
+//! (see [`container_log`]).
 //!
 //! A Pod (usually through its template) can be given a history with annotations;
 //! they apply to every container simulated as Running above (`notready` and anything
@@ -27,6 +49,11 @@
 //!
 //! Annotating a live Pod (not its template) changes its history in place, e.g. a
 //! restart after some moment without rolling the workload.
+//!
+//! Started with [`PodSimulator::start_on_node`], the simulator also does the
+//! scheduler's part: it binds every Pod without a node (through the `pods/binding`
+//! subresource, as kube-scheduler does) to its Node, or to the Node a DaemonSet
+//! pinned it to, so the API server knows where the Pod's logs are.
 //!
 //! The API server deletes a Pod that is not bound to a node at once. A Pod bound
 //! to a node (`spec.nodeName` set) it deletes gracefully: it sets
@@ -43,13 +70,15 @@ use k8s_openapi::api::core::v1::{
     ContainerStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, ResourceExt};
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
+
+use super::script::{Program, ScriptEnd};
 
 /// Seconds between two simulated crashes of a crash-looping container.
 const RESTART_INTERVAL_SECONDS: i64 = 2;
@@ -68,10 +97,20 @@ pub struct PodSimulator {
 }
 
 impl PodSimulator {
-    /// Starts simulating every Pod visible to `client`. Must be called inside a
-    /// Tokio runtime.
+    /// Starts simulating every Pod visible to `client`, leaving them unbound. Must be
+    /// called inside a Tokio runtime.
     pub fn start(client: kube::Client) -> Self {
-        let task = tokio::spawn(run(Api::all(client)));
+        let task = tokio::spawn(run(Api::all(client), None));
+        Self { task }
+    }
+
+    /// Starts simulating every Pod visible to `client`, and binds each Pod without
+    /// a node to Node `node` (a daemon Pod to the Node it is pinned to), as a
+    /// scheduler would. Register the Node with
+    /// [`ControlPlane::register_node`](super::ControlPlane::register_node): its kubelet
+    /// endpoint then serves the Pods' logs.
+    pub fn start_on_node(client: kube::Client, node: &str) -> Self {
+        let task = tokio::spawn(run(Api::all(client), Some(node.to_owned())));
         Self { task }
     }
 
@@ -89,7 +128,7 @@ impl Drop for PodSimulator {
 
 /// Watches Pods and, on every change and every tick, writes the status that
 /// [`simulated_status`] computes when it differs from what was last written.
-async fn run(pods: Api<Pod>) {
+async fn run(pods: Api<Pod>, node: Option<String>) {
     let mut events = watcher::watcher(pods.clone(), watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -110,7 +149,7 @@ async fn run(pods: Api<Pod>) {
                 match event {
                     Ok(Event::Apply(pod)) => {
                         let uid = pod.uid().unwrap_or_default();
-                        sync(&pods, &pod, &mut written).await;
+                        sync(&pods, &pod, &mut written, node.as_deref()).await;
                         observed.insert(uid, pod);
                     }
                     Ok(Event::Delete(pod)) => {
@@ -121,7 +160,7 @@ async fn run(pods: Api<Pod>) {
                     Ok(Event::Init) => relisted = Some(HashMap::new()),
                     Ok(Event::InitApply(pod)) => {
                         let uid = pod.uid().unwrap_or_default();
-                        sync(&pods, &pod, &mut written).await;
+                        sync(&pods, &pod, &mut written, node.as_deref()).await;
                         relisted.get_or_insert_default().insert(uid, pod);
                     }
                     Ok(Event::InitDone) => {
@@ -134,20 +173,24 @@ async fn run(pods: Api<Pod>) {
             }
             _ = tick.tick() => {
                 for pod in observed.values() {
-                    sync(&pods, pod, &mut written).await;
+                    sync(&pods, pod, &mut written, node.as_deref()).await;
                 }
             }
         }
     }
 }
 
-/// Writes the simulated status of `pod` if it changed. Errors are logged and the
-/// write is retried on the next tick, since nothing was recorded as written.
-async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatus>) {
+/// Binds `pod` to a node if it has none and `node` is given, then writes its
+/// simulated status if it changed. Errors are logged and the write is retried on
+/// the next tick, since nothing was recorded as written.
+async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatus>, node: Option<&str>) {
     let Some(uid) = pod.uid() else { return };
     if awaits_kubelet_confirmation(pod) {
         confirm_deletion(pods, pod, &uid).await;
         return;
+    }
+    if let Some(node) = node.and_then(|node| node_to_bind(pod, node)) {
+        bind(pods, pod, &node).await;
     }
     let previous = written.get(&uid).or_else(|| {
         // After a restart of the simulator, continue from what is in the cluster.
@@ -183,6 +226,58 @@ async fn sync(pods: &Api<Pod>, pod: &Pod, written: &mut HashMap<String, PodStatu
         }
         Err(error) => {
             tracing::warn!(%error, pod = %pod.name_any(), %namespace, "writing pod status failed; will retry");
+        }
+    }
+}
+
+/// The Node a scheduler would bind `pod` to: none when it is bound already or being
+/// deleted; the Node a DaemonSet pinned it to (node affinity on `metadata.name`);
+/// else `default_node`.
+fn node_to_bind(pod: &Pod, default_node: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if spec.node_name.as_deref().is_some_and(|node| !node.is_empty())
+        || pod.metadata.deletion_timestamp.is_some()
+    {
+        return None;
+    }
+    let pinned = spec
+        .affinity
+        .as_ref()
+        .and_then(|affinity| affinity.node_affinity.as_ref())
+        .and_then(|affinity| {
+            affinity
+                .required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .into_iter()
+        .flat_map(|selector| &selector.node_selector_terms)
+        .flat_map(|term| term.match_fields.iter().flatten())
+        .find(|field| field.key == "metadata.name" && field.operator == "In")
+        .and_then(|field| field.values.as_ref()?.first().cloned());
+    Some(pinned.unwrap_or_else(|| default_node.to_owned()))
+}
+
+/// Binds `pod` to `node` through the `pods/binding` subresource, as kube-scheduler
+/// does: the API server sets `spec.nodeName` (and condition `PodScheduled`). A Pod
+/// bound meanwhile (409) or gone (404) is left alone; other errors are logged and
+/// the next tick retries.
+async fn bind(pods: &Api<Pod>, pod: &Pod, node: &str) {
+    let Some(namespace) = pod.namespace() else { return };
+    let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &namespace);
+    let binding = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": { "name": pod.name_any(), "uid": pod.uid() },
+        "target": { "apiVersion": "v1", "kind": "Node", "name": node },
+    });
+    let bound: Result<serde_json::Value, _> = api
+        .create_subresource("binding", &pod.name_any(), &PostParams::default(), &binding)
+        .await;
+    match bound {
+        Ok(_) => tracing::debug!(pod = %pod.name_any(), %namespace, node, "pod bound"),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+        Err(error) => {
+            tracing::warn!(%error, pod = %pod.name_any(), %namespace, node, "binding pod failed; will retry");
         }
     }
 }
@@ -231,7 +326,10 @@ async fn confirm_deletion(pods: &Api<Pod>, pod: &Pod, uid: &str) {
 enum Behavior {
     Ready,
     NotReady,
-    CrashLoop,
+    /// Restarted again and again, each run ending with this exit code.
+    CrashLoop {
+        exit_code: i32,
+    },
     OomKilled,
     /// Never starts; waiting with this reason.
     Waiting(&'static str),
@@ -240,7 +338,7 @@ enum Behavior {
 fn behavior(image: &str) -> Behavior {
     let image = image.to_ascii_lowercase();
     if image.contains("crashloop") {
-        Behavior::CrashLoop
+        Behavior::CrashLoop { exit_code: 1 }
     } else if image.contains("errimagepull") {
         Behavior::Waiting("ErrImagePull")
     } else if image.contains("imagepullbackoff") {
@@ -275,35 +373,69 @@ pub fn simulated_status(pod: &Pod, now: Timestamp, previous: Option<&PodStatus>)
             .and_then(|p| p.container_statuses.as_ref())
             .and_then(|statuses| statuses.iter().find(|s| s.name == name))
     };
+    let runs_to_completion =
+        is_owned_by_job(pod) || matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
+    let elapsed = now.as_second() - start_time.as_second();
+    let programs: Vec<Program> = spec.containers.iter().map(Program::of).collect();
     let behaviors: Vec<Behavior> = spec
         .containers
         .iter()
-        .map(|c| behavior(&c.image.clone().unwrap_or_default()))
+        .zip(&programs)
+        .map(|(c, program)| {
+            let by_image = behavior(&c.image.clone().unwrap_or_default());
+            match (by_image, script_exit(program)) {
+                // A container that is restarted when it ends crash-loops once its script exits.
+                (Behavior::Ready | Behavior::NotReady, Some((at, exit_code)))
+                    if !runs_to_completion && elapsed >= at =>
+                {
+                    Behavior::CrashLoop { exit_code }
+                }
+                (by_image, _) => by_image,
+            }
+        })
         .collect();
     let any_waiting = behaviors.iter().any(|b| matches!(b, Behavior::Waiting(_)));
-
-    let runs_to_completion =
-        is_owned_by_job(pod) || matches!(spec.restart_policy.as_deref(), Some("Never" | "OnFailure"));
-    let finished =
-        runs_to_completion && !any_waiting && now.as_second() - start_time.as_second() >= JOB_RUN_SECONDS;
+    // When each container of a Pod that runs to completion ends: (seconds after the
+    // start, exit code); `None` for one that never ends.
+    let completions: Vec<Option<(i64, i32)>> = spec
+        .containers
+        .iter()
+        .zip(&programs)
+        .map(|(c, program)| completion(c, program))
+        .collect();
+    let ended = |completion: &Option<(i64, i32)>| completion.is_some_and(|(at, _)| elapsed >= at);
+    let finished = runs_to_completion && !any_waiting && completions.iter().all(ended);
+    let at_second = |offset: i64| Timestamp::from_second(start_time.as_second() + offset).unwrap_or(now);
 
     let (phase, container_statuses): (&str, Vec<ContainerStatus>) = if finished {
-        let failed = spec
+        let (statuses, exit_codes): (Vec<ContainerStatus>, Vec<i32>) = spec
             .containers
             .iter()
-            .any(|c| c.image.as_deref().unwrap_or_default().contains("fail"));
-        let statuses = spec
-            .containers
-            .iter()
-            .map(|c| finished_container(pod, c, start_time, now, failed))
-            .collect();
+            .zip(&completions)
+            .map(|(c, completion)| {
+                let (at, exit_code) = completion.expect("finished: every container ended");
+                (
+                    finished_container(pod, c, start_time, at_second(at), exit_code),
+                    exit_code,
+                )
+            })
+            .unzip();
+        let failed = exit_codes.iter().any(|&code| code != 0);
         (if failed { "Failed" } else { "Succeeded" }, statuses)
     } else {
         let statuses = spec
             .containers
             .iter()
-            .zip(&behaviors)
-            .map(|(c, &b)| container_status(pod, c, b, start_time, now, previous_container(&c.name)))
+            .zip(behaviors.iter().zip(&completions))
+            .map(|(c, (&b, completion))| match completion {
+                // One container of a Job's Pod done while another still runs.
+                Some((at, exit_code))
+                    if runs_to_completion && !matches!(b, Behavior::Waiting(_)) && elapsed >= *at =>
+                {
+                    finished_container(pod, c, start_time, at_second(*at), *exit_code)
+                }
+                _ => container_status(pod, c, b, start_time, now, previous_container(&c.name)),
+            })
             .collect();
         (if any_waiting { "Pending" } else { "Running" }, statuses)
     };
@@ -367,6 +499,110 @@ pub fn simulated_status(pod: &Pod, now: Timestamp, previous: Option<&PodStatus>)
     (previous != Some(&status)).then_some(status)
 }
 
+/// The log of container `container` (or init container) of `pod` at `now`, as
+/// its kubelet would serve it: the lines its program (see the module docs) wrote
+/// since the container started (the last run, for one that crash-loops), each
+/// with the time it was written. `Err` says why there is none, as the kubelet
+/// says it.
+pub fn container_log(pod: &Pod, container: &str, now: Timestamp) -> Result<Vec<(Timestamp, String)>, String> {
+    let pod_name = pod.name_any();
+    let spec = pod
+        .spec
+        .as_ref()
+        .ok_or_else(|| format!("pod {pod_name:?} has no spec"))?;
+    let definition = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == container)
+        .ok_or_else(|| format!("container {container:?} is not valid for pod {pod_name:?}"))?;
+    let status = pod.status.as_ref().and_then(|status| {
+        status
+            .container_statuses
+            .iter()
+            .chain(status.init_container_statuses.iter())
+            .flatten()
+            .find(|s| s.name == container)
+    });
+    let waiting = |reason: Option<&str>| {
+        format!(
+            "container {container:?} in pod {pod_name:?} is waiting to start: {}",
+            reason.unwrap_or("ContainerCreating")
+        )
+    };
+    let Some(status) = status else {
+        return Err(waiting(None));
+    };
+    let state = status.state.as_ref();
+    let started_at = state
+        .and_then(|s| s.running.as_ref())
+        .and_then(|running| running.started_at.as_ref())
+        .or_else(|| state.and_then(|s| s.terminated.as_ref())?.started_at.as_ref())
+        // Waiting to restart: the log of the run that ended.
+        .or_else(|| {
+            status
+                .last_state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .started_at
+                .as_ref()
+        })
+        .ok_or_else(|| {
+            let reason = state
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|waiting| waiting.reason.as_deref());
+            waiting(reason)
+        })?
+        .0;
+    Ok(Program::of(definition)
+        .log()
+        .into_iter()
+        .filter_map(|(offset, line)| {
+            let at = started_at
+                .checked_add(SignedDuration::try_from(offset).ok()?)
+                .ok()?;
+            (at <= now).then_some((at, line))
+        })
+        .collect())
+}
+
+/// When a script's `exit` comes, in whole seconds after the start, and its code.
+fn script_exit(program: &Program) -> Option<(i64, i32)> {
+    match program {
+        Program::Script(script) => match script.end {
+            ScriptEnd::Exit { after, code } => Some((whole_seconds(after), code)),
+            _ => None,
+        },
+        Program::Other { .. } => None,
+    }
+}
+
+/// When `container` of a Pod that runs to completion ends, in whole seconds after
+/// the start, and its exit code; `None` if it never ends. A script ends at its
+/// `exit` or after its last statement (code 0); anything else after
+/// [`JOB_RUN_SECONDS`], failing when its image contains `fail`.
+fn completion(container: &Container, program: &Program) -> Option<(i64, i32)> {
+    match program {
+        Program::Script(script) => match script.end {
+            ScriptEnd::Exit { after, code } => Some((whole_seconds(after), code)),
+            ScriptEnd::Done { after } => Some((whole_seconds(after), 0)),
+            ScriptEnd::Never => None,
+        },
+        Program::Other { .. } => {
+            let failed = container.image.as_deref().unwrap_or_default().contains("fail");
+            Some((JOB_RUN_SECONDS, i32::from(failed)))
+        }
+    }
+}
+
+/// `duration` rounded up to whole seconds, the precision of the API's timestamps.
+fn whole_seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs())
+        .unwrap_or(i64::MAX / 2)
+        .saturating_add(i64::from(duration.subsec_nanos() > 0))
+}
+
 fn is_owned_by_job(pod: &Pod) -> bool {
     pod.owner_references()
         .iter()
@@ -415,7 +651,7 @@ fn container_status(
             started: Some(false),
             ..base
         },
-        Behavior::CrashLoop | Behavior::OomKilled => {
+        Behavior::CrashLoop { .. } | Behavior::OomKilled => {
             // One crash at start, then one more every RESTART_INTERVAL_SECONDS.
             let (restart_count, crashed_at) = match previous.and_then(last_termination) {
                 Some((count, at)) if now.as_second() - at.as_second() >= RESTART_INTERVAL_SECONDS => {
@@ -424,10 +660,10 @@ fn container_status(
                 Some((count, at)) => (count, at),
                 None => (1, now),
             };
-            let (reason, exit_code) = if behavior == Behavior::OomKilled {
-                ("OOMKilled", 137)
-            } else {
-                ("Error", 1)
+            let (reason, exit_code) = match behavior {
+                Behavior::CrashLoop { exit_code: 0 } => ("Completed", 0),
+                Behavior::CrashLoop { exit_code } => ("Error", exit_code),
+                _ => ("OOMKilled", 137),
             };
             let last_state = ContainerState {
                 terminated: Some(ContainerStateTerminated {
@@ -527,11 +763,11 @@ fn finished_container(
     pod: &Pod,
     container: &Container,
     start_time: Timestamp,
-    now: Timestamp,
-    failed: bool,
+    finished_at: Timestamp,
+    exit_code: i32,
 ) -> ContainerStatus {
     let image = container.image.clone().unwrap_or_default();
-    let (exit_code, reason) = if failed { (1, "Error") } else { (0, "Completed") };
+    let reason = if exit_code == 0 { "Completed" } else { "Error" };
     ContainerStatus {
         name: container.name.clone(),
         image_id: image_id(&image),
@@ -541,7 +777,7 @@ fn finished_container(
                 exit_code,
                 reason: Some(reason.to_owned()),
                 started_at: Some(Time(start_time)),
-                finished_at: Some(Time(now)),
+                finished_at: Some(Time(finished_at)),
                 container_id: Some(container_id(pod, &container.name, 0)),
                 ..Default::default()
             }),
@@ -893,6 +1129,215 @@ mod tests {
         p.metadata.deletion_timestamp = None;
         p.metadata.deletion_grace_period_seconds = None;
         assert!(!awaits_kubelet_confirmation(&p), "not being deleted");
+    }
+
+    fn with_command(mut pod: Pod, command: &[&str]) -> Pod {
+        pod.spec.as_mut().unwrap().containers[0].command =
+            Some(command.iter().map(|s| s.to_string()).collect());
+        pod
+    }
+
+    fn terminated(status: &PodStatus) -> ContainerStateTerminated {
+        container(status)
+            .state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_job_script_ends_at_its_exit_with_its_code() {
+        let p = with_command(
+            job_pod("example/migrate:1"),
+            &[
+                "sh",
+                "-c",
+                "echo migrating; sleep 2; echo 'relation users does not exist'; exit 3",
+            ],
+        );
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        assert_eq!(simulated_status(&p, at(1), Some(&first)), None, "still sleeping");
+        let done = simulated_status(&p, at(2), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Failed"));
+        let ended = terminated(&done);
+        assert_eq!(ended.exit_code, 3);
+        assert_eq!(ended.reason.as_deref(), Some("Error"));
+        assert_eq!(ended.finished_at, Some(Time(at(2))));
+
+        // exit 0 succeeds, and so does a script that runs out of statements.
+        for script in ["echo ok; exit 0", "echo ok; sleep 1"] {
+            let p = with_command(job_pod("example/fail-image-ignored:1"), &["bash", "-c", script]);
+            let first = simulated_status(&p, at(0), None).unwrap();
+            let done = simulated_status(&p, at(1), Some(&first)).unwrap_or(first);
+            assert_eq!(done.phase.as_deref(), Some("Succeeded"), "{script}");
+            assert_eq!(terminated(&done).exit_code, 0, "{script}");
+        }
+    }
+
+    #[test]
+    fn a_job_script_that_sleeps_forever_keeps_running() {
+        let p = with_command(
+            job_pod("example/backup:1"),
+            &["/bin/sh", "-c", "echo start; sleep infinity"],
+        );
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        assert_eq!(simulated_status(&p, at(3600), Some(&first)), None);
+    }
+
+    #[test]
+    fn a_job_command_that_is_no_script_follows_the_image() {
+        let p = with_command(
+            job_pod("example/fail-migration:1"),
+            &["uv", "run", "alembic", "upgrade", "head"],
+        );
+        let first = simulated_status(&p, at(0), None).unwrap();
+        let done = simulated_status(&p, at(1), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Failed"));
+        assert_eq!(terminated(&done).exit_code, 1);
+    }
+
+    #[test]
+    fn a_job_pod_ends_when_its_last_container_does() {
+        let mut p = with_command(job_pod("example/a:1"), &["sh", "-c", "exit 0"]);
+        p.spec.as_mut().unwrap().containers.push(Container {
+            name: "slow".into(),
+            image: Some("example/b:1".into()),
+            command: Some(vec!["sh".into(), "-c".into(), "sleep 3; exit 2".into()]),
+            ..Container::default()
+        });
+        let first = simulated_status(&p, at(0), None).unwrap();
+        assert_eq!(first.phase.as_deref(), Some("Running"));
+        let statuses = first.container_statuses.as_ref().unwrap();
+        assert!(
+            statuses[0].state.as_ref().unwrap().terminated.is_some(),
+            "c0 done"
+        );
+        assert!(
+            statuses[1].state.as_ref().unwrap().running.is_some(),
+            "slow still runs"
+        );
+        let done = simulated_status(&p, at(3), Some(&first)).unwrap();
+        assert_eq!(done.phase.as_deref(), Some("Failed"));
+        let codes: Vec<i32> = done
+            .container_statuses
+            .unwrap()
+            .iter()
+            .map(|s| s.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code)
+            .collect();
+        assert_eq!(codes, [0, 2]);
+    }
+
+    #[test]
+    fn a_long_running_script_stays_ready_until_it_exits_then_crash_loops() {
+        let worker = with_command(
+            pod(&["example/worker:1"]),
+            &["sh", "-c", "echo EnrichmentWorker started; sleep infinity"],
+        );
+        let status = simulated_status(&worker, at(0), None).unwrap();
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert!(container(&status).ready);
+        assert_eq!(simulated_status(&worker, at(600), Some(&status)), None);
+
+        // A script without exit keeps running too.
+        let echo = with_command(pod(&["example/worker:1"]), &["sh", "-c", "echo hello"]);
+        let status = simulated_status(&echo, at(0), None).unwrap();
+        assert_eq!(simulated_status(&echo, at(600), Some(&status)), None);
+
+        let crashing = with_command(
+            pod(&["example/worker:1"]),
+            &["sh", "-c", "echo starting; sleep 5; exit 4"],
+        );
+        let first = simulated_status(&crashing, at(0), None).unwrap();
+        assert!(container(&first).ready);
+        let crashed = simulated_status(&crashing, at(5), Some(&first)).unwrap();
+        assert_eq!(waiting_reason(&crashed), Some("CrashLoopBackOff"));
+        let last = container(&crashed)
+            .last_state
+            .clone()
+            .unwrap()
+            .terminated
+            .unwrap();
+        assert_eq!(last.exit_code, 4);
+        assert_eq!(last.reason.as_deref(), Some("Error"));
+        assert_eq!(condition(&crashed, "Ready").status, "False");
+    }
+
+    #[test]
+    fn the_log_is_what_the_script_wrote_so_far() {
+        let p = with_command(
+            job_pod("example/migrate:1"),
+            &[
+                "sh",
+                "-c",
+                "echo one; sleep 2; echo two; sleep 0.5; echo three; exit 1",
+            ],
+        );
+        assert_eq!(
+            container_log(&p, "c0", at(0)),
+            Err("container \"c0\" in pod \"web-1\" is waiting to start: ContainerCreating".into())
+        );
+        let mut p = p;
+        p.status = simulated_status(&p, at(0), None);
+        let lines = |now| -> Vec<String> {
+            container_log(&p, "c0", now)
+                .unwrap()
+                .into_iter()
+                .map(|(_, line)| line)
+                .collect()
+        };
+        assert_eq!(lines(at(0)), ["one"]);
+        assert_eq!(lines(at(2)), ["one", "two"]);
+        assert_eq!(lines(at(3)), ["one", "two", "three"]);
+        let timed = container_log(&p, "c0", at(3)).unwrap();
+        assert_eq!(timed[2].0, at(2) + SignedDuration::from_millis(500));
+        assert!(
+            container_log(&p, "nope", at(3))
+                .unwrap_err()
+                .contains("not valid")
+        );
+
+        // Not a script: one line naming what ran.
+        let mut other = pod(&["example/web:1"]);
+        other.status = simulated_status(&other, at(0), None);
+        let log = container_log(&other, "c0", at(9)).unwrap();
+        assert_eq!(
+            log,
+            [(
+                at(0),
+                "simulated: ran the entrypoint of example/web:1".to_string()
+            )]
+        );
+
+        // Never started: the kubelet's waiting message.
+        let mut pulling = pod(&["example/errimagepull:1"]);
+        pulling.status = simulated_status(&pulling, at(0), None);
+        assert!(
+            container_log(&pulling, "c0", at(9))
+                .unwrap_err()
+                .ends_with("is waiting to start: ErrImagePull")
+        );
+    }
+
+    #[test]
+    fn a_pod_is_bound_to_the_node_a_daemon_set_pinned_it_to_else_the_default() {
+        let mut p = pod(&["example/ok:1"]);
+        assert_eq!(node_to_bind(&p, "devenv").as_deref(), Some("devenv"));
+        p.spec.as_mut().unwrap().affinity = serde_json::from_value(serde_json::json!({
+            "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [
+                { "matchFields": [{ "key": "metadata.name", "operator": "In", "values": ["node-b"] }] }
+            ] } }
+        }))
+        .unwrap();
+        assert_eq!(node_to_bind(&p, "devenv").as_deref(), Some("node-b"));
+        p.spec.as_mut().unwrap().node_name = Some("node-a".into());
+        assert_eq!(node_to_bind(&p, "devenv"), None, "bound already");
+        p.spec.as_mut().unwrap().node_name = None;
+        p.metadata.deletion_timestamp = Some(Time(at(0)));
+        assert_eq!(node_to_bind(&p, "devenv"), None, "being deleted");
     }
 
     #[test]

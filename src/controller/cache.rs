@@ -4,17 +4,22 @@
 //!
 //! Only what bosun manages is watched: objects bosun applies carry its app label, and so
 //! do the pod templates of its workloads, hence their ReplicaSets, ControllerRevisions
-//! and Pods (a cluster holds far more Pods than bosun manages). Runbooks,
-//! ClusterRunbooks and snapshot Secrets are watched whole. Any change of a watched object
-//! wakes the app it belongs to.
+//! and Pods (a cluster holds far more Pods than bosun manages), and the backup and
+//! migration Jobs. Runbooks, ClusterRunbooks and snapshot Secrets are watched whole, and
+//! so are the other Secrets (preflight checks their keys and policies, and a change of
+//! one rolls the workloads that read it), Helm's release Secrets excepted. Any change of
+//! a watched object wakes the app it belongs to; a Secret's change wakes every app of
+//! its namespace.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -39,9 +44,17 @@ pub struct Caches {
     pub runbooks: Store<Runbook>,
     pub cluster_runbooks: Store<ClusterRunbook>,
     pub snapshots: Store<Secret>,
+    /// Every Secret but snapshots and Helm releases.
+    pub secrets: Store<Secret>,
+    /// Every ConfigMap (`binaryData` dropped: environment variables never read it).
+    pub config_maps: Store<ConfigMap>,
+    /// Backup, migration and downgrade Jobs (labelled with their app).
+    pub jobs: Store<Job>,
     pub workloads: WorkloadStores,
     pub managed: Arc<ManagedObjects>,
     decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+    /// When a Secret or ConfigMap of a namespace last changed.
+    secret_changes: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// A snapshot's manifests, with the Secret's resourceVersion they were decoded from.
@@ -118,11 +131,66 @@ impl Caches {
             watcher::Config::default().fields(&format!("type={SNAPSHOT_SECRET_TYPE}")),
             |_: &Secret| {},
         );
+        let jobs = reflect(Api::all(client.clone()), managed_only(), {
+            let wake = to_owner.clone();
+            move |o: &Job| wake(&o.metadata)
+        });
+        let secret_changes: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let secrets = reflect(
+            Api::all(client.clone()),
+            // Field selectors on `type` are served for Secrets by every API server version.
+            watcher::Config::default()
+                .fields(&format!("type!={SNAPSHOT_SECRET_TYPE},type!={HELM_RELEASE_TYPE}")),
+            {
+                let apps = apps.clone();
+                let trigger = trigger.clone();
+                let changes = secret_changes.clone();
+                move |secret: &Secret| {
+                    let namespace = secret.namespace().unwrap_or_default();
+                    changes
+                        .lock()
+                        .expect("secret change times poisoned")
+                        .insert(namespace.clone(), Instant::now());
+                    for app in apps_targeting(&apps, &namespace) {
+                        let _ = trigger.send(app);
+                    }
+                }
+            },
+        );
+        let config_maps = {
+            let (reader, writer) = reflector::store();
+            let apps = apps.clone();
+            let trigger = trigger.clone();
+            let changes = secret_changes.clone();
+            let stream = watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+                .default_backoff()
+                .modify(|object: &mut ConfigMap| {
+                    object.metadata.managed_fields = None;
+                    object.binary_data = None;
+                })
+                .reflect(writer)
+                .touched_objects();
+            tokio::spawn(drive(stream, move |config_map: &ConfigMap| {
+                let namespace = config_map.namespace().unwrap_or_default();
+                changes
+                    .lock()
+                    .expect("secret change times poisoned")
+                    .insert(namespace.clone(), Instant::now());
+                for app in apps_targeting(&apps, &namespace) {
+                    let _ = trigger.send(app);
+                }
+            }));
+            reader
+        };
         Caches {
             apps,
             runbooks,
             cluster_runbooks,
             snapshots,
+            secrets,
+            config_maps,
+            jobs,
+            secret_changes,
             workloads,
             managed: Arc::new(ManagedObjects::new(client.clone())),
             decoded: Arc::default(),
@@ -134,6 +202,9 @@ impl Caches {
         let _ = self.runbooks.wait_until_ready().await;
         let _ = self.cluster_runbooks.wait_until_ready().await;
         let _ = self.snapshots.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+        let _ = self.config_maps.wait_until_ready().await;
+        let _ = self.jobs.wait_until_ready().await;
         let w = &self.workloads;
         let _ = w.deployments.wait_until_ready().await;
         let _ = w.stateful_sets.wait_until_ready().await;
@@ -183,6 +254,30 @@ impl Caches {
                 .insert(key, (version, manifests.clone()));
         }
         Some(decoded)
+    }
+
+    /// Whether a Secret or ConfigMap of `namespace` changed after `since` (or ever,
+    /// with no `since`).
+    pub fn config_changed_since(&self, namespace: &str, since: Option<Instant>) -> bool {
+        let changes = self.secret_changes.lock().expect("secret change times poisoned");
+        match (changes.get(namespace), since) {
+            (Some(changed), Some(since)) => *changed > since,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// What preflight reads: Secrets and ConfigMaps from the caches.
+    pub fn lookup(&self) -> crate::preflight::StoreLookup {
+        crate::preflight::StoreLookup {
+            secrets: self.secrets.clone(),
+            config_maps: self.config_maps.clone(),
+        }
+    }
+
+    /// A Secret from the cache (never a snapshot or a Helm release).
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.secrets.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// Drops what was decoded for an app's snapshots (the app was deleted).
@@ -239,6 +334,25 @@ fn apps_with_label(apps: &Store<AppDeployment>, value: &str) -> Vec<ObjectRef<Ap
         .map(|app| ObjectRef::from_obj(&**app))
         .collect()
 }
+
+/// The AppDeployments that apply into `namespace` (their target namespace).
+fn apps_targeting(apps: &Store<AppDeployment>, namespace: &str) -> Vec<ObjectRef<AppDeployment>> {
+    apps.state()
+        .into_iter()
+        .filter(|app| {
+            app.spec
+                .target_namespace
+                .clone()
+                .or_else(|| app.namespace())
+                .as_deref()
+                == Some(namespace)
+        })
+        .map(|app| ObjectRef::from_obj(&*app))
+        .collect()
+}
+
+/// The Secret type of Helm's release records: large, many, and never read by an app.
+const HELM_RELEASE_TYPE: &str = "helm.sh/release.v1";
 
 /// The AppDeployments whose `runbookRef` names this Runbook (`namespace` set) or
 /// ClusterRunbook.

@@ -7,10 +7,13 @@
 //! BOSUN_FAULT_ABORT_AFTER=shop/litevault@rollback/start  # one app
 //! ```
 //!
-//! Boundaries: `deploy/start`, `deploy/render`, `deploy/snapshot`, `deploy/inventory`,
-//! `deploy/apply`, `deploy/verify` (recorded Healthy), `rollback/start`,
-//! `rollback/inventory`, `rollback/apply`, `rollback/verify` (recorded RolledBack).
-//! Unset, nothing happens.
+//! Boundaries: `deploy/start`, `deploy/render`, `deploy/snapshot`, `deploy/preflight`,
+//! `deploy/backup`, `deploy/migrate` (the Job finished and was recorded),
+//! `deploy/backup-running`, `deploy/migrate-running` (the Job was created and is
+//! running), `deploy/inventory`, `deploy/apply`, `deploy/verify` (recorded Healthy),
+//! `rotation/start`, `rollback/start`, `rollback/downgrade-running`,
+//! `rollback/downgrade`, `rollback/inventory`, `rollback/apply`, `rollback/verify`
+//! (recorded RolledBack). Unset, nothing happens.
 
 use crate::api::{AppDeploymentStatus, OperationKind};
 use crate::core::{Decision, StepResult};
@@ -78,6 +81,13 @@ pub fn boundary(decision: &Decision, status: &AppDeploymentStatus) -> Option<Str
         Decision::StartDeploy { .. } => name(Some(OperationKind::Deploy), "start"),
         Decision::Advance(StepResult::Rendered { .. }) => name(kind, "render"),
         Decision::Advance(StepResult::SnapshotStored { .. }) => name(kind, "snapshot"),
+        Decision::Advance(StepResult::PreflightPassed) => name(kind, "preflight"),
+        Decision::Advance(StepResult::JobFinished(job)) => name(kind, job.kind.as_str()),
+        Decision::AwaitJob { .. } => {
+            let step = status.operation.as_ref().map(|op| op.step)?;
+            name(kind, &format!("{step}-running"))
+        }
+        Decision::StartRotation { .. } => Some("rotation/start".into()),
         Decision::Advance(StepResult::Planned { .. }) => name(kind, "inventory"),
         Decision::Advance(StepResult::Applied(_)) => name(kind, "apply"),
         Decision::MarkHealthy { .. } => name(Some(OperationKind::Deploy), "verify"),

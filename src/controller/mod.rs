@@ -3,7 +3,8 @@
 //!
 //! - [`pass`]: one pass over one AppDeployment (observe, decide, record, persist, act);
 //! - [`observe`]: Runbook, spec and Git tip;
-//! - [`steps`]: render, snapshot, inventory, apply; [`verify`]: verification rounds;
+//! - [`steps`]: render, snapshot, preflight, inventory, apply; [`job_steps`]: the
+//!   backup, migration and downgrade Jobs; [`verify`]: verification rounds;
 //! - [`resync`]: drift correction at rest; [`cleanup`]: deletion;
 //! - [`cache`]: the watch caches; [`status_writer`]: the one status writer;
 //!   [`events`]: Events; [`fault`]: fault injection for the crash tests.
@@ -13,6 +14,7 @@ mod cleanup;
 mod error;
 mod events;
 pub mod fault;
+mod job_steps;
 mod observe;
 mod pass;
 mod resync;
@@ -149,6 +151,8 @@ pub struct Context {
     pub memo: UnchangedMemo,
     pub settings: Settings,
     pub fault: fault::FaultSwitch,
+    /// Delivers the Runbook's webhook notifications in the background.
+    pub notifier: crate::notify::Notifier,
     apps: Mutex<HashMap<String, AppState>>,
     /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
@@ -168,6 +172,8 @@ impl Context {
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
             fault: fault::FaultSwitch::from_env(),
+            notifier: crate::notify::Notifier::start(crate::notify::DeliverySettings::default())
+                .map_err(|e| Error::Internal(format!("notifications: {e}")))?,
             client,
             config,
             settings,
@@ -239,9 +245,10 @@ impl Context {
         ))
     }
 
-    /// An applier acting as the app's identity, sharing the caches.
-    fn applier(&self, app: &AppDeployment) -> Result<Applier, Error> {
-        let client = match self.apply_identity(app) {
+    /// A client acting as the app's identity ([`Context::apply_identity`]): what it
+    /// applies, and the Jobs it runs, are allowed only what that identity may do.
+    fn client_for(&self, app: &AppDeployment) -> Result<Client, Error> {
+        Ok(match self.apply_identity(app) {
             None => self.client.clone(),
             Some(user) => {
                 let mut cache = self.impersonated.lock().expect("impersonation cache poisoned");
@@ -257,7 +264,12 @@ impl Context {
                     }
                 }
             }
-        };
+        })
+    }
+
+    /// An applier acting as the app's identity, sharing the caches.
+    fn applier(&self, app: &AppDeployment) -> Result<Applier, Error> {
+        let client = self.client_for(app)?;
         // An impersonated account reads from the shared cache only what this app owns.
         let scoped = self.apply_identity(app).is_some();
         Ok(Applier::with_discovery(client, self.discovery.clone())

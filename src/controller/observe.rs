@@ -225,3 +225,34 @@ async fn credentials(
     state.credentials = Some((Instant::now(), secret_ref.name.clone(), credentials.clone()));
     Ok(Some(credentials))
 }
+
+/// The Secrets the running workloads read whose data changed since they were rolled
+/// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
+/// A Secret that is gone is preflight's business, not a rotation; data whose rollout
+/// was refused before is not offered again.
+pub fn rotated_secrets(
+    context: &Context,
+    status: &crate::api::AppDeploymentStatus,
+    runbook: &RunbookSpec,
+) -> std::collections::BTreeMap<String, String> {
+    if !runbook.rollout_on_secret_change() {
+        return Default::default();
+    }
+    status
+        .secret_digests
+        .iter()
+        .filter_map(|(key, applied)| {
+            let (namespace, name) = key.split_once('/')?;
+            let secret = context.caches.secret(namespace, name)?;
+            let data = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(key, value)| (key.clone(), value.0.clone()))
+                .collect();
+            let now = crate::preflight::secret_data_digest(&data);
+            (&now != applied && status.rejected_secret_digests.get(key) != Some(&now))
+                .then(|| (key.clone(), now))
+        })
+        .collect()
+}

@@ -18,8 +18,8 @@ use tracing::{Instrument, info, info_span, warn};
 use super::observe::{self, Runbook};
 use super::status_writer::{self, FINALIZER};
 use super::steps::{self, StepInput};
-use super::{AppNames, AppState, Context, Error, cleanup, resync, verify};
-use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec, Step, short_revision};
+use super::{AppNames, AppState, Context, Error, cleanup, job_steps, resync, verify};
+use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
 use crate::failure::{self, ApiErrorClass};
@@ -29,6 +29,8 @@ use crate::source::Credentials;
 const MAX_DECISIONS: usize = 40;
 /// How often a conflicting status write is re-read and decided again within one pass.
 const CONFLICT_RETRIES: usize = 3;
+/// How long a pass waits before looking at a running Job again if no watch event came.
+const JOB_RECHECK: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
     let key = app_key(&app);
@@ -108,6 +110,7 @@ async fn reconcile_app(
             pending,
             next_round: None,
             logged_revision: None,
+            notify: Vec::new(),
         };
         match pass.run().await {
             Err(Error::Conflict) => {
@@ -150,6 +153,8 @@ struct Pass<'a> {
     next_round: Option<Duration>,
     /// The revision the pass's log span names (recorded once it is known).
     logged_revision: Option<String>,
+    /// The Runbook's webhooks (`spec.notify`), told of the phase changes this pass saves.
+    notify: Vec<crate::api::Notify>,
 }
 
 impl Pass<'_> {
@@ -164,6 +169,7 @@ impl Pass<'_> {
                 Some(problem),
             ),
         };
+        self.notify = runbook.spec.notify.clone();
         let spec_problem = observe::spec_problem(self.context, &self.app);
         // A source the spec may not use is not fetched at all (credentials over plain
         // HTTP would already be on the wire).
@@ -181,6 +187,12 @@ impl Pass<'_> {
             .unwrap_or(Duration::from_secs(600));
         let spec_digest = self.app.spec.apply_digest();
         let generation = self.app.metadata.generation;
+        let plan = core::StepPlan {
+            backup: runbook.spec.backup.is_some(),
+            migrate: runbook.spec.migrate.is_some(),
+            migration_rollback: runbook.spec.migration_rollback_policy(),
+        };
+        let rotated = observe::rotated_secrets(self.context, &self.status, &runbook.spec);
 
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
@@ -202,6 +214,8 @@ impl Pass<'_> {
                 step_deadline,
                 block_retry_due,
                 recheck: recheck.take(),
+                plan,
+                rotated: rotated.clone(),
             });
             self.name_revision_in_logs(&desired);
             if !matches!(
@@ -219,6 +233,7 @@ impl Pass<'_> {
                 history_limit: self.app.spec.revision_history_limit.unwrap_or(10) as usize,
                 spec_digest: &spec_digest,
                 desired: desired.revision(),
+                plan,
             };
             notices.extend(record::record(&mut self.status, &decision, &record_context));
             self.save(&mut notices).await?;
@@ -238,6 +253,7 @@ impl Pass<'_> {
                         revision,
                         &inventory,
                         credentials.as_ref(),
+                        &runbook.spec,
                     )
                     .await?;
                     if !matches!(found, Recheck::Clear) {
@@ -247,7 +263,15 @@ impl Pass<'_> {
                 }
                 ref continuing if continuing.continues() => {}
                 Decision::Wait => {
-                    resync::if_due(self.context, &self.app, self.state, &mut self.status, interval).await;
+                    resync::if_due(
+                        self.context,
+                        &self.app,
+                        self.state,
+                        &mut self.status,
+                        interval,
+                        &runbook.spec,
+                    )
+                    .await;
                     self.save(&mut notices).await?;
                     if !self.state.snapshots_retained {
                         self.state.snapshots_retained = true;
@@ -258,6 +282,8 @@ impl Pass<'_> {
                 Decision::KeepVerifying { .. } => {
                     return Ok(Action::requeue(self.next_round.unwrap_or(Duration::from_secs(5))));
                 }
+                // The Job watch wakes the app when the Job ends; this is a safety net.
+                Decision::AwaitJob { .. } => return Ok(Action::requeue(JOB_RECHECK)),
                 Decision::Retry { .. } => {
                     let (attempt, elapsed) =
                         self.status.operation.as_ref().map_or((1, Duration::ZERO), |op| {
@@ -301,13 +327,15 @@ impl Pass<'_> {
             operation: &operation,
             inventory: &self.status.inventory,
             credentials,
+            runbook: &runbook.spec,
         };
         Ok(match step {
             Step::Render => steps::render(&input, self.state).await,
             Step::Snapshot => steps::snapshot(&input, self.state).await,
-            Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade => {
-                return Err(Error::Internal(format!("step {step} is not wired in yet")));
-            }
+            Step::Preflight => steps::preflight(&input).await,
+            Step::Backup => job_steps::run(&input, &runbook.spec, JobKind::Backup).await?,
+            Step::Migrate => job_steps::run(&input, &runbook.spec, JobKind::Migrate).await?,
+            Step::Downgrade => job_steps::run(&input, &runbook.spec, JobKind::Downgrade).await?,
             Step::Inventory => steps::inventory(&input).await?,
             Step::Apply => steps::apply(&input).await?,
             Step::Verify => {
@@ -349,8 +377,28 @@ impl Pass<'_> {
         };
         self.app.metadata.resource_version = Some(version.clone());
         self.state.written_version = Some(version);
-        self.saved = self.status.clone();
+        let before = std::mem::replace(&mut self.saved, self.status.clone());
+        self.tell(&before).await;
         Ok(())
+    }
+
+    /// Tells the Runbook's webhooks of a phase change just saved. Delivery happens in
+    /// the background and never holds the pass up; a receiver that cannot be resolved
+    /// (its URL's Secret missing) is logged by name, never with its URL.
+    async fn tell(&self, before: &AppDeploymentStatus) {
+        if self.notify.is_empty() {
+            return;
+        }
+        let Some(event) = crate::notify::event_of(&self.app, before, &self.status) else {
+            return;
+        };
+        let namespace = self.app.namespace().unwrap_or_default();
+        let (receivers, problems) =
+            crate::notify::receivers_for(&self.context.client, &self.notify, &namespace, event.phase).await;
+        for problem in problems {
+            warn!(%problem, "a notification receiver was skipped");
+        }
+        self.context.notifier.send(receivers, event);
     }
 
     async fn publish(&self, notices: &mut Vec<Notice>) {
@@ -371,7 +419,20 @@ impl Pass<'_> {
             .state
             .last_block_check
             .is_none_or(|at| at.elapsed() >= interval);
-        since_block && since_check
+        // A preflight miss is checked again as soon as a Secret (or ConfigMap) of the
+        // target namespace changed since the last check: creating the missing Secret
+        // unblocks the revision within seconds, not an interval later.
+        let preflight_fixable = self
+            .status
+            .blocked
+            .as_ref()
+            .is_some_and(|block| block.reason == crate::api::BlockReason::PreflightFailed && block.retry);
+        let changed_since_check = preflight_fixable
+            && self.context.caches.config_changed_since(
+                &AppNames::of(&self.app).target_namespace,
+                self.state.last_block_check,
+            );
+        (since_block && since_check) || changed_since_check
     }
 
     /// Every log line of this pass names the revision it is about.
@@ -414,6 +475,13 @@ fn describe(decision: &Decision) -> String {
         Decision::Adopt { revision } => format!("adopt {}", short_revision(revision)),
         Decision::Resume { phase } => format!("resume ({phase})"),
         Decision::RecheckBlock { revision } => format!("check blocked {} again", short_revision(revision)),
+        Decision::StartRotation { secrets } => {
+            format!(
+                "roll out a change of Secret {}",
+                secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        }
+        Decision::RejectRotation { .. } => "reject the Secret change".into(),
         other => format!("{other:?}"),
     }
 }
@@ -425,6 +493,8 @@ fn step_of(result: &crate::core::StepResult) -> &'static str {
         StepResult::SnapshotStored { .. } => "snapshot",
         StepResult::Planned { .. } => "inventory",
         StepResult::Applied(_) => "apply",
+        StepResult::PreflightPassed => "preflight",
+        StepResult::JobFinished(job) => job.kind.as_str(),
     }
 }
 

@@ -10,7 +10,9 @@ use kube::ResourceExt;
 use tracing::{debug, warn};
 
 use super::{AppNames, AppState, Context};
-use crate::api::{AppDeployment, AppDeploymentStatus, condition, remove_condition, short_revision};
+use crate::api::{
+    AppDeployment, AppDeploymentStatus, RunbookSpec, condition, remove_condition, short_revision,
+};
 use crate::core::record::Notice;
 use crate::snapshot;
 
@@ -27,6 +29,7 @@ pub async fn if_due(
     state: &mut AppState,
     status: &mut AppDeploymentStatus,
     interval: Duration,
+    runbook: &RunbookSpec,
 ) {
     if status.operation.is_some() || app.spec.suspend {
         return;
@@ -67,6 +70,15 @@ pub async fn if_due(
     };
     let names = AppNames::of(app);
     let inventory = status.inventory.clone();
+    // With the Secret digests of the last rollout: a Secret change goes out through
+    // preflight and the gates, never through a drift repair.
+    let (manifests, _) = super::steps::prepared(
+        context,
+        &manifests,
+        runbook,
+        &names.target_namespace,
+        Some(&status.secret_digests),
+    );
     match applier.apply(names.plan(&manifests, &inventory)).await {
         Ok(outcome) => {
             if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {

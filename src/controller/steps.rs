@@ -1,17 +1,19 @@
 //! The steps of an operation, each idempotent, each reporting a typed
-//! [`StepOutcome`]: render and snapshot (a Deploy's first two), inventory and apply
-//! (both operations; a Rollback works from the last healthy snapshot). What follows an
-//! outcome is decided by [`crate::core::decide`], never here.
+//! [`StepOutcome`]: render, snapshot and preflight (a Deploy's first three), inventory
+//! and apply (both operations; a Rollback works from the last healthy snapshot). The
+//! Job steps are in [`super::job_steps`]. What follows an outcome is decided by
+//! [`crate::core::decide`], never here.
 
 use std::sync::Arc;
 
 use kube::ResourceExt;
 
 use super::{AppNames, AppState, Context, Error};
-use crate::api::{AppDeployment, Operation, short_revision};
+use crate::api::{AppDeployment, Operation, RunbookSpec, short_revision};
 use crate::core::{Applied, Failure, FailureKind, Recheck, StepOutcome, StepResult};
 use crate::failure::Classified;
 use crate::gates::capture_baseline;
+use crate::preflight;
 use crate::render::{self, Manifest};
 use crate::snapshot;
 use crate::source::Credentials;
@@ -24,6 +26,7 @@ pub struct StepInput<'a> {
     /// What the app owns now (status.inventory).
     pub inventory: &'a [crate::api::InventoryEntry],
     pub credentials: Option<&'a Credentials>,
+    pub runbook: &'a RunbookSpec,
 }
 
 impl StepInput<'_> {
@@ -32,7 +35,7 @@ impl StepInput<'_> {
     }
 }
 
-fn from(classified: Classified) -> StepOutcome {
+pub(super) fn from(classified: Classified) -> StepOutcome {
     match classified {
         Classified::Transient(message) => StepOutcome::Transient(message),
         Classified::Refused(failure) => StepOutcome::Refused(failure),
@@ -121,17 +124,22 @@ pub async fn snapshot(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome
 
 /// The manifests of the operation's snapshot, from the watch cache or the API server.
 async fn manifests(step: &StepInput<'_>) -> Result<Arc<Vec<Manifest>>, StepOutcome> {
-    let Some(name) = &step.operation.snapshot else {
+    snapshot_manifests(step, step.operation.snapshot.as_deref(), &step.operation.revision).await
+}
+
+/// The manifests of snapshot `name` of `revision`, from the watch cache or the API server.
+pub(super) async fn snapshot_manifests(
+    step: &StepInput<'_>,
+    name: Option<&str>,
+    revision: &str,
+) -> Result<Arc<Vec<Manifest>>, StepOutcome> {
+    let Some(name) = name else {
         return Err(StepOutcome::Refused(Failure::new(
             FailureKind::RevisionInvalid,
-            format!(
-                "no snapshot recorded for revision {}",
-                short_revision(&step.operation.revision)
-            ),
+            format!("no snapshot recorded for revision {}", short_revision(revision)),
         )));
     };
     let namespace = step.namespace();
-    let revision = &step.operation.revision;
     let loaded = match step.context.caches.snapshot(&namespace, name, revision) {
         Some(cached) => cached,
         None => snapshot::load(&step.context.client, &namespace, name, revision)
@@ -139,6 +147,60 @@ async fn manifests(step: &StepInput<'_>) -> Result<Arc<Vec<Manifest>>, StepOutco
             .map(Arc::new),
     };
     loaded.map_err(|error| from(error.classify()))
+}
+
+/// Checks the env contract and every Secret (and ConfigMap) the revision reads, from
+/// the watch caches, before anything of it is written.
+pub async fn preflight(step: &StepInput<'_>) -> StepOutcome {
+    let manifests = match manifests(step).await {
+        Ok(manifests) => manifests,
+        Err(outcome) => return outcome,
+    };
+    let target = AppNames::of(step.app).target_namespace;
+    match check_preflight(step.context, &manifests, step.runbook, &target) {
+        Ok(()) => StepOutcome::Done(StepResult::PreflightPassed),
+        Err(failure) => StepOutcome::Refused(failure),
+    }
+}
+
+fn check_preflight(
+    context: &Context,
+    manifests: &[Manifest],
+    runbook: &RunbookSpec,
+    target_namespace: &str,
+) -> Result<(), Failure> {
+    match preflight::check(manifests, runbook, target_namespace, &context.caches.lookup()) {
+        Ok(checked) => {
+            for note in &checked.notes {
+                tracing::info!(note = %note, "preflight let a value pass that only the pod will know");
+            }
+            Ok(())
+        }
+        Err(misses) => Err(Failure::new(
+            FailureKind::PreflightFailed,
+            preflight::describe_misses(&misses),
+        )),
+    }
+}
+
+/// The manifests as they are applied: the Runbook's injected defaults added, and the
+/// digest of the Secrets each workload reads in its pod template. `digests`: the
+/// digests of now on a deploy or rollback; those recorded at the last rollout on a
+/// drift repair, which must never roll a Secret change out past the gates.
+pub(super) fn prepared(
+    context: &Context,
+    manifests: &[Manifest],
+    runbook: &RunbookSpec,
+    target_namespace: &str,
+    digests: Option<&std::collections::BTreeMap<String, String>>,
+) -> (Vec<Manifest>, std::collections::BTreeMap<String, String>) {
+    let lookup = context.caches.lookup();
+    let digests = match digests {
+        Some(recorded) => recorded.clone(),
+        None => preflight::secret_digests(manifests, target_namespace, &lookup),
+    };
+    let objects = preflight::apply_transforms(manifests, runbook, target_namespace, &lookup, &digests);
+    (objects, digests)
 }
 
 /// Resolves every object, refuses what another app owns, dry-runs what changes, and
@@ -150,6 +212,13 @@ pub async fn inventory(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
     };
     let applier = step.context.applier(step.app)?;
     let names = AppNames::of(step.app);
+    let (manifests, _) = prepared(
+        step.context,
+        &manifests,
+        step.runbook,
+        &names.target_namespace,
+        None,
+    );
     Ok(
         match applier.plan(&names.plan(&manifests, step.inventory)).await {
             Ok(planned) => StepOutcome::Done(StepResult::Planned {
@@ -168,6 +237,13 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
     };
     let applier = step.context.applier(step.app)?;
     let names = AppNames::of(step.app);
+    let (manifests, secret_digests) = prepared(
+        step.context,
+        &manifests,
+        step.runbook,
+        &names.target_namespace,
+        None,
+    );
     // Taken before anything is sent: the pods it lists predate the revision.
     let mut restart_baseline = capture_baseline(&step.context.caches.workloads, step.inventory);
     Ok(
@@ -184,6 +260,7 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
                     }
                     restart_baseline
                 },
+                secret_digests,
             })),
             Err(error) => from(error.classify()),
         },
@@ -198,6 +275,7 @@ pub async fn recheck(
     revision: &str,
     inventory: &[crate::api::InventoryEntry],
     credentials: Option<&Credentials>,
+    runbook: &RunbookSpec,
 ) -> Result<Recheck, Error> {
     let operation = crate::api::Operation {
         kind: crate::api::OperationKind::Deploy,
@@ -222,6 +300,7 @@ pub async fn recheck(
         operation: &operation,
         inventory,
         credentials,
+        runbook,
     };
     let manifests = match render_manifests(&step, revision).await {
         Ok(manifests) => manifests,
@@ -229,8 +308,12 @@ pub async fn recheck(
         Err(StepOutcome::Refused(failure)) => return Ok(Recheck::Refused(failure)),
         Err(_) => return Ok(Recheck::Transient("render gave no answer".into())),
     };
-    let applier = context.applier(app)?;
     let names = AppNames::of(app);
+    if let Err(failure) = check_preflight(context, &manifests, runbook, &names.target_namespace) {
+        return Ok(Recheck::Refused(failure));
+    }
+    let applier = context.applier(app)?;
+    let (manifests, _) = prepared(context, &manifests, runbook, &names.target_namespace, None);
     Ok(match applier.plan(&names.plan(&manifests, inventory)).await {
         Ok(_) => Recheck::Clear,
         Err(error) => match error.classify() {

@@ -109,10 +109,14 @@ pub async fn round(
     }
 
     let now = Instant::now();
-    session
-        .gates
-        .run_due_probes(&context.prober, target_namespace, now)
-        .await;
+    let probes = gates::ProbeContext {
+        http: &context.prober,
+        client: &context.client,
+        workloads: &context.caches.workloads,
+        namespace: target_namespace,
+        applied_at,
+    };
+    session.gates.run_due_probes(&probes, now).await;
     let gates = with_gates(&session.gates);
     if let Some(failed) = session.gates.failed() {
         let message = format!(

@@ -6,7 +6,8 @@
 //! Messages quote at most [`MAX_QUOTED_CHARS`] characters of anything from a response
 //! (body, JSON values, header values) and never request headers or URL credentials.
 //!
-//! [`evaluate_response`] and [`probe_url`] are pure; [`HttpProber`] does the I/O.
+//! [`evaluate_response`] and [`probe_url`] are pure; [`HttpProber`] does the I/O. Smoke
+//! steps send their requests through [`HttpProber::exchange`], judged the same way.
 
 use super::truncate;
 use std::time::Duration;
@@ -81,9 +82,15 @@ impl HttpProber {
     /// probe whose message says what. Request headers are never echoed (they may
     /// carry tokens), nor URL credentials.
     pub async fn probe(&self, gate: &HttpGate, timeout: Duration, target_namespace: &str) -> ProbeOutcome {
+        self.exchange(gate, timeout, target_namespace).await.outcome
+    }
+
+    /// [`HttpProber::probe`], keeping the answer for whoever needs more of it than the
+    /// verdict (a smoke step captures values from it).
+    pub async fn exchange(&self, gate: &HttpGate, timeout: Duration, target_namespace: &str) -> Exchange {
         let url = match probe_url(gate, target_namespace) {
             Ok(url) => url,
-            Err(problem) => return ProbeOutcome::failed(problem),
+            Err(problem) => return Exchange::unanswered(problem),
         };
         let method_name = gate
             .method
@@ -95,12 +102,12 @@ impl HttpProber {
         let method = match Method::from_bytes(method_name.as_bytes()) {
             Ok(method) => method,
             Err(_) => {
-                return ProbeOutcome::failed(format!("method {method_name:?} is not an HTTP method"));
+                return Exchange::unanswered(format!("method {method_name:?} is not an HTTP method"));
             }
         };
         let headers = match request_headers(gate) {
             Ok(headers) => headers,
-            Err(problem) => return ProbeOutcome::failed(format!("{target}: {problem}")),
+            Err(problem) => return Exchange::unanswered(format!("{target}: {problem}")),
         };
         let client = if gate.follow_redirects {
             &self.following
@@ -127,12 +134,12 @@ impl HttpProber {
             Ok::<_, reqwest::Error>((status, headers, body, answered_from))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Err(_) => ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout))),
+            Err(_) => Exchange::unanswered(format!("{target}: no answer within {}", seconds(timeout))),
             Ok(Err(error)) if error.is_timeout() => {
-                ProbeOutcome::failed(format!("{target}: no answer within {}", seconds(timeout)))
+                Exchange::unanswered(format!("{target}: no answer within {}", seconds(timeout)))
             }
             Ok(Err(error)) => {
-                ProbeOutcome::failed(format!("{target}: {}", error_chain(&error.without_url())))
+                Exchange::unanswered(format!("{target}: {}", error_chain(&error.without_url())))
             }
             Ok(Ok((status, headers, body, answered_from))) => {
                 // Where the answer came from, when redirects led elsewhere.
@@ -142,17 +149,57 @@ impl HttpProber {
                     format!("{target} → {}", quote(&display_url(&answered_from)))
                 };
                 let redirect = redirect_note(status, &headers, &answered_from);
-                match (evaluate_response(&gate.expect, status, &headers, &body), redirect) {
+                let outcome = match (evaluate_response(&gate.expect, status, &headers, &body), redirect) {
                     (Ok(()), None) => ProbeOutcome::passed(format!("{target}: {status}")),
                     (Ok(()), Some(note)) => ProbeOutcome::passed(format!("{target}: {status}; {note}")),
                     (Err(problem), None) => ProbeOutcome::failed(format!("{target}: {problem}")),
                     (Err(problem), Some(note)) => {
                         ProbeOutcome::failed(format!("{target}: {problem}; {note}"))
                     }
+                };
+                Exchange {
+                    outcome,
+                    answer: Some(Answer {
+                        target,
+                        status,
+                        headers,
+                        body,
+                    }),
                 }
             }
         }
     }
+}
+
+/// One request sent and its answer judged: the probe of an `http` gate, or one try of
+/// a smoke step.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    /// The verdict on the answer against `expect`, and its message.
+    pub outcome: ProbeOutcome,
+    /// What came back, when anything did (not for a bad URL, a refused connection or a
+    /// timeout).
+    pub answer: Option<Answer>,
+}
+
+impl Exchange {
+    fn unanswered(problem: String) -> Self {
+        Self {
+            outcome: ProbeOutcome::failed(problem),
+            answer: None,
+        }
+    }
+}
+
+/// What came back for one request (the body up to 1 MiB).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// How messages name the request: `METHOD URL` without credentials, with `→ URL`
+    /// when redirects led elsewhere.
+    pub target: String,
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
 }
 
 fn client(redirects: redirect::Policy) -> Result<reqwest::Client, ProberError> {
@@ -314,12 +361,26 @@ pub fn evaluate_response(
     if problems.is_empty() {
         return Ok(());
     }
-    let quoted = if text.trim().is_empty() {
+    let problems = problems.join("; ");
+    // The status, when it is not itself a problem, is still what came back.
+    let problems = if status_ok {
+        format!("{status} but {problems}")
+    } else {
+        problems
+    };
+    Err(format!("{problems} ({})", quote_body(body)))
+}
+
+/// The start of a body as messages quote it: `body: …` (at most [`MAX_QUOTED_CHARS`]),
+/// or `empty body`.
+pub fn quote_body(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
         "empty body".to_string()
     } else {
-        format!("body: {}", quote(text.trim()))
-    };
-    Err(format!("{} ({quoted})", problems.join("; ")))
+        format!("body: {}", quote(text))
+    }
 }
 
 /// The value at a dotted path: `status`, `checks.database`, `items.0.id`. An object
@@ -521,7 +582,7 @@ json:
         let wanted = expect("json: {status: ok}");
         let error =
             evaluate_response(&wanted, 200, &HeaderMap::new(), b"<html>ok</html>").expect_err("not JSON");
-        assert!(error.starts_with("body is not JSON"), "{error}");
+        assert!(error.starts_with("200 but body is not JSON"), "{error}");
         assert!(error.ends_with("(body: <html>ok</html>)"), "{error}");
     }
 
@@ -589,7 +650,7 @@ json:
         );
         assert_eq!(
             evaluate_response(&wanted, 200, &HeaderMap::new(), b"bad"),
-            Err(r#"body does not contain "all good" (body: bad)"#.into())
+            Err(r#"200 but body does not contain "all good" (body: bad)"#.into())
         );
     }
 
@@ -601,11 +662,11 @@ json:
         let wrong = headers(&[("access-control-allow-origin", "*")]);
         assert_eq!(
             evaluate_response(&wanted, 200, &wrong, b""),
-            Err(r#"header Access-Control-Allow-Origin: expected "https://shop.example", got "*" (empty body)"#.into())
+            Err(r#"200 but header Access-Control-Allow-Origin: expected "https://shop.example", got "*" (empty body)"#.into())
         );
         assert_eq!(
             evaluate_response(&wanted, 200, &HeaderMap::new(), b""),
-            Err("header Access-Control-Allow-Origin: expected \"https://shop.example\", got none (empty body)".into())
+            Err("200 but header Access-Control-Allow-Origin: expected \"https://shop.example\", got none (empty body)".into())
         );
         // Any of several values of one header may match.
         let several = headers(&[("vary", "Origin"), ("vary", "Accept")]);
@@ -649,7 +710,7 @@ json:
         assert_eq!(
             error,
             format!(
-                "header X-Version: expected \"2\", got \"{}… (empty body)",
+                "200 but header X-Version: expected \"2\", got \"{}… (empty body)",
                 "y".repeat(MAX_QUOTED_CHARS - 1)
             )
         );

@@ -4,19 +4,28 @@
 //!   current revision not crash-looping, unpullable or misconfigured since the
 //!   revision was applied; read from watch caches, no API request per round.
 //! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
+//! - [`smoke`]: the Runbook's `smoke` gates: ordered HTTP steps, all run by one probe.
+//! - [`logs`]: the Runbook's `logs` gates: a new pod of a workload logs a line
+//!   matching a pattern within a time of the apply (the `pods/log` API).
+//! - [`metrics`]: the Runbook's `metrics` gates: a PromQL query against a threshold.
 //! - [`tracker`]: one gate's verdict across probes (thresholds, period).
 //!
 //! [`Verification`] holds the Runbook gates of one revision for the controller; how
 //! long they must keep passing (`verifyWindow`) is the controller's decision.
 
 pub mod http;
+pub mod logs;
+pub mod metrics;
+pub mod smoke;
 pub mod tracker;
 pub mod window;
 pub mod workload;
 
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
+use futures::FutureExt;
+use futures::future::{BoxFuture, join_all};
+use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{Gate, GateVerdict, Verdict};
 
@@ -28,6 +37,33 @@ pub use workload::{WorkloadStores, WorkloadVerdict, WorkloadView, capture_baseli
 /// worth re-checking.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 
+/// What one probe of a gate found. An `http` probe always has a verdict; a `logs`
+/// or `metrics` probe may find nothing to judge yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// Passed or failed: counted towards the gate's thresholds.
+    Probe(ProbeOutcome),
+    /// Nothing to judge yet (no data, no matching line yet): not counted; the gate
+    /// is pending and says why until a probe finds something.
+    Waiting(String),
+    /// The gate fails now, whatever its thresholds (a `logs` gate past `within`).
+    Final(String),
+}
+
+/// What the probes of one round need besides the gates.
+pub struct ProbeContext<'a> {
+    pub http: &'a HttpProber,
+    /// The controller's client: `logs` gates read pod logs with it.
+    pub client: &'a kube::Client,
+    /// Where `logs` gates find the workload's pods (the controller's watch caches).
+    pub workloads: &'a (dyn WorkloadView + Sync),
+    /// The app's target namespace.
+    pub namespace: &'a str,
+    /// When the revision was applied: `logs` gates read only pods created since and
+    /// count `within` from then.
+    pub applied_at: Timestamp,
+}
+
 /// The Runbook gates of one revision being verified, in Runbook order.
 #[derive(Clone, Debug)]
 pub struct Verification {
@@ -38,10 +74,14 @@ pub struct Verification {
 struct TrackedGate {
     gate: Gate,
     tracker: GateTracker,
+    /// The last probe found nothing to judge: when, and why (not counted by the
+    /// tracker; cleared by the next probe that judges).
+    waiting: Option<(Instant, String)>,
 }
 
 impl Verification {
-    /// Tracks every gate that has a probe this controller can send (`http`).
+    /// Tracks every gate that has a probe this controller can send (`http`, `smoke`,
+    /// `logs`, `metrics`: see `send_probe`).
     ///
     /// Call it with the gates of a Runbook that passed `RunbookSpec::validate`, which
     /// refuses a gate without such a probe. Should one arrive all the same, it is left
@@ -51,7 +91,7 @@ impl Verification {
         let gates = gates
             .iter()
             .filter(|gate| {
-                let probeable = gate.http.is_some();
+                let probeable = can_probe(gate);
                 if !probeable {
                     tracing::warn!(gate = %gate.name, "gate has no probe this controller can send; not verified");
                 }
@@ -60,6 +100,7 @@ impl Verification {
             .map(|gate| TrackedGate {
                 gate: gate.clone(),
                 tracker: GateTracker::new(gate),
+                waiting: None,
             })
             .collect();
         Self { gates }
@@ -71,25 +112,23 @@ impl Verification {
 
     /// Sends every probe that is due at `now`, all at once, and records the outcomes
     /// as of `now` (periods count from the start of a probe, as for a kubelet probe).
-    pub async fn run_due_probes(&mut self, prober: &HttpProber, namespace: &str, now: Instant) {
-        let (indices, probes): (Vec<usize>, Vec<_>) = self
+    pub async fn run_due_probes(&mut self, probes: &ProbeContext<'_>, now: Instant) {
+        let (indices, pending): (Vec<usize>, Vec<BoxFuture<'_, Observation>>) = self
             .gates
             .iter()
             .enumerate()
-            .filter(|(_, tracked)| tracked.tracker.due(now))
-            .filter_map(|(index, tracked)| {
-                let http = tracked.gate.http.as_ref()?;
-                Some((index, prober.probe(http, tracked.gate.timeout(), namespace)))
-            })
+            .filter(|(_, tracked)| tracked.due(now))
+            .filter_map(|(index, tracked)| Some((index, send_probe(&tracked.gate, probes)?)))
             .unzip();
-        let outcomes = join_all(probes).await;
-        for (index, outcome) in indices.into_iter().zip(outcomes) {
+        let observations = join_all(pending).await;
+        for (index, observation) in indices.into_iter().zip(observations) {
             let tracked = &mut self.gates[index];
-            let before = tracked.tracker.verdict();
-            let after = tracked.tracker.record(&outcome, now);
-            tracing::debug!(gate = %tracked.gate.name, passed = outcome.passed, message = %outcome.message, "gate probe");
-            if before != after {
-                tracing::info!(gate = %tracked.gate.name, verdict = ?after, message = %outcome.message, "gate verdict changed");
+            let before = tracked.verdict();
+            tracing::debug!(gate = %tracked.gate.name, ?observation, "gate probe");
+            tracked.observe(observation, now);
+            let after = tracked.verdict();
+            if before.verdict != after.verdict {
+                tracing::info!(gate = %tracked.gate.name, verdict = ?after.verdict, message = ?after.message, "gate verdict changed");
             }
         }
     }
@@ -103,15 +142,15 @@ impl Verification {
     pub fn failed(&self) -> Option<GateVerdict> {
         self.gates
             .iter()
-            .find(|tracked| tracked.tracker.verdict() == Verdict::Failed)
             .map(TrackedGate::verdict)
+            .find(|verdict| verdict.verdict == Verdict::Failed)
     }
 
     /// Whether every gate passes right now (true with no gates).
     pub fn all_passed(&self) -> bool {
         self.gates
             .iter()
-            .all(|tracked| tracked.tracker.verdict() == Verdict::Passed)
+            .all(|tracked| tracked.verdict().verdict == Verdict::Passed)
     }
 
     /// Time until the next probe is due (zero if one is due now). With nothing left
@@ -119,19 +158,113 @@ impl Verification {
     pub fn next_due(&self, now: Instant) -> Duration {
         self.gates
             .iter()
-            .filter(|tracked| tracked.gate.http.is_some() && tracked.tracker.verdict() != Verdict::Failed)
-            .map(|tracked| tracked.tracker.until_due(now))
+            .filter(|tracked| tracked.probed_again())
+            .map(|tracked| tracked.until_due(now))
             .min()
             .unwrap_or(IDLE_RECHECK)
     }
 }
 
+/// One probe of `gate`, for each probe kind this controller sends; `None` for a gate
+/// it cannot probe. The one place a probe kind meets the code that probes it.
+fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFuture<'a, Observation>> {
+    let (timeout, namespace) = (gate.timeout(), probes.namespace);
+    match gate {
+        Gate { http: Some(http), .. } => Some(
+            probes
+                .http
+                .probe(http, timeout, namespace)
+                .map(Observation::Probe)
+                .boxed(),
+        ),
+        // One probe runs every step; `timeoutSeconds` bounds each request of a step
+        // (see `smoke::probe` for the bound on the whole run).
+        Gate {
+            smoke: Some(smoke), ..
+        } => Some(
+            smoke::probe(probes.http, smoke, timeout, namespace)
+                .map(Observation::Probe)
+                .boxed(),
+        ),
+        Gate { logs: Some(logs), .. } => Some(
+            logs::probe(
+                probes.client,
+                probes.workloads,
+                logs,
+                namespace,
+                probes.applied_at,
+                timeout,
+            )
+            .boxed(),
+        ),
+        Gate {
+            metrics: Some(metrics),
+            ..
+        } => Some(metrics::probe(metrics, timeout).boxed()),
+        _ => None,
+    }
+}
+
+/// Whether [`send_probe`] has a probe for `gate`.
+fn can_probe(gate: &Gate) -> bool {
+    matches!(
+        gate,
+        Gate { http: Some(_), .. }
+            | Gate { smoke: Some(_), .. }
+            | Gate { logs: Some(_), .. }
+            | Gate { metrics: Some(_), .. }
+    )
+}
+
 impl TrackedGate {
+    /// The gate's verdict: the tracker's, except that a gate whose last probe found
+    /// nothing to judge is pending (unless it failed for good).
     fn verdict(&self) -> GateVerdict {
+        let (verdict, message) = match (&self.waiting, self.tracker.verdict()) {
+            (Some((_, why)), verdict) if verdict != Verdict::Failed => (Verdict::Pending, why.clone()),
+            (_, verdict) => (verdict, self.tracker.summary()),
+        };
         GateVerdict {
             name: self.gate.name.clone(),
-            verdict: self.tracker.verdict(),
-            message: Some(self.tracker.summary()),
+            verdict,
+            message: Some(message),
+        }
+    }
+
+    /// Whether the gate is probed again: not once failed, nor a `logs` gate once it
+    /// passed (the line was logged; the tail read later may no longer hold it).
+    fn probed_again(&self) -> bool {
+        match self.tracker.verdict() {
+            Verdict::Failed => false,
+            Verdict::Passed if self.gate.logs.is_some() => self.waiting.is_some(),
+            _ => true,
+        }
+    }
+
+    /// Time until the next probe is due: a period after the last probe, counted or not.
+    fn until_due(&self, now: Instant) -> Duration {
+        let since_waiting = self.waiting.as_ref().map_or(Duration::ZERO, |(at, _)| {
+            (*at + self.gate.period()).saturating_duration_since(now)
+        });
+        self.tracker.until_due(now).max(since_waiting)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        self.probed_again() && self.until_due(now).is_zero()
+    }
+
+    /// Records what a probe started at `now` found.
+    fn observe(&mut self, observation: Observation, now: Instant) {
+        match observation {
+            Observation::Probe(outcome) => {
+                self.waiting = None;
+                self.tracker.record(&outcome, now);
+            }
+            Observation::Waiting(why) => self.waiting = Some((now, why)),
+            Observation::Final(why) => {
+                self.waiting = None;
+                self.tracker.fail(why);
+            }
         }
     }
 }
@@ -148,7 +281,8 @@ pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::HttpGate;
+    use crate::api::{HttpGate, LogsGate, MetricsGate, NoData, Threshold};
+    use crate::gates::workload::WorkloadObjects;
 
     fn http_gate(name: &str, period_seconds: u32) -> Gate {
         Gate {
@@ -266,15 +400,195 @@ mod tests {
         // Port 1 on loopback refuses connections: every probe fails fast.
         let mut verification = Verification::new(&[http_gate("a", 5), http_gate("b", 60)]);
         let prober = HttpProber::new().expect("client");
+        let client = unreachable_client();
+        let workloads = WorkloadObjects::default();
+        let probes = probe_context(&prober, &client, &workloads);
         let start = Instant::now();
-        verification.run_due_probes(&prober, "shop", start).await;
+        verification.run_due_probes(&probes, start).await;
         let failures = |v: &Verification| -> Vec<u32> {
             v.gates.iter().map(|t| t.tracker.consecutive_failures()).collect()
         };
         assert_eq!(failures(&verification), [1, 1]);
         verification
-            .run_due_probes(&prober, "shop", start + Duration::from_secs(5))
+            .run_due_probes(&probes, start + Duration::from_secs(5))
             .await;
         assert_eq!(failures(&verification), [2, 1], "only gate a was due again");
+    }
+
+    /// A client of an API server that is not there (port 1): nothing here calls it.
+    fn unreachable_client() -> kube::Client {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
+        kube::Client::try_from(config).expect("a client")
+    }
+
+    fn probe_context<'a>(
+        prober: &'a HttpProber,
+        client: &'a kube::Client,
+        workloads: &'a WorkloadObjects,
+    ) -> ProbeContext<'a> {
+        ProbeContext {
+            http: prober,
+            client,
+            workloads,
+            namespace: "shop",
+            applied_at: Timestamp::now(),
+        }
+    }
+
+    fn metrics_gate(name: &str, no_data: NoData) -> Gate {
+        Gate {
+            name: name.into(),
+            metrics: Some(MetricsGate {
+                prometheus: "http://127.0.0.1:1".into(),
+                query: "up".into(),
+                threshold: Threshold {
+                    op: "==".into(),
+                    value: 1.0,
+                },
+                no_data,
+            }),
+            ..Gate::default()
+        }
+    }
+
+    fn logs_gate(name: &str) -> Gate {
+        Gate {
+            name: name.into(),
+            logs: Some(LogsGate {
+                workload: "worker".into(),
+                pattern: "started".into(),
+                ..LogsGate::default()
+            }),
+            ..Gate::default()
+        }
+    }
+
+    fn observe(verification: &mut Verification, name: &str, observation: Observation, now: Instant) {
+        let tracked = verification
+            .gates
+            .iter_mut()
+            .find(|t| t.gate.name == name)
+            .expect("gate exists");
+        tracked.observe(observation, now);
+    }
+
+    #[test]
+    fn waiting_is_pending_not_counted_and_probed_again_a_period_later() {
+        let mut verification = Verification::new(&[metrics_gate("errors", NoData::Wait)]);
+        let start = Instant::now();
+        observe(
+            &mut verification,
+            "errors",
+            Observation::Probe(ProbeOutcome::passed("query up returned 1 (== 1)")),
+            start,
+        );
+        assert!(verification.all_passed());
+        observe(
+            &mut verification,
+            "errors",
+            Observation::Waiting("query up returned no data; waiting for data (noData: Wait)".into()),
+            start + Duration::from_secs(5),
+        );
+        let verdict = &verification.verdicts()[0];
+        assert_eq!(
+            verdict.verdict,
+            Verdict::Pending,
+            "no data after data: not passing"
+        );
+        assert_eq!(
+            verdict.message.as_deref(),
+            Some("query up returned no data; waiting for data (noData: Wait)")
+        );
+        assert_eq!(
+            verification.gates[0].tracker.consecutive_failures(),
+            0,
+            "not counted"
+        );
+        assert_eq!(
+            verification.next_due(start + Duration::from_secs(7)),
+            Duration::from_secs(3),
+            "a period after the probe that waited"
+        );
+        observe(
+            &mut verification,
+            "errors",
+            Observation::Probe(ProbeOutcome::passed("query up returned 1 (== 1)")),
+            start + Duration::from_secs(10),
+        );
+        assert!(verification.all_passed());
+    }
+
+    #[test]
+    fn a_final_observation_fails_at_once_and_a_passed_logs_gate_is_done() {
+        let mut gate = logs_gate("worker-started");
+        gate.failure_threshold = Some(5);
+        let mut verification = Verification::new(&[gate, logs_gate("other")]);
+        let start = Instant::now();
+        observe(
+            &mut verification,
+            "worker-started",
+            Observation::Final("no line matched within 60s of the apply".into()),
+            start,
+        );
+        let failed = verification.failed().expect("failed at once, threshold or not");
+        assert_eq!(failed.name, "worker-started");
+        assert_eq!(
+            failed.message.as_deref(),
+            Some("no line matched within 60s of the apply")
+        );
+
+        observe(
+            &mut verification,
+            "other",
+            Observation::Probe(ProbeOutcome::passed("pod worker-1 logged \"started\"")),
+            start,
+        );
+        let other = &verification.gates[1];
+        assert_eq!(other.verdict().verdict, Verdict::Passed);
+        assert!(!other.due(start + Duration::from_secs(3600)), "passed for good");
+        assert_eq!(
+            verification.next_due(start),
+            IDLE_RECHECK,
+            "nothing left to probe"
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_probes_are_dispatched_and_counted() {
+        // Nothing listens on port 1: a failed probe, counted like an http probe's.
+        let mut verification = Verification::new(&[metrics_gate("errors", NoData::Wait)]);
+        let prober = HttpProber::new().expect("client");
+        let client = unreachable_client();
+        let workloads = WorkloadObjects::default();
+        verification
+            .run_due_probes(&probe_context(&prober, &client, &workloads), Instant::now())
+            .await;
+        assert_eq!(verification.gates[0].tracker.consecutive_failures(), 1);
+        let message = verification.verdicts()[0].message.clone().unwrap();
+        assert!(
+            message.contains("GET http://127.0.0.1:1/api/v1/query"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_probes_are_dispatched_and_wait_for_the_workload() {
+        let mut verification = Verification::new(&[logs_gate("worker-started")]);
+        let prober = HttpProber::new().expect("client");
+        let client = unreachable_client();
+        let workloads = WorkloadObjects::default();
+        verification
+            .run_due_probes(&probe_context(&prober, &client, &workloads), Instant::now())
+            .await;
+        let verdict = &verification.verdicts()[0];
+        assert_eq!(verdict.verdict, Verdict::Pending);
+        assert!(
+            verdict
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("no Deployment, StatefulSet or DaemonSet shop/worker found"),
+            "{verdict:?}"
+        );
     }
 }

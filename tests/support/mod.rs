@@ -1,6 +1,11 @@
 //! Shared set-up of the end-to-end tests: a real control plane with the pod
 //! simulator, a `git daemon` on loopback, bosun's CRDs, and the real `bosun`
 //! binary run as a separate process (so a test can SIGKILL it).
+//!
+//! Every harness registers one Node, [`NODE`], and the pod simulator binds every
+//! Pod to it as a scheduler would: the Pods' logs can be read through the real
+//! `pods/log` API (`kubectl logs`), and deleting a Pod is graceful, confirmed by
+//! the simulator. A DaemonSet places one Pod on it.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -12,6 +17,9 @@ use bosun_devenv::{ControlPlane, ControlPlaneOptions, GitServer, PodSimulator, W
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+
+/// The Node every harness registers and binds Pods to.
+pub const NODE: &str = "devenv-node";
 
 pub struct Harness {
     pub control_plane: ControlPlane,
@@ -34,7 +42,8 @@ impl Harness {
             .await
             .expect("control plane starts");
         let client = control_plane.client();
-        let pods = PodSimulator::start(client.clone());
+        control_plane.register_node(NODE).await.expect("Node registered");
+        let pods = PodSimulator::start_on_node(client.clone(), NODE);
         let dir = tempfile::tempdir().expect("temp dir");
         let repos = dir.path().join("repos");
         std::fs::create_dir_all(&repos).unwrap();

@@ -305,9 +305,12 @@ impl RunbookSpec {
     }
 }
 
-/// Ordered HTTP requests, each judged like an `http` gate; a step may capture values
-/// from its response for later steps (`{{ .steps.STEP.NAME }}` in a later `url`, `path`,
-/// header value or `body`).
+/// Ordered HTTP requests, each judged like an `http` gate, stopping at the first that
+/// fails. A step may capture values from its response for later steps: write
+/// `{{.steps.STEP.NAME}}` in a later step's `url`, `path`, header value or `body`
+/// (spaces inside the braces, `{{ .steps.STEP.NAME }}`, everywhere but in `url`, which
+/// may not contain spaces). One probe of the gate runs every step; `timeoutSeconds`
+/// bounds each request, not the steps' `eventually`.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SmokeGate {
@@ -319,15 +322,18 @@ pub struct SmokeGate {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SmokeStep {
-    /// Names the step in messages and in `{{ .steps.NAME.… }}`.
+    /// Names the step in messages and in `{{.steps.NAME.CAPTURE}}`: letters, digits,
+    /// `-` and `_`.
     #[schemars(length(min = 1))]
     pub name: String,
     #[serde(flatten)]
     pub request: HttpGate,
-    /// Values to keep from the response: name → `json:DOTTED.PATH` or `header:NAME`.
+    /// Values to keep from the response once the step passed, by name (letters,
+    /// digits, `-`, `_`): `json:DOTTED.PATH` (`json:items.0.id`; a string as it is,
+    /// other values as JSON) or `header:NAME` (e.g. `header:Location`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub capture: BTreeMap<String, String>,
-    /// Retry the step until its expectations hold, within a time.
+    /// Send the step again until its expectations hold and its captures are found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eventually: Option<Eventually>,
 }
@@ -335,7 +341,7 @@ pub struct SmokeStep {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Eventually {
-    /// How long the step may keep failing (e.g. `30s`).
+    /// How long the step may keep failing (e.g. `30s`): the last try starts then.
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub within: String,
     /// Pause between tries (default `1s`).

@@ -12,6 +12,7 @@ use std::fmt;
 
 use super::{
     ClusterRunbookSpec, EnvRule, Gate, HTTP_METHODS, HttpExpect, HttpGate, PROBE_KINDS, RunbookSpec,
+    SmokeGate, SmokeStep, parse_duration,
 };
 
 /// One thing wrong with a Runbook.
@@ -190,6 +191,9 @@ fn check_gate(gate: &Gate, at: &str, problems: &mut Vec<RunbookProblem>) {
     if let Some(http) = &gate.http {
         check_http(http, &format!("{at}.http"), problems);
     }
+    if let Some(smoke) = &gate.smoke {
+        check_smoke(smoke, &format!("{at}.smoke"), problems);
+    }
 }
 
 fn check_http(http: &HttpGate, at: &str, problems: &mut Vec<RunbookProblem>) {
@@ -313,6 +317,343 @@ fn check_expect(expect: &HttpExpect, at: &str, problems: &mut Vec<RunbookProblem
                 "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)",
             ));
         }
+    }
+}
+
+fn check_smoke(smoke: &SmokeGate, at: &str, problems: &mut Vec<RunbookProblem>) {
+    if smoke.steps.is_empty() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.steps"),
+            "has no steps; list the requests of the smoke test in order",
+        ));
+    }
+    for (index, step) in smoke.steps.iter().enumerate() {
+        let step_at = format!("{at}.steps[{index}]");
+        let earlier = &smoke.steps[..index];
+        if step.name.is_empty() {
+            problems.push(RunbookProblem::new(
+                format!("{step_at}.name"),
+                "is empty; name the step (messages name it, later steps use its captures by it)",
+            ));
+        } else if !is_smoke_name(&step.name) {
+            problems.push(RunbookProblem::new(
+                format!("{step_at}.name"),
+                format!("{:?} {SMOKE_NAME_RULE}", step.name),
+            ));
+        } else if let Some(first) = earlier.iter().position(|s| s.name == step.name) {
+            problems.push(RunbookProblem::new(
+                format!("{step_at}.name"),
+                format!(
+                    "{:?} is already the name of {at}.steps[{first}]; give each step its own name",
+                    step.name
+                ),
+            ));
+        }
+        // The request is checked as an `http` gate's, with every reference standing in
+        // for a value: what a reference points to is checked below.
+        check_http(&with_stand_ins(&step.request), &step_at, problems);
+        for (name, source) in &step.capture {
+            let field = format!("{step_at}.capture[{name:?}]");
+            if !is_smoke_name(name) {
+                problems.push(RunbookProblem::new(
+                    field.clone(),
+                    format!("{name:?} {SMOKE_NAME_RULE}"),
+                ));
+            }
+            if let Err(problem) = CaptureSource::parse(source) {
+                problems.push(RunbookProblem::new(field, problem));
+            }
+        }
+        check_references(step, &smoke.steps, index, &step_at, problems);
+        if let Some(eventually) = &step.eventually {
+            if let Err(problem) = parse_duration(&eventually.within) {
+                problems.push(RunbookProblem::new(
+                    format!("{step_at}.eventually.within"),
+                    format!("{problem}; write it like 30s or 2m"),
+                ));
+            }
+            match eventually.every.as_deref().map(parse_duration) {
+                Some(Err(problem)) => problems.push(RunbookProblem::new(
+                    format!("{step_at}.eventually.every"),
+                    format!("{problem}; write it like 1s or 500ms"),
+                )),
+                Some(Ok(every)) if every.is_zero() => problems.push(RunbookProblem::new(
+                    format!("{step_at}.eventually.every"),
+                    "is 0; use a pause like 1s or 500ms, or leave it out for 1s",
+                )),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Every reference in the step's `url`, `path`, header values and `body` must name a
+/// capture of an earlier step. Header values are never quoted (they carry tokens).
+fn check_references(
+    step: &SmokeStep,
+    steps: &[SmokeStep],
+    index: usize,
+    at: &str,
+    problems: &mut Vec<RunbookProblem>,
+) {
+    let request = &step.request;
+    let fields = [
+        ("url".to_string(), request.url.as_deref()),
+        ("path".to_string(), request.path.as_deref()),
+    ]
+    .into_iter()
+    .chain(
+        request
+            .headers
+            .iter()
+            .map(|(name, value)| (format!("headers[{name:?}]"), Some(value.as_str()))),
+    )
+    .chain([("body".to_string(), request.body.as_deref())]);
+    for (field, text) in fields {
+        let Some(text) = text else { continue };
+        let field_at = format!("{at}.{field}");
+        let references = match template_pieces(text) {
+            Ok(pieces) => pieces.into_iter().filter_map(|piece| match piece {
+                TemplatePiece::Reference(reference) => Some(reference),
+                TemplatePiece::Text(_) => None,
+            }),
+            Err(problem) => {
+                problems.push(RunbookProblem::new(field_at, problem));
+                continue;
+            }
+        };
+        for reference in references {
+            if field == "url" && reference.spaced() {
+                problems.push(RunbookProblem::new(
+                    field_at.clone(),
+                    format!(
+                        "{} has spaces, which a url may not have; write {{{{.steps.{}.{}}}}}",
+                        reference.written, reference.step, reference.capture
+                    ),
+                ));
+            }
+            if let Some(problem) = reference_problem(&reference, steps, index) {
+                problems.push(RunbookProblem::new(field_at.clone(), problem));
+            }
+        }
+    }
+}
+
+/// Why `reference`, used by step `index`, points to no value, if it does not.
+fn reference_problem(reference: &CaptureReference<'_>, steps: &[SmokeStep], index: usize) -> Option<String> {
+    let written = reference.written;
+    let step_name = reference.step;
+    let Some(source) = steps[..index].iter().rev().find(|s| s.name == step_name) else {
+        let problem = if steps[index].name == step_name {
+            format!("{written} refers to this step itself; a step can use only what earlier steps captured")
+        } else if steps[index..].iter().any(|s| s.name == step_name) {
+            format!(
+                "{written} refers to step {step_name:?}, which comes later; a step can use only what earlier steps captured"
+            )
+        } else {
+            format!("{written} refers to step {step_name:?}, which is not a step of this smoke gate")
+        };
+        return Some(problem);
+    };
+    if source.capture.contains_key(reference.capture) {
+        return None;
+    }
+    let captured = if source.capture.is_empty() {
+        "it captures nothing".to_string()
+    } else {
+        format!(
+            "it captures {}",
+            source
+                .capture
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    Some(format!(
+        "{written}: step {step_name:?} captures no {:?} ({captured})",
+        reference.capture
+    ))
+}
+
+/// The request with every well-formed reference replaced by a value, for the checks of
+/// an `http` gate (a reference in the URL's host or port is not a problem there).
+fn with_stand_ins(request: &HttpGate) -> HttpGate {
+    let stand_in = |text: &str| -> String {
+        match template_pieces(text) {
+            Ok(pieces) => pieces
+                .iter()
+                .map(|piece| match piece {
+                    TemplatePiece::Text(text) => text,
+                    TemplatePiece::Reference(_) => "1",
+                })
+                .collect(),
+            Err(_) => text.to_string(),
+        }
+    };
+    HttpGate {
+        url: request.url.as_deref().map(url_with_stand_ins),
+        path: request.path.as_deref().map(stand_in),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), stand_in(value)))
+            .collect(),
+        ..request.clone()
+    }
+}
+
+/// A step's `url` with values standing in for its references, for the checks of a fixed
+/// URL. A reference inside the host or port (`http://{{.steps.a.host}}:8080`, or a
+/// captured `Location` path right after the port) leaves the host and port to the run,
+/// which checks the URL it sends: only the scheme is checked then.
+fn url_with_stand_ins(url: &str) -> String {
+    let Ok(pieces) = template_pieces(url) else {
+        return url.to_string();
+    };
+    let literal_prefix: String = pieces
+        .iter()
+        .map_while(|piece| match piece {
+            TemplatePiece::Text(text) => Some(*text),
+            TemplatePiece::Reference(_) => None,
+        })
+        .collect();
+    let reference_in_authority = literal_prefix.len() < url.len()
+        && literal_prefix
+            .split_once("://")
+            .is_some_and(|(_, authority)| !authority.contains(['/', '?', '#']));
+    if reference_in_authority {
+        let scheme = literal_prefix.split_once("://").map_or("", |(scheme, _)| scheme);
+        return format!("{scheme}://host.invalid/");
+    }
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            TemplatePiece::Text(text) => text,
+            TemplatePiece::Reference(_) => "1",
+        })
+        .collect()
+}
+
+const SMOKE_NAME_RULE: &str =
+    "is not a name a reference can use: letters, digits, '-' and '_' ({{.steps.STEP.NAME}} reads them)";
+
+/// Step and capture names: what `{{.steps.STEP.NAME}}` can spell.
+pub fn is_smoke_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A piece of a smoke step's `url`, `path`, header value or `body`: text sent as it is,
+/// or a reference to a value that an earlier step captured.
+///
+/// The template grammar of smoke steps, one definition for [`RunbookSpec::validate`]
+/// and the smoke gate: `{{.steps.STEP.NAME}}`, spaces inside the braces allowed
+/// (`{{ .steps.STEP.NAME }}`) except in `url`, whose CRD pattern refuses spaces. A
+/// `{{` not followed by `.` is plain text (a JSON body may hold one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplatePiece<'a> {
+    Text(&'a str),
+    Reference(CaptureReference<'a>),
+}
+
+/// `{{.steps.STEP.NAME}}`: the value capture `NAME` of step `STEP` took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureReference<'a> {
+    pub step: &'a str,
+    pub capture: &'a str,
+    /// As written, braces included, for messages.
+    pub written: &'a str,
+}
+
+impl CaptureReference<'_> {
+    /// Whether it was written with spaces inside the braces.
+    pub fn spaced(&self) -> bool {
+        self.written.contains(char::is_whitespace)
+    }
+}
+
+/// Splits `text` into plain text and references; `Err` says why a `{{.` that starts a
+/// reference is not one. The error never quotes `text` beyond the reference (a header
+/// value may hold a token).
+pub fn template_pieces(text: &str) -> Result<Vec<TemplatePiece<'_>>, String> {
+    let mut pieces = Vec::new();
+    let mut text_start = 0;
+    let mut search_from = 0;
+    while let Some(found) = text[search_from..].find("{{") {
+        let open = search_from + found;
+        let inner_start = open + 2;
+        if !text[inner_start..].trim_start().starts_with('.') {
+            search_from = inner_start;
+            continue;
+        }
+        let Some(close) = text[inner_start..].find("}}").map(|at| inner_start + at) else {
+            return Err("has a {{. without its closing }}; write {{.steps.STEP.NAME}}".into());
+        };
+        let written = &text[open..close + 2];
+        let inner = text[inner_start..close].trim();
+        let Some((step, capture)) = inner
+            .strip_prefix(".steps.")
+            .and_then(|rest| rest.split_once('.'))
+            .filter(|(step, capture)| is_smoke_name(step) && is_smoke_name(capture))
+        else {
+            return Err(format!(
+                "{written} is not a reference to a captured value; write {{{{.steps.STEP.NAME}}}}"
+            ));
+        };
+        if open > text_start {
+            pieces.push(TemplatePiece::Text(&text[text_start..open]));
+        }
+        pieces.push(TemplatePiece::Reference(CaptureReference {
+            step,
+            capture,
+            written,
+        }));
+        text_start = close + 2;
+        search_from = text_start;
+    }
+    if text_start < text.len() {
+        pieces.push(TemplatePiece::Text(&text[text_start..]));
+    }
+    Ok(pieces)
+}
+
+/// Where a smoke step's capture takes its value: `json:DOTTED.PATH` (a path as
+/// `expect.json` reads it, with numeric indices into arrays: `items.0.id`) or
+/// `header:NAME` (any case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureSource<'a> {
+    Json(&'a str),
+    Header(&'a str),
+}
+
+impl<'a> CaptureSource<'a> {
+    pub fn parse(text: &'a str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(path) = text.strip_prefix("json:") {
+            let path = path.trim();
+            return if path.is_empty() {
+                Err("\"json:\" names no path; write json:DOTTED.PATH, e.g. json:items.0.id".into())
+            } else {
+                Ok(CaptureSource::Json(path))
+            };
+        }
+        if let Some(name) = text.strip_prefix("header:") {
+            let name = name.trim();
+            return if is_token(name) {
+                Ok(CaptureSource::Header(name))
+            } else {
+                Err(format!(
+                    "{name:?} is not a header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)"
+                ))
+            };
+        }
+        Err(format!(
+            "{text:?} is neither json:DOTTED.PATH nor header:NAME; write e.g. json:items.0.id or header:Location"
+        ))
     }
 }
 
@@ -934,5 +1275,255 @@ env:
             cluster.validate().map_err(|p| describe_problems(&p)),
             Err("spec.gates[0]: has no probe; set exactly one of: http, smoke, logs, metrics".into())
         );
+    }
+
+    /// The problems of a single-gate Runbook whose `smoke` is `smoke_yaml`.
+    fn smoke_problems(smoke_yaml: &str) -> Vec<String> {
+        problems(&format!("gates:\n  - name: smoke\n    smoke:\n{smoke_yaml}"))
+    }
+
+    #[test]
+    fn the_litevault_smoke_test_is_valid() {
+        let found = smoke_problems(
+            r#"
+      steps:
+        - name: create
+          url: http://backend.shop:8000
+          path: /api/v1/items
+          method: POST
+          headers: {Content-Type: application/json}
+          body: '{"title": "smoke", "note": "{{ not a reference }}"}'
+          expect: {status: [201], json: {status: ENRICHING}}
+          capture: {id: json:id, location: 'header:Location'}
+        - name: enriched
+          url: http://backend.shop:8000/api/v1/items/{{.steps.create.id}}
+          expect: {json: {status: READY_TO_CONFIRM}}
+          eventually: {within: 30s, every: 2s}
+        - name: confirm
+          url: http://backend.shop:8000
+          path: '/api/v1/items/{{ .steps.create.id }}/confirm'
+          method: POST
+          headers: {X-Item: '{{ .steps.create.id }}'}
+          body: '{"id": "{{.steps.create.id}}"}'
+          expect: {json: {status: ARCHIVED}}
+"#,
+        );
+        assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn references_name_captures_of_earlier_steps() {
+        let found = smoke_problems(
+            r#"
+      steps:
+        - name: create
+          url: 'http://h/{{.steps.create.id}}'
+          capture: {id: json:id}
+        - name: read
+          url: 'http://h/items/{{.steps.create.idd}}'
+          path: '/{{.steps.confirm.id}}'
+          body: '{{.steps.nowhere.x}}'
+        - name: confirm
+          url: 'http://h/{{.steps.read.id}}'
+          capture: {id: json:id}
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.gates[0].smoke.steps[0].url: {{.steps.create.id}} refers to this step itself; a step can use \
+                 only what earlier steps captured",
+                "spec.gates[0].smoke.steps[1].url: {{.steps.create.idd}}: step \"create\" captures no \"idd\" (it \
+                 captures id)",
+                "spec.gates[0].smoke.steps[1].path: {{.steps.confirm.id}} refers to step \"confirm\", which comes \
+                 later; a step can use only what earlier steps captured",
+                "spec.gates[0].smoke.steps[1].body: {{.steps.nowhere.x}} refers to step \"nowhere\", which is not a \
+                 step of this smoke gate",
+                "spec.gates[0].smoke.steps[2].url: {{.steps.read.id}}: step \"read\" captures no \"id\" (it captures \
+                 nothing)",
+            ]
+        );
+    }
+
+    #[test]
+    fn references_in_urls_have_no_spaces_and_malformed_ones_are_named() {
+        let found = smoke_problems(
+            r#"
+      steps:
+        - name: create
+          url: http://h
+          capture: {id: json:id}
+        - name: read
+          url: 'http://h/items/{{ .steps.create.id }}'
+          path: '/{{.step.create.id}}'
+          headers: {X-Item: 'Bearer secret-token {{.steps.create.id'}
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.gates[0].smoke.steps[1].url: {{ .steps.create.id }} has spaces, which a url may not have; \
+                 write {{.steps.create.id}}",
+                "spec.gates[0].smoke.steps[1].path: {{.step.create.id}} is not a reference to a captured value; \
+                 write {{.steps.STEP.NAME}}",
+                "spec.gates[0].smoke.steps[1].headers[\"X-Item\"]: has a {{. without its closing }}; write \
+                 {{.steps.STEP.NAME}}",
+            ]
+        );
+        assert!(!found.concat().contains("secret-token"), "{found:?}");
+    }
+
+    #[test]
+    fn step_names_captures_and_eventually() {
+        let found = smoke_problems(
+            r#"
+      steps:
+        - name: create item
+          url: http://h
+          capture: {id: 'jsonpath:$.id', 'the id': json:id, loc: 'header:', empty: 'json: '}
+          eventually: {within: 30 seconds, every: 0s}
+        - name: ''
+          url: http://h
+          eventually: {within: 1m, every: soon}
+        - name: again
+          url: http://h
+        - name: again
+          url: http://h
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.gates[0].smoke.steps[0].name: \"create item\" is not a name a reference can use: letters, \
+                 digits, '-' and '_' ({{.steps.STEP.NAME}} reads them)",
+                "spec.gates[0].smoke.steps[0].capture[\"empty\"]: \"json:\" names no path; write json:DOTTED.PATH, \
+                 e.g. json:items.0.id",
+                "spec.gates[0].smoke.steps[0].capture[\"id\"]: \"jsonpath:$.id\" is neither json:DOTTED.PATH nor \
+                 header:NAME; write e.g. json:items.0.id or header:Location",
+                "spec.gates[0].smoke.steps[0].capture[\"loc\"]: \"\" is not a header name (letters, digits and \
+                 !#$%&'*+-.^_`|~, no spaces)",
+                "spec.gates[0].smoke.steps[0].capture[\"the id\"]: \"the id\" is not a name a reference can use: \
+                 letters, digits, '-' and '_' ({{.steps.STEP.NAME}} reads them)",
+                "spec.gates[0].smoke.steps[0].eventually.within: invalid duration \"30 seconds\": unknown unit \" \
+                 seconds\" (use ms, s, m, h); write it like 30s or 2m",
+                "spec.gates[0].smoke.steps[0].eventually.every: is 0; use a pause like 1s or 500ms, or leave it out \
+                 for 1s",
+                "spec.gates[0].smoke.steps[1].name: is empty; name the step (messages name it, later steps use its \
+                 captures by it)",
+                "spec.gates[0].smoke.steps[1].eventually.every: invalid duration \"soon\": expected a number; write \
+                 it like 1s or 500ms",
+                "spec.gates[0].smoke.steps[3].name: \"again\" is already the name of spec.gates[0].smoke.steps[2]; \
+                 give each step its own name",
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_are_checked_as_http_requests() {
+        let found = smoke_problems(
+            r#"
+      steps: []
+"#,
+        );
+        assert_eq!(
+            found,
+            ["spec.gates[0].smoke.steps: has no steps; list the requests of the smoke test in order"]
+        );
+        let found = smoke_problems(
+            r#"
+      steps:
+        - name: create
+          service: backend
+          method: post
+          path: items
+          capture: {id: json:id}
+        - name: read
+          url: 'http://{{.steps.create.id}}:{{.steps.create.id}}/items'
+        - name: confirm
+          url: 'http://127.0.0.1:8000{{.steps.create.id}}/confirm'
+        - name: elsewhere
+          url: 'ftp://{{.steps.create.id}}/x'
+        - name: relative
+          url: '{{.steps.create.id}}/x'
+"#,
+        );
+        assert_eq!(
+            found,
+            [
+                "spec.gates[0].smoke.steps[0].port: is required with service: the port of the Service to probe",
+                "spec.gates[0].smoke.steps[0].method: \"post\" is not a method a gate sends; use one of GET, HEAD, \
+                 POST, PUT, PATCH, DELETE, OPTIONS; methods are case-sensitive: write POST",
+                "spec.gates[0].smoke.steps[0].path: \"items\" does not start with '/'; write /items",
+                "spec.gates[0].smoke.steps[3].url: scheme \"ftp\" is not http or https",
+                "spec.gates[0].smoke.steps[4].url: is not an absolute URL; write it like \
+                 https://api.example.com/health",
+            ],
+            "a reference may stand for a host, a port or a path after the port"
+        );
+    }
+
+    #[test]
+    fn template_grammar() {
+        use TemplatePiece::{Reference, Text};
+        let reference = |step, capture, written| {
+            Reference(CaptureReference {
+                step,
+                capture,
+                written,
+            })
+        };
+        assert_eq!(
+            template_pieces("/items/{{.steps.create.id}}/confirm?x={{ .steps.a-1.b_2 }}"),
+            Ok(vec![
+                Text("/items/"),
+                reference("create", "id", "{{.steps.create.id}}"),
+                Text("/confirm?x="),
+                reference("a-1", "b_2", "{{ .steps.a-1.b_2 }}"),
+            ])
+        );
+        assert_eq!(
+            template_pieces("{{.steps.a.b}}{{.steps.c.d}}"),
+            Ok(vec![
+                reference("a", "b", "{{.steps.a.b}}"),
+                reference("c", "d", "{{.steps.c.d}}")
+            ])
+        );
+        // `{{` not followed by `.` is text: JSON bodies, other template languages.
+        assert_eq!(
+            template_pieces(r#"{"a": {{"b": 1}}}"#),
+            Ok(vec![Text(r#"{"a": {{"b": 1}}}"#)])
+        );
+        assert_eq!(template_pieces(""), Ok(vec![]));
+        assert!(
+            template_pieces("{{ .steps.a.b.c }}")
+                .expect_err("three segments")
+                .starts_with("{{ .steps.a.b.c }} is not a reference")
+        );
+        assert!(template_pieces("{{.steps.a}}").is_err());
+        assert!(template_pieces("{{.steps..b}}").is_err());
+        assert!(reference_spaced("{{ .steps.a.b}}"));
+        assert!(!reference_spaced("{{.steps.a.b}}"));
+    }
+
+    fn reference_spaced(text: &str) -> bool {
+        match template_pieces(text).expect("a reference").as_slice() {
+            [TemplatePiece::Reference(reference)] => reference.spaced(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn capture_sources() {
+        assert_eq!(
+            CaptureSource::parse("json:items.0.id"),
+            Ok(CaptureSource::Json("items.0.id"))
+        );
+        assert_eq!(CaptureSource::parse(" json: id "), Ok(CaptureSource::Json("id")));
+        assert_eq!(
+            CaptureSource::parse("header:Location"),
+            Ok(CaptureSource::Header("Location"))
+        );
+        assert!(CaptureSource::parse("body").is_err());
+        assert!(CaptureSource::parse("header:bad name").is_err());
     }
 }

@@ -11,13 +11,19 @@
 mod outcome;
 pub mod record;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::api::{AppDeploymentStatus, BlockReason, GateVerdict, Operation, OperationKind, Phase, Step};
+use crate::api::{
+    AppDeploymentStatus, BlockReason, GateVerdict, JobKind, MigrationRollbackPolicy, Operation,
+    OperationKind, Phase, Step,
+};
 
 pub use outcome::{Applied, Failure, FailureKind, StepOutcome, StepResult, Verification};
+
+pub use record::next_step;
 
 /// What the Git side says the app should run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +69,21 @@ pub struct Input<'a> {
     /// What checking the blocked revision again (render and dry run, nothing written)
     /// found, in this same pass.
     pub recheck: Option<Recheck>,
+    /// Which optional steps the Runbook asks for.
+    pub plan: StepPlan,
+    /// Secrets read by the running workloads whose data changed since it was rolled
+    /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
+    /// change; a change already rolled out and refused is not listed again.
+    pub rotated: BTreeMap<String, String>,
+}
+
+/// The optional steps of a Runbook: a backup Job, a migration Job, and what a rollback
+/// does to a migrated schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    pub backup: bool,
+    pub migrate: bool,
+    pub migration_rollback: MigrationRollbackPolicy,
 }
 
 /// What a re-check of a blocked revision found.
@@ -93,12 +114,14 @@ pub enum Decision {
     KeepVerifying { gates: Vec<GateVerdict> },
     /// The deployed revision passed every gate for the whole window.
     MarkHealthy { gates: Vec<GateVerdict> },
-    /// Flip back to the last healthy revision and quarantine the failed one.
+    /// Flip back to the last healthy revision and quarantine the failed one; with
+    /// `downgrade`, the failed revision's migration is undone first.
     RollBack {
         failed_revision: String,
         to: String,
         message: String,
         gates: Vec<GateVerdict>,
+        downgrade: bool,
     },
     /// The rollback target verified: the app runs its last healthy revision again.
     FinishRollback,
@@ -136,6 +159,17 @@ pub enum Decision {
     /// Check a blocked revision again without writing anything (render and a dry run):
     /// a block that may pass costs no write while it lasts.
     RecheckBlock { revision: String },
+    /// Secrets the running revision reads changed: roll its workloads through preflight
+    /// and the gates, as a revision (`namespace/name` → digest of the new data).
+    StartRotation { secrets: BTreeMap<String, String> },
+    /// A Job of the current step is still running: look again shortly.
+    AwaitJob { message: String },
+    /// The rollout of a Secret change failed: phase `Failed`; the old data is not
+    /// bosun's to restore, and the same data is not rolled out again.
+    RejectRotation {
+        message: String,
+        gates: Vec<GateVerdict>,
+    },
 }
 
 impl Decision {
@@ -145,6 +179,7 @@ impl Decision {
         matches!(
             self,
             Decision::StartDeploy { .. }
+                | Decision::StartRotation { .. }
                 | Decision::Advance(_)
                 | Decision::RollBack { .. }
                 | Decision::Block { .. }
@@ -184,7 +219,14 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     let held_back = !deployable(input, revision);
     if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
-        return if healthy && status.phase != Phase::Healthy && !held_back {
+        if healthy && !input.rotated.is_empty() {
+            return Decision::StartRotation {
+                secrets: input.rotated.clone(),
+            };
+        }
+        // A Secret change whose rollout failed keeps the app Failed until the Secret
+        // changes again or a commit comes: the running revision is not re-adopted.
+        return if healthy && status.phase != Phase::Healthy && !held_back && !rotation_failed(status) {
             Decision::Adopt {
                 revision: revision.clone(),
             }
@@ -238,6 +280,7 @@ fn block_reason(kind: FailureKind) -> BlockReason {
     match kind {
         FailureKind::Forbidden => BlockReason::Forbidden,
         FailureKind::OwnershipConflict => BlockReason::OwnershipConflict,
+        FailureKind::PreflightFailed => BlockReason::PreflightFailed,
         _ => BlockReason::RevisionInvalid,
     }
 }
@@ -316,6 +359,9 @@ fn decide_operation(input: &Input<'_>, operation: &Operation) -> Decision {
         && desired != &operation.revision
         && operation.failed_revision.as_deref() != Some(desired.as_str())
         && deployable(input, desired)
+        // A Job runs against the app's data: it is seen to its end, never abandoned
+        // half-way for a newer commit that would start its own.
+        && !matches!(operation.step, Step::Backup | Step::Migrate | Step::Downgrade)
     {
         // A newer commit supersedes a revision that has not proven itself yet; a pin or
         // a new commit takes over from a rollback as soon as its current step ended.
@@ -330,6 +376,9 @@ fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcom
     match outcome {
         StepOutcome::Done(result) => Decision::Advance(result.clone()),
         StepOutcome::Verified(verification) => decide_verification(input, operation, verification),
+        StepOutcome::Running(message) => Decision::AwaitJob {
+            message: message.clone(),
+        },
         StepOutcome::Transient(message) => {
             if past(input, &operation.step_started_at, input.step_deadline) {
                 Decision::GiveUp {
@@ -369,6 +418,9 @@ fn decide_verification(input: &Input<'_>, operation: &Operation, verification: &
         (_, Verification::Pending { .. }) => Decision::KeepVerifying { gates },
         (OperationKind::Deploy, Verification::Passed { .. }) => Decision::MarkHealthy { gates },
         (OperationKind::Rollback, Verification::Passed { .. }) => Decision::FinishRollback,
+        (OperationKind::Deploy, Verification::Failed { message, .. }) if is_rotation(operation) => {
+            Decision::RejectRotation { message, gates }
+        }
         (OperationKind::Deploy, Verification::Failed { message, .. }) => {
             failure_response(input, operation, &message, gates)
         }
@@ -392,14 +444,27 @@ fn decide_verification(input: &Input<'_>, operation: &Operation, verification: &
 fn decide_refusal(input: &Input<'_>, operation: &Operation, failure: &Failure) -> Decision {
     let written = operation.step >= Step::Apply;
     match operation.kind {
+        // A Secret's new data cannot go out; the revision itself is not to blame.
+        OperationKind::Deploy if is_rotation(operation) => Decision::RejectRotation {
+            message: failure.message.clone(),
+            gates: Vec::new(),
+        },
+        // A Job ran against the app's data and failed: nothing of the revision's
+        // workloads was written, but the revision is not tried again by itself.
+        OperationKind::Deploy if failure.kind == FailureKind::JobFailed => Decision::Fail {
+            revision: operation.revision.clone(),
+            message: failure.message.clone(),
+            quarantine: Some(operation.revision.clone()),
+            gates: Vec::new(),
+        },
         OperationKind::Deploy if !written => {
             Decision::Block {
                 revision: operation.revision.clone(),
                 reason: block_reason(failure.kind),
                 message: failure.message.clone(),
-                // The same files render the same way; anything the API server says may
-                // change without a new commit (a namespace created, a permission granted).
-                retry: operation.step >= Step::Inventory,
+                // The same files render the same way; anything the cluster says may change
+                // without a new commit (a Secret or namespace created, a permission granted).
+                retry: operation.step >= Step::Preflight,
             }
         }
         OperationKind::Deploy => failure_response(
@@ -434,12 +499,31 @@ fn failure_response(
     let revision = operation.revision.as_str();
     let elsewhere_to_go =
         status.last_healthy_snapshot.is_some() && status.last_healthy_snapshot != operation.snapshot;
+    let migrated = migration_of(status, revision);
     match status.last_healthy_revision.as_deref() {
+        Some(_)
+            if input.plan.migration_rollback == MigrationRollbackPolicy::Hold
+                && migrated.is_some_and(|job| job.irreversible)
+                && elsewhere_to_go =>
+        {
+            Decision::Fail {
+                revision: revision.to_string(),
+                message: format!(
+                    "{message}; not rolled back: the revision's migration is marked irreversible and \
+                     spec.migrate.rollback.policy is Hold, so the app holds at this revision for a person \
+                     to decide (pin a revision, or push a fix)"
+                ),
+                quarantine: Some(revision.to_string()),
+                gates,
+            }
+        }
         Some(last_healthy) if input.automatic_rollback && elsewhere_to_go => Decision::RollBack {
             failed_revision: revision.to_string(),
             to: last_healthy.to_string(),
             message: message.to_string(),
             gates,
+            downgrade: input.plan.migration_rollback == MigrationRollbackPolicy::Downgrade
+                && migrated.is_some(),
         },
         Some(_) if !input.automatic_rollback => Decision::Fail {
             revision: revision.to_string(),
@@ -475,6 +559,39 @@ pub fn human_duration(duration: Duration) -> String {
         (h, 0, 0) => format!("{h}h"),
         (h, m, _) => format!("{h}h{m}m"),
     }
+}
+
+/// Whether the newest history entry is a Secret change whose rollout failed.
+fn rotation_failed(status: &AppDeploymentStatus) -> bool {
+    status
+        .history
+        .first()
+        .is_some_and(|entry| !entry.rotation.is_empty() && entry.phase == Phase::Failed)
+}
+
+/// Whether the operation rolls out a Secret change rather than a revision.
+fn is_rotation(operation: &Operation) -> bool {
+    !operation.rotation.is_empty()
+}
+
+/// The successful migration of `revision`, if it ran one.
+pub fn migration_of<'a>(
+    status: &'a AppDeploymentStatus,
+    revision: &str,
+) -> Option<&'a crate::api::JobRecord> {
+    job_succeeded(status, JobKind::Migrate, revision)
+}
+
+/// The successful Job of `kind` for `revision`, if one ran.
+pub fn job_succeeded<'a>(
+    status: &'a AppDeploymentStatus,
+    kind: JobKind,
+    revision: &str,
+) -> Option<&'a crate::api::JobRecord> {
+    status
+        .jobs
+        .iter()
+        .find(|job| job.kind == kind && job.revision == revision && job.succeeded)
 }
 
 pub fn is_quarantined(status: &AppDeploymentStatus, revision: &str) -> bool {

@@ -1,7 +1,9 @@
 //! What a step reports back to [`decide`](super::decide): plain data, so that the
 //! decision about what follows is made in one place and can be tested without I/O.
 
-use crate::api::{GateVerdict, InventoryEntry, RestartBaseline};
+use std::collections::BTreeMap;
+
+use crate::api::{GateVerdict, InventoryEntry, JobRecord, RestartBaseline};
 
 /// The result of running one step of the operation in progress.
 #[derive(Clone, Debug, PartialEq)]
@@ -10,6 +12,9 @@ pub enum StepOutcome {
     Done(StepResult),
     /// One verification round (step `Verify`).
     Verified(Verification),
+    /// A Job of the step (backup, migration, downgrade) is still running: look again
+    /// later. Its own `activeDeadlineSeconds` bounds it, not the step deadline.
+    Running(String),
     /// The step could not finish now for a reason outside the revision (the API server
     /// or Git unreachable, a timeout, 429, most 5xx, a conflict): try again later,
     /// never a verdict on the revision.
@@ -29,6 +34,11 @@ pub enum StepResult {
     SnapshotStored {
         name: String,
     },
+    /// The env contract and every Secret reference hold.
+    PreflightPassed,
+    /// A backup, migration or downgrade Job finished: succeeded, or an optional backup
+    /// failed (a warning; a required Job that fails is a [`FailureKind::JobFailed`]).
+    JobFinished(JobRecord),
     /// Every object the revision will own, to be recorded before any is written.
     Planned {
         inventory: Vec<InventoryEntry>,
@@ -50,6 +60,9 @@ pub struct Applied {
     /// Container restarts just before the apply and the generations it wrote, so gates
     /// count only what happens after.
     pub restart_baseline: RestartBaseline,
+    /// The digests of the Secrets the workloads read, as written into their pod
+    /// templates (Secret `namespace/name` → digest).
+    pub secret_digests: BTreeMap<String, String>,
 }
 
 /// Verdict of one verification round.
@@ -104,6 +117,10 @@ pub enum FailureKind {
     SpecInvalid,
     /// The Runbook cannot be evaluated.
     RunbookInvalid,
+    /// The env contract or a Secret reference is not met (fixable in the cluster).
+    PreflightFailed,
+    /// A required backup, a migration or a downgrade Job failed or timed out.
+    JobFailed,
 }
 
 impl FailureKind {
@@ -115,6 +132,8 @@ impl FailureKind {
             FailureKind::OwnershipConflict => "OwnershipConflict",
             FailureKind::SpecInvalid => "SpecInvalid",
             FailureKind::RunbookInvalid => "RunbookInvalid",
+            FailureKind::PreflightFailed => "PreflightFailed",
+            FailureKind::JobFailed => "JobFailed",
         }
     }
 }

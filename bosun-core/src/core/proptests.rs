@@ -6,14 +6,18 @@
 //! - a quarantined revision is never deployed again at the generation it was
 //!   quarantined at (only a later pin or spec change may try it once more);
 //! - a rollback only ever targets `lastHealthyRevision`, from its snapshot;
-//! - nothing is ever blamed for a transient error or a broken Runbook.
+//! - nothing is ever blamed for a transient error or a broken Runbook;
+//! - a revision's migration never runs again once it succeeded, and a running Job is
+//!   never abandoned for a newer commit;
+//! - a revision whose irreversible migration ran is never flipped back under `Hold`;
+//! - a failed rollout of a Secret change quarantines no revision.
 
 use proptest::prelude::*;
 
 use super::record::{Context, record};
-use super::tests::{A, B, C, DIGEST, t0};
+use super::tests::{A, B, C, DIGEST, job, t0};
 use super::*;
-use crate::api::{InventoryEntry, Verdict};
+use crate::api::{InventoryEntry, JobKind, MigrationRollbackPolicy, Verdict};
 
 const REVISIONS: [&str; 3] = [A, B, C];
 
@@ -28,6 +32,26 @@ struct World {
     runbook_broken: bool,
     minutes_later: u8,
     block_retry_due: bool,
+    plan: StepPlan,
+    /// A Secret the running workloads read changed (its new digest).
+    secret_change: Option<u8>,
+}
+
+fn plan() -> impl Strategy<Value = StepPlan> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![
+            Just(MigrationRollbackPolicy::Keep),
+            Just(MigrationRollbackPolicy::Downgrade),
+            Just(MigrationRollbackPolicy::Hold),
+        ],
+    )
+        .prop_map(|(backup, migrate, migration_rollback)| StepPlan {
+            backup,
+            migrate,
+            migration_rollback,
+        })
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -40,6 +64,8 @@ fn world() -> impl Strategy<Value = World> {
         prop::bool::weighted(0.1),
         0..15u8,
         any::<bool>(),
+        plan(),
+        prop::option::weighted(0.15, 0..3u8),
     )
         .prop_map(
             |(
@@ -51,6 +77,8 @@ fn world() -> impl Strategy<Value = World> {
                 runbook_broken,
                 minutes_later,
                 block_retry_due,
+                plan,
+                secret_change,
             )| World {
                 desired,
                 generation_bump,
@@ -60,6 +88,8 @@ fn world() -> impl Strategy<Value = World> {
                 runbook_broken,
                 minutes_later,
                 block_retry_due,
+                plan,
+                secret_change,
             },
         )
 }
@@ -84,7 +114,13 @@ fn report() -> impl Strategy<Value = Report> {
     ]
 }
 
-fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
+fn outcome_of(step: Step, report: Report, status: &AppDeploymentStatus) -> StepOutcome {
+    let revision = status
+        .operation
+        .as_ref()
+        .map(|op| op.revision.clone())
+        .unwrap_or_default();
+    let revision = revision.as_str();
     let entry = InventoryEntry {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -107,8 +143,16 @@ fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
             },
         })
     };
+    let job_step = matches!(step, Step::Backup | Step::Migrate | Step::Downgrade);
     match (step, report) {
         (_, Report::Transient) => StepOutcome::Transient("connection reset".into()),
+        (Step::Preflight, Report::Refuse(_)) => StepOutcome::Refused(Failure::new(
+            FailureKind::PreflightFailed,
+            "Secret app/jwt is missing",
+        )),
+        (_, Report::Refuse(_)) if job_step => {
+            StepOutcome::Refused(Failure::new(FailureKind::JobFailed, "migration Job failed"))
+        }
         (_, Report::Refuse(kind)) if step != Step::Verify => StepOutcome::Refused(Failure::new(
             [
                 FailureKind::RevisionInvalid,
@@ -117,6 +161,14 @@ fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
             ][kind],
             "refused",
         )),
+        (_, Report::Verdict(Verdict::Pending)) if job_step => StepOutcome::Running("Job running".into()),
+        (_, _) if job_step => {
+            let mut record = job(status, step, true);
+            // Revision C marks its migration irreversible.
+            record.irreversible = record.kind == JobKind::Migrate && record.revision == C;
+            StepOutcome::Done(StepResult::JobFinished(record))
+        }
+        (Step::Preflight, _) => StepOutcome::Done(StepResult::PreflightPassed),
         (Step::Verify, Report::Verdict(v)) => verdict(v),
         (Step::Verify, _) => verdict(Verdict::Passed),
         (Step::Render, _) => StepOutcome::Done(StepResult::Rendered {
@@ -129,9 +181,6 @@ fn outcome_of(step: Step, report: Report, revision: &str) -> StepOutcome {
         (Step::Inventory, _) => StepOutcome::Done(StepResult::Planned {
             inventory: vec![entry],
         }),
-        (Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade, _) => {
-            unreachable!("the core does not enter step {step} yet")
-        }
         (Step::Apply, _) => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry],
             sent: 1,
@@ -177,6 +226,17 @@ impl Model {
         let problem = world
             .runbook_broken
             .then(|| Failure::new(FailureKind::RunbookInvalid, "spec.gates[0]: no probe"));
+        // What the controller would observe: a Secret's data differs from what the
+        // running workloads were given, and that data was not refused before.
+        let rotated: BTreeMap<String, String> = world
+            .secret_change
+            .map(|digest| ("shop/jwt".to_string(), format!("digest-{digest}")))
+            .filter(|(name, digest)| {
+                self.status.secret_digests.get(name) != Some(digest)
+                    && self.status.rejected_secret_digests.get(name) != Some(digest)
+            })
+            .into_iter()
+            .collect();
         let mut decisions = Vec::new();
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
@@ -194,6 +254,8 @@ impl Model {
                 step_deadline: Duration::from_secs(600),
                 block_retry_due: world.block_retry_due,
                 recheck: recheck.take(),
+                plan: world.plan,
+                rotated: rotated.clone(),
             };
             let reported = input.outcome.clone();
             let decision = decide(&input);
@@ -208,20 +270,32 @@ impl Model {
                     history_limit: 10,
                     spec_digest: self.digest,
                     desired: desired.revision(),
+                    plan: world.plan,
                 },
             );
             self.check_recorded(&before, &decision);
             decisions.push(decision.clone());
             match decision {
                 Decision::Run(step) => {
-                    let revision = self
-                        .status
-                        .operation
-                        .as_ref()
-                        .map(|op| op.revision.clone())
-                        .unwrap_or_default();
                     let report = reports.next().unwrap_or(Report::Succeed);
-                    outcome = Some(outcome_of(step, report, &revision));
+                    outcome = Some(outcome_of(step, report, &self.status));
+                    // What an apply writes into the pod templates: the digests of now.
+                    if let (Step::Apply, Some(StepOutcome::Done(StepResult::Applied(applied)))) =
+                        (step, outcome.as_mut())
+                    {
+                        applied.secret_digests = self
+                            .status
+                            .operation
+                            .as_ref()
+                            .map(|op| op.rotation.clone())
+                            .filter(|rotation| !rotation.is_empty())
+                            .or_else(|| {
+                                world
+                                    .secret_change
+                                    .map(|d| [("shop/jwt".to_string(), format!("digest-{d}"))].into())
+                            })
+                            .unwrap_or_else(|| self.status.secret_digests.clone());
+                    }
                 }
                 ref d if d.continues() => {}
                 _ => return decisions,
@@ -246,15 +320,39 @@ impl Model {
                 assert!(!input.suspended, "a deploy started while suspended");
                 assert!(input.problem.is_none(), "a deploy started with a broken Runbook");
             }
-            Decision::RollBack { to, .. } => {
+            Decision::RollBack {
+                to, failed_revision, ..
+            } => {
                 assert_eq!(Some(to), status.last_healthy_revision.as_ref(), "rollback target");
                 assert!(status.last_healthy_snapshot.is_some());
+                let irreversible = migration_of(status, failed_revision).is_some_and(|job| job.irreversible);
+                assert!(
+                    !(irreversible && input.plan.migration_rollback == MigrationRollbackPolicy::Hold),
+                    "{failed_revision} ran an irreversible migration and was flipped back under Hold"
+                );
             }
             Decision::Run(_) | Decision::RecheckBlock { .. } => {
                 assert!(!input.suspended, "a step ran while suspended");
                 assert!(input.problem.is_none(), "a step ran with a broken Runbook");
             }
             _ => {}
+        }
+        if let Some(operation) = &status.operation {
+            if matches!(operation.step, Step::Backup | Step::Migrate | Step::Downgrade) && reported.is_none()
+            {
+                assert!(
+                    !matches!(decision, Decision::StartDeploy { .. }),
+                    "a running {} Job was abandoned for {decision:?}",
+                    operation.step
+                );
+            }
+            if operation.step == Step::Migrate && matches!(decision, Decision::Run(Step::Migrate)) {
+                assert!(
+                    migration_of(status, &operation.revision).is_none(),
+                    "the migration of {} ran again after it succeeded",
+                    operation.revision
+                );
+            }
         }
         if let Decision::RecheckBlock { revision } = decision {
             assert!(
@@ -343,6 +441,8 @@ proptest! {
             runbook_broken: false,
             minutes_later: 1,
             block_retry_due: false,
+            plan: StepPlan::default(),
+            secret_change: None,
         };
         let mut succeed = std::iter::repeat(Report::Verdict(Verdict::Passed));
         for _ in 0..6 {

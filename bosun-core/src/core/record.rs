@@ -7,16 +7,21 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, Unit};
 
-use super::{Decision, StepResult};
+use std::collections::BTreeMap;
+
+use super::{Decision, StepPlan, StepResult};
 use crate::api::{
-    AppDeploymentStatus, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification, InventoryEntry,
-    Operation, OperationKind, Phase, Quarantine, Step, condition, remove_condition, set_condition,
-    short_revision,
+    AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
+    InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
+    remove_condition, set_condition, short_revision,
 };
 
 /// How many quarantine entries are kept (quarantine matters only while Git points at
 /// a revision; old entries are of no use).
 const MAX_QUARANTINED: usize = 20;
+/// How many finished Jobs `status.jobs` remembers at least (a revision re-deployed
+/// after its record fell out would migrate again; migration tools make that a no-op).
+const MIN_JOB_RECORDS: usize = 20;
 
 /// What the bookkeeping needs besides the status.
 #[derive(Clone, Debug)]
@@ -29,6 +34,8 @@ pub struct Context<'a> {
     pub spec_digest: &'a str,
     /// The Git tip (or pin) when known: `Ready` is true only when it is what runs.
     pub desired: Option<&'a str>,
+    /// Which optional steps the Runbook asks for.
+    pub plan: StepPlan,
 }
 
 impl Context<'_> {
@@ -73,8 +80,12 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
     status.observed_generation = ctx.generation;
     let mut notices = Vec::new();
     match decision {
-        Decision::Wait | Decision::Run(_) | Decision::RecheckBlock { .. } => {}
+        Decision::Wait | Decision::Run(_) | Decision::RecheckBlock { .. } | Decision::AwaitJob { .. } => {}
         Decision::StartDeploy { revision } => start_deploy(status, revision, ctx, &mut notices),
+        Decision::StartRotation { secrets } => start_rotation(status, secrets, ctx, &mut notices),
+        Decision::RejectRotation { message, gates } => {
+            reject_rotation(status, message, gates, ctx, &mut notices)
+        }
         Decision::Advance(result) => advance(status, result, ctx, &mut notices),
         Decision::KeepVerifying { gates } => {
             if let Some(operation) = &status.operation
@@ -90,7 +101,19 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
             to,
             message,
             gates,
-        } => roll_back(status, failed_revision, to, message, gates, ctx, &mut notices),
+            downgrade,
+        } => roll_back(
+            status,
+            &RollBackTo {
+                failed_revision,
+                to,
+                message,
+                gates,
+                downgrade: *downgrade,
+            },
+            ctx,
+            &mut notices,
+        ),
         Decision::FinishRollback => finish_rollback(status, ctx, &mut notices),
         Decision::Fail {
             revision,
@@ -98,7 +121,18 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
             quarantine: held,
             gates,
         } => {
-            status.operation = None;
+            if let Some(operation) = status.operation.take()
+                && operation.step == Step::Migrate
+            {
+                set_condition_now(
+                    status,
+                    condition::MIGRATION_SUCCEEDED,
+                    false,
+                    "MigrationFailed",
+                    message,
+                    ctx,
+                );
+            }
             if let Some(held) = held {
                 quarantine(status, held, message, ctx);
             }
@@ -302,7 +336,62 @@ fn advance(
         }
         StepResult::SnapshotStored { name } => {
             operation.snapshot = Some(name.clone());
-            Step::Inventory
+            Step::Preflight
+        }
+        StepResult::PreflightPassed => {
+            let next = next_step(operation, &status.jobs, ctx.plan);
+            let message = format!(
+                "revision {}: the env contract and every Secret reference hold",
+                short_revision(&operation.revision)
+            );
+            set_condition_now(
+                status,
+                condition::PREFLIGHT_PASSED,
+                true,
+                "PreflightPassed",
+                &message,
+                ctx,
+            );
+            next
+        }
+        StepResult::JobFinished(job) => {
+            let job = job.clone();
+            record_job(status, job.clone(), ctx);
+            let next = status.operation.as_ref().map_or(Step::Inventory, |operation| {
+                next_step(operation, &status.jobs, ctx.plan)
+            });
+            let revision = short_revision(&job.revision);
+            match (job.kind, job.succeeded) {
+                (JobKind::Migrate, true) => {
+                    let message = format!("revision {revision}: migration Job {} succeeded", job.job);
+                    set_condition_now(
+                        status,
+                        condition::MIGRATION_SUCCEEDED,
+                        true,
+                        "MigrationSucceeded",
+                        &message,
+                        ctx,
+                    );
+                    notices.push(Notice::normal("Migrated", message));
+                }
+                (JobKind::Backup, true) => notices.push(Notice::normal(
+                    "BackedUp",
+                    format!("revision {revision}: backup Job {} succeeded", job.job),
+                )),
+                (JobKind::Downgrade, true) => notices.push(Notice::normal(
+                    "Downgraded",
+                    format!("revision {revision}: downgrade Job {} succeeded", job.job),
+                )),
+                (_, false) => notices.push(Notice::warning(
+                    "BackupFailed",
+                    format!(
+                        "revision {revision}: backup Job {} failed; going on (spec.backup.required is false): {}",
+                        job.job,
+                        job.message.as_deref().unwrap_or("no reason given")
+                    ),
+                )),
+            }
+            next
         }
         StepResult::Planned { inventory } => {
             // Written ahead: whatever the apply creates is owned even if it stops half-way.
@@ -329,6 +418,7 @@ fn advance(
                 );
             }
             status.inventory = applied.inventory.clone();
+            status.secret_digests = applied.secret_digests.clone();
             // A rollback puts back the last healthy render, made with the spec of then.
             status.current_spec_digest = match kind {
                 OperationKind::Deploy => Some(spec_digest),
@@ -376,6 +466,58 @@ fn advance(
         operation.last_error = None;
     }
     remove_retrying(status, ctx);
+    if let Some(operation) = status.operation.as_ref()
+        && let Some((phase, what)) = match (operation.kind, next) {
+            (OperationKind::Deploy, Step::Backup) => Some((Phase::BackingUp, "backing up")),
+            (OperationKind::Deploy, Step::Migrate) => Some((Phase::Migrating, "migrating")),
+            (OperationKind::Rollback, Step::Downgrade) => {
+                Some((Phase::RollingBack, "downgrading the schema"))
+            }
+            (OperationKind::Deploy, Step::Inventory)
+                if matches!(status.phase, Phase::BackingUp | Phase::Migrating) =>
+            {
+                Some((Phase::Applying, "applying"))
+            }
+            _ => None,
+        }
+    {
+        let message = format!("{what} for revision {}", short_revision(&operation.revision));
+        if operation.kind == OperationKind::Deploy {
+            update_history(status, &operation.revision.clone(), phase, None, false, ctx);
+        }
+        set_phase(status, phase, &message, ctx);
+    }
+}
+
+/// The step after the current one. A Deploy goes Render → Snapshot → Preflight →
+/// Backup → Migrate → Inventory → Apply → Verify, leaving out a Job the Runbook does
+/// not ask for or that already succeeded for the revision (a migration never runs
+/// twice; neither does the backup made for it); a rollout of a Secret change runs no
+/// Job. A Rollback starts at Downgrade or Inventory (see [`record`]).
+pub fn next_step(operation: &Operation, jobs: &[JobRecord], plan: StepPlan) -> Step {
+    let done = |kind: JobKind| {
+        jobs.iter()
+            .any(|job| job.kind == kind && job.revision == operation.revision && job.succeeded)
+    };
+    let rotation = !operation.rotation.is_empty();
+    let backup = plan.backup && !rotation && !done(JobKind::Backup) && !done(JobKind::Migrate);
+    let migrate = plan.migrate && !rotation && !done(JobKind::Migrate);
+    match operation.step {
+        Step::Render => Step::Snapshot,
+        Step::Snapshot => Step::Preflight,
+        Step::Preflight if operation.kind == OperationKind::Deploy && backup => Step::Backup,
+        Step::Preflight | Step::Backup if operation.kind == OperationKind::Deploy && migrate => Step::Migrate,
+        Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade => Step::Inventory,
+        Step::Inventory => Step::Apply,
+        Step::Apply | Step::Verify => Step::Verify,
+    }
+}
+
+/// Keeps the newest record of every Job (one per name), newest first.
+fn record_job(status: &mut AppDeploymentStatus, job: JobRecord, ctx: &Context<'_>) {
+    status.jobs.retain(|existing| existing.job != job.job);
+    status.jobs.insert(0, job);
+    status.jobs.truncate(ctx.history_limit.max(MIN_JOB_RECORDS));
 }
 
 fn mark_healthy(
@@ -422,16 +564,35 @@ fn mark_healthy(
     notices.push(Notice::normal("Healthy", message));
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a [`Decision::RollBack`] says.
+struct RollBackTo<'a> {
+    failed_revision: &'a str,
+    to: &'a str,
+    message: &'a str,
+    gates: &'a [GateVerdict],
+    downgrade: bool,
+}
+
 fn roll_back(
     status: &mut AppDeploymentStatus,
-    failed_revision: &str,
-    to: &str,
-    message: &str,
-    gates: &[GateVerdict],
+    rollback: &RollBackTo<'_>,
     ctx: &Context<'_>,
     notices: &mut Vec<Notice>,
 ) {
+    let RollBackTo {
+        failed_revision,
+        to,
+        message,
+        gates,
+        downgrade,
+    } = *rollback;
+    // The failed revision's snapshot: a downgrade Job takes its image from there.
+    let failed_snapshot = status
+        .operation
+        .as_ref()
+        .filter(|op| op.revision == failed_revision)
+        .and_then(|op| op.snapshot.clone())
+        .or_else(|| status.current_snapshot.clone());
     quarantine(status, failed_revision, message, ctx);
     record_gates(status, failed_revision, gates, true);
     update_history(
@@ -448,7 +609,11 @@ fn roll_back(
         kind: OperationKind::Rollback,
         revision: to.to_string(),
         failed_revision: Some(failed_revision.to_string()),
-        step: Step::Inventory,
+        step: if downgrade {
+            Step::Downgrade
+        } else {
+            Step::Inventory
+        },
         attempt: 0,
         last_error: None,
         started_at: now.clone(),
@@ -459,15 +624,94 @@ fn roll_back(
         restart_baseline: Default::default(),
         interrupted: None,
         rotation: Default::default(),
-        failed_snapshot: None,
+        failed_snapshot,
     });
     let note = format!(
-        "revision {} failed ({message}); rolling back to {}",
+        "revision {} failed ({message}); rolling back to {}{}",
         short_revision(failed_revision),
-        short_revision(to)
+        short_revision(to),
+        if downgrade {
+            " after its migration is downgraded"
+        } else {
+            ""
+        }
     );
     set_phase(status, Phase::RollingBack, &note, ctx);
     notices.push(Notice::warning("RollingBack", note));
+}
+
+/// Opens a Deploy of the running revision for a Secret change: its snapshot is applied
+/// again from preflight on, with the new digests in the pod templates.
+fn start_rotation(
+    status: &mut AppDeploymentStatus,
+    secrets: &BTreeMap<String, String>,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let Some(revision) = status.current_revision.clone() else {
+        return;
+    };
+    let names: Vec<String> = secrets.keys().cloned().collect();
+    let now = ctx.now_text();
+    open_history(status, &revision, Phase::Applying, &now, ctx.history_limit);
+    if let Some(entry) = open_entry(status, &revision) {
+        entry.rotation = names.clone();
+    }
+    status.operation = Some(Operation {
+        kind: OperationKind::Deploy,
+        revision: revision.clone(),
+        failed_revision: None,
+        step: Step::Preflight,
+        attempt: 0,
+        last_error: None,
+        started_at: now.clone(),
+        step_started_at: now,
+        render_digest: None,
+        snapshot: status.current_snapshot.clone(),
+        applied_at: None,
+        restart_baseline: Default::default(),
+        interrupted: None,
+        rotation: secrets.clone(),
+        failed_snapshot: None,
+    });
+    let message = format!(
+        "Secret {} changed: rolling out revision {} again",
+        names.join(", "),
+        short_revision(&revision)
+    );
+    set_phase(status, Phase::Applying, &message, ctx);
+    notices.push(Notice::normal("RotatingSecrets", message));
+}
+
+/// A Secret change that failed preflight or the gates: the app is `Failed` until the
+/// Secret changes again (or a commit comes); the change is not rolled out again.
+fn reject_rotation(
+    status: &mut AppDeploymentStatus,
+    message: &str,
+    gates: &[GateVerdict],
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    let Some(operation) = status.operation.take() else {
+        return;
+    };
+    let names: Vec<String> = operation.rotation.keys().cloned().collect();
+    status.rejected_secret_digests.extend(operation.rotation.clone());
+    let note = format!(
+        "the rollout of a change of Secret {} failed: {message} (the Secret's old data is not restored by \
+         bosun; fix the Secret or push a commit)",
+        names.join(", ")
+    );
+    record_gates(status, &operation.revision, gates, true);
+    update_history(status, &operation.revision, Phase::Failed, Some(&note), true, ctx);
+    if !gates.is_empty() {
+        set_condition_now(status, condition::GATES_PASSED, false, "GateFailed", &note, ctx);
+    }
+    set_phase_with_reason(status, Phase::Failed, "RotationFailed", &note, ctx);
+    notices.push(Notice::warning(
+        "RotationFailed",
+        format!("revision {}: {note}", short_revision(&operation.revision)),
+    ));
 }
 
 fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &Context<'_>, notices: &mut Vec<Notice>) {
@@ -524,7 +768,7 @@ fn give_up(
         // Nothing is held against the revision: it is tried again at the next interval.
         status.blocked = Some(BlockedRevision {
             revision: revision.clone(),
-            reason: crate::api::BlockReason::DeadlineExceeded,
+            reason: BlockReason::DeadlineExceeded,
             message: note.clone(),
             generation: ctx.generation,
             at: ctx.now_text(),
@@ -552,6 +796,16 @@ fn block(
     notices: &mut Vec<Notice>,
 ) {
     let note = format!("revision {}: {message}", short_revision(revision));
+    if reason == BlockReason::PreflightFailed {
+        set_condition_now(
+            status,
+            condition::PREFLIGHT_PASSED,
+            false,
+            "PreflightFailed",
+            &note,
+            ctx,
+        );
+    }
     let repeated = status
         .blocked
         .as_ref()
@@ -626,7 +880,7 @@ pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>, spec_d
             if status
                 .blocked
                 .as_ref()
-                .is_some_and(|b| b.reason == crate::api::BlockReason::DeadlineExceeded)
+                .is_some_and(|b| b.reason == BlockReason::DeadlineExceeded)
             {
                 Phase::Failed
             } else {
@@ -659,6 +913,8 @@ pub fn phase_of_step(operation: &Operation) -> Phase {
     match (operation.kind, operation.step) {
         (OperationKind::Rollback, _) => Phase::RollingBack,
         (OperationKind::Deploy, Step::Verify) => Phase::Verifying,
+        (OperationKind::Deploy, Step::Backup) => Phase::BackingUp,
+        (OperationKind::Deploy, Step::Migrate) => Phase::Migrating,
         (OperationKind::Deploy, _) => Phase::Applying,
     }
 }

@@ -3,7 +3,9 @@
 
 use super::record::{Context, Notice, record};
 use super::*;
-use crate::api::{BlockReason, InventoryEntry, Quarantine, Verdict};
+use crate::api::{
+    BlockReason, InventoryEntry, JobKind, JobRecord, MigrationRollbackPolicy, Quarantine, Verdict,
+};
 
 pub(super) const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 pub(super) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -61,6 +63,8 @@ struct World {
     spec_digest: &'static str,
     /// What a re-check of a blocked revision finds.
     recheck: Recheck,
+    plan: StepPlan,
+    rotated: BTreeMap<String, String>,
 }
 
 impl World {
@@ -75,6 +79,8 @@ impl World {
             block_retry_due: false,
             spec_digest: DIGEST,
             recheck: Recheck::Clear,
+            plan: StepPlan::default(),
+            rotated: BTreeMap::new(),
         }
     }
 
@@ -101,6 +107,8 @@ impl World {
             step_deadline: DEADLINE,
             block_retry_due: self.block_retry_due,
             recheck,
+            plan: self.plan,
+            rotated: self.rotated.clone(),
         })
     }
 
@@ -114,6 +122,7 @@ impl World {
                 history_limit: 10,
                 spec_digest: self.spec_digest,
                 desired: self.desired.revision(),
+                plan: self.plan,
             },
         )
     }
@@ -158,6 +167,31 @@ impl World {
     }
 }
 
+/// The record of the Job the operation's current `step` ran.
+pub(super) fn job(status: &AppDeploymentStatus, step: Step, succeeded: bool) -> JobRecord {
+    let operation = status
+        .operation
+        .as_ref()
+        .expect("a Job step runs in an operation");
+    let (kind, revision) = match step {
+        Step::Backup => (JobKind::Backup, operation.revision.clone()),
+        Step::Migrate => (JobKind::Migrate, operation.revision.clone()),
+        _ => (
+            JobKind::Downgrade,
+            operation.failed_revision.clone().unwrap_or_default(),
+        ),
+    };
+    JobRecord {
+        kind,
+        job: format!("app-{}-{}", kind.as_str(), &revision[..6]),
+        revision,
+        succeeded,
+        finished_at: "2026-01-01T00:00:00Z".into(),
+        irreversible: false,
+        message: None,
+    }
+}
+
 fn entry(name: &str) -> InventoryEntry {
     InventoryEntry {
         api_version: "v1".into(),
@@ -189,8 +223,9 @@ fn succeeding(verdict: Verdict) -> impl FnMut(&AppDeploymentStatus, Step) -> Ste
         Step::Inventory => StepOutcome::Done(StepResult::Planned {
             inventory: vec![entry("a")],
         }),
-        Step::Preflight | Step::Backup | Step::Migrate | Step::Downgrade => {
-            unreachable!("the core does not enter step {step} yet")
+        Step::Preflight => StepOutcome::Done(StepResult::PreflightPassed),
+        Step::Backup | Step::Migrate | Step::Downgrade => {
+            StepOutcome::Done(StepResult::JobFinished(job(status, step, true)))
         }
         Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry("a")],
@@ -280,6 +315,7 @@ fn first_revision_goes_through_every_step_and_becomes_healthy() {
         [
             Step::Render,
             Step::Snapshot,
+            Step::Preflight,
             Step::Inventory,
             Step::Apply,
             Step::Verify
@@ -1011,4 +1047,364 @@ fn events_name_the_revision_and_are_not_repeated_on_a_repeated_block() {
     assert!(first[0].note.contains("bbbbbbbbbbbb"));
     let again = world.record(&mut status, &block);
     assert!(again.is_empty(), "{again:?}");
+}
+
+fn steps_run(decisions: &[Decision]) -> Vec<Step> {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Run(step) => Some(*step),
+            _ => None,
+        })
+        .collect()
+}
+
+fn condition_status<'a>(status: &'a AppDeploymentStatus, type_: &str) -> Option<&'a str> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+fn with_jobs(policy: MigrationRollbackPolicy) -> StepPlan {
+    StepPlan {
+        backup: true,
+        migrate: true,
+        migration_rollback: policy,
+    }
+}
+
+#[test]
+fn backup_then_migration_run_before_the_apply_and_never_again_for_the_revision() {
+    let mut world = World::on(git(A));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = AppDeploymentStatus::default();
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(
+        steps_run(&decisions),
+        [
+            Step::Render,
+            Step::Snapshot,
+            Step::Preflight,
+            Step::Backup,
+            Step::Migrate,
+            Step::Inventory,
+            Step::Apply,
+            Step::Verify
+        ]
+    );
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.jobs.len(), 2);
+    assert!(migration_of(&status, A).is_some());
+    assert_eq!(
+        condition_status(&status, crate::api::condition::MIGRATION_SUCCEEDED),
+        Some("True")
+    );
+    assert_eq!(
+        condition_status(&status, crate::api::condition::PREFLIGHT_PASSED),
+        Some("True")
+    );
+
+    // The same commit deployed again (a spec change): neither Job runs again.
+    world.spec_digest = "d2";
+    world.generation = 2;
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(
+        steps_run(&decisions),
+        [
+            Step::Render,
+            Step::Snapshot,
+            Step::Preflight,
+            Step::Inventory,
+            Step::Apply,
+            Step::Verify
+        ]
+    );
+    assert_eq!(status.jobs.len(), 2);
+}
+
+#[test]
+fn the_phase_says_backing_up_then_migrating_and_a_running_job_is_awaited_not_abandoned() {
+    let mut world = World::on(git(A));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = AppDeploymentStatus::default();
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Backup => StepOutcome::Running("Job app-backup-aaaaaa running".into()),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert_eq!(
+        decisions.last(),
+        Some(&Decision::AwaitJob {
+            message: "Job app-backup-aaaaaa running".into()
+        })
+    );
+    assert_eq!(status.phase, Phase::BackingUp);
+    // A newer commit waits for the Job to end.
+    world.desired = git(B);
+    assert_eq!(world.decide(&status, None), Decision::Run(Step::Backup));
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Migrate => StepOutcome::Running("Job app-migrate-aaaaaa running".into()),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert!(matches!(decisions.last(), Some(Decision::AwaitJob { .. })));
+    assert_eq!(status.phase, Phase::Migrating);
+    // Once the migration is done, B takes over before A's workloads are applied.
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert!(
+        decisions.contains(&Decision::StartDeploy { revision: B.into() }),
+        "{decisions:?}"
+    );
+    assert!(migration_of(&status, A).is_some());
+}
+
+#[test]
+fn a_failed_migration_leaves_the_workloads_alone_fails_and_holds_the_revision_out() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Migrate => StepOutcome::Refused(Failure::new(
+            FailureKind::JobFailed,
+            "migration Job app-migrate-bbbbbb failed (BackoffLimitExceeded); last lines: relation \"users\" already exists",
+        )),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert!(!steps_run(&decisions).contains(&Step::Apply), "{decisions:?}");
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.current_revision.as_deref(), Some(A), "A still runs");
+    assert!(is_quarantined(&status, B));
+    assert_eq!(
+        condition_status(&status, crate::api::condition::MIGRATION_SUCCEEDED),
+        Some("False")
+    );
+    assert!(
+        status.history[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("already exists")
+    );
+    // Not tried again while Git stays on B.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn an_optional_backup_that_fails_is_a_warning_and_the_revision_goes_on() {
+    let mut world = World::on(git(A));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = AppDeploymentStatus::default();
+    let mut notices = Vec::new();
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Backup => StepOutcome::Done(StepResult::JobFinished(job(status, step, false))),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert!(steps_run(&decisions).contains(&Step::Migrate));
+    assert_eq!(status.phase, Phase::Healthy);
+    // Replay the backup's result to see its Event.
+    let mut replay = AppDeploymentStatus::default();
+    for decision in &decisions {
+        notices.extend(world.record(&mut replay, decision));
+    }
+    assert!(
+        notices.iter().any(|n| n.reason == "BackupFailed" && n.warning),
+        "{notices:?}"
+    );
+}
+
+/// B deployed over healthy A with a migration, then failing its gates.
+fn migrated_and_failing(
+    policy: MigrationRollbackPolicy,
+    irreversible: bool,
+) -> (World, AppDeploymentStatus, Vec<Decision>) {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(policy);
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    let decisions = world.pass(&mut status, move |status, step| match step {
+        Step::Migrate => {
+            let mut record = job(status, step, true);
+            record.irreversible = irreversible;
+            StepOutcome::Done(StepResult::JobFinished(record))
+        }
+        other => succeeding(Verdict::Failed)(status, other),
+    });
+    (world, status, decisions)
+}
+
+#[test]
+fn keep_rolls_back_without_touching_the_schema() {
+    let (_, status, decisions) = migrated_and_failing(MigrationRollbackPolicy::Keep, true);
+    let steps = steps_run(&decisions);
+    assert!(!steps.contains(&Step::Downgrade), "{steps:?}");
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RollBack { downgrade: false, .. }))
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+}
+
+#[test]
+fn downgrade_runs_the_failed_revisions_downgrade_before_the_workloads_flip_back() {
+    let (_, status, decisions) = migrated_and_failing(MigrationRollbackPolicy::Downgrade, false);
+    let steps = steps_run(&decisions);
+    let downgrade = steps
+        .iter()
+        .position(|s| *s == Step::Downgrade)
+        .expect("a downgrade");
+    let flip = steps.iter().rposition(|s| *s == Step::Apply).unwrap();
+    assert!(downgrade < flip, "{steps:?}");
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert!(
+        status
+            .jobs
+            .iter()
+            .any(|j| j.kind == JobKind::Downgrade && j.revision == B)
+    );
+}
+
+#[test]
+fn a_failed_downgrade_leaves_the_workloads_of_the_failed_revision_and_fails() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Downgrade);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Downgrade => StepOutcome::Refused(Failure::new(FailureKind::JobFailed, "downgrade Job failed")),
+        other => succeeding(Verdict::Failed)(status, other),
+    });
+    let steps = steps_run(&decisions);
+    assert_eq!(
+        steps.iter().filter(|s| **s == Step::Apply).count(),
+        1,
+        "{steps:?}"
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.current_revision.as_deref(), Some(B), "workloads untouched");
+}
+
+#[test]
+fn hold_keeps_an_irreversibly_migrated_revision_for_a_person_to_decide() {
+    let (world, status, decisions) = migrated_and_failing(MigrationRollbackPolicy::Hold, true);
+    assert!(
+        !decisions.iter().any(|d| matches!(d, Decision::RollBack { .. })),
+        "{decisions:?}"
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.current_revision.as_deref(), Some(B));
+    let message = &status.history[0].message.clone().unwrap();
+    assert!(
+        message.contains("irreversible") && message.contains("Hold"),
+        "{message}"
+    );
+    assert_eq!(world.decide(&status, None), Decision::Wait, "held, not retried");
+    // A revision that did not mark its migration irreversible rolls back under Hold.
+    let (_, status, _) = migrated_and_failing(MigrationRollbackPolicy::Hold, false);
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+}
+
+#[test]
+fn a_preflight_miss_blocks_before_any_job_or_write_and_a_recheck_clears_it() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let miss = "Deployment app/api container api: env JWT_SECRET reads key secret of Secret app/jwt, which does not exist";
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Preflight => StepOutcome::Refused(Failure::new(FailureKind::PreflightFailed, miss)),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert_eq!(
+        steps_run(&decisions),
+        [Step::Render, Step::Snapshot, Step::Preflight]
+    );
+    assert_eq!(status.phase, Phase::Blocked);
+    let block = status.blocked.clone().unwrap();
+    assert_eq!(block.reason, BlockReason::PreflightFailed);
+    assert!(block.retry);
+    assert_eq!(
+        condition_status(&status, crate::api::condition::PREFLIGHT_PASSED),
+        Some("False")
+    );
+    assert_eq!(
+        status.current_revision.as_deref(),
+        Some(A),
+        "the running revision untouched"
+    );
+    assert!(!is_quarantined(&status, B));
+    // The Secret is created: the re-check finds nothing in the way and B deploys.
+    world.block_retry_due = true;
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert!(decisions.contains(&Decision::StartDeploy { revision: B.into() }));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.current_revision.as_deref(), Some(B));
+}
+
+fn rotation(digest: &str) -> BTreeMap<String, String> {
+    [("app/jwt".to_string(), digest.to_string())].into()
+}
+
+#[test]
+fn a_secret_change_rolls_the_running_revision_through_preflight_and_the_gates() {
+    let mut world = World::on(git(A));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    world.rotated = rotation("new");
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry("a")],
+            secret_digests: rotation("new"),
+            ..Default::default()
+        })),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert_eq!(
+        decisions[0],
+        Decision::StartRotation {
+            secrets: rotation("new")
+        }
+    );
+    assert_eq!(
+        steps_run(&decisions),
+        [Step::Preflight, Step::Inventory, Step::Apply, Step::Verify],
+        "no render and no Job for a Secret change"
+    );
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.secret_digests, rotation("new"));
+    assert_eq!(status.history.len(), 1, "the rotation is its own entry");
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+}
+
+#[test]
+fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is_not_retried() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    world.rotated = rotation("new");
+    let mut notices = Vec::new();
+    let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
+    let mut replay = healthy_on(A);
+    replay.current_snapshot = Some("app-aaaa".into());
+    for decision in &decisions {
+        notices.extend(world.record(&mut replay, decision));
+    }
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RejectRotation { .. })),
+        "{decisions:?}"
+    );
+    assert!(!decisions.iter().any(|d| matches!(d, Decision::RollBack { .. })));
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(status.quarantined.is_empty());
+    assert_eq!(status.rejected_secret_digests, rotation("new"));
+    let warning = notices
+        .iter()
+        .find(|n| n.reason == "RotationFailed")
+        .expect("a warning");
+    assert!(warning.note.contains("app/jwt"), "{}", warning.note);
+    // The controller no longer reports the refused data as changed: nothing more happens.
+    world.rotated = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
 }

@@ -1,0 +1,105 @@
+//! The steps that run Jobs against the app's data: backup and migration before a
+//! revision's workloads are applied, and the downgrade of a failed revision's migration
+//! before a rollback flips the workloads back. Each step creates its Job (named from
+//! app, kind and revision) or adopts the one a stopped controller left running, and
+//! reports `Running` until it ends; what follows is decided by [`crate::core::decide`].
+
+use kube::ResourceExt;
+
+use super::steps::{StepInput, from, snapshot_manifests};
+use super::{AppNames, Error};
+use crate::api::{JobKind, JobRecord, RunbookSpec, short_revision};
+use crate::core::{Failure, FailureKind, StepOutcome, StepResult};
+use crate::jobs::{self, JobRequest, JobState};
+
+/// Runs (or looks in on) the Job of `kind` for the operation in progress.
+pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> Result<StepOutcome, Error> {
+    let operation = step.operation;
+    // The downgrade undoes the failed revision's migration with that revision's image.
+    let (revision, snapshot) = match kind {
+        JobKind::Downgrade => (
+            operation.failed_revision.clone().unwrap_or_default(),
+            operation.failed_snapshot.clone(),
+        ),
+        JobKind::Backup | JobKind::Migrate => (operation.revision.clone(), operation.snapshot.clone()),
+    };
+    let objects = match snapshot_manifests(step, snapshot.as_deref(), &revision).await {
+        Ok(objects) => objects,
+        Err(outcome) => return Ok(outcome),
+    };
+    let request = match (kind, &runbook.backup, &runbook.migrate) {
+        (JobKind::Backup, Some(backup), _) => JobRequest::backup(step.app, backup, &revision, &objects),
+        (JobKind::Migrate, _, Some(migrate)) => JobRequest::migrate(step.app, migrate, &revision, &objects),
+        (JobKind::Downgrade, _, Some(migrate)) => {
+            JobRequest::downgrade(step.app, migrate, &revision, &objects)
+        }
+        _ => {
+            return Ok(StepOutcome::Refused(Failure::new(
+                FailureKind::RunbookInvalid,
+                format!(
+                    "the Runbook no longer has spec.{} while the {} step of revision {} was due",
+                    if kind == JobKind::Backup {
+                        "backup"
+                    } else {
+                        "migrate"
+                    },
+                    kind.as_str(),
+                    short_revision(&revision)
+                ),
+            )));
+        }
+    };
+    let job = match jobs::build_job(&request) {
+        Ok(job) => job,
+        Err(error) => return Ok(from(error.classify())),
+    };
+    let client = step.context.client_for(step.app)?;
+    let name = job.name_any();
+    let namespace = job.namespace().unwrap_or_default();
+    let state = match jobs::ensure(&client, &job).await {
+        Ok(state) => state,
+        Err(error) => return Ok(from(error.classify())),
+    };
+    let what = format!("{} Job {namespace}/{name}", kind.as_str());
+    let record = |succeeded: bool, finished_at: String, message: Option<String>| JobRecord {
+        kind,
+        revision: revision.clone(),
+        job: name.clone(),
+        succeeded,
+        finished_at,
+        irreversible: kind == JobKind::Migrate
+            && jobs::irreversible(
+                &objects,
+                runbook.migrate.as_ref().and_then(|m| m.job.from.as_ref()),
+            ),
+        message,
+    };
+    let outcome = match &state {
+        JobState::Running { since } => StepOutcome::Running(format!("{what} running since {since}")),
+        JobState::Succeeded { finished_at } => {
+            StepOutcome::Done(StepResult::JobFinished(record(true, finished_at.clone(), None)))
+        }
+        JobState::Failed { finished_at, .. } => {
+            let message = format!("{what} failed: {}", state.failure_message().unwrap_or_default());
+            let optional = kind == JobKind::Backup && runbook.backup.as_ref().is_some_and(|b| !b.required);
+            if optional {
+                StepOutcome::Done(StepResult::JobFinished(record(
+                    false,
+                    finished_at.clone(),
+                    Some(message),
+                )))
+            } else {
+                StepOutcome::Refused(Failure::new(FailureKind::JobFailed, message))
+            }
+        }
+    };
+    if state.is_finished() {
+        // Only the newest Jobs of the app are kept (`revisionHistoryLimit`).
+        let keep = step.app.spec.revision_history_limit.unwrap_or(10) as usize;
+        let label = AppNames::of(step.app).label;
+        if let Err(error) = jobs::cleanup(&client, &namespace, &label, keep.max(1)).await {
+            tracing::warn!(%error, "could not delete the app's old Jobs (tried again after the next Job)");
+        }
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,337 @@
+//! What a Job's status says, and which old Jobs may go (pure).
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::ResourceExt;
+
+use crate::api::{JobKind, JobRecord};
+
+/// Lines of the pod log kept with a failed Job (in the Event and the history entry).
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// Where a Job stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Not finished. `since`: when the Job started (its `status.startTime`, else its
+    /// creation), RFC 3339.
+    Running { since: String },
+    /// Every pod it needed succeeded; `finished_at` is its completion time, RFC 3339.
+    Succeeded { finished_at: String },
+    /// It will not succeed: `reason` is the Job controller's (`BackoffLimitExceeded`,
+    /// `DeadlineExceeded`, …), `message` its words, `log_tail` the last lines of its
+    /// newest pod's log (or a line saying why they could not be read).
+    Failed {
+        reason: String,
+        message: String,
+        finished_at: String,
+        log_tail: Vec<String>,
+    },
+}
+
+impl JobState {
+    pub fn is_finished(&self) -> bool {
+        !matches!(self, JobState::Running { .. })
+    }
+
+    /// One text for a `JobRecord.message` and the Event of a failed Job: reason,
+    /// message, then the log tail. `None` unless failed.
+    pub fn failure_message(&self) -> Option<String> {
+        let JobState::Failed {
+            reason,
+            message,
+            log_tail,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let mut text = if message.is_empty() {
+            reason.clone()
+        } else {
+            format!("{reason}: {message}")
+        };
+        if !log_tail.is_empty() {
+            text.push_str("\nlast lines of its log:\n");
+            text.push_str(&log_tail.join("\n"));
+        }
+        Some(text)
+    }
+}
+
+impl JobState {
+    /// The status record of a finished Job (`None` while it runs): `job` its name,
+    /// `revision` the one it ran for, `irreversible` what [`super::irreversible`] said of
+    /// the revision's migration.
+    pub fn record(&self, kind: JobKind, revision: &str, job: &str, irreversible: bool) -> Option<JobRecord> {
+        let (succeeded, finished_at) = match self {
+            JobState::Running { .. } => return None,
+            JobState::Succeeded { finished_at } => (true, finished_at),
+            JobState::Failed { finished_at, .. } => (false, finished_at),
+        };
+        Some(JobRecord {
+            kind,
+            revision: revision.to_string(),
+            job: job.to_string(),
+            succeeded,
+            finished_at: finished_at.clone(),
+            irreversible,
+            message: self.failure_message(),
+        })
+    }
+}
+
+/// The state a Job's status shows, without its log (a failed Job's `log_tail` is
+/// empty here; [`super::ensure`] and [`super::observe`] fill it in).
+///
+/// Only the terminal conditions count: `Complete` and `Failed` with status `True`.
+/// Kubernetes 1.31+ also writes `SuccessCriteriaMet` / `FailureTarget` while the last
+/// pods terminate; the Job is not finished until the terminal condition follows.
+pub fn state_of(job: &Job) -> JobState {
+    let status = job.status.as_ref();
+    let conditions = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let at =
+        |time: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| time.map(|t| t.0.to_string());
+    for condition in conditions {
+        if condition.status != "True" {
+            continue;
+        }
+        match condition.type_.as_str() {
+            "Complete" => {
+                let finished_at = at(status.and_then(|s| s.completion_time.as_ref()))
+                    .or_else(|| at(condition.last_transition_time.as_ref()))
+                    .unwrap_or_default();
+                return JobState::Succeeded { finished_at };
+            }
+            "Failed" => {
+                return JobState::Failed {
+                    reason: condition.reason.clone().unwrap_or_else(|| "Failed".into()),
+                    message: condition.message.clone().unwrap_or_default(),
+                    finished_at: at(condition.last_transition_time.as_ref()).unwrap_or_default(),
+                    log_tail: Vec::new(),
+                };
+            }
+            _ => {}
+        }
+    }
+    let since = at(status.and_then(|s| s.start_time.as_ref()))
+        .or_else(|| at(job.metadata.creation_timestamp.as_ref()))
+        .unwrap_or_default();
+    JobState::Running { since }
+}
+
+/// The Jobs cleanup deletes: all but the `keep` newest (by creation time, then name),
+/// and of those never one still running.
+pub fn jobs_to_delete(jobs: &[Job], keep: usize) -> Vec<&Job> {
+    let mut newest_first: Vec<&Job> = jobs.iter().collect();
+    newest_first.sort_by(|a, b| {
+        let created = |job: &Job| job.metadata.creation_timestamp.clone();
+        created(b)
+            .cmp(&created(a))
+            .then_with(|| b.name_any().cmp(&a.name_any()))
+    });
+    newest_first
+        .into_iter()
+        .skip(keep)
+        .filter(|job| state_of(job).is_finished())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn job(name: &str, created: &str, status: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": { "name": name, "namespace": "shop", "creationTimestamp": created },
+            "status": status,
+        }))
+        .expect("job")
+    }
+
+    fn complete(at: &str) -> serde_json::Value {
+        json!({
+            "startTime": "2024-05-01T10:00:00Z",
+            "completionTime": at,
+            "succeeded": 1,
+            "conditions": [{ "type": "Complete", "status": "True", "lastTransitionTime": at }],
+        })
+    }
+
+    #[test]
+    fn a_job_without_terminal_condition_runs_since_it_started() {
+        let running = job(
+            "a",
+            "2024-05-01T09:59:59Z",
+            json!({ "startTime": "2024-05-01T10:00:00Z", "active": 1 }),
+        );
+        assert_eq!(
+            state_of(&running),
+            JobState::Running {
+                since: "2024-05-01T10:00:00Z".into()
+            }
+        );
+        let unstarted = job("a", "2024-05-01T09:59:59Z", json!({}));
+        assert_eq!(
+            state_of(&unstarted),
+            JobState::Running {
+                since: "2024-05-01T09:59:59Z".into()
+            }
+        );
+    }
+
+    #[test]
+    fn complete_is_success_with_its_completion_time() {
+        let done = job("a", "2024-05-01T09:59:59Z", complete("2024-05-01T10:00:02Z"));
+        assert_eq!(
+            state_of(&done),
+            JobState::Succeeded {
+                finished_at: "2024-05-01T10:00:02Z".into()
+            }
+        );
+    }
+
+    #[test]
+    fn failed_carries_the_job_controllers_reason_and_message() {
+        let failed = job(
+            "a",
+            "2024-05-01T09:59:59Z",
+            json!({
+                "startTime": "2024-05-01T10:00:00Z",
+                "failed": 1,
+                "conditions": [
+                    { "type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded" },
+                    {
+                        "type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                        "lastTransitionTime": "2024-05-01T10:10:00Z",
+                    },
+                ],
+            }),
+        );
+        let state = state_of(&failed);
+        assert_eq!(
+            state,
+            JobState::Failed {
+                reason: "DeadlineExceeded".into(),
+                message: "Job was active longer than specified deadline".into(),
+                finished_at: "2024-05-01T10:10:00Z".into(),
+                log_tail: vec![],
+            }
+        );
+        assert_eq!(
+            state.failure_message().as_deref(),
+            Some("DeadlineExceeded: Job was active longer than specified deadline")
+        );
+    }
+
+    #[test]
+    fn a_failure_target_alone_is_still_running() {
+        // Kubernetes 1.31+: pods still terminating after the Job was judged failed.
+        let terminating = job(
+            "a",
+            "2024-05-01T09:59:59Z",
+            json!({
+                "startTime": "2024-05-01T10:00:00Z",
+                "conditions": [{ "type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded" }],
+            }),
+        );
+        assert!(!state_of(&terminating).is_finished());
+    }
+
+    #[test]
+    fn the_failure_message_ends_with_the_log_tail() {
+        let state = JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "Job has reached the specified backoff limit".into(),
+            finished_at: String::new(),
+            log_tail: vec!["migrating".into(), "error: relation exists".into()],
+        };
+        assert_eq!(
+            state.failure_message().unwrap(),
+            "BackoffLimitExceeded: Job has reached the specified backoff limit\n\
+             last lines of its log:\nmigrating\nerror: relation exists"
+        );
+        assert_eq!(
+            JobState::Succeeded {
+                finished_at: String::new()
+            }
+            .failure_message(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_finished_job_becomes_a_status_record() {
+        let failed = JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "Job has reached the specified backoff limit".into(),
+            finished_at: "2024-05-01T10:00:03Z".into(),
+            log_tail: vec!["migrating".into()],
+        };
+        let record = failed
+            .record(JobKind::Migrate, "abc", "web-migrate-abc", true)
+            .unwrap();
+        assert_eq!(
+            record,
+            JobRecord {
+                kind: JobKind::Migrate,
+                revision: "abc".into(),
+                job: "web-migrate-abc".into(),
+                succeeded: false,
+                finished_at: "2024-05-01T10:00:03Z".into(),
+                irreversible: true,
+                message: failed.failure_message(),
+            }
+        );
+        let done = JobState::Succeeded {
+            finished_at: "2024-05-01T10:00:03Z".into(),
+        };
+        let record = done
+            .record(JobKind::Backup, "abc", "web-backup-abc", false)
+            .unwrap();
+        assert!(record.succeeded && record.message.is_none());
+        let running = JobState::Running { since: String::new() };
+        assert_eq!(
+            running.record(JobKind::Backup, "abc", "web-backup-abc", false),
+            None
+        );
+    }
+
+    #[test]
+    fn cleanup_keeps_the_newest_and_every_running_job() {
+        let jobs = vec![
+            job("oldest", "2024-05-01T10:00:00Z", complete("2024-05-01T10:00:05Z")),
+            job(
+                "old-running",
+                "2024-05-01T10:01:00Z",
+                json!({ "startTime": "2024-05-01T10:01:00Z", "active": 1 }),
+            ),
+            job("old", "2024-05-01T10:02:00Z", complete("2024-05-01T10:02:05Z")),
+            job("new", "2024-05-01T10:03:00Z", complete("2024-05-01T10:03:05Z")),
+            job("newest", "2024-05-01T10:04:00Z", complete("2024-05-01T10:04:05Z")),
+        ];
+        let names = |keep| -> Vec<String> {
+            jobs_to_delete(&jobs, keep)
+                .into_iter()
+                .map(|j| j.name_any())
+                .collect()
+        };
+        assert_eq!(names(2), ["old", "oldest"]);
+        assert_eq!(names(0), ["newest", "new", "old", "oldest"]);
+        assert!(names(5).is_empty());
+        assert!(names(10).is_empty());
+    }
+
+    #[test]
+    fn jobs_created_in_the_same_second_are_ordered_by_name() {
+        let jobs = vec![
+            job("b", "2024-05-01T10:00:00Z", complete("2024-05-01T10:00:05Z")),
+            job("a", "2024-05-01T10:00:00Z", complete("2024-05-01T10:00:05Z")),
+        ];
+        let deleted: Vec<String> = jobs_to_delete(&jobs, 1).iter().map(|j| j.name_any()).collect();
+        assert_eq!(deleted, ["a"]);
+    }
+}
