@@ -267,7 +267,11 @@ fn check_jobs(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
                 "has neither `from` (a workload of the revision whose container the Job copies) nor `image`; set one",
             ));
         }
-        if job.from.as_ref().is_some_and(|from| from.workload.trim().is_empty()) {
+        if job
+            .from
+            .as_ref()
+            .is_some_and(|from| from.workload.trim().is_empty())
+        {
             problems.push(RunbookProblem::new(format!("{at}.from.workload"), "is empty"));
         }
         if job.command.is_empty() && job.args.is_empty() && job.from.is_none() {
@@ -280,7 +284,10 @@ fn check_jobs(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
             problems.push(RunbookProblem::new(format!("{at}.timeout"), error));
         }
         if job.backoff_limit.is_some_and(|limit| limit < 0) {
-            problems.push(RunbookProblem::new(format!("{at}.backoffLimit"), "is negative; use 0 or more"));
+            problems.push(RunbookProblem::new(
+                format!("{at}.backoffLimit"),
+                "is negative; use 0 or more",
+            ));
         }
     }
     if let Some(rollback) = spec.migrate.as_ref().and_then(|m| m.rollback.as_ref())
@@ -301,7 +308,10 @@ fn check_notify(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
     for (index, receiver) in spec.notify.iter().enumerate() {
         let at = format!("spec.notify[{index}]");
         if receiver.name.trim().is_empty() {
-            problems.push(RunbookProblem::new(format!("{at}.name"), "is empty; name the receiver"));
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                "is empty; name the receiver",
+            ));
         } else if let Some(first) = seen.insert(receiver.name.as_str(), index) {
             seen.insert(receiver.name.as_str(), first);
             problems.push(RunbookProblem::new(
@@ -1700,8 +1710,17 @@ env:
             "notify: [{name: a, url: 'http://h/x'}, {name: a, url: 'http://h/y'}, {name: b}, \
              {name: c, url: 'http://h', urlFrom: {name: s, key: url}}]",
         );
-        assert!(found.iter().any(|p| p.starts_with("spec.notify[1].name")), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("spec.notify[2]: has neither")), "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("spec.notify[3]: has both")), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[1].name")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[2]: has neither")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[3]: has both")),
+            "{found:?}"
+        );
     }
 }
