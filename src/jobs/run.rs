@@ -2,18 +2,23 @@
 //! failed Job ([`log_tail`]), and deleting old ones ([`cleanup`]). Every call goes
 //! through the client it is given: the controller passes the one it applies with (the
 //! app's impersonated ServiceAccount when it has one), which then needs `create`,
-//! `get`, `list` and `delete` on `jobs`, `list` on `pods` and `get` on `pods/log` in the
-//! Job's namespace.
+//! `get`, `list` and `delete` on `jobs` (and `patch`, only to touch a Job running past
+//! its deadline on Kubernetes before 1.25), `list` on `pods` and `get` on `pods/log` in
+//! the Job's namespace.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::name::{JOB_KIND_LABEL, app_selector};
-use super::state::{JobState, LOG_TAIL_LINES, jobs_to_delete, state_of};
+use super::state::{
+    DEADLINE_NUDGED_ANNOTATION, JobState, LOG_TAIL_LINES, deadline_overdue, jobs_to_delete, state_of,
+};
 use crate::api::{APP_LABEL, OWNER_ANNOTATION};
+use crate::core::record::rfc3339;
 use crate::core::{Failure, FailureKind};
 use crate::failure::{Classified, classify, server_message};
 use crate::snapshot::{REVISION_ANNOTATION, REVISION_LABEL};
@@ -129,7 +134,35 @@ pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
             Err(error) => return Err(JobError::api("creating", &namespace, &name, error)),
         }
     };
+    nudge_if_overdue(&api, &current).await;
     Ok(with_log_tail(client, &current, state_of(&current)).await)
+}
+
+/// Touches a Job still running past its deadline so that the Job controller syncs it
+/// and ends it (see [`deadline_overdue`]: needed on Kubernetes before 1.25). Best
+/// effort: without `patch` on jobs the Job ends when the Job controller next looks.
+async fn nudge_if_overdue(api: &Api<Job>, job: &Job) {
+    let now = Timestamp::now();
+    if !deadline_overdue(job, now) {
+        return;
+    }
+    let name = job.name_any();
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { DEADLINE_NUDGED_ANNOTATION: rfc3339(now) } }
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            info!(job = %name, "the Job runs past its deadline: touched it so the Job controller ends it")
+        }
+        Err(error) => warn!(
+            job = %name,
+            error = %server_message(&error),
+            "the Job runs past its deadline and could not be touched"
+        ),
+    }
 }
 
 /// Where the Job `namespace/name` stands, without creating it: `None` when there is no
