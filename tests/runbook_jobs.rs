@@ -886,7 +886,7 @@ async fn a_restarted_controller_adopts_the_running_migration_job() {
     harness.start_controller();
     let app = wait_for_phase(&harness, ns, Phase::Healthy, &v1).await;
     let creates = job_creates(&harness, ns).await;
-    assert_eq!(created(&creates), [migrate.clone()]);
+    assert_eq!(created(&creates), std::slice::from_ref(&migrate));
     assert_eq!(
         creates.len(),
         1,
