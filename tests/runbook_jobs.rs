@@ -852,18 +852,38 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
 // ---------------------------------------------------------------------------------------
 // 5. A restarted controller adopts the running migration
 
-#[tokio::test]
-async fn a_restarted_controller_adopts_the_running_migration_job() {
+/// Runs a controller armed to abort after `boundary` of the app in `namespace` until it
+/// does.
+async fn abort_after(harness: &mut Harness, namespace: &str, boundary: &str) {
     use std::os::unix::process::ExitStatusExt;
+    let switch = format!("{namespace}/{APP}@{boundary}");
+    harness.start_controller_with(&[], &[(bosun::controller::fault::ENV, &switch)]);
+    let exit = harness.wait_for_controller_exit(WAIT).await;
+    let log = harness.controller_log();
+    assert_eq!(exit.signal(), Some(6), "SIGABRT at {switch}\n{log}");
+    assert!(
+        log.contains(&format!("aborting after {boundary} of {namespace}/{APP}")),
+        "{log}"
+    );
+}
+
+fn job_still_runs(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .is_none()
+        && !bosun::jobs::state_of(job).is_finished()
+}
+
+#[tokio::test]
+async fn a_restarted_controller_adopts_the_running_job_and_never_starts_another() {
     let mut harness = Harness::start().await;
+    // The migration of `adopt` is running when the controller stops.
     let ns = "adopt";
     let repo = harness.repo(ns);
     let v1 = Revision::good("1.0").commit_to(&repo);
     set_up(&harness, ns, &repo, json!({"migrate": job_step(MIGRATE_SLOW)})).await;
-    let switch = format!("{ns}/{APP}@deploy/migrate-running");
-    harness.start_controller_with(&[], &[(bosun::controller::fault::ENV, &switch)]);
-    let exit = harness.wait_for_controller_exit(WAIT).await;
-    assert_eq!(exit.signal(), Some(6), "SIGABRT\n{}", harness.controller_log());
+    abort_after(&mut harness, ns, "deploy/migrate-running").await;
     let migrate = job_of(ns, JobKind::Migrate, &v1);
     let app = harness.app(ns, APP).await;
     let s = status(&app);
@@ -873,17 +893,54 @@ async fn a_restarted_controller_adopts_the_running_migration_job() {
         "{s:?}"
     );
     assert!(s.jobs.is_empty(), "nothing recorded while it runs: {:?}", s.jobs);
-    let running = get_job(&harness, ns, &migrate).await;
     assert!(
-        running
-            .status
-            .as_ref()
-            .and_then(|s| s.completion_time.as_ref())
-            .is_none(),
+        job_still_runs(&get_job(&harness, ns, &migrate).await),
         "the Job still runs when the controller comes back"
     );
 
+    // `recorded` stops right after its migration was recorded; meanwhile the next
+    // controller adopts `adopt`'s Job.
+    let recorded = "recorded";
+    let recorded_repo = harness.repo(recorded);
+    let recorded_v1 = Revision::good("1.0").commit_to(&recorded_repo);
+    set_up(
+        &harness,
+        recorded,
+        &recorded_repo,
+        json!({"backup": job_step(BACKUP_OK), "migrate": job_step(MIGRATE_OK)}),
+    )
+    .await;
+    abort_after(&mut harness, recorded, "deploy/migrate").await;
+    let app = harness.app(recorded, APP).await;
+    assert_eq!(status(&app).jobs.len(), 2, "{:?}", status(&app).jobs);
+
+    // `downgrade` stops while its downgrade Job runs, in a rollback.
+    let down = "downgrade";
+    let down_repo = harness.repo(down);
+    let down_v1 = Revision::good("1.0").commit_to(&down_repo);
+    let mut migration = job_step(MIGRATE_OK);
+    migration["rollback"] = json!({
+        "policy": "Downgrade",
+        "command": ["sh", "-c", "echo downgrading; sleep 6; echo ok"],
+    });
+    set_up(&harness, down, &down_repo, json!({"migrate": migration})).await;
+    let switch = format!("{down}/{APP}@rollback/downgrade-running");
+    harness.start_controller_with(&[], &[(bosun::controller::fault::ENV, &switch)]);
+    wait_for_phase(&harness, down, Phase::Healthy, &down_v1).await;
+    let down_v2 = Revision::crash_looping("2.0").commit_to(&down_repo);
+    let exit = harness.wait_for_controller_exit(WAIT).await;
+    assert!(
+        harness.controller_log().contains(&format!(
+            "aborting after rollback/downgrade-running of {down}/{APP}"
+        )),
+        "{exit:?}\n{}",
+        harness.controller_log()
+    );
+    let downgrade = job_of(down, JobKind::Downgrade, &down_v2);
+    assert!(job_still_runs(&get_job(&harness, down, &downgrade).await));
+
     harness.start_controller();
+    // Each Job was created once, and no create was sent for a Job that exists.
     let app = wait_for_phase(&harness, ns, Phase::Healthy, &v1).await;
     let creates = job_creates(&harness, ns).await;
     assert_eq!(created(&creates), std::slice::from_ref(&migrate));
@@ -892,14 +949,48 @@ async fn a_restarted_controller_adopts_the_running_migration_job() {
         1,
         "no create sent for the adopted Job: {creates:#?}"
     );
-    let recorded: Vec<(&str, bool)> = status(&app)
+    let jobs: Vec<(&str, bool)> = status(&app)
         .jobs
         .iter()
         .map(|j| (j.job.as_str(), j.succeeded))
         .collect();
-    assert_eq!(recorded, [(migrate.as_str(), true)]);
+    assert_eq!(jobs, [(migrate.as_str(), true)]);
     assert_eq!(deployment_writes(&harness, ns, "api").await.len(), 1);
     assert_eq!(harness.image_of(ns, "api").await, "example/shop-api:1.0");
+
+    wait_for_phase(&harness, recorded, Phase::Healthy, &recorded_v1).await;
+    let creates = job_creates(&harness, recorded).await;
+    assert_eq!(
+        created(&creates),
+        [
+            job_of(recorded, JobKind::Backup, &recorded_v1),
+            job_of(recorded, JobKind::Migrate, &recorded_v1)
+        ]
+    );
+    assert_eq!(creates.len(), 2, "{creates:#?}");
+
+    let app = wait_for_phase(&harness, down, Phase::RolledBack, &down_v1).await;
+    let creates = job_creates(&harness, down).await;
+    assert_eq!(
+        created(&creates),
+        [
+            job_of(down, JobKind::Migrate, &down_v1),
+            job_of(down, JobKind::Migrate, &down_v2),
+            downgrade.clone()
+        ]
+    );
+    assert_eq!(creates.len(), 3, "{creates:#?}");
+    assert!(
+        status(&app)
+            .jobs
+            .iter()
+            .any(|j| j.job == downgrade && j.succeeded),
+        "{:?}",
+        status(&app).jobs
+    );
+    assert_eq!(harness.image_of(down, "api").await, "example/shop-api:1.0");
+    let writes = deployment_writes(&harness, down, "api").await;
+    assert_eq!(writes.len(), 3, "v1, v2, v1 again: {writes:#?}");
 }
 
 // ---------------------------------------------------------------------------------------
