@@ -847,6 +847,43 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
         "no migration after a failed required backup"
     );
     assert!(api_deployment(&harness, required).await.is_none());
+    // A person fixes what failed and retries the revision (a pin overrides the
+    // quarantine): the backup runs again, in a new Job, and the revision deploys.
+    let backup = job_of(required, JobKind::Backup, &required_v1);
+    let failed_uid = get_job(&harness, required, &backup).await.metadata.uid;
+    harness
+        .apply_runbook(&runbook(
+            required,
+            json!({"backup": job_step(BACKUP_OK), "migrate": job_step(MIGRATE_OK)}),
+        ))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let apps: Api<AppDeployment> = Api::namespaced(harness.client.clone(), required);
+    let pin = json!({"spec": {"pin": {"revision": required_v1}}});
+    apps.patch(APP, &PatchParams::default(), &Patch::Merge(&pin))
+        .await
+        .unwrap();
+    let app = wait_for_phase(&harness, required, Phase::Healthy, &required_v1).await;
+    assert_ne!(
+        get_job(&harness, required, &backup).await.metadata.uid,
+        failed_uid,
+        "the backup ran again"
+    );
+    assert_eq!(
+        created(&job_creates(&harness, required).await),
+        [
+            backup.clone(),
+            backup.clone(),
+            job_of(required, JobKind::Migrate, &required_v1)
+        ]
+    );
+    let backups: Vec<bool> = status(&app)
+        .jobs
+        .iter()
+        .filter(|j| j.kind == JobKind::Backup)
+        .map(|j| j.succeeded)
+        .collect();
+    assert_eq!(backups, [true]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -65,6 +65,20 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
         Err(error) => return Ok(from(error.classify())),
     };
     let what = format!("{} Job {namespace}/{name}", kind.as_str());
+    // A Job that failed before this operation started is an earlier attempt's at the
+    // same revision, retried by a person (a pin or a spec change after its quarantine):
+    // it is made again, not adopted with its old failure.
+    if state.failed_before(&operation.started_at) {
+        return Ok(
+            match jobs::delete_failed_before(&client, &namespace, &name, &operation.started_at).await {
+                Ok(_) => StepOutcome::Running(format!(
+                    "{what} failed in an earlier attempt at revision {}; it is made again",
+                    short_revision(&revision)
+                )),
+                Err(error) => from(error.classify()),
+            },
+        );
+    }
     let record = |succeeded: bool, finished_at: String, message: Option<String>| JobRecord {
         kind,
         revision: revision.clone(),

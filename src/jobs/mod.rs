@@ -38,7 +38,7 @@ pub use build::{JobRequest, JobSpecError, build_job, irreversible};
 pub use name::{
     JOB_KIND_LABEL, WATCH_SELECTOR, app_selector, job_labels, job_name, owner_of, revision_label_value,
 };
-pub use run::{JobError, cleanup, ensure, log_tail, observe};
+pub use run::{JobError, cleanup, delete_failed_before, ensure, log_tail, observe};
 pub use state::{
     DEADLINE_NUDGED_ANNOTATION, JobState, LOG_TAIL_LINES, deadline_overdue, jobs_to_delete, state_of,
 };

@@ -165,6 +165,42 @@ async fn nudge_if_overdue(api: &Api<Job>, job: &Job) {
     }
 }
 
+/// Deletes the Job `namespace/name` if it failed before `since` (an earlier attempt's,
+/// see [`JobState::failed_before`]), so that the attempt now creates it anew under its
+/// name; its pods go with it. Returns whether it was deleted.
+pub async fn delete_failed_before(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    since: &str,
+) -> Result<bool, JobError> {
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let job = match api.get_opt(name).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Ok(false),
+        Err(error) => return Err(JobError::api("reading", namespace, name, error)),
+    };
+    if !state_of(&job).failed_before(since) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        // Only the failed Job read: never one created again under its name since.
+        preconditions: job.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {
+            info!(job = %name, %namespace, "deleted the failed Job of an earlier attempt");
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(error) => Err(JobError::api("deleting", namespace, name, error)),
+    }
+}
+
 /// Where the Job `namespace/name` stands, without creating it: `None` when there is no
 /// such Job (never created, or deleted).
 pub async fn observe(client: &Client, namespace: &str, name: &str) -> Result<Option<JobState>, JobError> {

@@ -68,7 +68,26 @@ impl JobState {
     }
 }
 
+/// How much earlier than an operation's start a Job must have failed to be taken for
+/// one of an earlier attempt: both times are whole seconds (the operation's rounded, the
+/// Job's cut), so a Job of the operation itself may read up to 1.5 s earlier.
+const EARLIER_ATTEMPT_MARGIN: SignedDuration = SignedDuration::from_secs(2);
+
 impl JobState {
+    /// Whether the Job failed before `since` (RFC 3339, the start of the operation now
+    /// running it): then it is the Job of an earlier attempt at the same revision (one
+    /// a person retries with a pin or a spec change after its quarantine), not this
+    /// attempt's. Unreadable times count as this attempt's.
+    pub fn failed_before(&self, since: &str) -> bool {
+        let JobState::Failed { finished_at, .. } = self else {
+            return false;
+        };
+        match (finished_at.parse::<Timestamp>(), since.parse::<Timestamp>()) {
+            (Ok(finished), Ok(since)) => finished + EARLIER_ATTEMPT_MARGIN <= since,
+            _ => false,
+        }
+    }
+
     /// The status record of a finished Job (`None` while it runs): `job` its name,
     /// `revision` the one it ran for, `irreversible` what [`super::irreversible`] said of
     /// the revision's migration.
@@ -343,6 +362,28 @@ mod tests {
             running.record(JobKind::Backup, "abc", "web-backup-abc", false),
             None
         );
+    }
+
+    #[test]
+    fn a_job_that_failed_before_the_operation_started_is_an_earlier_attempts() {
+        let failed = |at: &str| JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: String::new(),
+            finished_at: at.into(),
+            log_tail: vec![],
+        };
+        let started = "2024-05-01T10:00:10Z";
+        assert!(failed("2024-05-01T09:50:00Z").failed_before(started));
+        assert!(failed("2024-05-01T10:00:08Z").failed_before(started));
+        // Within the rounding of the two times: this operation's own failure.
+        assert!(!failed("2024-05-01T10:00:09Z").failed_before(started));
+        assert!(!failed("2024-05-01T10:00:30Z").failed_before(started));
+        assert!(!failed("").failed_before(started));
+        assert!(!failed("2024-05-01T09:50:00Z").failed_before(""));
+        let succeeded = JobState::Succeeded {
+            finished_at: "2024-05-01T09:50:00Z".into(),
+        };
+        assert!(!succeeded.failed_before(started));
     }
 
     #[test]
