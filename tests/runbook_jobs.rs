@@ -35,6 +35,9 @@ const APP: &str = "shop";
 const RUNBOOK: &str = "jobs";
 /// Generous: the machine is shared.
 const WAIT: Duration = Duration::from_secs(120);
+/// Time for a Runbook change to reach the controller's cache before a commit that must
+/// be deployed with it.
+const RUNBOOK_SEEN: Duration = Duration::from_millis(1500);
 
 /// The scripts the Jobs run (see bosun-devenv/src/script.rs).
 const BACKUP_OK: &str = "echo pg_dump shop > /backup/shop.sql; echo backup written";
@@ -429,6 +432,17 @@ async fn wait_for_entry(harness: &Harness, namespace: &str, revision: &str, phas
         .await
 }
 
+/// Seconds from the start to the end of the newest history entry of `revision`.
+fn entry_duration(app: &AppDeployment, revision: &str) -> i64 {
+    let entry = status(app)
+        .history
+        .iter()
+        .find(|h| h.revision == revision)
+        .expect("a history entry");
+    let at = |time: &str| time.parse::<Timestamp>().expect("an RFC 3339 time").as_second();
+    at(entry.finished_at.as_deref().unwrap_or_default()) - at(&entry.started_at)
+}
+
 fn entry_message(app: &AppDeployment, revision: &str) -> String {
     status(app)
         .history
@@ -740,10 +754,13 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
     harness
         .apply_runbook(&runbook(fails, json!({"migrate": job_step(MIGRATE_FAILS)})))
         .await;
-    // The Runbook's watch is quicker than the next look at Git (1 s).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The Runbook's watch delivers the change well before the next look at Git (1 s)
+    // after the commit below.
+    tokio::time::sleep(RUNBOOK_SEEN).await;
+    let committed = Instant::now();
     let fails_v2 = Revision::good("2.0").commit_to(&fails_repo);
     let app = wait_for_entry(&harness, fails, &fails_v2, Phase::Failed).await;
+    let commit_to_failed = committed.elapsed();
     let s = status(&app);
     assert_eq!(s.phase, Phase::Failed, "{s:?}");
     assert_eq!(s.current_revision.as_deref(), Some(fails_v1.as_str()));
@@ -773,7 +790,7 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
     harness
         .apply_runbook(&runbook(fails, json!({"migrate": job_step(MIGRATE_OK)})))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(RUNBOOK_SEEN).await;
     let fails_v3 = Revision::good("3.0").commit_to(&fails_repo);
     let app = wait_for_phase(&harness, fails, Phase::Healthy, &fails_v3).await;
     assert_eq!(harness.image_of(fails, "api").await, "example/shop-api:3.0");
@@ -792,6 +809,7 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
 
     // 4. The migration that hangs: its deadline ends it, nothing is applied.
     let app = wait_for_entry(&harness, hangs, &hangs_v1, Phase::Failed).await;
+    let timed_out_after = entry_duration(&app, &hangs_v1);
     let s = status(&app);
     assert_eq!(s.phase, Phase::Failed);
     let message = entry_message(&app, &hangs_v1);
@@ -857,7 +875,7 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
             json!({"backup": job_step(BACKUP_OK), "migrate": job_step(MIGRATE_OK)}),
         ))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(RUNBOOK_SEEN).await;
     let apps: Api<AppDeployment> = Api::namespaced(harness.client.clone(), required);
     let pin = json!({"spec": {"pin": {"revision": required_v1}}});
     apps.patch(APP, &PatchParams::default(), &Patch::Merge(&pin))
@@ -884,6 +902,10 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
         .map(|j| j.succeeded)
         .collect();
     assert_eq!(backups, [true]);
+    println!(
+        "measured: commit to Failed with a failing migration {commit_to_failed:?}; \
+         a revision whose migration has a 3s timeout Failed {timed_out_after}s after it started"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
