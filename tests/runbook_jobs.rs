@@ -10,6 +10,16 @@
 //! Every app runs in its own namespace with a Deployment `api` (the migrations' `from`)
 //! reading a Secret, a ConfigMap and a ServiceAccount that exist before the revision, as
 //! the seeds' databases and credentials do.
+//!
+//! - a good revision: backed up, then migrated, then applied, each Job once and built
+//!   from the `api` container as it is applied; never migrated again (resyncs, a
+//!   restart, a drift repair, the Job deleted, the same commit from another path);
+//! - failures: a failing migration (its log line in the Event and the history), one
+//!   past its timeout, an optional and a required backup that fail, and a failed
+//!   revision retried by a person, whose Job runs again;
+//! - restarts while a Job runs or right after it was recorded: adopted, never created
+//!   twice;
+//! - rollback policies: Keep, Downgrade (and a downgrade that fails), Hold.
 
 mod support;
 
