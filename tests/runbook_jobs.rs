@@ -733,7 +733,19 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
     let hangs_v1 = Revision::good("1.0").commit_to(&hangs_repo);
     let mut hanging = job_step(MIGRATE_HANGS);
     hanging["timeout"] = json!("3s");
-    set_up(&harness, hangs, &hangs_repo, json!({"migrate": hanging})).await;
+    set_up(&harness, hangs, &hangs_repo, json!({"migrate": hanging.clone()})).await;
+    // 4. The same, on a Job controller that misses the deadline: the Job controller of
+    // Kubernetes before 1.25 checks a Job's deadline once, at the time it first had;
+    // a deadline made longer before then is never checked again (kubernetes#90553).
+    let overdue = "migrate-overdue";
+    let overdue_repo = harness.repo(overdue);
+    let overdue_v1 = Revision::good("1.0").commit_to(&overdue_repo);
+    set_up(&harness, overdue, &overdue_repo, json!({"migrate": hanging})).await;
+    let stretched = tokio::spawn(stretch_deadline(
+        harness.client.clone(),
+        overdue,
+        job_of(overdue, JobKind::Migrate, &overdue_v1),
+    ));
     // 7. A backup that fails: optional, then required.
     let optional = "backup-optional";
     let optional_repo = harness.repo(optional);
@@ -833,6 +845,25 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
         [job_of(hangs, JobKind::Migrate, &hangs_v1)]
     );
 
+    // 4. The Job the Job controller would leave running is touched, and so ended.
+    stretched.await.unwrap();
+    let app = wait_for_entry(&harness, overdue, &overdue_v1, Phase::Failed).await;
+    let overdue_after = entry_duration(&app, &overdue_v1);
+    let message = entry_message(&app, &overdue_v1);
+    assert!(message.contains("DeadlineExceeded"), "history: {message}");
+    let job = get_job(&harness, overdue, &job_of(overdue, JobKind::Migrate, &overdue_v1)).await;
+    assert!(
+        job.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(bosun::jobs::DEADLINE_NUDGED_ANNOTATION),
+        "the Job was touched"
+    );
+    assert!(
+        api_deployment(&harness, overdue).await.is_none(),
+        "nothing applied"
+    );
+
     // 7. An optional backup that fails: a warning, and the revision goes on.
     let app = wait_for_phase(&harness, optional, Phase::Healthy, &optional_v1).await;
     let warning = event_about(&harness, optional, "BackupFailed", &optional_v1).await;
@@ -914,8 +945,26 @@ async fn failed_and_timed_out_jobs_leave_the_workloads_alone() {
     assert_eq!(backups, [true]);
     println!(
         "measured: commit to Failed with a failing migration {commit_to_failed:?}; \
-         a revision whose migration has a 3s timeout Failed {timed_out_after}s after it started"
+         a revision whose migration has a 3s timeout Failed {timed_out_after}s after it started, \
+         {overdue_after}s when the Job controller missed the deadline"
     );
+}
+
+/// Makes the deadline of Job `namespace/name` 2 s longer as soon as bosun created it,
+/// before the Job controller's one check of the first deadline: on Kubernetes before
+/// 1.25 the Job controller then never ends it by itself.
+async fn stretch_deadline(client: kube::Client, namespace: &'static str, name: String) {
+    let jobs: Api<Job> = Api::namespaced(client, namespace);
+    let job = eventually("the Job to stretch", WAIT, || async {
+        Ok(jobs.get_opt(&name).await?)
+    })
+    .await
+    .unwrap();
+    let deadline = job.spec.and_then(|s| s.active_deadline_seconds).unwrap();
+    let patch = json!({"spec": {"activeDeadlineSeconds": deadline + 2}});
+    jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -96,27 +96,36 @@ pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let api: Api<Job> = Api::namespaced(client.clone(), &namespace);
-    match api.get_opt(&name).await {
+    let current = match api.get_opt(&name).await {
         Ok(Some(existing)) => {
             check_ours(job, &existing)?;
-            return Ok(with_log_tail(client, &existing, state_of(&existing)).await);
+            existing
         }
-        Ok(None) => {}
+        Ok(None) => create(&api, job).await?,
         Err(error) => return Err(JobError::api("reading", &namespace, &name, error)),
-    }
+    };
+    nudge_if_overdue(&api, &current).await;
+    Ok(with_log_tail(client, &current, state_of(&current)).await)
+}
+
+/// Creates `job`; one of that name that exists already (created since it was looked
+/// for) is taken if it is ours.
+async fn create(api: &Api<Job>, job: &Job) -> Result<Job, JobError> {
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job.name_any();
     let mut attempt = 0;
-    let current = loop {
+    loop {
         attempt += 1;
         match api.create(&PostParams::default(), job).await {
             Ok(created) => {
                 info!(job = %name, %namespace, "created Job");
-                break created;
+                return Ok(created);
             }
             Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
                 match api.get_opt(&name).await {
                     Ok(Some(existing)) => {
                         check_ours(job, &existing)?;
-                        break existing;
+                        return Ok(existing);
                     }
                     // Deleted since our create was refused: create it again.
                     Ok(None) if attempt < CREATE_ATTEMPTS => continue,
@@ -133,9 +142,7 @@ pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
             }
             Err(error) => return Err(JobError::api("creating", &namespace, &name, error)),
         }
-    };
-    nudge_if_overdue(&api, &current).await;
-    Ok(with_log_tail(client, &current, state_of(&current)).await)
+    }
 }
 
 /// Touches a Job still running past its deadline so that the Job controller syncs it
