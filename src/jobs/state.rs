@@ -1,4 +1,5 @@
-//! What a Job's status says, and which old Jobs may go (pure).
+//! What a Job's status says, whether it is an earlier attempt's or overdue, and which
+//! old Jobs may go (pure).
 
 use std::time::Duration;
 
@@ -154,12 +155,13 @@ pub fn state_of(job: &Job) -> JobState {
 ///
 /// The Job controller of Kubernetes 1.20 to 1.24 (before kubernetes/kubernetes#110294
 /// and its cherry-picks) schedules its deadline check once, when it first sets
-/// `startTime`; a sync from a stale cache sets `startTime` again, later, and the one
-/// check comes too early and is never repeated (kubernetes/kubernetes#107226): the Job
-/// runs on until something else syncs it. On the local 1.20 control plane about one
-/// Job in fifteen of a batch with a 3 s deadline stayed running. Any update of the Job
-/// makes the controller sync it and see the deadline passed; on fixed versions the Job
-/// has ended before this is ever true.
+/// `startTime`; when a sync from a stale cache sets `startTime` again, later
+/// (kubernetes/kubernetes#107226), or the deadline is made longer
+/// (kubernetes/kubernetes#90553), that one check comes too early and is never repeated:
+/// the Job runs on until something else syncs it. On the local 1.20 control plane 2
+/// Jobs of 48 created in batches with a 3 s deadline stayed running. Any update of the
+/// Job makes the controller sync it and see the deadline passed; on fixed versions the
+/// Job has ended before this is ever true.
 pub fn deadline_overdue(job: &Job, now: Timestamp) -> bool {
     if state_of(job).is_finished() {
         return false;
