@@ -229,7 +229,9 @@ async fn credentials(
 /// The Secrets the running workloads read whose data changed since they were rolled
 /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
 /// A Secret that is gone is preflight's business, not a rotation; data whose rollout
-/// was refused before is not offered again.
+/// was refused before is not offered again. Data put back to what runs after a refused
+/// change is offered (a change stopped at preflight left the app `Failed` with nothing
+/// applied; verifying what runs ends it, and clears the refusal).
 pub fn rotated_secrets(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
@@ -251,8 +253,10 @@ pub fn rotated_secrets(
                 .map(|(key, value)| (key.clone(), value.0.clone()))
                 .collect();
             let now = crate::preflight::secret_data_digest(&data);
-            (&now != applied && status.rejected_secret_digests.get(key) != Some(&now))
-                .then(|| (key.clone(), now))
+            let refused = status.rejected_secret_digests.get(key);
+            let changed = &now != applied && refused != Some(&now);
+            let refusal_undone = &now == applied && refused.is_some_and(|refused| *refused != now);
+            (changed || refusal_undone).then(|| (key.clone(), now))
         })
         .collect()
 }

@@ -73,7 +73,9 @@ pub struct Input<'a> {
     pub plan: StepPlan,
     /// Secrets read by the running workloads whose data changed since it was rolled
     /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
-    /// change; a change already rolled out and refused is not listed again.
+    /// change; a change already rolled out and refused is not listed again. A refused
+    /// change that was undone (the data is back to what runs) is listed, with the data
+    /// that runs: its rollout, verified, ends the `Failed` the refusal left.
     pub rotated: BTreeMap<String, String>,
 }
 

@@ -1408,3 +1408,95 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
     world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
+
+/// Runs every step; Apply records `applied` as the digests given to the pods,
+/// verification answers `verdict`, and preflight refuses when `preflight` is `Err`.
+fn rolling_out(
+    applied: &'static str,
+    preflight: Result<(), &'static str>,
+    verdict: Verdict,
+) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    let mut rest = succeeding(verdict);
+    move |status, step| match step {
+        Step::Preflight => match preflight {
+            Ok(()) => StepOutcome::Done(StepResult::PreflightPassed),
+            Err(message) => StepOutcome::Refused(Failure::new(FailureKind::PreflightFailed, message)),
+        },
+        Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry("a")],
+            secret_digests: rotation(applied),
+            ..Default::default()
+        })),
+        other => rest(status, other),
+    }
+}
+
+#[test]
+fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("first");
+    // "second" fails the gates: refused.
+    world.rotated = rotation("second");
+    world.pass(&mut status, rolling_out("second", Ok(()), Verdict::Failed));
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.rejected_secret_digests, rotation("second"));
+    // "third" passes: what runs is verified, the refusal of "second" is history.
+    world.rotated = rotation("third");
+    world.pass(&mut status, rolling_out("third", Ok(()), Verdict::Passed));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.secret_digests, rotation("third"));
+    assert!(
+        status.rejected_secret_digests.is_empty(),
+        "a stale refusal would keep \"second\" from ever rolling out again: {:?}",
+        status.rejected_secret_digests
+    );
+    // "second" comes back: rolled out like any change.
+    world.rotated = rotation("second");
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::StartRotation {
+            secrets: rotation("second")
+        }
+    );
+}
+
+#[test]
+fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("first");
+    world.rotated = rotation("default");
+    let decisions = world.pass(
+        &mut status,
+        rolling_out(
+            "default",
+            Err("JWT_SECRET (Secret app/jwt, key secret) still has a value the Runbook forbids"),
+            Verdict::Passed,
+        ),
+    );
+    assert_eq!(steps_run(&decisions), [Step::Preflight], "nothing applied");
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(
+        status.secret_digests,
+        rotation("first"),
+        "the pods keep their data"
+    );
+    assert_eq!(status.rejected_secret_digests, rotation("default"));
+    // Nothing changes while the refused data stays.
+    world.rotated = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // The data is put back: the controller lists it (it is what runs, and a refusal of
+    // other data is recorded); its rollout is verified and the app is Healthy again.
+    world.rotated = rotation("first");
+    let decisions = world.pass(&mut status, rolling_out("first", Ok(()), Verdict::Passed));
+    assert!(decisions.contains(&Decision::StartRotation {
+        secrets: rotation("first")
+    }));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert!(status.rejected_secret_digests.is_empty());
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+}
