@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ClusterLookup;
+use super::contract::default_of;
 use super::env::{KnownObjects, ObjectKind, env_from_reference, key_reference};
 use super::workloads::{self, Depth, Selection, Workload, array, str_field};
 use crate::api::RunbookSpec;
@@ -150,12 +151,13 @@ fn injections<'r>(
         .filter_map(|variable| str_field(variable, "name"))
         .collect();
     let mut missing = Vec::new();
-    for rule in &runbook.env {
+    for rule in runbook.env.iter().filter(|rule| rule.inject) {
+        let name = rule.name.as_str();
         // `secret: true` refuses a literal, which an injected default would be.
-        let (true, false, Some(default)) = (rule.inject, rule.secret, rule.default.as_deref()) else {
+        let secret = runbook.env.iter().any(|rule| rule.name == name && rule.secret);
+        let Some(default) = default_of(&runbook.env, name).filter(|_| !secret) else {
             continue;
         };
-        let name = rule.name.as_str();
         if !in_env.contains(name)
             && !from_env_from.contains(name)
             && !missing.iter().any(|(seen, _)| *seen == name)
