@@ -326,16 +326,15 @@ async fn with_rollout_on_change_false_a_secret_change_rolls_nothing() {
     )
     .await;
     let before = deployment(&harness).await;
-    assert_eq!(
-        template_digest(&before),
-        None,
-        "no digest is written when nothing rolls on a change"
-    );
+    // The digest is written all the same (so that turning the field on or off rolls
+    // nothing by itself); it is not followed.
+    let first_digest = template_digest(&before).expect("the digest of the data deployed");
     set_jwt(&harness, SECOND_JWT).await;
     // Several intervals (2 s): a pass for the Secret change and resyncs.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after = deployment(&harness).await;
     assert_eq!(generation(&after), generation(&before), "the Deployment rolled");
+    assert_eq!(template_digest(&after).as_deref(), Some(first_digest.as_str()));
     assert_eq!(replica_sets(&harness).await.len(), 1);
     let app = harness.app(NS, APP).await;
     let s = status(&app);
@@ -346,6 +345,34 @@ async fn with_rollout_on_change_false_a_secret_change_rolls_nothing() {
             .await
             .iter()
             .any(|e| e.reason.as_deref() == Some("RotatingSecrets"))
+    );
+
+    // Turned on, the change made meanwhile goes out, through the gates.
+    harness.apply_runbook(&runbook_yaml("")).await;
+    let app = wait_rotation(&harness, Phase::Healthy, 2).await;
+    assert!(status(&app).quarantined.is_empty());
+    let rolled = deployment(&harness).await;
+    assert_eq!(generation(&rolled), generation(&before) + 1);
+    assert_ne!(template_digest(&rolled).as_deref(), Some(first_digest.as_str()));
+
+    // Turned off again: nothing rolls, neither at once nor at the next resyncs.
+    harness
+        .apply_runbook(&runbook_yaml("  secrets:\n    rolloutOnChange: false\n"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = deployment(&harness).await;
+    assert_eq!(
+        generation(&after),
+        generation(&rolled),
+        "turning rolloutOnChange off rolled the Deployment (template annotations now {:?})",
+        after
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
     );
 }
 

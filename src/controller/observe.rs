@@ -76,7 +76,13 @@ fn pattern_problems(spec: &RunbookSpec) -> Vec<crate::api::RunbookProblem> {
     logs.chain(env)
         .filter_map(|(field, pattern)| {
             let error = regex::Regex::new(&pattern).err()?;
-            let reason = error.to_string().lines().last().unwrap_or_default().trim().to_string();
+            let reason = error
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             Some(crate::api::RunbookProblem {
                 field,
                 message: format!("{pattern:?} is not a regular expression ({reason})"),
@@ -303,7 +309,13 @@ mod tests {
         .unwrap();
         let problems = pattern_problems(&spec);
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["spec.gates[0].logs.pattern", "spec.env[1].policy.pattern"]);
-        assert!(problems[0].message.contains("is not a regular expression"), "{problems:?}");
+        assert_eq!(
+            fields,
+            ["spec.gates[0].logs.pattern", "spec.env[1].policy.pattern"]
+        );
+        assert!(
+            problems[0].message.contains("is not a regular expression"),
+            "{problems:?}"
+        );
     }
 }
