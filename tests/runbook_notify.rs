@@ -72,9 +72,7 @@ impl Receiver {
             failures_first: failures,
             seen: Arc::default(),
         };
-        let router = Router::new()
-            .route("/{*path}", post(record))
-            .with_state(recorder);
+        let router = Router::new().route("/{*path}", post(record)).with_state(recorder);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -200,7 +198,11 @@ fn slack_text(body: &Value) -> String {
         .flatten()
         .filter_map(|f| f["text"].as_str().map(str::to_string))
         .collect();
-    format!("{} | {}", body["text"].as_str().unwrap_or_default(), fields.join(" | "))
+    format!(
+        "{} | {}",
+        body["text"].as_str().unwrap_or_default(),
+        fields.join(" | ")
+    )
 }
 
 /// The RollingBack and RolledBack deliveries of the flip-back from `bad` to `good` at
@@ -209,7 +211,9 @@ async fn flip_back_told(receiver: &Receiver, bad: &str, good: &str) -> Duration 
     let about = |phase: &'static str| {
         let (bad, good) = (bad.to_string(), good.to_string());
         move |body: &Value| {
-            body["phase"] == phase && body["revision"]["from"] == bad.as_str() && body["revision"]["to"] == good.as_str()
+            body["phase"] == phase
+                && body["revision"]["from"] == bad.as_str()
+                && body["revision"]["to"] == good.as_str()
         }
     };
     let rolling = receiver.wait_for("RollingBack told", about("RollingBack")).await;
@@ -220,7 +224,10 @@ async fn flip_back_told(receiver: &Receiver, bad: &str, good: &str) -> Duration 
         assert_eq!(body["namespace"], NS, "{body}");
         assert_eq!(body["gate"], "health", "{body}");
         let summary = body["summary"].as_str().unwrap();
-        assert!(summary.contains(&bad[..12]) && summary.contains(&good[..12]), "{summary}");
+        assert!(
+            summary.contains(&bad[..12]) && summary.contains(&good[..12]),
+            "{summary}"
+        );
         assert!(summary.contains("health"), "{summary}");
     }
     // The failed gate is the cause of both.
@@ -267,7 +274,9 @@ async fn a_flip_back_is_told_to_every_receiver_and_a_receiver_that_is_down_holds
 
     // Healthy, to both receivers that are up.
     let healthy = json_receiver
-        .wait_for("Healthy told", |b| b["phase"] == "Healthy" && b["revision"]["to"] == good.as_str())
+        .wait_for("Healthy told", |b| {
+            b["phase"] == "Healthy" && b["revision"]["to"] == good.as_str()
+        })
         .await;
     assert_eq!(healthy.path, "/ops");
     assert_eq!(healthy.body["app"], APP);
@@ -279,7 +288,9 @@ async fn a_flip_back_is_told_to_every_receiver_and_a_receiver_that_is_down_holds
     );
     let slack = slack_receiver
         .wait_for("Healthy told in Slack's format", |b| {
-            b["text"].as_str().is_some_and(|t| t.contains(&good[..12]) && t.contains("healthy"))
+            b["text"]
+                .as_str()
+                .is_some_and(|t| t.contains(&good[..12]) && t.contains("healthy"))
         })
         .await;
     assert_eq!(slack.path, "/chat");
@@ -345,7 +356,10 @@ async fn a_flip_back_is_told_to_every_receiver_and_a_receiver_that_is_down_holds
     // They were tried, and named (by name only) in the log.
     let log = plain_log(&harness);
     assert!(log.contains("receiver=down"), "the down receiver was not tried");
-    assert!(log.contains("receiver=silent"), "the silent receiver was not tried");
+    assert!(
+        log.contains("receiver=silent"),
+        "the silent receiver was not tried"
+    );
 }
 
 #[tokio::test]
@@ -389,9 +403,15 @@ async fn a_url_from_a_secret_is_used_never_logged_and_a_preflight_block_is_told(
     harness.start_controller();
     harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
     let healthy = receiver
-        .wait_for("Healthy told", |b| b["phase"] == "Healthy" && b["revision"]["to"] == good.as_str())
+        .wait_for("Healthy told", |b| {
+            b["phase"] == "Healthy" && b["revision"]["to"] == good.as_str()
+        })
         .await;
-    assert_eq!(healthy.path, format!("/hooks/{TOKEN}"), "delivered to the Secret's URL");
+    assert_eq!(
+        healthy.path,
+        format!("/hooks/{TOKEN}"),
+        "delivered to the Secret's URL"
+    );
     println!(
         "Healthy through a urlFrom receiver (one 500 first): delivered {:.3}s after the status write",
         latency(&harness, &healthy).await.as_secs_f64()
@@ -413,7 +433,9 @@ async fn a_url_from_a_secret_is_used_never_logged_and_a_preflight_block_is_told(
     }
     let blocked = repo.commit("the worker reads Secret db").unwrap();
     let told = receiver
-        .wait_for("Blocked told", |b| b["phase"] == "Blocked" && b["revision"]["to"] == blocked.as_str())
+        .wait_for("Blocked told", |b| {
+            b["phase"] == "Blocked" && b["revision"]["to"] == blocked.as_str()
+        })
         .await;
     let body = &told.body;
     assert_eq!(body["reason"], "PreflightFailed", "{body}");
@@ -441,7 +463,11 @@ async fn a_url_from_a_secret_is_used_never_logged_and_a_preflight_block_is_told(
         .await
         .unwrap();
     let events = serde_json::to_string(&events.items).unwrap();
-    for (place, text) in [("the controller log", &log), ("the status", &app), ("the Events", &events)] {
+    for (place, text) in [
+        ("the controller log", &log),
+        ("the status", &app),
+        ("the Events", &events),
+    ] {
         assert!(!text.contains(TOKEN), "{place} holds the webhook URL's token");
     }
 }

@@ -40,6 +40,15 @@ const THIRD_JWT: &str = "third-jwt-value-0e5a8c2b6d4f1397";
 
 /// The Deployment `api` reading `JWT_SECRET` from Secret `jwt`.
 fn commit_app(repo: &WorkRepo) -> String {
+    commit_api(repo, "example/api:1.0", &[], "api reads Secret jwt")
+}
+
+/// The Deployment `api` running `image`, reading `JWT_SECRET` from Secret `jwt`, and
+/// `more_env`.
+fn commit_api(repo: &WorkRepo, image: &str, more_env: &[Value], message: &str) -> String {
+    let mut env =
+        vec![json!({"name": "JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "jwt", "key": "secret"}}})];
+    env.extend(more_env.iter().cloned());
     let deployment = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -51,8 +60,8 @@ fn commit_app(repo: &WorkRepo) -> String {
                 "metadata": {"labels": {"app": "api"}},
                 "spec": {"containers": [{
                     "name": "api",
-                    "image": "example/api:1.0",
-                    "env": [{"name": "JWT_SECRET", "valueFrom": {"secretKeyRef": {"name": "jwt", "key": "secret"}}}]
+                    "image": image,
+                    "env": env
                 }]}
             }
         }
@@ -62,7 +71,7 @@ fn commit_app(repo: &WorkRepo) -> String {
         &serde_json::to_string_pretty(&deployment).unwrap(),
     )
     .unwrap();
-    repo.commit("api reads Secret jwt").unwrap()
+    repo.commit(message).unwrap()
 }
 
 fn app_yaml(url: &str) -> String {
@@ -94,7 +103,9 @@ fn runbook_yaml(extra: &str) -> String {
     )
 }
 
-async fn set_up(harness: &mut Harness, runbook: &str) -> String {
+/// The namespace, the Runbook, Secret `jwt` and the app, Healthy; returns the running
+/// revision and the repository.
+async fn set_up(harness: &mut Harness, runbook: &str) -> (String, WorkRepo) {
     harness.namespace(NS).await;
     harness.apply_runbook(runbook).await;
     let secrets: Api<Secret> = Api::namespaced(harness.client.clone(), NS);
@@ -116,7 +127,7 @@ async fn set_up(harness: &mut Harness, runbook: &str) -> String {
     harness.apply_app(&app_yaml(&harness.git.url(repo.name()))).await;
     harness.start_controller();
     harness.wait_for_phase(NS, APP, Phase::Healthy, &revision).await;
-    revision
+    (revision, repo)
 }
 
 async fn set_jwt(harness: &Harness, value: &str) {
@@ -216,7 +227,7 @@ fn is_hex_digest(text: &str) -> bool {
 #[tokio::test]
 async fn a_secret_change_rolls_the_workloads_through_the_gates_and_a_resync_never_does() {
     let mut harness = Harness::start().await;
-    let revision = set_up(&mut harness, &runbook_yaml("")).await;
+    let (revision, _repo) = set_up(&mut harness, &runbook_yaml("")).await;
     let before = deployment(&harness).await;
     let first_digest = template_digest(&before).expect("the pod template carries the Secrets' digest");
     assert!(is_hex_digest(&first_digest), "{first_digest}");
@@ -320,7 +331,7 @@ async fn a_secret_change_rolls_the_workloads_through_the_gates_and_a_resync_neve
 #[tokio::test]
 async fn with_rollout_on_change_false_a_secret_change_rolls_nothing() {
     let mut harness = Harness::start().await;
-    set_up(
+    let _ = set_up(
         &mut harness,
         &runbook_yaml("  secrets:\n    rolloutOnChange: false\n"),
     )
@@ -450,7 +461,7 @@ async fn a_rotation_that_fails_its_gates_is_refused_without_rollback_and_not_rol
     ))
     .replacen("  verifyWindow: 1s\n", "", 1);
     let mut harness = Harness::start().await;
-    let revision = set_up(&mut harness, &runbook).await;
+    let (revision, _repo) = set_up(&mut harness, &runbook).await;
     let healthy = deployment(&harness).await;
     let first_digest = template_digest(&healthy).unwrap();
 
@@ -579,7 +590,7 @@ async fn a_rotation_refused_by_preflight_touches_nothing_and_a_revert_ends_it() 
         "  env:\n    - name: JWT_SECRET\n      secret: true\n      policy:\n        minLength: 32\n        notEquals: [\"change-me\"]\n",
     );
     let mut harness = Harness::start().await;
-    let revision = set_up(&mut harness, &runbook).await;
+    let (revision, _repo) = set_up(&mut harness, &runbook).await;
     let healthy = deployment(&harness).await;
 
     // The Secret goes back to the documented default: the rollout stops at preflight.
@@ -646,4 +657,92 @@ async fn a_rotation_refused_by_preflight_touches_nothing_and_a_revert_ends_it() 
         assert!(!log.contains(value), "the log has {value}");
         assert!(!printed.contains(value), "the status has {value}");
     }
+}
+
+/// Git may point at a revision that is not deployed (blocked, or quarantined after a
+/// rollback): the running revision's Secrets still roll when they change.
+#[tokio::test]
+async fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_refused_one() {
+    let mut harness = Harness::start().await;
+    let (running, repo) = set_up(&mut harness, &runbook_yaml("")).await;
+    let first = deployment(&harness).await;
+
+    // The tip reads a Secret that does not exist: Blocked, the running revision stays.
+    let blocked = commit_api(
+        &repo,
+        "example/api:1.1",
+        &[json!({"name": "DB_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}})],
+        "reads Secret db",
+    );
+    harness
+        .wait_for(NS, APP, "the tip blocked", Duration::from_secs(60), |app| {
+            app.status.as_ref().is_some_and(|s| {
+                s.phase == Phase::Blocked && s.blocked.as_ref().is_some_and(|b| b.revision == blocked)
+            })
+        })
+        .await;
+    set_jwt(&harness, SECOND_JWT).await;
+    let app = harness
+        .wait_for(
+            NS,
+            APP,
+            "the running revision rolled for the Secret",
+            Duration::from_secs(60),
+            |app| {
+                app.status.as_ref().is_some_and(|s| {
+                    s.operation.is_none()
+                        && s.history
+                            .iter()
+                            .any(|h| h.rotation == ["shop/jwt"] && h.phase == Phase::Healthy)
+                })
+            },
+        )
+        .await;
+    let s = status(&app);
+    assert_eq!(s.current_revision.as_deref(), Some(running.as_str()));
+    assert_eq!(s.phase, Phase::Blocked, "the tip is still blocked");
+    assert_eq!(
+        s.blocked.as_ref().map(|b| b.revision.as_str()),
+        Some(blocked.as_str())
+    );
+    let rolled = deployment(&harness).await;
+    assert_eq!(generation(&rolled), generation(&first) + 1);
+    assert_ne!(template_digest(&rolled), template_digest(&first));
+    assert_eq!(harness.image_of(NS, "api").await, "example/api:1.0");
+
+    // The tip crash-loops: rolled back, quarantined; Git stays on it.
+    let crashing = commit_api(&repo, "example/api:2.0-crashloop", &[], "crashes");
+    harness.wait_for_phase(NS, APP, Phase::RolledBack, &running).await;
+    let app = harness.app(NS, APP).await;
+    assert_eq!(status(&app).desired_revision.as_deref(), Some(crashing.as_str()));
+    let history = status(&app).history.len();
+    let before = deployment(&harness).await;
+    set_jwt(&harness, THIRD_JWT).await;
+    let app = harness
+        .wait_for(
+            NS,
+            APP,
+            "the running revision rolled for the Secret again",
+            Duration::from_secs(60),
+            |app| {
+                app.status.as_ref().is_some_and(|s| {
+                    s.operation.is_none()
+                        && s.history.len() == history + 1
+                        && s.history[0].rotation == ["shop/jwt"]
+                        && s.history[0].phase == Phase::Healthy
+                })
+            },
+        )
+        .await;
+    let s = status(&app);
+    assert_eq!(
+        s.phase,
+        Phase::RolledBack,
+        "Git still points at the quarantined revision"
+    );
+    assert_eq!(s.current_revision.as_deref(), Some(running.as_str()));
+    let after = deployment(&harness).await;
+    assert_eq!(generation(&after), generation(&before) + 1);
+    assert_ne!(template_digest(&after), template_digest(&before));
+    assert_eq!(harness.image_of(NS, "api").await, "example/api:1.0");
 }

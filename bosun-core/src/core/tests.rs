@@ -1500,3 +1500,92 @@ fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
     assert_eq!(status.history[0].rotation, ["app/jwt"]);
     assert_eq!(status.history[0].phase, Phase::Healthy);
 }
+
+#[test]
+fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    // B is refused by preflight (a Secret it reads is missing).
+    world.pass(&mut status, |status, step| match step {
+        Step::Preflight => StepOutcome::Refused(Failure::new(
+            FailureKind::PreflightFailed,
+            "Deployment app/api container api: env DB_URL reads key url of Secret app/db, which does not exist",
+        )),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert_eq!(status.phase, Phase::Blocked);
+    // A Secret A reads changes; the Secret change makes the block due for a re-check,
+    // which still refuses B: A rolls out the new data meanwhile.
+    world.rotated = rotation("new");
+    world.block_retry_due = true;
+    world.recheck = Recheck::Refused(Failure::new(
+        FailureKind::PreflightFailed,
+        status.blocked.as_ref().unwrap().message.clone(),
+    ));
+    let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
+    assert!(
+        decisions.contains(&Decision::StartRotation {
+            secrets: rotation("new")
+        }),
+        "{decisions:?}"
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.secret_digests, rotation("new"));
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+    assert_eq!(
+        status.phase,
+        Phase::Blocked,
+        "B is still what Git asks for, and blocked"
+    );
+    assert_eq!(status.blocked.as_ref().map(|b| b.revision.as_str()), Some(B));
+    // Nothing more: the data rolled out is recorded.
+    world.rotated = BTreeMap::new();
+    world.block_retry_due = false;
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantined_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert!(is_quarantined(&status, B));
+    world.rotated = rotation("new");
+    let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
+    assert_eq!(
+        decisions[0],
+        Decision::StartRotation {
+            secrets: rotation("new")
+        }
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+    assert_eq!(
+        status.phase,
+        Phase::RolledBack,
+        "Git still points at the quarantined B"
+    );
+    // A rotation that fails while held there: Failed, no rollback, B still out.
+    world.rotated = rotation("newer");
+    let decisions = world.pass(&mut status, rolling_out("newer", Ok(()), Verdict::Failed));
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RejectRotation { .. }))
+    );
+    assert!(
+        !decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RollBack { .. } | Decision::StartDeploy { .. }))
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    world.rotated = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
