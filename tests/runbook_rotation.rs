@@ -449,6 +449,14 @@ impl Receiver {
     fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
+
+    async fn wait_for_body(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        support::eventually(what, Duration::from_secs(15), || async {
+            Ok(self.bodies().into_iter().find(|b| matches(b)))
+        })
+        .await
+        .unwrap()
+    }
 }
 
 #[tokio::test]
@@ -516,21 +524,13 @@ async fn a_rotation_that_fails_its_gates_is_refused_without_rollback_and_not_rol
     let second_digest = template_digest(&failed_rollout).unwrap();
     assert_ne!(second_digest, first_digest);
     // Receivers hear of it, with the Secret named (never its data).
-    support::eventually(
-        "a Failed notification naming shop/jwt",
-        Duration::from_secs(15),
-        || async {
-            Ok(receiver
-                .bodies()
-                .into_iter()
-                .find(|b| b["phase"] == "Failed" && b["rotation"] == json!(["shop/jwt"])))
-        },
-    )
-    .await
-    .map(|body| {
-        assert!(body["summary"].as_str().unwrap().contains("shop/jwt"), "{body}");
-    })
-    .unwrap();
+    let told = receiver
+        .wait_for_body("a Failed notification naming shop/jwt", |b| {
+            b["phase"] == "Failed" && b["rotation"] == json!(["shop/jwt"])
+        })
+        .await;
+    assert!(told["summary"].as_str().unwrap().contains("shop/jwt"), "{told}");
+    assert_eq!(told["reason"], "RotationFailed", "{told}");
 
     // The same data is not rolled out again: several intervals go by.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -553,6 +553,15 @@ async fn a_rotation_that_fails_its_gates_is_refused_without_rollback_and_not_rol
         changed.elapsed().as_secs_f64()
     );
     assert!(status(&app).quarantined.is_empty());
+    let healthy_again = receiver
+        .wait_for_body("Healthy told for the new data", |b| {
+            b["phase"] == "Healthy" && b["rotation"] == json!(["shop/jwt"])
+        })
+        .await;
+    assert!(
+        healthy_again["summary"].as_str().unwrap().contains("shop/jwt"),
+        "{healthy_again}"
+    );
     let third_digest = template_digest(&deployment(&harness).await).unwrap();
     assert_ne!(third_digest, second_digest);
     assert_ne!(third_digest, first_digest);
