@@ -71,6 +71,29 @@ fn commit_api(repo: &WorkRepo, image: &str, more_env: &[Value], message: &str) -
         &serde_json::to_string_pretty(&deployment).unwrap(),
     )
     .unwrap();
+    // A workload that reads no Secret: a Secret change is none of its business.
+    let worker = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "worker", "labels": {"app": "worker"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "worker"}},
+            "template": {
+                "metadata": {"labels": {"app": "worker"}},
+                "spec": {"containers": [{
+                    "name": "worker",
+                    "image": "example/worker:1.0",
+                    "env": [{"name": "QUEUE", "value": "jobs"}]
+                }]}
+            }
+        }
+    });
+    repo.write(
+        "deploy/worker.json",
+        &serde_json::to_string_pretty(&worker).unwrap(),
+    )
+    .unwrap();
     repo.commit(message).unwrap()
 }
 
@@ -140,8 +163,12 @@ async fn set_jwt(harness: &Harness, value: &str) {
 }
 
 async fn deployment(harness: &Harness) -> Deployment {
+    deployment_named(harness, "api").await
+}
+
+async fn deployment_named(harness: &Harness, name: &str) -> Deployment {
     Api::<Deployment>::namespaced(harness.client.clone(), NS)
-        .get("api")
+        .get(name)
         .await
         .unwrap()
 }
@@ -229,6 +256,12 @@ async fn a_secret_change_rolls_the_workloads_through_the_gates_and_a_resync_neve
     let mut harness = Harness::start().await;
     let (revision, _repo) = set_up(&mut harness, &runbook_yaml("")).await;
     let before = deployment(&harness).await;
+    let worker_before = deployment_named(&harness, "worker").await;
+    assert_eq!(
+        template_digest(&worker_before),
+        None,
+        "the worker reads no Secret"
+    );
     let first_digest = template_digest(&before).expect("the pod template carries the Secrets' digest");
     assert!(is_hex_digest(&first_digest), "{first_digest}");
     let app = harness.app(NS, APP).await;
@@ -258,6 +291,14 @@ async fn a_secret_change_rolls_the_workloads_through_the_gates_and_a_resync_neve
     assert!(is_hex_digest(&second_digest), "{second_digest}");
     assert_ne!(second_digest, first_digest);
     assert_eq!(generation(&rolled), generation(&before) + 1);
+    // Only the workload that reads the Secret rolls.
+    let worker_after = deployment_named(&harness, "worker").await;
+    assert_eq!(
+        generation(&worker_after),
+        generation(&worker_before),
+        "the worker, which reads no Secret, rolled"
+    );
+    assert_eq!(template_digest(&worker_after), None);
     // A new ReplicaSet runs the pods; the old one is scaled down.
     let sets = replica_sets(&harness).await;
     assert_eq!(sets.len(), 2, "ReplicaSets: {}", sets.len());
