@@ -273,7 +273,7 @@ fn container_env(deployment: &Deployment) -> BTreeMap<String, Option<String>> {
         .collect()
 }
 
-/// The app as `kubectl get ad -o yaml` prints it (its JSON when kubectl is absent).
+/// The app as `kubectl get ad -o yaml` prints it (empty when kubectl is not installed).
 fn app_as_printed(harness: &Harness) -> String {
     match std::process::Command::new("kubectl")
         .arg("--kubeconfig")
