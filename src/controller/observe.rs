@@ -76,7 +76,13 @@ fn pattern_problems(spec: &RunbookSpec) -> Vec<crate::api::RunbookProblem> {
     logs.chain(env)
         .filter_map(|(field, pattern)| {
             let error = regex::Regex::new(&pattern).err()?;
-            let reason = error.to_string().lines().last().unwrap_or_default().trim().to_string();
+            let reason = error
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             Some(crate::api::RunbookProblem {
                 field,
                 message: format!("{pattern:?} is not a regular expression ({reason})"),
@@ -255,7 +261,9 @@ async fn credentials(
 /// The Secrets the running workloads read whose data changed since they were rolled
 /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
 /// A Secret that is gone is preflight's business, not a rotation; data whose rollout
-/// was refused before is not offered again.
+/// was refused before is not offered again. Data put back to what runs after a refused
+/// change is offered (a change stopped at preflight left the app `Failed` with nothing
+/// applied; verifying what runs ends it, and clears the refusal).
 pub fn rotated_secrets(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
@@ -277,8 +285,10 @@ pub fn rotated_secrets(
                 .map(|(key, value)| (key.clone(), value.0.clone()))
                 .collect();
             let now = crate::preflight::secret_data_digest(&data);
-            (&now != applied && status.rejected_secret_digests.get(key) != Some(&now))
-                .then(|| (key.clone(), now))
+            let refused = status.rejected_secret_digests.get(key);
+            let changed = &now != applied && refused != Some(&now);
+            let refusal_undone = &now == applied && refused.is_some_and(|refused| *refused != now);
+            (changed || refusal_undone).then(|| (key.clone(), now))
         })
         .collect()
 }
@@ -299,7 +309,13 @@ mod tests {
         .unwrap();
         let problems = pattern_problems(&spec);
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert_eq!(fields, ["spec.gates[0].logs.pattern", "spec.env[1].policy.pattern"]);
-        assert!(problems[0].message.contains("is not a regular expression"), "{problems:?}");
+        assert_eq!(
+            fields,
+            ["spec.gates[0].logs.pattern", "spec.env[1].policy.pattern"]
+        );
+        assert!(
+            problems[0].message.contains("is not a regular expression"),
+            "{problems:?}"
+        );
     }
 }
