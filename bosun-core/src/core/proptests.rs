@@ -162,7 +162,7 @@ fn outcome_of(step: Step, report: Report, status: &AppDeploymentStatus) -> StepO
             "refused",
         )),
         (_, Report::Verdict(Verdict::Pending)) if job_step => StepOutcome::Running("Job running".into()),
-        (_, _) if job_step => {
+        (Step::Backup | Step::Migrate | Step::Downgrade, _) => {
             let mut record = job(status, step, true);
             // Revision C marks its migration irreversible.
             record.irreversible = record.kind == JobKind::Migrate && record.revision == C;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{Timestamp, Unit};
+use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 
 use std::collections::BTreeMap;
 
@@ -70,9 +70,12 @@ impl Notice {
     }
 }
 
-/// A time as status fields hold it: RFC 3339, to the second.
+/// A time as status fields hold it: RFC 3339, to the second, truncated as Kubernetes
+/// writes `metav1.Time` (so a time recorded here is never later than the moment it
+/// names, and compares with `creationTimestamp`s second by second).
 pub fn rfc3339(time: Timestamp) -> String {
-    time.round(Unit::Second).unwrap_or(time).to_string()
+    let whole_seconds = TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Trunc);
+    time.round(whole_seconds).unwrap_or(time).to_string()
 }
 
 /// Writes `decision` into `status`; returns the Events that announce it.
@@ -400,7 +403,9 @@ fn advance(
             Step::Apply
         }
         StepResult::Applied(applied) => {
-            operation.applied_at = Some(now.clone());
+            // When the apply step began: every object it created (and every pod the
+            // workload controllers made from them) is younger, to the second.
+            operation.applied_at = Some(operation.step_started_at.clone());
             operation.restart_baseline = applied.restart_baseline.clone();
             let revision = operation.revision.clone();
             let kind = operation.kind;

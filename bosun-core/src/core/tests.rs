@@ -376,6 +376,38 @@ fn planned_inventory_is_recorded_ahead_of_the_apply() {
     assert_eq!(status.operation.as_ref().unwrap().step, Step::Apply);
 }
 
+/// Gates judge what happened after the apply by comparing with `creationTimestamp`s,
+/// which have whole seconds: `appliedAt` is when the apply step began, truncated to
+/// its second, never rounded up past a pod the apply created.
+#[test]
+fn applied_at_is_when_the_apply_began_truncated_to_the_second() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.step(&mut status, None);
+    status.operation.as_mut().unwrap().step = Step::Inventory;
+    let began = at(100) + k8s_openapi::jiff::SignedDuration::from_millis(700);
+    world.now = began;
+    let planned = StepOutcome::Done(StepResult::Planned {
+        inventory: vec![entry("a")],
+    });
+    world.step(&mut status, Some(planned));
+    assert_eq!(status.operation.as_ref().unwrap().step, Step::Apply);
+    assert_eq!(status.operation.as_ref().unwrap().step_started_at, "2026-01-01T00:01:40Z");
+
+    // The apply took 1.6 s; pods were created during it.
+    world.now = began + k8s_openapi::jiff::SignedDuration::from_millis(1600);
+    let applied = StepOutcome::Done(StepResult::Applied(Applied {
+        inventory: vec![entry("a")],
+        sent: 1,
+        ..Default::default()
+    }));
+    world.step(&mut status, Some(applied));
+    let operation = status.operation.as_ref().unwrap();
+    assert_eq!(operation.step, Step::Verify);
+    assert_eq!(operation.applied_at.as_deref(), Some("2026-01-01T00:01:40Z"));
+    assert_eq!(operation.step_started_at, "2026-01-01T00:01:42Z");
+}
+
 #[test]
 fn failed_gate_rolls_back_to_the_last_healthy_snapshot_and_quarantines() {
     let world = World::on(git(B));
