@@ -462,7 +462,7 @@ fn entry_message(app: &AppDeployment, revision: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The first container of a Job's pod template and the pod spec.
+/// The pod spec of a Job's template.
 fn job_pod(job: &Job) -> &k8s_openapi::api::core::v1::PodSpec {
     job.spec
         .as_ref()
