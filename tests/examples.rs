@@ -353,8 +353,7 @@ fn at_test_speed(spec: &mut bosun::api::RunbookSpec) {
             logs.within = logs.within.as_deref().map(faster);
         }
         if let Some(metrics) = &mut gate.metrics {
-            let range = regex::Regex::new(r"\[(\d+)([smh])\]").unwrap();
-            metrics.query = range
+            metrics.query = RANGE
                 .replace_all(&metrics.query, |c: &regex::Captures| {
                     let unit = match &c[2] {
                         "s" => 1,
@@ -1477,3 +1476,7 @@ async fn plannior_example() {
     assert_each_job_created_once(&harness, &rolled_back, &[&migration_job]).await;
     eprintln!("plannior: 1.2.0 rolled back at {:?}", started.elapsed());
 }
+
+/// A PromQL range like `[5m]`, whose duration the tests shorten.
+static RANGE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"\[(\d+)([smh])\]").unwrap());

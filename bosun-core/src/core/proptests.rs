@@ -181,7 +181,6 @@ fn outcome_of(step: Step, report: Report, status: &AppDeploymentStatus) -> StepO
         (Step::Inventory, _) => StepOutcome::Done(StepResult::Planned {
             inventory: vec![entry],
         }),
-        (Step::Backup | Step::Migrate | Step::Downgrade, _) => unreachable!("Job steps are answered above"),
         (Step::Apply, _) => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry],
             sent: 1,

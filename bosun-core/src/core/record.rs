@@ -74,7 +74,9 @@ impl Notice {
 /// writes `metav1.Time` (so a time recorded here is never later than the moment it
 /// names, and compares with `creationTimestamp`s second by second).
 pub fn rfc3339(time: Timestamp) -> String {
-    let whole_seconds = TimestampRound::new().smallest(Unit::Second).mode(RoundMode::Trunc);
+    let whole_seconds = TimestampRound::new()
+        .smallest(Unit::Second)
+        .mode(RoundMode::Trunc);
     time.round(whole_seconds).unwrap_or(time).to_string()
 }
 

@@ -392,7 +392,10 @@ fn applied_at_is_when_the_apply_began_truncated_to_the_second() {
     });
     world.step(&mut status, Some(planned));
     assert_eq!(status.operation.as_ref().unwrap().step, Step::Apply);
-    assert_eq!(status.operation.as_ref().unwrap().step_started_at, "2026-01-01T00:01:40Z");
+    assert_eq!(
+        status.operation.as_ref().unwrap().step_started_at,
+        "2026-01-01T00:01:40Z"
+    );
 
     // The apply took 1.6 s; pods were created during it.
     world.now = began + k8s_openapi::jiff::SignedDuration::from_millis(1600);
