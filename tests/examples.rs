@@ -340,8 +340,6 @@ fn at_test_speed(spec: &mut bosun::api::RunbookSpec) {
         let duration = parse_duration(text).expect("a duration");
         format!("{}ms", (duration / TIME_SCALE).as_millis())
     };
-    // A PromQL range such as `[1m]`.
-    let range = regex::Regex::new(r"\[(\d+)([smh])\]").unwrap();
     spec.verify_window = spec.verify_window.as_deref().map(faster);
     for gate in &mut spec.gates {
         gate.period_seconds = gate.period_seconds.map(|p| p.div_ceil(TIME_SCALE).max(1));
@@ -355,7 +353,7 @@ fn at_test_speed(spec: &mut bosun::api::RunbookSpec) {
             logs.within = logs.within.as_deref().map(faster);
         }
         if let Some(metrics) = &mut gate.metrics {
-            metrics.query = range
+            metrics.query = RANGE
                 .replace_all(&metrics.query, |c: &regex::Captures| {
                     let unit = match &c[2] {
                         "s" => 1,
@@ -1507,3 +1505,7 @@ async fn plannior_example() {
     assert_each_job_created_once(&harness, &rolled_back, &[&migration_job]).await;
     eprintln!("plannior: 1.2.0 rolled back at {:?}", started.elapsed());
 }
+
+/// A PromQL range like `[5m]`, whose duration the tests shorten.
+static RANGE: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"\[(\d+)([smh])\]").unwrap());

@@ -415,7 +415,10 @@ async fn cleanup_keeps_the_newest_and_never_a_running_job() -> anyhow::Result<()
     // Another app's Job in the same namespace.
     let mut other_app = cluster.app.clone();
     other_app.metadata.name = Some("api".into());
-    let other = jobs::build_job(&JobRequest::migrate(&other_app, &ok, &revisions[0], &[]))?;
+    let mut other = jobs::build_job(&JobRequest::migrate(&other_app, &ok, &revisions[0], &[]))?;
+    // That app does not exist: an owner reference to it would let the garbage collector
+    // delete the Job as an orphan, whatever cleanup does.
+    other.metadata.owner_references = None;
     jobs::ensure(&cluster.controller, &other).await?;
 
     for (index, name) in names.iter().enumerate() {

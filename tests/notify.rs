@@ -194,6 +194,8 @@ impl Story {
                 step_deadline: Duration::from_secs(600),
                 block_retry_due: false,
                 recheck: None::<Recheck>,
+                plan: Default::default(),
+                rotated: Default::default(),
             });
             let before = self.status.clone();
             record::record(
@@ -205,6 +207,7 @@ impl Story {
                     history_limit: 10,
                     spec_digest: "d1",
                     desired: Some(desired),
+                    plan: Default::default(),
                 },
             );
             if before != self.status {
@@ -237,6 +240,7 @@ impl Story {
             (Step::Snapshot, _) => StepOutcome::Done(StepResult::SnapshotStored {
                 name: format!("api-{}", &revision[..8]),
             }),
+            (Step::Preflight, _) => StepOutcome::Done(StepResult::PreflightPassed),
             (Step::Inventory, _) => StepOutcome::Done(StepResult::Planned {
                 inventory: Vec::new(),
             }),

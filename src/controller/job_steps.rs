@@ -6,7 +6,7 @@
 
 use kube::ResourceExt;
 
-use super::steps::{StepInput, from, snapshot_manifests};
+use super::steps::{StepInput, from, prepared, snapshot_manifests};
 use super::{AppNames, Error};
 use crate::api::{JobKind, JobRecord, RunbookSpec, short_revision};
 use crate::core::{Failure, FailureKind, StepOutcome, StepResult};
@@ -23,10 +23,14 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
         ),
         JobKind::Backup | JobKind::Migrate => (operation.revision.clone(), operation.snapshot.clone()),
     };
-    let objects = match snapshot_manifests(step, snapshot.as_deref(), &revision).await {
-        Ok(objects) => objects,
+    let manifests = match snapshot_manifests(step, snapshot.as_deref(), &revision).await {
+        Ok(manifests) => manifests,
         Err(outcome) => return Ok(outcome),
     };
+    // The Job runs the container as the workload will run it: with the defaults the
+    // Runbook injects (`spec.env[].inject`), not as the bare manifests have it.
+    let target = AppNames::of(step.app).target_namespace;
+    let (objects, _) = prepared(step.context, &manifests, runbook, &target, None);
     let request = match (kind, &runbook.backup, &runbook.migrate) {
         (JobKind::Backup, Some(backup), _) => JobRequest::backup(step.app, backup, &revision, &objects),
         (JobKind::Migrate, _, Some(migrate)) => JobRequest::migrate(step.app, migrate, &revision, &objects),
@@ -61,6 +65,20 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
         Err(error) => return Ok(from(error.classify())),
     };
     let what = format!("{} Job {namespace}/{name}", kind.as_str());
+    // A Job that failed before this operation started is an earlier attempt's at the
+    // same revision, retried by a person (a pin or a spec change after its quarantine):
+    // it is made again, not adopted with its old failure.
+    if state.failed_before(&operation.started_at) {
+        return Ok(
+            match jobs::delete_failed_before(&client, &namespace, &name, &operation.started_at).await {
+                Ok(_) => StepOutcome::Running(format!(
+                    "{what} failed in an earlier attempt at revision {}; it is made again",
+                    short_revision(&revision)
+                )),
+                Err(error) => from(error.classify()),
+            },
+        );
+    }
     let record = |succeeded: bool, finished_at: String, message: Option<String>| JobRecord {
         kind,
         revision: revision.clone(),

@@ -50,13 +50,45 @@ pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failur
             format!("spec.runbookRef: {what} not found"),
         ));
     };
-    if let Err(problems) = spec.validate() {
+    let mut problems = spec.validate().err().unwrap_or_default();
+    problems.extend(pattern_problems(&spec));
+    if !problems.is_empty() {
         return Err(Failure::new(
             FailureKind::RunbookInvalid,
             format!("{what} cannot be evaluated: {}", describe_problems(&problems)),
         ));
     }
     Ok(Runbook { spec, version })
+}
+
+/// The regular expressions of a Runbook (`logs` gates, env policies) that do not
+/// compile: `bosun-core` has no regex engine, so they are checked here, before any
+/// revision is judged with them.
+fn pattern_problems(spec: &RunbookSpec) -> Vec<crate::api::RunbookProblem> {
+    let logs = spec.gates.iter().enumerate().filter_map(|(index, gate)| {
+        let pattern = &gate.logs.as_ref()?.pattern;
+        Some((format!("spec.gates[{index}].logs.pattern"), pattern.clone()))
+    });
+    let env = spec.env.iter().enumerate().filter_map(|(index, rule)| {
+        let pattern = rule.policy.as_ref()?.pattern.as_ref()?;
+        Some((format!("spec.env[{index}].policy.pattern"), pattern.clone()))
+    });
+    logs.chain(env)
+        .filter_map(|(field, pattern)| {
+            let error = regex::Regex::new(&pattern).err()?;
+            let reason = error
+                .to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            Some(crate::api::RunbookProblem {
+                field,
+                message: format!("{pattern:?} is not a regular expression ({reason})"),
+            })
+        })
+        .collect()
 }
 
 /// Problems with the spec itself, found without I/O: what the controller will not do.
@@ -229,7 +261,9 @@ async fn credentials(
 /// The Secrets the running workloads read whose data changed since they were rolled
 /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
 /// A Secret that is gone is preflight's business, not a rotation; data whose rollout
-/// was refused before is not offered again.
+/// was refused before is not offered again. Data put back to what runs after a refused
+/// change is offered (a change stopped at preflight left the app `Failed` with nothing
+/// applied; verifying what runs ends it, and clears the refusal).
 pub fn rotated_secrets(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
@@ -251,8 +285,37 @@ pub fn rotated_secrets(
                 .map(|(key, value)| (key.clone(), value.0.clone()))
                 .collect();
             let now = crate::preflight::secret_data_digest(&data);
-            (&now != applied && status.rejected_secret_digests.get(key) != Some(&now))
-                .then(|| (key.clone(), now))
+            let refused = status.rejected_secret_digests.get(key);
+            let changed = &now != applied && refused != Some(&now);
+            let refusal_undone = &now == applied && refused.is_some_and(|refused| *refused != now);
+            (changed || refusal_undone).then(|| (key.clone(), now))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_that_do_not_compile_are_runbook_problems_naming_the_field() {
+        let spec: RunbookSpec = serde_json::from_value(serde_json::json!({
+            "gates": [{"name": "worker", "logs": {"workload": "worker", "pattern": "EnrichmentWorker (started"}}],
+            "env": [
+                {"name": "A", "policy": {"pattern": "^[a-z]+$"}},
+                {"name": "B", "policy": {"pattern": "[unclosed"}},
+            ],
+        }))
+        .unwrap();
+        let problems = pattern_problems(&spec);
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.gates[0].logs.pattern", "spec.env[1].policy.pattern"]
+        );
+        assert!(
+            problems[0].message.contains("is not a regular expression"),
+            "{problems:?}"
+        );
+    }
 }

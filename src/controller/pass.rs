@@ -508,9 +508,8 @@ pub fn backoff(attempt: u32) -> Duration {
 }
 
 /// Whether `interval` has passed since `at`, a time in status. Status times are
-/// rounded to the second, so `at` may be up to half a second later than the moment it
-/// records: the pass requeued one interval after that moment must find it due, not wait
-/// a whole interval more.
+/// truncated to the second; a second of slack keeps a pass requeued one interval after
+/// the moment from finding it not quite due and waiting a whole interval more.
 fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
     record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
 }
@@ -532,13 +531,13 @@ mod tests {
     fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
         let interval = Duration::from_secs(5);
         let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
-        // Recorded as 00:00:11 (rounded up); the pass requeued 5 s later runs at 15.6 s.
+        // Recorded as 00:00:10 (truncated, as metav1.Time is); the pass requeued 5 s later runs at 15.6 s.
         let at = record::rfc3339(blocked);
-        assert_eq!(at, "2026-01-01T00:00:11Z");
+        assert_eq!(at, "2026-01-01T00:00:10Z");
         let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
         assert!(interval_passed_since(requeued, &at, interval));
         // Well before the interval: not yet.
-        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_500);
+        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
         assert!(!interval_passed_since(early, &at, interval));
     }
 

@@ -6,9 +6,10 @@
 //!   so a restarted controller finds the Job it started instead of starting another;
 //! - [`build`]: the Job itself (pure): the container of `from: {workload, container}` of
 //!   the rendered revision (or `image`), with the Runbook's command;
-//! - [`state`]: what a Job's status says (running, succeeded, failed and why), and
-//!   which old Jobs cleanup may delete (pure);
-//! - [`run`]: the I/O: [`ensure`] (create or adopt), [`observe`], the pod log tail,
+//! - [`state`]: what a Job's status says (running, succeeded, failed and why), which
+//!   old Jobs cleanup may delete, and whether a Job runs past its deadline (pure);
+//! - [`run`]: the I/O: [`ensure`] (read, else create; a Job past its deadline is
+//!   touched so that an older Job controller ends it), [`observe`], the pod log tail,
 //!   [`cleanup`].
 //!
 //! How the controller uses it, for one step (Backup, Migrate or Downgrade):
@@ -37,5 +38,7 @@ pub use build::{JobRequest, JobSpecError, build_job, irreversible};
 pub use name::{
     JOB_KIND_LABEL, WATCH_SELECTOR, app_selector, job_labels, job_name, owner_of, revision_label_value,
 };
-pub use run::{JobError, cleanup, ensure, log_tail, observe};
-pub use state::{JobState, LOG_TAIL_LINES, jobs_to_delete, state_of};
+pub use run::{JobError, cleanup, delete_failed_before, ensure, log_tail, observe};
+pub use state::{
+    DEADLINE_NUDGED_ANNOTATION, JobState, LOG_TAIL_LINES, deadline_overdue, jobs_to_delete, state_of,
+};

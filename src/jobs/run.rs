@@ -2,18 +2,23 @@
 //! failed Job ([`log_tail`]), and deleting old ones ([`cleanup`]). Every call goes
 //! through the client it is given: the controller passes the one it applies with (the
 //! app's impersonated ServiceAccount when it has one), which then needs `create`,
-//! `get`, `list` and `delete` on `jobs`, `list` on `pods` and `get` on `pods/log` in the
-//! Job's namespace.
+//! `get`, `list` and `delete` on `jobs` (and `patch`, only to touch a Job running past
+//! its deadline on Kubernetes before 1.25), `list` on `pods` and `get` on `pods/log` in
+//! the Job's namespace.
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams, Preconditions};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::name::{JOB_KIND_LABEL, app_selector};
-use super::state::{JobState, LOG_TAIL_LINES, jobs_to_delete, state_of};
+use super::state::{
+    DEADLINE_NUDGED_ANNOTATION, JobState, LOG_TAIL_LINES, deadline_overdue, jobs_to_delete, state_of,
+};
 use crate::api::{APP_LABEL, OWNER_ANNOTATION};
+use crate::core::record::rfc3339;
 use crate::core::{Failure, FailureKind};
 use crate::failure::{Classified, classify, server_message};
 use crate::snapshot::{REVISION_ANNOTATION, REVISION_LABEL};
@@ -83,23 +88,44 @@ impl JobError {
 ///
 /// An existing Job is adopted as it is, even if the Runbook changed since it was
 /// created: it is this revision's Job, and it ran (or runs) once.
+///
+/// The Job is read before it is created: a step looks in on its running Job many times
+/// (every Job and pod event), and a create refused as `AlreadyExists` is still a write
+/// request, which admission webhooks see and the audit log records.
 pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
     let namespace = job.namespace().unwrap_or_default();
     let name = job.name_any();
     let api: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let current = match api.get_opt(&name).await {
+        Ok(Some(existing)) => {
+            check_ours(job, &existing)?;
+            existing
+        }
+        Ok(None) => create(&api, job).await?,
+        Err(error) => return Err(JobError::api("reading", &namespace, &name, error)),
+    };
+    nudge_if_overdue(&api, &current).await;
+    Ok(with_log_tail(client, &current, state_of(&current)).await)
+}
+
+/// Creates `job`; one of that name that exists already (created since it was looked
+/// for) is taken if it is ours.
+async fn create(api: &Api<Job>, job: &Job) -> Result<Job, JobError> {
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job.name_any();
     let mut attempt = 0;
-    let current = loop {
+    loop {
         attempt += 1;
         match api.create(&PostParams::default(), job).await {
             Ok(created) => {
                 info!(job = %name, %namespace, "created Job");
-                break created;
+                return Ok(created);
             }
             Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
                 match api.get_opt(&name).await {
                     Ok(Some(existing)) => {
                         check_ours(job, &existing)?;
-                        break existing;
+                        return Ok(existing);
                     }
                     // Deleted since our create was refused: create it again.
                     Ok(None) if attempt < CREATE_ATTEMPTS => continue,
@@ -116,8 +142,70 @@ pub async fn ensure(client: &Client, job: &Job) -> Result<JobState, JobError> {
             }
             Err(error) => return Err(JobError::api("creating", &namespace, &name, error)),
         }
+    }
+}
+
+/// Touches a Job still running past its deadline so that the Job controller syncs it
+/// and ends it (see [`deadline_overdue`]: needed on Kubernetes before 1.25). Best
+/// effort: without `patch` on jobs the Job ends when the Job controller next looks.
+async fn nudge_if_overdue(api: &Api<Job>, job: &Job) {
+    let now = Timestamp::now();
+    if !deadline_overdue(job, now) {
+        return;
+    }
+    let name = job.name_any();
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { DEADLINE_NUDGED_ANNOTATION: rfc3339(now) } }
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {
+            info!(job = %name, "the Job runs past its deadline: touched it so the Job controller ends it")
+        }
+        Err(error) => warn!(
+            job = %name,
+            error = %server_message(&error),
+            "the Job runs past its deadline and could not be touched"
+        ),
+    }
+}
+
+/// Deletes the Job `namespace/name` if it failed before `since` (an earlier attempt's,
+/// see [`JobState::failed_before`]), so that the attempt now creates it anew under its
+/// name; its pods go with it. Returns whether it was deleted.
+pub async fn delete_failed_before(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    since: &str,
+) -> Result<bool, JobError> {
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let job = match api.get_opt(name).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Ok(false),
+        Err(error) => return Err(JobError::api("reading", namespace, name, error)),
     };
-    Ok(with_log_tail(client, &current, state_of(&current)).await)
+    if !state_of(&job).failed_before(since) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        // Only the failed Job read: never one created again under its name since.
+        preconditions: job.uid().map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {
+            info!(job = %name, %namespace, "deleted the failed Job of an earlier attempt");
+            Ok(true)
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(false),
+        Err(error) => Err(JobError::api("deleting", namespace, name, error)),
+    }
 }
 
 /// Where the Job `namespace/name` stands, without creating it: `None` when there is no

@@ -1,12 +1,24 @@
-//! What a Job's status says, and which old Jobs may go (pure).
+//! What a Job's status says, whether it is an earlier attempt's or overdue, and which
+//! old Jobs may go (pure).
+
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::api::{JobKind, JobRecord};
 
 /// Lines of the pod log kept with a failed Job (in the Event and the history entry).
 pub const LOG_TAIL_LINES: usize = 20;
+
+/// Annotation bosun sets (to the time, RFC 3339) on a Job still running past its
+/// `activeDeadlineSeconds`: the update makes the Job controller sync it, and so end it.
+pub const DEADLINE_NUDGED_ANNOTATION: &str = "bosun.dev/deadline-nudged-at";
+/// How long past its deadline a running Job is left to the Job controller alone.
+const DEADLINE_GRACE: Duration = Duration::from_secs(5);
+/// How often an overdue Job is touched again.
+const NUDGE_EVERY: Duration = Duration::from_secs(30);
 
 /// Where a Job stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,7 +69,26 @@ impl JobState {
     }
 }
 
+/// How much earlier than an operation's start a Job must have failed to be taken for
+/// one of an earlier attempt: both times are whole seconds (the operation's rounded, the
+/// Job's cut), so a Job of the operation itself may read up to 1.5 s earlier.
+const EARLIER_ATTEMPT_MARGIN: SignedDuration = SignedDuration::from_secs(2);
+
 impl JobState {
+    /// Whether the Job failed before `since` (RFC 3339, the start of the operation now
+    /// running it): then it is the Job of an earlier attempt at the same revision (one
+    /// a person retries with a pin or a spec change after its quarantine), not this
+    /// attempt's. Unreadable times count as this attempt's.
+    pub fn failed_before(&self, since: &str) -> bool {
+        let JobState::Failed { finished_at, .. } = self else {
+            return false;
+        };
+        match (finished_at.parse::<Timestamp>(), since.parse::<Timestamp>()) {
+            (Ok(finished), Ok(since)) => finished + EARLIER_ATTEMPT_MARGIN <= since,
+            _ => false,
+        }
+    }
+
     /// The status record of a finished Job (`None` while it runs): `job` its name,
     /// `revision` the one it ran for, `irreversible` what [`super::irreversible`] said of
     /// the revision's migration.
@@ -116,6 +147,41 @@ pub fn state_of(job: &Job) -> JobState {
         .or_else(|| at(job.metadata.creation_timestamp.as_ref()))
         .unwrap_or_default();
     JobState::Running { since }
+}
+
+/// Whether `job` still runs more than a few seconds past its `activeDeadlineSeconds`
+/// (counted from `status.startTime`, as the Job controller counts) and was not touched
+/// for it lately ([`DEADLINE_NUDGED_ANNOTATION`]).
+///
+/// The Job controller of Kubernetes 1.20 to 1.24 (before kubernetes/kubernetes#110294
+/// and its cherry-picks) schedules its deadline check once, when it first sets
+/// `startTime`; when a sync from a stale cache sets `startTime` again, later
+/// (kubernetes/kubernetes#107226), or the deadline is made longer
+/// (kubernetes/kubernetes#90553), that one check comes too early and is never repeated:
+/// the Job runs on until something else syncs it. On the local 1.20 control plane 2
+/// Jobs of 48 created in batches with a 3 s deadline stayed running. Any update of the
+/// Job makes the controller sync it and see the deadline passed; on fixed versions the
+/// Job has ended before this is ever true.
+pub fn deadline_overdue(job: &Job, now: Timestamp) -> bool {
+    if state_of(job).is_finished() {
+        return false;
+    }
+    let Some(deadline) = job.spec.as_ref().and_then(|spec| spec.active_deadline_seconds) else {
+        return false;
+    };
+    let Some(started) = job.status.as_ref().and_then(|status| status.start_time.as_ref()) else {
+        return false;
+    };
+    let overdue_from = started.0 + SignedDuration::from_secs(deadline) + DEADLINE_GRACE;
+    if now < overdue_from {
+        return false;
+    }
+    let nudged = job
+        .annotations()
+        .get(DEADLINE_NUDGED_ANNOTATION)
+        .and_then(|at| at.parse::<Timestamp>().ok());
+    nudged
+        .is_none_or(|at| now.duration_since(at) >= SignedDuration::try_from(NUDGE_EVERY).unwrap_or_default())
 }
 
 /// The Jobs cleanup deletes: all but the `keep` newest (by creation time, then name),
@@ -298,6 +364,70 @@ mod tests {
             running.record(JobKind::Backup, "abc", "web-backup-abc", false),
             None
         );
+    }
+
+    #[test]
+    fn a_job_that_failed_before_the_operation_started_is_an_earlier_attempts() {
+        let failed = |at: &str| JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: String::new(),
+            finished_at: at.into(),
+            log_tail: vec![],
+        };
+        let started = "2024-05-01T10:00:10Z";
+        assert!(failed("2024-05-01T09:50:00Z").failed_before(started));
+        assert!(failed("2024-05-01T10:00:08Z").failed_before(started));
+        // Within the rounding of the two times: this operation's own failure.
+        assert!(!failed("2024-05-01T10:00:09Z").failed_before(started));
+        assert!(!failed("2024-05-01T10:00:30Z").failed_before(started));
+        assert!(!failed("").failed_before(started));
+        assert!(!failed("2024-05-01T09:50:00Z").failed_before(""));
+        let succeeded = JobState::Succeeded {
+            finished_at: "2024-05-01T09:50:00Z".into(),
+        };
+        assert!(!succeeded.failed_before(started));
+    }
+
+    #[test]
+    fn a_job_running_past_its_deadline_is_overdue_once_in_a_while() {
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let mut running = job(
+            "a",
+            "2024-05-01T09:59:59Z",
+            json!({ "startTime": "2024-05-01T10:00:00Z", "active": 1 }),
+        );
+        // No deadline: never overdue.
+        assert!(!deadline_overdue(&running, at("2024-05-01T11:00:00Z")));
+        running.spec = Some(
+            serde_json::from_value(json!({
+                "activeDeadlineSeconds": 3,
+                "template": {},
+            }))
+            .unwrap(),
+        );
+        // The Job controller's own moment, and a grace after it: left alone.
+        assert!(!deadline_overdue(&running, at("2024-05-01T10:00:03Z")));
+        assert!(!deadline_overdue(&running, at("2024-05-01T10:00:07Z")));
+        assert!(deadline_overdue(&running, at("2024-05-01T10:00:08Z")));
+        // Touched: not again for a while.
+        running
+            .annotations_mut()
+            .insert(DEADLINE_NUDGED_ANNOTATION.into(), "2024-05-01T10:00:08Z".into());
+        assert!(!deadline_overdue(&running, at("2024-05-01T10:00:20Z")));
+        assert!(deadline_overdue(&running, at("2024-05-01T10:00:38Z")));
+        // Not started yet (the controller never synced it), or finished: never.
+        let mut unstarted = running.clone();
+        unstarted.status = None;
+        assert!(!deadline_overdue(&unstarted, at("2024-05-01T11:00:00Z")));
+        let mut failed = running.clone();
+        failed.status = Some(
+            serde_json::from_value(json!({
+                "startTime": "2024-05-01T10:00:00Z",
+                "conditions": [{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded" }],
+            }))
+            .unwrap(),
+        );
+        assert!(!deadline_overdue(&failed, at("2024-05-01T11:00:00Z")));
     }
 
     #[test]

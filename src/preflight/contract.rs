@@ -58,6 +58,15 @@ impl Patterns {
     }
 }
 
+/// The value assumed for variable `name` when a container does not set it: the
+/// `default` of its first rule that has one (a Runbook has one rule per variable;
+/// validation says so, and this keeps preflight and injection agreeing if not).
+pub(super) fn default_of<'r>(rules: &'r [EnvRule], name: &str) -> Option<&'r str> {
+    rules
+        .iter()
+        .find_map(|rule| (rule.name == name).then_some(rule.default.as_deref()).flatten())
+}
+
 /// One container to judge, and the contract to judge it by.
 pub(super) struct Target<'a> {
     pub rules: &'a [EnvRule],
@@ -84,11 +93,7 @@ impl Target<'_> {
         // Only app containers take the defaults: an init container's variables are
         // its own.
         if self.depth == Depth::Full
-            && let Some(default) = self
-                .rules
-                .iter()
-                .find(|rule| rule.name == name)
-                .and_then(|rule| rule.default.as_deref())
+            && let Some(default) = default_of(self.rules, name)
         {
             return Effective::Default(default);
         }
@@ -98,7 +103,7 @@ impl Target<'_> {
     /// A value of variable `name` must not be quoted: it comes from a Secret, or
     /// the Runbook says it is secret.
     fn hidden(&self, name: &str, source: Option<&Source>) -> bool {
-        source.is_some_and(Source::from_secret)
+        source.is_some_and(Source::is_from_secret)
             || self.rules.iter().any(|rule| rule.name == name && rule.secret)
     }
 
@@ -201,7 +206,7 @@ pub(super) fn check(target: &Target<'_>, misses: &mut Vec<PreflightMiss>, notes:
 fn not_from_a_secret(name: &str, setting: &Setting) -> Option<String> {
     let must = "it must come from a Secret";
     match &setting.source {
-        source if source.from_secret() => None,
+        source if source.is_from_secret() => None,
         Source::Literal | Source::Expansion { .. } => Some(format!("{name} is a literal; {must}")),
         source => Some(format!("{name} {}; {must}", source_phrase(source))),
     }

@@ -194,7 +194,7 @@ pub(super) enum Source {
 
 impl Source {
     /// The value comes (wholly or in part) from a Secret.
-    pub fn from_secret(&self) -> bool {
+    pub fn is_from_secret(&self) -> bool {
         match self {
             Source::Object { kind, .. } => *kind == ObjectKind::Secret,
             Source::Expansion { from_secret, .. } => *from_secret,
@@ -264,19 +264,19 @@ pub(super) fn resolve(container: &Value, namespace: &str, known: &KnownObjects<'
         let Some(name) = str_field(variable, "name") else {
             continue;
         };
-        if let Some(setting) = from_value_from(variable.get("valueFrom"), namespace, known) {
-            match setting {
-                Some(setting) => {
-                    env.vars.insert(name.to_string(), setting);
-                }
-                // An optional reference to what does not exist: the kubelet skips the
-                // entry, and an earlier definition (from envFrom) stays.
-                None => {}
+        // No value and no valueFrom: the variable is set, to "". A non-empty value
+        // goes first, as in the kubelet (the API server refuses both anyway).
+        let literal = str_field(variable, "value").unwrap_or_default();
+        if literal.is_empty()
+            && let Some(from) = from_value_from(variable.get("valueFrom"), namespace, known)
+        {
+            // None: an optional reference to what does not exist. The kubelet skips
+            // the entry, and an earlier definition (from envFrom) stays.
+            if let Some(setting) = from {
+                env.vars.insert(name.to_string(), setting);
             }
             continue;
         }
-        // No value and no valueFrom: the variable is set, to "".
-        let literal = str_field(variable, "value").unwrap_or_default();
         let setting = expand(literal, &env.vars);
         env.vars.insert(name.to_string(), setting);
     }
@@ -378,7 +378,7 @@ fn expand(literal: &str, defined: &BTreeMap<String, Setting>) -> Setting {
                     match defined.get(name) {
                         Some(setting) => {
                             references.push(name.to_string());
-                            from_secret |= setting.source.from_secret();
+                            from_secret |= setting.source.is_from_secret();
                             match &setting.value {
                                 Known::Value(value) => expanded.push_str(&value.0),
                                 Known::InPod | Known::Broken => value_known = false,

@@ -63,8 +63,9 @@ pub struct Checked {
     /// What could not be judged before the pod runs and was let pass, one sentence
     /// each (a policy on a `fieldRef` value). Never a Secret value.
     pub notes: Vec<String>,
-    /// Secrets in the cluster that the revision reads (`namespace/name`, any kind of
-    /// reference, `imagePullSecrets` included), not counting those it renders itself.
+    /// The Secrets the revision reads from the cluster (`namespace/name`, any kind of
+    /// reference, `imagePullSecrets` and optional ones included), not counting those it
+    /// renders itself: a change of one of them may change this verdict.
     pub secrets: BTreeSet<String>,
 }
 
@@ -110,8 +111,9 @@ pub fn describe_misses(misses: &[PreflightMiss]) -> String {
 
 /// Does the revision (`objects`, as rendered) meet `runbook`'s env contract, and does
 /// every Secret and ConfigMap it reads exist? `namespace` is the target namespace of
-/// objects that name none. `Err` holds every miss, sorted (workload, container, ...),
-/// the same whatever the order of the objects and containers.
+/// objects that name none. `Err` holds every miss, Runbook misses first, then by
+/// workload (its volumes and image pulls before its containers) and message: the
+/// same whatever the order of the objects and containers.
 pub fn check(
     objects: &[Manifest],
     runbook: &RunbookSpec,
@@ -152,7 +154,16 @@ pub fn check(
             }
         }
     }
-    misses.sort();
+    // Grouped by workload, its own misses (volumes, image pulls) before its
+    // containers'; then by message, which starts with the container.
+    misses.sort_by(|a, b| {
+        (&a.workload, a.container.is_some(), &a.message, a).cmp(&(
+            &b.workload,
+            b.container.is_some(),
+            &b.message,
+            b,
+        ))
+    });
     misses.dedup();
     if misses.is_empty() {
         notes.sort();

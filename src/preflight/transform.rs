@@ -1,7 +1,7 @@
 //! What bosun changes in a revision's objects before applying them: the Runbook's
 //! defaults injected where `inject: true` asks, and the digest of the external
-//! Secrets each workload reads in its pod template, so that a change of their data
-//! rolls the workload (SPEC §1, `spec.secrets.rolloutOnChange`).
+//! Secrets each workload reads in its pod template, so that rolling out a change of
+//! their data rolls the workload (SPEC §1, `spec.secrets.rolloutOnChange`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ClusterLookup;
+use super::contract::default_of;
 use super::env::{KnownObjects, ObjectKind, env_from_reference, key_reference};
 use super::workloads::{self, Depth, Selection, Workload, array, str_field};
 use crate::api::RunbookSpec;
@@ -75,12 +76,15 @@ pub fn secret_digests(
 ///   [`super`]) that does not set the variable, neither in `env` nor through an
 ///   `envFrom` source; a container with an `envFrom` source that is missing gets
 ///   nothing (that source might set it, and `env` would override it);
-/// - unless `spec.secrets.rolloutOnChange` is false, each Deployment, StatefulSet and
-///   DaemonSet whose pods read Secrets of the cluster gets the annotation
-///   [`SECRETS_DIGEST_ANNOTATION`] on its pod template: a digest over the names and
-///   `digests` (from [`secret_digests`]) of those Secrets. The caller passes fresh
-///   digests on a deploy and the recorded ones on a drift repair, so a repair never
-///   rolls out a Secret change that the gates have not seen.
+/// - each Deployment, StatefulSet and DaemonSet whose pods read Secrets of the cluster
+///   gets the annotation [`SECRETS_DIGEST_ANNOTATION`] on its pod template: a digest
+///   over the names and `digests` (from [`secret_digests`]) of those Secrets. The
+///   caller passes fresh digests on a deploy and the recorded ones on a drift repair,
+///   so a repair never rolls out a Secret change that the gates have not seen. The
+///   annotation is written whatever `spec.secrets.rolloutOnChange` says: that field
+///   decides whether a Secret change starts a rollout, and a pod template that
+///   followed the field would roll the workload, outside the gates, the moment it is
+///   turned off (the annotation dropped) or on (added).
 ///
 /// Pure, deterministic and idempotent.
 pub fn apply_transforms(
@@ -92,7 +96,6 @@ pub fn apply_transforms(
 ) -> Vec<Manifest> {
     let known = KnownObjects::new(objects, namespace, cluster);
     let selection = Selection::new(&runbook.workloads);
-    let roll = runbook.secrets.as_ref().is_none_or(|s| s.rollout_on_change);
     let mut transformed = objects.to_vec();
     for workload in workloads::find(objects, namespace) {
         let object = &mut transformed[workload.index].object;
@@ -113,7 +116,7 @@ pub fn apply_transforms(
                 add_env(object, workload.template_path, field, index, missing);
             }
         }
-        if roll && workload.rolls_on_template_change() {
+        if workload.rolls_on_template_change() {
             let read = external_secrets_read(&workload, &known);
             if let Some(digest) = workload_digest(&read, digests) {
                 annotate(object, workload.template_path, &digest);
@@ -150,12 +153,13 @@ fn injections<'r>(
         .filter_map(|variable| str_field(variable, "name"))
         .collect();
     let mut missing = Vec::new();
-    for rule in &runbook.env {
+    for rule in runbook.env.iter().filter(|rule| rule.inject) {
+        let name = rule.name.as_str();
         // `secret: true` refuses a literal, which an injected default would be.
-        let (true, false, Some(default)) = (rule.inject, rule.secret, rule.default.as_deref()) else {
+        let secret = runbook.env.iter().any(|rule| rule.name == name && rule.secret);
+        let Some(default) = default_of(&runbook.env, name).filter(|_| !secret) else {
             continue;
         };
-        let name = rule.name.as_str();
         if !in_env.contains(name)
             && !from_env_from.contains(name)
             && !missing.iter().any(|(seen, _)| *seen == name)

@@ -81,6 +81,8 @@ impl RunbookSpec {
             ));
         }
         check_env(self, &mut problems);
+        check_jobs(self, &mut problems);
+        check_notify(self, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -193,6 +195,143 @@ fn check_gate(gate: &Gate, at: &str, problems: &mut Vec<RunbookProblem>) {
     }
     if let Some(smoke) = &gate.smoke {
         check_smoke(smoke, &format!("{at}.smoke"), problems);
+    }
+    if let Some(logs) = &gate.logs {
+        check_logs(logs, &format!("{at}.logs"), problems);
+    }
+    if let Some(metrics) = &gate.metrics {
+        check_metrics(metrics, &format!("{at}.metrics"), problems);
+    }
+}
+
+/// A `logs` gate: a workload name, a pattern (compiled by the controller, which has a
+/// regex engine), a duration. A gate the controller cannot evaluate must be refused
+/// here, not found out while a revision is verified.
+fn check_logs(logs: &super::LogsGate, at: &str, problems: &mut Vec<RunbookProblem>) {
+    if logs.workload.trim().is_empty() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.workload"),
+            "is empty; name the Deployment, StatefulSet or DaemonSet whose pods must log the line",
+        ));
+    }
+    if logs.pattern.is_empty() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.pattern"),
+            "is empty; give the regular expression a log line must match",
+        ));
+    }
+    if let Some(within) = &logs.within
+        && let Err(error) = parse_duration(within)
+    {
+        problems.push(RunbookProblem::new(format!("{at}.within"), error));
+    }
+}
+
+/// A `metrics` gate: a Prometheus URL, a query, a comparison the controller knows.
+fn check_metrics(metrics: &super::MetricsGate, at: &str, problems: &mut Vec<RunbookProblem>) {
+    if let Some(problem) = url_problem(&metrics.prometheus) {
+        problems.push(RunbookProblem::new(format!("{at}.prometheus"), problem));
+    }
+    if metrics.query.trim().is_empty() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.query"),
+            "is empty; give the PromQL query whose samples are compared",
+        ));
+    }
+    if !["<", "<=", ">", ">=", "=="].contains(&metrics.threshold.op.as_str()) {
+        problems.push(RunbookProblem::new(
+            format!("{at}.threshold.op"),
+            format!("{:?} is not one of <, <=, >, >=, ==", metrics.threshold.op),
+        ));
+    }
+    if !metrics.threshold.value.is_finite() {
+        problems.push(RunbookProblem::new(
+            format!("{at}.threshold.value"),
+            "is not a finite number",
+        ));
+    }
+}
+
+/// `spec.backup` and `spec.migrate`: a container to run (`from` or `image`), a command,
+/// a timeout; a `Downgrade` policy needs the command that downgrades.
+fn check_jobs(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
+    let steps = [
+        ("spec.backup", spec.backup.as_ref().map(|b| &b.job)),
+        ("spec.migrate", spec.migrate.as_ref().map(|m| &m.job)),
+    ];
+    for (at, job) in steps {
+        let Some(job) = job else { continue };
+        if job.from.is_none() && job.image.is_none() {
+            problems.push(RunbookProblem::new(
+                at,
+                "has neither `from` (a workload of the revision whose container the Job copies) nor `image`; set one",
+            ));
+        }
+        if job
+            .from
+            .as_ref()
+            .is_some_and(|from| from.workload.trim().is_empty())
+        {
+            problems.push(RunbookProblem::new(format!("{at}.from.workload"), "is empty"));
+        }
+        if job.command.is_empty() && job.args.is_empty() && job.from.is_none() {
+            problems.push(RunbookProblem::new(
+                format!("{at}.command"),
+                "is empty; with `image` alone the Job would run the image's default entrypoint, say what to run",
+            ));
+        }
+        if let Err(error) = job.timeout() {
+            problems.push(RunbookProblem::new(format!("{at}.timeout"), error));
+        }
+        if job.backoff_limit.is_some_and(|limit| limit < 0) {
+            problems.push(RunbookProblem::new(
+                format!("{at}.backoffLimit"),
+                "is negative; use 0 or more",
+            ));
+        }
+    }
+    if let Some(rollback) = spec.migrate.as_ref().and_then(|m| m.rollback.as_ref())
+        && rollback.policy == super::MigrationRollbackPolicy::Downgrade
+        && rollback.command.is_empty()
+        && rollback.args.is_empty()
+    {
+        problems.push(RunbookProblem::new(
+            "spec.migrate.rollback.command",
+            "is empty; the Downgrade policy runs this command (e.g. alembic downgrade -1) with the failed revision's image",
+        ));
+    }
+}
+
+/// `spec.notify`: each receiver named once, with exactly one of `url` and `urlFrom`.
+fn check_notify(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (index, receiver) in spec.notify.iter().enumerate() {
+        let at = format!("spec.notify[{index}]");
+        if receiver.name.trim().is_empty() {
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                "is empty; name the receiver",
+            ));
+        } else if let Some(first) = seen.insert(receiver.name.as_str(), index) {
+            seen.insert(receiver.name.as_str(), first);
+            problems.push(RunbookProblem::new(
+                format!("{at}.name"),
+                format!("{:?} is already the name of spec.notify[{first}]", receiver.name),
+            ));
+        }
+        match (&receiver.url, &receiver.url_from) {
+            (Some(_), Some(_)) => problems.push(RunbookProblem::new(at, "has both url and urlFrom; set one")),
+            (None, None) => problems.push(RunbookProblem::new(
+                at,
+                "has neither url nor urlFrom (a Secret key holding the URL); set one",
+            )),
+            (Some(url), None) => {
+                if let Some(problem) = url_problem(url) {
+                    problems.push(RunbookProblem::new(format!("{at}.url"), problem));
+                }
+            }
+            (None, Some(_)) => {}
+        }
     }
 }
 
@@ -1525,5 +1664,63 @@ env:
         );
         assert!(CaptureSource::parse("body").is_err());
         assert!(CaptureSource::parse("header:bad name").is_err());
+    }
+
+    #[test]
+    fn logs_and_metrics_gates_are_checked_before_a_revision_is() {
+        let found = problems(
+            "gates: [{name: l, logs: {workload: '', pattern: '', within: soon}}, \
+             {name: m, metrics: {prometheus: 'ftp://p', query: ' ', threshold: {op: '!=', value: 1}}}]",
+        );
+        for field in [
+            "spec.gates[0].logs.workload",
+            "spec.gates[0].logs.pattern",
+            "spec.gates[0].logs.within",
+            "spec.gates[1].metrics.prometheus",
+            "spec.gates[1].metrics.query",
+            "spec.gates[1].metrics.threshold.op",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(field)), "{field} in {found:?}");
+        }
+    }
+
+    #[test]
+    fn jobs_need_something_to_run_and_a_downgrade_its_command() {
+        let found = problems(
+            "backup: {command: [pg_dump], timeout: forever}\nmigrate: {from: {workload: api}, backoffLimit: -1, \
+             rollback: {policy: Downgrade}}",
+        );
+        for field in [
+            "spec.backup: has neither",
+            "spec.backup.timeout",
+            "spec.migrate.backoffLimit",
+            "spec.migrate.rollback.command",
+        ] {
+            assert!(found.iter().any(|p| p.starts_with(field)), "{field} in {found:?}");
+        }
+        assert!(
+            problems("migrate: {from: {workload: api}, command: [alembic, upgrade, head]}").is_empty(),
+            "a plain migration is fine"
+        );
+    }
+
+    #[test]
+    fn notify_receivers_have_one_url_each_and_distinct_names() {
+        let found = problems(
+            "notify: [{name: a, url: 'http://h/x'}, {name: a, url: 'http://h/y'}, {name: b}, \
+             {name: c, url: 'http://h', urlFrom: {name: s, key: url}}]",
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[1].name")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[2]: has neither")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with("spec.notify[3]: has both")),
+            "{found:?}"
+        );
     }
 }

@@ -73,7 +73,9 @@ pub struct Input<'a> {
     pub plan: StepPlan,
     /// Secrets read by the running workloads whose data changed since it was rolled
     /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
-    /// change; a change already rolled out and refused is not listed again.
+    /// change; a change already rolled out and refused is not listed again. A refused
+    /// change that was undone (the data is back to what runs) is listed, with the data
+    /// that runs: its rollout, verified, ends the `Failed` the refusal left.
     pub rotated: BTreeMap<String, String>,
 }
 
@@ -217,12 +219,20 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     };
     let spec_changed = spec_changed(input);
     let held_back = !deployable(input, revision);
+    // The running revision, known healthy, rolls out its Secrets' new data whenever no
+    // other revision is about to replace it: Git points at it, or at a revision held
+    // back (blocked, or quarantined after a rollback) that may stay there for long.
+    let rotation = || {
+        let runs_healthy =
+            status.current_revision.is_some() && status.current_revision == status.last_healthy_revision;
+        (runs_healthy && !input.rotated.is_empty()).then(|| Decision::StartRotation {
+            secrets: input.rotated.clone(),
+        })
+    };
     if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
-        if healthy && !input.rotated.is_empty() {
-            return Decision::StartRotation {
-                secrets: input.rotated.clone(),
-            };
+        if let Some(rotation) = rotation() {
+            return rotation;
         }
         // A Secret change whose rollout failed keeps the app Failed until the Secret
         // changes again or a commit comes: the running revision is not re-adopted.
@@ -248,11 +258,11 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
                 message: failure.message.clone(),
                 retry: true,
             },
-            Some(Recheck::Refused(_) | Recheck::Transient(_)) => Decision::Wait,
+            Some(Recheck::Refused(_) | Recheck::Transient(_)) => rotation().unwrap_or(Decision::Wait),
         };
     }
     if held_back {
-        return resume_or_wait(input);
+        return rotation().unwrap_or_else(|| resume_or_wait(input));
     }
     Decision::StartDeploy {
         revision: revision.clone(),

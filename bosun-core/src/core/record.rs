@@ -547,6 +547,10 @@ fn mark_healthy(
     {
         status.blocked = None;
     }
+    // The workloads just verified run with the data of `secret_digests`: no refusal of
+    // a Secret's data stands any more. Should refused data come back, it is a change
+    // like any other, rolled out through the gates (never silently left out).
+    status.rejected_secret_digests.clear();
     let message = format!("revision {short} passed every gate");
     record_gates(status, &revision, gates, true);
     update_history(status, &revision, Phase::Healthy, Some(&message), true, ctx);

@@ -1443,3 +1443,184 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
     world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
+
+/// Runs every step; Apply records `applied` as the digests given to the pods,
+/// verification answers `verdict`, and preflight refuses when `preflight` is `Err`.
+fn rolling_out(
+    applied: &'static str,
+    preflight: Result<(), &'static str>,
+    verdict: Verdict,
+) -> impl FnMut(&AppDeploymentStatus, Step) -> StepOutcome {
+    let mut rest = succeeding(verdict);
+    move |status, step| match step {
+        Step::Preflight => match preflight {
+            Ok(()) => StepOutcome::Done(StepResult::PreflightPassed),
+            Err(message) => StepOutcome::Refused(Failure::new(FailureKind::PreflightFailed, message)),
+        },
+        Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
+            inventory: vec![entry("a")],
+            secret_digests: rotation(applied),
+            ..Default::default()
+        })),
+        other => rest(status, other),
+    }
+}
+
+#[test]
+fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("first");
+    // "second" fails the gates: refused.
+    world.rotated = rotation("second");
+    world.pass(&mut status, rolling_out("second", Ok(()), Verdict::Failed));
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.rejected_secret_digests, rotation("second"));
+    // "third" passes: what runs is verified, the refusal of "second" is history.
+    world.rotated = rotation("third");
+    world.pass(&mut status, rolling_out("third", Ok(()), Verdict::Passed));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.secret_digests, rotation("third"));
+    assert!(
+        status.rejected_secret_digests.is_empty(),
+        "a stale refusal would keep \"second\" from ever rolling out again: {:?}",
+        status.rejected_secret_digests
+    );
+    // "second" comes back: rolled out like any change.
+    world.rotated = rotation("second");
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::StartRotation {
+            secrets: rotation("second")
+        }
+    );
+}
+
+#[test]
+fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("first");
+    world.rotated = rotation("default");
+    let decisions = world.pass(
+        &mut status,
+        rolling_out(
+            "default",
+            Err("JWT_SECRET (Secret app/jwt, key secret) still has a value the Runbook forbids"),
+            Verdict::Passed,
+        ),
+    );
+    assert_eq!(steps_run(&decisions), [Step::Preflight], "nothing applied");
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(
+        status.secret_digests,
+        rotation("first"),
+        "the pods keep their data"
+    );
+    assert_eq!(status.rejected_secret_digests, rotation("default"));
+    // Nothing changes while the refused data stays.
+    world.rotated = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // The data is put back: the controller lists it (it is what runs, and a refusal of
+    // other data is recorded); its rollout is verified and the app is Healthy again.
+    world.rotated = rotation("first");
+    let decisions = world.pass(&mut status, rolling_out("first", Ok(()), Verdict::Passed));
+    assert!(decisions.contains(&Decision::StartRotation {
+        secrets: rotation("first")
+    }));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert!(status.rejected_secret_digests.is_empty());
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+}
+
+#[test]
+fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    // B is refused by preflight (a Secret it reads is missing).
+    world.pass(&mut status, |status, step| match step {
+        Step::Preflight => StepOutcome::Refused(Failure::new(
+            FailureKind::PreflightFailed,
+            "Deployment app/api container api: env DB_URL reads key url of Secret app/db, which does not exist",
+        )),
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert_eq!(status.phase, Phase::Blocked);
+    // A Secret A reads changes; the Secret change makes the block due for a re-check,
+    // which still refuses B: A rolls out the new data meanwhile.
+    world.rotated = rotation("new");
+    world.block_retry_due = true;
+    world.recheck = Recheck::Refused(Failure::new(
+        FailureKind::PreflightFailed,
+        status.blocked.as_ref().unwrap().message.clone(),
+    ));
+    let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
+    assert!(
+        decisions.contains(&Decision::StartRotation {
+            secrets: rotation("new")
+        }),
+        "{decisions:?}"
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.secret_digests, rotation("new"));
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+    assert_eq!(
+        status.phase,
+        Phase::Blocked,
+        "B is still what Git asks for, and blocked"
+    );
+    assert_eq!(status.blocked.as_ref().map(|b| b.revision.as_str()), Some(B));
+    // Nothing more: the data rolled out is recorded.
+    world.rotated = BTreeMap::new();
+    world.block_retry_due = false;
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantined_revision() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert!(is_quarantined(&status, B));
+    world.rotated = rotation("new");
+    let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
+    assert_eq!(
+        decisions[0],
+        Decision::StartRotation {
+            secrets: rotation("new")
+        }
+    );
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    assert_eq!(status.history[0].rotation, ["app/jwt"]);
+    assert_eq!(status.history[0].phase, Phase::Healthy);
+    assert_eq!(
+        status.phase,
+        Phase::RolledBack,
+        "Git still points at the quarantined B"
+    );
+    // A rotation that fails while held there: Failed, no rollback, B still out.
+    world.rotated = rotation("newer");
+    let decisions = world.pass(&mut status, rolling_out("newer", Ok(()), Verdict::Failed));
+    assert!(
+        decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RejectRotation { .. }))
+    );
+    assert!(
+        !decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RollBack { .. } | Decision::StartDeploy { .. }))
+    );
+    assert_eq!(status.phase, Phase::Failed);
+    world.rotated = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}

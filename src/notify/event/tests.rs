@@ -67,6 +67,7 @@ fn steps(judge: impl Fn(&str) -> Verification) -> impl FnMut(&AppDeploymentStatu
             Step::Snapshot => StepOutcome::Done(StepResult::SnapshotStored {
                 name: format!("api-{}", &revision[..8]),
             }),
+            Step::Preflight => StepOutcome::Done(StepResult::PreflightPassed),
             Step::Inventory => StepOutcome::Done(StepResult::Planned {
                 inventory: Vec::new(),
             }),
@@ -166,6 +167,8 @@ impl Story {
                 step_deadline: DEADLINE,
                 block_retry_due: self.block_retry_due,
                 recheck: recheck.take(),
+                plan: Default::default(),
+                rotated: Default::default(),
             };
             let decision = core::decide(&input);
             let before = self.status.clone();
@@ -178,6 +181,7 @@ impl Story {
                     history_limit: 10,
                     spec_digest: "d1",
                     desired: Some(desired),
+                    plan: Default::default(),
                 },
             );
             if self.status != before {
