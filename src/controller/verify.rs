@@ -94,6 +94,7 @@ fn gate_kind(runbook: &RunbookSpec, name: &str) -> &'static str {
     }
 }
 
+/// One round: the workload gate, then the Runbook's gates and the window.
 async fn judge(
     context: &Context,
     session: &mut Option<Session>,
