@@ -25,6 +25,13 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "BOSUN_LOG_JSON")]
         log_json: bool,
+        /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or `RUST_LOG`-style
+        /// directives (`info,bosun::gates=debug`). Unset: `RUST_LOG`, else `info`.
+        #[arg(long, env = "BOSUN_LOG")]
+        log_level: Option<String>,
+        /// Address of the HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/readyz`.
+        #[arg(long, env = "BOSUN_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+        listen_address: std::net::SocketAddr,
         /// How many AppDeployments are reconciled at once.
         #[arg(long, env = "BOSUN_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
@@ -77,17 +84,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller {
             cache_dir,
             log_json,
+            log_level,
+            listen_address,
             concurrency,
             default_service_account,
             allow_file_sources,
         } => {
-            bosun::telemetry::init(log_json);
+            bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let config = kube::Config::infer().await?;
             let client = kube::Client::try_from(config.clone())?;
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),
                 default_service_account,
                 allow_file_sources,
+                listen_address: Some(listen_address),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

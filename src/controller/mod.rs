@@ -56,6 +56,8 @@ pub struct Settings {
     pub default_service_account: Option<String>,
     /// Allow `file://` sources (demos and tests).
     pub allow_file_sources: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub listen_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             concurrency: 16,
             default_service_account: None,
             allow_file_sources: false,
+            listen_address: None,
         }
     }
 }
@@ -153,6 +156,7 @@ pub struct Context {
     pub fault: fault::FaultSwitch,
     /// Delivers the Runbook's webhook notifications in the background.
     pub notifier: crate::notify::Notifier,
+    pub metrics: crate::server::Metrics,
     apps: Mutex<HashMap<String, AppState>>,
     /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
@@ -164,10 +168,15 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         caches: Caches,
+        metrics: crate::server::Metrics,
     ) -> Result<Context, Error> {
+        let fetches = metrics.clone();
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
-            git: GitCache::new(settings.cache_dir.clone()),
+            git: GitCache::observed(
+                settings.cache_dir.clone(),
+                Arc::new(move |took, error| fetches.git_fetched(took, error)),
+            ),
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
@@ -178,6 +187,7 @@ impl Context {
             config,
             settings,
             caches,
+            metrics,
             apps: Mutex::default(),
             impersonated: Mutex::default(),
         })
@@ -280,10 +290,27 @@ impl Context {
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
+    let (reader, writer) = reflector::store();
+    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = crate::server::Metrics::new();
+    metrics.count_apps(reader.clone());
+    let ready = crate::server::Readiness::default();
+    // Served from the start: `/healthz` answers while the API server is still awaited.
+    if let Some(address) = settings.listen_address {
+        let state = crate::server::ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            apps: reader.clone(),
+            wake: trigger.clone(),
+            client: client.clone(),
+        };
+        crate::server::spawn(address, state)
+            .await
+            .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
+    }
     let apps: Api<AppDeployment> = Api::all(client.clone());
     wait_for_api_server(&apps).await?;
 
-    let (reader, writer) = reflector::store();
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
     // the annotations, never by bosun's own status writes.
     let app_changes = watcher(apps, watcher::Config::default())
@@ -295,10 +322,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             (predicates::generation as fn(&AppDeployment) -> Option<u64>).combine(predicates::annotations),
             Default::default(),
         );
-    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches)?);
+    let context = Arc::new(Context::new(client, config, settings, caches, metrics)?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",
@@ -306,6 +332,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     }
     context.caches.wait_ready().await;
+    ready.set(true);
     info!("bosun controller started");
     Controller::for_stream(app_changes, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))

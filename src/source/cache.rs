@@ -38,6 +38,10 @@ pub struct GitCache {
     fetch_timeout: Duration,
 }
 
+/// Told of every fetch: how long it took and, when it failed, why
+/// ([`SourceError::reason`]). The controller's metrics listen here.
+pub type FetchObserver = Arc<dyn Fn(Duration, Option<&'static str>) + Send + Sync>;
+
 struct Inner {
     root: PathBuf,
     /// One lock per normalized URL: fetches of one repository never overlap, and a
@@ -45,6 +49,7 @@ struct Inner {
     repos: Mutex<HashMap<String, Arc<AsyncMutex<RepoState>>>>,
     clones: AtomicUsize,
     fetches: AtomicUsize,
+    observer: Option<FetchObserver>,
 }
 
 #[derive(Default)]
@@ -68,12 +73,22 @@ impl std::fmt::Debug for GitCache {
 impl GitCache {
     /// A cache keeping its clones under `root` (created when needed).
     pub fn new(root: PathBuf) -> GitCache {
+        GitCache::with_observer(root, None)
+    }
+
+    /// A cache (under `root`) that tells `observer` of every fetch.
+    pub fn observed(root: PathBuf, observer: FetchObserver) -> GitCache {
+        GitCache::with_observer(root, Some(observer))
+    }
+
+    fn with_observer(root: PathBuf, observer: Option<FetchObserver>) -> GitCache {
         GitCache {
             inner: Arc::new(Inner {
                 root,
                 repos: Mutex::new(HashMap::new()),
                 clones: AtomicUsize::new(0),
                 fetches: AtomicUsize::new(0),
+                observer,
             }),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
@@ -275,6 +290,15 @@ struct Fetcher {
 
 impl Fetcher {
     fn fetch(&self) -> Result<(), SourceError> {
+        let started = Instant::now();
+        let result = self.fetch_unobserved();
+        if let Some(observer) = &self.inner.observer {
+            observer(started.elapsed(), result.as_ref().err().map(SourceError::reason));
+        }
+        result
+    }
+
+    fn fetch_unobserved(&self) -> Result<(), SourceError> {
         let repo = self.open_or_create()?;
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let mut remote = repo
