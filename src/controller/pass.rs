@@ -216,6 +216,7 @@ impl Pass<'_> {
                 recheck: recheck.take(),
                 plan,
                 rotated: rotated.clone(),
+                retry: core::RetryRequest::from_annotations(self.app.annotations()),
             });
             self.name_revision_in_logs(&desired);
             if !matches!(
@@ -474,6 +475,9 @@ fn describe(decision: &Decision) -> String {
         Decision::FinishRollback => "rolled back".into(),
         Decision::Adopt { revision } => format!("adopt {}", short_revision(revision)),
         Decision::Resume { phase } => format!("resume ({phase})"),
+        Decision::LiftQuarantine { revision } => {
+            format!("lift the quarantine of {} on request", short_revision(revision))
+        }
         Decision::RecheckBlock { revision } => format!("check blocked {} again", short_revision(revision)),
         Decision::StartRotation { secrets } => {
             format!(
