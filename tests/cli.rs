@@ -114,8 +114,12 @@ async fn status_history_pin_unpin_suspend_diff_and_the_kubectl_plugin() {
     for cell in [APP, "Healthy", &short_revision(&v2), "running"] {
         assert!(row.contains(cell), "{cell} missing: {table}");
     }
-    // Every namespace: the same app.
+    // Every namespace: the same app; a context by name, and one the kubeconfig lacks.
     assert!(cli_ok(&harness, &["status", "-A"]).contains(APP));
+    assert!(cli_ok(&harness, &["status", "-n", NS, "--context", "bosun-dev"]).contains(APP));
+    let unknown = cli(&harness, &["status", "-n", NS, "--context", "elsewhere"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("elsewhere"));
     let json: serde_json::Value =
         serde_json::from_str(&cli_ok(&harness, &["status", APP, "-n", NS, "-o", "json"])).unwrap();
     assert_eq!(json["currentRevision"], v2.as_str());
