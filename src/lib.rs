@@ -14,6 +14,7 @@ pub use bosun_core::{api, core};
 pub mod apply;
 #[cfg(feature = "devenv")]
 pub mod bench;
+pub mod cli;
 pub mod controller;
 pub mod crdgen;
 #[cfg(feature = "devenv")]

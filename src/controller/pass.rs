@@ -232,6 +232,7 @@ impl Pass<'_> {
                 recheck: recheck.take(),
                 plan,
                 rotated: rotated.clone(),
+                retry: core::RetryRequest::from_annotations(self.app.annotations()),
             });
             self.name_revision_in_logs(&desired);
             if !matches!(
@@ -512,6 +513,9 @@ fn describe(decision: &Decision) -> String {
         Decision::FinishRollback => "rolled back".into(),
         Decision::Adopt { revision } => format!("adopt {}", short_revision(revision)),
         Decision::Resume { phase } => format!("resume ({phase})"),
+        Decision::LiftQuarantine { revision } => {
+            format!("lift the quarantine of {} on request", short_revision(revision))
+        }
         Decision::RecheckBlock { revision } => format!("check blocked {} again", short_revision(revision)),
         Decision::StartRotation { secrets } => {
             format!(
