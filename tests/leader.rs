@@ -271,7 +271,7 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
 
 /// `--watch-label-selector`: two controllers, one per shard (each with its own Lease),
 /// each reconciles only the apps its selector matches; an app neither matches is left
-/// alone.
+/// alone. A shard stopped cleanly (SIGTERM) gives its Lease up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
     let harness = Harness::start().await;
@@ -296,7 +296,7 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
         harness.apply_app(&yaml).await;
         apps.push((namespace, commit));
     }
-    let _shards: Vec<ControllerProcess> = ["a", "b"]
+    let mut shards: Vec<ControllerProcess> = ["a", "b"]
         .iter()
         .map(|shard| {
             harness.spawn_controller(
@@ -357,4 +357,17 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
         untouched.is_empty(),
         "written for the unlabelled app: {untouched:#?}"
     );
+
+    // SIGTERM: shard a stops cleanly and releases its Lease for the next replica.
+    shards[0].terminate();
+    let exited = eventually("shard a stopping", Duration::from_secs(30), || {
+        let status = shards[0].exit_status();
+        async move { Ok(status) }
+    })
+    .await
+    .unwrap();
+    assert!(exited.success(), "{exited:?}\n{}", shards[0].log());
+    let released = lease(&harness, LEASE_NAMESPACE, "bosun-shard-a").await.unwrap();
+    assert_eq!(holder(&released), None, "released: {:?}", released.spec);
+    assert!(shards[0].log().contains("released the Lease"));
 }

@@ -387,6 +387,17 @@ impl ControllerProcess {
         }
     }
 
+    /// SIGTERM: a clean shutdown (it finishes its passes and releases its Lease).
+    pub fn terminate(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(sent.success(), "SIGTERM to controller {}", self.name);
+        }
+    }
+
     /// Its exit status once it has exited by itself, `None` while it runs.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().expect("controller status")
