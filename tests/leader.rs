@@ -13,6 +13,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bosun::api::{AppDeployment, Phase, Step};
+use bosun::controller::leader::LeaderClaim;
+use bosun::controller::status_writer;
 use bosun_devenv::AuditedWrite;
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -326,6 +328,21 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let unclaimed: AppDeployment = harness.app("shard-none", "web").await;
     assert!(unclaimed.status.is_none(), "{:?}", unclaimed.status);
+    // A writer without the claim refuses before sending anything (checked with the
+    // audit log below: nothing was written in shard-none, by anyone acting as `bosun`).
+    let as_controller: Api<AppDeployment> = Api::namespaced(
+        harness.control_plane.controller_client().await.unwrap(),
+        "shard-none",
+    );
+    let refused = status_writer::save(
+        &LeaderClaim::elected(),
+        &as_controller,
+        &unclaimed,
+        &bosun::api::AppDeploymentStatus::default(),
+    )
+    .await
+    .expect_err("no write without the claim");
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
 
     let writes = harness.controller_writes().await;
     for (shard, other) in [("a", "b"), ("b", "a")] {
