@@ -40,7 +40,14 @@ enum Command {
         allow_file_sources: bool,
         /// Reconcile only while holding the leader Lease, so that of several replicas
         /// one writes; `--leader-elect=false` for a single process that needs no Lease.
-        #[arg(long, env = "BOSUN_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+        #[arg(
+            long,
+            env = "BOSUN_LEADER_ELECT",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )]
         leader_elect: bool,
         /// The Lease (coordination.k8s.io/v1) the replicas elect their leader on.
         #[arg(long, env = "BOSUN_LEASE_NAME", default_value = "bosun-controller")]

@@ -19,6 +19,10 @@
 //! The holder stops writing (and exits) 10 s after its last successful renewal; a
 //! follower takes over no earlier than 15 s after it last saw one: the 5 s between
 //! them is the margin for a stalled process and for the follower's view lagging.
+//!
+//! `coordination.k8s.io/v1` Leases are served the same from Kubernetes 1.14 on (the
+//! local 1.20 control plane and 1.28+ alike); the fields of coordinated leader
+//! election (1.31+: `strategy`, `preferredHolder`) are left unset.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
