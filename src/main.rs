@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use bosun::controller::leader;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,6 +45,34 @@ enum Command {
         /// (demos and tests only).
         #[arg(long, env = "BOSUN_ALLOW_FILE_SOURCES")]
         allow_file_sources: bool,
+        /// Reconcile only while holding the leader Lease, so that of several replicas
+        /// one writes; `--leader-elect=false` for a single process that needs no Lease.
+        #[arg(
+            long,
+            env = "BOSUN_LEADER_ELECT",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )]
+        leader_elect: bool,
+        /// The Lease (coordination.k8s.io/v1) the replicas elect their leader on.
+        #[arg(long, env = "BOSUN_LEASE_NAME", default_value = "bosun-controller")]
+        lease_name: String,
+        /// The Lease's namespace. Default: `POD_NAMESPACE`, else the namespace of the
+        /// client's context (in a pod, the pod's own namespace, from its
+        /// ServiceAccount; out of cluster, the kubeconfig context's, else `default`).
+        #[arg(long, env = "BOSUN_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// This replica's name in the Lease (unique per replica). Default: `POD_NAME`,
+        /// else `HOSTNAME` (a pod's name), else the host's name.
+        #[arg(long, env = "BOSUN_LEADER_ELECT_IDENTITY")]
+        leader_elect_identity: Option<String>,
+        /// Reconcile only the AppDeployments whose labels match this selector (e.g.
+        /// `bosun.dev/shard=a`), as Flux's flag of the same name: run one controller
+        /// (with its own `--lease-name`) per shard when one is not enough.
+        #[arg(long, env = "BOSUN_WATCH_LABEL_SELECTOR")]
+        watch_label_selector: Option<String>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -89,21 +118,52 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             default_service_account,
             allow_file_sources,
+            leader_elect,
+            lease_name,
+            lease_namespace,
+            leader_elect_identity,
+            watch_label_selector,
         } => {
             bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
-            let config = kube::Config::infer().await?;
+            let mut config = kube::Config::infer().await?;
+            let identity = leader_elect_identity.unwrap_or_else(leader::default_identity);
+            // Every request names the replica that sent it (audit logs tell the
+            // replicas apart; they share one ServiceAccount).
+            config.headers.push((
+                reqwest::header::USER_AGENT,
+                reqwest::header::HeaderValue::from_str(&format!(
+                    "bosun/{} ({identity})",
+                    env!("CARGO_PKG_VERSION")
+                ))?,
+            ));
             let client = kube::Client::try_from(config.clone())?;
+            let leader_election = leader_elect.then(|| leader::LeaderElection {
+                lease_namespace: lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+                    .unwrap_or_else(|| config.default_namespace.clone()),
+                lease_name,
+                identity,
+                timing: leader::Timing::default(),
+            });
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),
                 default_service_account,
                 allow_file_sources,
                 listen_address: Some(listen_address),
+                leader_election,
+                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {
                 settings.cache_dir = dir;
             }
-            bosun::controller::run(client, config, settings).await?;
+            if let Err(error) = bosun::controller::run(client, config, settings).await {
+                // At once: a replica that lost the Lease must not finish what it was
+                // doing (the runtime would wait for blocking Git fetches).
+                tracing::error!(%error, "bosun controller stopped");
+                eprintln!("Error: {error}");
+                std::process::exit(1);
+            }
         }
         #[cfg(feature = "devenv")]
         Command::Demo { no_wait } => {

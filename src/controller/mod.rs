@@ -7,7 +7,8 @@
 //!   backup, migration and downgrade Jobs; [`verify`]: verification rounds;
 //! - [`resync`]: drift correction at rest; [`cleanup`]: deletion;
 //! - [`cache`]: the watch caches; [`status_writer`]: the one status writer;
-//!   [`events`]: Events; [`fault`]: fault injection for the crash tests.
+//!   [`events`]: Events; [`fault`]: fault injection for the crash tests;
+//! - [`leader`]: leader election on a Lease, and the claim every status write checks.
 
 mod cache;
 mod cleanup;
@@ -15,6 +16,7 @@ mod error;
 mod events;
 pub mod fault;
 mod job_steps;
+pub mod leader;
 mod observe;
 mod pass;
 mod resync;
@@ -31,7 +33,7 @@ use futures::StreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::AppDeployment;
 use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
@@ -58,6 +60,11 @@ pub struct Settings {
     pub allow_file_sources: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
     pub listen_address: Option<std::net::SocketAddr>,
+    /// Reconcile only while holding this Lease; `None`: the only replica, always.
+    pub leader_election: Option<leader::LeaderElection>,
+    /// Reconcile only the AppDeployments whose labels match (a label selector, as
+    /// Flux's `--watch-label-selector`): one controller per shard.
+    pub watch_label_selector: Option<String>,
 }
 
 impl Default for Settings {
@@ -69,6 +76,8 @@ impl Default for Settings {
             default_service_account: None,
             allow_file_sources: false,
             listen_address: None,
+            leader_election: None,
+            watch_label_selector: None,
         }
     }
 }
@@ -157,6 +166,8 @@ pub struct Context {
     /// Delivers the Runbook's webhook notifications in the background.
     pub notifier: crate::notify::Notifier,
     pub metrics: crate::server::Metrics,
+    /// Whether this process may write (leader election); checked by the status writer.
+    pub leader: leader::LeaderClaim,
     apps: Mutex<HashMap<String, AppState>>,
     /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
@@ -169,6 +180,7 @@ impl Context {
         settings: Settings,
         caches: Caches,
         metrics: crate::server::Metrics,
+        leader: leader::LeaderClaim,
     ) -> Result<Context, Error> {
         let fetches = metrics.clone();
         Ok(Context {
@@ -188,6 +200,7 @@ impl Context {
             settings,
             caches,
             metrics,
+            leader,
             apps: Mutex::default(),
             impersonated: Mutex::default(),
         })
@@ -288,7 +301,12 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
+/// Runs the controller until SIGTERM/SIGINT, or until it loses the leader Lease (an
+/// error: the caller exits, and the Deployment restarts it as a follower).
+///
+/// With leader election, nothing but the Lease is read or written until it is held:
+/// a follower starts its watches only when it takes over (for 1,000 apps the caches
+/// sync in seconds, well inside the 15 s lease duration it has already waited).
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
     let (reader, writer) = reflector::store();
     let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
@@ -309,11 +327,27 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
     }
     let apps: Api<AppDeployment> = Api::all(client.clone());
-    wait_for_api_server(&apps).await?;
+    let selector = settings.watch_label_selector.clone();
+    wait_for_api_server(&apps, selector.as_deref()).await?;
 
+    let (claim, mut elector) = match settings.leader_election.clone() {
+        Some(election) => {
+            let claim = leader::LeaderClaim::elected();
+            let mut elector = leader::LeaseElector::new(client.clone(), election);
+            elector.acquire(&claim).await?;
+            (claim, Some(elector))
+        }
+        None => (leader::LeaderClaim::unconditional(), None),
+    };
+
+    let mut watch = watcher::Config::default();
+    if let Some(selector) = &selector {
+        info!(%selector, "reconciling only the AppDeployments matching --watch-label-selector");
+        watch = watch.labels(selector);
+    }
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
     // the annotations, never by bosun's own status writes.
-    let app_changes = watcher(apps, watcher::Config::default())
+    let app_changes = watcher(apps, watch)
         .default_backoff()
         .modify(|app: &mut AppDeployment| app.metadata.managed_fields = None)
         .reflect(writer)
@@ -324,7 +358,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches, metrics)?);
+    let context = Arc::new(Context::new(client, config, settings, caches, metrics, claim.clone())?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",
@@ -334,7 +368,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     context.caches.wait_ready().await;
     ready.set(true);
     info!("bosun controller started");
-    Controller::for_stream(app_changes, reader)
+    let controller = Controller::for_stream(app_changes, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .reconcile_on(futures::stream::poll_fn(move |cx| triggered.poll_recv(cx)))
         .shutdown_on_signal()
@@ -343,20 +377,44 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile failed");
             }
-        })
-        .await;
-    info!("bosun controller stopped");
-    Ok(())
+        });
+    let Some(elector) = elector.as_mut() else {
+        controller.await;
+        info!("bosun controller stopped");
+        return Ok(());
+    };
+    // The Lease is renewed beside the passes (and during a clean shutdown, while the
+    // last passes finish); losing it ends the process, passes and all.
+    let lost = tokio::select! {
+        () = controller => None,
+        why = elector.keep(&claim) => Some(why),
+    };
+    match lost {
+        None => {
+            elector.release(&claim).await;
+            info!("bosun controller stopped");
+            Ok(())
+        }
+        Some(why) => {
+            error!(%why, "lost the leader Lease: stopping reconciling and exiting");
+            Err(Error::Internal(format!("lost the leader Lease: {why}")))
+        }
+    }
 }
 
 /// Lists AppDeployments once before anything starts: fails early and clearly when the
 /// API server answers that it cannot (the CRDs are not installed, no permission), and
 /// waits, with back-off, while it does not answer at all (a controller restarted during
 /// an outage of the API server carries on when it is back).
-async fn wait_for_api_server(apps: &Api<AppDeployment>) -> Result<(), Error> {
+/// A `--watch-label-selector` the API server cannot parse is refused here, naming it.
+async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) -> Result<(), Error> {
     let mut attempt = 0;
+    let mut params = kube::api::ListParams::default().limit(1);
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
     loop {
-        match apps.list(&kube::api::ListParams::default().limit(1)).await {
+        match apps.list(&params).await {
             Ok(_) => return Ok(()),
             Err(error) if crate::failure::class_of(&error) == crate::failure::ApiErrorClass::Transient => {
                 attempt += 1;
@@ -367,6 +425,13 @@ async fn wait_for_api_server(apps: &Api<AppDeployment>) -> Result<(), Error> {
                     "the API server is unreachable or not ready; waiting for it"
                 );
                 tokio::time::sleep(delay).await;
+            }
+            Err(kube::Error::Api(status)) if status.code == 400 && selector.is_some() => {
+                return Err(Error::Internal(format!(
+                    "--watch-label-selector {:?}: {}",
+                    selector.unwrap_or_default(),
+                    status.message
+                )));
             }
             Err(error) => {
                 return Err(Error::Internal(format!(

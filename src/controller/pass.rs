@@ -95,7 +95,7 @@ async fn reconcile_app(
         return cleanup::finalize(context, &api, &app, state).await;
     }
     if !app.finalizers().iter().any(|f| f == FINALIZER) {
-        app = status_writer::set_finalizer(&api, &app, true).await?;
+        app = status_writer::set_finalizer(&context.leader, &api, &app, true).await?;
         state.written_version = app.resource_version();
     }
     for _ in 0..CONFLICT_RETRIES {
@@ -402,7 +402,8 @@ impl Pass<'_> {
         if self.status == self.saved {
             return Ok(());
         }
-        let version = match status_writer::save(self.api, &self.app, &self.status).await {
+        let version = match status_writer::save(&self.context.leader, self.api, &self.app, &self.status).await
+        {
             Ok(version) => version,
             Err(Error::Kube(error)) if failure::class_of(&error) == ApiErrorClass::Transient => {
                 self.state.unsaved = Some(Unsaved {
