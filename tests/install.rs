@@ -537,3 +537,127 @@ async fn namespace_scoped_install_reaches_only_its_namespace() {
     let namespaces: Api<Namespace> = Api::all(as_controller.clone());
     assert!(is_forbidden(namespaces.list(&ListParams::default()).await));
 }
+
+/// The image of scripts/build-image.sh, run with podman on the host network as the
+/// chart runs it (non-root, read-only root file system, writable cache, every
+/// capability dropped), with the chart's ServiceAccount token: it reconciles the app.
+/// Run it after building the image:
+/// `cargo nextest run --all-features --test install --run-ignored only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and the image of scripts/build-image.sh"]
+async fn image_reconciles_under_podman() {
+    let image = std::env::var("BOSUN_IMAGE")
+        .unwrap_or_else(|_| format!("localhost/bosun:{}", env!("CARGO_PKG_VERSION")));
+    let harness = Harness::start().await;
+    create_namespace(&harness.client, INSTALL_NS).await;
+    let objects = template(INSTALL_NS, &[]);
+    apply_rendered(&harness.client, &objects).await;
+    set_up_tenant(&harness).await;
+    harness
+        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
+        .await;
+    let repo = harness.repo("shop");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    harness
+        .apply_app(&app_deployment_yaml(
+            TENANT_NS,
+            "shop",
+            &harness.git.url(repo.name()),
+            Some("quick"),
+            "2s",
+        ))
+        .await;
+
+    // A kubeconfig the container's user 65532 can read, the CA inlined.
+    let token = harness
+        .control_plane
+        .service_account_token(INSTALL_NS, CONTROLLER_ACCOUNT)
+        .await
+        .unwrap();
+    let original = harness.control_plane.token_kubeconfig("podman", &token).unwrap();
+    let mut kubeconfig: Value = serde_saphyr::from_str(&std::fs::read_to_string(&original).unwrap()).unwrap();
+    let ca_path = kubeconfig["clusters"][0]["cluster"]["certificate-authority"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca = std::fs::read(&ca_path).unwrap();
+    let cluster = &mut kubeconfig["clusters"][0]["cluster"];
+    cluster.as_object_mut().unwrap().remove("certificate-authority");
+    // ByteString serializes as base64, as kubeconfig data fields are.
+    cluster["certificate-authority-data"] = serde_json::to_value(k8s_openapi::ByteString(ca)).unwrap();
+    let mounted = harness.dir.path().join("container-kubeconfig");
+    std::fs::write(&mounted, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let name = format!("bosun-install-test-{}", std::process::id());
+    let log = harness.dir.path().join("container.log");
+    let mut command = Command::new("podman");
+    command.args([
+        "--storage-driver",
+        "vfs",
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--name",
+        &name,
+    ]);
+    // The sandbox this was built in: no CAP_SYS_RESOURCE (limits may only be lowered)
+    // and hybrid cgroups, which crun refuses and runc accepts.
+    command.args([
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+    ]);
+    command.args([
+        "--read-only",
+        "--tmpfs",
+        "/var/cache/bosun:mode=1777",
+        "--tmpfs",
+        "/tmp:mode=1777",
+    ]);
+    command.args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]);
+    command.args(["-v", &format!("{}:/kubeconfig:ro", mounted.display())]);
+    command.args(["-e", "KUBECONFIG=/kubeconfig"]);
+    for (key, value) in controller_env(&objects) {
+        if key != "BOSUN_CACHE_DIR" {
+            command.args(["-e", &format!("{key}={value}")]);
+        }
+    }
+    command.arg(&image).arg("controller");
+    let mut child = command
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
+        .spawn()
+        .expect("podman runs");
+    let healthy = tokio::time::timeout(
+        Duration::from_secs(120),
+        harness.wait_for_phase(TENANT_NS, "shop", Phase::Healthy, &revision),
+    )
+    .await;
+    let _ = Command::new("podman")
+        .args(["--storage-driver", "vfs", "--runtime", "runc", "kill", &name])
+        .status();
+    let _ = child.wait();
+    let output = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(log.with_extension("err.log")).unwrap_or_default()
+    );
+    assert!(
+        healthy.is_ok(),
+        "the container did not reconcile the app:\n{output}"
+    );
+    let writes = harness.control_plane.audit_writes().await.unwrap();
+    let controller_user = format!("system:serviceaccount:{INSTALL_NS}:{CONTROLLER_ACCOUNT}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.user == controller_user && w.resource == "deployments"),
+        "no write by the chart's account:\n{output}"
+    );
+}
