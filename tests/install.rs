@@ -1,0 +1,663 @@
+//! The install: charts/bosun linted and rendered with Helm's own library
+//! (helm-python-sdk, through manifests/render.py), manifests/install.yaml and the
+//! chart's CRDs kept up to date, and the rendered chart applied to a real API server,
+//! where the controller runs with the token of the chart's own ServiceAccount: it
+//! reconciles an app applied as the tenant's account the chart configures, and the API
+//! server refuses it what its RBAC does not grant.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use bosun::api::Phase;
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use serde_json::{Value, json};
+use support::Harness;
+
+/// The release namespace manifests/install.yaml installs into.
+const INSTALL_NS: &str = "bosun-system";
+/// The chart's ServiceAccount and the default of `controller.defaultServiceAccount`.
+const CONTROLLER_ACCOUNT: &str = "bosun";
+const TENANT_ACCOUNT: &str = "bosun-deployer";
+const TENANT_NS: &str = "shop";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python with helm-python-sdk: `BOSUN_PYTHON` (scripts/test.sh sets it), else
+/// `python3` on the PATH.
+fn python() -> String {
+    std::env::var("BOSUN_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Runs `manifests/render.py <args>`: (success, stdout, stderr).
+fn render_py(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(python())
+        .arg(root().join("manifests/render.py"))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} manifests/render.py: {e}", python()));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The chart rendered with `sets` (`KEY=VALUE`) into `namespace`, as objects.
+fn template(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let mut args = vec!["template", "--namespace", namespace];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let (ok, stdout, stderr) = render_py(&args);
+    assert!(ok, "rendering the chart with {sets:?} failed:\n{stderr}");
+    serde_saphyr::from_multiple::<Value>(&stdout)
+        .expect("rendered chart is YAML")
+        .into_iter()
+        .filter(|object| !object.is_null())
+        .collect()
+}
+
+fn kinds(objects: &[Value]) -> Vec<&str> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", kinds(objects)))
+}
+
+/// The `verbs` granted on `group`/`resource` by a rule list, counting wildcards.
+fn verbs_on(rules: &Value, group: &str, resource: &str) -> Vec<String> {
+    let mut verbs = Vec::new();
+    for rule in rules.as_array().into_iter().flatten() {
+        let has = |key: &str, wanted: &str| {
+            rule[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v == wanted || v == "*")
+        };
+        if has("apiGroups", group) && has("resources", resource) {
+            verbs.extend(
+                rule["verbs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(String::from)),
+            );
+        }
+    }
+    verbs.sort();
+    verbs.dedup();
+    verbs
+}
+
+#[test]
+fn chart_lints_clean_with_helm_for_every_scope_and_option() {
+    for sets in [
+        vec![],
+        vec!["rbac.scope=namespace"],
+        vec![
+            "serviceMonitor.enabled=true",
+            "networkPolicy.enabled=true",
+            "rbac.applyAsController=true",
+            "controller.defaultServiceAccount=",
+            "controller.logFormat=text",
+        ],
+    ] {
+        let mut args = vec!["lint"];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let (ok, stdout, stderr) = render_py(&args);
+        assert!(ok, "helm lint (strict) with {sets:?}:\n{stdout}\n{stderr}");
+        assert!(stdout.contains("\"total_charts_linted\": 1"), "{stdout}");
+    }
+    // Values the chart refuses to render.
+    for (set, message) in [
+        (
+            "controller.logFormat=xml",
+            "controller.logFormat must be json or text",
+        ),
+        ("rbac.scope=everywhere", "rbac.scope must be cluster or namespace"),
+        (
+            "controller.defaultServiceAccount=",
+            "set controller.defaultServiceAccount",
+        ),
+    ] {
+        let (ok, _, stderr) = render_py(&["template", "--set", set]);
+        assert!(!ok && stderr.contains(message), "{set}: {stderr}");
+    }
+}
+
+#[test]
+fn install_yaml_is_the_chart_rendered_with_defaults() {
+    let (ok, rendered, stderr) = render_py(&["install-yaml"]);
+    assert!(ok, "{stderr}");
+    let checked_in = std::fs::read_to_string(root().join("manifests/install.yaml")).unwrap_or_default();
+    assert!(
+        checked_in == rendered,
+        "manifests/install.yaml is stale: run `python3 manifests/render.py install-yaml > manifests/install.yaml` and commit the result"
+    );
+    let objects: Vec<Value> = serde_saphyr::from_multiple(&checked_in).expect("install.yaml is YAML");
+    assert_eq!(objects[0]["kind"], "Namespace");
+    assert_eq!(objects[0]["metadata"]["name"], INSTALL_NS);
+}
+
+#[test]
+fn chart_crds_are_the_generated_crds() {
+    for (file, crd) in bosun::crdgen::crds() {
+        let generated = bosun::crdgen::to_yaml(&crd).expect("CRD serializes");
+        let in_chart =
+            std::fs::read_to_string(root().join("charts/bosun/crds").join(file)).unwrap_or_default();
+        assert!(
+            in_chart == generated,
+            "charts/bosun/crds/{file} differs from crds/{file}: copy crds/*.yaml into charts/bosun/crds/"
+        );
+    }
+}
+
+#[test]
+fn defaults_are_hardened_and_least_privilege() {
+    let objects = template(INSTALL_NS, &[]);
+    let deployment = find(&objects, "Deployment", "bosun");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], CONTROLLER_ACCOUNT);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    let env: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    for expected in [
+        ("BOSUN_DEFAULT_SERVICE_ACCOUNT", TENANT_ACCOUNT),
+        ("BOSUN_LEADER_ELECTION", "true"),
+        ("BOSUN_LOG_FORMAT", "json"),
+        ("BOSUN_CONCURRENCY", "16"),
+    ] {
+        assert!(env.contains(&expected), "{expected:?} not in {env:?}");
+    }
+    // The Git cache is a writable emptyDir, as the root file system is read-only.
+    let cache_dir = env.iter().find(|(k, _)| *k == "BOSUN_CACHE_DIR").unwrap().1;
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == cache_dir)
+        .expect("the cache directory is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["emptyDir"].is_object(), "{volume}");
+    assert_eq!(
+        find(&objects, "Service", "bosun")["spec"]["ports"][0]["port"],
+        8080
+    );
+    assert_eq!(
+        find(&objects, "PodDisruptionBudget", "bosun")["spec"]["minAvailable"],
+        1
+    );
+
+    // Reads everywhere, writes only what bosun itself writes: no write on the apps'
+    // kinds (those go out as the tenant's account), none on RBAC or Namespaces.
+    let rules = &find(&objects, "ClusterRole", "bosun")["rules"];
+    assert_eq!(
+        verbs_on(rules, "", "serviceaccounts"),
+        ["get", "impersonate", "list", "watch"]
+    );
+    assert_eq!(
+        verbs_on(rules, "bosun.dev", "appdeployments/status"),
+        ["get", "list", "patch", "update", "watch"]
+    );
+    for (group, resource) in [
+        ("", "namespaces"),
+        ("", "configmaps"),
+        ("apps", "deployments"),
+        ("batch", "jobs"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("bosun.dev", "runbooks"),
+    ] {
+        assert_eq!(
+            verbs_on(rules, group, resource),
+            ["get", "list", "watch"],
+            "{group}/{resource}"
+        );
+    }
+    // With applyAsController the controller may write every kind, and says so.
+    let broad = template(INSTALL_NS, &["rbac.applyAsController=true"]);
+    let rules = &find(&broad, "ClusterRole", "bosun")["rules"];
+    assert!(verbs_on(rules, "apps", "deployments").contains(&"delete".to_string()));
+
+    // The namespace-scoped install has no cluster-wide object but the CRDs.
+    let scoped = template("team-a", &["rbac.scope=namespace"]);
+    let kinds = kinds(&scoped);
+    assert!(
+        !kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"),
+        "{kinds:?}"
+    );
+    let role = find(&scoped, "Role", "bosun");
+    assert_eq!(role["metadata"]["namespace"], "team-a");
+    assert!(!role["rules"].to_string().contains("clusterrunbooks"), "{role}");
+}
+
+/// Applies rendered objects server-side as the admin, the CRDs first, and waits for
+/// the CRDs to be established.
+async fn apply_rendered(client: &kube::Client, objects: &[Value]) {
+    let (crds, others): (Vec<&Value>, Vec<&Value>) = objects
+        .iter()
+        .partition(|o| o["kind"] == "CustomResourceDefinition");
+    let params = PatchParams::apply("bosun-install-test").force();
+    for object in crds.into_iter().chain(others) {
+        let mut object = object.clone();
+        // Kubernetes 1.20 (the local control plane) serves PodDisruptionBudgets as
+        // policy/v1beta1 only; 1.21+ serves the policy/v1 the chart renders offline.
+        if object["kind"] == "PodDisruptionBudget" {
+            object["apiVersion"] = json!("policy/v1beta1");
+        }
+        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
+            Some((group, version)) => (group.to_string(), version.to_string()),
+            None => (String::new(), object["apiVersion"].as_str().unwrap().to_string()),
+        };
+        let kind = object["kind"].as_str().unwrap().to_string();
+        let gvk = GroupVersionKind::gvk(&group, &version, &kind);
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("discovering {kind}: {e}"));
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<DynamicObject> = match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
+            (Scope::Namespaced, Some(namespace)) => {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        api.patch(&name, &params, &Patch::Apply(&object))
+            .await
+            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+        if kind == "CustomResourceDefinition" {
+            support::eventually(
+                &format!("CRD {name} established"),
+                Duration::from_secs(30),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await?;
+                        let established = crd.data["status"]["conditions"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|c| c["type"] == "Established" && c["status"] == "True");
+                        Ok(established.then_some(()))
+                    }
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    namespaces
+        .patch(
+            name,
+            &PatchParams::apply("bosun-install-test"),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Namespace {name}: {e}"));
+}
+
+/// A kubeconfig and a client authenticated with the token of ServiceAccount
+/// `namespace/name` (1.20's token controller puts it in a Secret).
+async fn account_credentials(harness: &Harness, namespace: &str, name: &str) -> (PathBuf, kube::Client) {
+    let token = harness
+        .control_plane
+        .service_account_token(namespace, name)
+        .await
+        .expect("ServiceAccount token");
+    let path = harness
+        .control_plane
+        .token_kubeconfig(&format!("{namespace}-{name}"), &token)
+        .expect("token kubeconfig");
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    (path, kube::Client::try_from(config).unwrap())
+}
+
+/// The tenant's side of the multi-tenant mode: the ServiceAccount the chart's
+/// `controller.defaultServiceAccount` names, with a Role for what the example app
+/// deploys in its namespace.
+async fn set_up_tenant(harness: &Harness) {
+    let client = &harness.client;
+    create_namespace(client, TENANT_NS).await;
+    let params = PatchParams::apply("bosun-install-test");
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), TENANT_NS);
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": TENANT_ACCOUNT}})).unwrap();
+    accounts
+        .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&account))
+        .await
+        .unwrap();
+    let verbs = ["get", "create", "patch", "delete"];
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": TENANT_ACCOUNT},
+        "rules": [
+            {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": verbs},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs},
+        ],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), TENANT_NS)
+        .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": TENANT_ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TENANT_ACCOUNT},
+        "subjects": [{"kind": "ServiceAccount", "name": TENANT_ACCOUNT, "namespace": TENANT_NS}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), TENANT_NS)
+        .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+}
+
+/// The literal environment of the chart's controller container, as the controller
+/// process out of cluster gets it (the Git cache and the HTTP address are the
+/// harness's; the downward API's pod name and namespace are filled in).
+fn controller_env(objects: &[Value]) -> Vec<(String, String)> {
+    let container = &find(objects, "Deployment", "bosun")["spec"]["template"]["spec"]["containers"][0];
+    let mut env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .filter(|(name, _)| !matches!(name.as_str(), "BOSUN_CACHE_DIR" | "BOSUN_LISTEN_ADDRESS"))
+        .collect();
+    env.push(("BOSUN_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()));
+    env.push(("POD_NAME".into(), "bosun-test-0".into()));
+    env.push(("POD_NAMESPACE".into(), INSTALL_NS.into()));
+    env
+}
+
+fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
+    matches!(result, Err(kube::Error::Api(ref status)) if status.code == 403)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outside_its_rbac() {
+    let mut harness = Harness::start().await;
+    create_namespace(&harness.client, INSTALL_NS).await;
+    let objects = template(INSTALL_NS, &[]);
+    apply_rendered(&harness.client, &objects).await;
+    set_up_tenant(&harness).await;
+    harness
+        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
+        .await;
+    let repo = harness.repo("shop");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    // The AppDeployment names no ServiceAccount: the chart's default account applies it.
+    harness
+        .apply_app(&app_deployment_yaml(
+            TENANT_NS,
+            "shop",
+            &harness.git.url(repo.name()),
+            Some("quick"),
+            "2s",
+        ))
+        .await;
+
+    let (kubeconfig, as_controller) = account_credentials(&harness, INSTALL_NS, CONTROLLER_ACCOUNT).await;
+    let env = controller_env(&objects);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    harness.start_controller_as(&kubeconfig, &[], &env);
+    harness
+        .wait_for_phase(TENANT_NS, "shop", Phase::Healthy, &revision)
+        .await;
+    assert_eq!(
+        harness.image_of(TENANT_NS, "backend").await,
+        "example/litevault-backend:1.0"
+    );
+
+    // The app's objects went out as the tenant's account, not as the controller.
+    let controller_user = format!("system:serviceaccount:{INSTALL_NS}:{CONTROLLER_ACCOUNT}");
+    let tenant_user = format!("system:serviceaccount:{TENANT_NS}:{TENANT_ACCOUNT}");
+    let writes = harness.control_plane.audit_writes().await.unwrap();
+    let applied: Vec<_> = writes
+        .iter()
+        .filter(|w| w.user == controller_user && w.resource == "deployments" && !w.dry_run)
+        .collect();
+    assert!(!applied.is_empty(), "no Deployment written by the controller");
+    for write in &applied {
+        assert_eq!(
+            write.impersonated_user.as_deref(),
+            Some(tenant_user.as_str()),
+            "{write:#?}"
+        );
+    }
+
+    // What the chart does not grant, the API server refuses the same token.
+    let namespaces: Api<Namespace> = Api::all(as_controller.clone());
+    assert!(is_forbidden(
+        namespaces.delete(TENANT_NS, &DeleteParams::default()).await
+    ));
+    let config_maps: Api<ConfigMap> = Api::namespaced(as_controller.clone(), TENANT_NS);
+    let config_map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "intruder"}, "data": {"a": "b"}})).unwrap();
+    assert!(is_forbidden(
+        config_maps.create(&PostParams::default(), &config_map).await
+    ));
+    let cluster_roles: Api<ClusterRole> = Api::all(as_controller.clone());
+    assert!(is_forbidden(
+        cluster_roles.delete("bosun", &DeleteParams::default()).await
+    ));
+    // ... and what it grants works: reads everywhere.
+    assert!(
+        namespaces.list(&ListParams::default()).await.is_ok(),
+        "the controller may read Namespaces"
+    );
+    assert!(
+        harness.app(TENANT_NS, "shop").await.metadata.finalizers.is_some(),
+        "the finalizer was added as the chart's account"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_scoped_install_reaches_only_its_namespace() {
+    let harness = Harness::start().await;
+    let own = "team-a";
+    let other = "team-b";
+    create_namespace(&harness.client, own).await;
+    create_namespace(&harness.client, other).await;
+    let objects = template(own, &["rbac.scope=namespace"]);
+    assert!(!kinds(&objects).contains(&"ClusterRole"));
+    apply_rendered(&harness.client, &objects).await;
+    let (_, as_controller) = account_credentials(&harness, own, CONTROLLER_ACCOUNT).await;
+
+    // Its own namespace: what the Role grants.
+    let own_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), own);
+    own_secrets
+        .list(&ListParams::default())
+        .await
+        .expect("Secrets of its own namespace are readable");
+    let snapshot: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "snapshot-probe"}, "type": "bosun.dev/snapshot", "stringData": {"a": "b"}
+    }))
+    .unwrap();
+    own_secrets
+        .create(&PostParams::default(), &snapshot)
+        .await
+        .expect("snapshot Secrets may be created in its own namespace");
+    let apps = Api::<bosun::api::AppDeployment>::namespaced(as_controller.clone(), own);
+    apps.list(&ListParams::default())
+        .await
+        .expect("AppDeployments of its own namespace are readable");
+
+    // Anything elsewhere, or cluster-wide, is refused.
+    let other_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), other);
+    assert!(is_forbidden(other_secrets.list(&ListParams::default()).await));
+    assert!(is_forbidden(other_secrets.get("default-token").await));
+    let all_apps = Api::<bosun::api::AppDeployment>::all(as_controller.clone());
+    assert!(is_forbidden(all_apps.list(&ListParams::default()).await));
+    let cluster_runbooks = Api::<bosun::api::ClusterRunbook>::all(as_controller.clone());
+    assert!(is_forbidden(cluster_runbooks.list(&ListParams::default()).await));
+    let namespaces: Api<Namespace> = Api::all(as_controller.clone());
+    assert!(is_forbidden(namespaces.list(&ListParams::default()).await));
+}
+
+/// The image of scripts/build-image.sh, run with podman on the host network as the
+/// chart runs it (non-root, read-only root file system, writable cache, every
+/// capability dropped), with the chart's ServiceAccount token: it reconciles the app.
+/// Run it after building the image:
+/// `cargo nextest run --all-features --test install --run-ignored only`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and the image of scripts/build-image.sh"]
+async fn image_reconciles_under_podman() {
+    let image = std::env::var("BOSUN_IMAGE")
+        .unwrap_or_else(|_| format!("localhost/bosun:{}", env!("CARGO_PKG_VERSION")));
+    let harness = Harness::start().await;
+    create_namespace(&harness.client, INSTALL_NS).await;
+    let objects = template(INSTALL_NS, &[]);
+    apply_rendered(&harness.client, &objects).await;
+    set_up_tenant(&harness).await;
+    harness
+        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
+        .await;
+    let repo = harness.repo("shop");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    harness
+        .apply_app(&app_deployment_yaml(
+            TENANT_NS,
+            "shop",
+            &harness.git.url(repo.name()),
+            Some("quick"),
+            "2s",
+        ))
+        .await;
+
+    // A kubeconfig the container's user 65532 can read, the CA inlined.
+    let token = harness
+        .control_plane
+        .service_account_token(INSTALL_NS, CONTROLLER_ACCOUNT)
+        .await
+        .unwrap();
+    let original = harness.control_plane.token_kubeconfig("podman", &token).unwrap();
+    let mut kubeconfig: Value = serde_saphyr::from_str(&std::fs::read_to_string(&original).unwrap()).unwrap();
+    let ca_path = kubeconfig["clusters"][0]["cluster"]["certificate-authority"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ca = std::fs::read(&ca_path).unwrap();
+    let cluster = &mut kubeconfig["clusters"][0]["cluster"];
+    cluster.as_object_mut().unwrap().remove("certificate-authority");
+    // ByteString serializes as base64, as kubeconfig data fields are.
+    cluster["certificate-authority-data"] = serde_json::to_value(k8s_openapi::ByteString(ca)).unwrap();
+    let mounted = harness.dir.path().join("container-kubeconfig");
+    std::fs::write(&mounted, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let name = format!("bosun-install-test-{}", std::process::id());
+    let log = harness.dir.path().join("container.log");
+    let mut command = Command::new("podman");
+    command.args([
+        "--storage-driver",
+        "vfs",
+        "--runtime",
+        "runc",
+        "run",
+        "--rm",
+        "--name",
+        &name,
+    ]);
+    // The sandbox this was built in: no CAP_SYS_RESOURCE (limits may only be lowered)
+    // and hybrid cgroups, which crun refuses and runc accepts.
+    command.args([
+        "--network",
+        "host",
+        "--ulimit",
+        "nofile=4096:4096",
+        "--ulimit",
+        "nproc=4096:4096",
+    ]);
+    command.args([
+        "--read-only",
+        "--tmpfs",
+        "/var/cache/bosun:mode=1777",
+        "--tmpfs",
+        "/tmp:mode=1777",
+    ]);
+    command.args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]);
+    command.args(["-v", &format!("{}:/kubeconfig:ro", mounted.display())]);
+    command.args(["-e", "KUBECONFIG=/kubeconfig"]);
+    for (key, value) in controller_env(&objects) {
+        if key != "BOSUN_CACHE_DIR" {
+            command.args(["-e", &format!("{key}={value}")]);
+        }
+    }
+    command.arg(&image).arg("controller");
+    let mut child = command
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
+        .spawn()
+        .expect("podman runs");
+    let healthy = tokio::time::timeout(
+        Duration::from_secs(120),
+        harness.wait_for_phase(TENANT_NS, "shop", Phase::Healthy, &revision),
+    )
+    .await;
+    let _ = Command::new("podman")
+        .args(["--storage-driver", "vfs", "--runtime", "runc", "kill", &name])
+        .status();
+    let _ = child.wait();
+    let output = format!(
+        "{}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        std::fs::read_to_string(log.with_extension("err.log")).unwrap_or_default()
+    );
+    assert!(
+        healthy.is_ok(),
+        "the container did not reconcile the app:\n{output}"
+    );
+    let writes = harness.control_plane.audit_writes().await.unwrap();
+    let controller_user = format!("system:serviceaccount:{INSTALL_NS}:{CONTROLLER_ACCOUNT}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.user == controller_user && w.resource == "deployments"),
+        "no write by the chart's account:\n{output}"
+    );
+}
