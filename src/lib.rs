@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod notify;
 pub mod preflight;
 pub mod render;
+pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod telemetry;

@@ -37,6 +37,17 @@ enum Command {
         /// (demos and tests only).
         #[arg(long, env = "BOSUN_ALLOW_FILE_SOURCES")]
         allow_file_sources: bool,
+        /// Secret whose key `token` is the shared secret of Git push webhooks
+        /// (`/hooks/github`, `/hooks/gitlab`, `/hooks/generic`); unset, there is no
+        /// receiver.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAME")]
+        webhook_secret_name: Option<String>,
+        /// Namespace of that Secret.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAMESPACE", default_value = "bosun-system")]
+        webhook_secret_namespace: String,
+        /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
+        #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
+        webhook_listen_address: Option<std::net::SocketAddr>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -80,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             default_service_account,
             allow_file_sources,
+            webhook_secret_name,
+            webhook_secret_namespace,
+            webhook_listen_address,
         } => {
             bosun::telemetry::init(log_json);
             let config = kube::Config::infer().await?;
@@ -88,6 +102,12 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 default_service_account,
                 allow_file_sources,
+                webhook: webhook_secret_name.map(|secret_name| bosun::server::webhook::WebhookSettings {
+                    secret_namespace: webhook_secret_namespace,
+                    secret_name,
+                    listen: webhook_listen_address,
+                    body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
+                }),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

@@ -56,6 +56,8 @@ pub struct Settings {
     pub default_service_account: Option<String>,
     /// Allow `file://` sources (demos and tests).
     pub allow_file_sources: bool,
+    /// The Git push webhook receiver: where its shared secret is, where it listens.
+    pub webhook: Option<crate::server::webhook::WebhookSettings>,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             concurrency: 16,
             default_service_account: None,
             allow_file_sources: false,
+            webhook: None,
         }
     }
 }
@@ -278,6 +281,47 @@ impl Context {
     }
 }
 
+/// Makes apps look at their Git repository now rather than at the end of their
+/// interval: what a Git push webhook calls. Cheap to clone.
+#[derive(Clone)]
+pub struct FetchNow {
+    apps: reflector::Store<AppDeployment>,
+    git: GitCache,
+    trigger: cache::Trigger,
+}
+
+impl FetchNow {
+    /// `apps`: the AppDeployment cache; `trigger`: the channel whose apps get a pass.
+    pub fn new(
+        apps: reflector::Store<AppDeployment>,
+        git: GitCache,
+        trigger: tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<AppDeployment>>,
+    ) -> FetchNow {
+        FetchNow { apps, git, trigger }
+    }
+
+    /// Every app (not suspended) whose `spec.source.git.url` `pushed` accepts: its
+    /// repository's clone is marked stale, so the app's next pass fetches whatever its
+    /// interval, and the app is woken for that pass. Returns the apps woken
+    /// (`namespace/name`), sorted.
+    pub fn repository_pushed(&self, pushed: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut woken: Vec<String> = self
+            .apps
+            .state()
+            .into_iter()
+            .filter(|app| !app.spec.suspend && pushed(&app.spec.source.git.url))
+            .filter_map(|app| {
+                // A URL that does not parse is the app's own spec problem, reported by its pass.
+                self.git.invalidate(&app.spec.source.git.url).ok()?;
+                let _ = self.trigger.send(reflector::ObjectRef::from_obj(app.as_ref()));
+                Some(pass::app_key(&app))
+            })
+            .collect();
+        woken.sort();
+        woken
+    }
+}
+
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
     let apps: Api<AppDeployment> = Api::all(client.clone());
@@ -296,9 +340,16 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             Default::default(),
         );
     let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
-    let caches = Caches::start(&client, reader.clone(), trigger);
+    let caches = Caches::start(&client, reader.clone(), trigger.clone());
     let concurrency = settings.concurrency;
     let context = Arc::new(Context::new(client, config, settings, caches)?);
+    let fetch_now = FetchNow::new(context.caches.apps.clone(), context.git.clone(), trigger);
+    if let Some(webhook) = &context.settings.webhook {
+        let secrets = context.caches.secrets.clone();
+        let receiver =
+            crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, context.client.clone(), secrets);
+        crate::server::webhook::listen(webhook, receiver).await?;
+    }
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",

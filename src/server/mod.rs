@@ -1,0 +1,3 @@
+//! The controller's HTTP endpoints.
+
+pub mod webhook;
