@@ -2,7 +2,7 @@
 //! server, an app that polls only every 10 minutes. A push announced by a signed
 //! GitHub delivery, a GitLab token or a generic push is applied within seconds; a
 //! forged, oversized or malformed request, or a push to another repository, wakes
-//! nothing.
+//! nothing; a rotated secret counts without a restart.
 
 mod support;
 
@@ -295,6 +295,35 @@ async fn a_push_announced_by_a_webhook_is_applied_at_once_and_forged_or_bad_requ
             .as_deref(),
         Some(fourth.as_str())
     );
+
+    // A rotated secret counts at once: the old one is refused, no restart needed.
+    let rotated = json!({"stringData": {"token": "rotated-s3cret"}});
+    Api::<Secret>::namespaced(harness.client.clone(), "bosun-system")
+        .patch(
+            "bosun-webhook",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&rotated),
+        )
+        .await
+        .unwrap();
+    let generic = serde_json::to_vec(&json!({"repository": harness.git.url("litevault")})).unwrap();
+    let bearer = |token: &str| [("authorization", format!("Bearer {token}"))];
+    assert_eq!(
+        receiver
+            .post("/hooks/generic", generic.clone(), &bearer(SECRET))
+            .await
+            .0,
+        401
+    );
+    let sent = Instant::now();
+    assert_eq!(
+        receiver
+            .post("/hooks/generic", generic, &bearer("rotated-s3cret"))
+            .await
+            .0,
+        200
+    );
+    applied(&harness, "5.0", sent).await;
 
     let log = harness.controller_log_text();
     assert!(!log.contains(SECRET), "the secret is in the controller's log");

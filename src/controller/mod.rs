@@ -167,10 +167,11 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         caches: Caches,
+        git: GitCache,
     ) -> Result<Context, Error> {
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
-            git: GitCache::new(settings.cache_dir.clone()),
+            git,
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
@@ -324,10 +325,18 @@ impl FetchNow {
 
 /// Runs the controller until SIGTERM/SIGINT.
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
+    let (reader, writer) = reflector::store();
+    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+    let git = GitCache::new(settings.cache_dir.clone());
+    // Listening from the start; a push wakes the apps the cache holds by then.
+    if let Some(webhook) = &settings.webhook {
+        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
+        let receiver = crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, client.clone());
+        crate::server::webhook::listen(webhook, receiver).await?;
+    }
     let apps: Api<AppDeployment> = Api::all(client.clone());
     wait_for_api_server(&apps).await?;
 
-    let (reader, writer) = reflector::store();
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
     // the annotations, never by bosun's own status writes.
     let app_changes = watcher(apps, watcher::Config::default())
@@ -339,17 +348,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             (predicates::generation as fn(&AppDeployment) -> Option<u64>).combine(predicates::annotations),
             Default::default(),
         );
-    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
-    let caches = Caches::start(&client, reader.clone(), trigger.clone());
+    let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches)?);
-    let fetch_now = FetchNow::new(context.caches.apps.clone(), context.git.clone(), trigger);
-    if let Some(webhook) = &context.settings.webhook {
-        let secrets = context.caches.secrets.clone();
-        let receiver =
-            crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, context.client.clone(), secrets);
-        crate::server::webhook::listen(webhook, receiver).await?;
-    }
+    let context = Arc::new(Context::new(client, config, settings, caches, git)?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",

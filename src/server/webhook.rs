@@ -8,9 +8,9 @@
 //! | `/hooks/gitlab`   | `X-Gitlab-Token: <secret>`                                 | `"object_kind": "push"`           |
 //! | `/hooks/generic`  | `Authorization: Bearer <secret>`, or the GitHub signature  | `{"repository": "<url>"}`         |
 //!
-//! The secret is the `token` key of one Secret (`--webhook-secret-name`), read from the
-//! controller's Secret cache (or a GET when the cache does not hold it) at each request,
-//! so rotating it needs no restart. Every comparison with it takes the same time
+//! The secret is the `token` key of one Secret (`--webhook-secret-name`), read with a
+//! GET at each request (pushes are rare; the controller needs only `get` on that one
+//! Secret), so rotating it needs no restart. Every comparison with it takes the same time
 //! whatever the guess.
 //!
 //! Answers: 200 with the repositories and apps woken; 202 when the request was valid
@@ -33,7 +33,6 @@ use axum::routing::post;
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -291,10 +290,9 @@ struct Inner {
 }
 
 enum SecretSource {
-    /// Key [`SECRET_KEY`] of a Secret: from the watch cache, else a GET.
+    /// Key [`SECRET_KEY`] of a Secret.
     Kubernetes {
         client: kube::Client,
-        cache: Store<Secret>,
         namespace: String,
         name: String,
     },
@@ -307,20 +305,15 @@ impl SecretSource {
         match self {
             SecretSource::Kubernetes {
                 client,
-                cache,
                 namespace,
                 name,
             } => {
                 let what = format!("Secret {namespace}/{name}");
-                let secret = match cache.get(&ObjectRef::new(name).within(namespace)) {
-                    Some(secret) => secret.as_ref().clone(),
-                    // Not in the cache (not synced yet, or a namespace it does not watch).
-                    None => Api::<Secret>::namespaced(client.clone(), namespace)
-                        .get_opt(name)
-                        .await
-                        .map_err(|e| format!("reading {what}: {}", crate::failure::server_message(&e)))?
-                        .ok_or_else(|| format!("{what} not found"))?,
-                };
+                let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| format!("reading {what}: {}", crate::failure::server_message(&e)))?
+                    .ok_or_else(|| format!("{what} not found"))?;
                 let value = secret
                     .data
                     .and_then(|mut data| data.remove(SECRET_KEY))
@@ -340,18 +333,12 @@ impl SecretSource {
 }
 
 impl WebhookReceiver {
-    pub fn new(
-        settings: &WebhookSettings,
-        fetch_now: FetchNow,
-        client: kube::Client,
-        secrets: Store<Secret>,
-    ) -> WebhookReceiver {
+    pub fn new(settings: &WebhookSettings, fetch_now: FetchNow, client: kube::Client) -> WebhookReceiver {
         WebhookReceiver {
             inner: Arc::new(Inner {
                 fetch_now,
                 secret: SecretSource::Kubernetes {
                     client,
-                    cache: secrets,
                     namespace: settings.secret_namespace.clone(),
                     name: settings.secret_name.clone(),
                 },
