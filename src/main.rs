@@ -73,6 +73,17 @@ enum Command {
         /// (with its own `--lease-name`) per shard when one is not enough.
         #[arg(long, env = "BOSUN_WATCH_LABEL_SELECTOR")]
         watch_label_selector: Option<String>,
+        /// Secret whose key `token` is the shared secret of Git push webhooks
+        /// (`/hooks/github`, `/hooks/gitlab`, `/hooks/generic`); unset, there is no
+        /// receiver.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAME")]
+        webhook_secret_name: Option<String>,
+        /// Namespace of that Secret.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAMESPACE", default_value = "bosun-system")]
+        webhook_secret_namespace: String,
+        /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
+        #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
+        webhook_listen_address: Option<std::net::SocketAddr>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -123,6 +134,9 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             leader_elect_identity,
             watch_label_selector,
+            webhook_secret_name,
+            webhook_secret_namespace,
+            webhook_listen_address,
         } => {
             bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let mut config = kube::Config::infer().await?;
@@ -152,6 +166,12 @@ async fn main() -> anyhow::Result<()> {
                 listen_address: Some(listen_address),
                 leader_election,
                 watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+                webhook: webhook_secret_name.map(|secret_name| bosun::server::webhook::WebhookSettings {
+                    secret_namespace: webhook_secret_namespace,
+                    secret_name,
+                    listen: webhook_listen_address,
+                    body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
+                }),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

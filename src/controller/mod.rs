@@ -65,6 +65,8 @@ pub struct Settings {
     /// Reconcile only the AppDeployments whose labels match (a label selector, as
     /// Flux's `--watch-label-selector`): one controller per shard.
     pub watch_label_selector: Option<String>,
+    /// The Git push webhook receiver: where its shared secret is, where it listens.
+    pub webhook: Option<crate::server::webhook::WebhookSettings>,
 }
 
 impl Default for Settings {
@@ -78,6 +80,7 @@ impl Default for Settings {
             listen_address: None,
             leader_election: None,
             watch_label_selector: None,
+            webhook: None,
         }
     }
 }
@@ -181,14 +184,11 @@ impl Context {
         caches: Caches,
         metrics: crate::server::Metrics,
         leader: leader::LeaderClaim,
+        git: GitCache,
     ) -> Result<Context, Error> {
-        let fetches = metrics.clone();
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
-            git: GitCache::observed(
-                settings.cache_dir.clone(),
-                Arc::new(move |took, error| fetches.git_fetched(took, error)),
-            ),
+            git,
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
@@ -301,6 +301,47 @@ impl Context {
     }
 }
 
+/// Makes apps look at their Git repository now rather than at the end of their
+/// interval: what a Git push webhook calls. Cheap to clone.
+#[derive(Clone)]
+pub struct FetchNow {
+    apps: reflector::Store<AppDeployment>,
+    git: GitCache,
+    trigger: cache::Trigger,
+}
+
+impl FetchNow {
+    /// `apps`: the AppDeployment cache; `trigger`: the channel whose apps get a pass.
+    pub fn new(
+        apps: reflector::Store<AppDeployment>,
+        git: GitCache,
+        trigger: tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<AppDeployment>>,
+    ) -> FetchNow {
+        FetchNow { apps, git, trigger }
+    }
+
+    /// Every app (not suspended) whose `spec.source.git.url` `pushed` accepts: its
+    /// repository's clone is marked stale, so the app's next pass fetches whatever its
+    /// interval, and the app is woken for that pass. Returns the apps woken
+    /// (`namespace/name`), sorted.
+    pub fn repository_pushed(&self, pushed: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut woken: Vec<String> = self
+            .apps
+            .state()
+            .into_iter()
+            .filter(|app| !app.spec.suspend && pushed(&app.spec.source.git.url))
+            .filter_map(|app| {
+                // A URL that does not parse is the app's own spec problem, reported by its pass.
+                self.git.invalidate(&app.spec.source.git.url).ok()?;
+                let _ = self.trigger.send(reflector::ObjectRef::from_obj(app.as_ref()));
+                Some(pass::app_key(&app))
+            })
+            .collect();
+        woken.sort();
+        woken
+    }
+}
+
 /// Runs the controller until SIGTERM/SIGINT, or until it loses the leader Lease (an
 /// error: the caller exits, and the Deployment restarts it as a follower).
 ///
@@ -325,6 +366,17 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         crate::server::spawn(address, state)
             .await
             .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
+    }
+    let fetches = metrics.clone();
+    let git = GitCache::observed(
+        settings.cache_dir.clone(),
+        Arc::new(move |took, error| fetches.git_fetched(took, error)),
+    );
+    // Listening from the start; a push wakes the apps the cache holds by then.
+    if let Some(webhook) = &settings.webhook {
+        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
+        let receiver = crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, client.clone());
+        crate::server::webhook::listen(webhook, receiver).await?;
     }
     let apps: Api<AppDeployment> = Api::all(client.clone());
     let selector = settings.watch_label_selector.clone();
@@ -358,7 +410,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches, metrics, claim.clone())?);
+    let context = Arc::new(Context::new(client, config, settings, caches, metrics, claim.clone(), git)?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",

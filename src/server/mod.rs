@@ -8,6 +8,7 @@
 //! [`router`] merges one sub-router per concern; each brings its own state.
 
 pub mod metrics;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
