@@ -410,7 +410,15 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches, metrics, claim.clone(), git)?);
+    let context = Arc::new(Context::new(
+        client,
+        config,
+        settings,
+        caches,
+        metrics,
+        claim.clone(),
+        git,
+    )?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",
