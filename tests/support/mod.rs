@@ -362,6 +362,8 @@ impl Harness {
                 self.dir.path().join(format!("git-cache-{name}")),
             )
             .env("RUST_LOG", "info,kube=warn")
+            // Several controllers side by side: each serves its endpoints on a free port.
+            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
             .env_remove(bosun::controller::fault::ENV);
         for (key, value) in env {
             command.env(key, value);
