@@ -1,7 +1,10 @@
 //! `bosun demo`: bosun's main job on an embedded default. A local control plane,
 //! an example app (modelled on the LiteVault runbook) in a local Git repository,
 //! a good commit that becomes Healthy, then a bad one that bosun flips back by
-//! itself, with the AppDeployment's phase and revisions shown live.
+//! itself; then the Runbook gains the runbook's migration step: a commit whose
+//! migration Job runs before it is applied, and a bad one whose migration ran too,
+//! flipped back with the schema left as it is (`Keep`). The AppDeployment's phase
+//! and revisions are shown live.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +12,10 @@ use anyhow::Context as _;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::api::{AppDeployment, AppDeploymentStatus, Phase, Runbook, short_revision};
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, Phase, Runbook, short_revision};
+use bosun_devenv::example::{
+    ExampleRevision, app_deployment_yaml, runbook_with_migration_yaml, runbook_yaml,
+};
 use bosun_devenv::{ControlPlane, ControlPlaneOptions, GitServer, HealthEndpoint, PodSimulator, WorkRepo};
 
 const NAMESPACE: &str = "litevault";
@@ -76,6 +81,55 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
             .map(|q| q.reason.as_str())
             .unwrap_or("")
     ));
+
+    // The runbook's "Run migrations" step, executed: a Job before the apply.
+    env.install_runbook(true, "10s").await?;
+    say(
+        "added the runbook's migration step to Runbook litevault: `uv run alembic upgrade head` runs in a Job \
+         made from the new revision's backend container before anything of it is applied, once per revision \
+         (spec.migrate, rollback policy Keep)",
+    );
+    let migrated = env.commit(&ExampleRevision::good("3.0"), "litevault 3.0 (adds a column)")?;
+    say(&format!(
+        "committed revision {} (litevault 3.0, with a schema migration)",
+        short_revision(&migrated)
+    ));
+    env.watch_until(|s| {
+        s.phase == Phase::Healthy && s.current_revision.as_deref() == Some(migrated.as_str())
+    })
+    .await?;
+    let status = env.app().await?.status.unwrap_or_default();
+    say(&format!(
+        "revision {} is Healthy; its migration ran before the apply: {}",
+        short_revision(&migrated),
+        migration_job_of(&status, &migrated)
+    ));
+
+    let bad_migrated = env.commit(
+        &ExampleRevision::unhealthy("4.0"),
+        "litevault 4.0 (adds a table; its /health answers degraded)",
+    )?;
+    say(&format!(
+        "committed revision {} (litevault 4.0: its migration works, its /health answers degraded)",
+        short_revision(&bad_migrated)
+    ));
+    env.watch_until(|s| {
+        s.phase == Phase::RolledBack
+            && s.current_revision.as_deref() == Some(migrated.as_str())
+            && s.quarantined.iter().any(|q| q.revision == bad_migrated)
+    })
+    .await?;
+    let status = env.app().await?.status.unwrap_or_default();
+    say(&format!(
+        "bosun flipped back to {} by itself. {}'s migration had run ({}), and the schema stays as it left \
+         it: rollback policy Keep (the runbook's migrations are additive), so {} runs on the newer schema; \
+         policy Downgrade would first run the downgrade command with {}'s image",
+        short_revision(&migrated),
+        short_revision(&bad_migrated),
+        migration_job_of(&status, &bad_migrated),
+        short_revision(&migrated),
+        short_revision(&bad_migrated),
+    ));
     println!();
     println!("history:");
     for entry in &status.history {
@@ -94,7 +148,7 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let kubeconfig = env.control_plane.kubeconfig_path().display().to_string();
     println!("  kubectl --kubeconfig {kubeconfig} get ad -A");
     println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} describe ad {APP}");
-    println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} get deploy,svc,events");
+    println!("  kubectl --kubeconfig {kubeconfig} -n {NAMESPACE} get deploy,svc,jobs,events");
     println!("  git -C {} log --oneline", env.repo.path().display());
     println!("  less {}    # the controller's own log", options.log.display());
     if options.wait {
@@ -107,6 +161,19 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
 
 fn say(text: &str) {
     println!("[bosun demo] {text}");
+}
+
+/// `Job litevault-migrate-3f2a9c1d0b7e succeeded`, from `status.jobs`.
+fn migration_job_of(status: &AppDeploymentStatus, revision: &str) -> String {
+    status
+        .jobs
+        .iter()
+        .find(|job| job.kind == JobKind::Migrate && job.revision == revision)
+        .map(|job| {
+            let outcome = if job.succeeded { "succeeded" } else { "failed" };
+            format!("Job {} {outcome}", job.job)
+        })
+        .unwrap_or_else(|| "no migration Job recorded".into())
 }
 
 /// Everything the demo (and the benchmark) runs locally.
@@ -159,18 +226,28 @@ impl DemoEnvironment {
         revision.commit_to(&self.repo, message)
     }
 
-    /// The Runbook and AppDeployment of the example app.
-    pub async fn install_app_with(&self, verify_window: &str, interval: &str) -> anyhow::Result<()> {
-        let client = self.control_plane.client();
-        let runbook: Runbook =
-            serde_saphyr::from_str(&runbook_yaml(NAMESPACE, APP, &self.health.url(), verify_window))?;
-        Api::<Runbook>::namespaced(client.clone(), NAMESPACE)
+    /// The Runbook of the example app, with or without its migration step.
+    pub async fn install_runbook(&self, migrate: bool, verify_window: &str) -> anyhow::Result<()> {
+        let yaml = if migrate {
+            runbook_with_migration_yaml(NAMESPACE, APP, &self.health.url(), verify_window)
+        } else {
+            runbook_yaml(NAMESPACE, APP, &self.health.url(), verify_window)
+        };
+        let runbook: Runbook = serde_saphyr::from_str(&yaml)?;
+        Api::<Runbook>::namespaced(self.control_plane.client(), NAMESPACE)
             .patch(
                 APP,
                 &PatchParams::apply("bosun-demo").force(),
                 &Patch::Apply(&runbook),
             )
             .await?;
+        Ok(())
+    }
+
+    /// The Runbook and AppDeployment of the example app.
+    pub async fn install_app_with(&self, verify_window: &str, interval: &str) -> anyhow::Result<()> {
+        let client = self.control_plane.client();
+        self.install_runbook(false, verify_window).await?;
         let app: AppDeployment = serde_saphyr::from_str(&app_deployment_yaml(
             NAMESPACE,
             APP,

@@ -14,6 +14,7 @@ pub use bosun_core::{api, core};
 pub mod apply;
 #[cfg(feature = "devenv")]
 pub mod bench;
+pub mod cli;
 pub mod controller;
 pub mod crdgen;
 #[cfg(feature = "devenv")]
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod notify;
 pub mod preflight;
 pub mod render;
+pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod telemetry;

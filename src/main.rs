@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use bosun::controller::leader;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -15,6 +16,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the controller's variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster).
@@ -25,6 +28,13 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "BOSUN_LOG_JSON")]
         log_json: bool,
+        /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or `RUST_LOG`-style
+        /// directives (`info,bosun::gates=debug`). Unset: `RUST_LOG`, else `info`.
+        #[arg(long, env = "BOSUN_LOG")]
+        log_level: Option<String>,
+        /// Address of the HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/readyz`.
+        #[arg(long, env = "BOSUN_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+        listen_address: std::net::SocketAddr,
         /// How many AppDeployments are reconciled at once.
         #[arg(long, env = "BOSUN_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
@@ -37,6 +47,45 @@ enum Command {
         /// (demos and tests only).
         #[arg(long, env = "BOSUN_ALLOW_FILE_SOURCES")]
         allow_file_sources: bool,
+        /// Reconcile only while holding the leader Lease, so that of several replicas
+        /// one writes; `--leader-elect=false` for a single process that needs no Lease.
+        #[arg(
+            long,
+            env = "BOSUN_LEADER_ELECT",
+            default_value_t = true,
+            num_args = 0..=1,
+            default_missing_value = "true",
+            action = clap::ArgAction::Set
+        )]
+        leader_elect: bool,
+        /// The Lease (coordination.k8s.io/v1) the replicas elect their leader on.
+        #[arg(long, env = "BOSUN_LEASE_NAME", default_value = "bosun-controller")]
+        lease_name: String,
+        /// The Lease's namespace. Default: `POD_NAMESPACE`, else the namespace of the
+        /// client's context (in a pod, the pod's own namespace, from its
+        /// ServiceAccount; out of cluster, the kubeconfig context's, else `default`).
+        #[arg(long, env = "BOSUN_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// This replica's name in the Lease (unique per replica). Default: `POD_NAME`,
+        /// else `HOSTNAME` (a pod's name), else the host's name.
+        #[arg(long, env = "BOSUN_LEADER_ELECT_IDENTITY")]
+        leader_elect_identity: Option<String>,
+        /// Reconcile only the AppDeployments whose labels match this selector (e.g.
+        /// `bosun.dev/shard=a`), as Flux's flag of the same name: run one controller
+        /// (with its own `--lease-name`) per shard when one is not enough.
+        #[arg(long, env = "BOSUN_WATCH_LABEL_SELECTOR")]
+        watch_label_selector: Option<String>,
+        /// Secret whose key `token` is the shared secret of Git push webhooks
+        /// (`/hooks/github`, `/hooks/gitlab`, `/hooks/generic`); unset, there is no
+        /// receiver.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAME")]
+        webhook_secret_name: Option<String>,
+        /// Namespace of that Secret.
+        #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAMESPACE", default_value = "bosun-system")]
+        webhook_secret_namespace: String,
+        /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
+        #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
+        webhook_listen_address: Option<std::net::SocketAddr>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -77,23 +126,66 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller {
             cache_dir,
             log_json,
+            log_level,
+            listen_address,
             concurrency,
             default_service_account,
             allow_file_sources,
+            leader_elect,
+            lease_name,
+            lease_namespace,
+            leader_elect_identity,
+            watch_label_selector,
+            webhook_secret_name,
+            webhook_secret_namespace,
+            webhook_listen_address,
         } => {
-            bosun::telemetry::init(log_json);
-            let config = kube::Config::infer().await?;
+            bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
+            let mut config = kube::Config::infer().await?;
+            let identity = leader_elect_identity.unwrap_or_else(leader::default_identity);
+            // Every request names the replica that sent it (audit logs tell the
+            // replicas apart; they share one ServiceAccount).
+            config.headers.push((
+                reqwest::header::USER_AGENT,
+                reqwest::header::HeaderValue::from_str(&format!(
+                    "bosun/{} ({identity})",
+                    env!("CARGO_PKG_VERSION")
+                ))?,
+            ));
             let client = kube::Client::try_from(config.clone())?;
+            let leader_election = leader_elect.then(|| leader::LeaderElection {
+                lease_namespace: lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+                    .unwrap_or_else(|| config.default_namespace.clone()),
+                lease_name,
+                identity,
+                timing: leader::Timing::default(),
+            });
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),
                 default_service_account,
                 allow_file_sources,
+                listen_address: Some(listen_address),
+                leader_election,
+                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+                webhook: webhook_secret_name.map(|secret_name| bosun::server::webhook::WebhookSettings {
+                    secret_namespace: webhook_secret_namespace,
+                    secret_name,
+                    listen: webhook_listen_address,
+                    body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
+                }),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {
                 settings.cache_dir = dir;
             }
-            bosun::controller::run(client, config, settings).await?;
+            if let Err(error) = bosun::controller::run(client, config, settings).await {
+                // At once: a replica that lost the Lease must not finish what it was
+                // doing (the runtime would wait for blocking Git fetches).
+                tracing::error!(%error, "bosun controller stopped");
+                eprintln!("Error: {error}");
+                std::process::exit(1);
+            }
         }
         #[cfg(feature = "devenv")]
         Command::Demo { no_wait } => {

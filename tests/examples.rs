@@ -950,6 +950,23 @@ async fn every_example_file_is_valid_for_bosun_and_the_api_server() {
         }
     }
 
+    // The demo's Runbook with its migration step, too.
+    let demo: Runbook = serde_saphyr::from_str(&bosun_devenv::example::runbook_with_migration_yaml(
+        "litevault",
+        "litevault",
+        "http://127.0.0.1:8000/health",
+        "10s",
+    ))
+    .expect("the demo's Runbook parses");
+    assert_eq!(demo.spec.validate(), Ok(()));
+    assert_eq!(
+        demo.spec.migrate.as_ref().unwrap().job.command,
+        ["uv", "run", "alembic", "upgrade", "head"]
+    );
+    dry_run_apply(&client, "litevault", &serde_json::to_value(&demo).unwrap())
+        .await
+        .expect("the demo's Runbook is accepted");
+
     // The dry run checks the schema: a gate with two probe kinds is refused.
     let mut runbook = serde_json::to_value(Example::new("lotus").runbook()).unwrap();
     runbook["spec"]["gates"][0]["logs"] = json!({"workload": "lotus-backend", "pattern": "started"});
@@ -1296,7 +1313,11 @@ async fn lotus_example() {
     );
     let told = slack.wait_for_phase(Phase::RolledBack).await;
     assert!(
-        told.contains(&unhealthy[..12]) || told.contains(&good[..12]),
+        told.starts_with(&format!(
+            "lotus/lotus: revision {} rolled back to {}: ",
+            &unhealthy[..12],
+            &good[..12]
+        )),
         "{told}"
     );
     assert_each_job_created_once(&harness, &rolled_back, &[]).await;
@@ -1472,7 +1493,15 @@ async fn plannior_example() {
         image_of(&harness, "plannior", "plannior-backend").await,
         "registry.example.com/plannior-backend:1.0.0"
     );
-    slack.wait_for_phase(Phase::RolledBack).await;
+    let told = slack.wait_for_phase(Phase::RolledBack).await;
+    assert!(
+        told.starts_with(&format!(
+            "plannior/plannior: revision {} rolled back to {}: ",
+            &erroring[..12],
+            &good[..12]
+        )) && told.contains("error-rate"),
+        "{told}"
+    );
     assert_each_job_created_once(&harness, &rolled_back, &[&migration_job]).await;
     eprintln!("plannior: 1.2.0 rolled back at {:?}", started.elapsed());
 }

@@ -665,6 +665,8 @@ async fn a_status_write_from_a_stale_copy_conflicts_and_changes_nothing() {
         .await
         .unwrap();
     let api: Api<AppDeployment> = Api::namespaced(client.clone(), NS);
+    // The only writer here: no leader election.
+    let unelected = bosun::controller::leader::LeaderClaim::unconditional();
     let app: AppDeployment =
         serde_saphyr::from_str(&app_deployment_yaml(NS, APP, "git://127.0.0.1/none", None, "1m")).unwrap();
     api.create(&PostParams::default(), &app).await.unwrap();
@@ -698,7 +700,7 @@ async fn a_status_write_from_a_stale_copy_conflicts_and_changes_nothing() {
         current_revision: Some("a".repeat(40)),
         ..Default::default()
     };
-    let result = status_writer::save(&api, &at_n, &ours).await;
+    let result = status_writer::save(&unelected, &api, &at_n, &ours).await;
     assert!(
         matches!(result, Err(bosun::controller::Error::Conflict)),
         "{result:?}"
@@ -714,7 +716,9 @@ async fn a_status_write_from_a_stale_copy_conflicts_and_changes_nothing() {
     // Computed again from the fresh copy, the write goes through and keeps theirs.
     let mut fresh_status = now.status.clone().unwrap();
     fresh_status.phase = Phase::Healthy;
-    let written = status_writer::save(&api, &now, &fresh_status).await.unwrap();
+    let written = status_writer::save(&unelected, &api, &now, &fresh_status)
+        .await
+        .unwrap();
     let after = api.get(APP).await.unwrap();
     assert_eq!(after.resource_version().as_deref(), Some(written.as_str()));
     let after_status = after.status.unwrap();
@@ -722,7 +726,7 @@ async fn a_status_write_from_a_stale_copy_conflicts_and_changes_nothing() {
     assert_eq!(after_status.quarantined, theirs.status.unwrap().quarantined);
 
     // The finalizer is written the same way: from a stale copy, a conflict.
-    let stale_finalizer = status_writer::set_finalizer(&api, &at_n, true).await;
+    let stale_finalizer = status_writer::set_finalizer(&unelected, &api, &at_n, true).await;
     assert!(
         matches!(stale_finalizer, Err(bosun::controller::Error::Conflict)),
         "{stale_finalizer:?}"

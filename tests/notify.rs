@@ -196,6 +196,7 @@ impl Story {
                 recheck: None::<Recheck>,
                 plan: Default::default(),
                 rotated: Default::default(),
+                retry: None,
             });
             let before = self.status.clone();
             record::record(

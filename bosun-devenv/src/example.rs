@@ -199,6 +199,32 @@ spec:
     )
 }
 
+/// [`runbook_yaml`] with the LiteVault runbook's migration step: `uv run alembic
+/// upgrade head` in a Job made from the new revision's `backend` container, before
+/// the revision is applied. On rollback the schema stays as the newer revision left
+/// it (`Keep`: the runbook's migrations are additive).
+pub fn runbook_with_migration_yaml(
+    namespace: &str,
+    name: &str,
+    health_url: &str,
+    verify_window: &str,
+) -> String {
+    format!(
+        "{}{MIGRATION}",
+        runbook_yaml(namespace, name, health_url, verify_window)
+    )
+}
+
+/// The `spec.migrate` of [`runbook_with_migration_yaml`].
+const MIGRATION: &str = r#"  migrate:
+    from:
+      workload: backend
+      container: api
+    command: [uv, run, alembic, upgrade, head]
+    rollback:
+      policy: Keep
+"#;
+
 /// A Runbook with no gates but the (always-on) workload gate and a 1s verify window.
 pub fn workload_only_runbook_yaml(namespace: &str, name: &str) -> String {
     format!(

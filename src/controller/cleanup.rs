@@ -80,7 +80,7 @@ pub async fn finalize(
             },
         )
         .await;
-    status_writer::set_finalizer(api, app, false).await?;
+    status_writer::set_finalizer(&context.leader, api, app, false).await?;
     context.forget(app);
     state.forgotten = true;
     Ok(Action::await_change())

@@ -7,7 +7,8 @@
 //!   backup, migration and downgrade Jobs; [`verify`]: verification rounds;
 //! - [`resync`]: drift correction at rest; [`cleanup`]: deletion;
 //! - [`cache`]: the watch caches; [`status_writer`]: the one status writer;
-//!   [`events`]: Events; [`fault`]: fault injection for the crash tests.
+//!   [`events`]: Events; [`fault`]: fault injection for the crash tests;
+//! - [`leader`]: leader election on a Lease, and the claim every status write checks.
 
 mod cache;
 mod cleanup;
@@ -15,6 +16,7 @@ mod error;
 mod events;
 pub mod fault;
 mod job_steps;
+pub mod leader;
 mod observe;
 mod pass;
 mod resync;
@@ -31,7 +33,7 @@ use futures::StreamExt;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::AppDeployment;
 use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
@@ -56,6 +58,15 @@ pub struct Settings {
     pub default_service_account: Option<String>,
     /// Allow `file://` sources (demos and tests).
     pub allow_file_sources: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub listen_address: Option<std::net::SocketAddr>,
+    /// Reconcile only while holding this Lease; `None`: the only replica, always.
+    pub leader_election: Option<leader::LeaderElection>,
+    /// Reconcile only the AppDeployments whose labels match (a label selector, as
+    /// Flux's `--watch-label-selector`): one controller per shard.
+    pub watch_label_selector: Option<String>,
+    /// The Git push webhook receiver: where its shared secret is, where it listens.
+    pub webhook: Option<crate::server::webhook::WebhookSettings>,
 }
 
 impl Default for Settings {
@@ -66,6 +77,10 @@ impl Default for Settings {
             concurrency: 16,
             default_service_account: None,
             allow_file_sources: false,
+            listen_address: None,
+            leader_election: None,
+            watch_label_selector: None,
+            webhook: None,
         }
     }
 }
@@ -153,6 +168,9 @@ pub struct Context {
     pub fault: fault::FaultSwitch,
     /// Delivers the Runbook's webhook notifications in the background.
     pub notifier: crate::notify::Notifier,
+    pub metrics: crate::server::Metrics,
+    /// Whether this process may write (leader election); checked by the status writer.
+    pub leader: leader::LeaderClaim,
     apps: Mutex<HashMap<String, AppState>>,
     /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
@@ -164,10 +182,13 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         caches: Caches,
+        metrics: crate::server::Metrics,
+        leader: leader::LeaderClaim,
+        git: GitCache,
     ) -> Result<Context, Error> {
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
-            git: GitCache::new(settings.cache_dir.clone()),
+            git,
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
@@ -178,6 +199,8 @@ impl Context {
             config,
             settings,
             caches,
+            metrics,
+            leader,
             apps: Mutex::default(),
             impersonated: Mutex::default(),
         })
@@ -278,15 +301,105 @@ impl Context {
     }
 }
 
-/// Runs the controller until SIGTERM/SIGINT.
-pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
-    let apps: Api<AppDeployment> = Api::all(client.clone());
-    wait_for_api_server(&apps).await?;
+/// Makes apps look at their Git repository now rather than at the end of their
+/// interval: what a Git push webhook calls. Cheap to clone.
+#[derive(Clone)]
+pub struct FetchNow {
+    apps: reflector::Store<AppDeployment>,
+    git: GitCache,
+    trigger: cache::Trigger,
+}
 
+impl FetchNow {
+    /// `apps`: the AppDeployment cache; `trigger`: the channel whose apps get a pass.
+    pub fn new(
+        apps: reflector::Store<AppDeployment>,
+        git: GitCache,
+        trigger: tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<AppDeployment>>,
+    ) -> FetchNow {
+        FetchNow { apps, git, trigger }
+    }
+
+    /// Every app (not suspended) whose `spec.source.git.url` `pushed` accepts: its
+    /// repository's clone is marked stale, so the app's next pass fetches whatever its
+    /// interval, and the app is woken for that pass. Returns the apps woken
+    /// (`namespace/name`), sorted.
+    pub fn repository_pushed(&self, pushed: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut woken: Vec<String> = self
+            .apps
+            .state()
+            .into_iter()
+            .filter(|app| !app.spec.suspend && pushed(&app.spec.source.git.url))
+            .filter_map(|app| {
+                // A URL that does not parse is the app's own spec problem, reported by its pass.
+                self.git.invalidate(&app.spec.source.git.url).ok()?;
+                let _ = self.trigger.send(reflector::ObjectRef::from_obj(app.as_ref()));
+                Some(pass::app_key(&app))
+            })
+            .collect();
+        woken.sort();
+        woken
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT, or until it loses the leader Lease (an
+/// error: the caller exits, and the Deployment restarts it as a follower).
+///
+/// With leader election, nothing but the Lease is read or written until it is held:
+/// a follower starts its watches only when it takes over (for 1,000 apps the caches
+/// sync in seconds, well inside the 15 s lease duration it has already waited).
+pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
     let (reader, writer) = reflector::store();
+    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
+    let metrics = crate::server::Metrics::new();
+    metrics.count_apps(reader.clone());
+    let ready = crate::server::Readiness::default();
+    // Served from the start: `/healthz` answers while the API server is still awaited.
+    if let Some(address) = settings.listen_address {
+        let state = crate::server::ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            apps: reader.clone(),
+            wake: trigger.clone(),
+            client: client.clone(),
+        };
+        crate::server::spawn(address, state)
+            .await
+            .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
+    }
+    let fetches = metrics.clone();
+    let git = GitCache::observed(
+        settings.cache_dir.clone(),
+        Arc::new(move |took, error| fetches.git_fetched(took, error)),
+    );
+    // Listening from the start; a push wakes the apps the cache holds by then.
+    if let Some(webhook) = &settings.webhook {
+        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
+        let receiver = crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, client.clone());
+        crate::server::webhook::listen(webhook, receiver).await?;
+    }
+    let apps: Api<AppDeployment> = Api::all(client.clone());
+    let selector = settings.watch_label_selector.clone();
+    wait_for_api_server(&apps, selector.as_deref()).await?;
+
+    let (claim, mut elector) = match settings.leader_election.clone() {
+        Some(election) => {
+            let claim = leader::LeaderClaim::elected();
+            let mut elector = leader::LeaseElector::new(client.clone(), election);
+            elector.acquire(&claim).await?;
+            (claim, Some(elector))
+        }
+        None => (leader::LeaderClaim::unconditional(), None),
+    };
+
+    let mut watch = watcher::Config::default();
+    if let Some(selector) = &selector {
+        info!(%selector, "reconciling only the AppDeployments matching --watch-label-selector");
+        watch = watch.labels(selector);
+    }
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
     // the annotations, never by bosun's own status writes.
-    let app_changes = watcher(apps, watcher::Config::default())
+    let app_changes = watcher(apps, watch)
         .default_backoff()
         .modify(|app: &mut AppDeployment| app.metadata.managed_fields = None)
         .reflect(writer)
@@ -295,10 +408,17 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             (predicates::generation as fn(&AppDeployment) -> Option<u64>).combine(predicates::annotations),
             Default::default(),
         );
-    let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches)?);
+    let context = Arc::new(Context::new(
+        client,
+        config,
+        settings,
+        caches,
+        metrics,
+        claim.clone(),
+        git,
+    )?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",
@@ -306,8 +426,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     }
     context.caches.wait_ready().await;
+    ready.set(true);
     info!("bosun controller started");
-    Controller::for_stream(app_changes, reader)
+    let controller = Controller::for_stream(app_changes, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .reconcile_on(futures::stream::poll_fn(move |cx| triggered.poll_recv(cx)))
         .shutdown_on_signal()
@@ -316,20 +437,44 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile failed");
             }
-        })
-        .await;
-    info!("bosun controller stopped");
-    Ok(())
+        });
+    let Some(elector) = elector.as_mut() else {
+        controller.await;
+        info!("bosun controller stopped");
+        return Ok(());
+    };
+    // The Lease is renewed beside the passes (and during a clean shutdown, while the
+    // last passes finish); losing it ends the process, passes and all.
+    let lost = tokio::select! {
+        () = controller => None,
+        why = elector.keep(&claim) => Some(why),
+    };
+    match lost {
+        None => {
+            elector.release(&claim).await;
+            info!("bosun controller stopped");
+            Ok(())
+        }
+        Some(why) => {
+            error!(%why, "lost the leader Lease: stopping reconciling and exiting");
+            Err(Error::Internal(format!("lost the leader Lease: {why}")))
+        }
+    }
 }
 
 /// Lists AppDeployments once before anything starts: fails early and clearly when the
 /// API server answers that it cannot (the CRDs are not installed, no permission), and
 /// waits, with back-off, while it does not answer at all (a controller restarted during
 /// an outage of the API server carries on when it is back).
-async fn wait_for_api_server(apps: &Api<AppDeployment>) -> Result<(), Error> {
+/// A `--watch-label-selector` the API server cannot parse is refused here, naming it.
+async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) -> Result<(), Error> {
     let mut attempt = 0;
+    let mut params = kube::api::ListParams::default().limit(1);
+    if let Some(selector) = selector {
+        params = params.labels(selector);
+    }
     loop {
-        match apps.list(&kube::api::ListParams::default().limit(1)).await {
+        match apps.list(&params).await {
             Ok(_) => return Ok(()),
             Err(error) if crate::failure::class_of(&error) == crate::failure::ApiErrorClass::Transient => {
                 attempt += 1;
@@ -340,6 +485,13 @@ async fn wait_for_api_server(apps: &Api<AppDeployment>) -> Result<(), Error> {
                     "the API server is unreachable or not ready; waiting for it"
                 );
                 tokio::time::sleep(delay).await;
+            }
+            Err(kube::Error::Api(status)) if status.code == 400 && selector.is_some() => {
+                return Err(Error::Internal(format!(
+                    "--watch-label-selector {:?}: {}",
+                    selector.unwrap_or_default(),
+                    status.message
+                )));
             }
             Err(error) => {
                 return Err(Error::Internal(format!(

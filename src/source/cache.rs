@@ -38,6 +38,10 @@ pub struct GitCache {
     fetch_timeout: Duration,
 }
 
+/// Told of every fetch: how long it took and, when it failed, why
+/// ([`SourceError::reason`]). The controller's metrics listen here.
+pub type FetchObserver = Arc<dyn Fn(Duration, Option<&'static str>) + Send + Sync>;
+
 struct Inner {
     root: PathBuf,
     /// One lock per normalized URL: fetches of one repository never overlap, and a
@@ -45,12 +49,16 @@ struct Inner {
     repos: Mutex<HashMap<String, Arc<AsyncMutex<RepoState>>>>,
     clones: AtomicUsize,
     fetches: AtomicUsize,
+    observer: Option<FetchObserver>,
+    /// When a push to each repository (normalized URL) was announced
+    /// ([`GitCache::invalidate`]): a fetch begun before then may have missed it.
+    pushed: Mutex<HashMap<String, Instant>>,
 }
 
 #[derive(Default)]
 struct RepoState {
-    /// When each set of credentials (by fingerprint; `""` = none) last fetched this
-    /// repository successfully. A caller whose credentials never fetched it must fetch
+    /// When each set of credentials (by fingerprint; `""` = none) last began a fetch of
+    /// this repository that succeeded. A caller whose credentials never fetched it must fetch
     /// once itself: sharing the clone must not share access to a private repository.
     fetched: HashMap<String, Instant>,
 }
@@ -68,12 +76,23 @@ impl std::fmt::Debug for GitCache {
 impl GitCache {
     /// A cache keeping its clones under `root` (created when needed).
     pub fn new(root: PathBuf) -> GitCache {
+        GitCache::with_observer(root, None)
+    }
+
+    /// A cache (under `root`) that tells `observer` of every fetch.
+    pub fn observed(root: PathBuf, observer: FetchObserver) -> GitCache {
+        GitCache::with_observer(root, Some(observer))
+    }
+
+    fn with_observer(root: PathBuf, observer: Option<FetchObserver>) -> GitCache {
         GitCache {
             inner: Arc::new(Inner {
                 root,
                 repos: Mutex::new(HashMap::new()),
                 clones: AtomicUsize::new(0),
                 fetches: AtomicUsize::new(0),
+                observer,
+                pushed: Mutex::new(HashMap::new()),
             }),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
@@ -118,8 +137,22 @@ impl GitCache {
         state.lock_owned().await
     }
 
+    /// Makes the next [`GitCache::resolve`] of `url` fetch, however recent the last
+    /// fetch: a push to the repository was announced (a webhook). Only a fetch begun
+    /// after this call counts as fresh, so one already running cannot hide the push.
+    pub fn invalidate(&self, url: &str) -> Result<(), SourceError> {
+        let url = RepoUrl::parse(url)?;
+        self.inner
+            .pushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(url.normalized, Instant::now());
+        Ok(())
+    }
+
     /// Resolves `reference` to a commit, fetching first when the last successful fetch
-    /// of `url` (with these credentials) is older than `max_age`.
+    /// of `url` (with these credentials) is older than `max_age`, or began before a push
+    /// announced by [`GitCache::invalidate`].
     pub async fn resolve(
         &self,
         url: &str,
@@ -133,7 +166,9 @@ impl GitCache {
         let fetcher = self.fetcher(&url, credentials);
         self.with_repo(&url, move |state| {
             let last_fetch = state.fetched.get(&fetcher.who);
-            let fresh = last_fetch.is_some_and(|at| at.elapsed() < max_age);
+            let pushed = fetcher.pushed_at();
+            let fresh =
+                last_fetch.is_some_and(|at| at.elapsed() < max_age && pushed.is_none_or(|p| *at >= p));
             // A commit never changes: once cached (and these credentials have fetched
             // the repository), it resolves without the server.
             if !fresh
@@ -145,8 +180,9 @@ impl GitCache {
                 return Ok(resolved);
             }
             if !fresh {
+                let began = Instant::now();
                 fetcher.fetch()?;
-                state.fetched.insert(fetcher.who.clone(), Instant::now());
+                state.fetched.insert(fetcher.who.clone(), began);
             }
             let repo = open_bare(&fetcher.dir)?;
             query.resolve(&repo, &fetcher.url.redacted)
@@ -188,8 +224,9 @@ impl GitCache {
             let resolved = match cached {
                 Some(resolved) => resolved,
                 None => {
+                    let began = Instant::now();
                     fetcher.fetch()?;
-                    state.fetched.insert(fetcher.who.clone(), Instant::now());
+                    state.fetched.insert(fetcher.who.clone(), began);
                     query.resolve(&open_bare(&fetcher.dir)?, &fetcher.url.redacted)?
                 }
             };
@@ -274,7 +311,26 @@ struct Fetcher {
 }
 
 impl Fetcher {
+    /// When a push to this repository was last announced.
+    fn pushed_at(&self) -> Option<Instant> {
+        self.inner
+            .pushed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&self.url.normalized)
+            .copied()
+    }
+
     fn fetch(&self) -> Result<(), SourceError> {
+        let started = Instant::now();
+        let result = self.fetch_unobserved();
+        if let Some(observer) = &self.inner.observer {
+            observer(started.elapsed(), result.as_ref().err().map(SourceError::reason));
+        }
+        result
+    }
+
+    fn fetch_unobserved(&self) -> Result<(), SourceError> {
         let repo = self.open_or_create()?;
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let mut remote = repo

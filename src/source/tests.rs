@@ -277,6 +277,33 @@ async fn second_commit_is_fetched_incrementally_into_the_same_clone() {
     assert_eq!(cache.fetch_count(), 2, "cached commits are read without fetching");
 }
 
+#[tokio::test]
+async fn an_announced_push_makes_the_next_resolve_fetch_within_max_age() {
+    let repo = TestRepo::new();
+    repo.write("deploy/app.yaml", "v: 1\n");
+    let first = repo.commit("first");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    let main = GitRef::default();
+    let tip = || cache.resolve(&url, &main, None, LONG);
+    assert_eq!(tip().await.unwrap().commit, first);
+
+    repo.write("deploy/app.yaml", "v: 2\n");
+    let second = repo.commit("second");
+    assert_eq!(tip().await.unwrap().commit, first, "within max_age, no fetch");
+    assert_eq!(cache.fetch_count(), 1);
+
+    // Another spelling of the same URL names the same clone.
+    cache.invalidate(&format!("{url}/")).unwrap();
+    assert_eq!(tip().await.unwrap().commit, second);
+    assert_eq!(cache.fetch_count(), 2);
+    // One announcement, one fetch: the fetch after it is fresh again.
+    assert_eq!(tip().await.unwrap().commit, second);
+    assert_eq!(cache.fetch_count(), 2);
+
+    assert!(cache.invalidate("not a url").is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_resolves_of_one_url_share_one_clone_and_one_fetch() {
     let repo = TestRepo::new();

@@ -94,6 +94,8 @@ impl Harness {
             .env("KUBECONFIG", kubeconfig)
             .env("BOSUN_CACHE_DIR", &self.cache_dir)
             .env("RUST_LOG", "info,kube=warn")
+            // Any free port: tests run side by side, and the default (8080) would clash.
+            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
             .env_remove(bosun::controller::fault::ENV);
         for (key, value) in env {
             command.env(key, value);
@@ -332,5 +334,85 @@ where
             });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A `bosun controller` process of its own, beside the harness's (the leader election
+/// and sharding tests run several at once). SIGKILLed when dropped.
+pub struct ControllerProcess {
+    /// Names its log and Git cache.
+    pub name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Harness {
+    /// Starts another controller process as user `bosun` with its own Git cache and log
+    /// (`controller-<name>.err.log`); `args` and `env` as for
+    /// [`Harness::start_controller_with`].
+    pub fn spawn_controller(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> ControllerProcess {
+        let log = self.dir.path().join(format!("controller-{name}.err.log"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
+        command
+            .arg("controller")
+            .args(args)
+            .env("KUBECONFIG", self.control_plane.controller_kubeconfig_path())
+            .env(
+                "BOSUN_CACHE_DIR",
+                self.dir.path().join(format!("git-cache-{name}")),
+            )
+            .env("RUST_LOG", "info,kube=warn")
+            .env_remove(bosun::controller::fault::ENV);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("bosun controller starts");
+        ControllerProcess {
+            name: name.to_string(),
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+impl ControllerProcess {
+    /// SIGKILL: no chance to clean up (nor to release its Lease).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL controller");
+            child.wait().ok();
+        }
+    }
+
+    /// SIGTERM: a clean shutdown (it finishes its passes and releases its Lease).
+    pub fn terminate(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            let sent = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(sent.success(), "SIGTERM to controller {}", self.name);
+        }
+    }
+
+    /// Its exit status once it has exited by itself, `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("controller status")
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

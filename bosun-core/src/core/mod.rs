@@ -77,6 +77,37 @@ pub struct Input<'a> {
     /// change that was undone (the data is back to what runs) is listed, with the data
     /// that runs: its rollout, verified, ends the `Failed` the refusal left.
     pub rotated: BTreeMap<String, String>,
+    /// A person asked for a quarantined revision to be tried again (the AppDeployment's
+    /// `bosun.dev/retry` annotation, read by the controller).
+    pub retry: Option<RetryRequest>,
+}
+
+/// Annotation on an AppDeployment naming a quarantined revision (full commit id) a
+/// person wants tried again (`kubectl bosun retry`).
+pub const RETRY_ANNOTATION: &str = "bosun.dev/retry";
+/// When the retry was asked for (RFC 3339): a quarantine recorded later stands.
+pub const RETRY_AT_ANNOTATION: &str = "bosun.dev/retry-at";
+
+impl RetryRequest {
+    /// The request the annotations make, if both are there and readable.
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<RetryRequest> {
+        let revision = annotations.get(RETRY_ANNOTATION)?.trim();
+        let requested_at = annotations.get(RETRY_AT_ANNOTATION)?.trim().parse().ok()?;
+        (!revision.is_empty()).then(|| RetryRequest {
+            revision: revision.to_string(),
+            requested_at,
+        })
+    }
+}
+
+/// A request to try a quarantined (or failed) revision again. It is honoured once: a
+/// quarantine recorded after `requested_at` (the revision failed again) stands, and a
+/// revision that started again after it is not restarted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryRequest {
+    /// The full commit id.
+    pub revision: String,
+    pub requested_at: Timestamp,
 }
 
 /// The optional steps of a Runbook: a backup Job, a migration Job, and what a rollback
@@ -158,6 +189,10 @@ pub enum Decision {
     /// Git points at the revision already running and known healthy (e.g. after a
     /// revert): record it as Healthy without re-applying.
     Adopt { revision: String },
+    /// A person asked for the quarantined `revision` to be tried again: its quarantine
+    /// entries are removed, and the next decision deploys it if Git (or the pin)
+    /// points at it.
+    LiftQuarantine { revision: String },
     /// Check a blocked revision again without writing anything (render and a dry run):
     /// a block that may pass costs no write while it lasts.
     RecheckBlock { revision: String },
@@ -187,6 +222,7 @@ impl Decision {
                 | Decision::Block { .. }
                 | Decision::Resume { .. }
                 | Decision::Adopt { .. }
+                | Decision::LiftQuarantine { .. }
         )
     }
 }
@@ -211,6 +247,9 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     if let Some(problem) = &input.problem {
         return Decision::BlockOnProblem(problem.clone());
     }
+    if let Some(revision) = quarantine_to_lift(input) {
+        return Decision::LiftQuarantine { revision };
+    }
     if status.phase == Phase::Suspended {
         return resume_or_wait(input);
     }
@@ -233,6 +272,13 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
         if let Some(rotation) = rotation() {
             return rotation;
+        }
+        // The revision failed where it stands (nothing to flip back to) and a person
+        // asked for it to be tried again: deploy it once more.
+        if !healthy && retry_pending(input, revision) && !held_back {
+            return Decision::StartDeploy {
+                revision: revision.clone(),
+            };
         }
         // A Secret change whose rollout failed keeps the app Failed until the Secret
         // changes again or a commit comes: the running revision is not re-adopted.
@@ -267,6 +313,35 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     Decision::StartDeploy {
         revision: revision.clone(),
     }
+}
+
+/// The revision whose quarantine a retry request lifts: it names a quarantined
+/// revision, and asked after the quarantine was recorded (a revision that failed again
+/// after the request is quarantined anew and stays so).
+fn quarantine_to_lift(input: &Input<'_>) -> Option<String> {
+    let retry = input.retry.as_ref()?;
+    input
+        .status
+        .quarantined
+        .iter()
+        .filter(|q| q.revision == retry.revision)
+        .any(|q| q.at.parse::<Timestamp>().is_ok_and(|at| at < retry.requested_at))
+        .then(|| retry.revision.clone())
+}
+
+/// Whether a retry request for `revision` has not been acted on yet: the revision has
+/// not started since it was made.
+fn retry_pending(input: &Input<'_>, revision: &str) -> bool {
+    let Some(retry) = input.retry.as_ref().filter(|r| r.revision == revision) else {
+        return false;
+    };
+    let last_start = input
+        .status
+        .history
+        .iter()
+        .find(|entry| entry.revision == revision)
+        .and_then(|entry| entry.started_at.parse::<Timestamp>().ok());
+    last_start.is_none_or(|started| started < retry.requested_at)
 }
 
 /// The block on `revision` when it may pass and is due for a check: only then, and only

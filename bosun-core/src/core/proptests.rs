@@ -256,6 +256,7 @@ impl Model {
                 recheck: recheck.take(),
                 plan: world.plan,
                 rotated: rotated.clone(),
+                retry: None,
             };
             let reported = input.outcome.clone();
             let decision = decide(&input);

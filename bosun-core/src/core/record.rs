@@ -229,6 +229,16 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
             set_phase(status, *phase, &message, ctx);
             notices.push(Notice::normal("Resumed", message));
         }
+        Decision::LiftQuarantine { revision } => {
+            status.quarantined.retain(|q| &q.revision != revision);
+            notices.push(Notice::normal(
+                "RetryRequested",
+                format!(
+                    "revision {}: quarantine lifted on request (annotation bosun.dev/retry); it may deploy again",
+                    short_revision(revision)
+                ),
+            ));
+        }
         Decision::Adopt { revision } => {
             status.blocked = None;
             let message = format!(

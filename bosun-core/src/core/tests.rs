@@ -65,6 +65,7 @@ struct World {
     recheck: Recheck,
     plan: StepPlan,
     rotated: BTreeMap<String, String>,
+    retry: Option<RetryRequest>,
 }
 
 impl World {
@@ -81,6 +82,7 @@ impl World {
             recheck: Recheck::Clear,
             plan: StepPlan::default(),
             rotated: BTreeMap::new(),
+            retry: None,
         }
     }
 
@@ -109,6 +111,7 @@ impl World {
             recheck,
             plan: self.plan,
             rotated: self.rotated.clone(),
+            retry: self.retry.clone(),
         })
     }
 
@@ -836,6 +839,94 @@ fn a_pin_made_after_the_quarantine_may_try_once_more() {
     later.pass(&mut status, judging(&[B], &[]));
     assert_eq!(status.quarantined[0].generation, Some(2));
     assert_eq!(later.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_retry_request_lifts_the_quarantine_once_and_a_repeat_failure_stands() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert!(is_quarantined(&status, B));
+    // A request made before the quarantine was recorded does not lift it.
+    world.now = at(60);
+    world.retry = Some(RetryRequest {
+        revision: B.into(),
+        requested_at: t0() - k8s_openapi::jiff::SignedDuration::from_secs(10),
+    });
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // A request for another revision does nothing either.
+    world.retry = Some(RetryRequest {
+        revision: C.into(),
+        requested_at: at(30),
+    });
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // Asked after the quarantine: lifted, announced, and B deploys again.
+    world.retry = Some(RetryRequest {
+        revision: B.into(),
+        requested_at: at(30),
+    });
+    let decisions = world.pass(&mut status, judging(&[], &[]));
+    assert_eq!(decisions[0], Decision::LiftQuarantine { revision: B.into() });
+    assert_eq!(decisions[1], Decision::StartDeploy { revision: B.into() });
+    assert_eq!(
+        decisions.last(),
+        Some(&Decision::MarkHealthy {
+            gates: vec![gate(Verdict::Passed)]
+        })
+    );
+    assert!(!is_quarantined(&status, B));
+    assert_eq!(status.phase, Phase::Healthy);
+    assert_eq!(status.current_revision.as_deref(), Some(B));
+    // The request stays on the object: nothing more happens.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_retry_request_is_not_a_loop_when_the_revision_fails_again() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, judging(&[B], &[]));
+    world.now = at(60);
+    world.retry = Some(RetryRequest {
+        revision: B.into(),
+        requested_at: at(30),
+    });
+    let mut notices = Vec::new();
+    let lift = world.decide(&status, None);
+    notices.extend(world.record(&mut status, &lift));
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.reason == "RetryRequested" && n.note.contains(&B[..12])),
+        "{notices:?}"
+    );
+    // B fails again: rolled back and quarantined anew, after the request.
+    world.pass(&mut status, judging(&[B], &[]));
+    world.pass(&mut status, judging(&[B], &[]));
+    assert_eq!(status.phase, Phase::RolledBack);
+    assert!(is_quarantined(&status, B));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_retry_request_redeploys_a_first_revision_that_failed_in_place() {
+    let mut world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    world.pass(&mut status, succeeding(Verdict::Failed));
+    assert_eq!(status.phase, Phase::Failed);
+    assert_eq!(status.current_revision.as_deref(), Some(A));
+    world.now = at(60);
+    world.retry = Some(RetryRequest {
+        revision: A.into(),
+        requested_at: at(30),
+    });
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    assert_eq!(decisions[0], Decision::LiftQuarantine { revision: A.into() });
+    assert_eq!(decisions[1], Decision::StartDeploy { revision: A.into() });
+    assert_eq!(status.phase, Phase::Healthy);
+    // Started after the request: not started again.
+    assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
 #[test]

@@ -169,6 +169,7 @@ impl Story {
                 recheck: recheck.take(),
                 plan: Default::default(),
                 rotated: Default::default(),
+                retry: None,
             };
             let decision = core::decide(&input);
             let before = self.status.clone();

@@ -1,0 +1,390 @@
+//! High availability (SPEC §3): two real `bosun controller` processes elect a leader on
+//! a `coordination.k8s.io/v1` Lease; only the leader writes; SIGKILLing it in the middle
+//! of a verification hands the revision to the other, which finishes it once. And
+//! sharding with `--watch-label-selector`.
+//!
+//! Both processes authenticate as the same user (`bosun`), as two replicas of one
+//! Deployment share a ServiceAccount; each names itself in its User-Agent
+//! (`bosun/<version> (<identity>)`), which the API server's audit log records, so every
+//! write is attributed to the replica that sent it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bosun::api::{AppDeployment, Phase, Step};
+use bosun::controller::leader::LeaderClaim;
+use bosun::controller::status_writer;
+use bosun_devenv::AuditedWrite;
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::PostParams;
+use support::{ControllerProcess, Harness, eventually, status};
+
+/// The controller's defaults: `--lease-name`, and the namespace of its kubeconfig
+/// context (the devenv's names none: `default`).
+const LEASE: &str = "bosun-controller";
+const LEASE_NAMESPACE: &str = "default";
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// Generous: the machine is shared.
+const WAIT: Duration = Duration::from_secs(120);
+
+fn sent_by(write: &AuditedWrite, identity: &str) -> bool {
+    write.user_agent.ends_with(&format!("({identity})"))
+}
+
+async fn lease(harness: &Harness, namespace: &str, name: &str) -> Option<Lease> {
+    let leases: Api<Lease> = Api::namespaced(harness.client.clone(), namespace);
+    leases.get_opt(name).await.expect("read the Lease")
+}
+
+fn holder(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref()?.holder_identity.clone()
+}
+
+/// A Runbook with a migration Job (from the `backend` container) and a verify window
+/// long enough to kill the leader in the middle of it.
+fn runbook_with_migration(namespace: &str, name: &str) -> String {
+    format!(
+        r#"apiVersion: bosun.dev/v1alpha1
+kind: Runbook
+metadata:
+  name: {name}
+  namespace: {namespace}
+spec:
+  verifyWindow: 20s
+  migrate:
+    from:
+      workload: backend
+    command: ["sh", "-c", "echo running migrations; echo done"]
+"#
+    )
+}
+
+/// Both replicas start; one holds the Lease and is the only one to write; the leader
+/// is SIGKILLed while revision 2 (with a migration) verifies; the follower takes over
+/// within the lease duration and finishes it: one migration Job per revision, no
+/// rollback, both revisions in the history once. Then a leader whose Lease is taken
+/// from it stops and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_the_revision_once() {
+    let harness = Harness::start().await;
+    let namespace = "shop";
+    harness.namespace(namespace).await;
+    let mut replicas: Vec<ControllerProcess> = ["replica-a", "replica-b"]
+        .iter()
+        .map(|identity| {
+            harness.spawn_controller(identity, &[&format!("--leader-elect-identity={identity}")], &[])
+        })
+        .collect();
+
+    // Exactly one holds the Lease, and keeps it.
+    let leader = eventually("a leader", WAIT, || async {
+        Ok(lease(&harness, LEASE_NAMESPACE, LEASE)
+            .await
+            .and_then(|l| holder(&l)))
+    })
+    .await
+    .unwrap();
+    let follower = if leader == "replica-a" {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
+    assert!(
+        ["replica-a", "replica-b"].contains(&leader.as_str()),
+        "holder {leader}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = lease(&harness, LEASE_NAMESPACE, LEASE).await.unwrap();
+    assert_eq!(
+        holder(&held).as_deref(),
+        Some(leader.as_str()),
+        "the leader keeps the Lease"
+    );
+    assert_eq!(held.spec.as_ref().unwrap().lease_transitions, Some(0));
+    let leader_index = replicas.iter().position(|r| r.name == leader).unwrap();
+    let follower_index = 1 - leader_index;
+
+    // Revision 1 becomes Healthy, revision 2 is verifying.
+    let repo = harness.repo("shop");
+    let first = ExampleRevision::good("1.0.0").commit_to(&repo, "v1").unwrap();
+    harness
+        .apply_runbook(&runbook_with_migration(namespace, "shop"))
+        .await;
+    harness
+        .apply_app(&app_deployment_yaml(
+            namespace,
+            "shop",
+            &harness.git.url("shop"),
+            Some("shop"),
+            "1s",
+        ))
+        .await;
+    harness
+        .wait_for_phase(namespace, "shop", Phase::Healthy, &first)
+        .await;
+    let second = ExampleRevision::good("2.0.0").commit_to(&repo, "v2").unwrap();
+    harness
+        .wait_for(namespace, "shop", "revision 2 verifying", WAIT, |app| {
+            app.status
+                .as_ref()
+                .and_then(|s| s.operation.as_ref())
+                .is_some_and(|op| op.revision == second && op.step == Step::Verify)
+        })
+        .await;
+
+    // So far the follower wrote nothing (at most a Lease create that lost the race).
+    let before_kill = harness.controller_writes().await;
+    let follower_writes: Vec<&AuditedWrite> = before_kill.iter().filter(|w| sent_by(w, follower)).collect();
+    assert!(
+        follower_writes
+            .iter()
+            .all(|w| w.resource == "leases" && !w.succeeded()),
+        "the follower wrote: {follower_writes:#?}"
+    );
+    assert!(
+        before_kill
+            .iter()
+            .any(|w| sent_by(w, &leader) && w.resource == "appdeployments"),
+        "the leader's writes are recognised by its User-Agent"
+    );
+    assert!(replicas[follower_index].log().contains("waiting as a follower"));
+
+    // SIGKILL the leader; the follower takes the Lease.
+    let killed = Instant::now();
+    replicas[leader_index].kill();
+    let taken = eventually(
+        "the follower holding the Lease",
+        Duration::from_secs(60),
+        || async {
+            let lease = lease(&harness, LEASE_NAMESPACE, LEASE).await;
+            Ok((lease.as_ref().and_then(holder).as_deref() == Some(follower)).then(Instant::now))
+        },
+    )
+    .await
+    .unwrap();
+    let failover = taken - killed;
+    println!("failover: leader SIGKILLed → follower holds the Lease in {failover:.2?}");
+    assert!(
+        failover <= LEASE_DURATION + Duration::from_secs(2),
+        "failover took {failover:?}\n{}",
+        replicas[follower_index].log()
+    );
+
+    // The new leader finishes revision 2.
+    let app = harness
+        .wait_for_phase(namespace, "shop", Phase::Healthy, &second)
+        .await;
+    assert_eq!(
+        harness.image_of(namespace, "backend").await,
+        "example/litevault-backend:2.0.0"
+    );
+    let status = status(&app);
+    let revisions: Vec<(&str, Phase)> = status
+        .history
+        .iter()
+        .map(|entry| (entry.revision.as_str(), entry.phase))
+        .collect();
+    assert_eq!(
+        revisions.len(),
+        2,
+        "one history entry per revision: {revisions:?}"
+    );
+    for revision in [&first, &second] {
+        assert_eq!(
+            revisions.iter().filter(|(r, _)| r == revision).count(),
+            1,
+            "{revision} in the history once: {revisions:?}"
+        );
+    }
+    assert!(
+        revisions.iter().all(|(_, phase)| *phase == Phase::Healthy),
+        "no rollback: {revisions:?}"
+    );
+    let migrations: Vec<&str> = status
+        .jobs
+        .iter()
+        .filter(|job| job.succeeded)
+        .map(|job| job.revision.as_str())
+        .collect();
+    assert_eq!(
+        migrations.len(),
+        2,
+        "one migration per revision: {:?}",
+        status.jobs
+    );
+
+    let writes = harness.controller_writes().await;
+    let job_creates: Vec<&AuditedWrite> = writes
+        .iter()
+        .filter(|w| w.resource == "jobs" && w.verb == "create" && w.succeeded())
+        .collect();
+    assert_eq!(
+        job_creates.len(),
+        2,
+        "one Job per revision, none again after the takeover: {job_creates:#?}"
+    );
+    assert!(job_creates.iter().all(|w| sent_by(w, &leader)));
+    // The follower wrote nothing before its write that took the Lease.
+    let takeover = writes
+        .iter()
+        .find(|w| sent_by(w, follower) && w.resource == "leases" && w.succeeded())
+        .expect("the follower's write of the Lease");
+    let early: Vec<&AuditedWrite> = writes
+        .iter()
+        .filter(|w| sent_by(w, follower) && w.resource != "leases" && w.received_at < takeover.completed_at)
+        .collect();
+    assert!(early.is_empty(), "written before the Lease was held: {early:#?}");
+    assert!(
+        writes
+            .iter()
+            .any(|w| sent_by(w, follower) && w.resource == "appdeployments" && w.succeeded()),
+        "the new leader wrote the status"
+    );
+    let log = replicas[follower_index].log();
+    assert!(log.contains("became the leader"), "{log}");
+
+    // A leader whose Lease another replica took stops writing and exits.
+    let leases: Api<Lease> = Api::namespaced(harness.client.clone(), LEASE_NAMESPACE);
+    let mut taken_away = leases.get(LEASE).await.unwrap();
+    let spec = taken_away.spec.as_mut().unwrap();
+    spec.holder_identity = Some("replica-c".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        Timestamp::now(),
+    ));
+    leases
+        .replace(LEASE, &PostParams::default(), &taken_away)
+        .await
+        .expect("another holder takes the Lease");
+    let exited = eventually("the deposed leader exiting", Duration::from_secs(15), || {
+        let status = replicas[follower_index].exit_status();
+        async move { Ok(status) }
+    })
+    .await
+    .unwrap();
+    assert!(!exited.success(), "exits with an error status: {exited:?}");
+    let log = replicas[follower_index].log();
+    assert!(log.contains("lost the leader Lease"), "{log}");
+    assert!(log.contains("replica-c holds it now"), "{log}");
+}
+
+/// `--watch-label-selector`: two controllers, one per shard (each with its own Lease),
+/// each reconciles only the apps its selector matches; an app neither matches is left
+/// alone. A shard stopped cleanly (SIGTERM) gives its Lease up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
+    let harness = Harness::start().await;
+    let mut apps = Vec::new();
+    for (shard, label) in [("a", Some("a")), ("b", Some("b")), ("none", None)] {
+        let namespace = format!("shard-{shard}");
+        harness.namespace(&namespace).await;
+        let repo = harness.repo(&namespace);
+        let commit = ExampleRevision::good("1.0.0").commit_to(&repo, "v1").unwrap();
+        harness
+            .apply_runbook(&workload_only_runbook_yaml(&namespace, "web"))
+            .await;
+        let mut yaml =
+            app_deployment_yaml(&namespace, "web", &harness.git.url(&namespace), Some("web"), "1s");
+        if let Some(label) = label {
+            yaml = yaml.replacen(
+                "metadata:\n",
+                &format!("metadata:\n  labels:\n    bosun.dev/shard: {label}\n"),
+                1,
+            );
+        }
+        harness.apply_app(&yaml).await;
+        apps.push((namespace, commit));
+    }
+    let mut shards: Vec<ControllerProcess> = ["a", "b"]
+        .iter()
+        .map(|shard| {
+            harness.spawn_controller(
+                &format!("shard-{shard}"),
+                &[
+                    &format!("--watch-label-selector=bosun.dev/shard={shard}"),
+                    &format!("--lease-name=bosun-shard-{shard}"),
+                    &format!("--leader-elect-identity=shard-{shard}"),
+                ],
+                &[],
+            )
+        })
+        .collect();
+
+    for (namespace, commit) in &apps[..2] {
+        harness
+            .wait_for_phase(namespace, "web", Phase::Healthy, commit)
+            .await;
+    }
+    for shard in ["a", "b"] {
+        let lease = lease(&harness, LEASE_NAMESPACE, &format!("bosun-shard-{shard}"))
+            .await
+            .expect("each shard has its own Lease");
+        assert_eq!(holder(&lease), Some(format!("shard-{shard}")));
+    }
+    // The unlabelled app is nobody's: no status, no write, a few seconds on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let unclaimed: AppDeployment = harness.app("shard-none", "web").await;
+    assert!(unclaimed.status.is_none(), "{:?}", unclaimed.status);
+    // A writer without the claim refuses before sending anything (checked with the
+    // audit log below: nothing was written in shard-none, by anyone acting as `bosun`).
+    let as_controller: Api<AppDeployment> = Api::namespaced(
+        harness.control_plane.controller_client().await.unwrap(),
+        "shard-none",
+    );
+    let refused = status_writer::save(
+        &LeaderClaim::elected(),
+        &as_controller,
+        &unclaimed,
+        &bosun::api::AppDeploymentStatus::default(),
+    )
+    .await
+    .expect_err("no write without the claim");
+    assert!(refused.to_string().contains("not the leader"), "{refused}");
+
+    let writes = harness.controller_writes().await;
+    for (shard, other) in [("a", "b"), ("b", "a")] {
+        let namespace = format!("shard-{shard}");
+        let in_namespace: Vec<&AuditedWrite> = writes
+            .iter()
+            .filter(|w| w.namespace.as_deref() == Some(namespace.as_str()))
+            .collect();
+        assert!(
+            in_namespace
+                .iter()
+                .any(|w| sent_by(w, &format!("shard-{shard}")) && w.resource == "appdeployments"),
+            "shard {shard} wrote its app's status"
+        );
+        let strays: Vec<&&AuditedWrite> = in_namespace
+            .iter()
+            .filter(|w| sent_by(w, &format!("shard-{other}")))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "shard {other} wrote in {namespace}: {strays:#?}"
+        );
+    }
+    let untouched: Vec<&AuditedWrite> = writes
+        .iter()
+        .filter(|w| w.namespace.as_deref() == Some("shard-none"))
+        .collect();
+    assert!(
+        untouched.is_empty(),
+        "written for the unlabelled app: {untouched:#?}"
+    );
+
+    // SIGTERM: shard a stops cleanly and releases its Lease for the next replica.
+    shards[0].terminate();
+    let exited = eventually("shard a stopping", Duration::from_secs(30), || {
+        let status = shards[0].exit_status();
+        async move { Ok(status) }
+    })
+    .await
+    .unwrap();
+    assert!(exited.success(), "{exited:?}\n{}", shards[0].log());
+    let released = lease(&harness, LEASE_NAMESPACE, "bosun-shard-a").await.unwrap();
+    assert_eq!(holder(&released), None, "released: {:?}", released.spec);
+    assert!(shards[0].log().contains("released the Lease"));
+}
