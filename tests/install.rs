@@ -195,8 +195,8 @@ fn defaults_are_hardened_and_least_privilege() {
         .collect();
     for expected in [
         ("BOSUN_DEFAULT_SERVICE_ACCOUNT", TENANT_ACCOUNT),
-        ("BOSUN_LEADER_ELECTION", "true"),
-        ("BOSUN_LOG_FORMAT", "json"),
+        ("BOSUN_LEADER_ELECT", "true"),
+        ("BOSUN_LOG_JSON", "true"),
         ("BOSUN_CONCURRENCY", "16"),
     ] {
         assert!(env.contains(&expected), "{expected:?} not in {env:?}");
