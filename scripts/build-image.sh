@@ -13,9 +13,10 @@
 #    the non-root user 65532: the Dockerfile's runtime stage, without its builder stage.
 #
 # To run the image against a cluster (see README, "Install"):
-#   podman --runtime runc run --rm --network host --ulimit nofile=4096:4096 \
-#     --ulimit nproc=4096:4096 -v "$KUBECONFIG:/kubeconfig:ro" -e KUBECONFIG=/kubeconfig \
-#     localhost/bosun:<version> controller
+#   mkdir cache && chown 65532:65532 cache
+#   podman --storage-driver vfs --runtime runc run --rm --network host --read-only \
+#     --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -v "$PWD/cache:/var/cache/bosun" \
+#     -v "$KUBECONFIG:/kubeconfig:ro" -e KUBECONFIG=/kubeconfig localhost/bosun:<version>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

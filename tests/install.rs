@@ -195,8 +195,8 @@ fn defaults_are_hardened_and_least_privilege() {
         .collect();
     for expected in [
         ("BOSUN_DEFAULT_SERVICE_ACCOUNT", TENANT_ACCOUNT),
-        ("BOSUN_LEADER_ELECTION", "true"),
-        ("BOSUN_LOG_FORMAT", "json"),
+        ("BOSUN_LEADER_ELECT", "true"),
+        ("BOSUN_LOG_JSON", "true"),
         ("BOSUN_CONCURRENCY", "16"),
     ] {
         assert!(env.contains(&expected), "{expected:?} not in {env:?}");
@@ -613,13 +613,12 @@ async fn image_reconciles_under_podman() {
         "--ulimit",
         "nproc=4096:4096",
     ]);
-    command.args([
-        "--read-only",
-        "--tmpfs",
-        "/var/cache/bosun:mode=1777",
-        "--tmpfs",
-        "/tmp:mode=1777",
-    ]);
+    // The chart's writable emptyDir for the Git cache: a directory of user 65532.
+    let cache = harness.dir.path().join("container-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::os::unix::fs::chown(&cache, Some(65532), Some(65532)).unwrap();
+    let cache_mount = format!("{}:/var/cache/bosun:rw", cache.display());
+    command.args(["--read-only", "-v", &cache_mount]);
     command.args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]);
     command.args(["-v", &format!("{}:/kubeconfig:ro", mounted.display())]);
     command.args(["-e", "KUBECONFIG=/kubeconfig"]);
