@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use super::steps::{StepInput, from, prepared, snapshot_manifests};
 use super::{AppNames, Error};
-use crate::api::{JobKind, JobRecord, RunbookSpec, short_revision};
+use crate::api::{JobKind, RunbookSpec, short_revision};
 use crate::core::{Failure, FailureKind, StepOutcome, StepResult};
 use crate::jobs::{self, JobRequest, JobState};
 
@@ -79,33 +79,26 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
             },
         );
     }
-    let record = |succeeded: bool, finished_at: String, message: Option<String>| JobRecord {
-        kind,
-        revision: revision.clone(),
-        job: name.clone(),
-        succeeded,
-        finished_at,
-        irreversible: kind == JobKind::Migrate
-            && jobs::irreversible(
-                &objects,
-                runbook.migrate.as_ref().and_then(|m| m.job.from.as_ref()),
-            ),
-        message,
-    };
-    let outcome = match &state {
-        JobState::Running { since } => StepOutcome::Running(format!("{what} running since {since}")),
-        JobState::Succeeded { finished_at } => {
-            StepOutcome::Done(StepResult::JobFinished(record(true, finished_at.clone(), None)))
+    let irreversible = kind == JobKind::Migrate
+        && jobs::irreversible(
+            &objects,
+            runbook.migrate.as_ref().and_then(|m| m.job.from.as_ref()),
+        );
+    let outcome = match state.record(kind, &revision, &name, irreversible) {
+        None => {
+            let since = match &state {
+                JobState::Running { since } => since.as_str(),
+                _ => "",
+            };
+            StepOutcome::Running(format!("{what} running since {since}"))
         }
-        JobState::Failed { finished_at, .. } => {
+        Some(record) if record.succeeded => StepOutcome::Done(StepResult::JobFinished(record)),
+        Some(mut record) => {
             let message = format!("{what} failed: {}", state.failure_message().unwrap_or_default());
             let optional = kind == JobKind::Backup && runbook.backup.as_ref().is_some_and(|b| !b.required);
             if optional {
-                StepOutcome::Done(StepResult::JobFinished(record(
-                    false,
-                    finished_at.clone(),
-                    Some(message),
-                )))
+                record.message = Some(message);
+                StepOutcome::Done(StepResult::JobFinished(record))
             } else {
                 StepOutcome::Refused(Failure::new(FailureKind::JobFailed, message))
             }
