@@ -25,6 +25,13 @@ enum Command {
         /// Log as JSON lines.
         #[arg(long, env = "BOSUN_LOG_JSON")]
         log_json: bool,
+        /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or `RUST_LOG`-style
+        /// directives (`info,bosun::gates=debug`). Unset: `RUST_LOG`, else `info`.
+        #[arg(long, env = "BOSUN_LOG")]
+        log_level: Option<String>,
+        /// Address of the HTTP server: `/metrics` (OpenMetrics), `/healthz`, `/readyz`.
+        #[arg(long, env = "BOSUN_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+        listen_address: std::net::SocketAddr,
         /// How many AppDeployments are reconciled at once.
         #[arg(long, env = "BOSUN_CONCURRENCY", default_value_t = 16)]
         concurrency: u16,
@@ -45,7 +52,9 @@ enum Command {
         /// Namespace of that Secret.
         #[arg(long, env = "BOSUN_WEBHOOK_SECRET_NAMESPACE", default_value = "bosun-system")]
         webhook_secret_namespace: String,
-        /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
+        /// A port of its own for the webhook receiver, e.g. `0.0.0.0:9443` (to expose the
+        /// webhooks beyond the cluster without `/metrics`); unset, they are served on
+        /// `--listen-address`.
         #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
         webhook_listen_address: Option<std::net::SocketAddr>,
     },
@@ -88,6 +97,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Controller {
             cache_dir,
             log_json,
+            log_level,
+            listen_address,
             concurrency,
             default_service_account,
             allow_file_sources,
@@ -95,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
             webhook_secret_namespace,
             webhook_listen_address,
         } => {
-            bosun::telemetry::init(log_json);
+            bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let config = kube::Config::infer().await?;
             let client = kube::Client::try_from(config.clone())?;
             let mut settings = bosun::controller::Settings {
@@ -108,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
                     listen: webhook_listen_address,
                     body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
                 }),
+                listen_address: Some(listen_address),
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

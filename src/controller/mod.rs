@@ -58,6 +58,8 @@ pub struct Settings {
     pub allow_file_sources: bool,
     /// The Git push webhook receiver: where its shared secret is, where it listens.
     pub webhook: Option<crate::server::webhook::WebhookSettings>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub listen_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -69,6 +71,7 @@ impl Default for Settings {
             default_service_account: None,
             allow_file_sources: false,
             webhook: None,
+            listen_address: None,
         }
     }
 }
@@ -156,6 +159,7 @@ pub struct Context {
     pub fault: fault::FaultSwitch,
     /// Delivers the Runbook's webhook notifications in the background.
     pub notifier: crate::notify::Notifier,
+    pub metrics: crate::server::Metrics,
     apps: Mutex<HashMap<String, AppState>>,
     /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
     impersonated: Mutex<HashMap<String, Client>>,
@@ -167,6 +171,7 @@ impl Context {
         config: kube::Config,
         settings: Settings,
         caches: Caches,
+        metrics: crate::server::Metrics,
         git: GitCache,
     ) -> Result<Context, Error> {
         Ok(Context {
@@ -182,6 +187,7 @@ impl Context {
             config,
             settings,
             caches,
+            metrics,
             apps: Mutex::default(),
             impersonated: Mutex::default(),
         })
@@ -327,12 +333,38 @@ impl FetchNow {
 pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
     let (reader, writer) = reflector::store();
     let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
-    let git = GitCache::new(settings.cache_dir.clone());
-    // Listening from the start; a push wakes the apps the cache holds by then.
-    if let Some(webhook) = &settings.webhook {
+    let metrics = crate::server::Metrics::new();
+    metrics.count_apps(reader.clone());
+    let ready = crate::server::Readiness::default();
+    let fetches = metrics.clone();
+    let git = GitCache::observed(
+        settings.cache_dir.clone(),
+        Arc::new(move |took, error| fetches.git_fetched(took, error)),
+    );
+    let mut webhook = None;
+    if let Some(hooks) = &settings.webhook {
         let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
-        let receiver = crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, client.clone());
-        crate::server::webhook::listen(webhook, receiver).await?;
+        let receiver = crate::server::webhook::WebhookReceiver::new(hooks, fetch_now, client.clone());
+        match hooks.listen {
+            // A port of its own, e.g. to expose only the webhooks beyond the cluster.
+            Some(_) => crate::server::webhook::listen(hooks, receiver).await?,
+            None => webhook = Some(receiver),
+        }
+    }
+    // Served from the start: `/healthz` answers while the API server is still awaited;
+    // a push wakes the apps the cache holds by then.
+    if let Some(address) = settings.listen_address {
+        let state = crate::server::ServerState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            apps: reader.clone(),
+            wake: trigger.clone(),
+            client: client.clone(),
+            webhook,
+        };
+        crate::server::spawn(address, state)
+            .await
+            .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
     }
     let apps: Api<AppDeployment> = Api::all(client.clone());
     wait_for_api_server(&apps).await?;
@@ -350,7 +382,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     let caches = Caches::start(&client, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    let context = Arc::new(Context::new(client, config, settings, caches, git)?);
+    let context = Arc::new(Context::new(client, config, settings, caches, metrics, git)?);
     if context.fault.is_armed() {
         warn!(
             "fault injection is armed ({}): the process will abort at a step boundary",
@@ -358,6 +390,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     }
     context.caches.wait_ready().await;
+    ready.set(true);
     info!("bosun controller started");
     Controller::for_stream(app_changes, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))

@@ -34,10 +34,19 @@ const JOB_RECHECK: Duration = Duration::from_secs(10);
 
 pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
     let key = app_key(&app);
-    let span = info_span!("reconcile", app = %key, revision = tracing::field::Empty);
+    // Every log line of the pass names the app; the revision is recorded once known.
+    let span = info_span!(
+        "reconcile",
+        namespace = %app.namespace().unwrap_or_default(),
+        app = %app.name_any(),
+        revision = tracing::field::Empty,
+    );
     async move {
         let mut state = context.take_state(&key);
+        let started = std::time::Instant::now();
+        context.metrics.pass_started(&key);
         let result = reconcile_app(&app, &context, &key, &mut state).await;
+        context.metrics.reconciled(&key, &result, started.elapsed());
         match &result {
             Ok(_) => state.errors = 0,
             Err(error) => {
@@ -45,7 +54,9 @@ pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result
                 warn!(%error, attempt = state.errors, "pass failed; will retry");
             }
         }
-        if !state.forgotten {
+        if state.forgotten {
+            context.metrics.forget(&key);
+        } else {
             context.put_state(&key, state);
         }
         result
@@ -112,7 +123,12 @@ async fn reconcile_app(
             logged_revision: None,
             notify: Vec::new(),
         };
-        match pass.run().await {
+        let result = pass.run().await;
+        // An operation in progress has more passes coming: work pending.
+        context
+            .metrics
+            .operation_in_progress(key, pass.status.operation.is_some());
+        match result {
             Err(Error::Conflict) => {
                 info!("status changed meanwhile; reading it again and deciding anew");
                 match api.get_opt(&app.name_any()).await? {
@@ -238,11 +254,18 @@ impl Pass<'_> {
             notices.extend(record::record(&mut self.status, &decision, &record_context));
             self.save(&mut notices).await?;
             self.publish(&mut notices).await;
+            if matches!(decision, Decision::RollBack { .. }) {
+                self.context
+                    .metrics
+                    .rollback_decided(&self.app.namespace().unwrap_or_default(), &self.app.name_any());
+            }
             self.context.fault.after(self.key, &decision, &self.status);
 
             match decision {
                 Decision::Run(step) => {
-                    outcome = Some(self.run_step(step, &runbook, credentials.as_ref()).await?);
+                    let done = self.run_step(step, &runbook, credentials.as_ref()).await?;
+                    self.count_rollback_applied(&done);
+                    outcome = Some(done);
                 }
                 Decision::RecheckBlock { ref revision } => {
                     self.state.last_block_check = Some(std::time::Instant::now());
@@ -354,6 +377,21 @@ impl Pass<'_> {
                 StepOutcome::Verified(round.verification)
             }
         })
+    }
+
+    /// Stops the clock of `bosun_time_to_rollback_seconds` when a rollback's apply
+    /// step just finished.
+    fn count_rollback_applied(&self, outcome: &StepOutcome) {
+        let rolling_back = self
+            .status
+            .operation
+            .as_ref()
+            .is_some_and(|op| op.kind == crate::api::OperationKind::Rollback);
+        if rolling_back && matches!(outcome, StepOutcome::Done(crate::core::StepResult::Applied(_))) {
+            self.context
+                .metrics
+                .rollback_applied(&self.app.namespace().unwrap_or_default(), &self.app.name_any());
+        }
     }
 
     /// Writes the status when it changed, conditional on the version it was computed

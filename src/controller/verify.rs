@@ -25,6 +25,8 @@ pub struct Session {
     key: SessionKey,
     gates: gates::Verification,
     window: VerifyWindow,
+    /// The verdicts were counted in the metrics (once per verification).
+    counted: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +54,56 @@ pub async fn round(
     inventory: &[InventoryEntry],
     target_namespace: &str,
 ) -> Round {
+    let round = judge(
+        context,
+        session,
+        operation,
+        runbook,
+        runbook_version,
+        inventory,
+        target_namespace,
+    )
+    .await;
+    if let (Some(session), Verification::Passed { gates } | Verification::Failed { gates, .. }) =
+        (session.as_mut(), &round.verification)
+        && !session.counted
+    {
+        session.counted = true;
+        // The workload gate comes first (see `judge`), then the Runbook's gates.
+        for (index, gate) in gates.iter().enumerate() {
+            let kind = if index == 0 {
+                "workload"
+            } else {
+                gate_kind(runbook, &gate.name)
+            };
+            context.metrics.gate_verdict(kind, gate.verdict);
+        }
+    }
+    round
+}
+
+/// The kind of the Runbook's gate `name` for the metrics: the probe it sends.
+fn gate_kind(runbook: &RunbookSpec, name: &str) -> &'static str {
+    match runbook.gates.iter().find(|gate| gate.name == name) {
+        None => "other",
+        Some(gate) if gate.http.is_some() => "http",
+        Some(gate) if gate.smoke.is_some() => "smoke",
+        Some(gate) if gate.logs.is_some() => "logs",
+        Some(gate) if gate.metrics.is_some() => "metrics",
+        Some(_) => "other",
+    }
+}
+
+/// One round: the workload gate, then the Runbook's gates and the window.
+async fn judge(
+    context: &Context,
+    session: &mut Option<Session>,
+    operation: &Operation,
+    runbook: &RunbookSpec,
+    runbook_version: &str,
+    inventory: &[InventoryEntry],
+    target_namespace: &str,
+) -> Round {
     let key = SessionKey {
         revision: operation.revision.clone(),
         kind: operation.kind,
@@ -63,6 +115,7 @@ pub async fn round(
             key,
             gates: gates::Verification::new(&runbook.gates),
             window: VerifyWindow::default(),
+            counted: false,
         });
     }
     let session = session.as_mut().expect("just set");

@@ -38,6 +38,10 @@ pub struct GitCache {
     fetch_timeout: Duration,
 }
 
+/// Told of every fetch: how long it took and, when it failed, why
+/// ([`SourceError::reason`]). The controller's metrics listen here.
+pub type FetchObserver = Arc<dyn Fn(Duration, Option<&'static str>) + Send + Sync>;
+
 struct Inner {
     root: PathBuf,
     /// One lock per normalized URL: fetches of one repository never overlap, and a
@@ -48,6 +52,7 @@ struct Inner {
     /// When a push to each repository (normalized URL) was announced
     /// ([`GitCache::invalidate`]): a fetch begun before then may have missed it.
     pushed: Mutex<HashMap<String, Instant>>,
+    observer: Option<FetchObserver>,
 }
 
 #[derive(Default)]
@@ -71,6 +76,15 @@ impl std::fmt::Debug for GitCache {
 impl GitCache {
     /// A cache keeping its clones under `root` (created when needed).
     pub fn new(root: PathBuf) -> GitCache {
+        GitCache::with_observer(root, None)
+    }
+
+    /// A cache (under `root`) that tells `observer` of every fetch.
+    pub fn observed(root: PathBuf, observer: FetchObserver) -> GitCache {
+        GitCache::with_observer(root, Some(observer))
+    }
+
+    fn with_observer(root: PathBuf, observer: Option<FetchObserver>) -> GitCache {
         GitCache {
             inner: Arc::new(Inner {
                 root,
@@ -78,6 +92,7 @@ impl GitCache {
                 clones: AtomicUsize::new(0),
                 fetches: AtomicUsize::new(0),
                 pushed: Mutex::new(HashMap::new()),
+                observer,
             }),
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
         }
@@ -307,6 +322,15 @@ impl Fetcher {
     }
 
     fn fetch(&self) -> Result<(), SourceError> {
+        let started = Instant::now();
+        let result = self.fetch_unobserved();
+        if let Some(observer) = &self.inner.observer {
+            observer(started.elapsed(), result.as_ref().err().map(SourceError::reason));
+        }
+        result
+    }
+
+    fn fetch_unobserved(&self) -> Result<(), SourceError> {
         let repo = self.open_or_create()?;
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         let mut remote = repo

@@ -12,7 +12,7 @@ mod refs;
 mod tree;
 mod url;
 
-pub use cache::GitCache;
+pub use cache::{FetchObserver, GitCache};
 pub use credentials::Credentials;
 
 use serde::{Deserialize, Serialize};

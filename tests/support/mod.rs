@@ -94,6 +94,8 @@ impl Harness {
             .env("KUBECONFIG", kubeconfig)
             .env("BOSUN_CACHE_DIR", &self.cache_dir)
             .env("RUST_LOG", "info,kube=warn")
+            // Any free port: tests run side by side, and the default (8080) would clash.
+            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
             .env_remove(bosun::controller::fault::ENV);
         for (key, value) in env {
             command.env(key, value);
