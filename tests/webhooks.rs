@@ -134,7 +134,7 @@ async fn start(harness: &mut Harness, repo: &WorkRepo) -> Receiver {
             "bosun-webhook",
             "--webhook-secret-namespace",
             "bosun-system",
-            "--webhook-listen-address",
+            "--listen-address",
             &address,
         ],
         &[],

@@ -354,7 +354,23 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     let metrics = crate::server::Metrics::new();
     metrics.count_apps(reader.clone());
     let ready = crate::server::Readiness::default();
-    // Served from the start: `/healthz` answers while the API server is still awaited.
+    let fetches = metrics.clone();
+    let git = GitCache::observed(
+        settings.cache_dir.clone(),
+        Arc::new(move |took, error| fetches.git_fetched(took, error)),
+    );
+    let mut webhook = None;
+    if let Some(hooks) = &settings.webhook {
+        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
+        let receiver = crate::server::webhook::WebhookReceiver::new(hooks, fetch_now, client.clone());
+        match hooks.listen {
+            // A port of its own, e.g. to expose only the webhooks beyond the cluster.
+            Some(_) => crate::server::webhook::listen(hooks, receiver).await?,
+            None => webhook = Some(receiver),
+        }
+    }
+    // Served from the start: `/healthz` answers while the API server is still awaited;
+    // a push wakes the apps the cache holds by then.
     if let Some(address) = settings.listen_address {
         let state = crate::server::ServerState {
             metrics: metrics.clone(),
@@ -362,21 +378,11 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             apps: reader.clone(),
             wake: trigger.clone(),
             client: client.clone(),
+            webhook,
         };
         crate::server::spawn(address, state)
             .await
             .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
-    }
-    let fetches = metrics.clone();
-    let git = GitCache::observed(
-        settings.cache_dir.clone(),
-        Arc::new(move |took, error| fetches.git_fetched(took, error)),
-    );
-    // Listening from the start; a push wakes the apps the cache holds by then.
-    if let Some(webhook) = &settings.webhook {
-        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
-        let receiver = crate::server::webhook::WebhookReceiver::new(webhook, fetch_now, client.clone());
-        crate::server::webhook::listen(webhook, receiver).await?;
     }
     let apps: Api<AppDeployment> = Api::all(client.clone());
     let selector = settings.watch_label_selector.clone();

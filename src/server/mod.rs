@@ -3,7 +3,9 @@
 //! - `GET /metrics`: Prometheus metrics as OpenMetrics text ([`metrics`]);
 //! - `GET /healthz`: 200 while the process serves requests (the liveness probe);
 //! - `GET /readyz`: 200 once the watch caches are synced, 503 before (the readiness
-//!   probe: a replica that has not synced cannot reconcile yet).
+//!   probe: a replica that has not synced cannot reconcile yet);
+//! - `POST /hooks/{github,gitlab,generic}`: Git push webhooks ([`webhook`]), unless
+//!   they have a listener of their own (`--webhook-listen-address`).
 //!
 //! [`router`] merges one sub-router per concern; each brings its own state.
 
@@ -37,6 +39,8 @@ pub struct ServerState {
     /// Wakes an app: a pass over it runs as soon as a worker is free.
     pub wake: UnboundedSender<ObjectRef<AppDeployment>>,
     pub client: kube::Client,
+    /// The Git push webhook receiver, when it is served here.
+    pub webhook: Option<webhook::WebhookReceiver>,
 }
 
 /// Whether the controller is ready to reconcile; false until set.
@@ -55,7 +59,9 @@ impl Readiness {
 
 /// Every route of the server.
 pub fn router(state: ServerState) -> Router {
-    Router::new().merge(observability(&state))
+    Router::new()
+        .merge(observability(&state))
+        .merge(state.webhook.clone().map(webhook::routes).unwrap_or_default())
 }
 
 /// `/metrics`, `/healthz` and `/readyz`.
