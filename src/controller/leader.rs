@@ -16,9 +16,11 @@
 //! the status writer checks before every write.
 //!
 //! Timing (client-go's defaults): lease duration 15 s, renew deadline 10 s, retry 2 s.
-//! The holder stops writing (and exits) 10 s after its last successful renewal; a
-//! follower takes over no earlier than 15 s after it last saw one: the 5 s between
-//! them is the margin for a stalled process and for the follower's view lagging.
+//! The holder stops writing 10 s after its last successful renewal; a follower takes
+//! over no earlier than 15 s after it last saw one: the 5 s between them is the margin
+//! for a stalled process and for the follower's view lagging. A holder whose claim
+//! lapsed goes on trying: it renews the Lease if it is still in its name, and exits
+//! once another replica holds it ([`LeaseElector::keep`]).
 //!
 //! `coordination.k8s.io/v1` Leases are served the same from Kubernetes 1.14 on (the
 //! local 1.20 control plane and 1.28+ alike); the fields of coordinated leader
@@ -257,7 +259,7 @@ impl LeaseElector {
         loop {
             let sent = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(Outcome::Held) => {
+                Ok(Outcome::Held { .. }) => {
                     claim.held_until(sent + self.election.timing.renew_deadline);
                     info!(
                         lease = %self.lease_ref(),
@@ -295,26 +297,50 @@ impl LeaseElector {
         }
     }
 
-    /// Renews the Lease every retry period while held; returns once it is lost: a
-    /// renewal failed until the renew deadline passed, or another replica holds it.
-    /// The claim is already false when this returns.
+    /// Renews the Lease every retry period; returns only once another replica holds
+    /// it or held it meanwhile (this process must then stop: its in-memory view of the
+    /// apps may predate that replica's writes).
+    ///
+    /// A renewal that keeps failing (the API server is down or unreachable) lapses the
+    /// claim at the renew deadline, so nothing is written from then on, but does not
+    /// end the process: once the API server answers again, a Lease still in our name
+    /// (no other replica could reach it either) is renewed and the claim is back, and a
+    /// Lease another replica took meanwhile ends it. client-go's elector exits at the
+    /// deadline instead; with one replica that turns every API outage longer than
+    /// 10 s into a restart that loses the gate trackers of every verification.
     pub async fn keep(&mut self, claim: &LeaderClaim) -> String {
+        let mut lapsed = false;
         loop {
-            let Some(deadline) = claim.deadline() else {
-                return "the claim was released".into();
-            };
             let next = Instant::now() + self.election.timing.retry_period;
-            tokio::time::sleep_until(next.min(deadline).into()).await;
-            if Instant::now() >= deadline {
+            let wake = match claim.deadline() {
+                Some(deadline) if !lapsed => next.min(deadline),
+                _ => next,
+            };
+            tokio::time::sleep_until(wake.into()).await;
+            if !lapsed && claim.deadline().is_none_or(|deadline| Instant::now() >= deadline) {
                 claim.release();
-                return format!(
-                    "no successful renewal for {:?} (renew deadline)",
+                lapsed = true;
+                warn!(
+                    lease = %self.lease_ref(),
+                    "no successful renewal for {:?} (renew deadline): writing nothing until the Lease is renewed",
                     self.election.timing.renew_deadline
                 );
             }
             let sent = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(Outcome::Held) => claim.held_until(sent + self.election.timing.renew_deadline),
+                Ok(Outcome::Held { renewed: true }) => {
+                    claim.held_until(sent + self.election.timing.renew_deadline);
+                    if std::mem::take(&mut lapsed) {
+                        info!(lease = %self.lease_ref(), "renewed the Lease again: reconciling");
+                    }
+                }
+                // Not in our name any more when we got it back (another replica held
+                // it, released it or deleted it meanwhile): what this process holds in
+                // memory may predate that replica's writes.
+                Ok(Outcome::Held { renewed: false }) => {
+                    self.release(claim).await;
+                    return "another replica held it while this one could not renew".into();
+                }
                 Ok(Outcome::HeldBy { holder, .. }) => {
                     claim.release();
                     return format!("{holder} holds it now");
@@ -323,7 +349,7 @@ impl LeaseElector {
                     warn!(lease = %self.lease_ref(), "the Lease changed while renewing it; trying again");
                 }
                 Err(error) => {
-                    warn!(lease = %self.lease_ref(), error = %failure::server_message(&error), "renewing the Lease failed; trying again until the renew deadline");
+                    warn!(lease = %self.lease_ref(), error = %failure::server_message(&error), "renewing the Lease failed; trying again");
                 }
             }
         }
@@ -381,7 +407,7 @@ impl LeaseElector {
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
                     self.observe(&created, Instant::now());
-                    Ok(Outcome::Held)
+                    Ok(Outcome::Held { renewed: false })
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::Lost),
                 Err(error) => Err(error),
@@ -390,7 +416,9 @@ impl LeaseElector {
         let now = Instant::now();
         let observed = self.observe(&lease, now);
         let spec = lease.spec.clone().unwrap_or_default();
-        let next = match attempt(&observed.record, &identity, observed.changed_at, now, &timing) {
+        let decision = attempt(&observed.record, &identity, observed.changed_at, now, &timing);
+        let renewed = decision == Attempt::Renew;
+        let next = match decision {
             Attempt::Wait { holder, remaining } => return Ok(Outcome::HeldBy { holder, remaining }),
             Attempt::Renew => mine(spec.acquire_time.clone(), spec.lease_transitions.unwrap_or(0)),
             Attempt::Take => {
@@ -405,7 +433,7 @@ impl LeaseElector {
         match self.api.replace(&name, &PostParams::default(), &lease).await {
             Ok(written) => {
                 self.observe(&written, Instant::now());
-                Ok(Outcome::Held)
+                Ok(Outcome::Held { renewed })
             }
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(Outcome::Lost),
             Err(error) => Err(error),
@@ -438,7 +466,11 @@ impl LeaseElector {
 
 /// The result of one look at the Lease.
 enum Outcome {
-    Held,
+    /// Ours now: `renewed` if it was ours already, false if it was taken (free,
+    /// expired, or made anew).
+    Held {
+        renewed: bool,
+    },
     HeldBy {
         holder: String,
         remaining: Duration,

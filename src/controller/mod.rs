@@ -270,7 +270,14 @@ impl Context {
 
     /// A client acting as the app's identity ([`Context::apply_identity`]): what it
     /// applies, and the Jobs it runs, are allowed only what that identity may do.
+    /// Every apply and Job goes through here, so the leader claim is checked here too:
+    /// a replica whose renewals have lapsed writes no object (see [`leader`]).
     fn client_for(&self, app: &AppDeployment) -> Result<Client, Error> {
+        self.leader.check(&format!(
+            "the objects of {}/{}",
+            app.namespace().unwrap_or_default(),
+            app.name_any()
+        ))?;
         Ok(match self.apply_identity(app) {
             None => self.client.clone(),
             Some(user) => {

@@ -31,6 +31,9 @@ const MAX_DECISIONS: usize = 40;
 const CONFLICT_RETRIES: usize = 3;
 /// How long a pass waits before looking at a running Job again if no watch event came.
 const JOB_RECHECK: Duration = Duration::from_secs(10);
+/// How soon a pass skipped for a lapsed leader claim is tried again (the Lease's
+/// retry period).
+const LEADER_LAPSED_REQUEUE: Duration = Duration::from_secs(2);
 
 pub async fn reconcile(app: Arc<AppDeployment>, context: Arc<Context>) -> Result<Action, Error> {
     let key = app_key(&app);
@@ -75,6 +78,11 @@ async fn reconcile_app(
     key: &str,
     state: &mut AppState,
 ) -> Result<Action, Error> {
+    // While the Lease's renewal is overdue (an API server outage) this replica neither
+    // reads nor writes; it looks again once the claim may be back.
+    if !context.leader.is_held() {
+        return Ok(Action::requeue(LEADER_LAPSED_REQUEUE));
+    }
     let namespace = app.namespace().unwrap_or_default();
     let api: Api<AppDeployment> = Api::namespaced(context.client.clone(), &namespace);
     let mut app = app.clone();
