@@ -96,9 +96,6 @@ impl Harness {
             .env("RUST_LOG", "info,kube=warn")
             // Any free port: tests run side by side, and the default (8080) would clash.
             .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
-            // One replica: no Lease (a stopped API server must not end the process);
-            // tests/leader.rs and tests/install.rs run with election on.
-            .env("BOSUN_LEADER_ELECT", "false")
             .env_remove(bosun::controller::fault::ENV);
         for (key, value) in env {
             command.env(key, value);
