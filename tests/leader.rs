@@ -388,3 +388,73 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
     assert_eq!(holder(&released), None, "released: {:?}", released.spec);
     assert!(shards[0].log().contains("released the Lease"));
 }
+
+/// The only replica, with leader election on (the default), through an API server
+/// outage longer than the renew deadline: its claim lapses (it writes nothing) but it
+/// does not exit; when the API server is back it renews the Lease still in its name,
+/// without a transition, and carries on: the next commit goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_server_past_its_renew_deadline_renews_and_carries_on() {
+    let harness = Harness::start().await;
+    let namespace = "solo";
+    harness.namespace(namespace).await;
+    let mut replica = harness.spawn_controller("solo", &["--leader-elect-identity=solo"], &[]);
+    let repo = harness.repo(namespace);
+    let first = ExampleRevision::good("1.0.0").commit_to(&repo, "v1").unwrap();
+    harness
+        .apply_runbook(&workload_only_runbook_yaml(namespace, "web"))
+        .await;
+    harness
+        .apply_app(&app_deployment_yaml(
+            namespace,
+            "web",
+            &harness.git.url(namespace),
+            Some("web"),
+            "1s",
+        ))
+        .await;
+    harness
+        .wait_for_phase(namespace, "web", Phase::Healthy, &first)
+        .await;
+
+    harness.control_plane.stop_apiserver().await.unwrap();
+    // Past the renew deadline (10 s) and the lease duration (15 s).
+    let outage = LEASE_DURATION + Duration::from_secs(3);
+    let stopped = Instant::now();
+    while stopped.elapsed() < outage {
+        assert!(
+            replica.exit_status().is_none(),
+            "the controller exited during the outage\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = replica.log();
+    assert!(
+        log.contains("writing nothing until the Lease is renewed"),
+        "the claim lapsed at the renew deadline\n{log}"
+    );
+    harness.control_plane.start_apiserver().await.unwrap();
+
+    eventually("the Lease renewed after the outage", WAIT, || async {
+        Ok(replica
+            .log()
+            .contains("renewed the Lease again")
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+    let held = lease(&harness, LEASE_NAMESPACE, LEASE).await.unwrap();
+    assert_eq!(holder(&held).as_deref(), Some("solo"));
+    assert_eq!(
+        held.spec.as_ref().unwrap().lease_transitions,
+        Some(0),
+        "the same holder throughout"
+    );
+    let second = ExampleRevision::good("2.0.0").commit_to(&repo, "v2").unwrap();
+    harness
+        .wait_for_phase(namespace, "web", Phase::Healthy, &second)
+        .await;
+    assert!(replica.exit_status().is_none(), "{}", replica.log());
+    replica.terminate();
+}
