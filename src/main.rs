@@ -75,6 +75,11 @@ enum Command {
         /// (with its own `--lease-name`) per shard when one is not enough.
         #[arg(long, env = "BOSUN_WATCH_LABEL_SELECTOR")]
         watch_label_selector: Option<String>,
+        /// Watch and reconcile only this namespace (a namespace-scoped install, whose
+        /// RBAC grants nothing beyond it: ClusterRunbooks are then out of reach).
+        /// Default: every namespace.
+        #[arg(long, env = "BOSUN_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
         /// Secret whose key `token` is the shared secret of Git push webhooks
         /// (`/hooks/github`, `/hooks/gitlab`, `/hooks/generic`); unset, there is no
         /// receiver.
@@ -136,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             lease_namespace,
             leader_elect_identity,
             watch_label_selector,
+            watch_namespace,
             webhook_secret_name,
             webhook_secret_namespace,
             webhook_listen_address,
@@ -168,6 +174,10 @@ async fn main() -> anyhow::Result<()> {
                 listen_address: Some(listen_address),
                 leader_election,
                 watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+                watch_scope: match watch_namespace.filter(|ns| !ns.trim().is_empty()) {
+                    Some(namespace) => bosun::controller::WatchScope::Namespace(namespace),
+                    None => bosun::controller::WatchScope::Cluster,
+                },
                 webhook: webhook_secret_name.map(|secret_name| bosun::server::webhook::WebhookSettings {
                     secret_namespace: webhook_secret_namespace,
                     secret_name,

@@ -359,11 +359,11 @@ async fn account_credentials(harness: &Harness, namespace: &str, name: &str) -> 
 /// The tenant's side of the multi-tenant mode: the ServiceAccount the chart's
 /// `controller.defaultServiceAccount` names, with a Role for what the example app
 /// deploys in its namespace.
-async fn set_up_tenant(harness: &Harness) {
+async fn set_up_tenant(harness: &Harness, tenant: &str) {
     let client = &harness.client;
-    create_namespace(client, TENANT_NS).await;
+    create_namespace(client, tenant).await;
     let params = PatchParams::apply("bosun-install-test");
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), TENANT_NS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), tenant);
     let account: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": TENANT_ACCOUNT}})).unwrap();
     accounts
@@ -379,17 +379,17 @@ async fn set_up_tenant(harness: &Harness) {
         ],
     }))
     .unwrap();
-    Api::<Role>::namespaced(client.clone(), TENANT_NS)
+    Api::<Role>::namespaced(client.clone(), tenant)
         .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&role))
         .await
         .unwrap();
     let binding: RoleBinding = serde_json::from_value(json!({
         "metadata": {"name": TENANT_ACCOUNT},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": TENANT_ACCOUNT},
-        "subjects": [{"kind": "ServiceAccount", "name": TENANT_ACCOUNT, "namespace": TENANT_NS}],
+        "subjects": [{"kind": "ServiceAccount", "name": TENANT_ACCOUNT, "namespace": tenant}],
     }))
     .unwrap();
-    Api::<RoleBinding>::namespaced(client.clone(), TENANT_NS)
+    Api::<RoleBinding>::namespaced(client.clone(), tenant)
         .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&binding))
         .await
         .unwrap();
@@ -398,7 +398,7 @@ async fn set_up_tenant(harness: &Harness) {
 /// The literal environment of the chart's controller container, as the controller
 /// process out of cluster gets it (the Git cache and the HTTP address are the
 /// harness's; the downward API's pod name and namespace are filled in).
-fn controller_env(objects: &[Value]) -> Vec<(String, String)> {
+fn controller_env(objects: &[Value], install_namespace: &str) -> Vec<(String, String)> {
     let container = &find(objects, "Deployment", "bosun")["spec"]["template"]["spec"]["containers"][0];
     let mut env: Vec<(String, String)> = container["env"]
         .as_array()
@@ -409,7 +409,7 @@ fn controller_env(objects: &[Value]) -> Vec<(String, String)> {
         .collect();
     env.push(("BOSUN_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()));
     env.push(("POD_NAME".into(), "bosun-test-0".into()));
-    env.push(("POD_NAMESPACE".into(), INSTALL_NS.into()));
+    env.push(("POD_NAMESPACE".into(), install_namespace.into()));
     env
 }
 
@@ -423,7 +423,7 @@ async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outs
     create_namespace(&harness.client, INSTALL_NS).await;
     let objects = template(INSTALL_NS, &[]);
     apply_rendered(&harness.client, &objects).await;
-    set_up_tenant(&harness).await;
+    set_up_tenant(&harness, TENANT_NS).await;
     harness
         .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
         .await;
@@ -441,7 +441,7 @@ async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outs
         .await;
 
     let (kubeconfig, as_controller) = account_credentials(&harness, INSTALL_NS, CONTROLLER_ACCOUNT).await;
-    let env = controller_env(&objects);
+    let env = controller_env(&objects, INSTALL_NS);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     harness.start_controller_as(&kubeconfig, &[], &env);
     harness
@@ -497,7 +497,7 @@ async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_scoped_install_reaches_only_its_namespace() {
-    let harness = Harness::start().await;
+    let mut harness = Harness::start().await;
     let own = "team-a";
     let other = "team-b";
     create_namespace(&harness.client, own).await;
@@ -505,7 +505,7 @@ async fn namespace_scoped_install_reaches_only_its_namespace() {
     let objects = template(own, &["rbac.scope=namespace"]);
     assert!(!kinds(&objects).contains(&"ClusterRole"));
     apply_rendered(&harness.client, &objects).await;
-    let (_, as_controller) = account_credentials(&harness, own, CONTROLLER_ACCOUNT).await;
+    let (kubeconfig, as_controller) = account_credentials(&harness, own, CONTROLLER_ACCOUNT).await;
 
     // Its own namespace: what the Role grants.
     let own_secrets: Api<Secret> = Api::namespaced(as_controller.clone(), own);
@@ -536,6 +536,50 @@ async fn namespace_scoped_install_reaches_only_its_namespace() {
     assert!(is_forbidden(cluster_runbooks.list(&ListParams::default()).await));
     let namespaces: Api<Namespace> = Api::all(as_controller.clone());
     assert!(is_forbidden(namespaces.list(&ListParams::default()).await));
+
+    // The controller itself, as that account with the chart's environment
+    // (BOSUN_WATCH_NAMESPACE): it reconciles the app of its namespace, applied as the
+    // namespace's `bosun-deployer`, and never sees the app of the other namespace.
+    set_up_tenant(&harness, own).await;
+    set_up_tenant(&harness, other).await;
+    let repo = harness.repo("team");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    for namespace in [own, other] {
+        harness
+            .apply_runbook(&workload_only_runbook_yaml(namespace, "quick"))
+            .await;
+        harness
+            .apply_app(&app_deployment_yaml(
+                namespace,
+                "team",
+                &harness.git.url(repo.name()),
+                Some("quick"),
+                "2s",
+            ))
+            .await;
+    }
+    let env = controller_env(&objects, own);
+    assert!(
+        env.contains(&("BOSUN_WATCH_NAMESPACE".to_string(), own.to_string())),
+        "{env:?}"
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    harness.start_controller_as(&kubeconfig, &[], &env);
+    harness.wait_for_phase(own, "team", Phase::Healthy, &revision).await;
+    assert_eq!(
+        harness.image_of(own, "backend").await,
+        "example/litevault-backend:1.0"
+    );
+    let elsewhere = harness.app(other, "team").await;
+    assert!(
+        elsewhere.status.is_none() && elsewhere.metadata.finalizers.is_none(),
+        "the app of another namespace was touched: {elsewhere:#?}"
+    );
+    let log = harness.controller_log_text();
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the controller asked for what its namespace-scoped RBAC does not grant\n{log}"
+    );
 }
 
 /// The image of scripts/build-image.sh, run with podman on the host network as the
@@ -552,7 +596,7 @@ async fn image_reconciles_under_podman() {
     create_namespace(&harness.client, INSTALL_NS).await;
     let objects = template(INSTALL_NS, &[]);
     apply_rendered(&harness.client, &objects).await;
-    set_up_tenant(&harness).await;
+    set_up_tenant(&harness, TENANT_NS).await;
     harness
         .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
         .await;
@@ -622,7 +666,7 @@ async fn image_reconciles_under_podman() {
     command.args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]);
     command.args(["-v", &format!("{}:/kubeconfig:ro", mounted.display())]);
     command.args(["-e", "KUBECONFIG=/kubeconfig"]);
-    for (key, value) in controller_env(&objects) {
+    for (key, value) in controller_env(&objects, INSTALL_NS) {
         if key != "BOSUN_CACHE_DIR" {
             command.args(["-e", &format!("{key}={value}")]);
         }

@@ -37,6 +37,37 @@ use crate::snapshot::{self, SNAPSHOT_SECRET_TYPE, SnapshotError};
 /// Wakes the app a change concerns.
 pub type Trigger = mpsc::UnboundedSender<ObjectRef<AppDeployment>>;
 
+/// Which namespaces the controller watches: all of them, or the one of a
+/// namespace-scoped install (`--watch-namespace`), whose RBAC grants nothing beyond it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum WatchScope {
+    #[default]
+    Cluster,
+    Namespace(String),
+}
+
+impl WatchScope {
+    /// The API of a namespaced kind, over every namespace or the one watched.
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            WatchScope::Cluster => Api::all(client.clone()),
+            WatchScope::Namespace(namespace) => Api::namespaced(client.clone(), namespace),
+        }
+    }
+
+    /// Whether objects of `namespace` (`None`: cluster-scoped) are in sight.
+    fn sees(&self, namespace: Option<&str>) -> bool {
+        match self {
+            WatchScope::Cluster => true,
+            WatchScope::Namespace(watched) => namespace == Some(watched.as_str()),
+        }
+    }
+}
+
 /// Every cache the controller reads, kept warm by watches.
 #[derive(Clone)]
 pub struct Caches {
@@ -62,7 +93,7 @@ type Decoded = (String, Arc<Vec<Manifest>>);
 
 impl Caches {
     /// Starts every watch; changes are sent on `trigger` as the apps they concern.
-    pub fn start(client: &Client, apps: Store<AppDeployment>, trigger: Trigger) -> Caches {
+    pub fn start(client: &Client, scope: &WatchScope, apps: Store<AppDeployment>, trigger: Trigger) -> Caches {
         let managed_only = || watcher::Config::default().labels(APP_LABEL);
         let to_owner = {
             let apps = apps.clone();
@@ -77,32 +108,32 @@ impl Caches {
             }
         };
         let workloads = WorkloadStores {
-            deployments: reflect(Api::all(client.clone()), managed_only(), {
+            deployments: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &Deployment| wake(&o.metadata)
             }),
-            stateful_sets: reflect(Api::all(client.clone()), managed_only(), {
+            stateful_sets: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &StatefulSet| wake(&o.metadata)
             }),
-            daemon_sets: reflect(Api::all(client.clone()), managed_only(), {
+            daemon_sets: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &DaemonSet| wake(&o.metadata)
             }),
-            replica_sets: reflect(Api::all(client.clone()), managed_only(), {
+            replica_sets: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &ReplicaSet| wake(&o.metadata)
             }),
-            controller_revisions: reflect(Api::all(client.clone()), managed_only(), {
+            controller_revisions: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &ControllerRevision| wake(&o.metadata)
             }),
-            pods: reflect(Api::all(client.clone()), managed_only(), {
+            pods: reflect(scope.api(client), managed_only(), {
                 let wake = to_owner.clone();
                 move |o: &Pod| wake(&o.metadata)
             }),
         };
-        let runbooks = reflect(Api::all(client.clone()), watcher::Config::default(), {
+        let runbooks = reflect(scope.api(client), watcher::Config::default(), {
             let apps = apps.clone();
             let trigger = trigger.clone();
             move |runbook: &Runbook| {
@@ -117,27 +148,35 @@ impl Caches {
                 }
             }
         });
-        let cluster_runbooks = reflect(Api::all(client.clone()), watcher::Config::default(), {
-            let apps = apps.clone();
-            let trigger = trigger.clone();
-            move |runbook: &ClusterRunbook| {
-                for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
-                    let _ = trigger.send(app);
+        let cluster_runbooks = match scope {
+            WatchScope::Cluster => reflect(Api::all(client.clone()), watcher::Config::default(), {
+                let apps = apps.clone();
+                let trigger = trigger.clone();
+                move |runbook: &ClusterRunbook| {
+                    for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
+                        let _ = trigger.send(app);
+                    }
                 }
+            }),
+            // A namespace-scoped install may not read ClusterRunbooks: none are known.
+            WatchScope::Namespace(_) => {
+                let (reader, mut writer) = reflector::store();
+                writer.apply_watcher_event(&watcher::Event::InitDone);
+                reader
             }
-        });
+        };
         let snapshots = reflect(
-            Api::all(client.clone()),
+            scope.api(client),
             watcher::Config::default().fields(&format!("type={SNAPSHOT_SECRET_TYPE}")),
             |_: &Secret| {},
         );
-        let jobs = reflect(Api::all(client.clone()), managed_only(), {
+        let jobs = reflect(scope.api(client), managed_only(), {
             let wake = to_owner.clone();
             move |o: &Job| wake(&o.metadata)
         });
         let secret_changes: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let secrets = reflect(
-            Api::all(client.clone()),
+            scope.api(client),
             // Field selectors on `type` are served for Secrets by every API server version.
             watcher::Config::default()
                 .fields(&format!("type!={SNAPSHOT_SECRET_TYPE},type!={HELM_RELEASE_TYPE}")),
@@ -162,7 +201,7 @@ impl Caches {
             let apps = apps.clone();
             let trigger = trigger.clone();
             let changes = secret_changes.clone();
-            let stream = watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default())
+            let stream = watcher(scope.api::<ConfigMap>(client), watcher::Config::default())
                 .default_backoff()
                 .modify(|object: &mut ConfigMap| {
                     object.metadata.managed_fields = None;
@@ -192,7 +231,7 @@ impl Caches {
             jobs,
             secret_changes,
             workloads,
-            managed: Arc::new(ManagedObjects::new(client.clone())),
+            managed: Arc::new(ManagedObjects::new(client.clone(), scope.clone())),
             decoded: Arc::default(),
         }
     }
@@ -380,6 +419,7 @@ fn apps_using(
 /// bosun did not create carries no label), so the cache answers only what it holds.
 pub struct ManagedObjects {
     client: Client,
+    scope: WatchScope,
     kinds: Mutex<HashMap<String, Arc<KindCache>>>,
 }
 
@@ -390,9 +430,10 @@ struct KindCache {
 }
 
 impl ManagedObjects {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, scope: WatchScope) -> Self {
         Self {
             client,
+            scope,
             kinds: Mutex::default(),
         }
     }
@@ -407,7 +448,10 @@ impl ManagedObjects {
         let writer = reflector::store::Writer::new(resource.clone());
         let store = writer.as_reader();
         let ready = Arc::new(AtomicBool::new(false));
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), resource);
+        let api: Api<DynamicObject> = match &self.scope {
+            WatchScope::Cluster => Api::all_with(self.client.clone(), resource),
+            WatchScope::Namespace(namespace) => Api::namespaced_with(self.client.clone(), namespace, resource),
+        };
         let kind = resource.clone();
         let stream = watcher(api, watcher::Config::default().labels(APP_LABEL))
             .default_backoff()
@@ -452,6 +496,11 @@ fn as_cached(object: &mut DynamicObject, resource: &ApiResource) {
 
 impl LiveObjects for ManagedObjects {
     fn lookup(&self, resource: &ApiResource, namespace: Option<&str>, name: &str) -> Lookup {
+        // Out of a namespace-scoped install's sight (its RBAC would refuse the watch):
+        // the applier reads it directly, and is answered by the API server.
+        if !self.scope.sees(namespace) {
+            return Lookup::Unknown;
+        }
         let cache = self.cache_of(resource);
         if !cache.ready.load(Ordering::Acquire) {
             return Lookup::Unknown;

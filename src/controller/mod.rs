@@ -41,7 +41,7 @@ use crate::gates::http::HttpProber;
 use crate::render::Manifest;
 use crate::source::{Credentials, GitCache};
 
-pub use cache::Caches;
+pub use cache::{Caches, WatchScope};
 pub use error::Error;
 
 /// Settings of one controller process.
@@ -65,6 +65,8 @@ pub struct Settings {
     /// Reconcile only the AppDeployments whose labels match (a label selector, as
     /// Flux's `--watch-label-selector`): one controller per shard.
     pub watch_label_selector: Option<String>,
+    /// Every namespace, or only one (a namespace-scoped install).
+    pub watch_scope: cache::WatchScope,
     /// The Git push webhook receiver: where its shared secret is, where it listens.
     pub webhook: Option<crate::server::webhook::WebhookSettings>,
 }
@@ -80,6 +82,7 @@ impl Default for Settings {
             listen_address: None,
             leader_election: None,
             watch_label_selector: None,
+            watch_scope: cache::WatchScope::Cluster,
             webhook: None,
         }
     }
@@ -391,7 +394,11 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             .await
             .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
     }
-    let apps: Api<AppDeployment> = Api::all(client.clone());
+    let scope = settings.watch_scope.clone();
+    if let cache::WatchScope::Namespace(namespace) = &scope {
+        info!(%namespace, "watching and reconciling only this namespace (--watch-namespace)");
+    }
+    let apps: Api<AppDeployment> = scope.api(&client);
     let selector = settings.watch_label_selector.clone();
     wait_for_api_server(&apps, selector.as_deref()).await?;
 
@@ -421,7 +428,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             (predicates::generation as fn(&AppDeployment) -> Option<u64>).combine(predicates::annotations),
             Default::default(),
         );
-    let caches = Caches::start(&client, reader.clone(), trigger);
+    let caches = Caches::start(&client, &scope, reader.clone(), trigger);
     let concurrency = settings.concurrency;
     let context = Arc::new(Context::new(
         client,
