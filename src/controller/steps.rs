@@ -105,6 +105,11 @@ pub async fn snapshot(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome
             Err(outcome) => return outcome,
         },
     };
+    // The snapshot Secret is written as the controller itself: the claim is checked
+    // here as `client_for` checks it for applies and Jobs.
+    if let Err(error) = step.context.leader.check("the revision snapshot") {
+        return StepOutcome::Transient(error.to_string());
+    }
     match snapshot::store(
         &step.context.client,
         step.app,
