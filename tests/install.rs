@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,74 +14,20 @@ use bosun::api::Phase;
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::GroupVersionKind;
-use kube::discovery::Scope;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::Harness;
+use support::chart::{
+    CONTROLLER_ACCOUNT, account_credentials, apply_rendered, controller_env, create_namespace, find, kinds,
+    render_py, root, template,
+};
 
 /// The release namespace manifests/install.yaml installs into.
 const INSTALL_NS: &str = "bosun-system";
-/// The chart's ServiceAccount and the default of `controller.defaultServiceAccount`.
-const CONTROLLER_ACCOUNT: &str = "bosun";
+/// The default of `controller.defaultServiceAccount`.
 const TENANT_ACCOUNT: &str = "bosun-deployer";
 const TENANT_NS: &str = "shop";
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python with helm-python-sdk: `BOSUN_PYTHON` (scripts/test.sh sets it), else
-/// `python3` on the PATH.
-fn python() -> String {
-    std::env::var("BOSUN_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Runs `manifests/render.py <args>`: (success, stdout, stderr).
-fn render_py(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(python())
-        .arg(root().join("manifests/render.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {} manifests/render.py: {e}", python()));
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// The chart rendered with `sets` (`KEY=VALUE`) into `namespace`, as objects.
-fn template(namespace: &str, sets: &[&str]) -> Vec<Value> {
-    let mut args = vec!["template", "--namespace", namespace];
-    for set in sets {
-        args.extend(["--set", set]);
-    }
-    let (ok, stdout, stderr) = render_py(&args);
-    assert!(ok, "rendering the chart with {sets:?} failed:\n{stderr}");
-    serde_saphyr::from_multiple::<Value>(&stdout)
-        .expect("rendered chart is YAML")
-        .into_iter()
-        .filter(|object| !object.is_null())
-        .collect()
-}
-
-fn kinds(objects: &[Value]) -> Vec<&str> {
-    objects
-        .iter()
-        .map(|o| o["kind"].as_str().unwrap_or_default())
-        .collect()
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", kinds(objects)))
-}
-
-/// The `verbs` granted on `group`/`resource` by a rule list, counting wildcards.
 fn verbs_on(rules: &Value, group: &str, resource: &str) -> Vec<String> {
     let mut verbs = Vec::new();
     for rule in rules.as_array().into_iter().flatten() {
@@ -269,93 +214,6 @@ fn defaults_are_hardened_and_least_privilege() {
 
 /// Applies rendered objects server-side as the admin, the CRDs first, and waits for
 /// the CRDs to be established.
-async fn apply_rendered(client: &kube::Client, objects: &[Value]) {
-    let (crds, others): (Vec<&Value>, Vec<&Value>) = objects
-        .iter()
-        .partition(|o| o["kind"] == "CustomResourceDefinition");
-    let params = PatchParams::apply("bosun-install-test").force();
-    for object in crds.into_iter().chain(others) {
-        let mut object = object.clone();
-        // Kubernetes 1.20 (the local control plane) serves PodDisruptionBudgets as
-        // policy/v1beta1 only; 1.21+ serves the policy/v1 the chart renders offline.
-        if object["kind"] == "PodDisruptionBudget" {
-            object["apiVersion"] = json!("policy/v1beta1");
-        }
-        let (group, version) = match object["apiVersion"].as_str().unwrap().split_once('/') {
-            Some((group, version)) => (group.to_string(), version.to_string()),
-            None => (String::new(), object["apiVersion"].as_str().unwrap().to_string()),
-        };
-        let kind = object["kind"].as_str().unwrap().to_string();
-        let gvk = GroupVersionKind::gvk(&group, &version, &kind);
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
-            .await
-            .unwrap_or_else(|e| panic!("discovering {kind}: {e}"));
-        let name = object["metadata"]["name"].as_str().unwrap().to_string();
-        let api: Api<DynamicObject> = match (capabilities.scope, object["metadata"]["namespace"].as_str()) {
-            (Scope::Namespaced, Some(namespace)) => {
-                Api::namespaced_with(client.clone(), namespace, &resource)
-            }
-            _ => Api::all_with(client.clone(), &resource),
-        };
-        api.patch(&name, &params, &Patch::Apply(&object))
-            .await
-            .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
-        if kind == "CustomResourceDefinition" {
-            support::eventually(
-                &format!("CRD {name} established"),
-                Duration::from_secs(30),
-                || {
-                    let api = api.clone();
-                    let name = name.clone();
-                    async move {
-                        let crd = api.get(&name).await?;
-                        let established = crd.data["status"]["conditions"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|c| c["type"] == "Established" && c["status"] == "True");
-                        Ok(established.then_some(()))
-                    }
-                },
-            )
-            .await
-            .unwrap();
-        }
-    }
-}
-
-async fn create_namespace(client: &kube::Client, name: &str) {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    namespaces
-        .patch(
-            name,
-            &PatchParams::apply("bosun-install-test"),
-            &Patch::Apply(&namespace),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("Namespace {name}: {e}"));
-}
-
-/// A kubeconfig and a client authenticated with the token of ServiceAccount
-/// `namespace/name` (1.20's token controller puts it in a Secret).
-async fn account_credentials(harness: &Harness, namespace: &str, name: &str) -> (PathBuf, kube::Client) {
-    let token = harness
-        .control_plane
-        .service_account_token(namespace, name)
-        .await
-        .expect("ServiceAccount token");
-    let path = harness
-        .control_plane
-        .token_kubeconfig(&format!("{namespace}-{name}"), &token)
-        .expect("token kubeconfig");
-    let kubeconfig = Kubeconfig::read_from(&path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    (path, kube::Client::try_from(config).unwrap())
-}
-
 /// The tenant's side of the multi-tenant mode: the ServiceAccount the chart's
 /// `controller.defaultServiceAccount` names, with a Role for what the example app
 /// deploys in its namespace.
@@ -393,24 +251,6 @@ async fn set_up_tenant(harness: &Harness, tenant: &str) {
         .patch(TENANT_ACCOUNT, &params, &Patch::Apply(&binding))
         .await
         .unwrap();
-}
-
-/// The literal environment of the chart's controller container, as the controller
-/// process out of cluster gets it (the Git cache and the HTTP address are the
-/// harness's; the downward API's pod name and namespace are filled in).
-fn controller_env(objects: &[Value], install_namespace: &str) -> Vec<(String, String)> {
-    let container = &find(objects, "Deployment", "bosun")["spec"]["template"]["spec"]["containers"][0];
-    let mut env: Vec<(String, String)> = container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
-        .filter(|(name, _)| !matches!(name.as_str(), "BOSUN_CACHE_DIR" | "BOSUN_LISTEN_ADDRESS"))
-        .collect();
-    env.push(("BOSUN_LISTEN_ADDRESS".into(), "127.0.0.1:0".into()));
-    env.push(("POD_NAME".into(), "bosun-test-0".into()));
-    env.push(("POD_NAMESPACE".into(), install_namespace.into()));
-    env
 }
 
 fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
@@ -565,7 +405,9 @@ async fn namespace_scoped_install_reaches_only_its_namespace() {
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     harness.start_controller_as(&kubeconfig, &[], &env);
-    harness.wait_for_phase(own, "team", Phase::Healthy, &revision).await;
+    harness
+        .wait_for_phase(own, "team", Phase::Healthy, &revision)
+        .await;
     assert_eq!(
         harness.image_of(own, "backend").await,
         "example/litevault-backend:1.0"

@@ -3,8 +3,9 @@
 //! of a verification hands the revision to the other, which finishes it once. And
 //! sharding with `--watch-label-selector`.
 //!
-//! Both processes authenticate as the same user (`bosun`), as two replicas of one
-//! Deployment share a ServiceAccount; each names itself in its User-Agent
+//! Both processes authenticate as the chart's ServiceAccount (its token, its RBAC, its
+//! container's environment), as two replicas of one Deployment do; each names itself
+//! in its User-Agent
 //! (`bosun/<version> (<identity>)`), which the API server's audit log records, so every
 //! write is attributed to the replica that sent it.
 
@@ -23,10 +24,9 @@ use kube::Api;
 use kube::api::PostParams;
 use support::{ControllerProcess, Harness, eventually, status};
 
-/// The controller's defaults: `--lease-name`, and the namespace of its kubeconfig
-/// context (the devenv's names none: `default`).
+/// The chart's `--lease-name`, in its release namespace (`POD_NAMESPACE`).
 const LEASE: &str = "bosun-controller";
-const LEASE_NAMESPACE: &str = "default";
+const LEASE_NAMESPACE: &str = "bosun-system";
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Generous: the machine is shared.
 const WAIT: Duration = Duration::from_secs(120);
@@ -70,7 +70,10 @@ spec:
 /// from it stops and exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_the_revision_once() {
-    let harness = Harness::start().await;
+    let mut harness = Harness::start().await;
+    harness
+        .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
+        .await;
     let namespace = "shop";
     harness.namespace(namespace).await;
     let mut replicas: Vec<ControllerProcess> = ["replica-a", "replica-b"]
@@ -276,7 +279,10 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
 /// alone. A shard stopped cleanly (SIGTERM) gives its Lease up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
-    let harness = Harness::start().await;
+    let mut harness = Harness::start().await;
+    harness
+        .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
+        .await;
     let mut apps = Vec::new();
     for (shard, label) in [("a", Some("a")), ("b", Some("b")), ("none", None)] {
         let namespace = format!("shard-{shard}");
@@ -395,7 +401,10 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
 /// without a transition, and carries on: the next commit goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_api_server_past_its_renew_deadline_renews_and_carries_on() {
-    let harness = Harness::start().await;
+    let mut harness = Harness::start().await;
+    harness
+        .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
+        .await;
     let namespace = "solo";
     harness.namespace(namespace).await;
     let mut replica = harness.spawn_controller("solo", &["--leader-elect-identity=solo"], &[]);
@@ -437,10 +446,7 @@ async fn a_leader_cut_off_from_the_api_server_past_its_renew_deadline_renews_and
     harness.control_plane.start_apiserver().await.unwrap();
 
     eventually("the Lease renewed after the outage", WAIT, || async {
-        Ok(replica
-            .log()
-            .contains("renewed the Lease again")
-            .then_some(()))
+        Ok(replica.log().contains("renewed the Lease again").then_some(()))
     })
     .await
     .unwrap();

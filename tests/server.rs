@@ -185,6 +185,9 @@ fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
 #[tokio::test]
 async fn health_readiness_and_metrics_then_prometheus_counts_a_flip_back() {
     let mut harness = Harness::start().await;
+    harness
+        .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
+        .await;
     let repo = harness.repo("app");
     let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
     let _health = set_up_app(&harness, &repo).await;
@@ -203,6 +206,12 @@ async fn health_readiness_and_metrics_then_prometheus_counts_a_flip_back() {
     assert_eq!(endpoint.status("/readyz").await, Some(503));
     assert_eq!(endpoint.status("/healthz").await, Some(200));
     harness.control_plane.start_apiserver().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        harness.controller_running(),
+        "the controller exited\n{}",
+        harness.controller_log()
+    );
     let ready_after = endpoint
         .wait_for_status("/readyz", 200, Duration::from_secs(60))
         .await;

@@ -99,7 +99,11 @@ fn github_push(clone_url: &str, ssh_url: &str) -> serde_json::Value {
 
 async fn start(harness: &mut Harness, repo: &WorkRepo) -> Receiver {
     harness.namespace(NS).await;
-    harness.namespace("bosun-system").await;
+    // As installed: the chart's ServiceAccount and RBAC (it may read the webhook's
+    // Secret), release namespace bosun-system.
+    harness
+        .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
+        .await;
     // A trailing newline, as `echo` leaves it: not part of the secret.
     let secret: Secret = serde_json::from_value(json!({
         "metadata": {"name": "bosun-webhook", "namespace": "bosun-system"},

@@ -885,6 +885,23 @@ async fn start_once(
         },
     )
     .await?;
+    // kube-controller-manager exits (klog.Fatalf "error starting controllers") when
+    // the API server goes away while it is still starting its controllers, which it
+    // goes on doing after the token controller above is up; a test that stops the API
+    // server right after start would lose it. Its shared informers are started once
+    // every controller is: their first "Caches are synced" line marks the end of that
+    // window.
+    let log = layout.log(CONTROLLER_MANAGER);
+    wait_until(
+        &mut processes,
+        deadline,
+        "kube-controller-manager's controllers started",
+        async || {
+            Ok(std::fs::read_to_string(&log)
+                .is_ok_and(|text| text.contains("Caches are synced for deployment")))
+        },
+    )
+    .await?;
     Ok((processes, client, tokens))
 }
 

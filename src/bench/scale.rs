@@ -302,6 +302,8 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
             .arg("controller")
             .env("KUBECONFIG", control_plane.controller_kubeconfig_path())
             .env("BOSUN_CACHE_DIR", dir.path().join("git-cache"))
+            // Any free port: the default 8080 may be taken on the machine.
+            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -93,7 +93,12 @@ type Decoded = (String, Arc<Vec<Manifest>>);
 
 impl Caches {
     /// Starts every watch; changes are sent on `trigger` as the apps they concern.
-    pub fn start(client: &Client, scope: &WatchScope, apps: Store<AppDeployment>, trigger: Trigger) -> Caches {
+    pub fn start(
+        client: &Client,
+        scope: &WatchScope,
+        apps: Store<AppDeployment>,
+        trigger: Trigger,
+    ) -> Caches {
         let managed_only = || watcher::Config::default().labels(APP_LABEL);
         let to_owner = {
             let apps = apps.clone();
@@ -450,7 +455,9 @@ impl ManagedObjects {
         let ready = Arc::new(AtomicBool::new(false));
         let api: Api<DynamicObject> = match &self.scope {
             WatchScope::Cluster => Api::all_with(self.client.clone(), resource),
-            WatchScope::Namespace(namespace) => Api::namespaced_with(self.client.clone(), namespace, resource),
+            WatchScope::Namespace(namespace) => {
+                Api::namespaced_with(self.client.clone(), namespace, resource)
+            }
         };
         let kind = resource.clone();
         let stream = watcher(api, watcher::Config::default().labels(APP_LABEL))

@@ -251,9 +251,9 @@ impl LeaseElector {
         )
     }
 
-    /// Waits until this process holds the Lease. Errors the API server will keep
-    /// giving (no permission, no such namespace) end the wait with an error naming the
-    /// Lease; an unreachable API server is waited for.
+    /// Waits until this process holds the Lease, through an unreachable API server and
+    /// through refusals (no permission, no such namespace), which are logged as errors
+    /// naming the Lease and what the controller needs.
     pub async fn acquire(&mut self, claim: &LeaderClaim) -> Result<(), Error> {
         let mut told_holder: Option<String> = None;
         loop {
@@ -286,12 +286,16 @@ impl LeaseElector {
                     warn!(lease = %self.lease_ref(), error = %failure::server_message(&error), "cannot read or write the Lease; trying again");
                     tokio::time::sleep(self.election.timing.retry_period).await;
                 }
+                // Forbidden, or no such namespace: waited for too (the RBAC or the
+                // namespace may come after the controller, and 1.20's authorizer answers
+                // 403 for a moment after an API server restart), but said as an error.
                 Err(error) => {
-                    return Err(Error::Internal(format!(
-                        "{} (--lease-namespace, --lease-name; the controller needs get, create and update on leases.coordination.k8s.io there): {}",
-                        self.lease_ref(),
-                        failure::server_message(&error)
-                    )));
+                    tracing::error!(
+                        lease = %self.lease_ref(),
+                        error = %failure::server_message(&error),
+                        "cannot read or write the Lease (--lease-namespace, --lease-name; the controller needs get, create and update on leases.coordination.k8s.io there); trying again"
+                    );
+                    tokio::time::sleep(self.election.timing.retry_period.max(Duration::from_secs(5))).await;
                 }
             }
         }

@@ -485,7 +485,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
 /// Lists AppDeployments once before anything starts: fails early and clearly when the
 /// API server answers that it cannot (the CRDs are not installed, no permission), and
 /// waits, with back-off, while it does not answer at all (a controller restarted during
-/// an outage of the API server carries on when it is back).
+/// an outage of the API server carries on when it is back) or refuses it (RBAC).
 /// A `--watch-label-selector` the API server cannot parse is refused here, naming it.
 async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) -> Result<(), Error> {
     let mut attempt = 0;
@@ -503,6 +503,20 @@ async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) 
                     error = %crate::failure::server_message(&error),
                     retry_in = ?delay,
                     "the API server is unreachable or not ready; waiting for it"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            // Refused by authorization: the RBAC may be on its way (installed just
+            // after the controller, or an API server just restarted whose authorizer
+            // has not read it yet: 1.20's /readyz does not wait for that). Said loudly,
+            // and waited for, as the API server's absence is: not ready meanwhile.
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                attempt += 1;
+                let delay = pass::backoff(attempt).min(std::time::Duration::from_secs(30));
+                error!(
+                    error = %status.message,
+                    retry_in = ?delay,
+                    "forbidden to list AppDeployments: the controller's RBAC (charts/bosun) is missing or not yet in effect; waiting"
                 );
                 tokio::time::sleep(delay).await;
             }

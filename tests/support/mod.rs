@@ -21,6 +21,8 @@ use kube::{Api, Client, ResourceExt};
 /// The Node every harness registers and binds Pods to.
 pub const NODE: &str = "devenv-node";
 
+pub mod chart;
+
 pub struct Harness {
     pub control_plane: ControlPlane,
     pub client: Client,
@@ -30,6 +32,17 @@ pub struct Harness {
     _pods: PodSimulator,
     controller: Option<Child>,
     controller_starts: u32,
+    /// Set by [`Harness::run_as_chart_account`]: the controller's credentials and
+    /// environment are the chart's.
+    account: Option<ChartAccount>,
+}
+
+/// The controller as the chart installs it: its ServiceAccount's token, its user name
+/// in the audit log, and the literal environment of its container.
+pub struct ChartAccount {
+    pub kubeconfig: PathBuf,
+    pub user: String,
+    pub env: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -59,6 +72,7 @@ impl Harness {
             _pods: pods,
             controller: None,
             controller_starts: 0,
+            account: None,
         }
     }
 
@@ -75,8 +89,40 @@ impl Harness {
     /// [`Harness::start_controller`] with extra arguments and environment (e.g. the
     /// fault switch `BOSUN_FAULT_ABORT_AFTER`).
     pub fn start_controller_with(&mut self, args: &[&str], env: &[(&str, &str)]) {
-        let kubeconfig = self.control_plane.controller_kubeconfig_path().to_path_buf();
-        self.start_controller_as(&kubeconfig, args, env);
+        let (kubeconfig, env) = self.controller_credentials(env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.start_controller_as(&kubeconfig, args, &env);
+    }
+
+    /// From now on the controller runs as the Helm chart installs it: the chart is
+    /// rendered with `sets` (Helm's library) and applied into `bosun-system`, and the
+    /// controller authenticates with its ServiceAccount's token and gets its
+    /// container's environment, so the API server grants it exactly the chart's RBAC.
+    pub async fn run_as_chart_account(&mut self, sets: &[&str]) {
+        const RELEASE_NS: &str = "bosun-system";
+        chart::create_namespace(&self.client, RELEASE_NS).await;
+        let objects = chart::template(RELEASE_NS, sets);
+        chart::apply_rendered(&self.client, &objects).await;
+        let (kubeconfig, _) = chart::account_credentials(self, RELEASE_NS, chart::CONTROLLER_ACCOUNT).await;
+        self.account = Some(ChartAccount {
+            kubeconfig,
+            user: format!("system:serviceaccount:{RELEASE_NS}:{}", chart::CONTROLLER_ACCOUNT),
+            env: chart::controller_env(&objects, RELEASE_NS),
+        });
+    }
+
+    /// The kubeconfig the controller runs with, and its environment (`extra` last, so
+    /// it wins).
+    fn controller_credentials(&self, extra: &[(&str, &str)]) -> (PathBuf, Vec<(String, String)>) {
+        let (kubeconfig, mut env) = match &self.account {
+            Some(account) => (account.kubeconfig.clone(), account.env.clone()),
+            None => (
+                self.control_plane.controller_kubeconfig_path().to_path_buf(),
+                Vec::new(),
+            ),
+        };
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        (kubeconfig, env)
     }
 
     /// Starts the controller with the credentials of `kubeconfig`.
@@ -132,10 +178,11 @@ impl Harness {
     /// Write requests the controller sent (dry runs excluded), from the API server's
     /// audit log.
     pub async fn controller_writes(&self) -> Vec<bosun_devenv::AuditedWrite> {
-        self.control_plane
-            .controller_writes()
-            .await
-            .expect("audit log readable")
+        match &self.account {
+            Some(account) => self.control_plane.writes_by(&account.user).await,
+            None => self.control_plane.controller_writes().await,
+        }
+        .expect("audit log readable")
     }
 
     /// SIGKILL: the controller gets no chance to clean up.
@@ -352,11 +399,12 @@ impl Harness {
     /// [`Harness::start_controller_with`].
     pub fn spawn_controller(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> ControllerProcess {
         let log = self.dir.path().join(format!("controller-{name}.err.log"));
+        let (kubeconfig, env) = self.controller_credentials(env);
         let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
         command
             .arg("controller")
             .args(args)
-            .env("KUBECONFIG", self.control_plane.controller_kubeconfig_path())
+            .env("KUBECONFIG", kubeconfig)
             .env(
                 "BOSUN_CACHE_DIR",
                 self.dir.path().join(format!("git-cache-{name}")),
