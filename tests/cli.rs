@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bosun::api::{Phase, short_revision};
 use bosun_devenv::WorkRepo;
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml, workload_only_runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, runbook_yaml};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -50,23 +50,6 @@ fn commit(repo: &WorkRepo, revision: &ExampleRevision, message: &str) -> String 
     revision.commit_to(repo, message).unwrap()
 }
 
-/// An app on `repo` in `namespace` with the workload gate alone and a 1 s window.
-async fn quick_app(harness: &Harness, namespace: &str, name: &str, repo: &WorkRepo) {
-    harness.namespace(namespace).await;
-    harness
-        .apply_runbook(&workload_only_runbook_yaml(namespace, "quick"))
-        .await;
-    harness
-        .apply_app(&app_deployment_yaml(
-            namespace,
-            name,
-            &harness.git.url(repo.name()),
-            Some("quick"),
-            "2s",
-        ))
-        .await;
-}
-
 async fn wait_healthy_at(harness: &Harness, namespace: &str, name: &str, revision: &str) {
     harness
         .wait_for(
@@ -88,7 +71,7 @@ async fn status_history_pin_unpin_suspend_diff_and_the_kubectl_plugin() {
     let mut harness = Harness::start().await;
     let repo = harness.repo("app");
     let v1 = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
-    quick_app(&harness, NS, APP, &repo).await;
+    harness.quick_app(NS, APP, repo.name(), "2s").await;
     harness.start_controller();
     wait_healthy_at(&harness, NS, APP, &v1).await;
     let v2 = commit(&repo, &ExampleRevision::good("2.0"), "v2.0");
@@ -277,13 +260,7 @@ async fn retry_lets_a_quarantined_revision_deploy_again() {
         .apply_runbook(&runbook_yaml(NS, APP, &health_url, "3s"))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     harness.start_controller();
     wait_healthy_at(&harness, NS, APP, &v1).await;
@@ -365,8 +342,8 @@ async fn incident_rollback_lists_then_pins_every_app_changed_in_the_window() {
     let api_repo = harness.repo("api");
     let web_v1 = commit(&web_repo, &ExampleRevision::good("1.0"), "web v1.0");
     let api_v1 = commit(&api_repo, &ExampleRevision::good("1.0"), "api v1.0");
-    quick_app(&harness, "front", "web", &web_repo).await;
-    quick_app(&harness, "back", "api", &api_repo).await;
+    harness.quick_app("front", "web", web_repo.name(), "2s").await;
+    harness.quick_app("back", "api", api_repo.name(), "2s").await;
     harness.start_controller();
     wait_healthy_at(&harness, "front", "web", &web_v1).await;
     wait_healthy_at(&harness, "back", "api", &api_v1).await;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bosun::api::{BlockReason, Phase};
-use bosun_devenv::example::{app_deployment_yaml, workload_only_runbook_yaml};
+use bosun_devenv::example::workload_only_runbook_yaml;
 use bosun_devenv::{AuditedWrite, CONTROLLER_USER, WorkRepo};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service};
@@ -73,13 +73,7 @@ async fn create_app(harness: &Harness, namespace: &str, name: &str, repo: &WorkR
         .apply_runbook(&workload_only_runbook_yaml(namespace, RUNBOOK))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            namespace,
-            name,
-            &harness.git.url(repo.name()),
-            Some(RUNBOOK),
-            INTERVAL_TEXT,
-        ))
+        .apply_example_app(namespace, name, repo.name(), Some(RUNBOOK), INTERVAL_TEXT)
         .await;
 }
 

@@ -65,13 +65,7 @@ async fn set_up_app(harness: &Harness, repo: &WorkRepo, verify_window: &str) -> 
         .apply_runbook(&runbook_yaml(NS, APP, &health.url(), verify_window))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     health
 }
@@ -359,13 +353,7 @@ async fn malformed_yaml_blocks_with_file_and_line_and_applies_nothing() {
     harness.namespace(NS).await;
     workload_only_runbook(&harness).await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some("quick"),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some("quick"), "2s")
         .await;
     harness.start_controller();
 

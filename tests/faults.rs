@@ -51,13 +51,7 @@ async fn set_up_app(harness: &Harness, repo: &WorkRepo, runbook_yaml: &str, inte
     harness.namespace(NS).await;
     harness.apply_runbook(runbook_yaml).await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            interval,
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), interval)
         .await;
 }
 

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use bosun::api::{Gate, Phase, RunbookSpec, SmokeGate, Verdict};
 use bosun::gates::workload::WorkloadObjects;
 use bosun::gates::{HttpProber, ProbeContext, Verification, smoke};
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml};
+use bosun_devenv::example::ExampleRevision;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use serde_json::{Value, json};
@@ -599,13 +599,7 @@ async fn a_smoke_gated_app_is_healthy_when_the_smoke_passes_and_rolled_back_when
     .unwrap();
     harness.apply_runbook(&smoke_runbook_yaml(&app.base)).await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     harness.start_controller();
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bosun::api::Phase;
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, workload_only_runbook_yaml};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -271,13 +271,7 @@ async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outs
     let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
     // The AppDeployment names no ServiceAccount: the chart's default account applies it.
     harness
-        .apply_app(&app_deployment_yaml(
-            TENANT_NS,
-            "shop",
-            &harness.git.url(repo.name()),
-            Some("quick"),
-            "2s",
-        ))
+        .apply_example_app(TENANT_NS, "shop", repo.name(), Some("quick"), "2s")
         .await;
 
     let (kubeconfig, as_controller) = account_credentials(&harness, INSTALL_NS, CONTROLLER_ACCOUNT).await;
@@ -389,13 +383,7 @@ async fn namespace_scoped_install_reaches_only_its_namespace() {
             .apply_runbook(&workload_only_runbook_yaml(namespace, "quick"))
             .await;
         harness
-            .apply_app(&app_deployment_yaml(
-                namespace,
-                "team",
-                &harness.git.url(repo.name()),
-                Some("quick"),
-                "2s",
-            ))
+            .apply_example_app(namespace, "team", repo.name(), Some("quick"), "2s")
             .await;
     }
     let env = controller_env(&objects, own);
@@ -445,13 +433,7 @@ async fn image_reconciles_under_podman() {
     let repo = harness.repo("shop");
     let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
     harness
-        .apply_app(&app_deployment_yaml(
-            TENANT_NS,
-            "shop",
-            &harness.git.url(repo.name()),
-            Some("quick"),
-            "2s",
-        ))
+        .apply_example_app(TENANT_NS, "shop", repo.name(), Some("quick"), "2s")
         .await;
 
     // A kubeconfig the container's user 65532 can read, the CA inlined.

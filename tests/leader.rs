@@ -118,13 +118,7 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         .apply_runbook(&runbook_with_migration(namespace, "shop"))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            namespace,
-            "shop",
-            &harness.git.url("shop"),
-            Some("shop"),
-            "1s",
-        ))
+        .apply_example_app(namespace, "shop", "shop", Some("shop"), "1s")
         .await;
     harness
         .wait_for_phase(namespace, "shop", Phase::Healthy, &first)
@@ -414,13 +408,7 @@ async fn a_leader_cut_off_from_the_api_server_past_its_renew_deadline_renews_and
         .apply_runbook(&workload_only_runbook_yaml(namespace, "web"))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            namespace,
-            "web",
-            &harness.git.url(namespace),
-            Some("web"),
-            "1s",
-        ))
+        .apply_example_app(namespace, "web", namespace, Some("web"), "1s")
         .await;
     harness
         .wait_for_phase(namespace, "web", Phase::Healthy, &first)

@@ -27,7 +27,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use bosun::api::{AppDeployment, AppDeploymentStatus, OperationKind, Phase, Step, short_revision};
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, workload_only_runbook_yaml};
 use bosun_devenv::{AuditedWrite, WorkRepo};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
@@ -104,13 +104,7 @@ async fn set_up_app(harness: &Harness, case: &Case, repo: &WorkRepo) {
         .apply_runbook(&workload_only_runbook_yaml(&case.namespace, RUNBOOK))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            &case.namespace,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(RUNBOOK),
-            "2s",
-        ))
+        .apply_example_app(&case.namespace, APP, repo.name(), Some(RUNBOOK), "2s")
         .await;
 }
 

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use bosun::api::{AppDeployment, JobKind, Phase, condition, short_revision};
 use bosun::jobs::job_name;
-use bosun_devenv::example::app_deployment_yaml;
 use bosun_devenv::{AuditedWrite, WorkRepo};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -254,13 +253,7 @@ async fn set_up(harness: &Harness, namespace: &str, repo: &WorkRepo, runbook_spe
     .unwrap();
     harness.apply_runbook(&runbook(namespace, runbook_spec)).await;
     harness
-        .apply_app(&app_deployment_yaml(
-            namespace,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(RUNBOOK),
-            "1s",
-        ))
+        .apply_example_app(namespace, APP, repo.name(), Some(RUNBOOK), "1s")
         .await;
 }
 

@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::post;
 use bosun::api::Phase;
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, runbook_yaml};
 use bosun_devenv::{HealthEndpoint, WorkRepo};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -261,13 +261,7 @@ async fn a_flip_back_is_told_to_every_receiver_and_a_receiver_that_is_down_holds
     let repo = harness.repo("app");
     let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     harness.start_controller();
     harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;
@@ -392,13 +386,7 @@ async fn a_url_from_a_secret_is_used_never_logged_and_a_preflight_block_is_told(
     let repo = harness.repo("app");
     let good = commit(&repo, &ExampleRevision::good("1.0"), "v1.0");
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     harness.start_controller();
     harness.wait_for_phase(NS, APP, Phase::Healthy, &good).await;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bosun::api::Phase;
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, runbook_yaml};
 use bosun_devenv::{HealthEndpoint, Prometheus, WorkRepo};
 use support::Harness;
 
@@ -31,13 +31,7 @@ async fn set_up_app(harness: &Harness, repo: &WorkRepo) -> HealthEndpoint {
         .apply_runbook(&runbook_yaml(NS, APP, &health.url(), "3s"))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     health
 }

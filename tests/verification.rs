@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use bosun::api::{Phase, Verdict};
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, runbook_yaml};
 use bosun_devenv::{HealthEndpoint, WorkRepo};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
@@ -36,13 +36,7 @@ async fn set_up(harness: &Harness, repo: &WorkRepo, verify_window: &str) -> Heal
         .apply_runbook(&runbook_yaml(NS, APP, &health.url(), verify_window))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some(APP),
-            "2s",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
     health
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bosun::api::Phase;
 use bosun_devenv::WorkRepo;
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
+use bosun_devenv::example::{ExampleRevision, workload_only_runbook_yaml};
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
@@ -118,13 +118,7 @@ async fn start(harness: &mut Harness, repo: &WorkRepo) -> Receiver {
         .apply_runbook(&workload_only_runbook_yaml(NS, "quick"))
         .await;
     harness
-        .apply_app(&app_deployment_yaml(
-            NS,
-            APP,
-            &harness.git.url(repo.name()),
-            Some("quick"),
-            "10m",
-        ))
+        .apply_example_app(NS, APP, repo.name(), Some("quick"), "10m")
         .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -253,6 +253,38 @@ impl Harness {
         .expect("apply AppDeployment");
     }
 
+    /// The example AppDeployment `namespace/name` following the repository `repo` (a
+    /// name on the harness's Git server) with Runbook `runbook`.
+    pub async fn apply_example_app(
+        &self,
+        namespace: &str,
+        name: &str,
+        repo: &str,
+        runbook: Option<&str>,
+        interval: &str,
+    ) {
+        self.apply_app(&bosun_devenv::example::app_deployment_yaml(
+            namespace,
+            name,
+            &self.git.url(repo),
+            runbook,
+            interval,
+        ))
+        .await;
+    }
+
+    /// The example app in a namespace of its own, gated by the workload alone
+    /// (Runbook `quick`): what tests of the controller's surroundings need.
+    pub async fn quick_app(&self, namespace: &str, name: &str, repo: &str, interval: &str) {
+        self.namespace(namespace).await;
+        self.apply_runbook(&bosun_devenv::example::workload_only_runbook_yaml(
+            namespace, "quick",
+        ))
+        .await;
+        self.apply_example_app(namespace, name, repo, Some("quick"), interval)
+            .await;
+    }
+
     pub async fn apply_runbook(&self, yaml: &str) {
         let runbook: Runbook = serde_saphyr::from_str(yaml).expect("Runbook YAML");
         let api: Api<Runbook> = Api::namespaced(self.client.clone(), &runbook.namespace().unwrap());
