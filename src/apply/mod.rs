@@ -1044,7 +1044,7 @@ fn resource_version(live: &Value) -> &str {
 /// Puts the app label on the pod template of a workload too, so that its ReplicaSets,
 /// ControllerRevisions and Pods carry it and bosun's watch caches find them by label
 /// (a cluster holds far more Pods than bosun manages).
-fn label_pod_template(object: &mut Value, group: &str, kind: &str, app_label: &str) {
+pub fn label_pod_template(object: &mut Value, group: &str, kind: &str, app_label: &str) {
     if !matches!(
         (group, kind),
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet")

@@ -94,7 +94,9 @@ pub async fn run(client: &Client, app: &AppDeployment) -> anyhow::Result<bool> {
                 .map_err(|e| anyhow!("{label}: {e}"))?;
         plan::strip_server_metadata(&mut object);
         plan::fold_secret_string_data(&mut object);
-        label_pod_template(&mut object, &names.label);
+        // As the apply step labels it: without it the dry run would show the label removed.
+        let group = manifest.api_version().split_once('/').map_or("", |(group, _)| group);
+        crate::apply::label_pod_template(&mut object, group, manifest.kind(), &names.label);
         plan::stamp(&mut object, &names.owner, &names.label);
         let api: Api<DynamicObject> = match &object_namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resolved_kind.resource),
@@ -143,46 +145,6 @@ pub async fn run(client: &Client, app: &AppDeployment) -> anyhow::Result<bool> {
     Ok(changed)
 }
 
-/// The app label on the pod template of a Deployment, StatefulSet or DaemonSet, as
-/// the apply step puts it there (the same rule as `apply`'s own, which is private to it):
-/// without it the dry run would show the label removed.
-fn label_pod_template(object: &mut Value, app_label: &str) {
-    let workload = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .is_some_and(|v| v.starts_with("apps/"))
-        && matches!(
-            object.get("kind").and_then(Value::as_str),
-            Some("Deployment" | "StatefulSet" | "DaemonSet")
-        );
-    let Some(template) = object
-        .pointer_mut("/spec/template")
-        .and_then(Value::as_object_mut)
-    else {
-        return;
-    };
-    if !workload {
-        return;
-    }
-    let metadata = template
-        .entry("metadata")
-        .or_insert_with(|| serde_json::json!({}));
-    if !metadata.is_object() {
-        *metadata = serde_json::json!({});
-    }
-    if let Some(metadata) = metadata.as_object_mut() {
-        let labels = metadata.entry("labels").or_insert_with(|| serde_json::json!({}));
-        if !labels.is_object() {
-            *labels = serde_json::json!({});
-        }
-        if let Some(labels) = labels.as_object_mut() {
-            labels.insert(
-                crate::api::APP_LABEL.to_string(),
-                Value::String(app_label.to_string()),
-            );
-        }
-    }
-}
 
 /// The object as YAML without what the server changes on every write (resourceVersion,
 /// managedFields, ...) and with Secret values hidden.
