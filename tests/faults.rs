@@ -240,7 +240,9 @@ async fn api_server_stopped_during_the_apply_step_is_retried_and_recorded() {
 
     webhook.set_behavior(WebhookBehavior::Fail500);
     let reviews_before = bosun_reviews_of_config(&webhook);
-    harness.start_controller();
+    // Without leader election: with it, passes stop 10 s into the outage (the claim
+    // lapses, tests/leader.rs), and this test is about the passes that meet it.
+    harness.start_controller_with(&[], &[("BOSUN_LEADER_ELECT", "false")]);
     let app = harness
         .wait_for(
             NS,
