@@ -209,13 +209,11 @@ async fn assert_quiet(harness: &Harness, apps: &[(&str, &str)]) -> Quiet {
 
     tokio::time::sleep(INTERVAL * QUIET_INTERVALS + Duration::from_millis(500)).await;
 
-    // The leader's Lease renewals are its heartbeat, not a resync's writes.
     let writes: Vec<String> = harness
         .controller_writes()
         .await
         .iter()
         .skip(writes_before)
-        .filter(|write| write.resource != "leases")
         .map(describe)
         .collect();
     assert!(

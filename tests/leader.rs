@@ -134,7 +134,7 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         .await;
 
     // So far the follower wrote nothing (at most a Lease create that lost the race).
-    let before_kill = harness.controller_writes().await;
+    let before_kill = harness.controller_writes_with_leases().await;
     let follower_writes: Vec<&AuditedWrite> = before_kill.iter().filter(|w| sent_by(w, follower)).collect();
     assert!(
         follower_writes
@@ -214,7 +214,7 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         status.jobs
     );
 
-    let writes = harness.controller_writes().await;
+    let writes = harness.controller_writes_with_leases().await;
     let job_creates: Vec<&AuditedWrite> = writes
         .iter()
         .filter(|w| w.resource == "jobs" && w.verb == "create" && w.succeeded())
@@ -344,7 +344,7 @@ async fn each_shard_reconciles_only_the_apps_its_label_selector_matches() {
     .expect_err("no write without the claim");
     assert!(refused.to_string().contains("not the leader"), "{refused}");
 
-    let writes = harness.controller_writes().await;
+    let writes = harness.controller_writes_with_leases().await;
     for (shard, other) in [("a", "b"), ("b", "a")] {
         let namespace = format!("shard-{shard}");
         let in_namespace: Vec<&AuditedWrite> = writes

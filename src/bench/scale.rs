@@ -77,6 +77,10 @@ pub async fn run(apps: usize, idle: Duration) -> anyhow::Result<()> {
         figures.idle_fetches
     );
     println!(
+        "    besides: {} requests of the leader election (its Lease read and renewed every 2 s)",
+        figures.idle_lease_requests
+    );
+    println!(
         "    per idle minute: {:.2} CPU seconds, {:.1} writes, {:.1} Git fetches",
         figures.idle_cpu_seconds * 60.0 / idle.as_secs_f64(),
         figures.idle_writes as f64 * 60.0 / idle.as_secs_f64(),
@@ -241,6 +245,8 @@ struct Figures {
     idle_cpu_seconds: f64,
     idle_writes: usize,
     idle_reads: usize,
+    /// The leader election's GET and update of its Lease every 2 s, counted apart.
+    idle_lease_requests: usize,
     idle_fetches: usize,
     rss_mib: f64,
     peak_rss_mib: f64,
@@ -254,6 +260,11 @@ impl Drop for ControllerProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A request of the leader election (its Lease), not about any app.
+fn is_lease(request: &AuditedWrite) -> bool {
+    request.group == "coordination.k8s.io" && request.resource == "leases"
 }
 
 async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
@@ -359,6 +370,7 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
         .await?
         .into_iter()
         .filter(|r| r.received_at >= started_at && r.received_at <= healthy_at)
+        .filter(|r| !is_lease(r))
         .collect();
     let pod_reads = rollout
         .iter()
@@ -395,12 +407,12 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
     let cpu_after = cpu_seconds(pid)?;
     let fetches_after = git.fetches();
     let idle_to = Timestamp::now();
-    let idle_requests: Vec<AuditedWrite> = control_plane
+    let (idle_lease_requests, idle_requests): (Vec<AuditedWrite>, Vec<AuditedWrite>) = control_plane
         .controller_requests()
         .await?
         .into_iter()
         .filter(|r| r.received_at >= idle_from && r.received_at <= idle_to)
-        .collect();
+        .partition(is_lease);
     let idle_writes = idle_requests
         .iter()
         .filter(|r| !r.dry_run && bosun_devenv::audit_write_verb(&r.verb))
@@ -417,6 +429,7 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
         idle_cpu_seconds: cpu_after - cpu_before,
         idle_writes,
         idle_reads: idle_requests.len() - idle_writes,
+        idle_lease_requests: idle_lease_requests.len(),
         idle_fetches: fetches_after - fetches_before,
         rss_mib,
         peak_rss_mib,

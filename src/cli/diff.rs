@@ -95,7 +95,10 @@ pub async fn run(client: &Client, app: &AppDeployment) -> anyhow::Result<bool> {
         plan::strip_server_metadata(&mut object);
         plan::fold_secret_string_data(&mut object);
         // As the apply step labels it: without it the dry run would show the label removed.
-        let group = manifest.api_version().split_once('/').map_or("", |(group, _)| group);
+        let group = manifest
+            .api_version()
+            .split_once('/')
+            .map_or("", |(group, _)| group);
         crate::apply::label_pod_template(&mut object, group, manifest.kind(), &names.label);
         plan::stamp(&mut object, &names.owner, &names.label);
         let api: Api<DynamicObject> = match &object_namespace {
@@ -144,7 +147,6 @@ pub async fn run(client: &Client, app: &AppDeployment) -> anyhow::Result<bool> {
     }
     Ok(changed)
 }
-
 
 /// The object as YAML without what the server changes on every write (resourceVersion,
 /// managedFields, ...) and with Secret values hidden.

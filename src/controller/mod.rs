@@ -482,11 +482,12 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     }
 }
 
-/// Lists AppDeployments once before anything starts: fails early and clearly when the
-/// API server answers that it cannot (the CRDs are not installed, no permission), and
-/// waits, with back-off, while it does not answer at all (a controller restarted during
-/// an outage of the API server carries on when it is back) or refuses it (RBAC).
-/// A `--watch-label-selector` the API server cannot parse is refused here, naming it.
+/// Lists AppDeployments once before anything starts, and waits, with back-off and a
+/// log line saying why, while the API server does not answer at all (a controller
+/// restarted during an outage carries on when it is back), refuses it (RBAC) or does
+/// not serve AppDeployments (CRDs): in all three cases the controller is alive and not
+/// ready. A `--watch-label-selector` the API server cannot parse ends it, naming it,
+/// as does any other answer.
 async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) -> Result<(), Error> {
     let mut attempt = 0;
     let mut params = kube::api::ListParams::default().limit(1);
@@ -506,17 +507,17 @@ async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) 
                 );
                 tokio::time::sleep(delay).await;
             }
-            // Refused by authorization: the RBAC may be on its way (installed just
-            // after the controller, or an API server just restarted whose authorizer
-            // has not read it yet: 1.20's /readyz does not wait for that). Said loudly,
-            // and waited for, as the API server's absence is: not ready meanwhile.
-            Err(kube::Error::Api(status)) if status.code == 403 => {
+            // Forbidden (403) or not found (404): the RBAC or the CRDs may be on their
+            // way (installed after the controller, or an API server just restarted
+            // that has not read them yet: 1.20's /readyz waits for neither). Said
+            // loudly, and waited for as the API server's absence is: not ready meanwhile.
+            Err(kube::Error::Api(status)) if matches!(status.code, 403 | 404) => {
                 attempt += 1;
                 let delay = pass::backoff(attempt).min(std::time::Duration::from_secs(30));
                 error!(
                     error = %status.message,
                     retry_in = ?delay,
-                    "forbidden to list AppDeployments: the controller's RBAC (charts/bosun) is missing or not yet in effect; waiting"
+                    "cannot list AppDeployments: are the CRDs in crds/ installed, and the controller's RBAC (charts/bosun)? waiting"
                 );
                 tokio::time::sleep(delay).await;
             }
@@ -529,7 +530,7 @@ async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) 
             }
             Err(error) => {
                 return Err(Error::Internal(format!(
-                    "cannot list AppDeployments (are the CRDs in crds/ installed?): {}",
+                    "cannot list AppDeployments: {}",
                     crate::failure::server_message(&error)
                 )));
             }
