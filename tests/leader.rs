@@ -76,10 +76,16 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         .await;
     let namespace = "shop";
     harness.namespace(namespace).await;
+    let ports = bosun_devenv::process::free_ports(2).unwrap();
     let mut replicas: Vec<ControllerProcess> = ["replica-a", "replica-b"]
         .iter()
-        .map(|identity| {
-            harness.spawn_controller(identity, &[&format!("--leader-elect-identity={identity}")], &[])
+        .zip(&ports)
+        .map(|(identity, port)| {
+            harness.spawn_controller(
+                identity,
+                &[&format!("--leader-elect-identity={identity}")],
+                &[("BOSUN_LISTEN_ADDRESS", &format!("127.0.0.1:{port}"))],
+            )
         })
         .collect();
 
@@ -110,6 +116,25 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
     assert_eq!(held.spec.as_ref().unwrap().lease_transitions, Some(0));
     let leader_index = replicas.iter().position(|r| r.name == leader).unwrap();
     let follower_index = 1 - leader_index;
+
+    // Both are ready for Kubernetes (else a rolling update of the two would wait for the
+    // follower forever, and the PodDisruptionBudget would pin the leader): the leader
+    // reconciling, the follower on standby (a push it receives wakes nothing there and
+    // is answered 503: src/server/webhook.rs).
+    let readyz = |port: u16| async move {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await?;
+        anyhow::Ok((response.status().as_u16(), response.text().await?))
+    };
+    let text = eventually("the leader ready", WAIT, || async {
+        let (status, text) = readyz(ports[leader_index]).await?;
+        Ok((status == 200).then_some(text))
+    })
+    .await
+    .unwrap();
+    assert_eq!(text, "ready\n");
+    let (code, text) = readyz(ports[follower_index]).await.unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(text.starts_with("standby"), "{text}");
 
     // Revision 1 becomes Healthy, revision 2 is verifying.
     let repo = harness.repo("shop");

@@ -318,16 +318,30 @@ pub struct FetchNow {
     apps: reflector::Store<AppDeployment>,
     git: GitCache,
     trigger: cache::Trigger,
+    ready: crate::server::Readiness,
 }
 
 impl FetchNow {
-    /// `apps`: the AppDeployment cache; `trigger`: the channel whose apps get a pass.
+    /// `apps`: the AppDeployment cache; `trigger`: the channel whose apps get a pass;
+    /// `ready`: whether this replica reconciles.
     pub fn new(
         apps: reflector::Store<AppDeployment>,
         git: GitCache,
         trigger: tokio::sync::mpsc::UnboundedSender<reflector::ObjectRef<AppDeployment>>,
+        ready: crate::server::Readiness,
     ) -> FetchNow {
-        FetchNow { apps, git, trigger }
+        FetchNow {
+            apps,
+            git,
+            trigger,
+            ready,
+        }
+    }
+
+    /// Whether a push can wake anything here: only the replica that reconciles (a
+    /// standby has no apps in its cache and runs no passes).
+    pub fn is_reconciling(&self) -> bool {
+        self.ready.is_reconciling()
     }
 
     /// Every app (not suspended) whose `spec.source.git.url` `pushed` accepts: its
@@ -371,7 +385,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     );
     let mut webhook = None;
     if let Some(hooks) = &settings.webhook {
-        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone());
+        let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone(), ready.clone());
         let receiver = crate::server::webhook::WebhookReceiver::new(hooks, fetch_now, client.clone());
         match hooks.listen {
             // A port of its own, e.g. to expose only the webhooks beyond the cluster.
@@ -404,6 +418,8 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
 
     let (claim, mut elector) = match settings.leader_election.clone() {
         Some(election) => {
+            // Up, the API server answering: ready to take over (see Readiness).
+            ready.standby();
             let claim = leader::LeaderClaim::elected();
             let mut elector = leader::LeaseElector::new(client.clone(), election);
             elector.acquire(&claim).await?;
@@ -446,7 +462,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     }
     context.caches.wait_ready().await;
-    ready.set(true);
+    ready.reconciling();
     info!("bosun controller started");
     let controller = Controller::for_stream(app_changes, reader)
         .with_config(ControllerConfig::default().concurrency(concurrency))

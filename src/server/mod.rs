@@ -14,7 +14,7 @@ pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -43,17 +43,38 @@ pub struct ServerState {
     pub webhook: Option<webhook::WebhookReceiver>,
 }
 
-/// Whether the controller is ready to reconcile; false until set.
+/// Whether this replica is ready: reconciling (the leader, its watch caches synced), on
+/// standby (another replica holds the leader Lease: up, and ready to take over), or
+/// neither yet (starting, the API server awaited).
+///
+/// A standby replica is ready as far as Kubernetes is concerned: were it not, a rolling
+/// update of two replicas would wait forever for the new follower, and the
+/// PodDisruptionBudget would forbid evicting the leader (a node drain would hang).
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicU8>);
+
+// 0, the default: starting.
+const STANDBY: u8 = 1;
+const RECONCILING: u8 = 2;
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+    /// The leader with its caches synced (or the only replica).
+    pub fn reconciling(&self) {
+        self.0.store(RECONCILING, Ordering::Release);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// Another replica is the leader; this one waits to take over.
+    pub fn standby(&self) {
+        self.0.store(STANDBY, Ordering::Release);
+    }
+
+    /// Whether this replica reconciles: only then can a push wake an app here.
+    pub fn is_reconciling(&self) -> bool {
+        self.0.load(Ordering::Acquire) == RECONCILING
+    }
+
+    fn is_standby(&self) -> bool {
+        self.0.load(Ordering::Acquire) == STANDBY
     }
 }
 
@@ -81,8 +102,13 @@ async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<ServerState>) -> (StatusCode, &'static str) {
-    if state.ready.is_ready() {
+    if state.ready.is_reconciling() {
         (StatusCode::OK, "ready\n")
+    } else if state.ready.is_standby() {
+        (
+            StatusCode::OK,
+            "standby: another replica holds the leader Lease; ready to take over\n",
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

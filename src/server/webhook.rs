@@ -352,6 +352,18 @@ impl WebhookReceiver {
         let mut repositories: Vec<Repository> = urls.iter().filter_map(|url| Repository::of(url)).collect();
         repositories.sort();
         repositories.dedup();
+        // A standby replica (or one still starting) runs no passes: say so, so that the
+        // forge shows a failed delivery (and may redeliver) instead of a silent 202.
+        if !self.inner.fetch_now.is_reconciling() {
+            let names: Vec<String> = repositories.iter().map(Repository::to_string).collect();
+            info!(source, repositories = ?names, "push received by a replica that does not reconcile");
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this replica is not reconciling (a standby, or still starting): nothing triggered here; the leader picks the commit up at its interval",
+                &names,
+                &[],
+            );
+        }
         let apps = self.inner.fetch_now.repository_pushed(|url| {
             Repository::of(url).is_some_and(|repository| repositories.contains(&repository))
         });
@@ -758,9 +770,16 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (trigger, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        let ready = crate::server::Readiness::default();
+        ready.standby();
         let receiver = WebhookReceiver {
             inner: Arc::new(Inner {
-                fetch_now: FetchNow::new(store, crate::source::GitCache::new(dir.path().into()), trigger),
+                fetch_now: FetchNow::new(
+                    store,
+                    crate::source::GitCache::new(dir.path().into()),
+                    trigger,
+                    ready.clone(),
+                ),
                 secret: SecretSource::Fixed(b"s3cret".to_vec()),
                 body_limit: 4096,
             }),
@@ -801,6 +820,12 @@ mod tests {
                 ("x-hub-signature-256", sign(b"s3cret", body)),
             ]
         };
+        // A standby replica wakes nothing, and says so.
+        let (status, body) = post("/hooks/github", push.clone(), signed(&push)).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(drain().is_empty());
+        ready.reconciling();
+
         let (status, body) = post("/hooks/github", push.clone(), signed(&push)).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["apps"], serde_json::json!(["a/shop", "b/shop-ssh"]));
