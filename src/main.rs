@@ -166,6 +166,11 @@ async fn main() -> anyhow::Result<()> {
                 lease_name,
                 identity,
                 timing: leader::Timing::default(),
+                pod: ["POD_NAMESPACE", "POD_NAME"]
+                    .map(|key| std::env::var(key).ok().filter(|value| !value.is_empty()))
+                    .into_iter()
+                    .collect::<Option<Vec<String>>>()
+                    .map(|found| (found[0].clone(), found[1].clone())),
             });
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),

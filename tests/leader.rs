@@ -19,6 +19,7 @@ use bosun::controller::status_writer;
 use bosun_devenv::AuditedWrite;
 use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -42,6 +43,28 @@ async fn lease(harness: &Harness, namespace: &str, name: &str) -> Option<Lease> 
 
 fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref()?.holder_identity.clone()
+}
+
+/// A Pod standing for the replica `name` (in a cluster, the one it runs in).
+async fn replica_pod(harness: &Harness, name: &str) {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "bosun"}},
+        "spec": {"containers": [{"name": "controller", "image": "localhost/bosun:test"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(harness.client.clone(), LEASE_NAMESPACE)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("replica Pod");
+}
+
+/// The leader label on the Pod of replica `name`.
+async fn leader_label(harness: &Harness, name: &str) -> Option<String> {
+    let pods: Api<Pod> = Api::namespaced(harness.client.clone(), LEASE_NAMESPACE);
+    let pod = pods.get(name).await.expect("replica Pod");
+    pod.metadata
+        .labels
+        .and_then(|labels| labels.get(bosun::controller::leader::LEADER_LABEL).cloned())
 }
 
 /// A Runbook with a migration Job (from the `backend` container) and a verify window
@@ -76,6 +99,11 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         .await;
     let namespace = "shop";
     harness.namespace(namespace).await;
+    // Each replica has a Pod (as in the chart: POD_NAME is the identity), which the
+    // leader labels for the webhook Service.
+    for identity in ["replica-a", "replica-b"] {
+        replica_pod(&harness, identity).await;
+    }
     let ports = bosun_devenv::process::free_ports(2).unwrap();
     let mut replicas: Vec<ControllerProcess> = ["replica-a", "replica-b"]
         .iter()
@@ -83,8 +111,11 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         .map(|(identity, port)| {
             harness.spawn_controller(
                 identity,
-                &[&format!("--leader-elect-identity={identity}")],
-                &[("BOSUN_LISTEN_ADDRESS", &format!("127.0.0.1:{port}"))],
+                &[],
+                &[
+                    ("BOSUN_LISTEN_ADDRESS", &format!("127.0.0.1:{port}")),
+                    ("POD_NAME", identity),
+                ],
             )
         })
         .collect();
@@ -135,6 +166,8 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
     let (code, text) = readyz(ports[follower_index]).await.unwrap();
     assert_eq!(code, 200, "{text}");
     assert!(text.starts_with("standby"), "{text}");
+    assert_eq!(leader_label(&harness, &leader).await.as_deref(), Some("true"));
+    assert_eq!(leader_label(&harness, follower).await, None);
 
     // Revision 1 becomes Healthy, revision 2 is verifying.
     let repo = harness.repo("shop");
@@ -195,6 +228,14 @@ async fn the_follower_takes_over_a_killed_leader_mid_verification_and_finishes_t
         "failover took {failover:?}\n{}",
         replicas[follower_index].log()
     );
+
+    // The new leader labels its Pod (the killed one's label stays until its container
+    // restarts, and a restarting container is not Ready: no endpoint either way).
+    eventually("the new leader's Pod labelled", WAIT, || async {
+        Ok(leader_label(&harness, follower).await.map(|_| ()))
+    })
+    .await
+    .unwrap();
 
     // The new leader finishes revision 2.
     let app = harness

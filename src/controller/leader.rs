@@ -33,7 +33,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::Error;
@@ -71,6 +71,52 @@ pub struct LeaderElection {
     /// is gone), so it must never be shared by two live processes.
     pub identity: String,
     pub timing: Timing,
+    /// This replica's own Pod (`POD_NAMESPACE`, `POD_NAME`), when it runs in one: the
+    /// leader labels it [`LEADER_LABEL`], so that a Service can send the Git push
+    /// webhooks to the leader alone.
+    pub pod: Option<(String, String)>,
+}
+
+/// The label the leader puts on its own Pod (`"true"`); every replica takes it off its
+/// Pod when it starts. The chart's webhook Service selects it.
+pub const LEADER_LABEL: &str = "bosun.dev/leader";
+
+/// Puts [`LEADER_LABEL`] on this replica's Pod, or takes it off. A failure is logged,
+/// never fatal: only the webhooks' routing depends on it (a push that reaches a
+/// standby is answered 503, and the leader polls).
+pub async fn label_own_pod(client: &Client, election: &LeaderElection, leading: bool) {
+    let Some((namespace, name)) = &election.pod else {
+        return;
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    // Read first: a standby whose Pod carries no label writes nothing at all.
+    if let Ok(Some(pod)) = pods.get_opt(name).await {
+        let labelled = pod.labels().get(LEADER_LABEL).is_some_and(|v| v == "true");
+        if labelled == leading {
+            return;
+        }
+    }
+    let value = if leading {
+        serde_json::Value::String("true".into())
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+    match pods
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => info!(pod = %format!("{namespace}/{name}"), leading, "labelled this replica's Pod"),
+        Err(error) => warn!(
+            pod = %format!("{namespace}/{name}"),
+            error = %failure::server_message(&error),
+            "could not label this replica's Pod (the controller needs patch on pods in its namespace); push webhooks may reach a standby"
+        ),
+    }
 }
 
 /// The default identity: the pod's name (`POD_NAME`, else `HOSTNAME`, which is the

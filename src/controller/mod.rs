@@ -418,16 +418,21 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
 
     let (claim, mut elector) = match settings.leader_election.clone() {
         Some(election) => {
+            // A label left by this Pod's previous process (a crash, a lost Lease) must
+            // not route webhooks here while another replica leads.
+            leader::label_own_pod(&client, &election, false).await;
             // Up, the API server answering: ready to take over (see Readiness).
             ready.standby();
             let claim = leader::LeaderClaim::elected();
-            let mut elector = leader::LeaseElector::new(client.clone(), election);
+            let mut elector = leader::LeaseElector::new(client.clone(), election.clone());
             elector.acquire(&claim).await?;
-            (claim, Some(elector))
+            leader::label_own_pod(&client, &election, true).await;
+            (claim, Some((elector, election)))
         }
         None => (leader::LeaderClaim::unconditional(), None),
     };
 
+    let pod_client = client.clone();
     let mut watch = watcher::Config::default();
     if let Some(selector) = &selector {
         info!(%selector, "reconciling only the AppDeployments matching --watch-label-selector");
@@ -474,7 +479,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
                 tracing::debug!(%error, "reconcile failed");
             }
         });
-    let Some(elector) = elector.as_mut() else {
+    let Some((elector, election)) = elector.as_mut() else {
         controller.await;
         info!("bosun controller stopped");
         return Ok(());
@@ -485,6 +490,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         () = controller => None,
         why = elector.keep(&claim) => Some(why),
     };
+    leader::label_own_pod(&pod_client, election, false).await;
     match lost {
         None => {
             elector.release(&claim).await;
