@@ -81,8 +81,18 @@ async fn webhook_denies_fails_and_is_unreachable_as_the_api_server_reports() -> 
     // Deny: the webhook's code and reason, the API server's prefix on its message.
     webhook.set_behavior(WebhookBehavior::Deny("configmaps are frozen".into()));
     // The API server loads the configuration from a watch: wait until it applies.
+    // An attempt made before then creates the ConfigMap: delete it, so that the one
+    // denied is a CREATE again.
     let denied = eventually("the webhook to deny", WAIT, || async {
-        Ok(apply_config_map(&guarded, "settings", "1", false).await?.err())
+        match apply_config_map(&guarded, "settings", "1", false).await? {
+            Err(status) => Ok(Some(status)),
+            Ok(_) => {
+                guarded
+                    .delete("settings", &kube::api::DeleteParams::default())
+                    .await?;
+                Ok(None)
+            }
+        }
     })
     .await?;
     eprintln!("webhook Deny: {}", describe(&denied));
