@@ -207,14 +207,7 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
         };
         let good_image = format!("example/litevault-backend:{}.0", version - 1);
         loop {
-            let image = deployments
-                .get("backend")
-                .await?
-                .spec
-                .and_then(|s| s.template.spec)
-                .and_then(|p| p.containers.into_iter().next())
-                .and_then(|c| c.image);
-            if image.as_deref() == Some(good_image.as_str()) {
+            if backend_image(&deployments).await?.as_deref() == Some(good_image.as_str()) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -278,14 +271,7 @@ async fn webhook(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
         async move {
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
-                let now = deployments
-                    .get("backend")
-                    .await?
-                    .spec
-                    .and_then(|s| s.template.spec)
-                    .and_then(|p| p.containers.into_iter().next())
-                    .and_then(|c| c.image);
-                if now.as_deref() == Some(image.as_str()) {
+                if backend_image(&deployments).await?.as_deref() == Some(image.as_str()) {
                     return anyhow::Ok(());
                 }
                 anyhow::ensure!(Instant::now() < deadline, "{image} not applied after 120s");
@@ -352,4 +338,15 @@ async fn wait_phase(env: &DemoEnvironment, phase: Phase, revision: &str) -> anyh
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The image of the example's `backend` Deployment, as the API server has it.
+async fn backend_image(deployments: &Api<Deployment>) -> anyhow::Result<Option<String>> {
+    Ok(deployments
+        .get("backend")
+        .await?
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.image))
 }

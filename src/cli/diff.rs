@@ -7,7 +7,6 @@
 //! The dry run goes as the user running the command, not as the app's
 //! `serviceAccountName`: a permission the app lacks shows up at deploy time, not here.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
@@ -213,13 +212,7 @@ async fn credentials(client: &Client, app: &AppDeployment) -> anyhow::Result<Opt
             secret_ref.name
         )
     })?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| (key, value.0))
-        .collect();
-    Ok(Some(Credentials::from_secret_data(&secret_ref.name, &data)?))
+    Ok(Some(Credentials::from_secret(&secret_ref.name, secret)?))
 }
 
 async fn runbook(client: &Client, app: &AppDeployment) -> anyhow::Result<RunbookSpec> {

@@ -1,7 +1,6 @@
 //! What a pass observes before deciding: the Runbook (from the watch cache, validated),
 //! the spec's own validity, and the Git tip (or pin) with its credentials.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -247,13 +246,7 @@ async fn credentials(
                 secret_ref.name
             )
         })?;
-    let data: BTreeMap<String, Vec<u8>> = secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| (key, value.0))
-        .collect();
-    let credentials = Credentials::from_secret_data(&secret_ref.name, &data).map_err(|e| e.to_string())?;
+    let credentials = Credentials::from_secret(&secret_ref.name, secret).map_err(|e| e.to_string())?;
     state.credentials = Some((Instant::now(), secret_ref.name.clone(), credentials.clone()));
     Ok(Some(credentials))
 }

@@ -49,6 +49,20 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// Reads a Secret named by `spec.source.git.secretRef` (its `data`).
+    pub fn from_secret(
+        secret_name: &str,
+        secret: k8s_openapi::api::core::v1::Secret,
+    ) -> Result<Credentials, SourceError> {
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| (key, value.0))
+            .collect();
+        Credentials::from_secret_data(secret_name, &data)
+    }
+
     /// Reads the Secret's data. Accepted keys, in order of precedence:
     /// `identity` (+ required `known_hosts`, optional `password` as passphrase),
     /// `token`, `username`+`password`.
