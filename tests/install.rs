@@ -253,6 +253,25 @@ async fn set_up_tenant(harness: &Harness, tenant: &str) {
         .unwrap();
 }
 
+/// The chart installed with its defaults into bosun-system, the tenant's account in
+/// `shop`, and the example app there naming no ServiceAccount (the chart's default
+/// account applies it): the rendered objects and the app's revision.
+async fn install_with_tenant_app(harness: &Harness) -> (Vec<Value>, String) {
+    create_namespace(&harness.client, INSTALL_NS).await;
+    let objects = template(INSTALL_NS, &[]);
+    apply_rendered(&harness.client, &objects).await;
+    set_up_tenant(harness, TENANT_NS).await;
+    harness
+        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
+        .await;
+    let repo = harness.repo("shop");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    harness
+        .apply_example_app(TENANT_NS, "shop", repo.name(), Some("quick"), "2s")
+        .await;
+    (objects, revision)
+}
+
 fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
     matches!(result, Err(kube::Error::Api(ref status)) if status.code == 403)
 }
@@ -260,19 +279,7 @@ fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_as_the_charts_service_account_reconciles_and_is_refused_outside_its_rbac() {
     let mut harness = Harness::start().await;
-    create_namespace(&harness.client, INSTALL_NS).await;
-    let objects = template(INSTALL_NS, &[]);
-    apply_rendered(&harness.client, &objects).await;
-    set_up_tenant(&harness, TENANT_NS).await;
-    harness
-        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
-        .await;
-    let repo = harness.repo("shop");
-    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
-    // The AppDeployment names no ServiceAccount: the chart's default account applies it.
-    harness
-        .apply_example_app(TENANT_NS, "shop", repo.name(), Some("quick"), "2s")
-        .await;
+    let (objects, revision) = install_with_tenant_app(&harness).await;
 
     let (kubeconfig, as_controller) = account_credentials(&harness, INSTALL_NS, CONTROLLER_ACCOUNT).await;
     let env = controller_env(&objects, INSTALL_NS);
@@ -423,18 +430,7 @@ async fn image_reconciles_under_podman() {
     let image = std::env::var("BOSUN_IMAGE")
         .unwrap_or_else(|_| format!("localhost/bosun:{}", env!("CARGO_PKG_VERSION")));
     let harness = Harness::start().await;
-    create_namespace(&harness.client, INSTALL_NS).await;
-    let objects = template(INSTALL_NS, &[]);
-    apply_rendered(&harness.client, &objects).await;
-    set_up_tenant(&harness, TENANT_NS).await;
-    harness
-        .apply_runbook(&workload_only_runbook_yaml(TENANT_NS, "quick"))
-        .await;
-    let repo = harness.repo("shop");
-    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
-    harness
-        .apply_example_app(TENANT_NS, "shop", repo.name(), Some("quick"), "2s")
-        .await;
+    let (objects, revision) = install_with_tenant_app(&harness).await;
 
     // A kubeconfig the container's user 65532 can read, the CA inlined.
     let token = harness
