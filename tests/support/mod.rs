@@ -133,20 +133,8 @@ impl Harness {
             .dir
             .path()
             .join(format!("controller-{}.log", self.controller_starts));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
-        command
-            .arg("controller")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env("BOSUN_CACHE_DIR", &self.cache_dir)
-            .env("RUST_LOG", "info,kube=warn")
-            // Any free port: tests run side by side, and the default (8080) would clash.
-            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
-            .env_remove(bosun::controller::fault::ENV);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = controller_command(kubeconfig, &self.cache_dir, args, &env)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
@@ -442,23 +430,8 @@ impl Harness {
     pub fn spawn_controller(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> ControllerProcess {
         let log = self.dir.path().join(format!("controller-{name}.err.log"));
         let (kubeconfig, env) = self.controller_credentials(env);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
-        command
-            .arg("controller")
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
-            .env(
-                "BOSUN_CACHE_DIR",
-                self.dir.path().join(format!("git-cache-{name}")),
-            )
-            .env("RUST_LOG", "info,kube=warn")
-            // Several controllers side by side: each serves its endpoints on a free port.
-            .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
-            .env_remove(bosun::controller::fault::ENV);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let child = command
+        let cache_dir = self.dir.path().join(format!("git-cache-{name}"));
+        let child = controller_command(&kubeconfig, &cache_dir, args, &env)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -470,6 +443,30 @@ impl Harness {
             log,
         }
     }
+}
+
+/// `bosun controller` with `args`, credentials from `kubeconfig`, its own Git cache,
+/// and `env` last (it wins). Any free port for its endpoints: tests and replicas run
+/// side by side, and the default (8080) would clash.
+fn controller_command(
+    kubeconfig: &std::path::Path,
+    cache_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bosun"));
+    command
+        .arg("controller")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("BOSUN_CACHE_DIR", cache_dir)
+        .env("RUST_LOG", "info,kube=warn")
+        .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
+        .env_remove(bosun::controller::fault::ENV);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
 }
 
 impl ControllerProcess {
