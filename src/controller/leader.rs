@@ -300,7 +300,7 @@ impl LeaseElector {
     /// Waits until this process holds the Lease, through an unreachable API server and
     /// through refusals (no permission, no such namespace), which are logged as errors
     /// naming the Lease and what the controller needs.
-    pub async fn acquire(&mut self, claim: &LeaderClaim) -> Result<(), Error> {
+    pub async fn acquire(&mut self, claim: &LeaderClaim) {
         let mut told_holder: Option<String> = None;
         loop {
             let sent = Instant::now();
@@ -312,7 +312,7 @@ impl LeaseElector {
                         identity = %self.election.identity,
                         "became the leader: this replica reconciles"
                     );
-                    return Ok(());
+                    return;
                 }
                 Ok(Outcome::HeldBy { holder, remaining }) => {
                     if told_holder.as_ref() != Some(&holder) {

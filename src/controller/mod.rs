@@ -425,7 +425,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             ready.standby();
             let claim = leader::LeaderClaim::elected();
             let mut elector = leader::LeaseElector::new(client.clone(), election.clone());
-            elector.acquire(&claim).await?;
+            elector.acquire(&claim).await;
             leader::label_own_pod(&client, &election, true).await;
             (claim, Some((elector, election)))
         }
