@@ -11,6 +11,7 @@
 
 pub use bosun_core::{api, core};
 
+pub mod access;
 pub mod apply;
 #[cfg(feature = "devenv")]
 pub mod bench;

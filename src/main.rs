@@ -40,9 +40,15 @@ enum Command {
         concurrency: u16,
         /// Apply apps that name no `serviceAccountName` as this ServiceAccount of their
         /// own namespace (the multi-tenant setting, as Flux's flag of the same name).
-        /// Unset, such apps are applied as the controller itself.
+        /// Unset, such apps are Blocked, unless `--single-tenant`.
         #[arg(long, env = "BOSUN_DEFAULT_SERVICE_ACCOUNT")]
         default_service_account: Option<String>,
+        /// One tenant only (the cluster's admins): an app that names no
+        /// `serviceAccountName`, with no `--default-service-account`, is applied and read
+        /// for as the controller itself, with the controller's rights. Without this flag
+        /// such an app is Blocked: a missing setting must never mean the controller's rights.
+        #[arg(long, env = "BOSUN_SINGLE_TENANT")]
+        single_tenant: bool,
         /// Allow `file://` sources, which read the controller's own file system
         /// (demos and tests only).
         #[arg(long, env = "BOSUN_ALLOW_FILE_SOURCES")]
@@ -135,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
             listen_address,
             concurrency,
             default_service_account,
+            single_tenant,
             allow_file_sources,
             leader_elect,
             lease_name,
@@ -172,9 +179,16 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Option<Vec<String>>>()
                     .map(|found| (found[0].clone(), found[1].clone())),
             });
+            if let Some(problem) = default_service_account
+                .as_deref()
+                .and_then(bosun::api::service_account_name_problem)
+            {
+                anyhow::bail!("--default-service-account: {}", problem.replace("spec.serviceAccountName: ", ""));
+            }
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),
                 default_service_account,
+                single_tenant,
                 allow_file_sources,
                 listen_address: Some(listen_address),
                 leader_election,

@@ -32,10 +32,16 @@ pub async fn finalize(
         .map(|s| s.inventory.clone())
         .unwrap_or_default();
     let owner = app_key(app);
-    let applier = context.applier(app)?;
-    let outcome = applier
-        .remove_all(&inventory, &owner, policy == DeletionPolicy::Delete)
-        .await;
+    // An app that owns nothing needs no identity to go (one refused for naming none
+    // never applied anything).
+    let outcome = if inventory.is_empty() {
+        Default::default()
+    } else {
+        let applier = context.applier(app)?;
+        applier
+            .remove_all(&inventory, &owner, policy == DeletionPolicy::Delete)
+            .await
+    };
     if !outcome.prune_failures.is_empty() {
         let failures = outcome.prune_failure_notes();
         let note = format!(

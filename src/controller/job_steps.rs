@@ -30,7 +30,10 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
     // The Job runs the container as the workload will run it: with the defaults the
     // Runbook injects (`spec.env[].inject`), not as the bare manifests have it.
     let target = AppNames::of(step.app).target_namespace;
-    let (objects, _) = prepared(step.context, &manifests, runbook, &target, None);
+    let (objects, _) = match prepared(step.context, step.app, &manifests, runbook, &target, None).await {
+        Ok(prepared) => prepared,
+        Err(outcome) => return Ok(outcome),
+    };
     let request = match (kind, &runbook.backup, &runbook.migrate) {
         (JobKind::Backup, Some(backup), _) => JobRequest::backup(step.app, backup, &revision, &objects),
         (JobKind::Migrate, _, Some(migrate)) => JobRequest::migrate(step.app, migrate, &revision, &objects),

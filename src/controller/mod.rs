@@ -10,6 +10,7 @@
 //!   [`events`]: Events; [`fault`]: fault injection for the crash tests;
 //! - [`leader`]: leader election on a Lease, and the claim every status write checks.
 
+mod boundary;
 mod cache;
 mod cleanup;
 mod error;
@@ -35,7 +36,9 @@ use kube::runtime::{Predicate, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{error, info, warn};
 
+use crate::access::{Access, Identity, Lru};
 use crate::api::AppDeployment;
+use crate::core::{Failure, FailureKind};
 use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
 use crate::gates::http::HttpProber;
 use crate::render::Manifest;
@@ -54,8 +57,11 @@ pub struct Settings {
     /// How many AppDeployments are reconciled at once.
     pub concurrency: u16,
     /// Apps without `serviceAccountName` are applied as this ServiceAccount of their own
-    /// namespace (the multi-tenant setting); unset, as the controller itself.
+    /// namespace (the multi-tenant setting); unset, they are Blocked unless
+    /// `single_tenant`.
     pub default_service_account: Option<String>,
+    /// `--single-tenant`: an app with no ServiceAccount acts as the controller itself.
+    pub single_tenant: bool,
     /// Allow `file://` sources (demos and tests).
     pub allow_file_sources: bool,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
@@ -78,6 +84,7 @@ impl Default for Settings {
             instance: std::env::var("HOSTNAME").unwrap_or_else(|_| "bosun".into()),
             concurrency: 16,
             default_service_account: None,
+            single_tenant: false,
             allow_file_sources: false,
             listen_address: None,
             leader_election: None,
@@ -174,10 +181,17 @@ pub struct Context {
     pub metrics: crate::server::Metrics,
     /// Whether this process may write (leader election); checked by the status writer.
     pub leader: leader::LeaderClaim,
+    /// What an app's identity may read: every read made on an app's behalf is
+    /// authorised here first (see [`crate::access`]).
+    pub access: Access,
     apps: Mutex<HashMap<String, AppState>>,
-    /// Clients impersonating ServiceAccounts, keyed `namespace/name`.
-    impersonated: Mutex<HashMap<String, Client>>,
+    /// Clients impersonating ServiceAccounts, keyed by user name; bounded (a tenant
+    /// may name any number of accounts), the least recently used evicted.
+    impersonated: Mutex<Lru<Client>>,
 }
+
+/// Impersonated clients kept at most (each holds a connection pool).
+pub const IMPERSONATED_CLIENTS: usize = 256;
 
 impl Context {
     pub fn new(
@@ -191,6 +205,7 @@ impl Context {
     ) -> Result<Context, Error> {
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
+            access: Access::new(client.clone()),
             git,
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
@@ -205,7 +220,7 @@ impl Context {
             metrics,
             leader,
             apps: Mutex::default(),
-            impersonated: Mutex::default(),
+            impersonated: Mutex::new(Lru::new(IMPERSONATED_CLIENTS)),
         })
     }
 
@@ -256,19 +271,38 @@ impl Context {
         self.memo.forget_where(|key| !owned.iter().any(|o| o == key));
     }
 
-    /// The identity an app's manifests are applied as: `spec.serviceAccountName`, else
-    /// the controller's `--default-service-account`, of the app's own namespace; with
-    /// neither, the controller itself.
-    pub fn apply_identity(&self, app: &AppDeployment) -> Option<String> {
+    /// The identity an app acts as, for its writes and for every read made on its
+    /// behalf: `spec.serviceAccountName`, else the controller's
+    /// `--default-service-account`, of the app's own namespace; with neither, the
+    /// controller itself under `--single-tenant`, and otherwise a SpecInvalid problem
+    /// (a missing setting must never mean the controller's rights).
+    pub fn identity(&self, app: &AppDeployment) -> Result<Identity, Failure> {
         let account = app
             .spec
             .service_account_name
             .clone()
-            .or_else(|| self.settings.default_service_account.clone())?;
-        Some(format!(
-            "system:serviceaccount:{}:{account}",
-            app.namespace().unwrap_or_default()
-        ))
+            .or_else(|| self.settings.default_service_account.clone());
+        match account {
+            Some(name) => Ok(Identity::ServiceAccount {
+                namespace: app.namespace().unwrap_or_default(),
+                name,
+            }),
+            None if self.settings.single_tenant => Ok(Identity::Controller),
+            None => Err(Failure::new(
+                FailureKind::SpecInvalid,
+                "spec.serviceAccountName: not set, and the controller has no --default-service-account: \
+                 name the ServiceAccount of this namespace the app is applied as, or run the controller with \
+                 --default-service-account (or --single-tenant, which applies such apps with the controller's \
+                 own rights)",
+            )),
+        }
+    }
+
+    /// The user an app's manifests are applied as (`None`: the controller itself).
+    pub fn apply_identity(&self, app: &AppDeployment) -> Result<Option<String>, Error> {
+        self.identity(app)
+            .map(|identity| identity.user())
+            .map_err(|failure| Error::Internal(failure.message))
     }
 
     /// A client acting as the app's identity ([`Context::apply_identity`]): what it
@@ -281,12 +315,12 @@ impl Context {
             app.namespace().unwrap_or_default(),
             app.name_any()
         ))?;
-        Ok(match self.apply_identity(app) {
+        Ok(match self.apply_identity(app)? {
             None => self.client.clone(),
             Some(user) => {
                 let mut cache = self.impersonated.lock().expect("impersonation cache poisoned");
                 match cache.get(&user) {
-                    Some(client) => client.clone(),
+                    Some(client) => client,
                     None => {
                         let mut config = self.config.clone();
                         config.auth_info.impersonate = Some(user.clone());
@@ -304,7 +338,7 @@ impl Context {
     fn applier(&self, app: &AppDeployment) -> Result<Applier, Error> {
         let client = self.client_for(app)?;
         // An impersonated account reads from the shared cache only what this app owns.
-        let scoped = self.apply_identity(app).is_some();
+        let scoped = self.apply_identity(app)?.is_some();
         Ok(Applier::with_discovery(client, self.discovery.clone())
             .with_cache(self.caches.managed.clone(), self.memo.clone())
             .scoped(scoped))

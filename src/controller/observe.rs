@@ -104,6 +104,14 @@ pub fn spec_problem(context: &Context, app: &AppDeployment) -> Option<Failure> {
     {
         return invalid(e.to_string());
     }
+    if let Some(name) = &app.spec.service_account_name
+        && let Some(problem) = crate::api::service_account_name_problem(name)
+    {
+        return invalid(problem);
+    }
+    if let Err(problem) = context.identity(app) {
+        return Some(problem);
+    }
     let policy = SourcePolicy {
         allow_file_sources: context.settings.allow_file_sources,
     };
@@ -256,11 +264,14 @@ async fn credentials(
 /// A Secret that is gone is preflight's business, not a rotation; data whose rollout
 /// was refused before is not offered again. Data put back to what runs after a refused
 /// change is offered (a change stopped at preflight left the app `Failed` with nothing
-/// applied; verifying what runs ends it, and clears the refusal).
+/// applied; verifying what runs ends it, and clears the refusal). Only Secrets of
+/// `readable` namespaces are looked at (`None`: every one, for the controller's own
+/// identity): the app's identity may read them (see `boundary`).
 pub fn rotated_secrets(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
     runbook: &RunbookSpec,
+    readable: Option<&std::collections::BTreeSet<String>>,
 ) -> std::collections::BTreeMap<String, String> {
     if !runbook.rollout_on_secret_change() {
         return Default::default();
@@ -270,6 +281,9 @@ pub fn rotated_secrets(
         .iter()
         .filter_map(|(key, applied)| {
             let (namespace, name) = key.split_once('/')?;
+            if readable.is_some_and(|readable| !readable.contains(namespace)) {
+                return None;
+            }
             let secret = context.caches.secret(namespace, name)?;
             let data = secret
                 .data

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::observe::{self, Runbook};
 use super::status_writer::{self, FINALIZER};
 use super::steps::{self, StepInput};
-use super::{AppNames, AppState, Context, Error, cleanup, job_steps, resync, verify};
+use super::{boundary, AppNames, AppState, Context, Error, cleanup, job_steps, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
@@ -195,6 +195,11 @@ impl Pass<'_> {
         };
         self.notify = runbook.spec.notify.clone();
         let spec_problem = observe::spec_problem(self.context, &self.app);
+        // The gates' reads in the target namespace must be the app identity's to make.
+        let runbook_problem = match (&runbook_problem, &spec_problem) {
+            (None, None) => boundary::runbook_reads(self.context, &self.app, &runbook.spec).await,
+            _ => runbook_problem,
+        };
         // A source the spec may not use is not fetched at all (credentials over plain
         // HTTP would already be on the wire).
         let (desired, credentials, source_notice) = match spec_problem {
@@ -216,7 +221,12 @@ impl Pass<'_> {
             migrate: runbook.spec.migrate.is_some(),
             migration_rollback: runbook.spec.migration_rollback_policy(),
         };
-        let rotated = observe::rotated_secrets(self.context, &self.status, &runbook.spec);
+        let readable = if runbook.spec.rollout_on_secret_change() && !self.status.secret_digests.is_empty() {
+            boundary::readable_secret_namespaces(self.context, &self.app, self.status.secret_digests.keys()).await
+        } else {
+            None
+        };
+        let rotated = observe::rotated_secrets(self.context, &self.status, &runbook.spec, readable.as_ref());
 
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
@@ -372,8 +382,10 @@ impl Pass<'_> {
             Step::Apply => steps::apply(&input).await?,
             Step::Verify => {
                 let target = AppNames::of(&self.app).target_namespace;
+                let client = self.context.client_for(&self.app)?;
                 let round = verify::round(
                     self.context,
+                    &client,
                     &mut self.state.verification,
                     &operation,
                     &runbook.spec,
@@ -432,7 +444,8 @@ impl Pass<'_> {
 
     /// Tells the Runbook's webhooks of a phase change just saved. Delivery happens in
     /// the background and never holds the pass up; a receiver that cannot be resolved
-    /// (its URL's Secret missing) is logged by name, never with its URL.
+    /// (its URL's Secret missing, or not the app identity's to read) is named, never
+    /// with its URL, in the log and in a Warning Event on the app: the tenant is told.
     async fn tell(&self, before: &AppDeploymentStatus) {
         if self.notify.is_empty() {
             return;
@@ -441,10 +454,43 @@ impl Pass<'_> {
             return;
         };
         let namespace = self.app.namespace().unwrap_or_default();
-        let (receivers, problems) =
-            crate::notify::receivers_for(&self.context.client, &self.notify, &namespace, event.phase).await;
+        // A `urlFrom` Secret is read only when the app's identity may read it.
+        let wanted = crate::notify::receivers_of(&self.notify, event.phase);
+        let (notify, mut problems): (Vec<_>, Vec<String>) =
+            if crate::notify::secrets_read_by(&wanted).is_empty() {
+                (self.notify.clone(), Vec::new())
+            } else {
+                match boundary::may_read_secrets(self.context, &self.app, &namespace).await {
+                    Ok(()) => (self.notify.clone(), Vec::new()),
+                    Err(why) => {
+                        let (inline, from_secret): (Vec<_>, Vec<_>) =
+                            self.notify.iter().cloned().partition(|r| r.url_from.is_none());
+                        let refused = from_secret
+                            .iter()
+                            .filter(|r| wanted.iter().any(|w| w.name == r.name))
+                            .map(|r| {
+                                format!(
+                                    "notify receiver {}: urlFrom Secret {namespace}/{} is not read: {why}",
+                                    r.name,
+                                    r.url_from.as_ref().map(|f| f.name.as_str()).unwrap_or_default()
+                                )
+                            })
+                            .collect();
+                        (inline, refused)
+                    }
+                }
+            };
+        let (receivers, more) =
+            crate::notify::receivers_for(&self.context.client, &notify, &namespace, event.phase).await;
+        problems.extend(more);
         for problem in problems {
             warn!(%problem, "a notification receiver was skipped");
+            let notice = Notice {
+                warning: true,
+                reason: "NotificationSkipped",
+                note: problem,
+            };
+            self.context.events.publish(&self.app, &notice).await;
         }
         self.context.notifier.send(receivers, event);
     }

@@ -72,13 +72,22 @@ pub async fn if_due(
     let inventory = status.inventory.clone();
     // With the Secret digests of the last rollout: a Secret change goes out through
     // preflight and the gates, never through a drift repair.
-    let (manifests, _) = super::steps::prepared(
+    let (manifests, _) = match super::steps::prepared(
         context,
+        app,
         &manifests,
         runbook,
         &names.target_namespace,
         Some(&status.secret_digests),
-    );
+    )
+    .await
+    {
+        Ok(prepared) => prepared,
+        Err(outcome) => {
+            warn!(?outcome, "resync skipped: the revision's reads are not the app's to make");
+            return;
+        }
+    };
     match applier.apply(names.plan(&manifests, &inventory)).await {
         Ok(outcome) => {
             if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {

@@ -155,57 +155,64 @@ pub(super) async fn snapshot_manifests(
 }
 
 /// Checks the env contract and every Secret (and ConfigMap) the revision reads, from
-/// the watch caches, before anything of it is written.
+/// the watch caches, before anything of it is written. First the tenant boundary
+/// ([`super::boundary`]): every object must be writable by the app's identity where
+/// it goes, and every read preflight makes readable by it, before anything is read.
 pub async fn preflight(step: &StepInput<'_>) -> StepOutcome {
     let manifests = match manifests(step).await {
         Ok(manifests) => manifests,
         Err(outcome) => return outcome,
     };
     let target = AppNames::of(step.app).target_namespace;
-    match check_preflight(step.context, &manifests, step.runbook, &target) {
+    match check_preflight(step.context, step.app, &manifests, step.runbook, &target).await {
         Ok(()) => StepOutcome::Done(StepResult::PreflightPassed),
-        Err(failure) => StepOutcome::Refused(failure),
+        Err(outcome) => outcome,
     }
 }
 
-fn check_preflight(
+async fn check_preflight(
     context: &Context,
+    app: &AppDeployment,
     manifests: &[Manifest],
     runbook: &RunbookSpec,
     target_namespace: &str,
-) -> Result<(), Failure> {
-    match preflight::check(manifests, runbook, target_namespace, &context.caches.lookup()) {
+) -> Result<(), StepOutcome> {
+    super::boundary::writable(context, app, manifests, target_namespace).await?;
+    let lookup = super::boundary::lookup(context, app, manifests, runbook, target_namespace).await?;
+    match preflight::check(manifests, runbook, target_namespace, &lookup) {
         Ok(checked) => {
             for note in &checked.notes {
                 tracing::info!(note = %note, "preflight let a value pass that only the pod will know");
             }
             Ok(())
         }
-        Err(misses) => Err(Failure::new(
+        Err(misses) => Err(StepOutcome::Refused(Failure::new(
             FailureKind::PreflightFailed,
             preflight::describe_misses(&misses),
-        )),
+        ))),
     }
 }
 
 /// The manifests as they are applied: the Runbook's injected defaults added, and the
 /// digest of the Secrets each workload reads in its pod template. `digests`: the
 /// digests of now on a deploy or rollback; those recorded at the last rollout on a
-/// drift repair, which must never roll a Secret change out past the gates.
-pub(super) fn prepared(
+/// drift repair, which must never roll a Secret change out past the gates. Read only
+/// where the app's identity may read ([`super::boundary::lookup`]).
+pub(super) async fn prepared(
     context: &Context,
+    app: &AppDeployment,
     manifests: &[Manifest],
     runbook: &RunbookSpec,
     target_namespace: &str,
     digests: Option<&std::collections::BTreeMap<String, String>>,
-) -> (Vec<Manifest>, std::collections::BTreeMap<String, String>) {
-    let lookup = context.caches.lookup();
+) -> Result<(Vec<Manifest>, std::collections::BTreeMap<String, String>), StepOutcome> {
+    let lookup = super::boundary::lookup(context, app, manifests, runbook, target_namespace).await?;
     let digests = match digests {
         Some(recorded) => recorded.clone(),
         None => preflight::secret_digests(manifests, target_namespace, &lookup),
     };
     let objects = preflight::apply_transforms(manifests, runbook, target_namespace, &lookup, &digests);
-    (objects, digests)
+    Ok((objects, digests))
 }
 
 /// Resolves every object, refuses what another app owns, dry-runs what changes, and
@@ -217,13 +224,19 @@ pub async fn inventory(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
     };
     let applier = step.context.applier(step.app)?;
     let names = AppNames::of(step.app);
-    let (manifests, _) = prepared(
+    let (manifests, _) = match prepared(
         step.context,
+        step.app,
         &manifests,
         step.runbook,
         &names.target_namespace,
         None,
-    );
+    )
+    .await
+    {
+        Ok(prepared) => prepared,
+        Err(outcome) => return Ok(outcome),
+    };
     Ok(
         match applier.plan(&names.plan(&manifests, step.inventory)).await {
             Ok(planned) => StepOutcome::Done(StepResult::Planned {
@@ -242,13 +255,19 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
     };
     let applier = step.context.applier(step.app)?;
     let names = AppNames::of(step.app);
-    let (manifests, secret_digests) = prepared(
+    let (manifests, secret_digests) = match prepared(
         step.context,
+        step.app,
         &manifests,
         step.runbook,
         &names.target_namespace,
         None,
-    );
+    )
+    .await
+    {
+        Ok(prepared) => prepared,
+        Err(outcome) => return Ok(outcome),
+    };
     // Taken before anything is sent: the pods it lists predate the revision.
     let mut restart_baseline = capture_baseline(&step.context.caches.workloads, step.inventory);
     Ok(
@@ -314,11 +333,19 @@ pub async fn recheck(
         Err(_) => return Ok(Recheck::Transient("render gave no answer".into())),
     };
     let names = AppNames::of(app);
-    if let Err(failure) = check_preflight(context, &manifests, runbook, &names.target_namespace) {
-        return Ok(Recheck::Refused(failure));
+    let as_recheck = |outcome: StepOutcome| match outcome {
+        StepOutcome::Refused(failure) => Recheck::Refused(failure),
+        StepOutcome::Transient(message) => Recheck::Transient(message),
+        _ => Recheck::Transient("preflight gave no answer".into()),
+    };
+    if let Err(outcome) = check_preflight(context, app, &manifests, runbook, &names.target_namespace).await {
+        return Ok(as_recheck(outcome));
     }
     let applier = context.applier(app)?;
-    let (manifests, _) = prepared(context, &manifests, runbook, &names.target_namespace, None);
+    let (manifests, _) = match prepared(context, app, &manifests, runbook, &names.target_namespace, None).await {
+        Ok(prepared) => prepared,
+        Err(outcome) => return Ok(as_recheck(outcome)),
+    };
     Ok(match applier.plan(&names.plan(&manifests, inventory)).await {
         Ok(_) => Recheck::Clear,
         Err(error) => match error.classify() {

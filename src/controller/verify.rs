@@ -44,9 +44,12 @@ pub struct Round {
 }
 
 /// Runs one verification round for `operation`. `session` is the app's gate state,
-/// replaced when it belongs to something else.
+/// replaced when it belongs to something else; `client` is the app's own (its
+/// identity's), which `logs` gates read with.
+#[allow(clippy::too_many_arguments)]
 pub async fn round(
     context: &Context,
+    client: &kube::Client,
     session: &mut Option<Session>,
     operation: &Operation,
     runbook: &RunbookSpec,
@@ -56,6 +59,7 @@ pub async fn round(
 ) -> Round {
     let round = judge(
         context,
+        client,
         session,
         operation,
         runbook,
@@ -95,8 +99,10 @@ fn gate_kind(runbook: &RunbookSpec, name: &str) -> &'static str {
 }
 
 /// One round: the workload gate, then the Runbook's gates and the window.
+#[allow(clippy::too_many_arguments)]
 async fn judge(
     context: &Context,
+    client: &kube::Client,
     session: &mut Option<Session>,
     operation: &Operation,
     runbook: &RunbookSpec,
@@ -164,7 +170,7 @@ async fn judge(
     let now = Instant::now();
     let probes = gates::ProbeContext {
         http: &context.prober,
-        client: &context.client,
+        client,
         workloads: &context.caches.workloads,
         namespace: target_namespace,
         applied_at,

@@ -281,7 +281,14 @@ fn seconds(duration: Duration) -> String {
     format!("{}s", duration.as_secs())
 }
 
-/// Reads the log of every target in `namespace`, all at once, each within `timeout`.
+/// How [`read_logs`] starts the error of a read the API server refused to the client's
+/// identity (403): the app's identity may not read that log, which is a problem of
+/// the Runbook or of the identity's rights, never a verdict on the revision.
+pub const REFUSED: &str = "refused: ";
+
+/// Reads the log of every target in `namespace`, all at once, each within `timeout`,
+/// with `client`: the app's own (impersonated) client, so that a log is read only
+/// where the app's identity may read it.
 pub async fn read_logs(
     client: &kube::Client,
     namespace: &str,
@@ -300,6 +307,10 @@ pub async fn read_logs(
             };
             match tokio::time::timeout(timeout, pods.logs(&target.pod, &params)).await {
                 Err(_) => Err(format!("no log within {}", seconds(timeout))),
+                Ok(Err(kube::Error::Api(status))) if status.code == 403 => Err(format!(
+                    "{REFUSED}{}",
+                    crate::failure::describe_forbidden(&status.message)
+                )),
                 Ok(Err(kube::Error::Api(status))) => Err(status.message),
                 Ok(Err(error)) => Err(error.to_string()),
                 Ok(Ok(text)) => Ok(text),
@@ -336,6 +347,18 @@ pub async fn probe(
     };
     let plan = plan(view, gate, namespace, applied_at);
     let logs = read_logs(client, namespace, &plan.targets, timeout).await;
+    // A log the app may not read fails nothing: the gate waits, saying why, and the
+    // controller blocks the app on its Runbook (see `controller::boundary`).
+    if let Some(refused) = logs
+        .iter()
+        .find_map(|log| log.as_ref().err().filter(|error| error.starts_with(REFUSED)))
+    {
+        return Observation::Waiting(format!(
+            "{}: the log cannot be read as the app's identity: {}",
+            plan.workload,
+            truncate(&refused[REFUSED.len()..], MAX_QUOTED_CHARS)
+        ));
+    }
     judge(gate, &pattern, within, &plan, &logs, applied_at, Timestamp::now())
 }
 

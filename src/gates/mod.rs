@@ -53,7 +53,8 @@ pub enum Observation {
 /// What the probes of one round need besides the gates.
 pub struct ProbeContext<'a> {
     pub http: &'a HttpProber,
-    /// The controller's client: `logs` gates read pod logs with it.
+    /// The app's own client (impersonating its identity): `logs` gates read pod logs
+    /// with it, so a log is read only where the app may read it.
     pub client: &'a kube::Client,
     /// Where `logs` gates find the workload's pods (the controller's watch caches).
     pub workloads: &'a (dyn WorkloadView + Sync),

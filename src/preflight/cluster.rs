@@ -123,6 +123,114 @@ impl<L: ClusterLookup + ?Sized> ClusterLookup for &L {
     }
 }
 
+/// Which kind of object a lookup reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LookupKind {
+    Secret,
+    ConfigMap,
+}
+
+impl LookupKind {
+    /// The resource (plural, core group) the API server authorises reads of.
+    pub fn resource(self) -> &'static str {
+        match self {
+            LookupKind::Secret => "secrets",
+            LookupKind::ConfigMap => "configmaps",
+        }
+    }
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            LookupKind::Secret => "Secret",
+            LookupKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+/// A lookup that answers nothing and records what was asked: `(kind, namespace,
+/// name)`. Which objects preflight asks for depends only on the manifests (every
+/// reference is looked up, whatever an earlier one held), so a dry pass with this
+/// lookup lists every read a real pass would make, before any is made.
+#[derive(Default)]
+pub struct RecordingLookup {
+    asked: std::sync::Mutex<std::collections::BTreeSet<(LookupKind, String, String)>>,
+}
+
+impl RecordingLookup {
+    pub fn asked(&self) -> std::collections::BTreeSet<(LookupKind, String, String)> {
+        self.asked.lock().expect("recording lookup poisoned").clone()
+    }
+
+    fn record(&self, kind: LookupKind, namespace: &str, name: &str) {
+        self.asked
+            .lock()
+            .expect("recording lookup poisoned")
+            .insert((kind, namespace.to_string(), name.to_string()));
+    }
+}
+
+impl ClusterLookup for RecordingLookup {
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        self.record(LookupKind::Secret, namespace, name);
+        None
+    }
+
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.record(LookupKind::ConfigMap, namespace, name);
+        None
+    }
+}
+
+/// A lookup that reads only where it is allowed: `(kind, namespace)` pairs the app's
+/// identity may `get` (checked with the API server before). Anything else answers
+/// `None` without reading: defence in depth behind the check that refuses a revision
+/// reading elsewhere before preflight runs.
+pub struct GuardedLookup<L> {
+    inner: L,
+    allowed: std::collections::BTreeSet<(LookupKind, String)>,
+    /// Everything is allowed (the controller's own identity, single-tenant).
+    all: bool,
+}
+
+impl<L: ClusterLookup> GuardedLookup<L> {
+    pub fn new(inner: L, allowed: std::collections::BTreeSet<(LookupKind, String)>) -> Self {
+        GuardedLookup {
+            inner,
+            allowed,
+            all: false,
+        }
+    }
+
+    /// Every namespace readable: for the controller's own identity.
+    pub fn unguarded(inner: L) -> Self {
+        GuardedLookup {
+            inner,
+            allowed: Default::default(),
+            all: true,
+        }
+    }
+
+    fn allows(&self, kind: LookupKind, namespace: &str) -> bool {
+        self.all || self.allowed.contains(&(kind, namespace.to_string()))
+    }
+}
+
+impl<L: ClusterLookup> ClusterLookup for GuardedLookup<L> {
+    fn secret(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        if !self.allows(LookupKind::Secret, namespace) {
+            return None;
+        }
+        self.inner.secret(namespace, name)
+    }
+
+    fn config_map(&self, namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        if !self.allows(LookupKind::ConfigMap, namespace) {
+            return None;
+        }
+        self.inner.config_map(namespace, name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::ByteString;
@@ -131,6 +239,43 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::*;
+
+    #[test]
+    fn a_guarded_lookup_reads_only_where_it_is_allowed() {
+        let cluster = InMemoryLookup::default()
+            .with_secret("mine", "db", [("password", "canary-pw")])
+            .with_secret("victim", "db", [("password", "canary-victim")])
+            .with_config_map("victim", "cfg", [("DB_URL", "canary-url")])
+            .with_config_map("mine", "cfg", [("DB_URL", "mine-url")]);
+        let allowed = [(LookupKind::Secret, "mine".to_string()), (LookupKind::ConfigMap, "mine".to_string())];
+        let guarded = GuardedLookup::new(&cluster, allowed.into_iter().collect());
+        assert!(guarded.secret("mine", "db").is_some());
+        assert!(guarded.config_map("mine", "cfg").is_some());
+        assert_eq!(guarded.secret("victim", "db"), None);
+        assert_eq!(guarded.config_map("victim", "cfg"), None);
+        let only_config_maps = GuardedLookup::new(
+            &cluster,
+            [(LookupKind::ConfigMap, "victim".to_string())].into_iter().collect(),
+        );
+        assert_eq!(only_config_maps.secret("victim", "db"), None);
+        assert!(only_config_maps.config_map("victim", "cfg").is_some());
+        assert!(GuardedLookup::unguarded(&cluster).secret("victim", "db").is_some());
+    }
+
+    #[test]
+    fn a_recording_lookup_lists_what_was_asked_and_answers_nothing() {
+        let recording = RecordingLookup::default();
+        assert_eq!(recording.secret("victim", "db"), None);
+        assert_eq!(recording.config_map("victim", "cfg"), None);
+        assert_eq!(recording.secret("victim", "db"), None);
+        assert_eq!(
+            recording.asked().into_iter().collect::<Vec<_>>(),
+            [
+                (LookupKind::Secret, "victim".to_string(), "db".to_string()),
+                (LookupKind::ConfigMap, "victim".to_string(), "cfg".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn a_store_lookup_reads_the_watch_caches() {

@@ -51,7 +51,7 @@ mod tests;
 use std::collections::BTreeSet;
 use std::fmt;
 
-pub use cluster::{ClusterLookup, InMemoryLookup, StoreLookup};
+pub use cluster::{ClusterLookup, GuardedLookup, InMemoryLookup, LookupKind, RecordingLookup, StoreLookup};
 pub use transform::{SECRETS_DIGEST_ANNOTATION, apply_transforms, secret_data_digest, secret_digests};
 
 use crate::api::RunbookSpec;

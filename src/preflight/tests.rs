@@ -845,3 +845,45 @@ fn the_secrets_a_workload_reads_are_digested_into_its_pod_template() {
         Some(first.clone())
     );
 }
+
+/// Which objects preflight asks the cluster for depends on the manifests alone: a dry
+/// pass with a recording lookup lists every read (every namespace, every kind), which
+/// the controller authorises for the app's identity before the real pass reads.
+#[test]
+fn a_recording_pass_lists_every_read_whatever_the_data() {
+    let objects = revision(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: victim}\nspec:\n  template:\n    \
+         spec:\n      imagePullSecrets: [{name: pull}]\n      containers:\n        - name: web\n          image: web:1\n          \
+         envFrom: [{configMapRef: {name: shared}}]\n          env:\n            \
+         - {name: DB_URL, valueFrom: {configMapKeyRef: {name: cfg, key: DB_URL}}}\n            \
+         - {name: PASSWORD, valueFrom: {secretKeyRef: {name: db, key: password}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: own}\nstringData: {a: b}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  template:\n    \
+         spec:\n      containers:\n        - name: api\n          image: api:1\n          envFrom: [{secretRef: {name: own}}]\n",
+    );
+    let rules = runbook(
+        "env:\n  - {name: DB_URL, policy: {equals: x}}\n  - {name: PASSWORD, policy: {pattern: '^s'}}\n",
+    );
+    let recording = RecordingLookup::default();
+    let _ = check(&objects, &rules, "mine", &recording);
+    let _ = secret_digests(&objects, "mine", &recording);
+    let asked: Vec<(LookupKind, String, String)> = recording.asked().into_iter().collect();
+    let expected = [
+        (LookupKind::Secret, "victim", "db"),
+        (LookupKind::Secret, "victim", "pull"),
+        (LookupKind::ConfigMap, "victim", "cfg"),
+        (LookupKind::ConfigMap, "victim", "shared"),
+    ]
+    .map(|(kind, namespace, name)| (kind, namespace.to_string(), name.to_string()));
+    // The Secret the revision renders itself (`mine/own`) is not read from the cluster.
+    assert_eq!(asked, expected);
+
+    // Where the identity may read nothing, nothing is read: every reference is
+    // missing, and no value of the cluster is in any message.
+    let cluster = InMemoryLookup::default()
+        .with_config_map("victim", "cfg", [("DB_URL", "canary-url")])
+        .with_secret("victim", "db", [("password", "secret-canary")]);
+    let guarded = GuardedLookup::new(&cluster, Default::default());
+    let text = messages(check(&objects, &rules, "mine", &guarded)).join("\n");
+    assert!(!text.contains("canary"), "{text}");
+}

@@ -446,7 +446,8 @@ impl Harness {
 }
 
 /// `bosun controller` with `args`, credentials from `kubeconfig`, its own Git cache,
-/// and `env` last (it wins). Any free port for its endpoints: tests and replicas run
+/// `--single-tenant` unless `env` says `BOSUN_SINGLE_TENANT=false`, and `env` last (it
+/// wins). Any free port for its endpoints: tests and replicas run
 /// side by side, and the default (8080) would clash.
 fn controller_command(
     kubeconfig: &std::path::Path,
@@ -462,6 +463,9 @@ fn controller_command(
         .env("BOSUN_CACHE_DIR", cache_dir)
         .env("RUST_LOG", "info,kube=warn")
         .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
+        // Most tests apply apps that name no ServiceAccount, as the controller; the
+        // tenancy and attack tests pass `BOSUN_SINGLE_TENANT=false` (env wins).
+        .env("BOSUN_SINGLE_TENANT", "true")
         .env_remove(bosun::controller::fault::ENV);
     for (key, value) in env {
         command.env(key, value);

@@ -981,9 +981,72 @@ fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
+/// Why `name` (`spec.serviceAccountName`) cannot name a ServiceAccount, if it cannot:
+/// a ServiceAccount's name is a DNS-1123 subdomain (lower-case letters, digits, `-` and
+/// `.`, at most 253 characters). A user name such as
+/// `system:serviceaccount:kube-system:namespace-controller` is refused by name: the
+/// account is always one of the app's own namespace, never another namespace's.
+pub fn service_account_name_problem(name: &str) -> Option<String> {
+    const FIELD: &str = "spec.serviceAccountName";
+    if name.starts_with("system:") {
+        return Some(format!(
+            "{FIELD}: {:?} is a user name, not the name of a ServiceAccount; name a ServiceAccount of the \
+             AppDeployment's own namespace (another namespace's account cannot be named)",
+            shortened(name)
+        ));
+    }
+    if !is_dns_subdomain(name) {
+        return Some(format!(
+            "{FIELD}: {:?} is not a ServiceAccount name (lower-case letters, digits, '-' and '.', starting and \
+             ending with a letter or digit, at most 253 characters)",
+            shortened(name)
+        ));
+    }
+    None
+}
+
+/// At most 100 characters of `text`, for a message.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// A DNS-1123 subdomain, as Kubernetes object names mostly are.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && label.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_account_names_are_dns_subdomains_of_the_apps_namespace() {
+        for good in ["deployer", "bosun-deployer", "a.b-c", "0"] {
+            assert_eq!(service_account_name_problem(good), None, "{good}");
+        }
+        let user = service_account_name_problem("system:serviceaccount:kube-system:namespace-controller")
+            .expect("refused");
+        assert!(user.starts_with("spec.serviceAccountName: "), "{user}");
+        assert!(user.contains("user name"), "{user}");
+        for bad in ["", "Deployer", "-a", "a-", "a..b", "a_b", "a b", &"a".repeat(254)] {
+            let problem = service_account_name_problem(bad).unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert!(problem.starts_with("spec.serviceAccountName: "), "{problem}");
+        }
+        assert!(service_account_name_problem(&"x".repeat(300)).unwrap().len() < 400);
+    }
 
     fn spec(yaml: &str) -> RunbookSpec {
         serde_saphyr::from_str(yaml).expect("RunbookSpec YAML")
