@@ -237,6 +237,10 @@ async fn credentials(
         return Ok(Some(credentials.clone()));
     }
     let namespace = app.namespace().unwrap_or_default();
+    // Read on the app's behalf: only a Secret its identity may read.
+    super::boundary::may_read_secrets(context, app, &namespace)
+        .await
+        .map_err(|why| format!("spec.source.git.secretRef: Secret {namespace}/{} is not read: {why}", secret_ref.name))?;
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)

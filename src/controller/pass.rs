@@ -470,7 +470,7 @@ impl Pass<'_> {
                             .filter(|r| wanted.iter().any(|w| w.name == r.name))
                             .map(|r| {
                                 format!(
-                                    "notify receiver {}: urlFrom Secret {namespace}/{} is not read: {why}",
+                                    "notify receiver {}: spec.notify[].urlFrom names Secret {namespace}/{}, which is not read: {why}",
                                     r.name,
                                     r.url_from.as_ref().map(|f| f.name.as_str()).unwrap_or_default()
                                 )
