@@ -50,7 +50,9 @@ impl Identity {
     /// The user name the API server knows the identity by; `None` for the controller.
     pub fn user(&self) -> Option<String> {
         match self {
-            Identity::ServiceAccount { namespace, name } => Some(format!("system:serviceaccount:{namespace}:{name}")),
+            Identity::ServiceAccount { namespace, name } => {
+                Some(format!("system:serviceaccount:{namespace}:{name}"))
+            }
             Identity::Controller => None,
         }
     }
@@ -140,7 +142,12 @@ pub struct Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "forbidden: {} may not {}", self.identity, self.permission.describe())
+        write!(
+            f,
+            "forbidden: {} may not {}",
+            self.identity,
+            self.permission.describe()
+        )
     }
 }
 
@@ -165,7 +172,12 @@ impl Access {
             return Ok(true);
         }
         let key = (identity.clone(), permission.clone());
-        if let Some(allowed) = self.answers.lock().expect("access cache poisoned").get(&key, Instant::now()) {
+        if let Some(allowed) = self
+            .answers
+            .lock()
+            .expect("access cache poisoned")
+            .get(&key, Instant::now())
+        {
             return Ok(allowed);
         }
         let allowed = self.review(identity, permission).await?;
@@ -212,7 +224,9 @@ impl Access {
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
         let answer = api.create(&PostParams::default(), &review).await?;
-        Ok(answer.status.is_some_and(|status| status.allowed && status.denied != Some(true)))
+        Ok(answer
+            .status
+            .is_some_and(|status| status.allowed && status.denied != Some(true)))
     }
 }
 
@@ -375,7 +389,11 @@ mod tests {
         let later = start + REFUSAL_TTL;
         assert_eq!(answers.get(&refused, later), None, "a refusal is asked again");
         assert_eq!(answers.get(&granted, later), Some(true));
-        assert_eq!(answers.get(&granted, start + GRANT_TTL), None, "a grant is asked again");
+        assert_eq!(
+            answers.get(&granted, start + GRANT_TTL),
+            None,
+            "a grant is asked again"
+        );
         // Another identity's answer is not this one's.
         assert_eq!(answers.get(&(account("b"), get_secrets("mine")), start), None);
     }
@@ -428,7 +446,12 @@ mod tests {
         // A client of an API server that is not there: asking would fail.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
         let access = Access::new(Client::try_from(config).unwrap());
-        assert!(access.may(&Identity::Controller, &get_secrets("victim")).await.unwrap());
+        assert!(
+            access
+                .may(&Identity::Controller, &get_secrets("victim"))
+                .await
+                .unwrap()
+        );
         assert!(access.may(&account("a"), &get_secrets("victim")).await.is_err());
     }
 }

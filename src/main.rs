@@ -183,7 +183,10 @@ async fn main() -> anyhow::Result<()> {
                 .as_deref()
                 .and_then(bosun::api::service_account_name_problem)
             {
-                anyhow::bail!("--default-service-account: {}", problem.replace("spec.serviceAccountName: ", ""));
+                anyhow::bail!(
+                    "--default-service-account: {}",
+                    problem.replace("spec.serviceAccountName: ", "")
+                );
             }
             let mut settings = bosun::controller::Settings {
                 concurrency: concurrency.max(1),

@@ -12,8 +12,8 @@ mod support;
 use std::time::Duration;
 
 use bosun::api::{AppDeployment, BlockReason, Phase};
-use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use bosun_devenv::WorkRepo;
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml, workload_only_runbook_yaml};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Api;
@@ -49,9 +49,13 @@ where
     let object: K = serde_json::from_value(object).expect("object");
     let name = object.meta().name.clone().expect("name");
     let api: Api<K> = Api::namespaced(harness.client.clone(), namespace.expect("a namespace"));
-    api.patch(&name, &PatchParams::apply("bosun-test").force(), &Patch::Apply(&object))
-        .await
-        .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    api.patch(
+        &name,
+        &PatchParams::apply("bosun-test").force(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"));
 }
 
 /// A ServiceAccount `bosun-deployer` in `namespace` that may edit that namespace (the
@@ -202,7 +206,13 @@ async fn assert_no_canary(harness: &Harness, canaries: &[&str]) {
 async fn bystander_deploys(harness: &Harness) {
     let repo = harness.repo("bystander");
     let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
-    let mut yaml = app_deployment_yaml(BYSTANDER, "calm", &harness.git.url(repo.name()), Some("quick"), "2s");
+    let mut yaml = app_deployment_yaml(
+        BYSTANDER,
+        "calm",
+        &harness.git.url(repo.name()),
+        Some("quick"),
+        "2s",
+    );
     yaml.push_str(&account_line());
     harness.apply_app(&yaml).await;
     harness
@@ -228,20 +238,29 @@ async fn a_config_map_of_another_namespace_is_not_read_nor_echoed() {
         ),
     )
     .unwrap();
-    repo.commit("a Deployment in victim reading its ConfigMap").unwrap();
+    repo.commit("a Deployment in victim reading its ConfigMap")
+        .unwrap();
     attacker_app(&harness, &repo, "probe", &account_line()).await;
     harness.start_controller_with(&[], &MULTI_TENANT);
 
     let app = wait_blocked(&harness, ATTACKER, APP).await;
     let block = status(&app).blocked.clone().expect("status.blocked");
     assert_eq!(block.reason, BlockReason::Forbidden, "{block:?}");
-    let refusal = format!("forbidden: {} may not patch deployments.apps in namespace {VICTIM}", user());
+    let refusal = format!(
+        "forbidden: {} may not patch deployments.apps in namespace {VICTIM}",
+        user()
+    );
     assert!(block.message.contains(&refusal), "{}", block.message);
-    assert!(block.message.contains("Deployment victim/web"), "{}", block.message);
+    assert!(
+        block.message.contains("Deployment victim/web"),
+        "{}",
+        block.message
+    );
     // Meanwhile another tenant deploys as usual.
     bystander_deploys(&harness).await;
     assert_no_canary(&harness, &[CM_CANARY, "db.victim"]).await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(harness.client.clone(), VICTIM);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(harness.client.clone(), VICTIM);
     assert!(deployments.get_opt("web").await.unwrap().is_none());
 }
 
@@ -303,12 +322,18 @@ async fn a_secret_of_another_namespace_answers_no_question() {
     .unwrap();
     let second = repo.commit("a key that is not there").unwrap();
     let app = harness
-        .wait_for(ATTACKER, APP, "Blocked at the second revision", Duration::from_secs(90), |app| {
-            app.status
-                .as_ref()
-                .and_then(|s| s.blocked.as_ref())
-                .is_some_and(|b| b.revision == second)
-        })
+        .wait_for(
+            ATTACKER,
+            APP,
+            "Blocked at the second revision",
+            Duration::from_secs(90),
+            |app| {
+                app.status
+                    .as_ref()
+                    .and_then(|s| s.blocked.as_ref())
+                    .is_some_and(|b| b.revision == second)
+            },
+        )
         .await;
     let block = status(&app).blocked.clone().expect("status.blocked");
     assert_eq!(block.reason, BlockReason::Forbidden, "{block:?}");
@@ -318,7 +343,8 @@ async fn a_secret_of_another_namespace_answers_no_question() {
     }
     bystander_deploys(&harness).await;
     assert_no_canary(&harness, &[SECRET_CANARY, "has no key nope"]).await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(harness.client.clone(), VICTIM);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(harness.client.clone(), VICTIM);
     assert!(deployments.get_opt("web").await.unwrap().is_none());
 }
 
@@ -413,13 +439,21 @@ async fn an_app_naming_no_account_is_refused_without_single_tenant() {
     let app = wait_blocked(&harness, ATTACKER, APP).await;
     let (reason, message) = ready_message(&app);
     assert_eq!(reason, "SpecInvalid", "{message}");
-    for named in ["spec.serviceAccountName", "--default-service-account", "--single-tenant"] {
+    for named in [
+        "spec.serviceAccountName",
+        "--default-service-account",
+        "--single-tenant",
+    ] {
         assert!(message.contains(named), "{named} not named: {message}");
     }
     assert!(status(&app).inventory.is_empty());
     bystander_deploys(&harness).await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(harness.client.clone(), ATTACKER);
-    assert!(deployments.get_opt("backend").await.unwrap().is_none(), "applied as the controller");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(harness.client.clone(), ATTACKER);
+    assert!(
+        deployments.get_opt("backend").await.unwrap().is_none(),
+        "applied as the controller"
+    );
 
     // With --single-tenant the same app is applied as the controller, as before.
     harness.kill_controller();

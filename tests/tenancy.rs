@@ -361,7 +361,10 @@ async fn service_account_applies_its_namespace_and_is_refused_elsewhere_without_
         "{checks} reviews in {elapsed:?}: the answers are not cached: {by_kind:?}"
     );
     // Refused at the boundary, before any dry run.
-    assert_eq!(dry_runs, 0, "dry runs of a revision refused at the boundary: {by_kind:?}");
+    assert_eq!(
+        dry_runs, 0,
+        "dry runs of a revision refused at the boundary: {by_kind:?}"
+    );
     assert!(writes.is_empty(), "written while blocked: {writes:#?}");
     assert_eq!(
         harness.app(NS, APP).await.metadata.resource_version,

@@ -85,7 +85,10 @@ pub async fn writable(
             namespaced_resources.insert((group.clone(), resource.clone()));
         }
         for verb in ["patch", "create"] {
-            wanted.push((what.clone(), Permission::new(verb, &group, &resource, namespace.as_deref())));
+            wanted.push((
+                what.clone(),
+                Permission::new(verb, &group, &resource, namespace.as_deref()),
+            ));
         }
     }
     // The target namespace itself: the gates and Jobs work there.
@@ -181,7 +184,10 @@ pub fn runbook_permissions(runbook: &RunbookSpec, namespace: &str) -> Vec<(Strin
                 format!("{at}.logs"),
                 Permission::new("get", "", "pods", Some(namespace)).with_subresource("log"),
             ));
-            wanted.push((format!("{at}.logs"), Permission::new("list", "", "pods", Some(namespace))));
+            wanted.push((
+                format!("{at}.logs"),
+                Permission::new("list", "", "pods", Some(namespace)),
+            ));
         }
         if gate.http.as_ref().is_some_and(|http| http.service.is_some()) {
             wanted.push((
@@ -217,10 +223,7 @@ pub async fn runbook_reads(context: &Context, app: &AppDeployment, runbook: &Run
         match context.access.may(&identity, &permission).await {
             Ok(true) => {}
             Ok(false) => {
-                let refusal = Refusal {
-                    identity,
-                    permission,
-                };
+                let refusal = Refusal { identity, permission };
                 let runbook_name = app
                     .spec
                     .runbook_ref
@@ -255,7 +258,10 @@ pub async fn readable_secret_namespaces<'k>(
     if identity == Identity::Controller {
         return None;
     }
-    let namespaces: BTreeSet<&str> = keys.into_iter().filter_map(|k| k.split_once('/').map(|(ns, _)| ns)).collect();
+    let namespaces: BTreeSet<&str> = keys
+        .into_iter()
+        .filter_map(|k| k.split_once('/').map(|(ns, _)| ns))
+        .collect();
     let mut readable = BTreeSet::new();
     for namespace in namespaces {
         let permission = Permission::new("get", "", LookupKind::Secret.resource(), Some(namespace));
@@ -273,11 +279,7 @@ pub async fn may_read_secrets(context: &Context, app: &AppDeployment, namespace:
     let permission = Permission::new("get", "", LookupKind::Secret.resource(), Some(namespace));
     match context.access.may(&identity, &permission).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(Refusal {
-            identity,
-            permission,
-        }
-        .to_string()),
+        Ok(false) => Err(Refusal { identity, permission }.to_string()),
         Err(error) => Err(format!(
             "SubjectAccessReview unanswered: {}",
             crate::failure::server_message(&error)
@@ -311,7 +313,10 @@ mod tests {
             ("spec.gates[1].http.service", "get services in namespace victim"),
             ("spec.gates[2].logs", "get pods/log in namespace victim"),
             ("spec.gates[2].logs", "list pods in namespace victim"),
-            ("spec.gates[3].smoke.steps[1].service", "get services in namespace victim"),
+            (
+                "spec.gates[3].smoke.steps[1].service",
+                "get services in namespace victim",
+            ),
         ];
         assert_eq!(
             wanted,

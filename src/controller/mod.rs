@@ -38,8 +38,8 @@ use tracing::{error, info, warn};
 
 use crate::access::{Access, Identity, Lru};
 use crate::api::AppDeployment;
-use crate::core::{Failure, FailureKind};
 use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
+use crate::core::{Failure, FailureKind};
 use crate::gates::http::HttpProber;
 use crate::render::Manifest;
 use crate::source::{Credentials, GitCache};

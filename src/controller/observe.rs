@@ -240,7 +240,12 @@ async fn credentials(
     // Read on the app's behalf: only a Secret its identity may read.
     super::boundary::may_read_secrets(context, app, &namespace)
         .await
-        .map_err(|why| format!("spec.source.git.secretRef: Secret {namespace}/{} is not read: {why}", secret_ref.name))?;
+        .map_err(|why| {
+            format!(
+                "spec.source.git.secretRef: Secret {namespace}/{} is not read: {why}",
+                secret_ref.name
+            )
+        })?;
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let secret = secrets
         .get_opt(&secret_ref.name)

@@ -18,7 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::observe::{self, Runbook};
 use super::status_writer::{self, FINALIZER};
 use super::steps::{self, StepInput};
-use super::{boundary, AppNames, AppState, Context, Error, cleanup, job_steps, resync, verify};
+use super::{AppNames, AppState, Context, Error, boundary, cleanup, job_steps, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
 use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
@@ -222,7 +222,8 @@ impl Pass<'_> {
             migration_rollback: runbook.spec.migration_rollback_policy(),
         };
         let readable = if runbook.spec.rollout_on_secret_change() && !self.status.secret_digests.is_empty() {
-            boundary::readable_secret_namespaces(self.context, &self.app, self.status.secret_digests.keys()).await
+            boundary::readable_secret_namespaces(self.context, &self.app, self.status.secret_digests.keys())
+                .await
         } else {
             None
         };
@@ -456,16 +457,17 @@ impl Pass<'_> {
         let namespace = self.app.namespace().unwrap_or_default();
         // A `urlFrom` Secret is read only when the app's identity may read it.
         let wanted = crate::notify::receivers_of(&self.notify, event.phase);
-        let (notify, mut problems): (Vec<_>, Vec<String>) =
-            if crate::notify::secrets_read_by(&wanted).is_empty() {
-                (self.notify.clone(), Vec::new())
-            } else {
-                match boundary::may_read_secrets(self.context, &self.app, &namespace).await {
-                    Ok(()) => (self.notify.clone(), Vec::new()),
-                    Err(why) => {
-                        let (inline, from_secret): (Vec<_>, Vec<_>) =
-                            self.notify.iter().cloned().partition(|r| r.url_from.is_none());
-                        let refused = from_secret
+        let (notify, mut problems): (Vec<_>, Vec<String>) = if crate::notify::secrets_read_by(&wanted)
+            .is_empty()
+        {
+            (self.notify.clone(), Vec::new())
+        } else {
+            match boundary::may_read_secrets(self.context, &self.app, &namespace).await {
+                Ok(()) => (self.notify.clone(), Vec::new()),
+                Err(why) => {
+                    let (inline, from_secret): (Vec<_>, Vec<_>) =
+                        self.notify.iter().cloned().partition(|r| r.url_from.is_none());
+                    let refused = from_secret
                             .iter()
                             .filter(|r| wanted.iter().any(|w| w.name == r.name))
                             .map(|r| {
@@ -476,10 +478,10 @@ impl Pass<'_> {
                                 )
                             })
                             .collect();
-                        (inline, refused)
-                    }
+                    (inline, refused)
                 }
-            };
+            }
+        };
         let (receivers, more) =
             crate::notify::receivers_for(&self.context.client, &notify, &namespace, event.phase).await;
         problems.extend(more);

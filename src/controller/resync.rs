@@ -84,7 +84,10 @@ pub async fn if_due(
     {
         Ok(prepared) => prepared,
         Err(outcome) => {
-            warn!(?outcome, "resync skipped: the revision's reads are not the app's to make");
+            warn!(
+                ?outcome,
+                "resync skipped: the revision's reads are not the app's to make"
+            );
             return;
         }
     };

@@ -342,10 +342,11 @@ pub async fn recheck(
         return Ok(as_recheck(outcome));
     }
     let applier = context.applier(app)?;
-    let (manifests, _) = match prepared(context, app, &manifests, runbook, &names.target_namespace, None).await {
-        Ok(prepared) => prepared,
-        Err(outcome) => return Ok(as_recheck(outcome)),
-    };
+    let (manifests, _) =
+        match prepared(context, app, &manifests, runbook, &names.target_namespace, None).await {
+            Ok(prepared) => prepared,
+            Err(outcome) => return Ok(as_recheck(outcome)),
+        };
     Ok(match applier.plan(&names.plan(&manifests, inventory)).await {
         Ok(_) => Recheck::Clear,
         Err(error) => match error.classify() {

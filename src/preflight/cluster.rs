@@ -162,10 +162,11 @@ impl RecordingLookup {
     }
 
     fn record(&self, kind: LookupKind, namespace: &str, name: &str) {
-        self.asked
-            .lock()
-            .expect("recording lookup poisoned")
-            .insert((kind, namespace.to_string(), name.to_string()));
+        self.asked.lock().expect("recording lookup poisoned").insert((
+            kind,
+            namespace.to_string(),
+            name.to_string(),
+        ));
     }
 }
 
@@ -247,7 +248,10 @@ mod tests {
             .with_secret("victim", "db", [("password", "canary-victim")])
             .with_config_map("victim", "cfg", [("DB_URL", "canary-url")])
             .with_config_map("mine", "cfg", [("DB_URL", "mine-url")]);
-        let allowed = [(LookupKind::Secret, "mine".to_string()), (LookupKind::ConfigMap, "mine".to_string())];
+        let allowed = [
+            (LookupKind::Secret, "mine".to_string()),
+            (LookupKind::ConfigMap, "mine".to_string()),
+        ];
         let guarded = GuardedLookup::new(&cluster, allowed.into_iter().collect());
         assert!(guarded.secret("mine", "db").is_some());
         assert!(guarded.config_map("mine", "cfg").is_some());
@@ -255,11 +259,17 @@ mod tests {
         assert_eq!(guarded.config_map("victim", "cfg"), None);
         let only_config_maps = GuardedLookup::new(
             &cluster,
-            [(LookupKind::ConfigMap, "victim".to_string())].into_iter().collect(),
+            [(LookupKind::ConfigMap, "victim".to_string())]
+                .into_iter()
+                .collect(),
         );
         assert_eq!(only_config_maps.secret("victim", "db"), None);
         assert!(only_config_maps.config_map("victim", "cfg").is_some());
-        assert!(GuardedLookup::unguarded(&cluster).secret("victim", "db").is_some());
+        assert!(
+            GuardedLookup::unguarded(&cluster)
+                .secret("victim", "db")
+                .is_some()
+        );
     }
 
     #[test]
