@@ -32,14 +32,9 @@ use crate::core::{Failure, FailureKind, StepOutcome};
 use crate::preflight::{self, GuardedLookup, LookupKind, RecordingLookup, StoreLookup};
 use crate::render::Manifest;
 
-/// A refusal or a transient error of the API server, as a step reports it.
+/// An unanswered request to the API server, as a step reports it (try again later).
 fn transient(error: &kube::Error, what: &str) -> StepOutcome {
     StepOutcome::Transient(format!("{what}: {}", crate::failure::server_message(error)))
-}
-
-/// The app's identity, or the spec problem that stands for it.
-fn identity(context: &Context, app: &AppDeployment) -> Result<Identity, StepOutcome> {
-    context.identity(app).map_err(StepOutcome::Refused)
 }
 
 /// Whether the identity of `app` may write every object of `manifests` where it would
@@ -51,7 +46,7 @@ pub async fn writable(
     manifests: &[Manifest],
     target_namespace: &str,
 ) -> Result<(), StepOutcome> {
-    let identity = identity(context, app)?;
+    let identity = context.identity(app).map_err(StepOutcome::Refused)?;
     if identity == Identity::Controller {
         return Ok(());
     }
@@ -136,7 +131,7 @@ pub async fn lookup(
     runbook: &RunbookSpec,
     target_namespace: &str,
 ) -> Result<GuardedLookup<StoreLookup>, StepOutcome> {
-    let identity = identity(context, app)?;
+    let identity = context.identity(app).map_err(StepOutcome::Refused)?;
     let store = context.caches.lookup();
     if identity == Identity::Controller {
         return Ok(GuardedLookup::unguarded(store));
