@@ -50,7 +50,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use git2::{
@@ -84,11 +84,6 @@ pub const UNUSED_GRACE: Duration = Duration::from_secs(5 * 60);
 /// A clone not read at all for this long is removed even if an app said it uses it
 /// (an app that left this controller's watch without being deleted).
 pub const STALE_GRACE: Duration = Duration::from_secs(6 * 3600);
-/// libgit2's socket timeouts (process-wide): a server that stops answering ends the
-/// blocking read, so a fetch past its time does not hold its clone's lock on and on.
-const CONNECT_TIMEOUT_MS: i32 = 10_000;
-const READ_TIMEOUT_MS: i32 = 30_000;
-
 /// The limits on what one repository may cost, set by the `--git-max-*` flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GitBudgets {
@@ -220,15 +215,6 @@ impl GitCache {
     }
 
     fn build(root: PathBuf, observer: Option<FetchObserver>, budgets: GitBudgets) -> GitCache {
-        static SOCKET_TIMEOUTS: Once = Once::new();
-        SOCKET_TIMEOUTS.call_once(|| {
-            // SAFETY: libgit2 reads these options at connection time; they are set
-            // once, before this process's first fetch.
-            unsafe {
-                let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
-                let _ = git2::opts::set_server_timeout_in_milliseconds(READ_TIMEOUT_MS);
-            }
-        });
         let cache = GitCache {
             inner: Arc::new(Inner {
                 root,

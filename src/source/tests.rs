@@ -1104,7 +1104,7 @@ async fn credentials_in_the_url_key_their_own_clone() {
 }
 
 #[tokio::test]
-async fn a_pinned_commit_is_re_proved_by_ls_remote_and_lost_on_refusal() {
+async fn a_pinned_commit_is_re_proved_by_ls_remote_and_survives_an_outage() {
     let repo = TestRepo::new();
     repo.write("a.yaml", "a: 1\n");
     let head = repo.commit("first");
