@@ -97,6 +97,30 @@ enum Command {
         /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
         #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
         webhook_listen_address: Option<std::net::SocketAddr>,
+        /// Bytes one Git clone may take on disk (`256Mi`, `1Gi` or a number); beyond
+        /// it the fetch is cancelled, the clone removed and the app Blocked.
+        #[arg(long, env = "BOSUN_GIT_MAX_REPO_BYTES", default_value = "256Mi", value_parser = bosun::source::parse_bytes)]
+        git_max_repo_bytes: u64,
+        /// Bytes all Git clones may take together: the least recently used clone not in
+        /// use is removed to make room. Keep it under the cache volume's size.
+        #[arg(long, env = "BOSUN_GIT_MAX_CACHE_BYTES", default_value = "768Mi", value_parser = bosun::source::parse_bytes)]
+        git_max_cache_bytes: u64,
+        /// Objects one fetch may bring.
+        #[arg(long, env = "BOSUN_GIT_MAX_OBJECTS", default_value_t = 500_000)]
+        git_max_objects: usize,
+        /// Seconds one fetch may run before it is cancelled.
+        #[arg(long, env = "BOSUN_GIT_MAX_FETCH_SECONDS", default_value_t = 300)]
+        git_max_fetch_seconds: u64,
+        /// Files and directories one read of a commit may visit under
+        /// `spec.source.git.path`.
+        #[arg(long, env = "BOSUN_GIT_MAX_FILES", default_value_t = 10_000)]
+        git_max_files: usize,
+        /// Bytes of manifests one read of a commit may load.
+        #[arg(long, env = "BOSUN_GIT_MAX_MANIFEST_BYTES", default_value = "16Mi", value_parser = bosun::source::parse_bytes)]
+        git_max_manifest_bytes: u64,
+        /// Directories nested under `spec.source.git.path` one read may descend.
+        #[arg(long, env = "BOSUN_GIT_MAX_DEPTH", default_value_t = 32)]
+        git_max_depth: usize,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -152,6 +176,13 @@ async fn main() -> anyhow::Result<()> {
             webhook_secret_name,
             webhook_secret_namespace,
             webhook_listen_address,
+            git_max_repo_bytes,
+            git_max_cache_bytes,
+            git_max_objects,
+            git_max_fetch_seconds,
+            git_max_files,
+            git_max_manifest_bytes,
+            git_max_depth,
         } => {
             bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let mut config = kube::Config::infer().await?;
@@ -206,6 +237,17 @@ async fn main() -> anyhow::Result<()> {
                     listen: webhook_listen_address,
                     body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
                 }),
+                git_budgets: bosun::source::GitBudgets {
+                    max_repo_bytes: git_max_repo_bytes,
+                    max_cache_bytes: git_max_cache_bytes,
+                    max_objects: git_max_objects,
+                    max_fetch_time: std::time::Duration::from_secs(git_max_fetch_seconds.max(1)),
+                    tree: bosun::source::TreeBudget {
+                        max_files: git_max_files,
+                        max_bytes: git_max_manifest_bytes,
+                        max_depth: git_max_depth,
+                    },
+                },
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

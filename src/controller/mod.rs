@@ -42,7 +42,7 @@ use crate::apply::{Applier, ApplyPlan, DiscoveryCache, UnchangedMemo};
 use crate::core::{Failure, FailureKind};
 use crate::gates::http::HttpProber;
 use crate::render::Manifest;
-use crate::source::{Credentials, GitCache};
+use crate::source::{Credentials, GitBudgets, GitCache};
 
 pub use cache::{Caches, WatchScope};
 pub use error::Error;
@@ -75,6 +75,8 @@ pub struct Settings {
     pub watch_scope: cache::WatchScope,
     /// The Git push webhook receiver: where its shared secret is, where it listens.
     pub webhook: Option<crate::server::webhook::WebhookSettings>,
+    /// What one repository may cost (`--git-max-*`).
+    pub git_budgets: GitBudgets,
 }
 
 impl Default for Settings {
@@ -91,6 +93,7 @@ impl Default for Settings {
             watch_label_selector: None,
             watch_scope: cache::WatchScope::Cluster,
             webhook: None,
+            git_budgets: GitBudgets::default(),
         }
     }
 }
@@ -247,10 +250,14 @@ impl Context {
             .map_or(0, |s| s.errors)
     }
 
-    /// Drops everything kept about a deleted app.
+    /// Drops everything kept about a deleted app, its Git clone too when no other app
+    /// uses it.
     fn forget(&self, app: &AppDeployment) {
         let key = pass::app_key(app);
         self.apps.lock().expect("app states poisoned").remove(&key);
+        let git = self.git.clone();
+        let user = key.clone();
+        tokio::task::spawn_blocking(move || git.release(&user));
         if let Some(uid) = app.uid() {
             self.events.forget(&uid);
         }
@@ -416,7 +423,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     let git = GitCache::observed(
         settings.cache_dir.clone(),
         Arc::new(move |took, error| fetches.git_fetched(took, error)),
+        settings.git_budgets,
     );
+    spawn_clone_sweeper(git.clone());
     let mut webhook = None;
     if let Some(hooks) = &settings.webhook {
         let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone(), ready.clone());
@@ -536,6 +545,19 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             Err(Error::Internal(format!("lost the leader Lease: {why}")))
         }
     }
+}
+
+/// Removes the Git clones no app uses any more, once a minute (see `crate::source`).
+fn spawn_clone_sweeper(git: GitCache) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let git = git.clone();
+            let _ = tokio::task::spawn_blocking(move || git.sweep()).await;
+        }
+    });
 }
 
 /// Lists AppDeployments once before anything starts, and waits, with back-off and a

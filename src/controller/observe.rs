@@ -16,7 +16,7 @@ use crate::api::{
 };
 use crate::core::record::Notice;
 use crate::core::{DesiredRevision, Failure, FailureKind};
-use crate::source::{Credentials, SourcePolicy};
+use crate::source::{Credentials, SourceError, SourcePolicy};
 
 /// The Runbook an app deploys with, and the version it was read at (an edit restarts
 /// verification).
@@ -133,24 +133,45 @@ pub fn interval(app: &AppDeployment) -> Duration {
         .max(Duration::from_secs(1))
 }
 
+/// What [`source`] observed: the revision Git wants, the credentials, the Event to
+/// publish when the source's state changed, and a problem that blocks the app (the
+/// repository exceeds a budget: the tenant's to fix, not a reason to wait silently).
+pub struct Source {
+    pub desired: DesiredRevision,
+    pub credentials: Option<Credentials>,
+    pub notice: Option<Notice>,
+    pub problem: Option<Failure>,
+}
+
 /// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
-/// Returns the Event to publish when the source's state changed.
+/// The fetch is this app's own, with its own credentials (see `crate::source`): a
+/// clone fetched with another app's credentials is never read for it.
 pub async fn source(
     context: &Context,
     app: &AppDeployment,
     state: &mut AppState,
     status: &mut AppDeploymentStatus,
-) -> (DesiredRevision, Option<Credentials>, Option<Notice>) {
+) -> Source {
     let generation = app.metadata.generation;
     let credentials = match credentials(context, app, state).await {
         Ok(credentials) => credentials,
         Err(message) => {
             let notice = source_failed(status, "CredentialsInvalid", &message, generation);
-            return (DesiredRevision::Unavailable, None, notice);
+            return Source {
+                desired: DesiredRevision::Unavailable,
+                credentials: None,
+                notice,
+                problem: None,
+            };
         }
     };
     if app.spec.suspend {
-        return (DesiredRevision::Unavailable, credentials, None);
+        return Source {
+            desired: DesiredRevision::Unavailable,
+            credentials,
+            notice: None,
+            problem: None,
+        };
     }
     let pinned = app.spec.pin.is_some();
     let reference = match &app.spec.pin {
@@ -163,9 +184,10 @@ pub async fn source(
         None => app.spec.source.git.reference.clone(),
     };
     let git = &app.spec.source.git;
+    let user = super::pass::app_key(app);
     match context
         .git
-        .resolve(&git.url, &reference, credentials.as_ref(), interval(app))
+        .resolve_as(&user, &git.url, &reference, credentials.as_ref(), interval(app))
         .await
     {
         Ok(resolved) => {
@@ -187,11 +209,28 @@ pub async fn source(
                 revision: resolved.commit,
                 pinned,
             };
-            (desired, credentials, None)
+            Source {
+                desired,
+                credentials,
+                notice: None,
+                problem: None,
+            }
         }
         Err(error) => {
-            let notice = source_failed(status, error.reason(), &error.to_string(), generation);
-            (DesiredRevision::Unavailable, credentials, notice)
+            let message = error.to_string();
+            let notice = source_failed(status, error.reason(), &message, generation);
+            let problem = matches!(error, SourceError::BudgetExceeded { .. }).then(|| {
+                Failure::new(
+                    FailureKind::SpecInvalid,
+                    format!("{}: {message}", crate::source::field::URL),
+                )
+            });
+            Source {
+                desired: DesiredRevision::Unavailable,
+                credentials,
+                notice,
+                problem,
+            }
         }
     }
 }

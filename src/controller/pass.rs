@@ -202,11 +202,14 @@ impl Pass<'_> {
         };
         // A source the spec may not use is not fetched at all (credentials over plain
         // HTTP would already be on the wire).
-        let (desired, credentials, source_notice) = match spec_problem {
-            Some(_) => (DesiredRevision::Unavailable, None, None),
-            None => observe::source(self.context, &self.app, self.state, &mut self.status).await,
+        let (desired, credentials, source_notice, source_problem) = match spec_problem {
+            Some(_) => (DesiredRevision::Unavailable, None, None, None),
+            None => {
+                let source = observe::source(self.context, &self.app, self.state, &mut self.status).await;
+                (source.desired, source.credentials, source.notice, source.problem)
+            }
         };
-        let problem: Option<Failure> = spec_problem.or(runbook_problem);
+        let problem: Option<Failure> = spec_problem.or(source_problem).or(runbook_problem);
         let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
         notices.extend(source_notice);
         let interval = observe::interval(&self.app);

@@ -1,9 +1,17 @@
 //! Fetch: the first stage of a revision's life (SPEC §2 step 1).
 //!
-//! One bare clone per repository URL is shared by every AppDeployment that uses it
-//! ([`GitCache`]); it is fetched incrementally and read without a work tree: a
-//! revision's manifests come straight out of the commit's tree ([`GitCache::files`]),
-//! with `spec.source.git.path` and every symlink on the way confined to the repository.
+//! Bare clones ([`GitCache`]) are fetched incrementally and read without a work tree:
+//! a revision's manifests come straight out of the commit's tree
+//! ([`GitCache::files`]), with `spec.source.git.path` and every symlink on the way
+//! confined to the repository.
+//!
+//! Sources belong to whoever proved access: a clone is shared only by apps presenting
+//! the same credentials (those written in the URL and those of `secretRef`, as a
+//! digest), or none at all for a public repository; an app never reads a commit
+//! fetched with credentials other than its own, and re-proves its access every
+//! interval (see [`cache`](GitCache) for why objects are not shared further). Fetches
+//! and tree walks have budgets ([`GitBudgets`]); clones no app uses are removed. URLs
+//! are printed only through [`redact_url`].
 
 mod cache;
 mod credentials;
@@ -12,8 +20,10 @@ mod refs;
 mod tree;
 mod url;
 
-pub use cache::{FetchObserver, GitCache};
+pub use cache::{FetchObserver, GitBudgets, GitCache};
 pub use credentials::Credentials;
+pub use tree::TreeBudget;
+pub use url::redact_url;
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +90,11 @@ pub enum SourceError {
         target: String,
         message: String,
     },
+    /// A budget of the controller (`--git-max-*`, [`GitBudgets`]) was exceeded by the
+    /// repository: the message names the limit and the figure. The tenant's problem
+    /// (the app is Blocked), never retried before the next interval.
+    #[error("{message}")]
+    BudgetExceeded { limit: &'static str, message: String },
     /// Something went wrong inside git2 or the cache directory.
     #[error("git: {message}")]
     Git { message: String },
@@ -105,6 +120,7 @@ impl SourceError {
             SourceError::RefNotFound { .. } => "RefNotFound",
             SourceError::InvalidPath { .. } => "InvalidPath",
             SourceError::SymlinkEscape { .. } => "SymlinkOutsideRepository",
+            SourceError::BudgetExceeded { .. } => "BudgetExceeded",
             SourceError::Git { .. } => "GitError",
         }
     }
@@ -125,6 +141,36 @@ impl SourceError {
 #[cfg(test)]
 mod tests;
 
+/// A byte count as the `--git-max-*-bytes` flags take it: `268435456`, `256Mi`,
+/// `1Gi`, `512Ki` (binary units, as Kubernetes quantities), or `500M` (decimal).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (e.g. 268435456, 256Mi, 1Gi)"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Checks `spec.source.git.path` without touching Git: relative, no `..`.
 pub fn validate_path(path: &str) -> Result<(), SourceError> {
     tree::validate_path(Some(path)).map(|_| ())
@@ -140,7 +186,8 @@ pub struct SourcePolicy {
 
 /// Refuses a source the policy does not allow, before anything is fetched: `file://`
 /// unless allowed, and credentials over plain `http://` (sent in clear text) unless the
-/// source says `insecure: true`.
+/// source says `insecure: true`, whether they come from the Secret or are written in
+/// the URL.
 pub fn check_policy(
     url: &str,
     has_credentials: bool,
@@ -148,6 +195,7 @@ pub fn check_policy(
     policy: SourcePolicy,
 ) -> Result<(), SourceError> {
     let url = url::RepoUrl::parse(url)?;
+    let has_credentials = has_credentials || url.has_credentials();
     match url.scheme {
         url::Scheme::File if !policy.allow_file_sources => Err(SourceError::InvalidSpec {
             field: field::URL,
@@ -170,6 +218,17 @@ pub fn check_policy(
 #[cfg(test)]
 mod policy_tests {
     use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("256Mi"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_bytes("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("5M"), Ok(5_000_000));
+        for bad in ["", "Mi", "12 parsecs", "1.5Gi", "99999999999Ti"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn file_sources_need_the_controller_flag() {
@@ -195,5 +254,10 @@ mod policy_tests {
         assert!(check_policy("http://git.example.com/repo.git", true, true, policy).is_ok());
         assert!(check_policy("http://git.example.com/repo.git", false, false, policy).is_ok());
         assert!(check_policy("https://git.example.com/repo.git", true, false, policy).is_ok());
+        // A token written in the URL is a credential too, and is not shown.
+        let error =
+            check_policy("http://TOKEN1234@git.example.com/repo.git", false, false, policy).unwrap_err();
+        assert!(!error.to_string().contains("TOKEN1234"), "{error}");
+        assert!(check_policy("http://TOKEN1234@git.example.com/repo.git", false, true, policy).is_ok());
     }
 }

@@ -332,8 +332,8 @@ async fn concurrent_resolves_of_one_url_share_one_clone_and_one_fetch() {
         .unwrap();
     assert_eq!(clone_dirs(&dir.path().join("git")), 1);
     assert_eq!(
-        cache.repo_dir(&url).unwrap(),
-        cache.repo_dir(&other_spelling).unwrap()
+        cache.repo_dir(&url, None).unwrap(),
+        cache.repo_dir(&other_spelling, None).unwrap()
     );
 }
 
@@ -396,13 +396,23 @@ async fn other_credentials_must_fetch_themselves() {
         2,
         "a cached clone is not proof of access for other credentials"
     );
+    assert_eq!(cache.clone_count(), 2, "other credentials, another clone");
+    assert_ne!(
+        cache.repo_dir(&url, None).unwrap(),
+        cache.repo_dir(&url, Some(&creds)).unwrap()
+    );
     cache.files(&url, &head, None, Some(&creds)).await.unwrap();
     cache
         .resolve(&url, &GitRef::default(), Some(&creds), LONG)
         .await
         .unwrap();
     assert_eq!(cache.fetch_count(), 2);
-    assert_eq!(cache.clone_count(), 1);
+    // The same material in another Secret is the same principal: the same clone.
+    let same = Credentials::from_secret_data("copy", &data).unwrap();
+    assert_eq!(
+        cache.repo_dir(&url, Some(&creds)).unwrap(),
+        cache.repo_dir(&url, Some(&same)).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -596,7 +606,8 @@ async fn unreachable_server_is_a_fetch_error_without_the_password() {
     assert_eq!(err.reason(), "FetchFailed", "{err}");
     assert!(err.is_transient());
     assert!(!err.to_string().contains("s3cret-pw"), "{err}");
-    assert!(err.to_string().contains("http://bot@127.0.0.1"), "{err}");
+    assert!(err.to_string().contains("http://***@127.0.0.1"), "{err}");
+    assert!(!err.to_string().contains("bot:"), "{err}");
 }
 
 /// `git daemon` serving a directory on a loopback port; killed when dropped.
@@ -826,4 +837,319 @@ async fn a_silent_server_times_out_and_does_not_block_the_url_forever() {
         .unwrap_err();
     assert!(err.to_string().contains("another fetch"), "{err}");
     drop(server);
+}
+
+// --- Sources belong to whoever proved access; budgets; removal ---
+
+fn budgets(change: impl FnOnce(&mut GitBudgets)) -> GitBudgets {
+    let mut budgets = GitBudgets::default();
+    change(&mut budgets);
+    budgets
+}
+
+fn cache_with(budgets: GitBudgets) -> (tempfile::TempDir, GitCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = GitCache::with_budgets(dir.path().join("git"), budgets);
+    (dir, cache)
+}
+
+/// Bytes no compression shrinks.
+fn noise(bytes: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..bytes)
+        .map(|_| char::from(b'a' + rng.random_range(0..26u8)))
+        .collect::<String>()
+        .as_bytes()
+        .chunks(100)
+        .map(|line| format!("{}\n", String::from_utf8_lossy(line)))
+        .collect()
+}
+
+/// A commit (on `main`) whose tree names `fanout^levels` files `f<i>.yaml` with
+/// `levels` tree objects, each naming the one below `fanout` times.
+fn tree_bomb(repo: &TestRepo, fanout: usize, levels: usize, file: &str) -> String {
+    let git = git2::Repository::open(&repo.path).unwrap();
+    let blob = git.blob(b"kind: ConfigMap\n").unwrap();
+    let mut builder = git.treebuilder(None).unwrap();
+    for i in 0..fanout {
+        builder.insert(format!("f{i}.{file}"), blob, 0o100644).unwrap();
+    }
+    let mut tree = builder.write().unwrap();
+    for _ in 1..levels {
+        let mut builder = git.treebuilder(None).unwrap();
+        for i in 0..fanout {
+            builder.insert(format!("d{i}"), tree, 0o040000).unwrap();
+        }
+        tree = builder.write().unwrap();
+    }
+    let signature = git2::Signature::now("test", "test@example.com").unwrap();
+    let parent = git.head().ok().and_then(|head| head.peel_to_commit().ok());
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    let id = git
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            "bomb",
+            &git.find_tree(tree).unwrap(),
+            &parents,
+        )
+        .unwrap();
+    id.to_string()
+}
+
+#[tokio::test]
+async fn a_tree_bomb_stops_at_the_files_budget_naming_it() {
+    let repo = TestRepo::new();
+    repo.write("README", "x\n");
+    repo.commit("first");
+    // 10^8 files named by 8 tree objects; as README files, not manifests, too.
+    for (file, what) in [("yaml", "manifests"), ("md", "other files")] {
+        let bomb = tree_bomb(&repo, 10, 8, file);
+        let (_dir, cache) = cache();
+        let started = Instant::now();
+        let err = cache.files(&repo.url(), &bomb, None, None).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(err.reason(), "BudgetExceeded", "{what}: {err}");
+        let message = err.to_string();
+        assert!(message.contains("--git-max-files=10000"), "{message}");
+        assert!(message.contains("more than 10000 files"), "{message}");
+        assert!(message.contains(&bomb[..7]), "names the commit: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_deep_tree_stops_at_the_depth_budget() {
+    let repo = TestRepo::new();
+    let deep: Vec<&str> = std::iter::repeat_n("d", 40).collect();
+    repo.write(&format!("{}/app.yaml", deep.join("/")), "kind: x\n");
+    let head = repo.commit("deep");
+    let (_dir, cache) = cache();
+    let err = cache.files(&repo.url(), &head, None, None).await.unwrap_err();
+    assert_eq!(err.reason(), "BudgetExceeded", "{err}");
+    assert!(err.to_string().contains("--git-max-depth=32"), "{err}");
+    // Within a larger budget it reads.
+    let (_dir, roomy) = cache_with(budgets(|b| b.tree.max_depth = 64));
+    let files = roomy.files(&repo.url(), &head, None, None).await.unwrap();
+    assert_eq!(files.len(), 1);
+}
+
+#[tokio::test]
+async fn manifests_over_the_bytes_budget_are_refused_before_they_are_read() {
+    let repo = TestRepo::new();
+    repo.write("deploy/a.yaml", "kind: x\n");
+    repo.write("deploy/big.yaml", &noise(2 * 1024 * 1024));
+    let head = repo.commit("big");
+    let (_dir, cache) = cache_with(budgets(|b| b.tree.max_bytes = 1024 * 1024));
+    let err = cache
+        .files(&repo.url(), &head, Some("deploy"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "BudgetExceeded", "{err}");
+    let message = err.to_string();
+    assert!(message.contains("--git-max-manifest-bytes=1048576"), "{message}");
+    assert!(message.contains("deploy/big.yaml"), "{message}");
+    assert!(message.contains("spec.source.git.path \"deploy\""), "{message}");
+}
+
+#[tokio::test]
+async fn a_repository_over_the_bytes_budget_is_refused_and_its_clone_removed() {
+    let repo = TestRepo::new();
+    repo.write("deploy/app.yaml", "kind: x\n");
+    repo.write("blob.txt", &noise(3 * 1024 * 1024));
+    repo.commit("large");
+    let small = TestRepo::new();
+    small.write("deploy/app.yaml", "kind: x\n");
+    let small_head = small.commit("small");
+    let base = repo.path.parent().unwrap().to_path_buf();
+    let daemon = GitDaemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/app", daemon.port);
+    let (_dir, cache) = cache_with(budgets(|b| b.max_repo_bytes = 1024 * 1024));
+
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "BudgetExceeded", "{err}");
+    assert!(!err.is_transient());
+    let message = err.to_string();
+    assert!(message.contains("--git-max-repo-bytes=1048576"), "{message}");
+    assert!(message.contains(&url), "{message}");
+    assert!(
+        !cache.repo_dir(&url, None).unwrap().exists(),
+        "the partial clone is removed"
+    );
+    // Nothing else is affected: another repository fetches into the same cache.
+    let resolved = cache
+        .resolve(&small.url(), &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert_eq!(resolved.commit, small_head);
+}
+
+#[tokio::test]
+async fn a_fetch_of_more_objects_than_the_budget_is_cancelled() {
+    let repo = TestRepo::new();
+    for i in 0..20 {
+        repo.write(&format!("deploy/f{i}.yaml"), &format!("n: {i}\n"));
+        repo.commit(&format!("c{i}"));
+    }
+    let base = repo.path.parent().unwrap().to_path_buf();
+    let daemon = GitDaemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/app", daemon.port);
+    let (_dir, cache) = cache_with(budgets(|b| b.max_objects = 10));
+    let err = cache
+        .resolve(&url, &GitRef::default(), None, LONG)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "BudgetExceeded", "{err}");
+    assert!(err.to_string().contains("--git-max-objects=10"), "{err}");
+    assert!(!cache.repo_dir(&url, None).unwrap().exists());
+}
+
+#[tokio::test]
+async fn the_total_budget_evicts_the_least_recently_used_clone() {
+    let first = TestRepo::new();
+    first.write("blob.txt", &noise(1024 * 1024));
+    first.commit("one");
+    let second = TestRepo::new();
+    second.write("blob.txt", &noise(1024 * 1024));
+    let second_head = second.commit("two");
+    let (_dir, cache) = cache_with(budgets(|b| {
+        b.max_repo_bytes = 3 * 1024 * 1024 / 2;
+        b.max_cache_bytes = 2 * 1024 * 1024;
+    }));
+    cache
+        .resolve(&first.url(), &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert!(cache.repo_dir(&first.url(), None).unwrap().exists());
+    let resolved = cache
+        .resolve(&second.url(), &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert_eq!(resolved.commit, second_head);
+    assert!(!cache.repo_dir(&first.url(), None).unwrap().exists(), "evicted");
+    assert!(cache.repo_dir(&second.url(), None).unwrap().exists());
+    assert!(
+        cache.cached_bytes() <= 2 * 1024 * 1024,
+        "{}",
+        cache.cached_bytes()
+    );
+    // Evicted is not broken: the first repository is fetched again when asked for.
+    cache
+        .resolve(&first.url(), &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_clone_goes_when_the_last_app_using_it_is_released() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    repo.commit("first");
+    let (_dir, cache) = cache();
+    let url = repo.url();
+    for app in ["team-a/one", "team-b/two"] {
+        cache
+            .resolve_as(app, &url, &GitRef::default(), None, LONG)
+            .await
+            .unwrap();
+    }
+    let dir = cache.repo_dir(&url, None).unwrap();
+    cache.release("team-a/one");
+    assert!(dir.exists(), "team-b/two still uses it");
+    cache.release("team-b/two");
+    assert!(!dir.exists(), "no app uses it");
+    assert_eq!(cache.cached_bytes(), 0);
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_key_their_own_clone() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    repo.commit("first");
+    let base = repo.path.parent().unwrap().to_path_buf();
+    let daemon = GitDaemon::start(&base);
+    let with = format!(
+        "git://x-access-token:PAT-{}@127.0.0.1:{}/app",
+        rand::random::<u32>(),
+        daemon.port
+    );
+    let without = format!("git://127.0.0.1:{}/app", daemon.port);
+    let (_dir, cache) = cache();
+    assert_ne!(
+        cache.repo_dir(&with, None).unwrap(),
+        cache.repo_dir(&without, None).unwrap()
+    );
+    cache
+        .resolve(&with, &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    cache
+        .resolve(&without, &GitRef::default(), None, LONG)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.fetch_count(),
+        2,
+        "the app without the URL's credentials fetched itself"
+    );
+    assert_eq!(cache.clone_count(), 2);
+}
+
+#[tokio::test]
+async fn a_pinned_commit_is_re_proved_by_ls_remote_and_survives_an_outage() {
+    let repo = TestRepo::new();
+    repo.write("a.yaml", "a: 1\n");
+    let head = repo.commit("first");
+    let base = repo.path.parent().unwrap().to_path_buf();
+    let daemon = GitDaemon::start(&base);
+    let url = format!("git://127.0.0.1:{}/app", daemon.port);
+    let (_dir, cache) = cache();
+    let pinned = GitRef {
+        commit: Some(head.clone()),
+        ..GitRef::default()
+    };
+    cache.resolve(&url, &pinned, None, Duration::ZERO).await.unwrap();
+    cache.resolve(&url, &pinned, None, Duration::ZERO).await.unwrap();
+    assert_eq!(cache.fetch_count(), 1, "the second resolve only listed the refs");
+    drop(daemon);
+    // Unreachable is not a refusal: the pin still resolves from the clone.
+    let resolved = cache.resolve(&url, &pinned, None, Duration::ZERO).await.unwrap();
+    assert_eq!(resolved.commit, head);
+}
+
+mod digest_properties {
+    use super::super::cache::credential_digest;
+    use super::super::url::RepoUrl;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_credential_changes_the_key_and_none_is_the_public_key(
+            user_a in "[A-Za-z0-9_-]{1,12}",
+            user_b in "[A-Za-z0-9_-]{1,12}",
+            password in proptest::option::of("[A-Za-z0-9%_-]{1,12}"),
+        ) {
+            let info = |user: &str| match &password {
+                Some(password) => format!("{user}:{password}"),
+                None => user.to_string(),
+            };
+            let a = RepoUrl::parse(&format!("https://{}@host/org/repo.git", info(&user_a))).unwrap();
+            let b = RepoUrl::parse(&format!("https://{}@host/org/repo.git", info(&user_b))).unwrap();
+            let public = RepoUrl::parse("https://host/org/repo.git").unwrap();
+            prop_assert_eq!(credential_digest(&public, None), "");
+            prop_assert_ne!(credential_digest(&a, None), "");
+            prop_assert_eq!(credential_digest(&a, None) == credential_digest(&b, None), user_a == user_b);
+            // A digest (never the secret itself): 64 hexadecimal digits.
+            let digest = credential_digest(&a, None);
+            prop_assert!(digest.len() == 64 && digest.chars().all(|c| c.is_ascii_hexdigit()));
+        }
+    }
 }

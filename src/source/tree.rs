@@ -5,6 +5,12 @@
 //! relative to the link's directory, `..` climbs — but on the commit's tree, so
 //! nothing outside the repository can ever be read: a target that is absolute or
 //! climbs above the root is an error naming the link.
+//!
+//! The walk has a budget ([`TreeBudget`]): Git trees are content-addressed, so one
+//! tree object can be named any number of times, and a dozen objects (a few KiB) can
+//! describe 10^8 files. Every entry visited counts (not only manifests: a bomb of
+//! README files costs the same time), as do the bytes of the manifests read (their
+//! size is read from the object header before the content) and the depth of nesting.
 
 use std::collections::HashSet;
 
@@ -16,6 +22,33 @@ use super::{SourceError, SourceFile, field};
 const MAX_LINK_EXPANSIONS: usize = 40;
 const FILEMODE_LINK: i32 = 0o120000;
 const FILEMODE_COMMIT: i32 = 0o160000;
+
+/// How much of a commit one read may walk: the figures `--git-max-files`,
+/// `--git-max-manifest-bytes` and `--git-max-depth` set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeBudget {
+    /// Entries (files, directories, symlinks) visited under `spec.source.git.path`.
+    pub max_files: usize,
+    /// Bytes of manifest files read.
+    pub max_bytes: u64,
+    /// Directories nested under `spec.source.git.path` (through symlinks too).
+    pub max_depth: usize,
+}
+
+impl Default for TreeBudget {
+    /// 10,000 entries: an app's manifest directory holds tens; a whole monorepo read
+    /// from its root holds more and needs `spec.source.git.path`. 16 MiB of manifests:
+    /// the largest CRD bundles are a few MiB, and with 16 apps rendering at once
+    /// (`--concurrency`) that stays far below the chart's 512 MiB memory limit. Depth 32:
+    /// manifests are rarely nested more than 4 deep; Linux's symlink limit is 40.
+    fn default() -> Self {
+        TreeBudget {
+            max_files: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_depth: 32,
+        }
+    }
+}
 
 /// Manifest file extensions read by render.
 pub(crate) fn is_manifest_name(name: &str) -> bool {
@@ -191,6 +224,7 @@ pub(crate) fn read_manifests(
     repo: &Repository,
     commit: Oid,
     path: Option<&str>,
+    budget: TreeBudget,
 ) -> Result<Vec<SourceFile>, SourceError> {
     let components = validate_path(path)?;
     let commit = repo
@@ -214,13 +248,29 @@ pub(crate) fn read_manifests(
             )));
         }
     };
+    let odb = repo
+        .odb()
+        .map_err(|e| SourceError::git("opening the object database", &e))?;
     let mut walk = Walk {
         repo,
+        odb,
         root: &root,
         files: Vec::new(),
         on_stack: HashSet::new(),
+        budget,
+        entries: 0,
+        bytes: 0,
+        within: format!(
+            "{} of commit {}",
+            if shown.is_empty() {
+                "the repository root".to_string()
+            } else {
+                format!("spec.source.git.path {:?}", path.unwrap_or_default())
+            },
+            super::refs::short(&commit.id().to_string())
+        ),
     };
-    walk.directory(oid, real, &shown)?;
+    walk.directory(oid, real, &shown, 0)?;
     let mut files = walk.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
@@ -228,22 +278,60 @@ pub(crate) fn read_manifests(
 
 struct Walk<'a, 'r> {
     repo: &'r Repository,
+    odb: git2::Odb<'r>,
     root: &'a Tree<'r>,
     files: Vec<SourceFile>,
     /// Real paths of the directories being walked: a symlink back to one is a loop.
     on_stack: HashSet<Vec<String>>,
+    budget: TreeBudget,
+    /// Entries visited and manifest bytes read so far.
+    entries: usize,
+    bytes: u64,
+    /// What is walked, for messages: `spec.source.git.path "deploy" of commit 1a2b3c4`.
+    within: String,
 }
 
 impl Walk<'_, '_> {
     /// `real`: the directory's path in the repository with links resolved;
     /// `shown`: the path as the user sees it (through symlinked directories).
-    fn directory(&mut self, oid: Oid, real: Vec<String>, shown: &str) -> Result<(), SourceError> {
+    fn directory(
+        &mut self,
+        oid: Oid,
+        real: Vec<String>,
+        shown: &str,
+        depth: usize,
+    ) -> Result<(), SourceError> {
+        if depth > self.budget.max_depth {
+            return Err(SourceError::BudgetExceeded {
+                limit: "--git-max-depth",
+                message: format!(
+                    "{} nests directories more than {} deep (--git-max-depth={}), at {}",
+                    self.within,
+                    self.budget.max_depth,
+                    self.budget.max_depth,
+                    abbreviate(shown)
+                ),
+            });
+        }
         let tree = self
             .repo
             .find_tree(oid)
             .map_err(|e| SourceError::git(&format!("reading directory {shown}"), &e))?;
         self.on_stack.insert(real.clone());
         for entry in tree.iter() {
+            self.entries += 1;
+            if self.entries > self.budget.max_files {
+                return Err(SourceError::BudgetExceeded {
+                    limit: "--git-max-files",
+                    message: format!(
+                        "{} holds more than {} files and directories (--git-max-files={}); the walk stopped at {}",
+                        self.within,
+                        self.budget.max_files,
+                        self.budget.max_files,
+                        abbreviate(shown)
+                    ),
+                });
+            }
             let Ok(name) = entry.name().map(str::to_string) else {
                 continue; // not UTF-8: cannot be a manifest name we could report
             };
@@ -272,7 +360,7 @@ impl Walk<'_, '_> {
                                 message: "leads back to a directory being read (a loop)".into(),
                             });
                         }
-                        self.directory(oid, target_real, &shown_path)?;
+                        self.directory(oid, target_real, &shown_path, depth + 1)?;
                     }
                     Some(Node::Blob { oid }) if is_manifest_name(&name) => {
                         self.push_blob(oid, shown_path)?;
@@ -295,7 +383,7 @@ impl Walk<'_, '_> {
                 Some(ObjectType::Tree) => {
                     let mut child = real.clone();
                     child.push(name);
-                    self.directory(entry.id(), child, &shown_path)?;
+                    self.directory(entry.id(), child, &shown_path, depth + 1)?;
                 }
                 Some(ObjectType::Blob) if is_manifest_name(&name) => {
                     self.push_blob(entry.id(), shown_path)?;
@@ -308,6 +396,28 @@ impl Walk<'_, '_> {
     }
 
     fn push_blob(&mut self, oid: Oid, path: String) -> Result<(), SourceError> {
+        // The size from the object's header: a huge blob is refused before it is read.
+        let (size, _) = self
+            .odb
+            .read_header(oid)
+            .map_err(|e| SourceError::git(&format!("reading {path}"), &e))?;
+        let size = size as u64;
+        if self.bytes.saturating_add(size) > self.budget.max_bytes {
+            return Err(SourceError::BudgetExceeded {
+                limit: "--git-max-manifest-bytes",
+                message: format!(
+                    "the manifests of {} exceed {} (--git-max-manifest-bytes={}): {} after {} files, and {} is {}",
+                    self.within,
+                    human_bytes(self.budget.max_bytes),
+                    self.budget.max_bytes,
+                    human_bytes(self.bytes),
+                    self.files.len(),
+                    abbreviate(&path),
+                    human_bytes(size)
+                ),
+            });
+        }
+        self.bytes += size;
         let blob = self
             .repo
             .find_blob(oid)
@@ -317,6 +427,40 @@ impl Walk<'_, '_> {
             content: blob.content().to_vec(),
         });
         Ok(())
+    }
+}
+
+/// A path short enough for a message (a bomb's paths are as long as it is deep).
+fn abbreviate(path: &str) -> String {
+    const MAX: usize = 120;
+    if path.is_empty() {
+        return "the top directory".into();
+    }
+    if path.len() <= MAX {
+        return path.to_string();
+    }
+    let mut cut = MAX;
+    while !path.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &path[..cut], path.len())
+}
+
+/// `1536` → `1.5 KiB`: figures in messages, with the exact byte count beside them.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
