@@ -10,9 +10,9 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
+use bosun::api::BlockReason;
 use bosun::api::Phase;
 use bosun_devenv::example::{ExampleRevision, workload_only_runbook_yaml};
-use bosun::api::BlockReason;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::SelfSubjectAccessReview;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
@@ -20,11 +20,11 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-use support::{Harness, status};
 use support::chart::{
     CONTROLLER_ACCOUNT, account_credentials, apply_rendered, controller_env, create_namespace, find, kinds,
     render_py, root, template,
 };
+use support::{Harness, status};
 
 /// The release namespace manifests/install.yaml installs into.
 const INSTALL_NS: &str = "bosun-system";
@@ -105,11 +105,17 @@ fn chart_lints_clean_with_helm_for_every_scope_and_option() {
     // a namespace-scoped install has no other tenant than its namespace.
     for (sets, message) in [
         (
-            vec!["rbac.readResources[0].apiGroups={}", "rbac.readResources[0].resources={*}"],
+            vec![
+                "rbac.readResources[0].apiGroups={}",
+                "rbac.readResources[0].resources={*}",
+            ],
             "rbac.readResources lists top-level resources only, not \"*\"",
         ),
         (
-            vec!["rbac.readResources[0].apiGroups={}", "rbac.readResources[0].resources={nodes/proxy}"],
+            vec![
+                "rbac.readResources[0].apiGroups={}",
+                "rbac.readResources[0].resources={nodes/proxy}",
+            ],
             "rbac.readResources lists top-level resources only, not \"nodes/proxy\"",
         ),
         (
@@ -265,12 +271,22 @@ fn defaults_are_hardened_and_least_privilege() {
     assert_eq!(subresources, ["appdeployments/status", "pods/log"]);
     // Whatever is bound cluster-wide may neither impersonate nor write Secrets.
     for binding in objects.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
-        let role = find(&objects, "ClusterRole", binding["roleRef"]["name"].as_str().unwrap());
+        let role = find(
+            &objects,
+            "ClusterRole",
+            binding["roleRef"]["name"].as_str().unwrap(),
+        );
         let text = role["rules"].to_string();
-        assert!(!text.contains("impersonate"), "cluster-wide impersonation: {role}");
+        assert!(
+            !text.contains("impersonate"),
+            "cluster-wide impersonation: {role}"
+        );
         let secret_verbs = verbs_on(&role["rules"], "", "secrets");
         for verb in ["create", "update", "patch", "delete"] {
-            assert!(!secret_verbs.iter().any(|v| v == verb), "cluster-wide Secret {verb}: {role}");
+            assert!(
+                !secret_verbs.iter().any(|v| v == verb),
+                "cluster-wide Secret {verb}: {role}"
+            );
         }
     }
 
@@ -298,7 +314,10 @@ fn defaults_are_hardened_and_least_privilege() {
             })
             .collect()
     };
-    assert!(tenant_bindings(&objects).is_empty(), "no namespace is onboarded by default");
+    assert!(
+        tenant_bindings(&objects).is_empty(),
+        "no namespace is onboarded by default"
+    );
     let onboarded = template(INSTALL_NS, &["tenants.namespaces={shop,payments}"]);
     assert_eq!(tenant_bindings(&onboarded), ["shop", "payments"]);
     let named = template(INSTALL_NS, &["tenants.serviceAccounts={bosun-deployer}"]);
@@ -313,10 +332,7 @@ fn defaults_are_hardened_and_least_privilege() {
         .unwrap()
         .clone();
     assert_eq!(impersonation["resourceNames"], json!(["bosun-deployer"]));
-    assert!(
-        !env.iter().any(|(k, _)| *k == "BOSUN_SINGLE_TENANT"),
-        "{env:?}"
-    );
+    assert!(!env.iter().any(|(k, _)| *k == "BOSUN_SINGLE_TENANT"), "{env:?}");
 
     // With applyAsController the controller may read and write every kind, says so,
     // and runs single-tenant.
@@ -345,10 +361,17 @@ fn defaults_are_hardened_and_least_privilege() {
     // Its namespace is its tenant: impersonation and snapshots there, and the reads
     // for apps checked with LocalSubjectAccessReviews (a Role cannot grant the
     // cluster-scoped SubjectAccessReview).
-    assert_eq!(verbs_on(&role["rules"], "", "serviceaccounts"), ["get", "impersonate", "list", "watch"]);
+    assert_eq!(
+        verbs_on(&role["rules"], "", "serviceaccounts"),
+        ["get", "impersonate", "list", "watch"]
+    );
     assert!(verbs_on(&role["rules"], "", "secrets").contains(&"create".to_string()));
     assert_eq!(
-        verbs_on(&role["rules"], "authorization.k8s.io", "localsubjectaccessreviews"),
+        verbs_on(
+            &role["rules"],
+            "authorization.k8s.io",
+            "localsubjectaccessreviews"
+        ),
         ["create"]
     );
 }
@@ -405,7 +428,13 @@ fn is_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> bool {
 
 /// What the API server answers `client` for one request's attributes
 /// (SelfSubjectAccessReview: the real RBAC decision, nothing is done).
-async fn may(client: &kube::Client, verb: &str, group: &str, resource: &str, namespace: Option<&str>) -> bool {
+async fn may(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
     let (resource, subresource) = match resource.split_once('/') {
         Some((resource, subresource)) => (resource, Some(subresource)),
         None => (resource, None),
@@ -475,20 +504,21 @@ async fn controller_as_the_charts_service_account_reconciles_onboarded_tenants_o
     let refusal = status(&blocked).blocked.clone().unwrap();
     assert_eq!(refusal.reason, BlockReason::Forbidden, "{refusal:?}");
     assert!(
-        refusal
-            .message
-            .contains(&format!("may not impersonate serviceaccounts in namespace {OUTSIDE_NS}")),
+        refusal.message.contains(&format!(
+            "may not impersonate serviceaccounts in namespace {OUTSIDE_NS}"
+        )),
         "{}",
         refusal.message
     );
-    assert!(
-        refusal.message.contains("not onboarded"),
-        "{}",
-        refusal.message
-    );
+    assert!(refusal.message.contains("not onboarded"), "{}", refusal.message);
     let deployments: Api<Deployment> = Api::namespaced(harness.client.clone(), OUTSIDE_NS);
     assert!(
-        deployments.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        deployments
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
         "an app of a namespace not onboarded deployed something"
     );
 
@@ -548,7 +578,13 @@ async fn controller_as_the_charts_service_account_reconciles_onboarded_tenants_o
         ("create", "", "configmaps", Some(TENANT_NS), false),
         ("delete", "", "namespaces", None, false),
         ("delete", "rbac.authorization.k8s.io", "clusterroles", None, false),
-        ("create", "authorization.k8s.io", "subjectaccessreviews", None, true),
+        (
+            "create",
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            None,
+            true,
+        ),
         ("list", "", "configmaps", None, true),
         ("watch", "apps", "deployments", None, true),
         ("list", "", "namespaces", None, true),
@@ -636,7 +672,11 @@ async fn a_kind_the_controller_may_not_list_is_read_as_the_app() {
         .collect();
     assert!(!service_writes.is_empty());
     for write in &service_writes {
-        assert_eq!(write.impersonated_user.as_deref(), Some(tenant_user.as_str()), "{write:#?}");
+        assert_eq!(
+            write.impersonated_user.as_deref(),
+            Some(tenant_user.as_str()),
+            "{write:#?}"
+        );
     }
     let log = harness.controller_log_text();
     let refused = log
@@ -645,7 +685,8 @@ async fn a_kind_the_controller_may_not_list_is_read_as_the_app() {
         .count();
     assert_eq!(refused, 1, "said once, not retried\n{log}");
     assert!(
-        !log.lines().any(|l| l.contains("watch error") && l.contains("services")),
+        !log.lines()
+            .any(|l| l.contains("watch error") && l.contains("services")),
         "the refused watch is not retried as an error\n{log}"
     );
 }

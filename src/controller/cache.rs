@@ -680,7 +680,11 @@ mod tests {
         assert_eq!(cache.entries.len(), DECODED_MAX_ENTRIES);
         assert_eq!(cache.bytes, DECODED_MAX_ENTRIES * 10);
         assert!(cache.get("ns/s1", "1").is_none(), "the oldest unused went first");
-        assert!(cache.get(&format!("ns/s{}", DECODED_MAX_ENTRIES + 9), "1").is_some());
+        assert!(
+            cache
+                .get(&format!("ns/s{}", DECODED_MAX_ENTRIES + 9), "1")
+                .is_some()
+        );
         // Another version of a Secret is not the cached one.
         assert!(cache.get("ns/s0", "2").is_none());
 

@@ -533,7 +533,8 @@ mod tests {
         assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
         let error = decode(&bomb).unwrap_err();
         assert!(
-            error.to_string().contains(&MAX_DECODED_BYTES.to_string()) && error.to_string().contains("32 MiB"),
+            error.to_string().contains(&MAX_DECODED_BYTES.to_string())
+                && error.to_string().contains("32 MiB"),
             "{error}"
         );
         // At the limit exactly, it is read.
