@@ -328,12 +328,25 @@ pub async fn store(
         &Patch::Apply(&secret),
     )
     .await
-    .map_err(|error| SnapshotError::Api {
-        action: "storing",
-        namespace: namespace.clone(),
-        name: name.clone(),
-        message: api_message(&error),
-        class: crate::failure::class_of(&error),
+    .map_err(|error| {
+        let class = crate::failure::class_of(&error);
+        let mut message = api_message(&error);
+        // Snapshots are written only in namespaces onboarded as tenants (the chart's
+        // tenant role): the first thing a namespace not onboarded is refused.
+        if class == crate::failure::ApiErrorClass::Forbidden {
+            message = format!(
+                "{} (namespace {namespace} is not onboarded as a bosun tenant: bosun keeps snapshots \
+                 and impersonates ServiceAccounts only where its tenant ClusterRole is bound)",
+                crate::failure::describe_forbidden(&message)
+            );
+        }
+        SnapshotError::Api {
+            action: "storing",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message,
+            class,
+        }
     })?;
     info!(app = %app.name_any(), %revision, secret = %name, objects = manifests.len(), "stored snapshot");
     Ok(name)
