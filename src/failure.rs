@@ -154,7 +154,14 @@ pub fn describe_forbidden(message: &str) -> String {
         Some(namespace) => format!("in namespace {namespace}"),
         None => "at cluster scope".to_string(),
     };
-    format!("forbidden: {user} may not {verb} {resource} {scope}")
+    // The controller may impersonate only in namespaces onboarded as tenants (the
+    // chart's `<release>-tenant` ClusterRole, bound there): say what is missing.
+    let hint = if verb == "impersonate" {
+        " (the namespace is not onboarded as a bosun tenant: bind bosun's tenant ClusterRole to its ServiceAccount there)"
+    } else {
+        ""
+    };
+    format!("forbidden: {user} may not {verb} {resource} {scope}{hint}")
 }
 
 #[cfg(test)]
@@ -208,6 +215,15 @@ mod tests {
             "forbidden: u may not create deployments.apps in namespace n"
         );
         assert_eq!(describe_forbidden("odd"), "forbidden: odd");
+        // What the API server says when bosun may not act as the app's account.
+        let impersonation = r#"serviceaccounts "deployer" is forbidden: User "system:serviceaccount:bosun-system:bosun" cannot impersonate resource "serviceaccounts" in API group "" in the namespace "outside""#;
+        let described = describe_forbidden(impersonation);
+        assert!(
+            described.starts_with(
+                "forbidden: system:serviceaccount:bosun-system:bosun may not impersonate serviceaccounts in namespace outside (the namespace is not onboarded"
+            ),
+            "{described}"
+        );
         let classified = classify(
             &api(403, message),
             "dry run of ConfigMap kube-system/x (x.yaml:1)",

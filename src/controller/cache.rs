@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -26,7 +26,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{APP_LABEL, AppDeployment, ClusterRunbook, Runbook, RunbookKind, RunbookSpec};
 use crate::apply::{LiveObjects, Lookup};
@@ -83,13 +83,80 @@ pub struct Caches {
     pub jobs: Store<Job>,
     pub workloads: WorkloadStores,
     pub managed: Arc<ManagedObjects>,
-    decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+    decoded: Arc<Mutex<DecodedSnapshots>>,
     /// When a Secret or ConfigMap of a namespace last changed.
     secret_changes: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-/// A snapshot's manifests, with the Secret's resourceVersion they were decoded from.
-type Decoded = (String, Arc<Vec<Manifest>>);
+/// How many decoded snapshots are kept at most (two per app are read: the running and
+/// the last healthy revision).
+const DECODED_MAX_ENTRIES: usize = 256;
+/// How many bytes (of the JSON they were decoded from) decoded snapshots may hold in
+/// all: with [`snapshot::MAX_DECODED_BYTES`] a bound on one, this keeps the cache a
+/// small share of the controller's memory limit however many apps there are.
+const DECODED_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Decoded snapshots, bounded by count and bytes; the least recently used go first.
+/// A snapshot is decoded again when it is read after eviction: the Secret stays in the
+/// watch cache.
+#[derive(Default)]
+struct DecodedSnapshots {
+    entries: HashMap<String, DecodedEntry>,
+    bytes: usize,
+    clock: u64,
+}
+
+struct DecodedEntry {
+    /// The Secret's resourceVersion they were decoded from.
+    version: String,
+    manifests: Arc<Vec<Manifest>>,
+    bytes: usize,
+    used: u64,
+}
+
+impl DecodedSnapshots {
+    fn get(&mut self, key: &str, version: &str) -> Option<Arc<Vec<Manifest>>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key).filter(|e| e.version == version)?;
+        entry.used = self.clock;
+        Some(entry.manifests.clone())
+    }
+
+    fn insert(&mut self, key: String, version: String, manifests: Arc<Vec<Manifest>>, bytes: usize) {
+        self.remove(&key);
+        if bytes > DECODED_MAX_BYTES {
+            return;
+        }
+        self.clock += 1;
+        self.bytes += bytes;
+        self.entries.insert(
+            key,
+            DecodedEntry {
+                version,
+                manifests,
+                bytes,
+                used: self.clock,
+            },
+        );
+        while self.entries.len() > DECODED_MAX_ENTRIES || self.bytes > DECODED_MAX_BYTES {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            self.remove(&oldest);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= entry.bytes;
+        }
+    }
+}
 
 impl Caches {
     /// Starts every watch; changes are sent on `trigger` as the apps they concern.
@@ -284,20 +351,25 @@ impl Caches {
         let secret = self.snapshots.get(&ObjectRef::new(name).within(namespace))?;
         let version = secret.resource_version().unwrap_or_default();
         let key = format!("{namespace}/{name}");
-        if let Some((cached_version, manifests)) =
-            self.decoded.lock().expect("snapshot cache poisoned").get(&key)
-            && *cached_version == version
+        if let Some(manifests) = self
+            .decoded
+            .lock()
+            .expect("snapshot cache poisoned")
+            .get(&key, &version)
         {
-            return Some(Ok(manifests.clone()));
+            return Some(Ok(manifests));
         }
-        let decoded = snapshot::manifests_of(&secret, revision).map(Arc::new);
-        if let Ok(manifests) = &decoded {
-            self.decoded
-                .lock()
-                .expect("snapshot cache poisoned")
-                .insert(key, (version, manifests.clone()));
-        }
-        Some(decoded)
+        let decoded = snapshot::manifests_counted(&secret, revision);
+        Some(decoded.map(|(manifests, bytes)| {
+            let manifests = Arc::new(manifests);
+            self.decoded.lock().expect("snapshot cache poisoned").insert(
+                key,
+                version,
+                manifests.clone(),
+                bytes,
+            );
+            manifests
+        }))
     }
 
     /// Whether a Secret or ConfigMap of `namespace` changed after `since` (or ever,
@@ -422,6 +494,9 @@ fn apps_using(
 /// Live objects of every kind bosun applies, one label-selected watch per kind, started
 /// the first time a kind is looked up. An object not in the cache may still exist (one
 /// bosun did not create carries no label), so the cache answers only what it holds.
+/// A kind the controller may not list (the chart grants an explicit list) is not cached:
+/// its watch ends at the first 403, and lookups answer Unknown, so the applier reads
+/// the object with the app's own client (see [`crate::apply::Applier::scoped`]).
 pub struct ManagedObjects {
     client: Client,
     scope: WatchScope,
@@ -432,6 +507,32 @@ struct KindCache {
     resource: ApiResource,
     store: Store<DynamicObject>,
     ready: Arc<AtomicBool>,
+    /// When the controller's RBAC refused to list this kind (the chart grants an
+    /// explicit list of kinds, `rbac.readResources`): the watch has ended, and the
+    /// kind's objects are read with each app's own client until it is tried again.
+    denied: Arc<Mutex<Option<Instant>>>,
+}
+
+impl KindCache {
+    fn denied_at(&self) -> Option<Instant> {
+        *self.denied.lock().expect("managed object caches poisoned")
+    }
+}
+
+/// How long a kind the controller may not list is left alone before its watch is tried
+/// again (its RBAC may have been extended meanwhile): once per interval, one refused
+/// request and one log line, whatever the number of lookups.
+const DENIED_RETRY: Duration = Duration::from_secs(600);
+
+/// Whether a watch failed because the API server refused the controller (403).
+fn is_forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 403,
+        watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
+    }
 }
 
 impl ManagedObjects {
@@ -446,7 +547,9 @@ impl ManagedObjects {
     fn cache_of(&self, resource: &ApiResource) -> Arc<KindCache> {
         let key = format!("{}/{}", resource.api_version, resource.plural);
         let mut kinds = self.kinds.lock().expect("managed object caches poisoned");
-        if let Some(cache) = kinds.get(&key) {
+        if let Some(cache) = kinds.get(&key)
+            && cache.denied_at().is_none_or(|at| at.elapsed() < DENIED_RETRY)
+        {
             return cache.clone();
         }
         debug!(resource = %key, "watching managed objects of a new kind");
@@ -475,11 +578,37 @@ impl ManagedObjects {
             }
         };
         tokio::spawn(readiness);
-        tokio::spawn(drive(stream, |_: &DynamicObject| {}));
+        let denied: Arc<Mutex<Option<Instant>>> = Arc::default();
+        tokio::spawn({
+            let denied = denied.clone();
+            let key = key.clone();
+            async move {
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(_) => {}
+                        // Not a fault to retry every few seconds: the chart lists the kinds
+                        // bosun reads as itself. Ending the stream ends the watch; lookups
+                        // answer Unknown, and the applier reads as the app.
+                        Err(error) if is_forbidden(&error) => {
+                            info!(
+                                resource = %key,
+                                "the controller may not list this kind (not among the chart's rbac.readResources): \
+                                 its objects are read with each app's own identity"
+                            );
+                            *denied.lock().expect("managed object caches poisoned") = Some(Instant::now());
+                            return;
+                        }
+                        Err(error) => warn!(%error, resource = %key, "watch error; retrying"),
+                    }
+                }
+            }
+        });
         let cache = Arc::new(KindCache {
             resource: resource.clone(),
             store,
             ready,
+            denied,
         });
         kinds.insert(key, cache.clone());
         cache
@@ -509,7 +638,7 @@ impl LiveObjects for ManagedObjects {
             return Lookup::Unknown;
         }
         let cache = self.cache_of(resource);
-        if !cache.ready.load(Ordering::Acquire) {
+        if !cache.ready.load(Ordering::Acquire) || cache.denied_at().is_some() {
             return Lookup::Unknown;
         }
         let mut key = ObjectRef::new_with(name, cache.resource.clone());
@@ -527,6 +656,57 @@ impl LiveObjects for ManagedObjects {
 mod tests {
     use super::*;
     use kube::core::ObjectList;
+
+    fn manifests(n: usize) -> Arc<Vec<Manifest>> {
+        Arc::new(
+            (0..n)
+                .map(|i| Manifest {
+                    object: serde_json::json!({"kind": "ConfigMap", "metadata": {"name": format!("c{i}")}}),
+                    file: "x.yaml".into(),
+                    line: 1,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn decoded_snapshots_are_bounded_by_count_and_bytes_least_recently_used_first() {
+        let mut cache = DecodedSnapshots::default();
+        for i in 0..DECODED_MAX_ENTRIES + 10 {
+            cache.insert(format!("ns/s{i}"), "1".into(), manifests(1), 10);
+            // s0 stays in use, so it is never the least recently used.
+            assert!(cache.get("ns/s0", "1").is_some(), "s0 evicted at {i}");
+        }
+        assert_eq!(cache.entries.len(), DECODED_MAX_ENTRIES);
+        assert_eq!(cache.bytes, DECODED_MAX_ENTRIES * 10);
+        assert!(cache.get("ns/s1", "1").is_none(), "the oldest unused went first");
+        assert!(
+            cache
+                .get(&format!("ns/s{}", DECODED_MAX_ENTRIES + 9), "1")
+                .is_some()
+        );
+        // Another version of a Secret is not the cached one.
+        assert!(cache.get("ns/s0", "2").is_none());
+
+        // Bytes: three entries of 40% of the budget cannot all stay.
+        let mut cache = DecodedSnapshots::default();
+        let share = DECODED_MAX_BYTES * 2 / 5;
+        for name in ["a", "b", "c"] {
+            cache.insert(name.into(), "1".into(), manifests(1), share);
+        }
+        assert!(cache.bytes <= DECODED_MAX_BYTES, "{}", cache.bytes);
+        assert_eq!(cache.entries.len(), 2);
+        assert!(cache.get("a", "1").is_none() && cache.get("c", "1").is_some());
+        // One larger than the whole budget is not kept, and evicts nothing.
+        cache.insert("huge".into(), "1".into(), manifests(1), DECODED_MAX_BYTES + 1);
+        assert!(cache.get("huge", "1").is_none());
+        assert_eq!(cache.entries.len(), 2);
+        // Replacing an entry counts its bytes once; removing gives them back.
+        cache.insert("c".into(), "2".into(), manifests(1), 5);
+        cache.remove("b");
+        assert_eq!(cache.bytes, 5);
+        assert_eq!(cache.get("c", "2").map(|m| m.len()), Some(1));
+    }
 
     #[test]
     fn listed_objects_are_cached_with_their_api_version_and_kind() {

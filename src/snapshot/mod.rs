@@ -2,9 +2,22 @@
 //! revision that passed verification, gzipped JSON in a Secret owned by the
 //! AppDeployment, so that a rollback needs no Git and the garbage collector removes the
 //! snapshots together with the app.
+//!
+//! Where they live: in the app's own namespace, written by the controller there only
+//! where the namespace was onboarded (the chart's `<release>-tenant` role), never by a
+//! cluster-wide Secret grant. Whoever may write Secrets in that namespace may also edit
+//! a snapshot; that gains them nothing: a multi-tenant app's snapshot is applied as the
+//! app's own ServiceAccount, and writing Secrets of a namespace already lets one mint a
+//! token for any ServiceAccount of it, so an edited snapshot applies nothing its author
+//! could not apply directly (or push to Git). A hostile snapshot is bounded in what it
+//! costs to read ([`MAX_DECODED_BYTES`]). Moving them to the controller's namespace
+//! would keep tenants from editing them but not add a right they lack, and would need
+//! a cross-namespace owner (none exists: the garbage collector ignores one). In the
+//! single-tenant mode (apps applied as the controller itself) a namespace's Secret
+//! writers are as trusted as its AppDeployment authors, as the README says.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -31,8 +44,12 @@ pub const DATA_KEY: &str = "manifests.json.gz";
 
 /// A Secret holds at most 1 MiB; leave room for its metadata.
 const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 - 16 * 1024;
-/// Refuse to inflate a snapshot beyond this (a corrupt or hostile Secret).
-const MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
+/// Refuse to inflate a snapshot beyond this many bytes of JSON (a corrupt or hostile
+/// Secret: gzip inflates 1 MiB into 1 GiB): well under the controller's memory limit
+/// (the chart's is 512 MiB), as the manifests parsed from it take a few times more.
+/// No real render comes near it: a Secret holds at most 1 MiB compressed, and a
+/// snapshot that would inflate beyond it is refused when stored.
+pub const MAX_DECODED_BYTES: usize = 32 * 1024 * 1024;
 const MAX_NAME_LEN: usize = 253;
 const MAX_LABEL_VALUE_LEN: usize = 63;
 
@@ -66,6 +83,17 @@ pub enum SnapshotError {
         name: String,
         message: String,
     },
+    #[error(
+        "snapshot of revision {revision} for {namespace}/{app}: {bytes} bytes of manifests, \
+         more than the {limit}-byte limit of a snapshot (it could not be read back)"
+    )]
+    TooLargeDecoded {
+        namespace: String,
+        app: String,
+        revision: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("snapshot data is unreadable: {0}")]
     Decode(String),
     #[error("{action} snapshot Secret {namespace}/{name} failed: {message}")]
@@ -83,7 +111,7 @@ impl SnapshotError {
     pub fn reason(&self) -> &'static str {
         match self {
             SnapshotError::IncompleteApp { .. } => "InvalidAppDeployment",
-            SnapshotError::TooLarge { .. } => "SnapshotTooLarge",
+            SnapshotError::TooLarge { .. } | SnapshotError::TooLargeDecoded { .. } => "SnapshotTooLarge",
             SnapshotError::NotFound { .. } => "SnapshotNotFound",
             SnapshotError::Corrupt { .. } | SnapshotError::Decode(_) => "SnapshotCorrupt",
             SnapshotError::Api { .. } => "SnapshotFailed",
@@ -122,25 +150,41 @@ impl SnapshotError {
 /// gzip of the manifests' JSON. Deterministic (no timestamp in the gzip header), so
 /// storing the same revision again changes nothing on the server.
 pub fn encode(manifests: &[Manifest]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encode_counted(manifests).0
+}
+
+/// [`encode`], and how many bytes of JSON it compressed.
+fn encode_counted(manifests: &[Manifest]) -> (Vec<u8>, usize) {
     // Writing JSON values into memory cannot fail: no I/O, and no non-string map keys.
-    serde_json::to_writer(&mut encoder, manifests).expect("serializing manifests into memory");
-    encoder.finish().expect("finishing gzip into memory")
+    let json = serde_json::to_vec(manifests).expect("serializing manifests into memory");
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(&json).expect("gzip into memory");
+    (encoder.finish().expect("finishing gzip into memory"), json.len())
 }
 
 /// The manifests of [`encode`]d bytes.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Manifest>, SnapshotError> {
+    decode_counted(bytes).map(|(manifests, _)| manifests)
+}
+
+/// [`decode`], and how many bytes of JSON the manifests were read from (what the
+/// decoded-snapshot cache counts them as).
+pub fn decode_counted(bytes: &[u8]) -> Result<(Vec<Manifest>, usize), SnapshotError> {
     let mut json = Vec::new();
+    // Never more than the limit (and one byte to tell) is inflated into memory.
     GzDecoder::new(bytes)
-        .take(MAX_DECODED_BYTES + 1)
+        .take(MAX_DECODED_BYTES as u64 + 1)
         .read_to_end(&mut json)
         .map_err(|error| SnapshotError::Decode(format!("gzip: {error}")))?;
-    if json.len() as u64 > MAX_DECODED_BYTES {
+    if json.len() > MAX_DECODED_BYTES {
         return Err(SnapshotError::Decode(format!(
-            "inflates beyond {MAX_DECODED_BYTES} bytes"
+            "inflates beyond the snapshot limit of {MAX_DECODED_BYTES} bytes ({} MiB)",
+            MAX_DECODED_BYTES / (1024 * 1024)
         )));
     }
-    serde_json::from_slice(&json).map_err(|error| SnapshotError::Decode(format!("JSON: {error}")))
+    let manifests =
+        serde_json::from_slice(&json).map_err(|error| SnapshotError::Decode(format!("JSON: {error}")))?;
+    Ok((manifests, json.len()))
 }
 
 /// Name of the snapshot Secret of `revision` rendered with `render_digest` (what shaped
@@ -214,7 +258,17 @@ pub fn snapshot_secret(
         name: app_name.clone(),
         field: "uid (it must be read from the API server)",
     })?;
-    let data = encode(manifests);
+    let (data, json_bytes) = encode_counted(manifests);
+    // What could not be read back is not stored: a rollback to it would fail.
+    if json_bytes > MAX_DECODED_BYTES {
+        return Err(SnapshotError::TooLargeDecoded {
+            namespace,
+            app: app_name,
+            revision: revision.to_string(),
+            bytes: json_bytes,
+            limit: MAX_DECODED_BYTES,
+        });
+    }
     if data.len() > MAX_SNAPSHOT_BYTES {
         return Err(SnapshotError::TooLarge {
             namespace,
@@ -274,12 +328,25 @@ pub async fn store(
         &Patch::Apply(&secret),
     )
     .await
-    .map_err(|error| SnapshotError::Api {
-        action: "storing",
-        namespace: namespace.clone(),
-        name: name.clone(),
-        message: api_message(&error),
-        class: crate::failure::class_of(&error),
+    .map_err(|error| {
+        let class = crate::failure::class_of(&error);
+        let mut message = api_message(&error);
+        // Snapshots are written only in namespaces onboarded as tenants (the chart's
+        // tenant role): the first thing a namespace not onboarded is refused.
+        if class == crate::failure::ApiErrorClass::Forbidden {
+            message = format!(
+                "{} (namespace {namespace} is not onboarded as a bosun tenant: bosun keeps snapshots \
+                 and impersonates ServiceAccounts only where its tenant ClusterRole is bound)",
+                crate::failure::describe_forbidden(&message)
+            );
+        }
+        SnapshotError::Api {
+            action: "storing",
+            namespace: namespace.clone(),
+            name: name.clone(),
+            message,
+            class,
+        }
     })?;
     info!(app = %app.name_any(), %revision, secret = %name, objects = manifests.len(), "stored snapshot");
     Ok(name)
@@ -315,6 +382,11 @@ pub async fn load(
 /// The manifests a snapshot Secret holds (e.g. one from a watch cache); it must hold
 /// `revision`.
 pub fn manifests_of(secret: &Secret, revision: &str) -> Result<Vec<Manifest>, SnapshotError> {
+    manifests_counted(secret, revision).map(|(manifests, _)| manifests)
+}
+
+/// [`manifests_of`], and the bytes of JSON they were decoded from.
+pub fn manifests_counted(secret: &Secret, revision: &str) -> Result<(Vec<Manifest>, usize), SnapshotError> {
     let namespace = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
     let corrupt = |message: String| SnapshotError::Corrupt {
@@ -333,7 +405,7 @@ pub fn manifests_of(secret: &Secret, revision: &str) -> Result<Vec<Manifest>, Sn
         .as_ref()
         .and_then(|data| data.get(DATA_KEY))
         .ok_or_else(|| corrupt(format!("no key {DATA_KEY}")))?;
-    decode(&bytes.0).map_err(|error| corrupt(error.to_string()))
+    decode_counted(&bytes.0).map_err(|error| corrupt(error.to_string()))
 }
 
 /// Deletes the app's snapshot Secrets whose names are not in `keep`.
@@ -413,7 +485,6 @@ mod tests {
     use super::*;
     use crate::api::AppDeploymentSpec;
     use serde_json::json;
-    use std::io::Write;
 
     fn manifests() -> Vec<Manifest> {
         vec![
@@ -462,6 +533,49 @@ mod tests {
         encoder.write_all(b"{\"not\": \"a list\"}").unwrap();
         let err = decode(&encoder.finish().unwrap()).unwrap_err();
         assert!(err.to_string().contains("JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_at_the_limit_naming_it() {
+        // 1 byte over the limit, of the cheapest kind to compress (a few KiB of gzip).
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder.write_all(b"[").unwrap();
+        encoder.write_all(&vec![b' '; MAX_DECODED_BYTES]).unwrap();
+        encoder.write_all(b"]").unwrap();
+        let bomb = encoder.finish().unwrap();
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        let error = decode(&bomb).unwrap_err();
+        assert!(
+            error.to_string().contains(&MAX_DECODED_BYTES.to_string())
+                && error.to_string().contains("32 MiB"),
+            "{error}"
+        );
+        // At the limit exactly, it is read.
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder.write_all(b"[").unwrap();
+        encoder.write_all(&vec![b' '; MAX_DECODED_BYTES - 2]).unwrap();
+        encoder.write_all(b"]").unwrap();
+        let (manifests, bytes) = decode_counted(&encoder.finish().unwrap()).unwrap();
+        assert!(manifests.is_empty());
+        assert_eq!(bytes, MAX_DECODED_BYTES);
+    }
+
+    #[test]
+    fn a_render_too_large_to_read_back_is_not_stored() {
+        // Compresses to a few KiB, so only the decoded size can refuse it.
+        let big = vec![Manifest {
+            object: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "big"}, "data": {"k": "a".repeat(MAX_DECODED_BYTES)}}),
+            file: "big.yaml".into(),
+            line: 1,
+        }];
+        let error = snapshot_secret(&app("web"), "abc", "d", &big).unwrap_err();
+        assert_eq!(error.reason(), "SnapshotTooLarge");
+        let message = error.to_string();
+        assert!(
+            message.contains(&MAX_DECODED_BYTES.to_string()) && message.contains("team/web"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -78,8 +78,19 @@ pub fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} among {:?}", kinds(objects)))
 }
 
-/// The `verbs` granted on `group`/`resource` by a rule list, counting wildcards.
+/// Applies rendered objects server-side as the admin, the CRDs first (waiting for them
+/// to be established), after creating every namespace the objects are placed in (the
+/// tenant namespaces the chart onboards must exist).
 pub async fn apply_rendered(client: &kube::Client, objects: &[Value]) {
+    let mut namespaces: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for namespace in namespaces {
+        create_namespace(client, namespace).await;
+    }
     let (crds, others): (Vec<&Value>, Vec<&Value>) = objects
         .iter()
         .partition(|o| o["kind"] == "CustomResourceDefinition");
