@@ -154,7 +154,14 @@ async fn status_history_pin_unpin_suspend_diff_and_the_kubectl_plugin() {
         })
         .await;
     let v3 = commit(&repo, &ExampleRevision::good("3.0"), "v3.0");
-    let diff = cli(&harness, &["diff", APP, "-n", NS]);
+    // The harness's repositories are file:// URLs: the CLI reads them only when told
+    // to, as the controller (started with --allow-file-sources) does.
+    let refused = cli(&harness, &["diff", APP, "-n", NS]);
+    let refused_text = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{refused_text}");
+    assert!(refused_text.contains("--allow-file-sources"), "{refused_text}");
+    assert!(refused.stdout.is_empty(), "nothing diffed");
+    let diff = cli(&harness, &["diff", APP, "-n", NS, "--allow-file-sources"]);
     let diff_text = String::from_utf8_lossy(&diff.stdout).to_string();
     assert_eq!(
         diff.status.code(),
@@ -214,7 +221,7 @@ async fn status_history_pin_unpin_suspend_diff_and_the_kubectl_plugin() {
     }
     assert!(!harness.app(NS, APP).await.spec.suspend);
     wait_healthy_at(&harness, NS, APP, &v3).await;
-    let diff = cli(&harness, &["diff", APP, "-n", NS]);
+    let diff = cli(&harness, &["diff", APP, "-n", NS, "--allow-file-sources"]);
     assert_eq!(
         diff.status.code(),
         Some(0),

@@ -23,6 +23,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -138,7 +140,7 @@ impl Caches {
                 move |o: &Pod| wake(&o.metadata)
             }),
         };
-        let runbooks = reflect(scope.api(client), watcher::Config::default(), {
+        let runbooks = reflect_guarded(scope.api(client), watcher::Config::default(), runbook_stub, {
             let apps = apps.clone();
             let trigger = trigger.clone();
             move |runbook: &Runbook| {
@@ -154,7 +156,11 @@ impl Caches {
             }
         });
         let cluster_runbooks = match scope {
-            WatchScope::Cluster => reflect(Api::all(client.clone()), watcher::Config::default(), {
+            WatchScope::Cluster => reflect_guarded(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                cluster_runbook_stub,
+                {
                 let apps = apps.clone();
                 let trigger = trigger.clone();
                 move |runbook: &ClusterRunbook| {
@@ -163,6 +169,7 @@ impl Caches {
                     }
                 }
             }),
+            ),
             // A namespace-scoped install may not read ClusterRunbooks: none are known.
             WatchScope::Namespace(_) => {
                 let (reader, mut writer) = reflector::store();
@@ -349,6 +356,107 @@ where
         .touched_objects();
     tokio::spawn(drive(stream, on_change));
     reader
+}
+
+/// [`reflect`] for bosun's own kinds, through [`guarded_watcher`].
+fn reflect_guarded<K>(
+    api: Api<DeserializeGuard<K>>,
+    config: watcher::Config,
+    stub: fn(ObjectMeta) -> K,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = guarded_watcher(api, config, stub)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(drive(stream, on_change));
+    reader
+}
+
+/// A watch that outlives an object it cannot read (a field of the wrong type that the
+/// CRD's schema does not constrain, such as an integer past `u32`: the API server
+/// checks `type: integer`, not `format: uint32`). Without the guard, one such object
+/// fails every list, and the whole watch, every app with it, stalls. The object is left
+/// out instead, with a warning naming it and why; when it was in the cache it goes, as
+/// if deleted (a stale version is not acted on).
+pub(super) fn guarded_watcher<K>(
+    api: Api<DeserializeGuard<K>>,
+    config: watcher::Config,
+    stub: fn(ObjectMeta) -> K,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(api, config).filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => guard_event(event, stub).map(Ok),
+            Err(error) => Some(Err(error)),
+        })
+    })
+}
+
+/// One event of a guarded watch, the unreadable objects left out; `None`: nothing to
+/// pass on.
+fn guard_event<K>(event: watcher::Event<DeserializeGuard<K>>, stub: fn(ObjectMeta) -> K) -> Option<watcher::Event<K>>
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    use watcher::Event;
+    let left_out = |invalid: InvalidObject| {
+        warn!(
+            kind = %K::kind(&K::DynamicType::default()),
+            namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+            name = invalid.metadata.name.as_deref().unwrap_or_default(),
+            error = %invalid.error,
+            "left out of the watch: it does not deserialize (fix the field named; the other objects are not affected)"
+        );
+        stub(invalid.metadata)
+    };
+    Some(match event {
+        Event::Apply(DeserializeGuard(Ok(object))) => Event::Apply(object),
+        Event::Apply(DeserializeGuard(Err(invalid))) => Event::Delete(left_out(invalid)),
+        Event::Delete(DeserializeGuard(Ok(object))) => Event::Delete(object),
+        Event::Delete(DeserializeGuard(Err(invalid))) => Event::Delete(stub(invalid.metadata)),
+        Event::Init => Event::Init,
+        Event::InitApply(DeserializeGuard(Ok(object))) => Event::InitApply(object),
+        Event::InitApply(DeserializeGuard(Err(invalid))) => {
+            left_out(invalid);
+            return None;
+        }
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+/// Stand-ins with only the metadata of an object that does not deserialize, to remove
+/// it from a cache.
+pub(super) fn app_stub(metadata: ObjectMeta) -> AppDeployment {
+    AppDeployment {
+        metadata,
+        spec: Default::default(),
+        status: None,
+    }
+}
+
+fn runbook_stub(metadata: ObjectMeta) -> Runbook {
+    Runbook {
+        metadata,
+        spec: Default::default(),
+    }
+}
+
+fn cluster_runbook_stub(metadata: ObjectMeta) -> ClusterRunbook {
+    ClusterRunbook {
+        metadata,
+        spec: Default::default(),
+    }
 }
 
 async fn drive<K>(stream: impl Stream<Item = Result<K, watcher::Error>>, on_change: impl Fn(&K)) {
