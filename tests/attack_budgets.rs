@@ -338,7 +338,8 @@ async fn a_malformed_app_or_runbook_does_not_stall_the_watches() {
     harness.namespace(ATTACKER).await;
     // `format: uint32` is not checked by the API server: 99999999999 passes the schema
     // and does not fit the controller's types.
-    let dynamic = |kind: &str, plural: &str| {
+    let client = harness.client.clone();
+    let dynamic = move |kind: &str, plural: &str| {
         let resource = kube::api::ApiResource {
             group: "bosun.dev".into(),
             version: "v1alpha1".into(),
@@ -346,7 +347,7 @@ async fn a_malformed_app_or_runbook_does_not_stall_the_watches() {
             kind: kind.into(),
             plural: plural.into(),
         };
-        Api::<DynamicObject>::namespaced_with(harness.client.clone(), ATTACKER, &resource)
+        Api::<DynamicObject>::namespaced_with(client.clone(), ATTACKER, &resource)
     };
     let runbook = json!({
         "apiVersion": "bosun.dev/v1alpha1", "kind": "Runbook",
@@ -397,6 +398,27 @@ async fn a_malformed_app_or_runbook_does_not_stall_the_watches() {
         .wait_for_phase(BYSTANDER, "shop", Phase::Healthy, &second)
         .await;
     assert!(harness.controller_running(), "{}", harness.controller_log());
+    // An app naming the unreadable Runbook is told why, not "not found".
+    harness
+        .apply_app(&app_yaml(
+            ATTACKER,
+            "uses-broken",
+            &harness.git.url(shop.name()),
+            "broken",
+        ))
+        .await;
+    harness
+        .wait_for(
+            ATTACKER,
+            "uses-broken",
+            "the unreadable Runbook named",
+            Duration::from_secs(30),
+            |app| {
+                serde_json::to_string(&app.status)
+                    .is_ok_and(|status| status.contains("Runbook attacker/broken cannot be read"))
+            },
+        )
+        .await;
     let log = harness.controller_log_text();
     for name in ["broken-before", "broken-after", "broken"] {
         assert!(
@@ -469,5 +491,135 @@ async fn events_of_a_253_character_app_with_long_multibyte_notes_reach_the_api_s
         !harness.controller_log_text().contains("could not publish Event"),
         "{}",
         harness.controller_log()
+    );
+}
+
+/// A Role with `verbs` on the example app's resources in `namespace`, bound to its
+/// ServiceAccount `deployer`.
+async fn tenant_account(harness: &Harness, namespace: &str) {
+    let params = PatchParams::apply("bosun-test");
+    let apply = |kind: &str, plural: &str, group: &str, version: &str, object: Value| {
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: if group.is_empty() {
+                version.to_string()
+            } else {
+                format!("{group}/{version}")
+            },
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let api = Api::<DynamicObject>::namespaced_with(harness.client.clone(), namespace, &resource);
+        let name = object["metadata"]["name"].as_str().unwrap().to_string();
+        let params = params.clone();
+        let kind = kind.to_string();
+        async move {
+            api.patch(&name, &params, &Patch::Apply(&object))
+                .await
+                .unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+        }
+    };
+    apply(
+        "ServiceAccount",
+        "serviceaccounts",
+        "",
+        "v1",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer"}}),
+    )
+    .await;
+    let verbs = ["get", "create", "patch", "delete"];
+    apply(
+        "Role",
+        "roles",
+        "rbac.authorization.k8s.io",
+        "v1",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deployer"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": verbs},
+                {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs},
+            ]
+        }),
+    )
+    .await;
+    apply(
+        "RoleBinding",
+        "rolebindings",
+        "rbac.authorization.k8s.io",
+        "v1",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+            "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": namespace}],
+        }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deletion_refused_403_releases_the_finalizer_with_a_warning() {
+    let mut harness = Harness::start().await;
+    harness.namespace(ATTACKER).await;
+    tenant_account(&harness, ATTACKER).await;
+    harness
+        .apply_runbook(&bosun_devenv::example::workload_only_runbook_yaml(
+            ATTACKER, "quick",
+        ))
+        .await;
+    let repo = harness.repo("shop");
+    let first = ExampleRevision::good("1.0").commit_to(&repo, "first").unwrap();
+    let mut yaml = bosun_devenv::example::app_deployment_yaml(
+        ATTACKER,
+        "shop",
+        &harness.git.url(repo.name()),
+        Some("quick"),
+        "10m",
+    );
+    yaml.push_str("  serviceAccountName: deployer\n");
+    harness.apply_app(&yaml).await;
+    harness.start_controller();
+    harness
+        .wait_for_phase(ATTACKER, "shop", Phase::Healthy, &first)
+        .await;
+    // The tenant's RoleBinding goes first, as it may when its namespace is deleted.
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(harness.client.clone(), ATTACKER)
+        .delete("deployer", &Default::default())
+        .await
+        .unwrap();
+    Api::<bosun::api::AppDeployment>::namespaced(harness.client.clone(), ATTACKER)
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
+    let apps = Api::<bosun::api::AppDeployment>::namespaced(harness.client.clone(), ATTACKER);
+    support::eventually(
+        "the AppDeployment gone",
+        Duration::from_secs(30),
+        || {
+            let apps = apps.clone();
+            async move { Ok(apps.get_opt("shop").await?.is_none().then_some(())) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", harness.controller_log()));
+    let events: Api<Event> = Api::namespaced(harness.client.clone(), ATTACKER);
+    let warning = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("DeletionIncomplete"))
+        .unwrap_or_else(|| panic!("no DeletionIncomplete Event\n{}", harness.controller_log()));
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let note = warning.note.unwrap_or_default();
+    assert!(note.contains("403") && note.contains("Deployment"), "{note}");
+    // What could not be released is left running.
+    assert!(
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(harness.client.clone(), ATTACKER)
+            .get_opt("backend")
+            .await
+            .unwrap()
+            .is_some()
     );
 }

@@ -364,6 +364,7 @@ impl Applier {
             pruned: prune.deleted,
             prune_skipped: prune.skipped,
             prune_failures: prune.failures,
+            prune_forbidden: Vec::new(),
             generations,
         })
     }

@@ -86,6 +86,9 @@ pub struct Caches {
     pub workloads: WorkloadStores,
     pub managed: Arc<ManagedObjects>,
     decoded: Arc<Mutex<HashMap<String, Decoded>>>,
+    /// Runbooks and ClusterRunbooks left out of their watches: they do not deserialize.
+    unreadable_runbooks: Unreadable,
+    unreadable_cluster_runbooks: Unreadable,
     /// When a Secret or ConfigMap of a namespace last changed.
     secret_changes: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -140,7 +143,14 @@ impl Caches {
                 move |o: &Pod| wake(&o.metadata)
             }),
         };
-        let runbooks = reflect_guarded(scope.api(client), watcher::Config::default(), runbook_stub, {
+        let unreadable_runbooks = Unreadable::default();
+        let unreadable_cluster_runbooks = Unreadable::default();
+        let runbooks = reflect_guarded(
+            scope.api(client),
+            watcher::Config::default(),
+            runbook_stub,
+            unreadable_runbooks.clone(),
+            {
             let apps = apps.clone();
             let trigger = trigger.clone();
             move |runbook: &Runbook| {
@@ -154,12 +164,14 @@ impl Caches {
                     let _ = trigger.send(app);
                 }
             }
-        });
+            },
+        );
         let cluster_runbooks = match scope {
             WatchScope::Cluster => reflect_guarded(
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 cluster_runbook_stub,
+                unreadable_cluster_runbooks.clone(),
                 {
                 let apps = apps.clone();
                 let trigger = trigger.clone();
@@ -168,7 +180,7 @@ impl Caches {
                         let _ = trigger.send(app);
                     }
                 }
-            }),
+                },
             ),
             // A namespace-scoped install may not read ClusterRunbooks: none are known.
             WatchScope::Namespace(_) => {
@@ -245,6 +257,8 @@ impl Caches {
             workloads,
             managed: Arc::new(ManagedObjects::new(client.clone(), scope.clone())),
             decoded: Arc::default(),
+            unreadable_runbooks,
+            unreadable_cluster_runbooks,
         }
     }
 
@@ -263,6 +277,16 @@ impl Caches {
         let _ = w.replica_sets.wait_until_ready().await;
         let _ = w.controller_revisions.wait_until_ready().await;
         let _ = w.pods.wait_until_ready().await;
+    }
+
+    /// Why the Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef` was
+    /// left out of its watch, when it was: it does not deserialize.
+    pub fn unreadable_runbook(&self, kind: RunbookKind, namespace: &str, name: &str) -> Option<String> {
+        let (map, key) = match kind {
+            RunbookKind::Runbook => (&self.unreadable_runbooks, format!("{namespace}/{name}")),
+            RunbookKind::ClusterRunbook => (&self.unreadable_cluster_runbooks, format!("/{name}")),
+        };
+        map.lock().expect("unreadable objects poisoned").get(&key).cloned()
     }
 
     /// The Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef`, with the
@@ -363,6 +387,7 @@ fn reflect_guarded<K>(
     api: Api<DeserializeGuard<K>>,
     config: watcher::Config,
     stub: fn(ObjectMeta) -> K,
+    unreadable: Unreadable,
     on_change: impl Fn(&K) + Send + 'static,
 ) -> Store<K>
 where
@@ -370,7 +395,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (reader, writer) = reflector::store();
-    let stream = guarded_watcher(api, config, stub)
+    let stream = guarded_watcher(api, config, stub, unreadable)
         .default_backoff()
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
@@ -389,6 +414,7 @@ pub(super) fn guarded_watcher<K>(
     api: Api<DeserializeGuard<K>>,
     config: watcher::Config,
     stub: fn(ObjectMeta) -> K,
+    unreadable: Unreadable,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
@@ -396,7 +422,7 @@ where
 {
     watcher(api, config).filter_map(move |event| {
         futures::future::ready(match event {
-            Ok(event) => guard_event(event, stub).map(Ok),
+            Ok(event) => guard_event(event, stub, &unreadable).map(Ok),
             Err(error) => Some(Err(error)),
         })
     })
@@ -404,12 +430,40 @@ where
 
 /// One event of a guarded watch, the unreadable objects left out; `None`: nothing to
 /// pass on.
-fn guard_event<K>(event: watcher::Event<DeserializeGuard<K>>, stub: fn(ObjectMeta) -> K) -> Option<watcher::Event<K>>
+fn guard_event<K>(
+    event: watcher::Event<DeserializeGuard<K>>,
+    stub: fn(ObjectMeta) -> K,
+    unreadable: &Unreadable,
+) -> Option<watcher::Event<K>>
 where
     K: Resource,
     K::DynamicType: Default,
 {
     use watcher::Event;
+    let key = |metadata: &ObjectMeta| {
+        format!(
+            "{}/{}",
+            metadata.namespace.as_deref().unwrap_or_default(),
+            metadata.name.as_deref().unwrap_or_default()
+        )
+    };
+    let mut unreadable = unreadable.lock().expect("unreadable objects poisoned");
+    match &event {
+        Event::Apply(DeserializeGuard(Ok(object))) | Event::InitApply(DeserializeGuard(Ok(object))) => {
+            unreadable.remove(&key(object.meta()));
+        }
+        Event::Apply(DeserializeGuard(Err(invalid))) | Event::InitApply(DeserializeGuard(Err(invalid))) => {
+            unreadable.insert(key(&invalid.metadata), invalid.error.clone());
+        }
+        Event::Delete(DeserializeGuard(Ok(object))) => {
+            unreadable.remove(&key(object.meta()));
+        }
+        Event::Delete(DeserializeGuard(Err(invalid))) => {
+            unreadable.remove(&key(&invalid.metadata));
+        }
+        Event::Init | Event::InitDone => {}
+    }
+    drop(unreadable);
     let left_out = |invalid: InvalidObject| {
         warn!(
             kind = %K::kind(&K::DynamicType::default()),
@@ -434,6 +488,11 @@ where
         Event::InitDone => Event::InitDone,
     })
 }
+
+/// Objects of one kind left out of a watch because they do not deserialize:
+/// `namespace/name` (`/name` for a cluster-scoped one) → why, so that an app naming one
+/// is told why rather than "not found".
+pub type Unreadable = Arc<Mutex<HashMap<String, String>>>;
 
 /// Stand-ins with only the metadata of an object that does not deserialize, to remove
 /// it from a cache.

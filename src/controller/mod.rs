@@ -444,7 +444,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     // the annotations, never by bosun's own status writes.
     // Guarded: one AppDeployment that does not deserialize is left out (logged), not
     // a stalled watch for every app.
-    let app_changes = cache::guarded_watcher(scope.api(&client), watch, cache::app_stub)
+    let app_changes = cache::guarded_watcher(scope.api(&client), watch, cache::app_stub, Default::default())
         .default_backoff()
         .modify(|app: &mut AppDeployment| app.metadata.managed_fields = None)
         .reflect(writer)

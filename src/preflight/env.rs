@@ -445,6 +445,7 @@ fn pieces<'a>(literal: &'a str, mut each: impl FnMut(Piece<'a>)) {
 /// anything is built.
 fn expand(literal: &str, defined: &BTreeMap<String, Setting>, budget: &mut Budget) -> Result<Setting, String> {
     let mut size: usize = 0;
+    let mut copies = false;
     pieces(literal, |piece| {
         size = size.saturating_add(match piece {
             Piece::Text(text) => text.len(),
@@ -452,12 +453,19 @@ fn expand(literal: &str, defined: &BTreeMap<String, Setting>, budget: &mut Budge
                 Some(Setting {
                     value: Known::Value(value),
                     ..
-                }) => value.0.len(),
+                }) => {
+                    copies = true;
+                    value.0.len()
+                }
                 Some(_) => 0,
                 None => name.len() + 3,
             },
         });
     });
+    // A literal that copies no value is no bigger than the manifest it is written in.
+    if !copies {
+        size = 0;
+    }
     if size > MAX_EXPANDED_VALUE {
         return Err(format!(
             "its $(VAR) expansion would be {size} bytes, over the limit of {MAX_EXPANDED_VALUE} bytes for one variable"
@@ -470,7 +478,7 @@ fn expand(literal: &str, defined: &BTreeMap<String, Setting>, budget: &mut Budge
         ));
     }
     budget.spent += size;
-    let mut expanded = String::with_capacity(size);
+    let mut expanded = String::with_capacity(size.max(literal.len()));
     let mut references: Vec<String> = Vec::new();
     let mut value_known = true;
     let mut from_secret = false;

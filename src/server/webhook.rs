@@ -1097,7 +1097,10 @@ mod tests {
                 secret: SecretCache::new(SecretSource::Fixed(secret.clone(), reads.clone())),
                 body_limit: 4096,
                 limits: RateLimits::new(
-                    ADDRESS_RATE,
+                    Rate {
+                        burst: 1000,
+                        every: Duration::from_millis(1),
+                    },
                     Rate {
                         burst: 3,
                         every: Duration::from_secs(3600),
