@@ -84,9 +84,7 @@ spec:
 /// The bystander: the example app in its own namespace; the time from its commit to
 /// Healthy.
 async fn bystander_deploys(harness: &Harness, repo: &WorkRepo, version: &str) -> Duration {
-    let commit = ExampleRevision::good(version)
-        .commit_to(repo, version)
-        .unwrap();
+    let commit = ExampleRevision::good(version).commit_to(repo, version).unwrap();
     let start = Instant::now();
     harness
         .wait_for_phase(BYSTANDER, "shop", Phase::Healthy, &commit)
@@ -119,12 +117,7 @@ async fn an_env_expansion_bomb_is_blocked_naming_the_limit_and_the_controller_st
         ))
         .await;
     harness
-        .apply_app(&app_yaml(
-            ATTACKER,
-            "api",
-            &harness.git.url(bomb.name()),
-            "rules",
-        ))
+        .apply_app(&app_yaml(ATTACKER, "api", &harness.git.url(bomb.name()), "rules"))
         .await;
     // The bystander commits while the bomb is being refused.
     let during = bystander_deploys(&harness, &shop, "1.2").await;
@@ -159,7 +152,9 @@ async fn an_env_expansion_bomb_is_blocked_naming_the_limit_and_the_controller_st
         harness.controller_log()
     );
     let rss = harness.controller_rss_kib().expect("controller running");
-    println!("controller RSS: {rss_before} KiB before, {rss} KiB after the bomb; bystander commit->Healthy {usual:?} before, {during:?} during");
+    println!(
+        "controller RSS: {rss_before} KiB before, {rss} KiB after the bomb; bystander commit->Healthy {usual:?} before, {during:?} during"
+    );
     assert!(rss < MAX_RSS_KIB, "controller RSS {rss} KiB");
     assert!(
         during < usual * 3 + Duration::from_secs(10),
@@ -172,7 +167,13 @@ async fn an_env_expansion_bomb_is_blocked_naming_the_limit_and_the_controller_st
     assert!(harness.controller_running(), "{}", harness.controller_log());
     let again = harness.app(ATTACKER, "api").await;
     assert!(
-        again.status.unwrap().blocked.unwrap().message.contains("262144 bytes"),
+        again
+            .status
+            .unwrap()
+            .blocked
+            .unwrap()
+            .message
+            .contains("262144 bytes"),
         "still blocked on the bomb"
     );
 }
@@ -422,9 +423,9 @@ async fn a_malformed_app_or_runbook_does_not_stall_the_watches() {
     let log = harness.controller_log_text();
     for name in ["broken-before", "broken-after", "broken"] {
         assert!(
-            log.lines()
-                .any(|line| line.contains("does not deserialize") && line.contains(&format!("name=\"{name}\""))
-                    || line.contains("does not deserialize") && line.contains(&format!("name={name}"))),
+            log.lines().any(|line| line.contains("does not deserialize")
+                && line.contains(&format!("name=\"{name}\""))
+                || line.contains("does not deserialize") && line.contains(&format!("name={name}"))),
             "no log line names {name}:\n{}",
             harness.controller_log()
         );
@@ -465,21 +466,17 @@ async fn events_of_a_253_character_app_with_long_multibyte_notes_reach_the_api_s
         })
         .await;
     let events: Api<Event> = Api::namespaced(harness.client.clone(), ATTACKER);
-    let blocked = support::eventually(
-        "a Blocked Event on the app",
-        Duration::from_secs(20),
-        || async {
-            Ok(events
-                .list(&ListParams::default())
-                .await?
-                .items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some("Blocked")
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
-                }))
-        },
-    )
+    let blocked = support::eventually("a Blocked Event on the app", Duration::from_secs(20), || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Blocked")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+            }))
+    })
     .await
     .unwrap_or_else(|_| panic!("no Blocked Event\n{}", harness.controller_log()));
     let event_name = blocked.metadata.name.unwrap();
@@ -592,14 +589,10 @@ async fn a_deletion_refused_403_releases_the_finalizer_with_a_warning() {
         .await
         .unwrap();
     let apps = Api::<bosun::api::AppDeployment>::namespaced(harness.client.clone(), ATTACKER);
-    support::eventually(
-        "the AppDeployment gone",
-        Duration::from_secs(30),
-        || {
-            let apps = apps.clone();
-            async move { Ok(apps.get_opt("shop").await?.is_none().then_some(())) }
-        },
-    )
+    support::eventually("the AppDeployment gone", Duration::from_secs(30), || {
+        let apps = apps.clone();
+        async move { Ok(apps.get_opt("shop").await?.is_none().then_some(())) }
+    })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", harness.controller_log()));
     let events: Api<Event> = Api::namespaced(harness.client.clone(), ATTACKER);

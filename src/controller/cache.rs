@@ -20,11 +20,11 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -151,19 +151,19 @@ impl Caches {
             runbook_stub,
             unreadable_runbooks.clone(),
             {
-            let apps = apps.clone();
-            let trigger = trigger.clone();
-            move |runbook: &Runbook| {
-                let namespace = runbook.namespace();
-                for app in apps_using(
-                    &apps,
-                    RunbookKind::Runbook,
-                    namespace.as_deref(),
-                    &runbook.name_any(),
-                ) {
-                    let _ = trigger.send(app);
+                let apps = apps.clone();
+                let trigger = trigger.clone();
+                move |runbook: &Runbook| {
+                    let namespace = runbook.namespace();
+                    for app in apps_using(
+                        &apps,
+                        RunbookKind::Runbook,
+                        namespace.as_deref(),
+                        &runbook.name_any(),
+                    ) {
+                        let _ = trigger.send(app);
+                    }
                 }
-            }
             },
         );
         let cluster_runbooks = match scope {
@@ -173,13 +173,13 @@ impl Caches {
                 cluster_runbook_stub,
                 unreadable_cluster_runbooks.clone(),
                 {
-                let apps = apps.clone();
-                let trigger = trigger.clone();
-                move |runbook: &ClusterRunbook| {
-                    for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
-                        let _ = trigger.send(app);
+                    let apps = apps.clone();
+                    let trigger = trigger.clone();
+                    move |runbook: &ClusterRunbook| {
+                        for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
+                            let _ = trigger.send(app);
+                        }
                     }
-                }
                 },
             ),
             // A namespace-scoped install may not read ClusterRunbooks: none are known.
@@ -286,7 +286,10 @@ impl Caches {
             RunbookKind::Runbook => (&self.unreadable_runbooks, format!("{namespace}/{name}")),
             RunbookKind::ClusterRunbook => (&self.unreadable_cluster_runbooks, format!("/{name}")),
         };
-        map.lock().expect("unreadable objects poisoned").get(&key).cloned()
+        map.lock()
+            .expect("unreadable objects poisoned")
+            .get(&key)
+            .cloned()
     }
 
     /// The Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef`, with the

@@ -193,7 +193,10 @@ mod tests {
         let name = event_name(&dotted, nanos);
         assert!(name.len() <= MAX_NAME_BYTES);
         for label in name.split('.') {
-            assert!(!label.is_empty() && !label.ends_with('-') && !label.starts_with('-'), "{name}");
+            assert!(
+                !label.is_empty() && !label.ends_with('-') && !label.starts_with('-'),
+                "{name}"
+            );
         }
     }
 }

@@ -443,7 +443,11 @@ fn pieces<'a>(literal: &'a str, mut each: impl FnMut(Piece<'a>)) {
 /// again. `Err`: the value, or all expansions of the container, would go over
 /// [`MAX_EXPANDED_VALUE`] or [`MAX_EXPANDED_CONTAINER`]; the size is counted before
 /// anything is built.
-fn expand(literal: &str, defined: &BTreeMap<String, Setting>, budget: &mut Budget) -> Result<Setting, String> {
+fn expand(
+    literal: &str,
+    defined: &BTreeMap<String, Setting>,
+    budget: &mut Budget,
+) -> Result<Setting, String> {
     let mut size: usize = 0;
     let mut copies = false;
     pieces(literal, |piece| {
@@ -666,8 +670,15 @@ mod tests {
         let first = &env.over_budget[0];
         assert_eq!(first.variable, "V14");
         assert!(first.message.contains("262144 bytes"), "{}", first.message);
-        assert!(first.message.contains(&MAX_EXPANDED_VALUE.to_string()), "{}", first.message);
-        assert_eq!(env.vars["V13"].value, Known::Value(EnvValue("0123456789abcdef".repeat(1 << 13))));
+        assert!(
+            first.message.contains(&MAX_EXPANDED_VALUE.to_string()),
+            "{}",
+            first.message
+        );
+        assert_eq!(
+            env.vars["V13"].value,
+            Known::Value(EnvValue("0123456789abcdef".repeat(1 << 13)))
+        );
         assert_eq!(env.vars["V14"].value, Known::Broken);
         // What refers to a refused value builds nothing.
         assert_eq!(env.vars["V30"].value, Known::InPod);
@@ -683,7 +694,9 @@ mod tests {
         let env = container_env(&entries);
         assert!(!env.over_budget.is_empty());
         assert!(
-            env.over_budget[0].message.contains(&MAX_EXPANDED_CONTAINER.to_string()),
+            env.over_budget[0]
+                .message
+                .contains(&MAX_EXPANDED_CONTAINER.to_string()),
             "{}",
             env.over_budget[0].message
         );

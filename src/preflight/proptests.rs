@@ -276,7 +276,9 @@ mod fuzz {
 
     /// `levels` of anchors, each a list of `width` aliases of the one before.
     fn alias_bomb(levels: usize, width: usize) -> String {
-        let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n  l0: &l0 \"lol\"\n");
+        let mut text = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n  l0: &l0 \"lol\"\n",
+        );
         for level in 1..levels {
             let aliases = vec![format!("*l{}", level - 1); width].join(", ");
             text.push_str(&format!("  l{level}: &l{level} [{aliases}]\n"));
@@ -316,8 +318,25 @@ mod fuzz {
             )
                 .prop_map(|(length, seed, noise)| env_bomb(length, &seed, &noise)),
             "[ -~\n]{0,400}",
-            prop::collection::vec(prop::sample::select(vec!["- ", "a: ", "&x ", "*x ", "[", "]", "{", "}", "\n", "  ", "---\n", "kind: List\n", "items:\n"]), 0..80)
-                .prop_map(|pieces| pieces.concat()),
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "- ",
+                    "a: ",
+                    "&x ",
+                    "*x ",
+                    "[",
+                    "]",
+                    "{",
+                    "}",
+                    "\n",
+                    "  ",
+                    "---\n",
+                    "kind: List\n",
+                    "items:\n"
+                ]),
+                0..80
+            )
+            .prop_map(|pieces| pieces.concat()),
         ]
     }
 

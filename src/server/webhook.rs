@@ -430,10 +430,7 @@ impl SecretCache {
             // Another request read a new one meanwhile.
             return state.secret.clone();
         }
-        if state
-            .read_at
-            .is_some_and(|at| at.elapsed() < SECRET_MIN_REREAD)
-        {
+        if state.read_at.is_some_and(|at| at.elapsed() < SECRET_MIN_REREAD) {
             return None;
         }
         self.refresh(&mut state).await;
@@ -632,9 +629,10 @@ fn presented<'h>(auth: Auth, headers: &'h HeaderMap) -> Option<Credential<'h>> {
     let signature = || {
         header(headers, "x-hub-signature-256")
             .filter(|value| {
-                value.trim().strip_prefix("sha256=").is_some_and(|hex| {
-                    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())
-                })
+                value
+                    .trim()
+                    .strip_prefix("sha256=")
+                    .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
             })
             .map(Credential::Signature)
     };
@@ -687,7 +685,10 @@ async fn handle(
     }
     let unauthorized = || refuse(StatusCode::UNAUTHORIZED, "wrong or missing signature or token");
     let Some(credential) = presented(auth, headers) else {
-        warn!(source, "webhook refused: no signature or token, or a malformed one");
+        warn!(
+            source,
+            "webhook refused: no signature or token, or a malformed one"
+        );
         return unauthorized();
     };
     let declared = header(headers, "content-length").and_then(|value| value.parse::<u64>().ok());
@@ -1253,12 +1254,25 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(post("/hooks/github", push.clone(), vec![]).await.0, 401);
             assert_eq!(
-                post("/hooks/github", push.clone(), vec![("x-hub-signature-256", "sha256=zz".into())])
-                    .await
-                    .0,
+                post(
+                    "/hooks/github",
+                    push.clone(),
+                    vec![("x-hub-signature-256", "sha256=zz".into())]
+                )
+                .await
+                .0,
                 401
             );
-            assert_eq!(post("/hooks/gitlab", gitlab_body(), vec![("x-gitlab-token", "guess".into())]).await.0, 401);
+            assert_eq!(
+                post(
+                    "/hooks/gitlab",
+                    gitlab_body(),
+                    vec![("x-gitlab-token", "guess".into())]
+                )
+                .await
+                .0,
+                401
+            );
         }
         assert!(reads_now() - before <= 1, "{} reads", reads_now() - before);
     }
@@ -1316,6 +1330,7 @@ mod tests {
     }
 
     fn gitlab_body() -> Vec<u8> {
-        br#"{"object_kind":"push","project":{"git_http_url":"https://git.example.com/acme/other.git"}}"#.to_vec()
+        br#"{"object_kind":"push","project":{"git_http_url":"https://git.example.com/acme/other.git"}}"#
+            .to_vec()
     }
 }

@@ -60,9 +60,7 @@ impl Harness {
             .with_test_writer()
             .with_env_filter("info,kube=warn")
             .try_init();
-        let control_plane = ControlPlane::start(options)
-            .await
-            .expect("control plane starts");
+        let control_plane = ControlPlane::start(options).await.expect("control plane starts");
         let client = control_plane.client();
         control_plane.register_node(NODE).await.expect("Node registered");
         let pods = PodSimulator::start_on_node(client.clone(), NODE);
