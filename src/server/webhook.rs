@@ -558,7 +558,7 @@ impl WebhookReceiver {
             .iter()
             .find(|repository| !self.inner.limits.repositories.take(repository))
         {
-            let rate = REPOSITORY_RATE;
+            let rate = self.inner.limits.repositories.rate;
             warn!(source, repository = %busy, "push refused: too many for this repository");
             return answer(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -678,8 +678,8 @@ async fn handle(
             StatusCode::TOO_MANY_REQUESTS,
             &format!(
                 "too many requests from this address: the limit is {} at once, then one per {}s",
-                ADDRESS_RATE.burst,
-                ADDRESS_RATE.every.as_secs_f64()
+                inner.limits.addresses.rate.burst,
+                inner.limits.addresses.rate.every.as_secs_f64()
             ),
         );
     }
