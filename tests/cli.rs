@@ -221,6 +221,27 @@ async fn status_history_pin_unpin_suspend_diff_and_the_kubectl_plugin() {
         "nothing to change once the tip runs: {}",
         String::from_utf8_lossy(&diff.stdout)
     );
+
+    // A file:// source reads the local disk of whoever runs diff: refused unless the
+    // CLI is given --allow-file-sources, as the controller is.
+    let local = format!("file://{}", repo.path().display());
+    harness
+        .apply_app(&bosun_devenv::example::app_deployment_yaml(
+            NS, "local", &local, None, "10m",
+        ))
+        .await;
+    let refused = cli(&harness, &["diff", "local", "-n", NS]);
+    let refused_text = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert_eq!(refused.status.code(), Some(1), "{refused_text}");
+    assert!(refused_text.contains("--allow-file-sources"), "{refused_text}");
+    assert!(refused.stdout.is_empty(), "nothing diffed");
+    let allowed = cli(&harness, &["diff", "local", "-n", NS, "--allow-file-sources"]);
+    let allowed_text = String::from_utf8_lossy(&allowed.stdout).to_string();
+    assert!(
+        allowed_text.contains("against the live objects"),
+        "{allowed_text}{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }
 
 /// A health endpoint the test turns good or bad.

@@ -120,6 +120,10 @@ pub struct ApplyOutcome {
     pub prune_skipped: Vec<InventoryEntry>,
     /// Objects whose prune failed (kept in the inventory, tried again next time).
     pub prune_failures: Vec<(InventoryEntry, String)>,
+    /// Of [`remove_all`](Applier::remove_all)'s failures, those the API server refused
+    /// with 403 (the app's identity may no longer touch them, e.g. its RoleBinding went
+    /// first when its namespace was deleted): retrying will not help.
+    pub prune_forbidden: Vec<InventoryEntry>,
     /// `metadata.generation` of every object that has one, as this apply left it (from
     /// the server's answer, or the live object when nothing was sent): a watch cache
     /// showing an older generation has not seen this revision yet.
@@ -360,6 +364,7 @@ impl Applier {
             pruned: prune.deleted,
             prune_skipped: prune.skipped,
             prune_failures: prune.failures,
+            prune_forbidden: Vec::new(),
             generations,
         })
     }
@@ -801,7 +806,7 @@ impl Applier {
                 Ok(PruneResult::Deleted) => report.deleted.push(entry),
                 Ok(PruneResult::Gone) => {}
                 Ok(PruneResult::Kept) => report.skipped.push(entry),
-                Err(message) => {
+                Err(Refusal { message, .. }) => {
                     warn!(object = %entry, %message, "prune failed");
                     report.failures.push((entry, message));
                 }
@@ -828,14 +833,14 @@ impl Applier {
         Ok(Some(dynamic_api(&self.client, &kind, entry.namespace.as_deref())))
     }
 
-    async fn prune_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, String> {
+    async fn prune_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, Refusal> {
         let Some(api) = self.api_of(entry).await? else {
             return Ok(PruneResult::Gone);
         };
         let live = match api.get(&entry.name).await {
             Ok(live) => live,
             Err(error) if is_not_found(&error) => return Ok(PruneResult::Gone),
-            Err(error) => return Err(server_message(&error)),
+            Err(error) => return Err(Refusal::of(&error)),
         };
         if live.annotations().get(OWNER_ANNOTATION).map(String::as_str) != Some(owner) {
             info!(object = %entry, "not pruned: no longer owned by this app");
@@ -848,7 +853,7 @@ impl Applier {
             info!(object = %entry, why, "not pruned; released");
             release(&api, &live, &field_manager(owner))
                 .await
-                .map_err(|e| server_message(&e))?;
+                .map_err(|e| Refusal::of(&e))?;
             return Ok(PruneResult::Kept);
         }
         // The uid precondition keeps us from deleting an object recreated meanwhile.
@@ -869,7 +874,7 @@ impl Applier {
                 info!(object = %entry, "not pruned: replaced by another object");
                 Ok(PruneResult::Kept)
             }
-            Err(error) => Err(server_message(&error)),
+            Err(error) => Err(Refusal::of(&error)),
         }
     }
 
@@ -888,13 +893,18 @@ impl Applier {
                 Ok(PruneResult::Deleted) => outcome.pruned.push(entry),
                 Ok(PruneResult::Gone) => {}
                 Ok(PruneResult::Kept) => outcome.prune_skipped.push(entry),
-                Err(message) => outcome.prune_failures.push((entry, message)),
+                Err(refusal) => {
+                    if refusal.forbidden {
+                        outcome.prune_forbidden.push(entry.clone());
+                    }
+                    outcome.prune_failures.push((entry, refusal.message));
+                }
             }
         }
         outcome
     }
 
-    async fn release_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, String> {
+    async fn release_one(&self, entry: &InventoryEntry, owner: &str) -> Result<PruneResult, Refusal> {
         let Some(api) = self.api_of(entry).await? else {
             return Ok(PruneResult::Gone);
         };
@@ -902,11 +912,36 @@ impl Applier {
             Ok(Some(live)) if live.annotations().get(OWNER_ANNOTATION).map(String::as_str) == Some(owner) => {
                 release(&api, &live, &field_manager(owner))
                     .await
-                    .map_err(|e| server_message(&e))?;
+                    .map_err(|e| Refusal::of(&e))?;
                 Ok(PruneResult::Kept)
             }
             Ok(_) => Ok(PruneResult::Gone),
-            Err(error) => Err(server_message(&error)),
+            Err(error) => Err(Refusal::of(&error)),
+        }
+    }
+}
+
+/// Why one object could not be pruned or released.
+struct Refusal {
+    message: String,
+    /// The API server answered 403.
+    forbidden: bool,
+}
+
+impl Refusal {
+    fn of(error: &kube::Error) -> Refusal {
+        Refusal {
+            message: server_message(error),
+            forbidden: matches!(error, kube::Error::Api(status) if status.code == 403),
+        }
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal {
+            message,
+            forbidden: false,
         }
     }
 }

@@ -19,13 +19,18 @@ use crate::api::{AppDeployment, GitRef, Runbook, RunbookKind, RunbookSpec, short
 use crate::apply::{DiscoveryCache, plan};
 use crate::controller::AppNames;
 use crate::preflight;
-use crate::source::{Credentials, GitCache};
+use crate::source::{Credentials, GitCache, SourcePolicy};
 
 /// Prints the diff of every object the tip would change; returns whether any would.
-pub async fn run(client: &Client, app: &AppDeployment) -> anyhow::Result<bool> {
+/// The source is held to `policy` as the controller holds it: a `file://` URL reads
+/// the local file system of whoever runs this, so it needs `--allow-file-sources` here
+/// too.
+pub async fn run(client: &Client, app: &AppDeployment, policy: SourcePolicy) -> anyhow::Result<bool> {
     let namespace = app.namespace().unwrap_or_default();
     let what = format!("AppDeployment {namespace}/{}", app.name_any());
     let git = &app.spec.source.git;
+    crate::source::check_policy(&git.url, git.secret_ref.is_some(), git.insecure, policy)
+        .map_err(|e| anyhow!("{what}: {e} (kubectl bosun diff takes the same flag)"))?;
     let credentials = credentials(client, app).await?;
     let cache_dir = tempfile::tempdir().context("a directory for the Git clone")?;
     let cache = GitCache::new(cache_dir.path().to_path_buf());

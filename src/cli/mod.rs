@@ -123,7 +123,13 @@ pub enum Command {
     },
     /// What the Git tip would change: a server-side dry run of each object against the
     /// live one.
-    Diff { app: String },
+    Diff {
+        app: String,
+        /// Read a `file://` source (the local file system), as a controller started
+        /// with the same flag does; refused otherwise, like the controller refuses it.
+        #[arg(long)]
+        allow_file_sources: bool,
+    },
 }
 
 /// Runs one command; errors are printed, and make the exit code 1.
@@ -209,10 +215,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             patch_spec(&kube, app, serde_json::json!({"spec": {"suspend": false}})).await?;
             println!("{}: resumed (following Git)", kube.what(app));
         }
-        Command::Diff { app } => {
+        Command::Diff {
+            app,
+            allow_file_sources,
+        } => {
             let kube = connect(global).await?;
             let app = kube.apps().get(app).await.with_context(|| kube.what(app))?;
-            let changed = diff::run(&kube.client, &app).await?;
+            let policy = crate::source::SourcePolicy {
+                allow_file_sources: *allow_file_sources,
+            };
+            let changed = diff::run(&kube.client, &app, policy).await?;
             // As `kubectl diff`: 1 when something would change.
             return Ok(if changed {
                 ExitCode::from(1)

@@ -20,7 +20,9 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, TypeMeta};
+use kube::core::error_boundary::{DeserializeGuard, InvalidObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -84,6 +86,9 @@ pub struct Caches {
     pub workloads: WorkloadStores,
     pub managed: Arc<ManagedObjects>,
     decoded: Arc<Mutex<DecodedSnapshots>>,
+    /// Runbooks and ClusterRunbooks left out of their watches: they do not deserialize.
+    unreadable_runbooks: Unreadable,
+    unreadable_cluster_runbooks: Unreadable,
     /// When a Secret or ConfigMap of a namespace last changed.
     secret_changes: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -205,31 +210,45 @@ impl Caches {
                 move |o: &Pod| wake(&o.metadata)
             }),
         };
-        let runbooks = reflect(scope.api(client), watcher::Config::default(), {
-            let apps = apps.clone();
-            let trigger = trigger.clone();
-            move |runbook: &Runbook| {
-                let namespace = runbook.namespace();
-                for app in apps_using(
-                    &apps,
-                    RunbookKind::Runbook,
-                    namespace.as_deref(),
-                    &runbook.name_any(),
-                ) {
-                    let _ = trigger.send(app);
-                }
-            }
-        });
-        let cluster_runbooks = match scope {
-            WatchScope::Cluster => reflect(Api::all(client.clone()), watcher::Config::default(), {
+        let unreadable_runbooks = Unreadable::default();
+        let unreadable_cluster_runbooks = Unreadable::default();
+        let runbooks = reflect_guarded(
+            scope.api(client),
+            watcher::Config::default(),
+            runbook_stub,
+            unreadable_runbooks.clone(),
+            {
                 let apps = apps.clone();
                 let trigger = trigger.clone();
-                move |runbook: &ClusterRunbook| {
-                    for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
+                move |runbook: &Runbook| {
+                    let namespace = runbook.namespace();
+                    for app in apps_using(
+                        &apps,
+                        RunbookKind::Runbook,
+                        namespace.as_deref(),
+                        &runbook.name_any(),
+                    ) {
                         let _ = trigger.send(app);
                     }
                 }
-            }),
+            },
+        );
+        let cluster_runbooks = match scope {
+            WatchScope::Cluster => reflect_guarded(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                cluster_runbook_stub,
+                unreadable_cluster_runbooks.clone(),
+                {
+                    let apps = apps.clone();
+                    let trigger = trigger.clone();
+                    move |runbook: &ClusterRunbook| {
+                        for app in apps_using(&apps, RunbookKind::ClusterRunbook, None, &runbook.name_any()) {
+                            let _ = trigger.send(app);
+                        }
+                    }
+                },
+            ),
             // A namespace-scoped install may not read ClusterRunbooks: none are known.
             WatchScope::Namespace(_) => {
                 let (reader, mut writer) = reflector::store();
@@ -305,6 +324,8 @@ impl Caches {
             workloads,
             managed: Arc::new(ManagedObjects::new(client.clone(), scope.clone())),
             decoded: Arc::default(),
+            unreadable_runbooks,
+            unreadable_cluster_runbooks,
         }
     }
 
@@ -323,6 +344,19 @@ impl Caches {
         let _ = w.replica_sets.wait_until_ready().await;
         let _ = w.controller_revisions.wait_until_ready().await;
         let _ = w.pods.wait_until_ready().await;
+    }
+
+    /// Why the Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef` was
+    /// left out of its watch, when it was: it does not deserialize.
+    pub fn unreadable_runbook(&self, kind: RunbookKind, namespace: &str, name: &str) -> Option<String> {
+        let (map, key) = match kind {
+            RunbookKind::Runbook => (&self.unreadable_runbooks, format!("{namespace}/{name}")),
+            RunbookKind::ClusterRunbook => (&self.unreadable_cluster_runbooks, format!("/{name}")),
+        };
+        map.lock()
+            .expect("unreadable objects poisoned")
+            .get(&key)
+            .cloned()
     }
 
     /// The Runbook (in `namespace`) or ClusterRunbook named by a `runbookRef`, with the
@@ -421,6 +455,142 @@ where
         .touched_objects();
     tokio::spawn(drive(stream, on_change));
     reader
+}
+
+/// [`reflect`] for bosun's own kinds, through [`guarded_watcher`].
+fn reflect_guarded<K>(
+    api: Api<DeserializeGuard<K>>,
+    config: watcher::Config,
+    stub: fn(ObjectMeta) -> K,
+    unreadable: Unreadable,
+    on_change: impl Fn(&K) + Send + 'static,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = guarded_watcher(api, config, stub, unreadable)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    tokio::spawn(drive(stream, on_change));
+    reader
+}
+
+/// A watch that outlives an object it cannot read (a field of the wrong type that the
+/// CRD's schema does not constrain, such as an integer past `u32`: the API server
+/// checks `type: integer`, not `format: uint32`). Without the guard, one such object
+/// fails every list, and the whole watch, every app with it, stalls. The object is left
+/// out instead, with a warning naming it and why; when it was in the cache it goes, as
+/// if deleted (a stale version is not acted on).
+pub(super) fn guarded_watcher<K>(
+    api: Api<DeserializeGuard<K>>,
+    config: watcher::Config,
+    stub: fn(ObjectMeta) -> K,
+    unreadable: Unreadable,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    watcher(api, config).filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => guard_event(event, stub, &unreadable).map(Ok),
+            Err(error) => Some(Err(error)),
+        })
+    })
+}
+
+/// One event of a guarded watch, the unreadable objects left out; `None`: nothing to
+/// pass on.
+fn guard_event<K>(
+    event: watcher::Event<DeserializeGuard<K>>,
+    stub: fn(ObjectMeta) -> K,
+    unreadable: &Unreadable,
+) -> Option<watcher::Event<K>>
+where
+    K: Resource,
+    K::DynamicType: Default,
+{
+    use watcher::Event;
+    let key = |metadata: &ObjectMeta| {
+        format!(
+            "{}/{}",
+            metadata.namespace.as_deref().unwrap_or_default(),
+            metadata.name.as_deref().unwrap_or_default()
+        )
+    };
+    let mut unreadable = unreadable.lock().expect("unreadable objects poisoned");
+    match &event {
+        Event::Apply(DeserializeGuard(Ok(object))) | Event::InitApply(DeserializeGuard(Ok(object))) => {
+            unreadable.remove(&key(object.meta()));
+        }
+        Event::Apply(DeserializeGuard(Err(invalid))) | Event::InitApply(DeserializeGuard(Err(invalid))) => {
+            unreadable.insert(key(&invalid.metadata), invalid.error.clone());
+        }
+        Event::Delete(DeserializeGuard(Ok(object))) => {
+            unreadable.remove(&key(object.meta()));
+        }
+        Event::Delete(DeserializeGuard(Err(invalid))) => {
+            unreadable.remove(&key(&invalid.metadata));
+        }
+        Event::Init | Event::InitDone => {}
+    }
+    drop(unreadable);
+    let left_out = |invalid: InvalidObject| {
+        warn!(
+            kind = %K::kind(&K::DynamicType::default()),
+            namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+            name = invalid.metadata.name.as_deref().unwrap_or_default(),
+            error = %invalid.error,
+            "left out of the watch: it does not deserialize (fix the field named; the other objects are not affected)"
+        );
+        stub(invalid.metadata)
+    };
+    Some(match event {
+        Event::Apply(DeserializeGuard(Ok(object))) => Event::Apply(object),
+        Event::Apply(DeserializeGuard(Err(invalid))) => Event::Delete(left_out(invalid)),
+        Event::Delete(DeserializeGuard(Ok(object))) => Event::Delete(object),
+        Event::Delete(DeserializeGuard(Err(invalid))) => Event::Delete(stub(invalid.metadata)),
+        Event::Init => Event::Init,
+        Event::InitApply(DeserializeGuard(Ok(object))) => Event::InitApply(object),
+        Event::InitApply(DeserializeGuard(Err(invalid))) => {
+            left_out(invalid);
+            return None;
+        }
+        Event::InitDone => Event::InitDone,
+    })
+}
+
+/// Objects of one kind left out of a watch because they do not deserialize:
+/// `namespace/name` (`/name` for a cluster-scoped one) → why, so that an app naming one
+/// is told why rather than "not found".
+pub type Unreadable = Arc<Mutex<HashMap<String, String>>>;
+
+/// Stand-ins with only the metadata of an object that does not deserialize, to remove
+/// it from a cache.
+pub(super) fn app_stub(metadata: ObjectMeta) -> AppDeployment {
+    AppDeployment {
+        metadata,
+        spec: Default::default(),
+        status: None,
+    }
+}
+
+fn runbook_stub(metadata: ObjectMeta) -> Runbook {
+    Runbook {
+        metadata,
+        spec: Default::default(),
+    }
+}
+
+fn cluster_runbook_stub(metadata: ObjectMeta) -> ClusterRunbook {
+    ClusterRunbook {
+        metadata,
+        spec: Default::default(),
+    }
 }
 
 async fn drive<K>(stream: impl Stream<Item = Result<K, watcher::Error>>, on_change: impl Fn(&K)) {

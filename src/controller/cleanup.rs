@@ -4,7 +4,10 @@
 //! may take them over); `Delete` deletes them, by the same rules as prune (never what
 //! bosun found rather than created, never a Namespace, CRD or PersistentVolumeClaim
 //! unless annotated `bosun.dev/prune: "true"`). Snapshot Secrets go with the app (they
-//! are owned by it). The app's state in memory is dropped.
+//! are owned by it). The app's state in memory is dropped. An object the app's identity
+//! is refused (403) is left as it is with a Warning Event (`DeletionIncomplete`), so
+//! that a namespace whose RoleBinding went first still finishes deleting; other
+//! failures are retried.
 
 use kube::runtime::controller::Action;
 use kube::{Api, ResourceExt};
@@ -42,7 +45,37 @@ pub async fn finalize(
             .remove_all(&inventory, &owner, policy == DeletionPolicy::Delete)
             .await
     };
-    if !outcome.prune_failures.is_empty() {
+    // Only 403s left: the app's identity may no longer touch these objects (its
+    // RoleBinding went first when its namespace was deleted, or was revoked). Retrying
+    // would hold the finalizer, and with it the namespace, forever: they are left as
+    // they are, said in a Warning, and the deletion finishes.
+    let forbidden_only = !outcome.prune_failures.is_empty()
+        && outcome
+            .prune_failures
+            .iter()
+            .all(|(entry, _)| outcome.prune_forbidden.contains(entry));
+    let mut left_behind = String::new();
+    if forbidden_only {
+        let failures = outcome.prune_failure_notes();
+        let note = format!(
+            "deletion ({policy:?}) could not remove or release {} object(s), left as they are: the app's identity is refused (403): {}",
+            failures.len(),
+            failures.join("; ")
+        );
+        warn!(%note);
+        context
+            .events
+            .publish(
+                app,
+                &Notice {
+                    warning: true,
+                    reason: "DeletionIncomplete",
+                    note,
+                },
+            )
+            .await;
+        left_behind = format!(", {} left as they are (refused)", failures.len());
+    } else if !outcome.prune_failures.is_empty() {
         let failures = outcome.prune_failure_notes();
         let note = format!(
             "deletion ({policy:?}) could not finish, retried: {}",
@@ -65,11 +98,11 @@ pub async fn finalize(
     }
     let note = match policy {
         DeletionPolicy::Orphan => format!(
-            "deletionPolicy Orphan: {} objects left running and released",
+            "deletionPolicy Orphan: {} objects left running and released{left_behind}",
             outcome.prune_skipped.len()
         ),
         DeletionPolicy::Delete => format!(
-            "deletionPolicy Delete: {} objects deleted, {} kept (found rather than created, or never pruned)",
+            "deletionPolicy Delete: {} objects deleted, {} kept (found rather than created, or never pruned){left_behind}",
             outcome.pruned.len(),
             outcome.prune_skipped.len()
         ),

@@ -23,8 +23,11 @@ use crate::core::record::Notice;
 
 /// A repeat of the same Event within this time is counted in its series.
 const SERIES_WINDOW: Duration = Duration::from_secs(600);
-/// The API server refuses longer notes.
-const MAX_NOTE_CHARS: usize = 1000;
+/// The API server refuses a longer note: 1 KiB counted in bytes, so multi-byte text
+/// reaches it sooner than 1,024 characters.
+const MAX_NOTE_BYTES: usize = 1024;
+/// The API server refuses a longer object name (a DNS subdomain).
+const MAX_NAME_BYTES: usize = 253;
 
 pub struct EventRecorder {
     client: Client,
@@ -48,7 +51,7 @@ impl EventRecorder {
     }
 
     pub async fn publish(&self, app: &AppDeployment, notice: &Notice) {
-        let note: String = notice.note.chars().take(MAX_NOTE_CHARS).collect();
+        let note = note_within_limit(&notice.note);
         let key = (
             app.uid().unwrap_or_default(),
             notice.warning,
@@ -82,7 +85,7 @@ impl EventRecorder {
                     .map(|_| ())
             }
             None => {
-                let name = format!("{}.{:x}", app.name_any(), now.as_nanosecond());
+                let name = event_name(&app.name_any(), now.as_nanosecond());
                 let event = Event {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
@@ -118,5 +121,82 @@ impl EventRecorder {
             .lock()
             .expect("event cache poisoned")
             .retain(|(app, ..), _| app != uid);
+    }
+}
+
+/// `note` cut to [`MAX_NOTE_BYTES`] bytes on a character boundary, ending in `…` when
+/// cut.
+fn note_within_limit(note: &str) -> String {
+    if note.len() <= MAX_NOTE_BYTES {
+        return note.to_string();
+    }
+    let ellipsis = "…";
+    let mut end = MAX_NOTE_BYTES - ellipsis.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &note[..end])
+}
+
+/// `<app>.<time in hex>`, or, when that would pass [`MAX_NAME_BYTES`], the app's name
+/// cut and followed by a hash of the whole name (so two long names sharing a prefix
+/// still differ): `<app cut>-<hash>.<time in hex>`.
+fn event_name(app: &str, nanoseconds: i128) -> String {
+    let suffix = format!(".{nanoseconds:x}");
+    if app.len() + suffix.len() <= MAX_NAME_BYTES {
+        return format!("{app}{suffix}");
+    }
+    use sha2::{Digest, Sha256};
+    let hash: String = Sha256::digest(app.as_bytes())
+        .iter()
+        .take(5)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let keep = MAX_NAME_BYTES - suffix.len() - hash.len() - 1;
+    let mut end = keep.min(app.len());
+    while !app.is_char_boundary(end) {
+        end -= 1;
+    }
+    // A label must end in a letter or digit.
+    let cut = app[..end].trim_end_matches(['-', '.']);
+    format!("{cut}-{hash}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_are_cut_at_1_kib_of_bytes_on_a_character_boundary() {
+        assert_eq!(note_within_limit("short"), "short");
+        let exact = "a".repeat(MAX_NOTE_BYTES);
+        assert_eq!(note_within_limit(&exact), exact);
+        // 3-byte characters: 1,000 of them are 3,000 bytes.
+        let wide = "€".repeat(1000);
+        let cut = note_within_limit(&wide);
+        assert!(cut.len() <= MAX_NOTE_BYTES, "{}", cut.len());
+        assert!(cut.len() > MAX_NOTE_BYTES - 6, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.trim_end_matches('…').chars().all(|c| c == '€'));
+    }
+
+    #[test]
+    fn event_names_stay_within_253_bytes_and_distinct() {
+        let nanos = 1_765_000_000_123_456_789_i128;
+        assert_eq!(event_name("api", nanos), format!("api.{nanos:x}"));
+        let long = format!("{}-x", "a".repeat(250));
+        let other = format!("{}-y", "a".repeat(250));
+        let (a, b) = (event_name(&long, nanos), event_name(&other, nanos));
+        assert!(a.len() <= MAX_NAME_BYTES && b.len() <= MAX_NAME_BYTES, "{a}");
+        assert_ne!(a, b);
+        let dotted = format!("{}.{}", "a".repeat(228), "b".repeat(24));
+        let name = event_name(&dotted, nanos);
+        assert!(name.len() <= MAX_NAME_BYTES);
+        for label in name.split('.') {
+            assert!(
+                !label.is_empty() && !label.ends_with('-') && !label.starts_with('-'),
+                "{name}"
+            );
+        }
     }
 }

@@ -455,7 +455,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     if let cache::WatchScope::Namespace(namespace) = &scope {
         info!(%namespace, "watching and reconciling only this namespace (--watch-namespace)");
     }
-    let apps: Api<AppDeployment> = scope.api(&client);
+    // Guarded, as the watch: an AppDeployment that does not deserialize must not make
+    // this first list fail (and the controller exit, again at every restart).
+    let apps: Api<kube::core::DeserializeGuard<AppDeployment>> = scope.api(&client);
     let selector = settings.watch_label_selector.clone();
     wait_for_api_server(&apps, selector.as_deref()).await?;
 
@@ -483,7 +485,9 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
     }
     // A pass is triggered by a change of the spec (generation: deletion bumps it too) or
     // the annotations, never by bosun's own status writes.
-    let app_changes = watcher(apps, watch)
+    // Guarded: one AppDeployment that does not deserialize is left out (logged), not
+    // a stalled watch for every app.
+    let app_changes = cache::guarded_watcher(scope.api(&client), watch, cache::app_stub, Default::default())
         .default_backoff()
         .modify(|app: &mut AppDeployment| app.metadata.managed_fields = None)
         .reflect(writer)
@@ -566,7 +570,10 @@ fn spawn_clone_sweeper(git: GitCache) {
 /// not serve AppDeployments (CRDs): in all three cases the controller is alive and not
 /// ready. A `--watch-label-selector` the API server cannot parse ends it, naming it,
 /// as does any other answer.
-async fn wait_for_api_server(apps: &Api<AppDeployment>, selector: Option<&str>) -> Result<(), Error> {
+async fn wait_for_api_server(
+    apps: &Api<kube::core::DeserializeGuard<AppDeployment>>,
+    selector: Option<&str>,
+) -> Result<(), Error> {
     let mut attempt = 0;
     let mut params = kube::api::ListParams::default().limit(1);
     if let Some(selector) = selector {

@@ -44,10 +44,15 @@ pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failur
         .caches
         .runbook(reference.kind, &namespace, &reference.name)
     else {
-        return Err(Failure::new(
-            FailureKind::RunbookInvalid,
-            format!("spec.runbookRef: {what} not found"),
-        ));
+        // Left out of the watch (a field of the wrong type or range): say why.
+        let message = match context
+            .caches
+            .unreadable_runbook(reference.kind, &namespace, &reference.name)
+        {
+            Some(error) => format!("spec.runbookRef: {what} cannot be read: {error}"),
+            None => format!("spec.runbookRef: {what} not found"),
+        };
+        return Err(Failure::new(FailureKind::RunbookInvalid, message));
     };
     let mut problems = spec.validate().err().unwrap_or_default();
     problems.extend(pattern_problems(&spec));

@@ -145,6 +145,14 @@ impl Target<'_> {
 /// Judges `target`'s container by every rule, adding what fails to `misses` and
 /// what cannot be judged before the pod runs to `notes`.
 pub(super) fn check(target: &Target<'_>, misses: &mut Vec<PreflightMiss>, notes: &mut Vec<String>) {
+    // The tenant's input is at fault: Blocked, naming the limit and the figure.
+    for over in &target.env.over_budget {
+        misses.push(target.miss(
+            &over.variable,
+            None,
+            format!("{}: {}", over.variable, over.message),
+        ));
+    }
     for (index, rule) in target.rules.iter().enumerate() {
         let name = rule.name.as_str();
         match target.effective(name) {

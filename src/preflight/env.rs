@@ -227,12 +227,40 @@ pub(super) struct ContainerEnv {
     /// An `envFrom` source is missing (and not optional): any variable may come from
     /// it once it exists, so the absence of a variable proves nothing.
     pub incomplete: bool,
+    /// The variables whose `$(VAR)` expansion went over a budget: each is a miss, and
+    /// its value is not built.
+    pub over_budget: Vec<OverBudget>,
+}
+
+/// The longest value one `$(VAR)` expansion may build, in bytes. The kubelet has no
+/// cap, but Linux refuses to start a process with one environment string over
+/// `MAX_ARG_STRLEN` (128 KiB), so a longer value cannot run anyway; without a cap,
+/// `Vn = "$(Vn-1)$(Vn-1)"` doubles 30 times into 16 GiB.
+pub const MAX_EXPANDED_VALUE: usize = 128 * 1024;
+/// The most bytes expansions may build for one container, all variables together: the
+/// whole environment and arguments of a Linux process are limited to about 2 MiB
+/// (a quarter of the default 8 MiB stack), so a container over this cannot start.
+pub const MAX_EXPANDED_CONTAINER: usize = 2 * 1024 * 1024;
+
+/// An expansion refused for its size, before it was built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct OverBudget {
+    pub variable: String,
+    /// The sentence: the limit and the figure.
+    pub message: String,
+}
+
+/// What expansions may still build in one container.
+struct Budget {
+    /// Bytes built so far by expansions of this container.
+    spent: usize,
 }
 
 /// The variables of `container` (a container spec) in `namespace`: `envFrom` in
 /// order, then `env` in order, later definitions winning, as the kubelet does.
 pub(super) fn resolve(container: &Value, namespace: &str, known: &KnownObjects<'_>) -> ContainerEnv {
     let mut env = ContainerEnv::default();
+    let mut budget = Budget { spent: 0 };
     for source in array(container, "envFrom") {
         let prefix = str_field(source, "prefix").unwrap_or_default();
         let Some((kind, reference)) = env_from_reference(source) else {
@@ -277,7 +305,21 @@ pub(super) fn resolve(container: &Value, namespace: &str, known: &KnownObjects<'
             }
             continue;
         }
-        let setting = expand(literal, &env.vars);
+        let setting = match expand(literal, &env.vars, &mut budget) {
+            Ok(setting) => setting,
+            Err(message) => {
+                env.over_budget.push(OverBudget {
+                    variable: name.to_string(),
+                    message,
+                });
+                // Not built: nothing else is judged about it, and a later reference
+                // to it builds nothing either.
+                Setting {
+                    source: Source::Literal,
+                    value: Known::Broken,
+                }
+            }
+        };
         env.vars.insert(name.to_string(), setting);
     }
     env
@@ -350,74 +392,129 @@ fn from_value_from(
     }))
 }
 
-/// A literal with its `$(NAME)` references to variables defined before it expanded,
-/// by the kubelet's rules: `$$` is a `$`, a reference to an undefined variable stays
-/// as written.
-fn expand(literal: &str, defined: &BTreeMap<String, Setting>) -> Setting {
-    let mut expanded = String::new();
-    let mut references: Vec<String> = Vec::new();
-    let mut value_known = true;
-    let mut from_secret = false;
+/// One piece of an expanded literal, in the kubelet's reading of `$` (its
+/// `third_party/forked/golang/expansion`): `$$` is a `$`, `$(NAME)` a reference, a
+/// reference to an undefined variable stays as written, an unclosed `$(` and a `$`
+/// before anything else stay as they are.
+enum Piece<'a> {
+    Text(&'a str),
+    Reference(&'a str),
+}
+
+/// The pieces of `literal`, in order, handed to `each`.
+fn pieces<'a>(literal: &'a str, mut each: impl FnMut(Piece<'a>)) {
     let mut rest = literal;
     while let Some(dollar) = rest.find('$') {
-        expanded.push_str(&rest[..dollar]);
+        each(Piece::Text(&rest[..dollar]));
         let after = &rest[dollar + 1..];
         if after.is_empty() {
             // A '$' at the very end stays.
-            expanded.push('$');
+            each(Piece::Text("$"));
             rest = after;
             break;
         }
         if let Some(after_escape) = after.strip_prefix('$') {
-            expanded.push('$');
+            each(Piece::Text("$"));
             rest = after_escape;
         } else if let Some(inner) = after.strip_prefix('(') {
             match inner.find(')') {
                 Some(close) => {
-                    let name = &inner[..close];
-                    match defined.get(name) {
-                        Some(setting) => {
-                            references.push(name.to_string());
-                            from_secret |= setting.source.is_from_secret();
-                            match &setting.value {
-                                Known::Value(value) => expanded.push_str(&value.0),
-                                Known::InPod | Known::Broken => value_known = false,
-                            }
-                        }
-                        None => {
-                            expanded.push_str("$(");
-                            expanded.push_str(name);
-                            expanded.push(')');
-                        }
-                    }
+                    each(Piece::Reference(&inner[..close]));
                     rest = &inner[close + 1..];
                 }
                 None => {
                     // Incomplete reference: "$(" stays and scanning goes on after it.
-                    expanded.push_str("$(");
+                    each(Piece::Text("$("));
                     rest = inner;
                 }
             }
         } else {
             // A '$' that starts no expression stays, with the character after it.
             let next = after.chars().next().map_or(0, char::len_utf8);
-            expanded.push('$');
-            expanded.push_str(&after[..next]);
+            each(Piece::Text(&rest[dollar..dollar + 1 + next]));
             rest = &after[next..];
         }
     }
-    expanded.push_str(rest);
+    each(Piece::Text(rest));
+}
+
+/// A literal with its `$(NAME)` references to variables defined before it expanded,
+/// by the kubelet's rules (see [`Piece`]); not recursive: a value read is not expanded
+/// again. `Err`: the value, or all expansions of the container, would go over
+/// [`MAX_EXPANDED_VALUE`] or [`MAX_EXPANDED_CONTAINER`]; the size is counted before
+/// anything is built.
+fn expand(
+    literal: &str,
+    defined: &BTreeMap<String, Setting>,
+    budget: &mut Budget,
+) -> Result<Setting, String> {
+    let mut size: usize = 0;
+    let mut copies = false;
+    pieces(literal, |piece| {
+        size = size.saturating_add(match piece {
+            Piece::Text(text) => text.len(),
+            Piece::Reference(name) => match defined.get(name) {
+                Some(Setting {
+                    value: Known::Value(value),
+                    ..
+                }) => {
+                    copies = true;
+                    value.0.len()
+                }
+                Some(_) => 0,
+                None => name.len() + 3,
+            },
+        });
+    });
+    // A literal that copies no value is no bigger than the manifest it is written in.
+    if !copies {
+        size = 0;
+    }
+    if size > MAX_EXPANDED_VALUE {
+        return Err(format!(
+            "its $(VAR) expansion would be {size} bytes, over the limit of {MAX_EXPANDED_VALUE} bytes for one variable"
+        ));
+    }
+    if budget.spent.saturating_add(size) > MAX_EXPANDED_CONTAINER {
+        return Err(format!(
+            "the container's $(VAR) expansions would reach {} bytes with it, over the limit of {MAX_EXPANDED_CONTAINER} bytes for one container",
+            budget.spent.saturating_add(size)
+        ));
+    }
+    budget.spent += size;
+    let mut expanded = String::with_capacity(size.max(literal.len()));
+    let mut references: Vec<String> = Vec::new();
+    let mut value_known = true;
+    let mut from_secret = false;
+    pieces(literal, |piece| match piece {
+        Piece::Text(text) => expanded.push_str(text),
+        Piece::Reference(name) => match defined.get(name) {
+            Some(setting) => {
+                references.push(name.to_string());
+                from_secret |= setting.source.is_from_secret();
+                match &setting.value {
+                    Known::Value(value) => expanded.push_str(&value.0),
+                    Known::InPod | Known::Broken => value_known = false,
+                }
+            }
+            None => {
+                expanded.push_str("$(");
+                expanded.push_str(name);
+                expanded.push(')');
+            }
+        },
+    });
     if references.is_empty() {
-        return Setting {
+        return Ok(Setting {
             source: Source::Literal,
             value: Known::Value(EnvValue(expanded)),
-        };
+        });
     }
     // `$(OTHER)` alone is OTHER, wherever it comes from.
     if references.len() == 1 && literal == format!("$({})", references[0]) {
-        return defined[&references[0]].clone();
+        return Ok(defined[&references[0]].clone());
     }
-    Setting {
+    Ok(Setting {
         source: Source::Expansion {
             references,
             from_secret,
@@ -427,7 +524,7 @@ fn expand(literal: &str, defined: &BTreeMap<String, Setting>) -> Setting {
         } else {
             Known::InPod
         },
-    }
+    })
 }
 
 #[cfg(test)]
@@ -446,7 +543,7 @@ mod tests {
             .iter()
             .map(|(name, setting)| (name.to_string(), setting.clone()))
             .collect();
-        expand(literal, &defined)
+        expand(literal, &defined, &mut Budget { spent: 0 }).unwrap()
     }
 
     fn value_of(setting: &Setting) -> &str {
@@ -509,5 +606,178 @@ mod tests {
             value: Known::InPod,
         };
         assert_eq!(expanded("http://$(IP):80", &[("IP", in_pod)]).value, Known::InPod);
+    }
+
+    /// The kubelet's `Expand` (k8s.io/kubernetes third_party/forked/golang/expansion),
+    /// step for step, with its mapping of an undefined name to `$(name)`: the oracle.
+    fn kubelet_expand(input: &str, mapping: &BTreeMap<String, String>) -> String {
+        let bytes = input.as_bytes();
+        let mut out = String::new();
+        let mut checkpoint = 0;
+        let mut cursor = 0;
+        while cursor < bytes.len() {
+            if bytes[cursor] == b'$' && cursor + 1 < bytes.len() {
+                out.push_str(&input[checkpoint..cursor]);
+                let rest = &input[cursor + 1..];
+                let (read, is_var, advance) = match rest.as_bytes()[0] {
+                    b'$' => ("$".to_string(), false, 1),
+                    b'(' => match rest[1..].find(')') {
+                        Some(close) => (rest[1..1 + close].to_string(), true, close + 2),
+                        None => ("$(".to_string(), false, 1),
+                    },
+                    // Go writes `string(input[0])`, one byte taken as a code point,
+                    // which garbles a multi-byte character; bosun keeps the character.
+                    _ => {
+                        let next = rest.chars().next().map_or(0, char::len_utf8);
+                        (format!("${}", &rest[..next]), false, next)
+                    }
+                };
+                if is_var {
+                    match mapping.get(&read) {
+                        Some(value) => out.push_str(value),
+                        None => out.push_str(&format!("$({read})")),
+                    }
+                } else {
+                    out.push_str(&read);
+                }
+                cursor += advance;
+                checkpoint = cursor + 1;
+            }
+            cursor += 1;
+        }
+        out.push_str(&input[checkpoint..]);
+        out
+    }
+
+    fn container_env(entries: &[(String, String)]) -> ContainerEnv {
+        let env: Vec<Value> = entries
+            .iter()
+            .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+            .collect();
+        let lookup = super::super::InMemoryLookup::default();
+        let known = KnownObjects::new(&[], "app", &lookup);
+        resolve(&serde_json::json!({"name": "api", "env": env}), "app", &known)
+    }
+
+    #[test]
+    fn the_doubling_bomb_is_refused_with_the_limit_and_the_figure() {
+        let mut entries = vec![("V0".to_string(), "0123456789abcdef".to_string())];
+        for n in 1..=30 {
+            entries.push((format!("V{n}"), format!("$(V{})$(V{})", n - 1, n - 1)));
+        }
+        let env = container_env(&entries);
+        // 16 · 2^13 = 131,072 is the last size within the limit.
+        let first = &env.over_budget[0];
+        assert_eq!(first.variable, "V14");
+        assert!(first.message.contains("262144 bytes"), "{}", first.message);
+        assert!(
+            first.message.contains(&MAX_EXPANDED_VALUE.to_string()),
+            "{}",
+            first.message
+        );
+        assert_eq!(
+            env.vars["V13"].value,
+            Known::Value(EnvValue("0123456789abcdef".repeat(1 << 13)))
+        );
+        assert_eq!(env.vars["V14"].value, Known::Broken);
+        // What refers to a refused value builds nothing.
+        assert_eq!(env.vars["V30"].value, Known::InPod);
+    }
+
+    #[test]
+    fn many_large_variables_are_refused_by_the_container_budget() {
+        let big = "x".repeat(MAX_EXPANDED_VALUE / 2);
+        let mut entries = vec![("BIG".to_string(), big)];
+        for n in 0..40 {
+            entries.push((format!("COPY{n}"), "$(BIG)$(BIG)".to_string()));
+        }
+        let env = container_env(&entries);
+        assert!(!env.over_budget.is_empty());
+        assert!(
+            env.over_budget[0]
+                .message
+                .contains(&MAX_EXPANDED_CONTAINER.to_string()),
+            "{}",
+            env.over_budget[0].message
+        );
+    }
+
+    fn total_built(env: &ContainerEnv) -> usize {
+        env.vars
+            .values()
+            .filter(|setting| setting.source != Source::Literal)
+            .map(|setting| match &setting.value {
+                Known::Value(value) => value.0.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    use proptest::prelude::*;
+
+    /// A literal of pieces that matter to expansion: references (defined or not),
+    /// escapes, stray `$` and parentheses, multi-byte text.
+    fn literal_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            (0..6usize).prop_map(|n| format!("$(V{n})")),
+            Just("$$".to_string()),
+            Just("$".to_string()),
+            Just("$(".to_string()),
+            Just(")".to_string()),
+            Just("x".to_string()),
+            Just("€".to_string()),
+            "[a-z]{0,40}",
+        ];
+        prop::collection::vec(piece, 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        /// Ordinary input: each value is what the kubelet computes, against the
+        /// variables defined before it, once (not recursively).
+        #[test]
+        fn expansion_matches_the_kubelet(values in prop::collection::vec(literal_text(), 1..7)) {
+            let entries: Vec<(String, String)> = values
+                .iter()
+                .enumerate()
+                .map(|(n, value)| (format!("V{n}"), value.clone()))
+                .collect();
+            let env = container_env(&entries);
+            prop_assert!(env.over_budget.is_empty());
+            let mut mapping = BTreeMap::new();
+            for (name, value) in &entries {
+                let want = kubelet_expand(value, &mapping);
+                prop_assert_eq!(&env.vars[name].value, &Known::Value(EnvValue(want.clone())), "{}", value);
+                mapping.insert(name.clone(), want);
+            }
+        }
+
+        /// Whatever the input, no value built is over the limit for one variable, all
+        /// of a container's stay under the container's, and every refusal names both
+        /// the limit and the figure.
+        #[test]
+        fn expansion_output_is_bounded(
+            seed in "[a-z€]{0,64}",
+            copies in prop::collection::vec((1..40usize, prop::collection::vec(0..8usize, 0..8)), 1..40),
+        ) {
+            let mut entries = vec![("V0".to_string(), seed)];
+            for (n, (repeat, references)) in copies.iter().enumerate() {
+                let text: String = references
+                    .iter()
+                    .map(|r| format!("$(V{})", r.min(&n)))
+                    .collect::<String>()
+                    .repeat(*repeat);
+                entries.push((format!("V{}", n + 1), text));
+            }
+            let env = container_env(&entries);
+            for setting in env.vars.values() {
+                if let Known::Value(value) = &setting.value {
+                    prop_assert!(value.0.len() <= MAX_EXPANDED_VALUE);
+                }
+            }
+            prop_assert!(total_built(&env) <= MAX_EXPANDED_CONTAINER);
+            for over in &env.over_budget {
+                prop_assert!(over.message.contains("bytes, over the limit of"), "{}", over.message);
+            }
+        }
     }
 }

@@ -257,3 +257,111 @@ proptest! {
         prop_assert_eq!(original, reordered);
     }
 }
+
+/// The fuzz target for what a tenant commits: YAML text (random, alias bombs, deep
+/// nesting, workloads whose env doubles by `$(VAR)` references) through `render` and
+/// then `preflight::check` with an env rule, as the controller runs them. Neither may
+/// panic, and what comes out stays within fixed bounds whatever went in.
+mod fuzz {
+    use super::*;
+    use crate::render::render;
+    use crate::source::SourceFile;
+
+    /// The most the rendered objects (as JSON) may weigh for these inputs (at most a
+    /// few KiB each): the YAML parser's budget allows 250,000 nodes.
+    const MAX_RENDERED: usize = 64 * 1024 * 1024;
+    /// The most preflight's sentences may weigh: each container's expansions stop at
+    /// the container budget, and a miss quotes at most one value.
+    const MAX_VERDICT: usize = 4 * 1024 * 1024;
+
+    /// `levels` of anchors, each a list of `width` aliases of the one before.
+    fn alias_bomb(levels: usize, width: usize) -> String {
+        let mut text = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n  l0: &l0 \"lol\"\n",
+        );
+        for level in 1..levels {
+            let aliases = vec![format!("*l{}", level - 1); width].join(", ");
+            text.push_str(&format!("  l{level}: &l{level} [{aliases}]\n"));
+        }
+        text
+    }
+
+    fn nested(depth: usize) -> String {
+        format!("a: {}1{}\n", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// A Deployment whose env is a doubling chain (`V0` then `Vn = "$(Vn-1)$(Vn-1)"`),
+    /// and some noise entries.
+    fn env_bomb(length: usize, seed: &str, noise: &[String]) -> String {
+        let mut env = vec![json!({"name": "V0", "value": seed})];
+        for n in 1..length {
+            env.push(json!({"name": format!("V{n}"), "value": format!("$(V{})$(V{})", n - 1, n - 1)}));
+        }
+        for (index, value) in noise.iter().enumerate() {
+            env.push(json!({"name": format!("N{index}"), "value": value}));
+        }
+        let deployment = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "api"},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:1", "env": env}]}}}
+        });
+        serde_json::to_string(&deployment).unwrap()
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (1..12usize, 1..12usize).prop_map(|(levels, width)| alias_bomb(levels, width)),
+            (1..200usize).prop_map(nested),
+            (
+                1..32usize,
+                "[a-z€$()]{0,32}",
+                prop::collection::vec("(\\$\\(V[0-9]{1,2}\\)|\\$\\$|[a-z€]){0,24}", 0..4)
+            )
+                .prop_map(|(length, seed, noise)| env_bomb(length, &seed, &noise)),
+            "[ -~\n]{0,400}",
+            prop::collection::vec(
+                prop::sample::select(vec![
+                    "- ",
+                    "a: ",
+                    "&x ",
+                    "*x ",
+                    "[",
+                    "]",
+                    "{",
+                    "}",
+                    "\n",
+                    "  ",
+                    "---\n",
+                    "kind: List\n",
+                    "items:\n"
+                ]),
+                0..80
+            )
+            .prop_map(|pieces| pieces.concat()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn render_and_preflight_stay_bounded_whatever_the_commit(
+            documents in prop::collection::vec(document(), 1..4),
+            rules in prop::collection::vec(rule(), 0..3),
+        ) {
+            let text = documents.join("\n---\n");
+            let files = [SourceFile { path: "deploy/app.yaml".into(), content: text.into_bytes() }];
+            let Ok(manifests) = render(&files) else { return Ok(()) };
+            let rendered: usize = manifests.iter().map(|m| m.object.to_string().len()).sum();
+            prop_assert!(rendered <= MAX_RENDERED, "{} bytes rendered", rendered);
+            let mut env = rules;
+            env.push(EnvRule { name: "V31".into(), policy: Some(EnvPolicy { min_length: Some(1), ..Default::default() }), ..Default::default() });
+            let runbook = RunbookSpec { env, ..Default::default() };
+            let verdict = check(&manifests, &runbook, "app", &InMemoryLookup::default());
+            let size = match &verdict {
+                Ok(checked) => checked.notes.iter().map(String::len).sum::<usize>(),
+                Err(misses) => misses.iter().map(|m| m.message.len()).sum(),
+            };
+            prop_assert!(size <= MAX_VERDICT, "{} bytes of verdict", size);
+        }
+    }
+}

@@ -124,6 +124,8 @@ pub async fn spawn(address: SocketAddr, state: ServerState) -> std::io::Result<S
     let bound = listener.local_addr()?;
     let app = router(state);
     tokio::spawn(async move {
+        // The peer's address, for the webhook receiver's rate limit.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the HTTP server stopped");
         }

@@ -9,24 +9,38 @@
 //! | `/hooks/generic`  | `Authorization: Bearer <secret>`, or the GitHub signature  | `{"repository": "<url>"}`         |
 //!
 //! The secret is the `token` key of one Secret (`--webhook-secret-name`), read with a
-//! GET at each request (pushes are rare; the controller needs only `get` on that one
-//! Secret), so rotating it needs no restart. Every comparison with it takes the same time
-//! whatever the guess.
+//! GET and kept ([`SECRET_TTL`]): a request costs no API call, except the first after
+//! the TTL and, at most once per [`SECRET_MIN_REREAD`], one after a well-formed
+//! credential that did not match (the secret may have been rotated: the new one counts
+//! at once, the old one is refused from that read on). The controller needs only `get`
+//! on that one Secret. Every comparison with it takes the same time whatever the guess.
 //!
-//! Answers: 200 with the repositories and apps woken; 202 when the request was valid
-//! but nothing was woken (another event, no app uses that repository), saying so;
-//! 401 for a missing or wrong signature or token, before the body is read as JSON;
-//! 413 for a body over the limit (1 MiB); 400 for a body that is not the expected JSON;
-//! 503 when the Secret cannot be read. Nothing is woken unless the answer is 200.
+//! In order, each step before any work of the next:
+//! 1. the sender's address has requests left ([`ADDRESS_RATE`], IPv6 by /64), else 429;
+//! 2. the credential header is there and well-formed (a token; a `sha256=` and 64 hex
+//!    digits), else 401 without reading the body or the Secret;
+//! 3. a declared `Content-Length` over the limit (1 MiB) is 413;
+//! 4. a token is compared (the body not read yet); a signature is checked on the body,
+//!    read up to the limit (413 beyond);
+//! 5. the body is parsed (400 if it is not the expected JSON), then each repository of
+//!    the push has pushes left ([`REPOSITORY_RATE`]), else 429.
+//!
+//! Answers: 200 with the repositories woken and how many apps (a count: which apps,
+//! and in which namespaces, is not the sender's business); 202 when the request was
+//! valid but nothing was woken (another event, no app uses that repository), saying so;
+//! 503 when the Secret was never read or this replica does not reconcile. Nothing is
+//! woken unless the answer is 200.
 //!
 //! Which URLs name the same repository: see [`Repository`].
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -285,9 +299,18 @@ pub struct WebhookReceiver {
 
 struct Inner {
     fetch_now: FetchNow,
-    secret: SecretSource,
+    secret: SecretCache,
     body_limit: usize,
+    limits: RateLimits,
 }
+
+/// A cached secret is used this long before it is read again (at the next request
+/// that presents a credential).
+pub const SECRET_TTL: Duration = Duration::from_secs(60);
+/// After a credential that does not match, the secret is read again (it may have
+/// been rotated) unless it was read less than this ago: wrong guesses cost at most one
+/// Secret GET per this time, whatever their number.
+pub const SECRET_MIN_REREAD: Duration = Duration::from_secs(10);
 
 enum SecretSource {
     /// Key [`SECRET_KEY`] of a Secret.
@@ -296,8 +319,12 @@ enum SecretSource {
         namespace: String,
         name: String,
     },
+    /// A value the test changes, and how many times it was read.
     #[cfg(test)]
-    Fixed(Vec<u8>),
+    Fixed(
+        Arc<std::sync::Mutex<Vec<u8>>>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ),
 }
 
 impl SecretSource {
@@ -327,8 +354,179 @@ impl SecretSource {
                 Ok(trimmed.to_vec())
             }
             #[cfg(test)]
-            SecretSource::Fixed(secret) => Ok(secret.clone()),
+            SecretSource::Fixed(secret, reads) => {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(secret.lock().unwrap().clone())
+            }
         }
+    }
+}
+
+/// The shared secret, read once and kept: a request costs no API call, except the
+/// first after [`SECRET_TTL`] and, at most once per [`SECRET_MIN_REREAD`], one after a
+/// credential that did not match (so that a rotation counts at once for the new
+/// secret; the old one is refused from the next read on).
+struct SecretCache {
+    source: SecretSource,
+    state: tokio::sync::Mutex<CachedSecret>,
+}
+
+#[derive(Default)]
+struct CachedSecret {
+    secret: Option<Vec<u8>>,
+    read_at: Option<Instant>,
+    /// Why the last read failed.
+    problem: Option<String>,
+}
+
+impl SecretCache {
+    fn new(source: SecretSource) -> SecretCache {
+        SecretCache {
+            source,
+            state: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Reads the Secret into `state`. A failed read keeps the secret known before (an
+    /// API server hiccup does not stop the webhooks); it is retried after
+    /// [`SECRET_MIN_REREAD`].
+    async fn refresh(&self, state: &mut CachedSecret) {
+        state.read_at = Some(Instant::now());
+        match self.source.read().await {
+            Ok(secret) => {
+                state.secret = Some(secret);
+                state.problem = None;
+            }
+            Err(problem) => {
+                warn!(%problem, "the webhook secret cannot be read");
+                state.problem = Some(problem);
+            }
+        }
+    }
+
+    /// The secret to check a credential against.
+    async fn current(&self) -> Result<Vec<u8>, String> {
+        let mut state = self.state.lock().await;
+        let age = state.read_at.map(|at| at.elapsed());
+        let due = match (&state.secret, age) {
+            (_, None) => true,
+            (Some(_), Some(age)) => age >= SECRET_TTL,
+            (None, Some(age)) => age >= SECRET_MIN_REREAD,
+        };
+        if due {
+            self.refresh(&mut state).await;
+        }
+        state
+            .secret
+            .clone()
+            .ok_or_else(|| state.problem.clone().unwrap_or_default())
+    }
+
+    /// After `used` did not match: the secret read again, when it may have changed
+    /// and was not read in the last [`SECRET_MIN_REREAD`]; `None` when it is the same.
+    async fn reread(&self, used: &[u8]) -> Option<Vec<u8>> {
+        let mut state = self.state.lock().await;
+        if state.secret.as_deref().is_some_and(|known| known != used) {
+            // Another request read a new one meanwhile.
+            return state.secret.clone();
+        }
+        if state.read_at.is_some_and(|at| at.elapsed() < SECRET_MIN_REREAD) {
+            return None;
+        }
+        self.refresh(&mut state).await;
+        state.secret.clone().filter(|secret| secret != used)
+    }
+}
+
+/// A token bucket: `burst` requests at once, then one per `every`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rate {
+    pub burst: u32,
+    pub every: Duration,
+}
+
+/// Requests from one address (before authentication: a flood of guesses is cut before
+/// any work) and pushes of one repository (after: a sender that knows the secret
+/// cannot make bosun fetch in a loop). IPv6 addresses count by /64, which one host
+/// usually holds whole. `X-Forwarded-For` is not trusted: behind a proxy, the proxy's
+/// address is the one counted.
+pub const ADDRESS_RATE: Rate = Rate {
+    burst: 60,
+    every: Duration::from_millis(500),
+};
+pub const REPOSITORY_RATE: Rate = Rate {
+    burst: 20,
+    every: Duration::from_secs(3),
+};
+/// Addresses and repositories tracked at most; the one seen least recently goes first.
+const MAX_TRACKED: usize = 4096;
+
+struct Buckets<K> {
+    rate: Rate,
+    /// Key → (tokens, when last refilled).
+    buckets: std::sync::Mutex<HashMap<K, (f64, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Buckets<K> {
+    fn new(rate: Rate) -> Self {
+        Buckets {
+            rate,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes a token for `key`; false when it has none left.
+    fn take(&self, key: &K) -> bool {
+        let now = Instant::now();
+        let burst = f64::from(self.rate.burst);
+        let per_second = 1.0 / self.rate.every.as_secs_f64();
+        let mut buckets = self.buckets.lock().expect("rate limits poisoned");
+        if !buckets.contains_key(key) && buckets.len() >= MAX_TRACKED {
+            let oldest = buckets
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                buckets.remove(&oldest);
+            }
+        }
+        let (tokens, at) = buckets.entry(key.clone()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_second).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct RateLimits {
+    addresses: Buckets<IpAddr>,
+    repositories: Buckets<Repository>,
+}
+
+impl RateLimits {
+    fn new(address: Rate, repository: Rate) -> RateLimits {
+        RateLimits {
+            addresses: Buckets::new(address),
+            repositories: Buckets::new(repository),
+        }
+    }
+}
+
+/// The key an address is counted under: itself, or its /64 for IPv6.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -337,54 +535,73 @@ impl WebhookReceiver {
         WebhookReceiver {
             inner: Arc::new(Inner {
                 fetch_now,
-                secret: SecretSource::Kubernetes {
+                secret: SecretCache::new(SecretSource::Kubernetes {
                     client,
                     namespace: settings.secret_namespace.clone(),
                     name: settings.secret_name.clone(),
-                },
+                }),
                 body_limit: settings.body_limit,
+                limits: RateLimits::new(ADDRESS_RATE, REPOSITORY_RATE),
             }),
         }
     }
 
-    /// Wakes the apps of the repositories `urls` name.
+    /// Wakes the apps of the repositories `urls` name. The answer says how many apps,
+    /// never which: whoever knows the secret of one repository learns nothing of the
+    /// apps (and their namespaces) of the cluster.
     fn push(&self, source: &'static str, urls: &[String]) -> Response {
         let mut repositories: Vec<Repository> = urls.iter().filter_map(|url| Repository::of(url)).collect();
         repositories.sort();
         repositories.dedup();
+        let names: Vec<String> = repositories.iter().map(Repository::to_string).collect();
+        if let Some(busy) = repositories
+            .iter()
+            .find(|repository| !self.inner.limits.repositories.take(repository))
+        {
+            let rate = self.inner.limits.repositories.rate;
+            warn!(source, repository = %busy, "push refused: too many for this repository");
+            return answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "too many pushes of {busy}: the limit is {} at once, then one per {}s; nothing triggered, the apps fetch at their interval",
+                    rate.burst,
+                    rate.every.as_secs_f64()
+                ),
+                &names,
+                0,
+            );
+        }
         // A standby replica (or one still starting) runs no passes: say so, so that the
         // forge shows a failed delivery (and may redeliver) instead of a silent 202.
         if !self.inner.fetch_now.is_reconciling() {
-            let names: Vec<String> = repositories.iter().map(Repository::to_string).collect();
             info!(source, repositories = ?names, "push received by a replica that does not reconcile");
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this replica is not reconciling (a standby, or still starting): nothing triggered here; the leader picks the commit up at its interval",
                 &names,
-                &[],
+                0,
             );
         }
         let apps = self.inner.fetch_now.repository_pushed(|url| {
             Repository::of(url).is_some_and(|repository| repositories.contains(&repository))
         });
-        let names: Vec<String> = repositories.iter().map(Repository::to_string).collect();
         info!(source, repositories = ?names, apps = ?apps, "push received");
         if apps.is_empty() {
             let message = format!("no AppDeployment uses {}: nothing triggered", names.join(", "));
-            return answer(StatusCode::ACCEPTED, &message, &names, &apps);
+            return answer(StatusCode::ACCEPTED, &message, &names, 0);
         }
         let message = format!("fetching now for {} app(s)", apps.len());
-        answer(StatusCode::OK, &message, &names, &apps)
+        answer(StatusCode::OK, &message, &names, apps.len())
     }
 }
 
-fn answer(status: StatusCode, message: &str, repositories: &[String], apps: &[String]) -> Response {
+fn answer(status: StatusCode, message: &str, repositories: &[String], apps: usize) -> Response {
     let body = serde_json::json!({"message": message, "repositories": repositories, "apps": apps});
     (status, axum::Json(body)).into_response()
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    answer(status, message, &[], &[])
+    answer(status, message, &[], 0)
 }
 
 /// How a request proves it knows the secret.
@@ -400,29 +617,85 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|value| value.to_str().ok())
 }
 
-fn authenticated(auth: Auth, secret: &[u8], headers: &HeaderMap, body: &[u8]) -> bool {
-    let signature = || signature_valid(secret, body, header(headers, "x-hub-signature-256"));
+/// The credential a request presents, when it is shaped right: a token (checked
+/// without the body), or a well-formed `sha256=<64 hex digits>` signature (the body is
+/// read to check it).
+enum Credential<'a> {
+    Token(&'a str),
+    Signature(&'a str),
+}
+
+fn presented<'h>(auth: Auth, headers: &'h HeaderMap) -> Option<Credential<'h>> {
+    let signature = || {
+        header(headers, "x-hub-signature-256")
+            .filter(|value| {
+                value
+                    .trim()
+                    .strip_prefix("sha256=")
+                    .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .map(Credential::Signature)
+    };
+    let token = |value: Option<&'h str>| value.filter(|v| !v.is_empty()).map(Credential::Token);
     match auth {
         Auth::GitHubSignature => signature(),
-        Auth::GitLabToken => token_valid(secret, header(headers, "x-gitlab-token")),
+        Auth::GitLabToken => token(header(headers, "x-gitlab-token")),
         Auth::BearerOrSignature => match header(headers, "authorization") {
-            Some(value) => token_valid(secret, value.strip_prefix("Bearer ")),
+            Some(value) => token(value.strip_prefix("Bearer ")),
             None => signature(),
         },
     }
 }
 
-/// Authenticates, then parses, then wakes: nothing is parsed before the sender proved
-/// it knows the secret.
+fn matches(credential: &Credential<'_>, secret: &[u8], body: Option<&[u8]>) -> bool {
+    match credential {
+        Credential::Token(token) => token_valid(secret, Some(token)),
+        Credential::Signature(signature) => {
+            body.is_some_and(|body| signature_valid(secret, body, Some(signature)))
+        }
+    }
+}
+
+/// Limits the sender, checks the shape of the credential, then the credential (the
+/// body is read only for a signature, up to the limit, and only then), then parses,
+/// then wakes: nothing is read, and no API call made, before the request is shaped
+/// right, and nothing parsed before the sender proved it knows the secret.
 async fn handle(
     receiver: &WebhookReceiver,
     source: &'static str,
     auth: Auth,
-    headers: &HeaderMap,
-    body: &[u8],
-    parse: impl FnOnce(&[u8]) -> Result<Hook, String>,
+    request: Request,
+    parse: impl FnOnce(&HeaderMap, &[u8]) -> Result<Hook, String>,
 ) -> Response {
-    let secret = match receiver.inner.secret.read().await {
+    let inner = &receiver.inner;
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
+        && !inner.limits.addresses.take(&address_key(peer.ip()))
+    {
+        warn!(source, peer = %peer.ip(), "webhook refused: too many requests from this address");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many requests from this address: the limit is {} at once, then one per {}s",
+                inner.limits.addresses.rate.burst,
+                inner.limits.addresses.rate.every.as_secs_f64()
+            ),
+        );
+    }
+    let unauthorized = || refuse(StatusCode::UNAUTHORIZED, "wrong or missing signature or token");
+    let Some(credential) = presented(auth, headers) else {
+        warn!(
+            source,
+            "webhook refused: no signature or token, or a malformed one"
+        );
+        return unauthorized();
+    };
+    let declared = header(headers, "content-length").and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > inner.body_limit as u64) {
+        return too_large(inner.body_limit);
+    }
+    let secret = match inner.secret.current().await {
         Ok(secret) => secret,
         Err(problem) => {
             warn!(source, %problem, "webhook refused: its secret cannot be read");
@@ -432,11 +705,58 @@ async fn handle(
             );
         }
     };
-    if !authenticated(auth, &secret, headers, body) {
-        warn!(source, "webhook refused: wrong or missing signature or token");
-        return refuse(StatusCode::UNAUTHORIZED, "wrong or missing signature or token");
+    // A token is checked before the body is read; a signature needs the body.
+    let (signed_body, body) = match credential {
+        Credential::Signature(_) => match read_body(body, inner.body_limit).await {
+            Ok(bytes) => (Some(bytes), None),
+            Err(response) => return response,
+        },
+        Credential::Token(_) => (None, Some(body)),
+    };
+    let authenticated = matches(&credential, &secret, signed_body.as_deref())
+        || match inner.secret.reread(&secret).await {
+            Some(new) => matches(&credential, &new, signed_body.as_deref()),
+            None => false,
+        };
+    if !authenticated {
+        warn!(source, "webhook refused: wrong signature or token");
+        return unauthorized();
     }
-    match parse(body) {
+    let bytes = match (signed_body, body) {
+        (Some(bytes), _) => bytes,
+        (None, Some(body)) => match read_body(body, inner.body_limit).await {
+            Ok(bytes) => bytes,
+            Err(response) => return response,
+        },
+        (None, None) => Bytes::new(),
+    };
+    finish(receiver, source, headers, &bytes, parse)
+}
+
+fn too_large(limit: usize) -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the body is over the limit of {limit} bytes"),
+    )
+}
+
+/// The body, read up to `limit` bytes; `Err` with the answer when it is longer or
+/// cannot be read.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large(limit))
+}
+
+/// An authenticated request: parsed, then the apps woken.
+fn finish(
+    receiver: &WebhookReceiver,
+    source: &'static str,
+    headers: &HeaderMap,
+    body: &[u8],
+    parse: impl FnOnce(&HeaderMap, &[u8]) -> Result<Hook, String>,
+) -> Response {
+    match parse(headers, body) {
         Ok(Hook::Push(urls)) => receiver.push(source, &urls),
         Ok(Hook::Ping) => refuse(StatusCode::OK, "pong: the webhook is set up"),
         Ok(Hook::Ignored(why)) => {
@@ -450,39 +770,31 @@ async fn handle(
     }
 }
 
-async fn github(State(receiver): State<WebhookReceiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let event = header(&headers, "x-github-event").map(str::to_string);
+async fn github(State(receiver): State<WebhookReceiver>, request: Request) -> Response {
     handle(
         &receiver,
         "github",
         Auth::GitHubSignature,
-        &headers,
-        &body,
-        |body| github_hook(event.as_deref(), body),
+        request,
+        |headers, body| github_hook(header(headers, "x-github-event"), body),
     )
     .await
 }
 
-async fn gitlab(State(receiver): State<WebhookReceiver>, headers: HeaderMap, body: Bytes) -> Response {
-    handle(
-        &receiver,
-        "gitlab",
-        Auth::GitLabToken,
-        &headers,
-        &body,
-        gitlab_hook,
-    )
+async fn gitlab(State(receiver): State<WebhookReceiver>, request: Request) -> Response {
+    handle(&receiver, "gitlab", Auth::GitLabToken, request, |_, body| {
+        gitlab_hook(body)
+    })
     .await
 }
 
-async fn generic(State(receiver): State<WebhookReceiver>, headers: HeaderMap, body: Bytes) -> Response {
+async fn generic(State(receiver): State<WebhookReceiver>, request: Request) -> Response {
     handle(
         &receiver,
         "generic",
         Auth::BearerOrSignature,
-        &headers,
-        &body,
-        generic_hook,
+        request,
+        |_, body| generic_hook(body),
     )
     .await
 }
@@ -513,7 +825,8 @@ pub async fn listen(
     })?;
     info!(%address, "webhook receiver listening");
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, routes(receiver)).await {
+        let service = routes(receiver).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, service).await {
             warn!(%error, "webhook receiver stopped");
         }
     });
@@ -772,6 +1085,8 @@ mod tests {
         let (trigger, mut woken) = tokio::sync::mpsc::unbounded_channel();
         let ready = crate::server::Readiness::default();
         ready.standby();
+        let secret = Arc::new(std::sync::Mutex::new(b"s3cret".to_vec()));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let receiver = WebhookReceiver {
             inner: Arc::new(Inner {
                 fetch_now: FetchNow::new(
@@ -780,13 +1095,30 @@ mod tests {
                     trigger,
                     ready.clone(),
                 ),
-                secret: SecretSource::Fixed(b"s3cret".to_vec()),
+                secret: SecretCache::new(SecretSource::Fixed(secret.clone(), reads.clone())),
                 body_limit: 4096,
+                limits: RateLimits::new(
+                    Rate {
+                        burst: 1000,
+                        every: Duration::from_millis(1),
+                    },
+                    Rate {
+                        burst: 3,
+                        every: Duration::from_secs(3600),
+                    },
+                ),
             }),
         };
+        let reads_now = || reads.load(std::sync::atomic::Ordering::SeqCst);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(axum::serve(listener, routes(receiver)).into_future());
+        tokio::spawn(
+            axum::serve(
+                listener,
+                routes(receiver).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .into_future(),
+        );
         let http = reqwest::Client::new();
         let post = |path: &str, body: Vec<u8>, headers: Vec<(&'static str, String)>| {
             let mut request = http.post(format!("{base}{path}")).body(body);
@@ -828,8 +1160,11 @@ mod tests {
 
         let (status, body) = post("/hooks/github", push.clone(), signed(&push)).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["apps"], serde_json::json!(["a/shop", "b/shop-ssh"]));
+        // How many apps, never which.
+        assert_eq!(body["apps"], serde_json::json!(2), "{body}");
+        assert!(!body.to_string().contains("a/shop"), "{body}");
         assert_eq!(drain(), ["a/shop", "b/shop-ssh"]);
+        assert_eq!(reads_now(), 1, "the secret is read once and kept");
 
         let forged = vec![
             ("x-github-event", "push".to_string()),
@@ -904,7 +1239,98 @@ mod tests {
         );
         assert_eq!(drain(), ["d/other"]);
         let hmac = vec![("x-hub-signature-256", sign(b"s3cret", &generic))];
-        assert_eq!(post("/hooks/generic", generic, hmac).await.0, 200);
+        assert_eq!(post("/hooks/generic", generic.clone(), hmac).await.0, 200);
         assert_eq!(drain(), ["d/other"]);
+
+        // A fourth push of one repository within the hour: 429, nothing woken.
+        let (status, body) = post("/hooks/generic", generic.clone(), bearer("s3cret")).await;
+        assert_eq!(status, 429, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("limit is 3"), "{body}");
+        assert!(drain().is_empty());
+
+        // Requests without a well-formed credential read neither the Secret nor the
+        // body; wrong guesses read the Secret at most once per SECRET_MIN_REREAD.
+        let before = reads_now();
+        for _ in 0..20 {
+            assert_eq!(post("/hooks/github", push.clone(), vec![]).await.0, 401);
+            assert_eq!(
+                post(
+                    "/hooks/github",
+                    push.clone(),
+                    vec![("x-hub-signature-256", "sha256=zz".into())]
+                )
+                .await
+                .0,
+                401
+            );
+            assert_eq!(
+                post(
+                    "/hooks/gitlab",
+                    gitlab_body(),
+                    vec![("x-gitlab-token", "guess".into())]
+                )
+                .await
+                .0,
+                401
+            );
+        }
+        assert!(reads_now() - before <= 1, "{} reads", reads_now() - before);
+    }
+
+    /// The secret is read once; after a mismatch it is read again only when the last
+    /// read is old enough, and a rotated secret then counts.
+    #[tokio::test]
+    async fn the_secret_is_cached_and_read_again_after_a_mismatch_at_most_so_often() {
+        let secret = Arc::new(std::sync::Mutex::new(b"old".to_vec()));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cache = SecretCache::new(SecretSource::Fixed(secret.clone(), reads.clone()));
+        let reads_now = || reads.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(cache.current().await.unwrap(), b"old");
+        assert_eq!(cache.current().await.unwrap(), b"old");
+        assert_eq!(reads_now(), 1);
+        *secret.lock().unwrap() = b"new".to_vec();
+        // Read just now: a mismatch does not read again.
+        assert_eq!(cache.reread(b"old").await, None);
+        assert_eq!(reads_now(), 1);
+        cache.state.lock().await.read_at = Some(Instant::now() - SECRET_MIN_REREAD);
+        assert_eq!(cache.reread(b"old").await.as_deref(), Some(&b"new"[..]));
+        assert_eq!(reads_now(), 2);
+        assert_eq!(cache.current().await.unwrap(), b"new");
+        // Past the TTL, the next request reads again.
+        cache.state.lock().await.read_at = Some(Instant::now() - SECRET_TTL);
+        cache.current().await.unwrap();
+        assert_eq!(reads_now(), 3);
+    }
+
+    #[test]
+    fn rate_limits_refill_and_stay_bounded() {
+        let buckets = Buckets::new(Rate {
+            burst: 2,
+            every: Duration::from_secs(3600),
+        });
+        assert!(buckets.take(&1u32));
+        assert!(buckets.take(&1u32));
+        assert!(!buckets.take(&1u32), "the burst is spent");
+        assert!(buckets.take(&2u32), "another key has its own");
+        for key in 0..(MAX_TRACKED as u32 + 100) {
+            buckets.take(&(key + 10));
+        }
+        assert!(buckets.buckets.lock().unwrap().len() <= MAX_TRACKED);
+        let fast = Buckets::new(Rate {
+            burst: 1,
+            every: Duration::from_millis(1),
+        });
+        assert!(fast.take(&0u8));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(fast.take(&0u8), "refilled");
+        let v6 = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(v6("2001:db8::1"), v6("2001:db8::ffff:1"));
+        assert_ne!(v6("2001:db8::1"), v6("2001:db8:0:1::1"));
+        assert_eq!(v6("::ffff:10.0.0.1"), v6("10.0.0.1"));
+    }
+
+    fn gitlab_body() -> Vec<u8> {
+        br#"{"object_kind":"push","project":{"git_http_url":"https://git.example.com/acme/other.git"}}"#
+            .to_vec()
     }
 }

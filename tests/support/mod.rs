@@ -35,6 +35,9 @@ pub struct Harness {
     /// Set by [`Harness::run_as_chart_account`]: the controller's credentials and
     /// environment are the chart's.
     account: Option<ChartAccount>,
+    /// Set by [`Harness::limit_controller_address_space`]: the controller runs under
+    /// `prlimit --as=BYTES`.
+    address_space_limit: Option<u64>,
 }
 
 /// The controller as the chart installs it: its ServiceAccount's token, its user name
@@ -47,13 +50,17 @@ pub struct ChartAccount {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_with(ControlPlaneOptions::default()).await
+    }
+
+    /// [`Harness::start`] with a control plane of `options` (e.g. the controller's
+    /// reads in the audit log too).
+    pub async fn start_with(options: ControlPlaneOptions) -> Harness {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("info,kube=warn")
             .try_init();
-        let control_plane = ControlPlane::start(ControlPlaneOptions::default())
-            .await
-            .expect("control plane starts");
+        let control_plane = ControlPlane::start(options).await.expect("control plane starts");
         let client = control_plane.client();
         control_plane.register_node(NODE).await.expect("Node registered");
         let pods = PodSimulator::start_on_node(client.clone(), NODE);
@@ -73,7 +80,31 @@ impl Harness {
             controller: None,
             controller_starts: 0,
             account: None,
+            address_space_limit: None,
         }
+    }
+
+    /// Controllers started from now on run with their address space limited to
+    /// `bytes` (`prlimit --as`, which then execs the controller: same process id). Any
+    /// allocation past it fails, and the Rust runtime aborts the process: a budget
+    /// that does not hold shows as a dead controller.
+    pub fn limit_controller_address_space(&mut self, bytes: u64) {
+        self.address_space_limit = Some(bytes);
+    }
+
+    /// The process id of the running controller.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(Child::id)
+    }
+
+    /// The controller's resident set size (`VmRSS` of /proc/PID/status), in KiB.
+    pub fn controller_rss_kib(&self) -> Option<u64> {
+        let pid = self.controller_pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
     pub fn repo(&self, name: &str) -> WorkRepo {
@@ -134,7 +165,11 @@ impl Harness {
             .path()
             .join(format!("controller-{}.log", self.controller_starts));
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let child = controller_command(kubeconfig, &self.cache_dir, args, &env)
+        let mut command = controller_command(kubeconfig, &self.cache_dir, args, &env);
+        if let Some(bytes) = self.address_space_limit {
+            command = address_space_limited(&command, bytes);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(log.with_extension("err.log")).unwrap())
@@ -471,6 +506,23 @@ fn controller_command(
         command.env(key, value);
     }
     command
+}
+
+/// `command` run by `prlimit --as=BYTES`, which sets the limit and execs it.
+fn address_space_limited(command: &Command, bytes: u64) -> Command {
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg(format!("--as={bytes}"))
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => limited.env(key, value),
+            None => limited.env_remove(key),
+        };
+    }
+    limited
 }
 
 impl ControllerProcess {
