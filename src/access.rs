@@ -24,7 +24,9 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
@@ -155,13 +157,19 @@ impl fmt::Display for Refusal {
 pub struct Access {
     client: Client,
     answers: Mutex<Answers>,
+    /// A namespace-scoped install (`--watch-namespace`): its Role cannot grant the
+    /// cluster-scoped SubjectAccessReview, only LocalSubjectAccessReview of its own
+    /// namespace (the chart's `rbac.scope=namespace`), so reviews are asked that way.
+    local_to: Option<String>,
 }
 
 impl Access {
-    pub fn new(client: Client) -> Self {
+    /// `local_to`: the one namespace of a namespace-scoped install, else `None`.
+    pub fn new(client: Client, local_to: Option<String>) -> Self {
         Access {
             client,
             answers: Mutex::new(Answers::new(CAPACITY)),
+            local_to,
         }
     }
 
@@ -206,27 +214,44 @@ impl Access {
     }
 
     async fn review(&self, identity: &Identity, permission: &Permission) -> Result<bool, kube::Error> {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: identity.user(),
-                groups: Some(identity.groups()),
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some(permission.verb.clone()),
-                    group: Some(permission.group.clone()),
-                    resource: Some(permission.resource.clone()),
-                    subresource: permission.subresource.clone(),
-                    namespace: permission.namespace.clone(),
-                    ..Default::default()
-                }),
+        let spec = SubjectAccessReviewSpec {
+            user: identity.user(),
+            groups: Some(identity.groups()),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(permission.verb.clone()),
+                group: Some(permission.group.clone()),
+                resource: Some(permission.resource.clone()),
+                subresource: permission.subresource.clone(),
+                namespace: permission.namespace.clone(),
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
-        let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let answer = api.create(&PostParams::default(), &review).await?;
-        Ok(answer
-            .status
-            .is_some_and(|status| status.allowed && status.denied != Some(true)))
+        let status = match &self.local_to {
+            None => {
+                let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
+                let review = SubjectAccessReview {
+                    spec,
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &review).await?.status
+            }
+            // Outside its one namespace a namespace-scoped install may not act at all.
+            Some(own) if permission.namespace.as_deref() != Some(own.as_str()) => return Ok(false),
+            Some(own) => {
+                let api: Api<LocalSubjectAccessReview> = Api::namespaced(self.client.clone(), own);
+                let review = LocalSubjectAccessReview {
+                    metadata: kube::api::ObjectMeta {
+                        namespace: Some(own.clone()),
+                        ..Default::default()
+                    },
+                    spec,
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &review).await?.status
+            }
+        };
+        Ok(status.is_some_and(|status| status.allowed && status.denied != Some(true)))
     }
 }
 
@@ -445,7 +470,7 @@ mod tests {
     async fn the_controller_is_allowed_without_asking() {
         // A client of an API server that is not there: asking would fail.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let access = Access::new(Client::try_from(config).unwrap());
+        let access = Access::new(Client::try_from(config).unwrap(), None);
         assert!(
             access
                 .may(&Identity::Controller, &get_secrets("victim"))

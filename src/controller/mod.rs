@@ -208,7 +208,13 @@ impl Context {
     ) -> Result<Context, Error> {
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
-            access: Access::new(client.clone()),
+            access: Access::new(
+                client.clone(),
+                match &settings.watch_scope {
+                    cache::WatchScope::Cluster => None,
+                    cache::WatchScope::Namespace(namespace) => Some(namespace.clone()),
+                },
+            ),
             git,
             prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
