@@ -91,6 +91,16 @@ enum Command {
         /// Address the webhook receiver listens on, e.g. `0.0.0.0:9443`.
         #[arg(long, env = "BOSUN_WEBHOOK_LISTEN_ADDRESS", requires = "webhook_secret_name")]
         webhook_listen_address: Option<std::net::SocketAddr>,
+        /// Lets gates, metrics queries and notifications reach a CIDR, an address or a
+        /// host name (`*.example.com`), optionally `:PORT`, that a built-in rule refuses
+        /// (link-local, loopback, the controller's own addresses). Repeatable; never lifts
+        /// the API server's or the controller's own listening addresses.
+        #[arg(long = "egress-allow", env = "BOSUN_EGRESS_ALLOW", value_delimiter = ',')]
+        egress_allow: Vec<bosun::egress::Rule>,
+        /// Refuses gates, metrics queries and notifications a CIDR, an address or a host
+        /// name, optionally `:PORT`; wins over every allow. Repeatable.
+        #[arg(long = "egress-deny", env = "BOSUN_EGRESS_DENY", value_delimiter = ',')]
+        egress_deny: Vec<bosun::egress::Rule>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -145,6 +155,8 @@ async fn main() -> anyhow::Result<()> {
             webhook_secret_name,
             webhook_secret_namespace,
             webhook_listen_address,
+            egress_allow,
+            egress_deny,
         } => {
             bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let mut config = kube::Config::infer().await?;
@@ -189,6 +201,8 @@ async fn main() -> anyhow::Result<()> {
                     listen: webhook_listen_address,
                     body_limit: bosun::server::webhook::DEFAULT_BODY_LIMIT,
                 }),
+                egress_allow,
+                egress_deny,
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

@@ -99,7 +99,14 @@ async fn run(
                 passed.push(step_passed.summary(&step.name));
                 captured.insert(step.name.clone(), step_passed.values);
             }
-            Err(problem) => return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem)),
+            Err(StepError::Failed(problem)) => {
+                return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem));
+            }
+            // Every step's request passes the egress policy, so no captured value
+            // travels where the policy would not let a request go.
+            Err(StepError::Refused(problem)) => {
+                return ProbeOutcome::refused(step_failed(&step.name, index, total, &problem));
+            }
         }
     }
     ProbeOutcome::passed(format!("{total} steps passed: {}", passed.join(", ")))
@@ -131,6 +138,15 @@ impl StepPassed {
     }
 }
 
+/// Why a step did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StepError {
+    /// A verdict on the answer (or no answer): the step failed.
+    Failed(String),
+    /// The egress policy refused the request: not tried again.
+    Refused(String),
+}
+
 /// Sends the step (again, with `eventually`, until it holds or `within` has passed).
 async fn run_step(
     prober: &HttpProber,
@@ -138,15 +154,18 @@ async fn run_step(
     captured: &Captured,
     request_timeout: Duration,
     target_namespace: &str,
-) -> Result<StepPassed, String> {
-    let request = substitute_request(&step.request, captured)?;
-    let retry = retry_of(step)?;
+) -> Result<StepPassed, StepError> {
+    let request = substitute_request(&step.request, captured).map_err(StepError::Failed)?;
+    let retry = retry_of(step).map_err(StepError::Failed)?;
     let started = Instant::now();
     let last_start = started + retry.as_ref().map_or(Duration::ZERO, |r| r.within);
     let mut tries = 0;
     loop {
         tries += 1;
         let exchange = prober.exchange(&request, request_timeout, target_namespace).await;
+        if exchange.outcome.refused {
+            return Err(StepError::Refused(exchange.outcome.message));
+        }
         let problem = match judge_try(step, exchange) {
             Ok((status, values)) => {
                 return Ok(StepPassed {
@@ -163,8 +182,14 @@ async fn run_step(
             Some(retry) if now < last_start => {
                 tokio::time::sleep(retry.every.min(last_start - now)).await;
             }
-            Some(retry) => return Err(still_failing(&retry.within_text, tries, &problem)),
-            None => return Err(problem),
+            Some(retry) => {
+                return Err(StepError::Failed(still_failing(
+                    &retry.within_text,
+                    tries,
+                    &problem,
+                )));
+            }
+            None => return Err(StepError::Failed(problem)),
         }
     }
 }

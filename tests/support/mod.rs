@@ -447,7 +447,9 @@ impl Harness {
 
 /// `bosun controller` with `args`, credentials from `kubeconfig`, its own Git cache,
 /// and `env` last (it wins). Any free port for its endpoints: tests and replicas run
-/// side by side, and the default (8080) would clash.
+/// side by side, and the default (8080) would clash. Gates and webhooks of the tests
+/// listen on loopback, so the egress policy allows it (`BOSUN_EGRESS_ALLOW`); the API
+/// server and the controller's own listener on loopback stay refused all the same.
 fn controller_command(
     kubeconfig: &std::path::Path,
     cache_dir: &std::path::Path,
@@ -462,6 +464,7 @@ fn controller_command(
         .env("BOSUN_CACHE_DIR", cache_dir)
         .env("RUST_LOG", "info,kube=warn")
         .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
+        .env("BOSUN_EGRESS_ALLOW", "127.0.0.0/8")
         .env_remove(bosun::controller::fault::ENV);
     for (key, value) in env {
         command.env(key, value);
