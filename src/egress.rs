@@ -865,6 +865,25 @@ mod tests {
         }
 
         #[test]
+        fn decimal_octal_and_hex_literals_are_judged_as_the_address_they_name(bits in any::<u32>(), port in 1u16..) {
+            let policy = EgressPolicy::new(rules(&["127.0.0.0/8"]), rules(&["10.0.0.0/8"]), &api_on_loopback());
+            let address = Ipv4Addr::from_bits(bits);
+            let expected = policy.check(None, IpAddr::V4(address), Some(port)).is_ok();
+            let [a, b, c, d] = address.octets();
+            for written in [
+                format!("{bits}"),
+                format!("0x{bits:x}"),
+                format!("0{a:o}.0{b:o}.0{c:o}.0{d:o}"),
+                format!("0x{a:x}.0x{b:x}.0x{c:x}.0x{d:x}"),
+                format!("{a}.{}", u32::from(b) << 16 | u32::from(c) << 8 | u32::from(d)),
+            ] {
+                let url = Url::parse(&format!("http://{written}:{port}/")).unwrap();
+                prop_assert_eq!(url.host_str(), Some(address.to_string().as_str()), "{}", written);
+                prop_assert_eq!(policy.check_url(&url).is_ok(), expected, "{}", written);
+            }
+        }
+
+        #[test]
         fn an_explicit_deny_always_wins(ip in any_ip(), port in any::<u16>(), by_name in any::<bool>()) {
             let deny = Rule { target: Target::Net(Cidr::host(ip)), port: None, written: ip.to_string() };
             let allow = rules(&["0.0.0.0/0", "::/0"]);
