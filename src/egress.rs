@@ -878,7 +878,7 @@ mod tests {
                 format!("{a}.{}", u32::from(b) << 16 | u32::from(c) << 8 | u32::from(d)),
             ] {
                 let url = Url::parse(&format!("http://{written}:{port}/")).unwrap();
-                prop_assert_eq!(url.host_str(), Some(address.to_string().as_str()), "{}", written);
+                prop_assert_eq!(url.host_str().map(str::to_string), Some(address.to_string()), "{}", written);
                 prop_assert_eq!(policy.check_url(&url).is_ok(), expected, "{}", written);
             }
         }
