@@ -100,13 +100,11 @@ async fn run(
                 captured.insert(step.name.clone(), step_passed.values);
             }
             Err(StepError::Failed(problem)) => {
-                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem));
             }
             // Every step's request passes the egress policy, so no captured value
             // travels where the policy would not let a request go.
             Err(StepError::Refused(problem)) => {
-                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::refused(step_failed(&step.name, index, total, &problem));
             }
         }
