@@ -20,6 +20,7 @@ pub mod controller;
 pub mod crdgen;
 #[cfg(feature = "devenv")]
 pub mod demo;
+pub mod egress;
 pub mod failure;
 pub mod gates;
 pub mod jobs;

@@ -121,6 +121,16 @@ enum Command {
         /// Directories nested under `spec.source.git.path` one read may descend.
         #[arg(long, env = "BOSUN_GIT_MAX_DEPTH", default_value_t = 32)]
         git_max_depth: usize,
+        /// Lets gates, metrics queries and notifications reach a CIDR, an address or a
+        /// host name (`*.example.com`), optionally `:PORT`, that a built-in rule refuses
+        /// (link-local, loopback, the controller's own addresses). Repeatable; never lifts
+        /// the API server's or the controller's own listening addresses.
+        #[arg(long = "egress-allow", env = "BOSUN_EGRESS_ALLOW", value_delimiter = ',')]
+        egress_allow: Vec<bosun::egress::Rule>,
+        /// Refuses gates, metrics queries and notifications a CIDR, an address or a host
+        /// name, optionally `:PORT`; wins over every allow. Repeatable.
+        #[arg(long = "egress-deny", env = "BOSUN_EGRESS_DENY", value_delimiter = ',')]
+        egress_deny: Vec<bosun::egress::Rule>,
     },
     /// Run the example end to end on a local control plane: a good commit becomes
     /// Healthy, a bad one is flipped back by itself.
@@ -183,6 +193,8 @@ async fn main() -> anyhow::Result<()> {
             git_max_files,
             git_max_manifest_bytes,
             git_max_depth,
+            egress_allow,
+            egress_deny,
         } => {
             bosun::telemetry::init(log_json, log_level.as_deref()).map_err(anyhow::Error::msg)?;
             let mut config = kube::Config::infer().await?;
@@ -248,6 +260,8 @@ async fn main() -> anyhow::Result<()> {
                         max_depth: git_max_depth,
                     },
                 },
+                egress_allow,
+                egress_deny,
                 ..Default::default()
             };
             if let Some(dir) = cache_dir {

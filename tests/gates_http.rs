@@ -211,7 +211,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 #[tokio::test]
 async fn passes_with_expected_json() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let outcome = prober
         .probe(&app.gate("/health", ok_json()), TIMEOUT, NAMESPACE)
         .await;
@@ -226,7 +226,7 @@ async fn unexpected_json_fails_with_what_came() -> anyhow::Result<()> {
     app.set_healthy(false);
     let mut expect = ok_json();
     expect.status = vec![200, 503];
-    let outcome = HttpProber::new()?
+    let outcome = HttpProber::new(loopback_policy())?
         .probe(&app.gate("/health", expect), TIMEOUT, NAMESPACE)
         .await;
     assert!(!outcome.passed);
@@ -265,7 +265,7 @@ impl Rounds {
         Ok(Self {
             period: gate.period(),
             verification: Verification::new(std::slice::from_ref(&gate)),
-            prober: HttpProber::new()?,
+            prober: HttpProber::new(loopback_policy())?,
             now: Instant::now(),
         })
     }
@@ -356,7 +356,7 @@ async fn timeout_counts_as_a_failure() -> anyhow::Result<()> {
         http: Some(app.gate("/slow", HttpExpect::default())),
         ..Gate::default()
     };
-    let outcome = HttpProber::new()?
+    let outcome = HttpProber::new(loopback_policy())?
         .probe(gate.http.as_ref().expect("http"), gate.timeout(), NAMESPACE)
         .await;
     assert!(!outcome.passed);
@@ -375,7 +375,7 @@ async fn timeout_counts_as_a_failure() -> anyhow::Result<()> {
 #[tokio::test]
 async fn wrong_status() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let outcome = prober
         .probe(
             &app.gate("/status/404", HttpExpect::default()),
@@ -419,7 +419,7 @@ async fn wrong_status() -> anyhow::Result<()> {
 #[tokio::test]
 async fn contains() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let wanted = |text: &str| HttpExpect {
         contains: Some(text.into()),
         ..HttpExpect::default()
@@ -443,7 +443,7 @@ async fn contains() -> anyhow::Result<()> {
 #[tokio::test]
 async fn cors_header() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let wanted = |origin: &str| HttpExpect {
         headers: [("Access-Control-Allow-Origin".to_string(), origin.to_string())].into(),
         ..HttpExpect::default()
@@ -486,7 +486,7 @@ async fn cors_header() -> anyhow::Result<()> {
 #[tokio::test]
 async fn method_headers_and_body_are_sent_and_headers_never_echoed() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let mut gate = app.gate(
         "/echo",
         expect_json(&[
@@ -521,7 +521,9 @@ async fn connection_refused_is_a_failed_probe_with_a_message() -> anyhow::Result
         path: Some("/health".into()),
         ..HttpGate::default()
     };
-    let outcome = HttpProber::new()?.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = HttpProber::new(loopback_policy())?
+        .probe(&gate, TIMEOUT, NAMESPACE)
+        .await;
     assert!(!outcome.passed);
     assert!(
         outcome
@@ -541,7 +543,7 @@ async fn connection_refused_is_a_failed_probe_with_a_message() -> anyhow::Result
 
 #[tokio::test]
 async fn invalid_gate_fails_without_a_request() -> anyhow::Result<()> {
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let outcome = prober.probe(&HttpGate::default(), TIMEOUT, NAMESPACE).await;
     assert!(!outcome.passed);
     assert_eq!(outcome.message, "http gate names neither url nor service");
@@ -565,7 +567,7 @@ fn expect_status(codes: &[u16]) -> HttpExpect {
 #[tokio::test]
 async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
 
     let outcome = prober
         .probe(&app.gate("/moved", expect_status(&[200])), TIMEOUT, NAMESPACE)
@@ -623,7 +625,7 @@ async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()
 #[tokio::test]
 async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let cut = |letter: &str| format!("{}…", letter.repeat(MAX_QUOTED_CHARS - 1));
 
     let outcome = prober
@@ -697,7 +699,7 @@ expect:
 #[tokio::test]
 async fn cors_preflight_passes_for_an_allowed_origin() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let origin = "https://your-frontend.vercel.app";
     let gate = preflight_gate(&app, "/api/scan", origin, "Access-Control-Allow-Origin", origin);
     let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
@@ -723,7 +725,7 @@ async fn cors_preflight_passes_for_an_allowed_origin() -> anyhow::Result<()> {
 async fn cors_preflight_fails_for_an_origin_not_allowed_naming_the_header_and_the_answer()
 -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let origin = "https://evil.example";
     let outcome = prober
         .probe(
@@ -747,7 +749,7 @@ async fn cors_preflight_fails_for_an_origin_not_allowed_naming_the_header_and_th
 #[tokio::test]
 async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
     let app = App::start().await?;
-    let prober = HttpProber::new()?;
+    let prober = HttpProber::new(loopback_policy())?;
     let origin = "https://your-frontend.vercel.app";
 
     // `*` is not the origin the Runbook expects (it is what `CORS_ORIGINS=*` gives).
@@ -805,4 +807,10 @@ async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
         outcome.message
     );
     Ok(())
+}
+
+/// The built-in egress denials, with loopback allowed: the endpoints here listen on it.
+fn loopback_policy() -> bosun::egress::EgressPolicy {
+    bosun::egress::EgressPolicy::from_flags(&["127.0.0.0/8".into()], &[], &bosun::egress::Builtins::default())
+        .expect("valid rules")
 }

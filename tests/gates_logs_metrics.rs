@@ -157,7 +157,9 @@ fn passed(observation: &Observation) -> bool {
 fn message(observation: &Observation) -> &str {
     match observation {
         Observation::Probe(outcome) => &outcome.message,
-        Observation::Waiting(message) | Observation::Final(message) => message,
+        Observation::Waiting(message) | Observation::Final(message) | Observation::Refused(message) => {
+            message
+        }
     }
 }
 
@@ -295,7 +297,7 @@ impl Metrics {
     async fn judged(&self, gate: &MetricsGate) -> Observation {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let observation = metrics::probe(gate, PROBE_TIMEOUT).await;
+            let observation = metrics::probe(&prober(), gate, PROBE_TIMEOUT).await;
             if let Observation::Probe(_) = observation {
                 return observation;
             }
@@ -377,19 +379,39 @@ async fn metrics_gate_compares_a_real_prometheus_answer_with_the_threshold() {
 
     // No data: wait, fail or pass as the gate says.
     let absent = "sum(rate(http_requests_total{app=\"not-deployed\"}[5s]))";
-    let wait = metrics::probe(&setup.gate(absent, "<", 0.01, NoData::Wait), PROBE_TIMEOUT).await;
+    let wait = metrics::probe(
+        &prober(),
+        &setup.gate(absent, "<", 0.01, NoData::Wait),
+        PROBE_TIMEOUT,
+    )
+    .await;
     assert!(matches!(wait, Observation::Waiting(_)), "{wait:?}");
     assert_eq!(
         message(&wait),
         format!("query {absent} returned no data; waiting for data (noData: Wait)")
     );
-    let fail = metrics::probe(&setup.gate(absent, "<", 0.01, NoData::Fail), PROBE_TIMEOUT).await;
+    let fail = metrics::probe(
+        &prober(),
+        &setup.gate(absent, "<", 0.01, NoData::Fail),
+        PROBE_TIMEOUT,
+    )
+    .await;
     assert!(matches!(&fail, Observation::Probe(o) if !o.passed), "{fail:?}");
-    let pass = metrics::probe(&setup.gate(absent, "<", 0.01, NoData::Pass), PROBE_TIMEOUT).await;
+    let pass = metrics::probe(
+        &prober(),
+        &setup.gate(absent, "<", 0.01, NoData::Pass),
+        PROBE_TIMEOUT,
+    )
+    .await;
     assert!(passed(&pass), "{pass:?}");
 
     // A query Prometheus refuses: a failed probe quoting its error.
-    let refused = metrics::probe(&setup.gate("sum(rate(", "<", 1.0, NoData::Wait), PROBE_TIMEOUT).await;
+    let refused = metrics::probe(
+        &prober(),
+        &setup.gate("sum(rate(", "<", 1.0, NoData::Wait),
+        PROBE_TIMEOUT,
+    )
+    .await;
     assert!(
         matches!(&refused, Observation::Probe(o) if !o.passed && o.message.contains("Prometheus answered bad_data")),
         "{refused:?}"
@@ -399,7 +421,7 @@ async fn metrics_gate_compares_a_real_prometheus_answer_with_the_threshold() {
         prometheus: "http://127.0.0.1:1".into(),
         ..setup.gate("up", "==", 1.0, NoData::Wait)
     };
-    let unreachable = metrics::probe(&gone, PROBE_TIMEOUT).await;
+    let unreachable = metrics::probe(&prober(), &gone, PROBE_TIMEOUT).await;
     assert!(
         matches!(&unreachable, Observation::Probe(o) if !o.passed && o.message.starts_with("GET http://127.0.0.1:1/api/v1/query: ")),
         "{unreachable:?}"
@@ -433,7 +455,7 @@ async fn logs_and_metrics_gates_through_verification() {
         },
     ];
     let mut verification = Verification::new(&gates);
-    let prober = HttpProber::new().expect("prober");
+    let prober = HttpProber::new(loopback_policy()).expect("prober");
     let started = Instant::now();
     while !verification.all_passed() {
         assert!(
@@ -498,4 +520,15 @@ async fn logs_and_metrics_gates_through_verification() {
         "{message}"
     );
     assert!(message.ends_with(", not < 0.01"), "{message}");
+}
+
+/// The built-in egress denials, with loopback allowed: the endpoints here listen on it.
+fn loopback_policy() -> bosun::egress::EgressPolicy {
+    bosun::egress::EgressPolicy::from_flags(&["127.0.0.0/8".into()], &[], &bosun::egress::Builtins::default())
+        .expect("valid rules")
+}
+
+/// Probes with the built-in egress denials, loopback allowed (Prometheus listens on it).
+fn prober() -> bosun::gates::HttpProber {
+    bosun::gates::HttpProber::new(loopback_policy()).expect("client")
 }

@@ -330,7 +330,13 @@ async fn the_litevault_smoke_test_passes_when_the_item_is_enriched_in_time() -> 
     let app = LiteVault::start(Enrichment::After(Duration::from_secs(2))).await?;
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "10s"));
     let started = Instant::now();
-    let outcome = smoke::probe(&HttpProber::new()?, &smoke, REQUEST_TIMEOUT, NAMESPACE).await;
+    let outcome = smoke::probe(
+        &HttpProber::new(loopback_policy())?,
+        &smoke,
+        REQUEST_TIMEOUT,
+        NAMESPACE,
+    )
+    .await;
     let took = started.elapsed();
     assert!(outcome.passed, "{}", outcome.message);
     assert!(
@@ -378,7 +384,13 @@ async fn an_item_never_enriched_fails_after_within_naming_the_step_request_and_a
     let app = LiteVault::start(Enrichment::Never).await?;
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "2s"));
     let started = Instant::now();
-    let outcome = smoke::probe(&HttpProber::new()?, &smoke, REQUEST_TIMEOUT, NAMESPACE).await;
+    let outcome = smoke::probe(
+        &HttpProber::new(loopback_policy())?,
+        &smoke,
+        REQUEST_TIMEOUT,
+        NAMESPACE,
+    )
+    .await;
     let took = started.elapsed();
     assert!(!outcome.passed);
     assert!(took >= Duration::from_secs(2), "tried for the whole 2s: {took:?}");
@@ -417,7 +429,13 @@ async fn a_failing_step_names_the_request_and_what_came_back_but_never_a_header_
 "#
         .replace("BASE", &app.base),
     );
-    let outcome = smoke::probe(&HttpProber::new()?, &smoke, REQUEST_TIMEOUT, NAMESPACE).await;
+    let outcome = smoke::probe(
+        &HttpProber::new(loopback_policy())?,
+        &smoke,
+        REQUEST_TIMEOUT,
+        NAMESPACE,
+    )
+    .await;
     assert!(!outcome.passed);
     assert_eq!(
         outcome.message,
@@ -436,7 +454,13 @@ async fn a_missing_capture_fails_naming_the_capture() -> anyhow::Result<()> {
     let app = LiteVault::start(Enrichment::After(Duration::ZERO)).await?;
     let yaml = litevault_smoke_yaml(&app.base, "5s").replace("id: json:id", "id: json:item.id");
     let smoke = smoke_gate(&yaml);
-    let outcome = smoke::probe(&HttpProber::new()?, &smoke, REQUEST_TIMEOUT, NAMESPACE).await;
+    let outcome = smoke::probe(
+        &HttpProber::new(loopback_policy())?,
+        &smoke,
+        REQUEST_TIMEOUT,
+        NAMESPACE,
+    )
+    .await;
     assert!(!outcome.passed);
     assert_eq!(
         outcome.message,
@@ -458,7 +482,13 @@ async fn a_reference_to_a_capture_no_step_took_fails_naming_it() -> anyhow::Resu
     let yaml = litevault_smoke_yaml(&app.base, "5s")
         .replace("items/{{.steps.create.id}}", "items/{{.steps.create.uid}}");
     let smoke: SmokeGate = serde_saphyr::from_str(&yaml)?;
-    let outcome = smoke::probe(&HttpProber::new()?, &smoke, REQUEST_TIMEOUT, NAMESPACE).await;
+    let outcome = smoke::probe(
+        &HttpProber::new(loopback_policy())?,
+        &smoke,
+        REQUEST_TIMEOUT,
+        NAMESPACE,
+    )
+    .await;
     assert!(!outcome.passed);
     assert_eq!(
         outcome.message,
@@ -508,7 +538,11 @@ async fn the_gate_timeout_bounds_each_request_not_an_eventually() -> anyhow::Res
     let mut verification = Verification::new(&[gate(smoke, 1, 1)]);
     assert!(!verification.is_empty(), "a smoke gate is verified");
     let started = Instant::now();
-    let (prober, client, workloads) = (HttpProber::new()?, offline_client()?, WorkloadObjects::default());
+    let (prober, client, workloads) = (
+        HttpProber::new(loopback_policy())?,
+        offline_client()?,
+        WorkloadObjects::default(),
+    );
     verification
         .run_due_probes(&probe_context(&prober, &client, &workloads), started)
         .await;
@@ -524,7 +558,11 @@ async fn a_failed_smoke_run_counts_as_one_failed_probe() -> anyhow::Result<()> {
     let app = LiteVault::start(Enrichment::Never).await?;
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "1s"));
     let mut verification = Verification::new(&[gate(smoke, 2, 2)]);
-    let (prober, client, workloads) = (HttpProber::new()?, offline_client()?, WorkloadObjects::default());
+    let (prober, client, workloads) = (
+        HttpProber::new(loopback_policy())?,
+        offline_client()?,
+        WorkloadObjects::default(),
+    );
     let probes = probe_context(&prober, &client, &workloads);
     let start = Instant::now();
     verification.run_due_probes(&probes, start).await;
@@ -651,4 +689,10 @@ async fn a_smoke_gated_app_is_healthy_when_the_smoke_passes_and_rolled_back_when
         harness.image_of(NS, "backend").await,
         "example/litevault-backend:1.0"
     );
+}
+
+/// The built-in egress denials, with loopback allowed: the endpoints here listen on it.
+fn loopback_policy() -> bosun::egress::EgressPolicy {
+    bosun::egress::EgressPolicy::from_flags(&["127.0.0.0/8".into()], &[], &bosun::egress::Builtins::default())
+        .expect("valid rules")
 }

@@ -291,7 +291,8 @@ fn quick_retries() -> DeliverySettings {
 async fn json_and_slack_receivers_get_their_bodies() -> anyhow::Result<()> {
     let ops = HttpReceiver::ok().await?;
     let chat = HttpReceiver::ok().await?;
-    let (notifier, mut reports) = Notifier::start_with_reports(DeliverySettings::default())?;
+    let (notifier, mut reports) =
+        Notifier::start_with_reports(DeliverySettings::default(), loopback_policy())?;
     let (_, rolled_back) = rollback_events();
 
     let queued = notifier.send(
@@ -383,7 +384,8 @@ async fn a_receiver_answering_500_twice_gets_the_event_at_the_third_attempt() ->
     })
     .await?;
     // The controller's settings: waits of 1 s then 2 s (±20%).
-    let (notifier, mut reports) = Notifier::start_with_reports(DeliverySettings::default())?;
+    let (notifier, mut reports) =
+        Notifier::start_with_reports(DeliverySettings::default(), loopback_policy())?;
     let (rolling_back, _) = rollback_events();
     notifier.send(
         vec![flaky.receiver("ops", "/hook", NotifyFormat::Json)],
@@ -421,7 +423,7 @@ async fn a_receiver_that_is_down_delays_neither_send_nor_the_others() -> anyhow:
         url: format!("http://127.0.0.1:{}/hook", closed_port().await?),
         format: NotifyFormat::Json,
     };
-    let (notifier, mut reports) = Notifier::start_with_reports(quick_retries())?;
+    let (notifier, mut reports) = Notifier::start_with_reports(quick_retries(), loopback_policy())?;
     let (rolling_back, _) = rollback_events();
 
     let started = Instant::now();
@@ -480,7 +482,7 @@ async fn a_429_is_retried_after_its_retry_after_and_a_404_is_not_retried() -> an
         first_retry: Duration::from_secs(20),
         ..DeliverySettings::default()
     };
-    let (notifier, mut reports) = Notifier::start_with_reports(settings)?;
+    let (notifier, mut reports) = Notifier::start_with_reports(settings, loopback_policy())?;
     let (rolling_back, _) = rollback_events();
     notifier.send(
         vec![
@@ -537,7 +539,7 @@ async fn a_receiver_that_never_answers_times_out_and_is_retried() -> anyhow::Res
         first_retry: Duration::from_millis(100),
         ..DeliverySettings::default()
     };
-    let (notifier, mut reports) = Notifier::start_with_reports(settings)?;
+    let (notifier, mut reports) = Notifier::start_with_reports(settings, loopback_policy())?;
     let (rolling_back, _) = rollback_events();
     let started = Instant::now();
     notifier.send(
@@ -687,7 +689,7 @@ async fn no_body_nor_log_line_carries_a_secret_value() -> anyhow::Result<()> {
     let rotation = event_of(&failing.app, &before, &after).context("a Failed event")?;
     assert_eq!(rotation.phase, Phase::Failed);
 
-    let (notifier, mut reports) = Notifier::start_with_reports(quick_retries())?;
+    let (notifier, mut reports) = Notifier::start_with_reports(quick_retries(), loopback_policy())?;
     let mut problems_seen = Vec::new();
     for event in [blocked, rotation] {
         // What the controller does after a save: the receivers that want the phase,
@@ -774,4 +776,10 @@ async fn no_body_nor_log_line_carries_a_secret_value() -> anyhow::Result<()> {
         "a log line carries the Secret's value:\n{log}"
     );
     Ok(())
+}
+
+/// The built-in egress denials, with loopback allowed: the receivers here listen on it.
+fn loopback_policy() -> bosun::egress::EgressPolicy {
+    bosun::egress::EgressPolicy::from_flags(&["127.0.0.0/8".into()], &[], &bosun::egress::Builtins::default())
+        .expect("valid rules")
 }

@@ -77,6 +77,13 @@ pub struct Settings {
     pub webhook: Option<crate::server::webhook::WebhookSettings>,
     /// What one repository may cost (`--git-max-*`).
     pub git_budgets: GitBudgets,
+    /// `--egress-allow` and `--egress-deny`: where gates, metrics queries and
+    /// notifications may go besides (or not, despite) the built-in rules.
+    pub egress_allow: Vec<crate::egress::Rule>,
+    pub egress_deny: Vec<crate::egress::Rule>,
+    /// The API server's own addresses behind its Service (the `kubernetes` Endpoints),
+    /// refused by the egress policy like its URL's; filled in by [`run`].
+    pub api_server_endpoints: Vec<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -94,6 +101,9 @@ impl Default for Settings {
             watch_scope: cache::WatchScope::Cluster,
             webhook: None,
             git_budgets: GitBudgets::default(),
+            egress_allow: Vec::new(),
+            egress_deny: Vec::new(),
+            api_server_endpoints: Vec::new(),
         }
     }
 }
@@ -166,6 +176,72 @@ impl AppNames {
     }
 }
 
+/// The egress policy of this process: the built-in denials (the API server of
+/// `config`, the listeners of `settings`, this host's addresses) and the flags.
+fn egress_policy(config: &kube::Config, settings: &Settings) -> crate::egress::EgressPolicy {
+    let listeners: Vec<std::net::SocketAddr> = settings
+        .listen_address
+        .into_iter()
+        .chain(settings.webhook.as_ref().and_then(|webhook| webhook.listen))
+        .collect();
+    let mut builtins = crate::egress::Builtins::discover(&config.cluster_url.to_string(), listeners);
+    builtins
+        .api_server
+        .extend(settings.api_server_endpoints.iter().copied());
+    tracing::info!(
+        api_server = ?builtins.api_server,
+        listeners = ?builtins.listeners,
+        own_addresses = ?builtins.own_addresses,
+        allow = ?settings.egress_allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        deny = ?settings.egress_deny.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "egress policy: link-local, loopback, these addresses and the API server are refused unless allowed"
+    );
+    crate::egress::EgressPolicy::new(
+        settings.egress_allow.clone(),
+        settings.egress_deny.clone(),
+        &builtins,
+    )
+}
+
+/// The addresses of the `default/kubernetes` Endpoints: the API server itself, which a
+/// Pod reaches past the Service's address too. Best effort: without the right to read
+/// them, the Service's address alone is refused (logged).
+async fn api_server_endpoints(client: &Client) -> Vec<std::net::SocketAddr> {
+    let api: Api<k8s_openapi::api::core::v1::Endpoints> = Api::namespaced(client.clone(), "default");
+    match api.get_opt("kubernetes").await {
+        Ok(Some(endpoints)) => endpoints
+            .subsets
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|subset| {
+                let ports: Vec<u16> = subset
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|port| u16::try_from(port.port).ok())
+                    .collect();
+                subset
+                    .addresses
+                    .iter()
+                    .flatten()
+                    .filter_map(|address| address.ip.parse::<std::net::IpAddr>().ok())
+                    .flat_map(move |ip| {
+                        ports
+                            .clone()
+                            .into_iter()
+                            .map(move |port| std::net::SocketAddr::new(ip, port))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(error) => {
+            warn!(%error, "cannot read the Endpoints default/kubernetes: the egress policy refuses the API server by its URL only");
+            Vec::new()
+        }
+    }
+}
+
 /// Shared by every pass.
 pub struct Context {
     pub client: Client,
@@ -206,6 +282,7 @@ impl Context {
         leader: leader::LeaderClaim,
         git: GitCache,
     ) -> Result<Context, Error> {
+        let egress = egress_policy(&config, &settings);
         Ok(Context {
             events: events::EventRecorder::new(client.clone(), settings.instance.clone()),
             access: Access::new(
@@ -216,11 +293,12 @@ impl Context {
                 },
             ),
             git,
-            prober: HttpProber::new().map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
+            prober: HttpProber::new(egress.clone())
+                .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
             fault: fault::FaultSwitch::from_env(),
-            notifier: crate::notify::Notifier::start(crate::notify::DeliverySettings::default())
+            notifier: crate::notify::Notifier::start(crate::notify::DeliverySettings::default(), egress)
                 .map_err(|e| Error::Internal(format!("notifications: {e}")))?,
             client,
             config,
@@ -419,7 +497,7 @@ impl FetchNow {
 /// With leader election, nothing but the Lease is read or written until it is held:
 /// a follower starts its watches only when it takes over (for 1,000 apps the caches
 /// sync in seconds, well inside the 15 s lease duration it has already waited).
-pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Result<(), Error> {
+pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -> Result<(), Error> {
     let (reader, writer) = reflector::store();
     let (trigger, mut triggered) = tokio::sync::mpsc::unbounded_channel();
     let metrics = crate::server::Metrics::new();
@@ -453,9 +531,11 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
             client: client.clone(),
             webhook,
         };
-        crate::server::spawn(address, state)
+        let bound = crate::server::spawn(address, state)
             .await
             .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
+        // The port actually listened on (`:0` picks one): the egress policy refuses it.
+        settings.listen_address = Some(bound);
     }
     let scope = settings.watch_scope.clone();
     if let cache::WatchScope::Namespace(namespace) = &scope {
@@ -504,6 +584,7 @@ pub async fn run(client: Client, config: kube::Config, settings: Settings) -> Re
         );
     let caches = Caches::start(&client, &scope, reader.clone(), trigger);
     let concurrency = settings.concurrency;
+    settings.api_server_endpoints = api_server_endpoints(&client).await;
     let context = Arc::new(Context::new(
         client,
         config,

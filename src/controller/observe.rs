@@ -55,6 +55,9 @@ pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failur
         return Err(Failure::new(FailureKind::RunbookInvalid, message));
     };
     let mut problems = spec.validate().err().unwrap_or_default();
+    if reference.kind == RunbookKind::ClusterRunbook {
+        problems.extend(crate::api::cluster_credential_problems(&spec));
+    }
     problems.extend(pattern_problems(&spec));
     if !problems.is_empty() {
         return Err(Failure::new(

@@ -209,7 +209,13 @@ impl Pass<'_> {
                 (source.desired, source.credentials, source.notice, source.problem)
             }
         };
-        let problem: Option<Failure> = spec_problem.or(source_problem).or(runbook_problem);
+        // A gate the egress policy refused is a Runbook problem until the Runbook changes.
+        let refused = self
+            .state
+            .verification
+            .as_ref()
+            .and_then(|session| session.refusal(&runbook.version));
+        let problem: Option<Failure> = spec_problem.or(source_problem).or(runbook_problem).or(refused);
         let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
         notices.extend(source_notice);
         let interval = observe::interval(&self.app);
@@ -348,6 +354,9 @@ impl Pass<'_> {
                     resync::retain_snapshots(self.context, &self.app, &self.status).await;
                     return Ok(Action::requeue(interval));
                 }
+                // The verification is kept: it holds an egress refusal, the Runbook
+                // problem reported until the Runbook changes.
+                Decision::BlockOnProblem(_) => return Ok(Action::requeue(interval)),
                 _ => {
                     self.state.verification = None;
                     return Ok(Action::requeue(interval));
@@ -497,7 +506,25 @@ impl Pass<'_> {
             };
             self.context.events.publish(&self.app, &notice).await;
         }
-        self.context.notifier.send(receivers, event);
+        // A receiver the egress policy refuses is the Runbook's to fix: the app's owner
+        // hears of it (a Warning Event naming the receiver, the host and the rule, never
+        // the URL's path), and it is not tried.
+        let mut allowed = Vec::with_capacity(receivers.len());
+        for receiver in receivers {
+            match self.context.notifier.refused(&receiver.url) {
+                None => allowed.push(receiver),
+                Some(refusal) => {
+                    warn!(receiver = %receiver.name, "notification not sent: {refusal}");
+                    let notice = Notice {
+                        warning: true,
+                        reason: "NotificationRefused",
+                        note: format!("notification receiver {}: {refusal}; not sent", receiver.name),
+                    };
+                    self.context.events.publish(&self.app, &notice).await;
+                }
+            }
+        }
+        self.context.notifier.send(allowed, event);
     }
 
     async fn publish(&self, notices: &mut Vec<Notice>) {

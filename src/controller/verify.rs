@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::Context;
 use crate::api::{GateVerdict, InventoryEntry, Operation, OperationKind, RunbookSpec, Verdict};
-use crate::core::Verification;
+use crate::core::{Failure, FailureKind, Verification};
 use crate::gates::window::{VerifyWindow, WindowState};
 use crate::gates::{self, evaluate_workloads};
 
@@ -27,6 +27,21 @@ pub struct Session {
     window: VerifyWindow,
     /// The verdicts were counted in the metrics (once per verification).
     counted: bool,
+    /// A gate's request was refused by the egress policy: the Runbook problem reported
+    /// (see [`Session::refusal`]).
+    refused: Option<Failure>,
+}
+
+impl Session {
+    /// The egress refusal found while verifying with the Runbook at `runbook_version`:
+    /// a Runbook problem that holds until the Runbook changes (or the controller
+    /// restarts, which probes again), so the blocked operation is not resumed only to
+    /// be refused again.
+    pub fn refusal(&self, runbook_version: &str) -> Option<Failure> {
+        self.refused
+            .clone()
+            .filter(|_| self.key.runbook_version == runbook_version)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +137,7 @@ async fn judge(
             gates: gates::Verification::new(&runbook.gates),
             window: VerifyWindow::default(),
             counted: false,
+            refused: None,
         });
     }
     let session = session.as_mut().expect("just set");
@@ -177,6 +193,14 @@ async fn judge(
     };
     session.gates.run_due_probes(&probes, now).await;
     let gates = with_gates(&session.gates);
+    if let Some((gate, why)) = session.gates.refused() {
+        let problem = Failure::new(FailureKind::RunbookInvalid, format!("gate {gate}: {why}"));
+        session.refused = Some(problem.clone());
+        return Round {
+            verification: Verification::Refused { problem, gates },
+            next: IDLE_RECHECK,
+        };
+    }
     if let Some(failed) = session.gates.failed() {
         let message = format!(
             "gate {} failed: {}",

@@ -19,6 +19,7 @@ use reqwest::redirect;
 use serde_json::Value;
 
 use crate::api::{HttpExpect, HttpGate};
+use crate::egress::{EgressPolicy, Refusal, refusal_in};
 
 /// Longest text from a response (body, a JSON value, header values, a `Location`)
 /// quoted in a message: gate messages end up in `status` and Events.
@@ -33,6 +34,9 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct ProbeOutcome {
     pub passed: bool,
     pub message: String,
+    /// The egress policy refused the request: a Runbook problem, not a verdict on the
+    /// revision (never counted towards the gate's thresholds).
+    pub refused: bool,
 }
 
 impl ProbeOutcome {
@@ -40,12 +44,22 @@ impl ProbeOutcome {
         Self {
             passed: true,
             message: message.into(),
+            refused: false,
         }
     }
     pub fn failed(message: impl Into<String>) -> Self {
         Self {
             passed: false,
             message: message.into(),
+            refused: false,
+        }
+    }
+    /// Not sent: the egress policy refused where it would go.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            passed: false,
+            message: message.into(),
+            refused: true,
         }
     }
 }
@@ -58,23 +72,36 @@ pub enum ProberError {
 
 /// Sends the probes of every `http` gate through two shared connection pools: one
 /// that follows redirects and one that does not (reqwest sets the policy per client).
+/// Every request, every redirect hop and every address connected to passes `policy`.
 #[derive(Clone, Debug)]
 pub struct HttpProber {
     not_following: reqwest::Client,
     following: reqwest::Client,
+    policy: EgressPolicy,
 }
 
 impl HttpProber {
-    pub fn new() -> Result<Self, ProberError> {
+    pub fn new(policy: EgressPolicy) -> Result<Self, ProberError> {
         // Not following is the default: a redirect usually means the probe hit a login
         // page or the wrong path, and a followed redirect carries the gate's custom
         // headers (reqwest drops only Authorization and cookies) to wherever it points.
-        let not_following = client(redirect::Policy::none())?;
-        let following = client(redirect::Policy::limited(MAX_REDIRECTS))?;
+        let not_following = client(&policy, redirect::Policy::none())?;
+        let following = client(&policy, policy.redirect_policy(MAX_REDIRECTS))?;
         Ok(Self {
             not_following,
             following,
+            policy,
         })
+    }
+
+    /// The egress policy the prober's requests pass.
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// The client that follows redirects (each hop checked): `metrics` queries use it.
+    pub(crate) fn following(&self) -> &reqwest::Client {
+        &self.following
     }
 
     /// Sends one request for `gate` and judges the answer. Never errors: anything that
@@ -99,6 +126,9 @@ impl HttpProber {
             .trim()
             .to_ascii_uppercase();
         let target = format!("{method_name} {}", display_url(&url));
+        if let Err(refusal) = self.policy.check_url(&url) {
+            return Exchange::refused(&method_name, &url, &refusal);
+        }
         let method = match Method::from_bytes(method_name.as_bytes()) {
             Ok(method) => method,
             Err(_) => {
@@ -138,9 +168,10 @@ impl HttpProber {
             Ok(Err(error)) if error.is_timeout() => {
                 Exchange::unanswered(format!("{target}: no answer within {}", seconds(timeout)))
             }
-            Ok(Err(error)) => {
-                Exchange::unanswered(format!("{target}: {}", error_chain(&error.without_url())))
-            }
+            Ok(Err(error)) => match refusal_in(&error) {
+                Some(refusal) => Exchange::refused(&method_name, &url, &refusal),
+                None => Exchange::unanswered(format!("{target}: {}", error_chain(&error.without_url()))),
+            },
             Ok(Ok((status, headers, body, answered_from))) => {
                 // Where the answer came from, when redirects led elsewhere.
                 let target = if answered_from == url {
@@ -189,6 +220,17 @@ impl Exchange {
             answer: None,
         }
     }
+
+    /// Not sent (or a redirect not followed): names the method, the scheme, host and
+    /// port of the request (never its path or query, which may carry captured values)
+    /// and the policy's reason.
+    fn refused(method: &str, url: &Url, refusal: &Refusal) -> Self {
+        let origin = url.origin().ascii_serialization();
+        Self {
+            outcome: ProbeOutcome::refused(format!("{method} {origin}: {refusal}")),
+            answer: None,
+        }
+    }
 }
 
 /// What came back for one request (the body up to 1 MiB).
@@ -202,12 +244,13 @@ pub struct Answer {
     pub body: Vec<u8>,
 }
 
-fn client(redirects: redirect::Policy) -> Result<reqwest::Client, ProberError> {
-    reqwest::Client::builder()
+fn client(policy: &EgressPolicy, redirects: redirect::Policy) -> Result<reqwest::Client, ProberError> {
+    // Probes target in-cluster Services or URLs the Runbook names directly, like a
+    // kubelet probe: the policy's builder uses no HTTP_PROXY, which would reroute them
+    // and connect for us to addresses the policy never sees.
+    policy
+        .client_builder()
         .use_rustls_tls()
-        // Probes target in-cluster Services or URLs the Runbook names directly,
-        // like a kubelet probe: an HTTP_PROXY meant for egress must not reroute them.
-        .no_proxy()
         .redirect(redirects)
         .user_agent(concat!("bosun-gate/", env!("CARGO_PKG_VERSION")))
         .build()

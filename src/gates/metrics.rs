@@ -15,14 +15,14 @@
 //!
 //! [`judge`], [`parse_answer`] and [`Comparison`] are pure; [`probe`] does the I/O.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::http::ProbeOutcome;
+use super::http::{HttpProber, ProbeOutcome};
 use super::{Observation, truncate};
 use crate::api::{MetricsGate, NoData};
+use crate::egress::refusal_in;
 
 /// Longest query, label set or error text quoted in a message.
 const MAX_QUOTED_CHARS: usize = 200;
@@ -231,36 +231,26 @@ pub fn query_url(prometheus: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
-/// The shared client of every `metrics` probe: one connection pool per process.
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .use_rustls_tls()
-                // Prometheus is usually an in-cluster Service, like the http gates'
-                // targets: a proxy meant for egress must not reroute the query.
-                .no_proxy()
-                .user_agent(concat!("bosun-gate/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| format!("cannot build the HTTP client for metrics gates: {e}"))
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
 /// Sends the instant query of `gate` and judges the answer. Never errors: what goes
-/// wrong is a failed probe whose message says what.
-pub async fn probe(gate: &MetricsGate, timeout: Duration) -> Observation {
+/// wrong is a failed probe whose message says what. The query goes through the
+/// prober's client (redirects followed, each hop and every address connected to
+/// checked by the egress policy); a refusal is [`Observation::Refused`].
+pub async fn probe(prober: &HttpProber, gate: &MetricsGate, timeout: Duration) -> Observation {
     let failed = |message: String| Observation::Probe(ProbeOutcome::failed(message));
     let url = match query_url(&gate.prometheus) {
         Ok(url) => url,
         Err(problem) => return failed(problem),
     };
-    let client = match client() {
-        Ok(client) => client,
-        Err(problem) => return failed(problem),
+    let refused = |refusal: crate::egress::Refusal| {
+        Observation::Refused(format!(
+            "prometheus {}: {refusal}",
+            url.origin().ascii_serialization()
+        ))
     };
+    if let Err(refusal) = prober.policy().check_url(&url) {
+        return refused(refusal);
+    }
+    let client = prober.following();
     let target = format!("GET {}", url.as_str());
     let exchange = async {
         let mut response = client
@@ -280,7 +270,12 @@ pub async fn probe(gate: &MetricsGate, timeout: Duration) -> Observation {
     };
     let (status, body) = match tokio::time::timeout(timeout, exchange).await {
         Err(_) => return failed(format!("{target}: no answer within {}s", timeout.as_secs())),
-        Ok(Err(error)) => return failed(format!("{target}: {}", error_chain(&error.without_url()))),
+        Ok(Err(error)) => {
+            return match refusal_in(&error) {
+                Some(refusal) => refused(refusal),
+                None => failed(format!("{target}: {}", error_chain(&error.without_url()))),
+            };
+        }
         Ok(Ok(answer)) => answer,
     };
     if body.len() > MAX_BODY_BYTES {
@@ -349,7 +344,9 @@ mod tests {
     fn message(observation: &Observation) -> &str {
         match observation {
             Observation::Probe(outcome) => &outcome.message,
-            Observation::Waiting(message) | Observation::Final(message) => message,
+            Observation::Waiting(message) | Observation::Final(message) | Observation::Refused(message) => {
+                message
+            }
         }
     }
 

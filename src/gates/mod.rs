@@ -48,6 +48,20 @@ pub enum Observation {
     Waiting(String),
     /// The gate fails now, whatever its thresholds (a `logs` gate past `within`).
     Final(String),
+    /// The egress policy refused a request of the probe: the Runbook must change, the
+    /// revision is not to blame (never counted; verification stops on it).
+    Refused(String),
+}
+
+impl Observation {
+    /// An `http` or `smoke` probe's outcome: refused or counted.
+    fn of(outcome: ProbeOutcome) -> Self {
+        if outcome.refused {
+            Observation::Refused(outcome.message)
+        } else {
+            Observation::Probe(outcome)
+        }
+    }
 }
 
 /// What the probes of one round need besides the gates.
@@ -78,6 +92,8 @@ struct TrackedGate {
     /// The last probe found nothing to judge: when, and why (not counted by the
     /// tracker; cleared by the next probe that judges).
     waiting: Option<(Instant, String)>,
+    /// The egress policy refused the last probe's request: why.
+    refused: Option<String>,
 }
 
 impl Verification {
@@ -102,6 +118,7 @@ impl Verification {
                 gate: gate.clone(),
                 tracker: GateTracker::new(gate),
                 waiting: None,
+                refused: None,
             })
             .collect();
         Self { gates }
@@ -147,6 +164,17 @@ impl Verification {
             .find(|verdict| verdict.verdict == Verdict::Failed)
     }
 
+    /// The first gate whose request the egress policy refused, and why: a Runbook
+    /// problem, to be fixed before the revision can be judged.
+    pub fn refused(&self) -> Option<(String, String)> {
+        self.gates.iter().find_map(|tracked| {
+            tracked
+                .refused
+                .as_ref()
+                .map(|why| (tracked.gate.name.clone(), why.clone()))
+        })
+    }
+
     /// Whether every gate passes right now (true with no gates).
     pub fn all_passed(&self) -> bool {
         self.gates
@@ -175,7 +203,7 @@ fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFut
             probes
                 .http
                 .probe(http, timeout, namespace)
-                .map(Observation::Probe)
+                .map(Observation::of)
                 .boxed(),
         ),
         // One probe runs every step; `timeoutSeconds` bounds each request of a step
@@ -184,7 +212,7 @@ fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFut
             smoke: Some(smoke), ..
         } => Some(
             smoke::probe(probes.http, smoke, timeout, namespace)
-                .map(Observation::Probe)
+                .map(Observation::of)
                 .boxed(),
         ),
         Gate { logs: Some(logs), .. } => Some(
@@ -201,7 +229,7 @@ fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFut
         Gate {
             metrics: Some(metrics),
             ..
-        } => Some(metrics::probe(metrics, timeout).boxed()),
+        } => Some(metrics::probe(probes.http, metrics, timeout).boxed()),
         _ => None,
     }
 }
@@ -221,6 +249,13 @@ impl TrackedGate {
     /// The gate's verdict: the tracker's, except that a gate whose last probe found
     /// nothing to judge is pending (unless it failed for good).
     fn verdict(&self) -> GateVerdict {
+        if let Some(why) = &self.refused {
+            return GateVerdict {
+                name: self.gate.name.clone(),
+                verdict: Verdict::Pending,
+                message: Some(why.clone()),
+            };
+        }
         let (verdict, message) = match (&self.waiting, self.tracker.verdict()) {
             (Some((_, why)), verdict) if verdict != Verdict::Failed => (Verdict::Pending, why.clone()),
             (_, verdict) => (verdict, self.tracker.summary()),
@@ -259,12 +294,21 @@ impl TrackedGate {
         match observation {
             Observation::Probe(outcome) => {
                 self.waiting = None;
+                self.refused = None;
                 self.tracker.record(&outcome, now);
             }
-            Observation::Waiting(why) => self.waiting = Some((now, why)),
+            Observation::Waiting(why) => {
+                self.refused = None;
+                self.waiting = Some((now, why));
+            }
             Observation::Final(why) => {
                 self.waiting = None;
+                self.refused = None;
                 self.tracker.fail(why);
+            }
+            Observation::Refused(why) => {
+                self.waiting = None;
+                self.refused = Some(why);
             }
         }
     }
@@ -400,7 +444,7 @@ mod tests {
     async fn run_due_probes_probes_only_due_gates() {
         // Port 1 on loopback refuses connections: every probe fails fast.
         let mut verification = Verification::new(&[http_gate("a", 5), http_gate("b", 60)]);
-        let prober = HttpProber::new().expect("client");
+        let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
         let probes = probe_context(&prober, &client, &workloads);
@@ -558,7 +602,7 @@ mod tests {
     async fn metrics_probes_are_dispatched_and_counted() {
         // Nothing listens on port 1: a failed probe, counted like an http probe's.
         let mut verification = Verification::new(&[metrics_gate("errors", NoData::Wait)]);
-        let prober = HttpProber::new().expect("client");
+        let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
         verification
@@ -575,7 +619,7 @@ mod tests {
     #[tokio::test]
     async fn logs_probes_are_dispatched_and_wait_for_the_workload() {
         let mut verification = Verification::new(&[logs_gate("worker-started")]);
-        let prober = HttpProber::new().expect("client");
+        let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
         verification

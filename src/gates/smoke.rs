@@ -99,7 +99,14 @@ async fn run(
                 passed.push(step_passed.summary(&step.name));
                 captured.insert(step.name.clone(), step_passed.values);
             }
-            Err(problem) => return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem)),
+            Err(StepError::Failed(problem)) => {
+                return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem));
+            }
+            // Every step's request passes the egress policy, so no captured value
+            // travels where the policy would not let a request go.
+            Err(StepError::Refused(problem)) => {
+                return ProbeOutcome::refused(step_failed(&step.name, index, total, &problem));
+            }
         }
     }
     ProbeOutcome::passed(format!("{total} steps passed: {}", passed.join(", ")))
@@ -131,6 +138,15 @@ impl StepPassed {
     }
 }
 
+/// Why a step did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StepError {
+    /// A verdict on the answer (or no answer): the step failed.
+    Failed(String),
+    /// The egress policy refused the request: not tried again.
+    Refused(String),
+}
+
 /// Sends the step (again, with `eventually`, until it holds or `within` has passed).
 async fn run_step(
     prober: &HttpProber,
@@ -138,15 +154,18 @@ async fn run_step(
     captured: &Captured,
     request_timeout: Duration,
     target_namespace: &str,
-) -> Result<StepPassed, String> {
-    let request = substitute_request(&step.request, captured)?;
-    let retry = retry_of(step)?;
+) -> Result<StepPassed, StepError> {
+    let request = substitute_request(&step.request, captured).map_err(StepError::Failed)?;
+    let retry = retry_of(step).map_err(StepError::Failed)?;
     let started = Instant::now();
     let last_start = started + retry.as_ref().map_or(Duration::ZERO, |r| r.within);
     let mut tries = 0;
     loop {
         tries += 1;
         let exchange = prober.exchange(&request, request_timeout, target_namespace).await;
+        if exchange.outcome.refused {
+            return Err(StepError::Refused(exchange.outcome.message));
+        }
         let problem = match judge_try(step, exchange) {
             Ok((status, values)) => {
                 return Ok(StepPassed {
@@ -163,8 +182,14 @@ async fn run_step(
             Some(retry) if now < last_start => {
                 tokio::time::sleep(retry.every.min(last_start - now)).await;
             }
-            Some(retry) => return Err(still_failing(&retry.within_text, tries, &problem)),
-            None => return Err(problem),
+            Some(retry) => {
+                return Err(StepError::Failed(still_failing(
+                    &retry.within_text,
+                    tries,
+                    &problem,
+                )));
+            }
+            None => return Err(StepError::Failed(problem)),
         }
     }
 }
@@ -305,6 +330,32 @@ pub fn substitute_request(request: &HttpGate, captured: &Captured) -> Result<Htt
     })
 }
 
+/// Captured values at least this long are shown as their reference in messages.
+const REDACTED_CAPTURE_CHARS: usize = 8;
+
+/// `message` with every captured value of [`REDACTED_CAPTURE_CHARS`] or more written as
+/// the reference that inserted it (`{{.steps.login.token}}`): a later step's URL,
+/// header or the body it quotes may carry a session token captured earlier, and the
+/// verdict needs the reference, not the value. Shorter values (an id) stay readable.
+pub fn redact_captures(message: &str, captured: &Captured) -> String {
+    let mut values: Vec<(&str, String)> = captured
+        .iter()
+        .flat_map(|(step, values)| {
+            values
+                .iter()
+                .filter(|(_, value)| value.chars().count() >= REDACTED_CAPTURE_CHARS)
+                .map(move |(name, value)| (value.as_str(), format!("{{{{.steps.{step}.{name}}}}}")))
+        })
+        .collect();
+    // The longest first, so that a value containing another is replaced whole.
+    values.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
+    values
+        .into_iter()
+        .fold(message.to_string(), |text, (value, reference)| {
+            text.replace(value, &reference)
+        })
+}
+
 /// `step enriched (2 of 3): …`: which step, and where it stands in the run.
 fn step_failed(name: &str, index: usize, total: usize, problem: &str) -> String {
     format!("step {name} ({} of {total}): {problem}", index + 1)
@@ -327,6 +378,25 @@ fn seconds(duration: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_captured_values_are_shown_as_their_reference() {
+        let mut captured = Captured::new();
+        captured.insert(
+            "login".into(),
+            BTreeMap::from([
+                ("token".into(), "sess-0123456789".into()),
+                ("id".into(), "itm_1".into()),
+            ]),
+        );
+        assert_eq!(
+            redact_captures(
+                "GET http://h/items/itm_1?t=sess-0123456789: 500 (body: bad sess-0123456789)",
+                &captured
+            ),
+            "GET http://h/items/itm_1?t={{.steps.login.token}}: 500 (body: bad {{.steps.login.token}})"
+        );
+    }
     use crate::gates::http::Answer;
     use reqwest::header::HeaderValue;
 

@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::{PhaseEvent, Receiver, payload};
 use crate::api::Phase;
+use crate::egress::{EgressPolicy, refusal_in};
 
 /// How deliveries are made. [`Default`] is what the controller uses.
 #[derive(Clone, Debug)]
@@ -148,27 +149,34 @@ struct Inner {
     settings: DeliverySettings,
     /// Per app (`namespace/name`): the event last told and when.
     last_told: Mutex<HashMap<String, (String, Instant)>>,
+    policy: EgressPolicy,
 }
 
 impl Notifier {
-    /// Starts the dispatcher task: call from within a Tokio runtime.
-    pub fn start(settings: DeliverySettings) -> Result<Notifier, NotifyError> {
-        Self::spawn(settings, None)
+    /// Starts the dispatcher task: call from within a Tokio runtime. Every delivery
+    /// passes `policy` (a refused one is logged, reported and never retried).
+    pub fn start(settings: DeliverySettings, policy: EgressPolicy) -> Result<Notifier, NotifyError> {
+        Self::spawn(settings, policy, None)
     }
 
     /// [`Notifier::start`], plus a report of what became of every delivery.
     pub fn start_with_reports(
         settings: DeliverySettings,
+        policy: EgressPolicy,
     ) -> Result<(Notifier, mpsc::UnboundedReceiver<DeliveryReport>), NotifyError> {
         let (reports, receiver) = mpsc::unbounded_channel();
-        Ok((Self::spawn(settings, Some(reports))?, receiver))
+        Ok((Self::spawn(settings, policy, Some(reports))?, receiver))
     }
 
     fn spawn(
         settings: DeliverySettings,
+        policy: EgressPolicy,
         reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
     ) -> Result<Notifier, NotifyError> {
-        let client = reqwest::Client::builder()
+        // The policy's builder uses no HTTP_PROXY: a proxy would connect for us, to
+        // addresses the policy never sees.
+        let client = policy
+            .client_builder()
             .use_rustls_tls()
             // A webhook that moved is a configuration to fix; following would turn the
             // POST into a GET and send the event nowhere.
@@ -177,13 +185,20 @@ impl Notifier {
             .build()
             .map_err(NotifyError::Client)?;
         let (queue, waiting) = mpsc::channel(settings.queue.max(1));
-        tokio::spawn(dispatch(waiting, client, settings.clone(), reports.clone()));
+        tokio::spawn(dispatch(
+            waiting,
+            client,
+            policy.clone(),
+            settings.clone(),
+            reports.clone(),
+        ));
         Ok(Notifier {
             inner: Arc::new(Inner {
                 queue,
                 reports,
                 settings,
                 last_told: Mutex::default(),
+                policy,
             }),
         })
     }
@@ -253,6 +268,14 @@ impl Notifier {
     fn report(&self, receiver: &Receiver, app: &str, phase: Phase, outcome: DeliveryOutcome) {
         report(&self.inner.reports, receiver, app, phase, outcome);
     }
+
+    /// Why the egress policy refuses `url` before any connection (its host name, or its
+    /// address when it is an IP literal), for the pass to tell the app's owner; a name
+    /// whose addresses are refused is found at delivery (logged, not retried).
+    pub fn refused(&self, url: &str) -> Option<crate::egress::Refusal> {
+        let url = reqwest::Url::parse(url).ok()?;
+        self.inner.policy.check_url(&url).err()
+    }
 }
 
 fn report(
@@ -277,6 +300,7 @@ fn report(
 async fn dispatch(
     mut waiting: mpsc::Receiver<Delivery>,
     client: reqwest::Client,
+    policy: EgressPolicy,
     settings: DeliverySettings,
     reports: Option<mpsc::UnboundedSender<DeliveryReport>>,
 ) {
@@ -286,8 +310,9 @@ async fn dispatch(
             return;
         };
         let (client, settings, reports) = (client.clone(), settings.clone(), reports.clone());
+        let policy = policy.clone();
         tokio::spawn(async move {
-            let outcome = deliver(&client, &settings, &delivery).await;
+            let outcome = deliver(&client, &policy, &settings, &delivery).await;
             report(
                 &reports,
                 &delivery.receiver,
@@ -300,15 +325,37 @@ async fn dispatch(
     }
 }
 
-/// Posts one delivery, retrying what may pass.
+/// Posts one delivery, retrying what may pass; one the egress policy refuses is
+/// given up at once.
 async fn deliver(
     client: &reqwest::Client,
+    policy: &EgressPolicy,
     settings: &DeliverySettings,
     delivery: &Delivery,
 ) -> DeliveryOutcome {
     let receiver = &delivery.receiver;
     let attempts = settings.attempts.max(1);
     let mut last = String::new();
+    let refused = |attempt: u32, refusal: crate::egress::Refusal| {
+        // The refusal names the host and the rule, never the URL's path (for a chat
+        // webhook, the credential).
+        warn!(
+            receiver = %receiver.name,
+            app = %delivery.app,
+            phase = %delivery.phase,
+            "notification not sent: {refusal}; not retried"
+        );
+        DeliveryOutcome::GaveUp {
+            attempts: attempt,
+            reason: refusal.to_string(),
+        }
+    };
+    // Not a URL: reqwest says so at the first attempt.
+    if let Ok(url) = reqwest::Url::parse(&receiver.url)
+        && let Err(refusal) = policy.check_url(&url)
+    {
+        return refused(0, refusal);
+    }
     for attempt in 1..=attempts {
         let sent = client
             .post(&receiver.url)
@@ -316,6 +363,11 @@ async fn deliver(
             .json(delivery.body.as_ref())
             .send()
             .await;
+        if let Err(error) = &sent
+            && let Some(refusal) = refusal_in(error)
+        {
+            return refused(attempt, refusal);
+        }
         let (judgement, status) = match &sent {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -470,7 +522,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_same_event_for_an_app_is_told_once_within_the_window() {
-        let (notifier, mut reports) = Notifier::start_with_reports(DeliverySettings::default()).unwrap();
+        let (notifier, mut reports) =
+            Notifier::start_with_reports(DeliverySettings::default(), EgressPolicy::unrestricted()).unwrap();
         let event = PhaseEvent {
             app: "api".into(),
             namespace: "shop".into(),

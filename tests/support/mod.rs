@@ -482,8 +482,10 @@ impl Harness {
 
 /// `bosun controller` with `args`, credentials from `kubeconfig`, its own Git cache,
 /// `--single-tenant` unless `env` says `BOSUN_SINGLE_TENANT=false`, and `env` last (it
-/// wins). Any free port for its endpoints: tests and replicas run
-/// side by side, and the default (8080) would clash.
+/// wins). Any free port for its endpoints: tests and replicas run side by side, and the
+/// default (8080) would clash. Gates and webhooks of the tests listen on loopback, so the
+/// egress policy allows it (`BOSUN_EGRESS_ALLOW`); the API server and the controller's
+/// own listener on loopback stay refused all the same.
 fn controller_command(
     kubeconfig: &std::path::Path,
     cache_dir: &std::path::Path,
@@ -501,6 +503,7 @@ fn controller_command(
         // Most tests apply apps that name no ServiceAccount, as the controller; the
         // tenancy and attack tests pass `BOSUN_SINGLE_TENANT=false` (env wins).
         .env("BOSUN_SINGLE_TENANT", "true")
+        .env("BOSUN_EGRESS_ALLOW", "127.0.0.0/8")
         .env_remove(bosun::controller::fault::ENV);
     for (key, value) in env {
         command.env(key, value);

@@ -92,11 +92,102 @@ impl RunbookSpec {
 }
 
 impl ClusterRunbookSpec {
-    /// The rules of [`RunbookSpec::validate`]: a ClusterRunbook has the same fields,
-    /// flattened into its `spec`, so the paths are the same.
+    /// The rules of [`RunbookSpec::validate`] (a ClusterRunbook has the same fields,
+    /// flattened into its `spec`, so the paths are the same), and no inline
+    /// credentials ([`cluster_credential_problems`]).
     pub fn validate(&self) -> Result<(), Vec<RunbookProblem>> {
-        self.runbook.validate()
+        let mut problems = self.runbook.validate().err().unwrap_or_default();
+        problems.extend(cluster_credential_problems(&self.runbook));
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
+}
+
+/// Request headers that carry credentials, by name (lower case), or by a part of it.
+const CREDENTIAL_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+const CREDENTIAL_HEADER_PARTS: &[&str] = &[
+    "token",
+    "secret",
+    "key",
+    "auth",
+    "password",
+    "session",
+    "credential",
+];
+/// Authentication schemes a credential header may name besides its references.
+const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest"];
+
+/// A ClusterRunbook's gates probe targets each app's tenant controls (its Services, its
+/// URLs), so a credential written in it would be handed to every tenant: a header that
+/// carries one (Authorization, Cookie, X-Api-Key, …) may hold only references to values
+/// a smoke step captured (`Bearer {{.steps.login.token}}`), and a URL no user info.
+/// The Runbook API has no Secret reference for headers: a gate that needs a credential
+/// belongs in the app's own Runbook.
+pub fn cluster_credential_problems(spec: &RunbookSpec) -> Vec<RunbookProblem> {
+    let mut problems = Vec::new();
+    let mut check = |request: &HttpGate, at: String| {
+        for (name, value) in &request.headers {
+            let lower = name.to_ascii_lowercase();
+            let credential = CREDENTIAL_HEADERS.contains(&lower.as_str())
+                || CREDENTIAL_HEADER_PARTS.iter().any(|part| lower.contains(part));
+            if !credential {
+                continue;
+            }
+            let literal: String = match super::template_pieces(value) {
+                Ok(pieces) => pieces
+                    .into_iter()
+                    .filter_map(|piece| match piece {
+                        super::TemplatePiece::Text(text) => Some(text.to_string()),
+                        super::TemplatePiece::Reference(_) => None,
+                    })
+                    .collect(),
+                Err(_) => value.clone(),
+            };
+            let literal = literal
+                .split_whitespace()
+                .filter(|word| !AUTH_SCHEMES.contains(&word.to_ascii_lowercase().as_str()))
+                .count();
+            if literal > 0 {
+                // Never quote the value.
+                problems.push(RunbookProblem::new(
+                    format!("{at}.headers[{name:?}]"),
+                    "a ClusterRunbook carries no credentials to the apps it verifies (their targets are \
+                     their tenants'): use only values captured by an earlier smoke step here, or put the \
+                     gate in the app's own Runbook",
+                ));
+            }
+        }
+        if let Some(url) = &request.url
+            && let Some((_, rest)) = url.split_once("://")
+            && rest
+                .split(['/', '?', '#'])
+                .next()
+                .is_some_and(|authority| authority.contains('@'))
+        {
+            problems.push(RunbookProblem::new(
+                format!("{at}.url"),
+                "a ClusterRunbook carries no credentials to the apps it verifies: remove the user info \
+                 (user:password@) from the URL",
+            ));
+        }
+    };
+    for (index, gate) in spec.gates.iter().enumerate() {
+        if let Some(http) = &gate.http {
+            check(http, format!("spec.gates[{index}].http"));
+        }
+        if let Some(smoke) = &gate.smoke {
+            for (step, smoke_step) in smoke.steps.iter().enumerate() {
+                check(
+                    &smoke_step.request,
+                    format!("spec.gates[{index}].smoke.steps[{step}]"),
+                );
+            }
+        }
+    }
+    problems
 }
 
 fn check_durations(spec: &RunbookSpec, problems: &mut Vec<RunbookProblem>) {
@@ -1477,6 +1568,46 @@ env:
             cluster.validate().map_err(|p| describe_problems(&p)),
             Err("spec.gates[0]: has no probe; set exactly one of: http, smoke, logs, metrics".into())
         );
+    }
+
+    #[test]
+    fn cluster_runbooks_carry_no_inline_credentials() {
+        let cluster: ClusterRunbookSpec = serde_saphyr::from_str(
+            r#"
+gates:
+  - name: api
+    http: {url: "http://api", headers: {Authorization: "Bearer s3cr3t-canary", X-Trace: "1"}}
+  - name: flow
+    smoke:
+      steps:
+        - name: login
+          url: "http://user:pw-canary@api/login"
+          headers: {X-Api-Key: "k-canary"}
+          capture: {token: "json:token"}
+        - name: use
+          url: "http://api/me"
+          headers: {Authorization: "Bearer {{.steps.login.token}}"}
+"#,
+        )
+        .expect("ClusterRunbookSpec YAML");
+        let problems: Vec<String> = cluster
+            .validate()
+            .expect_err("inline credentials")
+            .iter()
+            .map(|p| p.field.clone())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "spec.gates[0].http.headers[\"Authorization\"]",
+                "spec.gates[1].smoke.steps[0].headers[\"X-Api-Key\"]",
+                "spec.gates[1].smoke.steps[0].url",
+            ]
+        );
+        let text = describe_problems(&cluster.validate().unwrap_err());
+        assert!(!text.contains("canary"), "{text}");
+        // The same gates in a namespace's own Runbook are fine.
+        assert_eq!(cluster.runbook.validate(), Ok(()));
     }
 
     /// The problems of a single-gate Runbook whose `smoke` is `smoke_yaml`.

@@ -500,6 +500,9 @@ fn decide_verification(input: &Input<'_>, operation: &Operation, verification: &
         other => other.clone(),
     };
     match (operation.kind, verification) {
+        // Checked before the deadline: a refused gate is the Runbook's problem however
+        // long it lasts, and the operation waits for the Runbook to change.
+        (_, Verification::Refused { problem, .. }) => Decision::BlockOnProblem(problem),
         (_, Verification::Pending { .. }) => Decision::KeepVerifying { gates },
         (OperationKind::Deploy, Verification::Passed { .. }) => Decision::MarkHealthy { gates },
         (OperationKind::Rollback, Verification::Passed { .. }) => Decision::FinishRollback,

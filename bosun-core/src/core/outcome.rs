@@ -76,6 +76,13 @@ pub enum Verification {
         message: String,
         gates: Vec<GateVerdict>,
     },
+    /// A gate's request was refused by the controller's egress policy: the Runbook
+    /// must change (a [`FailureKind::RunbookInvalid`] problem); no verdict on the
+    /// revision, which is neither failed nor rolled back.
+    Refused {
+        problem: Failure,
+        gates: Vec<GateVerdict>,
+    },
 }
 
 impl Verification {
@@ -83,7 +90,8 @@ impl Verification {
         match self {
             Verification::Pending { gates }
             | Verification::Passed { gates }
-            | Verification::Failed { gates, .. } => gates,
+            | Verification::Failed { gates, .. }
+            | Verification::Refused { gates, .. } => gates,
         }
     }
 }

@@ -1094,6 +1094,55 @@ fn an_invalid_runbook_blocks_and_holds_nothing_against_the_revision() {
 }
 
 #[test]
+fn a_gate_refused_by_the_egress_policy_blocks_and_never_rolls_back() {
+    let mut world = World::on(git(B));
+    let mut status = healthy_on(A);
+    world.pass(&mut status, succeeding(Verdict::Pending));
+    let problem = Failure::new(
+        FailureKind::RunbookInvalid,
+        "gate health: GET http://169.254.169.254: host 169.254.169.254 is refused by the egress policy",
+    );
+    // Even past the progress deadline: the Runbook is to blame, not the revision.
+    world.now = at(601);
+    let refused = problem.clone();
+    let decisions = world.pass(&mut status, move |_, step| match step {
+        Step::Verify => StepOutcome::Verified(Verification::Refused {
+            problem: refused.clone(),
+            gates: vec![gate(Verdict::Pending)],
+        }),
+        other => panic!("only verification runs, not {other:?}"),
+    });
+    assert_eq!(
+        decisions.last(),
+        Some(&Decision::BlockOnProblem(problem.clone())),
+        "{decisions:?}"
+    );
+    assert!(
+        !decisions
+            .iter()
+            .any(|d| matches!(d, Decision::RollBack { .. } | Decision::Fail { .. })),
+        "{decisions:?}"
+    );
+    assert_eq!(status.phase, Phase::Blocked);
+    assert_eq!(ready(&status), Some("False"));
+    assert!(status.quarantined.is_empty());
+    assert_eq!(
+        status.current_revision.as_deref(),
+        Some(B),
+        "the revision stays applied"
+    );
+    assert_eq!(status.last_healthy_revision.as_deref(), Some(A));
+    // The controller reports the refusal as a Runbook problem until the Runbook changes.
+    world.problem = Some(problem);
+    let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
+    assert!(
+        matches!(decisions.as_slice(), [Decision::BlockOnProblem(_)]),
+        "{decisions:?}"
+    );
+    assert!(status.quarantined.is_empty());
+}
+
+#[test]
 fn verification_past_its_deadline_fails_the_revision() {
     let mut world = World::on(git(B));
     let mut status = healthy_on(A);
