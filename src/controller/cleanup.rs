@@ -62,18 +62,7 @@ pub async fn finalize(
             failures.len(),
             failures.join("; ")
         );
-        warn!(%note);
-        context
-            .events
-            .publish(
-                app,
-                &Notice {
-                    warning: true,
-                    reason: "DeletionIncomplete",
-                    note,
-                },
-            )
-            .await;
+        warn_deletion(context, app, "DeletionIncomplete", note).await;
         left_behind = format!(", {} left as they are (refused)", failures.len());
     } else if !outcome.prune_failures.is_empty() {
         let failures = outcome.prune_failure_notes();
@@ -81,18 +70,7 @@ pub async fn finalize(
             "deletion ({policy:?}) could not finish, retried: {}",
             failures.join("; ")
         );
-        warn!(%note);
-        context
-            .events
-            .publish(
-                app,
-                &Notice {
-                    warning: true,
-                    reason: "DeletionPending",
-                    note,
-                },
-            )
-            .await;
+        warn_deletion(context, app, "DeletionPending", note).await;
         state.errors = state.errors.saturating_add(1);
         return Ok(Action::requeue(backoff(state.errors)));
     }
@@ -123,4 +101,20 @@ pub async fn finalize(
     context.forget(app);
     state.forgotten = true;
     Ok(Action::await_change())
+}
+
+/// A Warning about the deletion, in the log and as an Event on the app.
+async fn warn_deletion(context: &Context, app: &AppDeployment, reason: &'static str, note: String) {
+    warn!(%note);
+    context
+        .events
+        .publish(
+            app,
+            &Notice {
+                warning: true,
+                reason,
+                note,
+            },
+        )
+        .await;
 }

@@ -584,7 +584,11 @@ pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -
         );
     let caches = Caches::start(&client, &scope, reader.clone(), trigger);
     let concurrency = settings.concurrency;
-    settings.api_server_endpoints = api_server_endpoints(&client).await;
+    // A namespace-scoped install may read nothing in `default`: it refuses the API
+    // server by its URL and `KUBERNETES_SERVICE_HOST` only.
+    if scope == cache::WatchScope::Cluster {
+        settings.api_server_endpoints = api_server_endpoints(&client).await;
+    }
     let context = Arc::new(Context::new(
         client,
         config,
