@@ -285,8 +285,13 @@ impl DemoEnvironment {
                 eprintln!("[bosun demo] cannot read the local kubeconfig");
                 return;
             };
+            // The demo's one tenant is the local control plane's admin, and its gate is
+            // the stand-in `/health` the demo serves on loopback: single-tenant, with
+            // loopback allowed (a shared cluster keeps both off).
             let settings = crate::controller::Settings {
                 cache_dir,
+                single_tenant: true,
+                egress_allow: vec!["127.0.0.0/8".parse().expect("a CIDR")],
                 ..Default::default()
             };
             if let Err(error) = crate::controller::run(client, config, settings).await {

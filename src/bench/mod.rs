@@ -259,6 +259,9 @@ async fn webhook(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
             listen: Some(address),
             body_limit: DEFAULT_BODY_LIMIT,
         }),
+        // One tenant (the local admin) whose endpoints listen on loopback.
+        single_tenant: true,
+        egress_allow: vec!["127.0.0.0/8".parse().expect("a CIDR")],
         ..Default::default()
     };
     let kubeconfig = kube::config::Kubeconfig::read_from(env.control_plane.kubeconfig_path())?;

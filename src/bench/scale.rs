@@ -315,6 +315,8 @@ async fn with_bosun(apps: usize, idle: Duration) -> anyhow::Result<Figures> {
             .env("BOSUN_CACHE_DIR", dir.path().join("git-cache"))
             // Any free port: the default 8080 may be taken on the machine.
             .env("BOSUN_LISTEN_ADDRESS", "127.0.0.1:0")
+            // The benchmark's apps name no ServiceAccount: the local admin's one tenant.
+            .env("BOSUN_SINGLE_TENANT", "true")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
