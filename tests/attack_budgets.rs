@@ -30,7 +30,7 @@ const ATTACKER: &str = "attacker";
 const BYSTANDER: &str = "bystander";
 /// The controller's address-space limit: a normal run stays well under it (its virtual
 /// size is mostly reserved, not used), one 2 GiB value does not fit.
-const ADDRESS_SPACE: u64 = 3 * 1024 * 1024 * 1024;
+const ADDRESS_SPACE: u64 = support::ATTACK_ADDRESS_SPACE;
 /// What the controller's resident memory must stay under while it refuses the bomb.
 const MAX_RSS_KIB: u64 = 400 * 1024;
 

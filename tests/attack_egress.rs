@@ -114,6 +114,7 @@ async fn deployed() -> Deployed {
     harness
         .apply_example_app(NS, APP, repo.name(), Some(APP), "2s")
         .await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&["--egress-deny", DENY], &[]);
     harness.wait_for_phase(NS, APP, Phase::Healthy, &first).await;
     Deployed {
@@ -127,6 +128,10 @@ async fn deployed() -> Deployed {
 /// Everything an attacker could read: the status, the Events of the namespace, the
 /// controller's log.
 async fn everything_visible(harness: &Harness) -> String {
+    assert!(
+        harness.controller_rss_kib().is_some(),
+        "the controller is not running: it died under its address-space limit"
+    );
     let app = harness.app(NS, APP).await;
     let events = Api::<Event>::namespaced(harness.client.clone(), NS)
         .list(&ListParams::default())

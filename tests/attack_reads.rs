@@ -172,6 +172,10 @@ fn ready_message(app: &AppDeployment) -> (String, String) {
 /// Every place a canary could surface: every AppDeployment's status, every Event of
 /// every namespace (both APIs), the controller's log.
 async fn assert_no_canary(harness: &Harness, canaries: &[&str]) {
+    assert!(
+        harness.controller_rss_kib().is_some(),
+        "the controller is not running: it died under its address-space limit"
+    );
     let apps: Api<AppDeployment> = Api::all(harness.client.clone());
     let statuses = serde_json::to_string(
         &apps
@@ -241,6 +245,7 @@ async fn a_config_map_of_another_namespace_is_not_read_nor_echoed() {
     repo.commit("a Deployment in victim reading its ConfigMap")
         .unwrap();
     attacker_app(&harness, &repo, "probe", &account_line()).await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&[], &MULTI_TENANT);
 
     let app = wait_blocked(&harness, ATTACKER, APP).await;
@@ -302,6 +307,7 @@ async fn a_secret_of_another_namespace_answers_no_question() {
     .unwrap();
     let first = repo.commit("a Deployment in victim reading its Secret").unwrap();
     attacker_app(&harness, &repo, "probe", &account_line()).await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&[], &MULTI_TENANT);
 
     let app = wait_blocked(&harness, ATTACKER, APP).await;
@@ -389,6 +395,7 @@ async fn a_logs_gate_does_not_read_another_namespaces_pods() {
         &format!("{}  targetNamespace: {VICTIM}\n", account_line()),
     )
     .await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&[], &MULTI_TENANT);
 
     let app = wait_blocked(&harness, ATTACKER, APP).await;
@@ -417,6 +424,7 @@ async fn a_user_name_is_not_a_service_account() {
         "  serviceAccountName: system:serviceaccount:kube-system:namespace-controller\n",
     )
     .await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&[], &MULTI_TENANT);
     let app = wait_blocked(&harness, ATTACKER, APP).await;
     let (reason, message) = ready_message(&app);
@@ -435,6 +443,7 @@ async fn an_app_naming_no_account_is_refused_without_single_tenant() {
     let repo = harness.repo("evil");
     let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
     attacker_app(&harness, &repo, "quick", "").await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&[], &MULTI_TENANT);
     let app = wait_blocked(&harness, ATTACKER, APP).await;
     let (reason, message) = ready_message(&app);
@@ -457,6 +466,7 @@ async fn an_app_naming_no_account_is_refused_without_single_tenant() {
 
     // With --single-tenant the same app is applied as the controller, as before.
     harness.kill_controller();
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&["--single-tenant"], &MULTI_TENANT);
     harness
         .wait_for_phase(ATTACKER, APP, Phase::Healthy, &revision)

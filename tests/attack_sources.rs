@@ -52,6 +52,10 @@ async fn tenant_app(harness: &Harness, namespace: &str, url: &str, insecure: boo
 /// Everything bosun wrote about the app: its whole status and the Events of its
 /// namespace.
 async fn written_about(harness: &Harness, namespace: &str) -> Vec<String> {
+    assert!(
+        harness.controller_rss_kib().is_some(),
+        "the controller is not running: it died under its address-space limit"
+    );
     let app = harness.app(namespace, APP).await;
     let mut texts = vec![serde_json::to_string(&app.status).unwrap()];
     let events: Api<Event> = Api::namespaced(harness.client.clone(), namespace);
@@ -102,6 +106,7 @@ async fn credentials_in_a_url_are_not_lent_to_another_tenant_and_never_printed()
     let with_user_token = url.replacen("http://", &format!("http://{wrong_token}@"), 1);
 
     tenant_app(&harness, "tenant-a", &with_token, true).await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller();
     harness
         .wait_for_phase("tenant-a", APP, Phase::Healthy, &head)
@@ -238,6 +243,7 @@ async fn a_tree_bomb_is_blocked_naming_the_files_budget_and_nothing_else_stops()
     let bomb = commit_tree_bomb(&bomb_repo);
     harness.quick_app("bystander", APP, "bystander", "2s").await;
     harness.quick_app("attacker", APP, "bomb", "2s").await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller();
 
     let app = harness
@@ -288,6 +294,7 @@ async fn a_repository_over_the_bytes_budget_is_blocked_naming_it_and_its_clone_r
     ExampleRevision::good("1.0").commit_to(&huge, "v1.0").unwrap();
     harness.quick_app("bystander", APP, "bystander", "2s").await;
     harness.quick_app("attacker", APP, "huge", "2s").await;
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
     harness.start_controller_with(&["--git-max-repo-bytes", "2Mi"], &[]);
 
     let app = harness

@@ -18,6 +18,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
+/// The address space the attack tests give the controller (`prlimit --as`): a normal run
+/// stays far below it (about 45 MiB resident), a budget that does not hold aborts it.
+pub const ATTACK_ADDRESS_SPACE: u64 = 3 * 1024 * 1024 * 1024;
+
 /// The Node every harness registers and binds Pods to.
 pub const NODE: &str = "devenv-node";
 
