@@ -161,12 +161,8 @@ async fn wait_blocked(harness: &Harness, namespace: &str, name: &str) -> AppDepl
 }
 
 fn ready_message(app: &AppDeployment) -> (String, String) {
-    let ready = status(app)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready condition");
-    (ready.reason.clone(), ready.message.clone())
+    let ready = support::ready_condition(app);
+    (ready.reason, ready.message)
 }
 
 /// Every place a canary could surface: every AppDeployment's status, every Event of
@@ -471,4 +467,146 @@ async fn an_app_naming_no_account_is_refused_without_single_tenant() {
     harness
         .wait_for_phase(ATTACKER, APP, Phase::Healthy, &revision)
         .await;
+}
+
+/// Where a shared ClusterRunbook's gate sends a credential (issue 11 §3): `headersFrom`
+/// reads it from a Secret of each app's own namespace, as the app. Two tenants get
+/// their own tokens to the endpoint; a tenant whose account may not read Secrets is
+/// refused (RunbookInvalid, naming the read) and its token is never read; a tenant
+/// without the Secret is Blocked until it creates one. No token appears anywhere.
+#[tokio::test]
+async fn a_cluster_runbook_sends_each_app_the_secret_of_its_own_namespace() {
+    use std::sync::{Arc, Mutex};
+
+    const READONLY: &str = "readonly";
+    const TOKENS: [(&str, &str); 3] = [
+        (ATTACKER, "attacker-token-canary-3e8d"),
+        (BYSTANDER, "bystander-token-canary-b51a"),
+        (READONLY, "readonly-token-canary-c07f"),
+    ];
+    let mut harness = Harness::start().await;
+    set_up(&harness).await;
+    // A tenant whose account may read its namespace but not its Secrets (`view`).
+    harness.namespace(READONLY).await;
+    apply::<ServiceAccount>(
+        &harness,
+        Some(READONLY),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": ACCOUNT}}),
+    )
+    .await;
+    apply::<RoleBinding>(
+        &harness,
+        Some(READONLY),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "view"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+               "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": READONLY}]}),
+    )
+    .await;
+
+    // The endpoint every app's gate probes: it records the Authorization it was sent.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorded = seen.clone();
+    let router = axum::Router::new().route(
+        "/check",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let recorded = recorded.clone();
+            async move {
+                let authorization = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string();
+                recorded.lock().unwrap().push(authorization);
+                axum::Json(json!({"status": "ok"}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/check", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let cluster_runbooks: Api<bosun::api::ClusterRunbook> = Api::all(harness.client.clone());
+    let shared: bosun::api::ClusterRunbook = serde_json::from_value(json!({
+        "apiVersion": "bosun.dev/v1alpha1", "kind": "ClusterRunbook", "metadata": {"name": "shared"},
+        "spec": {"verifyWindow": "1s", "gates": [{"name": "authorized", "periodSeconds": 1, "http": {
+            "url": url,
+            "headersFrom": {"Authorization": {"secretKeyRef": {"name": "gate-token", "key": "token"}, "prefix": "Bearer "}},
+        }}]},
+    }))
+    .unwrap();
+    cluster_runbooks
+        .patch(
+            "shared",
+            &PatchParams::apply("bosun-test").force(),
+            &Patch::Apply(&shared),
+        )
+        .await
+        .unwrap();
+    // The bystander's Secret comes later.
+    for (namespace, token) in TOKENS.iter().filter(|(ns, _)| *ns != BYSTANDER) {
+        apply::<Secret>(
+            &harness,
+            Some(namespace),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gate-token"},
+                   "stringData": {"token": token}}),
+        )
+        .await;
+    }
+    let repo = harness.repo("team");
+    let revision = ExampleRevision::good("1.0").commit_to(&repo, "v1.0").unwrap();
+    for (namespace, _) in TOKENS {
+        let mut yaml = app_deployment_yaml(
+            namespace,
+            APP,
+            &harness.git.url(repo.name()),
+            Some("shared"),
+            "2s",
+        )
+        .replace("kind: Runbook\n", "kind: ClusterRunbook\n");
+        yaml.push_str(&account_line());
+        harness.apply_app(&yaml).await;
+    }
+    harness.limit_controller_address_space(support::ATTACK_ADDRESS_SPACE);
+    harness.start_controller_with(&[], &MULTI_TENANT);
+
+    harness
+        .wait_for_phase(ATTACKER, APP, Phase::Healthy, &revision)
+        .await;
+    let readonly = wait_blocked(&harness, READONLY, APP).await;
+    let (reason, message) = ready_message(&readonly);
+    assert_eq!(reason, "RunbookInvalid", "{message}");
+    let refusal = format!(
+        "forbidden: system:serviceaccount:{READONLY}:{ACCOUNT} may not get secrets in namespace {READONLY}"
+    );
+    assert!(message.contains(&refusal), "{message}");
+    assert!(message.contains("spec.gates[0].http.headersFrom"), "{message}");
+    let bystander = wait_blocked(&harness, BYSTANDER, APP).await;
+    let (reason, message) = ready_message(&bystander);
+    assert_eq!(reason, "RunbookInvalid", "{message}");
+    assert!(
+        message.contains(&format!("Secret {BYSTANDER}/gate-token does not exist")),
+        "{message}"
+    );
+    // Creating the Secret is the fix: the app goes on by itself.
+    apply::<Secret>(
+        &harness,
+        Some(BYSTANDER),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gate-token"},
+               "stringData": {"token": TOKENS[1].1}}),
+    )
+    .await;
+    harness
+        .wait_for_phase(BYSTANDER, APP, Phase::Healthy, &revision)
+        .await;
+
+    let seen = seen.lock().unwrap().clone();
+    for (namespace, token) in &TOKENS[..2] {
+        let sent = format!("Bearer {token}");
+        assert!(seen.contains(&sent), "{namespace}'s token never sent: {seen:?}");
+    }
+    let expected: Vec<String> = TOKENS[..2].iter().map(|(_, t)| format!("Bearer {t}")).collect();
+    assert!(
+        seen.iter().all(|sent| expected.contains(sent)),
+        "a request without its app's own token: {seen:?}"
+    );
+    assert_no_canary(&harness, &TOKENS.map(|(_, token)| token)).await;
 }

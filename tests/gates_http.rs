@@ -14,7 +14,7 @@ use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
 use bosun::gates::http::MAX_QUOTED_CHARS;
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{GateTracker, HttpProber, ProbeContext, Verification};
+use bosun::gates::{GateTracker, HttpProber, ProbeContext, SecretHeaders, Verification};
 use serde_json::json;
 
 const NAMESPACE: &str = "shop";
@@ -213,7 +213,12 @@ async fn passes_with_expected_json() -> anyhow::Result<()> {
     let app = App::start().await?;
     let prober = HttpProber::new(loopback_policy())?;
     let outcome = prober
-        .probe(&app.gate("/health", ok_json()), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/health", ok_json()),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(outcome.passed, "{}", outcome.message);
     assert_eq!(outcome.message, format!("GET {}/health: 200", app.base));
@@ -227,7 +232,12 @@ async fn unexpected_json_fails_with_what_came() -> anyhow::Result<()> {
     let mut expect = ok_json();
     expect.status = vec![200, 503];
     let outcome = HttpProber::new(loopback_policy())?
-        .probe(&app.gate("/health", expect), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/health", expect),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed);
     assert!(
@@ -284,6 +294,7 @@ impl Rounds {
             client: &client,
             workloads: &WorkloadObjects::default(),
             namespace: NAMESPACE,
+            secret_headers: SecretHeaders::none(),
             applied_at: k8s_openapi::jiff::Timestamp::now(),
         };
         self.verification.run_due_probes(&probes, self.now).await;
@@ -357,7 +368,12 @@ async fn timeout_counts_as_a_failure() -> anyhow::Result<()> {
         ..Gate::default()
     };
     let outcome = HttpProber::new(loopback_policy())?
-        .probe(gate.http.as_ref().expect("http"), gate.timeout(), NAMESPACE)
+        .probe(
+            gate.http.as_ref().expect("http"),
+            &HeaderMap::new(),
+            gate.timeout(),
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed);
     assert_eq!(
@@ -379,6 +395,7 @@ async fn wrong_status() -> anyhow::Result<()> {
     let outcome = prober
         .probe(
             &app.gate("/status/404", HttpExpect::default()),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -397,11 +414,21 @@ async fn wrong_status() -> anyhow::Result<()> {
         ..HttpExpect::default()
     };
     let outcome = prober
-        .probe(&app.gate("/status/204", listed.clone()), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/status/204", listed.clone()),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed, "204 is not listed: {}", outcome.message);
     let outcome = prober
-        .probe(&app.gate("/status/202", listed), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/status/202", listed),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(outcome.passed, "{}", outcome.message);
 
@@ -410,7 +437,12 @@ async fn wrong_status() -> anyhow::Result<()> {
         ..HttpExpect::default()
     };
     let outcome = prober
-        .probe(&app.gate("/status/404", not_found_expected), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/status/404", not_found_expected),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(outcome.passed, "{}", outcome.message);
     Ok(())
@@ -425,11 +457,21 @@ async fn contains() -> anyhow::Result<()> {
         ..HttpExpect::default()
     };
     let outcome = prober
-        .probe(&app.gate("/health", wanted("\"ok\"")), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/health", wanted("\"ok\"")),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(outcome.passed, "{}", outcome.message);
     let outcome = prober
-        .probe(&app.gate("/health", wanted("READY")), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/health", wanted("READY")),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed);
     assert!(
@@ -451,6 +493,7 @@ async fn cors_header() -> anyhow::Result<()> {
     let outcome = prober
         .probe(
             &app.gate("/cors", wanted("https://shop.example")),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -459,6 +502,7 @@ async fn cors_header() -> anyhow::Result<()> {
     let outcome = prober
         .probe(
             &app.gate("/cors", wanted("https://evil.example")),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -474,6 +518,7 @@ async fn cors_header() -> anyhow::Result<()> {
     let outcome = prober
         .probe(
             &app.gate("/health", wanted("https://shop.example")),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -498,12 +543,12 @@ async fn method_headers_and_body_are_sent_and_headers_never_echoed() -> anyhow::
     gate.method = Some("post".into());
     gate.headers = [("X-Token".to_string(), TOKEN.to_string())].into();
     gate.body = Some("{\"ping\":1}".into());
-    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(outcome.passed, "{}", outcome.message);
     assert_eq!(outcome.message, format!("POST {}/echo: 200", app.base));
 
     gate.path = Some("/status/500".into());
-    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(!outcome.passed);
     assert!(!outcome.message.contains(TOKEN), "{}", outcome.message);
     Ok(())
@@ -522,7 +567,7 @@ async fn connection_refused_is_a_failed_probe_with_a_message() -> anyhow::Result
         ..HttpGate::default()
     };
     let outcome = HttpProber::new(loopback_policy())?
-        .probe(&gate, TIMEOUT, NAMESPACE)
+        .probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE)
         .await;
     assert!(!outcome.passed);
     assert!(
@@ -544,7 +589,9 @@ async fn connection_refused_is_a_failed_probe_with_a_message() -> anyhow::Result
 #[tokio::test]
 async fn invalid_gate_fails_without_a_request() -> anyhow::Result<()> {
     let prober = HttpProber::new(loopback_policy())?;
-    let outcome = prober.probe(&HttpGate::default(), TIMEOUT, NAMESPACE).await;
+    let outcome = prober
+        .probe(&HttpGate::default(), &HeaderMap::new(), TIMEOUT, NAMESPACE)
+        .await;
     assert!(!outcome.passed);
     assert_eq!(outcome.message, "http gate names neither url nor service");
     let bad_method = HttpGate {
@@ -552,7 +599,9 @@ async fn invalid_gate_fails_without_a_request() -> anyhow::Result<()> {
         method: Some("GE T".into()),
         ..HttpGate::default()
     };
-    let outcome = prober.probe(&bad_method, TIMEOUT, NAMESPACE).await;
+    let outcome = prober
+        .probe(&bad_method, &HeaderMap::new(), TIMEOUT, NAMESPACE)
+        .await;
     assert_eq!(outcome.message, r#"method "GE T" is not an HTTP method"#);
     Ok(())
 }
@@ -570,7 +619,12 @@ async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()
     let prober = HttpProber::new(loopback_policy())?;
 
     let outcome = prober
-        .probe(&app.gate("/moved", expect_status(&[200])), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/moved", expect_status(&[200])),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed, "not followed by default: {}", outcome.message);
     assert_eq!(
@@ -583,7 +637,12 @@ async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()
     );
 
     let outcome = prober
-        .probe(&app.gate("/moved", expect_status(&[302])), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/moved", expect_status(&[302])),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(outcome.passed, "{}", outcome.message);
     assert_eq!(
@@ -596,7 +655,9 @@ async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()
 
     let mut following = app.gate("/moved", ok_json());
     following.follow_redirects = true;
-    let outcome = prober.probe(&following, TIMEOUT, NAMESPACE).await;
+    let outcome = prober
+        .probe(&following, &HeaderMap::new(), TIMEOUT, NAMESPACE)
+        .await;
     assert!(outcome.passed, "followed to /health: {}", outcome.message);
     assert_eq!(
         outcome.message,
@@ -606,6 +667,7 @@ async fn redirects_are_judged_as_they_are_unless_followed() -> anyhow::Result<()
     let outcome = prober
         .probe(
             &app.gate("/moved-with-credentials", HttpExpect::default()),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -631,6 +693,7 @@ async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()>
     let outcome = prober
         .probe(
             &app.gate("/long-json", expect_json(&[("status", json!("ok"))])),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -656,7 +719,12 @@ async fn long_values_from_a_response_are_cut_in_messages() -> anyhow::Result<()>
         ..HttpExpect::default()
     };
     let outcome = prober
-        .probe(&app.gate("/long-header", wanted), TIMEOUT, NAMESPACE)
+        .probe(
+            &app.gate("/long-header", wanted),
+            &HeaderMap::new(),
+            TIMEOUT,
+            NAMESPACE,
+        )
         .await;
     assert!(!outcome.passed);
     assert_eq!(
@@ -702,20 +770,22 @@ async fn cors_preflight_passes_for_an_allowed_origin() -> anyhow::Result<()> {
     let prober = HttpProber::new(loopback_policy())?;
     let origin = "https://your-frontend.vercel.app";
     let gate = preflight_gate(&app, "/api/scan", origin, "Access-Control-Allow-Origin", origin);
-    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(outcome.passed, "{}", outcome.message);
     assert_eq!(outcome.message, format!("OPTIONS {}/api/scan: 200", app.base));
 
     // Header names in any case; the server sends them in lower case.
     let shouting = preflight_gate(&app, "/api/scan", origin, "ACCESS-CONTROL-ALLOW-ORIGIN", origin);
-    let outcome = prober.probe(&shouting, TIMEOUT, NAMESPACE).await;
+    let outcome = prober
+        .probe(&shouting, &HeaderMap::new(), TIMEOUT, NAMESPACE)
+        .await;
     assert!(outcome.passed, "{}", outcome.message);
 
     // Without the preflight headers the same server does not answer as a preflight:
     // the gate passes above only because they were sent.
     let mut bare = gate.clone();
     bare.headers.clear();
-    let outcome = prober.probe(&bare, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&bare, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(!outcome.passed);
     assert!(outcome.message.contains("status 405"), "{}", outcome.message);
     Ok(())
@@ -730,6 +800,7 @@ async fn cors_preflight_fails_for_an_origin_not_allowed_naming_the_header_and_th
     let outcome = prober
         .probe(
             &preflight_gate(&app, "/api/scan", origin, "Access-Control-Allow-Origin", origin),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -756,6 +827,7 @@ async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
     let outcome = prober
         .probe(
             &preflight_gate(&app, "/api/public", origin, "Access-Control-Allow-Origin", origin),
+            &HeaderMap::new(),
             TIMEOUT,
             NAMESPACE,
         )
@@ -770,7 +842,9 @@ async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
         )
     );
     let wildcard = preflight_gate(&app, "/api/public", origin, "Access-Control-Allow-Origin", "'*'");
-    let outcome = prober.probe(&wildcard, TIMEOUT, NAMESPACE).await;
+    let outcome = prober
+        .probe(&wildcard, &HeaderMap::new(), TIMEOUT, NAMESPACE)
+        .await;
     assert!(outcome.passed, "{}", outcome.message);
 
     // Values are compared with their case.
@@ -781,7 +855,7 @@ async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
         "Access-Control-Allow-Origin",
         "HTTPS://YOUR-FRONTEND.VERCEL.APP",
     );
-    let outcome = prober.probe(&upper, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&upper, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(!outcome.passed, "{}", outcome.message);
 
     // A list-valued header is compared as the whole value sent.
@@ -795,12 +869,12 @@ async fn cors_header_values_compare_exactly() -> anyhow::Result<()> {
     };
     let mut gate = preflight_gate(&app, "/api/scan", origin, "Vary", "Origin");
     gate.expect.headers.extend(methods.headers);
-    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(outcome.passed, "{}", outcome.message);
     gate.expect
         .headers
         .insert("Access-Control-Allow-Methods".into(), "POST".into());
-    let outcome = prober.probe(&gate, TIMEOUT, NAMESPACE).await;
+    let outcome = prober.probe(&gate, &HeaderMap::new(), TIMEOUT, NAMESPACE).await;
     assert!(
         !outcome.passed,
         "POST alone is not the value sent: {}",

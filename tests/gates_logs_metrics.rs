@@ -469,6 +469,7 @@ async fn logs_and_metrics_gates_through_verification() {
             client: &cluster.client,
             workloads: &workloads,
             namespace: NS,
+            secret_headers: bosun::gates::SecretHeaders::none(),
             applied_at,
         };
         verification.run_due_probes(&probes, Instant::now()).await;
@@ -509,6 +510,7 @@ async fn logs_and_metrics_gates_through_verification() {
             client: &cluster.client,
             workloads: &workloads,
             namespace: NS,
+            secret_headers: bosun::gates::SecretHeaders::none(),
             applied_at,
         };
         verification.run_due_probes(&probes, Instant::now()).await;

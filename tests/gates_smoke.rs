@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bosun::api::{Gate, Phase, RunbookSpec, SmokeGate, Verdict};
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{HttpProber, ProbeContext, Verification, smoke};
+use bosun::gates::{HttpProber, ProbeContext, SecretHeaders, Verification, smoke};
 use bosun_devenv::example::ExampleRevision;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -332,7 +332,8 @@ async fn the_litevault_smoke_test_passes_when_the_item_is_enriched_in_time() -> 
     let started = Instant::now();
     let outcome = smoke::probe(
         &HttpProber::new(loopback_policy())?,
-        &smoke,
+        ("smoke", &smoke),
+        SecretHeaders::none(),
         REQUEST_TIMEOUT,
         NAMESPACE,
     )
@@ -386,7 +387,8 @@ async fn an_item_never_enriched_fails_after_within_naming_the_step_request_and_a
     let started = Instant::now();
     let outcome = smoke::probe(
         &HttpProber::new(loopback_policy())?,
-        &smoke,
+        ("smoke", &smoke),
+        SecretHeaders::none(),
         REQUEST_TIMEOUT,
         NAMESPACE,
     )
@@ -431,7 +433,8 @@ async fn a_failing_step_names_the_request_and_what_came_back_but_never_a_header_
     );
     let outcome = smoke::probe(
         &HttpProber::new(loopback_policy())?,
-        &smoke,
+        ("smoke", &smoke),
+        SecretHeaders::none(),
         REQUEST_TIMEOUT,
         NAMESPACE,
     )
@@ -456,7 +459,8 @@ async fn a_missing_capture_fails_naming_the_capture() -> anyhow::Result<()> {
     let smoke = smoke_gate(&yaml);
     let outcome = smoke::probe(
         &HttpProber::new(loopback_policy())?,
-        &smoke,
+        ("smoke", &smoke),
+        SecretHeaders::none(),
         REQUEST_TIMEOUT,
         NAMESPACE,
     )
@@ -484,7 +488,8 @@ async fn a_reference_to_a_capture_no_step_took_fails_naming_it() -> anyhow::Resu
     let smoke: SmokeGate = serde_saphyr::from_str(&yaml)?;
     let outcome = smoke::probe(
         &HttpProber::new(loopback_policy())?,
-        &smoke,
+        ("smoke", &smoke),
+        SecretHeaders::none(),
         REQUEST_TIMEOUT,
         NAMESPACE,
     )
@@ -526,6 +531,7 @@ fn probe_context<'a>(
         client,
         workloads,
         namespace: NAMESPACE,
+        secret_headers: SecretHeaders::none(),
         applied_at: k8s_openapi::jiff::Timestamp::now(),
     }
 }

@@ -12,9 +12,9 @@
 //!   only in namespaces where the identity may `get` them; otherwise refused, naming
 //!   the read, and nothing about whether the object exists.
 //! - [`runbook_reads`]: what the Runbook's gates read in the target namespace (`logs`:
-//!   `pods/log` and pods; `service:` probes: Services) must be readable by the identity,
-//!   else the Runbook cannot be evaluated for this app (a Runbook problem, never a
-//!   failed gate).
+//!   `pods/log` and pods; `service:` probes: Services) and the Secrets of the app's
+//!   namespace their `headersFrom` name must be readable by the identity, else the
+//!   Runbook cannot be evaluated for this app (a Runbook problem, never a failed gate).
 //!
 //! Refusals are [`Failure`]s of the existing kinds (`Forbidden` blocks the revision as
 //! a dry run's 403 does; `RunbookInvalid` blocks the app): what follows is decided by
@@ -29,6 +29,7 @@ use super::Context;
 use crate::access::{Identity, Permission, Refusal};
 use crate::api::{AppDeployment, RunbookSpec};
 use crate::core::{Failure, FailureKind, StepOutcome};
+use crate::gates::SecretHeaders;
 use crate::preflight::{self, GuardedLookup, LookupKind, RecordingLookup, StoreLookup};
 use crate::render::Manifest;
 
@@ -168,35 +169,45 @@ pub async fn lookup(
     Ok(GuardedLookup::new(store, allowed))
 }
 
-/// The permissions the Runbook's gates need in `namespace` (the target namespace),
-/// each with the field that needs it.
-pub fn runbook_permissions(runbook: &RunbookSpec, namespace: &str) -> Vec<(String, Permission)> {
+/// The permissions the Runbook's gates need, each with the field that needs it: reads
+/// in `target` (the target namespace) and, for `headersFrom`, Secrets of `own` (the
+/// app's namespace).
+pub fn runbook_permissions(runbook: &RunbookSpec, target: &str, own: &str) -> Vec<(String, Permission)> {
     let mut wanted = Vec::new();
+    let service = |field: String| (field, Permission::new("get", "", "services", Some(target)));
+    let secrets = |field: String| {
+        (
+            field,
+            Permission::new("get", "", LookupKind::Secret.resource(), Some(own)),
+        )
+    };
     for (index, gate) in runbook.gates.iter().enumerate() {
         let at = format!("spec.gates[{index}]");
         if gate.logs.is_some() {
             wanted.push((
                 format!("{at}.logs"),
-                Permission::new("get", "", "pods", Some(namespace)).with_subresource("log"),
+                Permission::new("get", "", "pods", Some(target)).with_subresource("log"),
             ));
             wanted.push((
                 format!("{at}.logs"),
-                Permission::new("list", "", "pods", Some(namespace)),
+                Permission::new("list", "", "pods", Some(target)),
             ));
         }
-        if gate.http.as_ref().is_some_and(|http| http.service.is_some()) {
-            wanted.push((
-                format!("{at}.http.service"),
-                Permission::new("get", "", "services", Some(namespace)),
-            ));
+        if let Some(http) = &gate.http {
+            if http.service.is_some() {
+                wanted.push(service(format!("{at}.http.service")));
+            }
+            if !http.headers_from.is_empty() {
+                wanted.push(secrets(format!("{at}.http.headersFrom")));
+            }
         }
         if let Some(smoke) = &gate.smoke {
             for (step, smoke_step) in smoke.steps.iter().enumerate() {
                 if smoke_step.request.service.is_some() {
-                    wanted.push((
-                        format!("{at}.smoke.steps[{step}].service"),
-                        Permission::new("get", "", "services", Some(namespace)),
-                    ));
+                    wanted.push(service(format!("{at}.smoke.steps[{step}].service")));
+                }
+                if !smoke_step.request.headers_from.is_empty() {
+                    wanted.push(secrets(format!("{at}.smoke.steps[{step}].headersFrom")));
                 }
             }
         }
@@ -204,42 +215,73 @@ pub fn runbook_permissions(runbook: &RunbookSpec, namespace: &str) -> Vec<(Strin
     wanted
 }
 
-/// A Runbook problem when a gate reads what the app's identity may not read in the
-/// target namespace (a `logs` gate's `pods/log`, a `service:` probe's Service).
-/// Unanswered (the API server unreachable): no problem now; the log is read with the
-/// app's own client anyway.
-pub async fn runbook_reads(context: &Context, app: &AppDeployment, runbook: &RunbookSpec) -> Option<Failure> {
-    let identity = context.identity(app).ok()?;
-    if identity == Identity::Controller {
-        return None;
-    }
-    let target = super::AppNames::of(app).target_namespace;
-    for (field, permission) in runbook_permissions(runbook, &target) {
-        match context.access.may(&identity, &permission).await {
-            Ok(true) => {}
-            Ok(false) => {
-                let refusal = Refusal { identity, permission };
-                let runbook_name = app
-                    .spec
-                    .runbook_ref
-                    .as_ref()
-                    .map_or_else(|| "the Runbook".to_string(), |r| format!("Runbook {}", r.name));
-                return Some(Failure::new(
-                    FailureKind::RunbookInvalid,
-                    format!(
-                        "{runbook_name} cannot be evaluated for {}/{}: {field} reads in the target namespace: {refusal}",
-                        app.namespace().unwrap_or_default(),
-                        app.name_any()
-                    ),
-                ));
-            }
-            Err(error) => {
-                warn!(error = %crate::failure::server_message(&error), "SubjectAccessReview for the Runbook's gates unanswered");
-                return None;
+/// What the Runbook's gates read on the app's behalf, checked and read: a Runbook
+/// problem when a gate reads what the app's identity may not read (a `logs` gate's
+/// `pods/log`, a `service:` probe's Service in the target namespace, a `headersFrom`
+/// Secret in the app's namespace); otherwise the `headersFrom` values, from the Secret
+/// cache (a missing Secret or key is a Runbook problem too, fixed by creating it).
+/// A review left unanswered (the API server unreachable) is no problem for what is read
+/// with the app's own client anyway (logs), but nothing is read from a Secret on it.
+pub async fn runbook_reads(
+    context: &Context,
+    app: &AppDeployment,
+    runbook: &RunbookSpec,
+) -> Result<SecretHeaders, Failure> {
+    let namespace = app.namespace().unwrap_or_default();
+    let runbook_name = app
+        .spec
+        .runbook_ref
+        .as_ref()
+        .map_or_else(|| "the Runbook".to_string(), |r| format!("Runbook {}", r.name));
+    let problem = |what: String| {
+        Failure::new(
+            FailureKind::RunbookInvalid,
+            format!(
+                "{runbook_name} cannot be evaluated for {namespace}/{}: {what}",
+                app.name_any()
+            ),
+        )
+    };
+    let identity = context
+        .identity(app)
+        .map_err(|failure| problem(failure.message))?;
+    if identity != Identity::Controller {
+        let target = super::AppNames::of(app).target_namespace;
+        for (field, permission) in runbook_permissions(runbook, &target, &namespace) {
+            let reads_secret = permission.resource == LookupKind::Secret.resource();
+            match context.access.may(&identity, &permission).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let refusal = Refusal { identity, permission };
+                    return Err(problem(format!("{field} reads what the app may not: {refusal}")));
+                }
+                Err(error) if reads_secret => {
+                    return Err(problem(format!(
+                        "{field}: SubjectAccessReview unanswered: {}",
+                        crate::failure::server_message(&error)
+                    )));
+                }
+                Err(error) => {
+                    warn!(error = %crate::failure::server_message(&error), "SubjectAccessReview for the Runbook's gates unanswered");
+                }
             }
         }
     }
-    None
+    if !crate::gates::secret_headers::reads_secrets(&runbook.gates) {
+        return Ok(SecretHeaders::default());
+    }
+    SecretHeaders::read(&runbook.gates, &namespace, |name| {
+        context.caches.secret(&namespace, name).map(|secret| {
+            secret
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(key, value)| (key, value.0))
+                .collect()
+        })
+    })
+    .map_err(problem)
 }
 
 /// The namespaces of `keys` (`namespace/name`) whose Secrets the identity of `app`
@@ -300,7 +342,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        let wanted: Vec<(String, String)> = runbook_permissions(&runbook, "victim")
+        let wanted: Vec<(String, String)> = runbook_permissions(&runbook, "victim", "mine")
             .into_iter()
             .map(|(field, permission)| (field, permission.describe()))
             .collect();
@@ -320,6 +362,6 @@ mod tests {
                 .map(|(f, p)| (f.to_string(), p.to_string()))
                 .collect::<Vec<_>>()
         );
-        assert!(runbook_permissions(&RunbookSpec::default(), "victim").is_empty());
+        assert!(runbook_permissions(&RunbookSpec::default(), "victim", "mine").is_empty());
     }
 }

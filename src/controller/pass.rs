@@ -130,6 +130,7 @@ async fn reconcile_app(
             next_round: None,
             logged_revision: None,
             notify: Vec::new(),
+            secret_headers: Default::default(),
         };
         let result = pass.run().await;
         // An operation in progress has more passes coming: work pending.
@@ -179,6 +180,8 @@ struct Pass<'a> {
     logged_revision: Option<String>,
     /// The Runbook's webhooks (`spec.notify`), told of the phase changes this pass saves.
     notify: Vec<crate::api::Notify>,
+    /// The `headersFrom` values of the Runbook's gates, read this pass as the app.
+    secret_headers: crate::gates::SecretHeaders,
 }
 
 impl Pass<'_> {
@@ -197,7 +200,13 @@ impl Pass<'_> {
         let spec_problem = observe::spec_problem(self.context, &self.app);
         // The gates' reads in the target namespace must be the app identity's to make.
         let runbook_problem = match (&runbook_problem, &spec_problem) {
-            (None, None) => boundary::runbook_reads(self.context, &self.app, &runbook.spec).await,
+            (None, None) => match boundary::runbook_reads(self.context, &self.app, &runbook.spec).await {
+                Ok(secret_headers) => {
+                    self.secret_headers = secret_headers;
+                    None
+                }
+                Err(problem) => Some(problem),
+            },
             _ => runbook_problem,
         };
         // A source the spec may not use is not fetched at all (credentials over plain
@@ -405,6 +414,7 @@ impl Pass<'_> {
                     &runbook.version,
                     &self.status.inventory,
                     &target,
+                    &self.secret_headers,
                 )
                 .await;
                 self.next_round = Some(round.next);

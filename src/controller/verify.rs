@@ -71,6 +71,7 @@ pub async fn round(
     runbook_version: &str,
     inventory: &[InventoryEntry],
     target_namespace: &str,
+    secret_headers: &gates::SecretHeaders,
 ) -> Round {
     let round = judge(
         context,
@@ -81,6 +82,7 @@ pub async fn round(
         runbook_version,
         inventory,
         target_namespace,
+        secret_headers,
     )
     .await;
     if let (Some(session), Verification::Passed { gates } | Verification::Failed { gates, .. }) =
@@ -124,6 +126,7 @@ async fn judge(
     runbook_version: &str,
     inventory: &[InventoryEntry],
     target_namespace: &str,
+    secret_headers: &gates::SecretHeaders,
 ) -> Round {
     let key = SessionKey {
         revision: operation.revision.clone(),
@@ -189,6 +192,7 @@ async fn judge(
         client,
         workloads: &context.caches.workloads,
         namespace: target_namespace,
+        secret_headers,
         applied_at,
     };
     session.gates.run_due_probes(&probes, now).await;

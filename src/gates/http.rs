@@ -108,13 +108,28 @@ impl HttpProber {
     /// goes wrong (bad URL, refused connection, timeout, unexpected answer) is a failed
     /// probe whose message says what. Request headers are never echoed (they may
     /// carry tokens), nor URL credentials.
-    pub async fn probe(&self, gate: &HttpGate, timeout: Duration, target_namespace: &str) -> ProbeOutcome {
-        self.exchange(gate, timeout, target_namespace).await.outcome
+    /// `secret_headers` are the gate's `headersFrom` values (see [`super::secret_headers`]).
+    pub async fn probe(
+        &self,
+        gate: &HttpGate,
+        secret_headers: &HeaderMap,
+        timeout: Duration,
+        target_namespace: &str,
+    ) -> ProbeOutcome {
+        self.exchange(gate, secret_headers, timeout, target_namespace)
+            .await
+            .outcome
     }
 
     /// [`HttpProber::probe`], keeping the answer for whoever needs more of it than the
     /// verdict (a smoke step captures values from it).
-    pub async fn exchange(&self, gate: &HttpGate, timeout: Duration, target_namespace: &str) -> Exchange {
+    pub async fn exchange(
+        &self,
+        gate: &HttpGate,
+        secret_headers: &HeaderMap,
+        timeout: Duration,
+        target_namespace: &str,
+    ) -> Exchange {
         let url = match probe_url(gate, target_namespace) {
             Ok(url) => url,
             Err(problem) => return Exchange::unanswered(problem),
@@ -135,10 +150,11 @@ impl HttpProber {
                 return Exchange::unanswered(format!("method {method_name:?} is not an HTTP method"));
             }
         };
-        let headers = match request_headers(gate) {
+        let mut headers = match request_headers(gate) {
             Ok(headers) => headers,
             Err(problem) => return Exchange::unanswered(format!("{target}: {problem}")),
         };
+        headers.extend(secret_headers.clone());
         let client = if gate.follow_redirects {
             &self.following
         } else {

@@ -16,6 +16,7 @@
 pub mod http;
 pub mod logs;
 pub mod metrics;
+pub mod secret_headers;
 pub mod smoke;
 pub mod tracker;
 pub mod window;
@@ -30,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::{Gate, GateVerdict, Verdict};
 
 pub use http::{HttpProber, ProbeOutcome};
+pub use secret_headers::SecretHeaders;
 pub use tracker::GateTracker;
 pub use workload::{WorkloadStores, WorkloadVerdict, WorkloadView, capture_baseline, evaluate_workloads};
 
@@ -74,6 +76,8 @@ pub struct ProbeContext<'a> {
     pub workloads: &'a (dyn WorkloadView + Sync),
     /// The app's target namespace.
     pub namespace: &'a str,
+    /// The `headersFrom` values of the gates, read from the app's Secrets.
+    pub secret_headers: &'a SecretHeaders,
     /// When the revision was applied: `logs` gates read only pods created since and
     /// count `within` from then.
     pub applied_at: Timestamp,
@@ -202,7 +206,12 @@ fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFut
         Gate { http: Some(http), .. } => Some(
             probes
                 .http
-                .probe(http, timeout, namespace)
+                .probe(
+                    http,
+                    probes.secret_headers.of_http(&gate.name),
+                    timeout,
+                    namespace,
+                )
                 .map(Observation::of)
                 .boxed(),
         ),
@@ -211,9 +220,15 @@ fn send_probe<'a>(gate: &'a Gate, probes: &'a ProbeContext<'_>) -> Option<BoxFut
         Gate {
             smoke: Some(smoke), ..
         } => Some(
-            smoke::probe(probes.http, smoke, timeout, namespace)
-                .map(Observation::of)
-                .boxed(),
+            smoke::probe(
+                probes.http,
+                (&gate.name, smoke),
+                probes.secret_headers,
+                timeout,
+                namespace,
+            )
+            .map(Observation::of)
+            .boxed(),
         ),
         Gate { logs: Some(logs), .. } => Some(
             logs::probe(
@@ -476,6 +491,7 @@ mod tests {
             client,
             workloads,
             namespace: "shop",
+            secret_headers: SecretHeaders::none(),
             applied_at: Timestamp::now(),
         }
     }

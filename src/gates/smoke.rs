@@ -27,6 +27,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use super::http::{Exchange, HttpProber, ProbeOutcome, json_lookup, quote_body};
+use super::secret_headers::SecretHeaders;
 use crate::api::{
     CaptureSource, Eventually, HttpGate, SmokeGate, SmokeStep, TemplatePiece, parse_duration, template_pieces,
 };
@@ -43,9 +44,11 @@ pub type Captured = BTreeMap<String, BTreeMap<String, String>>;
 
 /// Runs the steps of `smoke` in order: one probe of the gate. `request_timeout` (the
 /// gate's `timeoutSeconds`) bounds each request.
+/// `secrets` holds the steps' `headersFrom` values, under `gate` (the gate's name).
 pub async fn probe(
     prober: &HttpProber,
-    smoke: &SmokeGate,
+    (gate, smoke): (&str, &SmokeGate),
+    secrets: &SecretHeaders,
     request_timeout: Duration,
     target_namespace: &str,
 ) -> ProbeOutcome {
@@ -54,7 +57,7 @@ pub async fn probe(
     // run is bounded by the sum of its steps' budgets instead (each step keeps within
     // its own; this bound only guards against a step that would not).
     let budget = run_budget(smoke, request_timeout);
-    let run = run(prober, smoke, request_timeout, target_namespace);
+    let run = run(prober, (gate, smoke), secrets, request_timeout, target_namespace);
     match tokio::time::timeout(budget + RUN_GRACE, run).await {
         Ok(outcome) => outcome,
         Err(_) => ProbeOutcome::failed(format!(
@@ -86,7 +89,8 @@ pub fn step_budget(step: &SmokeStep, request_timeout: Duration) -> Duration {
 
 async fn run(
     prober: &HttpProber,
-    smoke: &SmokeGate,
+    (gate, smoke): (&str, &SmokeGate),
+    secrets: &SecretHeaders,
     request_timeout: Duration,
     target_namespace: &str,
 ) -> ProbeOutcome {
@@ -94,17 +98,31 @@ async fn run(
     let mut captured = Captured::new();
     let mut passed = Vec::with_capacity(total);
     for (index, step) in smoke.steps.iter().enumerate() {
-        match run_step(prober, step, &captured, request_timeout, target_namespace).await {
+        let secret_headers = secrets.of_request(gate, &step.name);
+        match run_step(
+            prober,
+            step,
+            secret_headers,
+            &captured,
+            request_timeout,
+            target_namespace,
+        )
+        .await
+        {
             Ok(step_passed) => {
                 passed.push(step_passed.summary(&step.name));
                 captured.insert(step.name.clone(), step_passed.values);
             }
+            // A failed step's message may quote a captured session token (in the URL
+            // or the body it echoes): the verdict needs its reference, not its value.
             Err(StepError::Failed(problem)) => {
+                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem));
             }
             // Every step's request passes the egress policy, so no captured value
             // travels where the policy would not let a request go.
             Err(StepError::Refused(problem)) => {
+                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::refused(step_failed(&step.name, index, total, &problem));
             }
         }
@@ -151,6 +169,7 @@ enum StepError {
 async fn run_step(
     prober: &HttpProber,
     step: &SmokeStep,
+    secret_headers: &HeaderMap,
     captured: &Captured,
     request_timeout: Duration,
     target_namespace: &str,
@@ -162,7 +181,9 @@ async fn run_step(
     let mut tries = 0;
     loop {
         tries += 1;
-        let exchange = prober.exchange(&request, request_timeout, target_namespace).await;
+        let exchange = prober
+            .exchange(&request, secret_headers, request_timeout, target_namespace)
+            .await;
         if exchange.outcome.refused {
             return Err(StepError::Refused(exchange.outcome.message));
         }

@@ -215,6 +215,12 @@ pub struct HttpGate {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// Request headers whose values are read from Secrets of the app's own namespace,
+    /// by header name: `Authorization: {secretKeyRef: {name: api, key: token}, prefix:
+    /// "Bearer "}`. Read as the app's identity (it needs `get secrets` there), never
+    /// printed. The way a ClusterRunbook sends a credential to an app's endpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers_from: BTreeMap<String, HeaderFrom>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     #[serde(default)]
@@ -222,6 +228,16 @@ pub struct HttpGate {
     /// Follow redirects (default false: a 3xx answer is judged as the status it is).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follow_redirects: bool,
+}
+
+/// A request header's value from a Secret of the app's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderFrom {
+    pub secret_key_ref: SecretKeyRef,
+    /// Written before the Secret's value, e.g. `"Bearer "` for a Secret holding a bare token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
 }
 
 /// Schema transform for [`HttpGate`]: exactly one target, `url` or `service` + `port`;

@@ -124,8 +124,8 @@ const AUTH_SCHEMES: &[&str] = &["bearer", "basic", "token", "digest"];
 /// URLs), so a credential written in it would be handed to every tenant: a header that
 /// carries one (Authorization, Cookie, X-Api-Key, …) may hold only references to values
 /// a smoke step captured (`Bearer {{.steps.login.token}}`), and a URL no user info.
-/// The Runbook API has no Secret reference for headers: a gate that needs a credential
-/// belongs in the app's own Runbook.
+/// A credential a gate needs comes from a Secret of the app's own namespace
+/// (`headersFrom`), read as the app's identity.
 pub fn cluster_credential_problems(spec: &RunbookSpec) -> Vec<RunbookProblem> {
     let mut problems = Vec::new();
     let mut check = |request: &HttpGate, at: String| {
@@ -155,8 +155,8 @@ pub fn cluster_credential_problems(spec: &RunbookSpec) -> Vec<RunbookProblem> {
                 problems.push(RunbookProblem::new(
                     format!("{at}.headers[{name:?}]"),
                     "a ClusterRunbook carries no credentials to the apps it verifies (their targets are \
-                     their tenants'): use only values captured by an earlier smoke step here, or put the \
-                     gate in the app's own Runbook",
+                     their tenants'): take the value from a Secret of the app's namespace with \
+                     headersFrom, or use only values captured by an earlier smoke step",
                 ));
             }
         }
@@ -528,7 +528,63 @@ fn check_http(http: &HttpGate, at: &str, problems: &mut Vec<RunbookProblem>) {
             ));
         }
     }
+    for (name, from) in &http.headers_from {
+        let field = format!("{at}.headersFrom[{name:?}]");
+        if !is_token(name) {
+            problems.push(RunbookProblem::new(
+                field.clone(),
+                "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~, no spaces)",
+            ));
+        }
+        if http
+            .headers
+            .keys()
+            .any(|inline| inline.eq_ignore_ascii_case(name))
+        {
+            problems.push(RunbookProblem::new(
+                field.clone(),
+                format!("is also in {at}.headers; give the header one value"),
+            ));
+        }
+        let secret = &from.secret_key_ref;
+        if !is_dns_subdomain(&secret.name) {
+            problems.push(RunbookProblem::new(
+                format!("{field}.secretKeyRef.name"),
+                format!("{:?} is not a Secret name (a DNS-1123 subdomain)", secret.name),
+            ));
+        }
+        if !is_secret_key(&secret.key) {
+            problems.push(RunbookProblem::new(
+                format!("{field}.secretKeyRef.key"),
+                format!(
+                    "{:?} is not a Secret key (letters, digits, '-', '_' and '.')",
+                    secret.key
+                ),
+            ));
+        }
+        if from
+            .prefix
+            .as_deref()
+            .is_some_and(|prefix| prefix.chars().any(|c| c.is_control() && c != '\t'))
+        {
+            problems.push(RunbookProblem::new(
+                format!("{field}.prefix"),
+                "has a line break or another control character",
+            ));
+        }
+    }
     check_expect(&http.expect, &format!("{at}.expect"), problems);
+}
+
+/// A key of a Secret's `data` (Kubernetes' `IsConfigMapKey`).
+fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn check_expect(expect: &HttpExpect, at: &str, problems: &mut Vec<RunbookProblem>) {
