@@ -16,12 +16,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bosun::api::Phase;
-use bosun_devenv::example::ExampleRevision;
+use bosun_devenv::example::{ExampleRevision, app_deployment_yaml};
 use bosun_devenv::{CONTROLLER_USER, ControlPlaneOptions, WorkRepo};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::Harness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,28 +56,6 @@ fn commit(repo: &WorkRepo, deployment: &Value, message: &str) -> String {
     )
     .unwrap();
     repo.commit(message).unwrap()
-}
-
-fn app_yaml(namespace: &str, name: &str, url: &str, runbook: &str) -> String {
-    format!(
-        r#"apiVersion: bosun.dev/v1alpha1
-kind: AppDeployment
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  source:
-    git:
-      url: {url}
-      ref:
-        branch: main
-      path: deploy
-      interval: 2s
-  runbookRef:
-    kind: Runbook
-    name: {runbook}
-"#
-    )
 }
 
 /// The bystander: the example app in its own namespace; the time from its commit to
@@ -117,7 +94,13 @@ async fn an_env_expansion_bomb_is_blocked_naming_the_limit_and_the_controller_st
         ))
         .await;
     harness
-        .apply_app(&app_yaml(ATTACKER, "api", &harness.git.url(bomb.name()), "rules"))
+        .apply_app(&app_deployment_yaml(
+            ATTACKER,
+            "api",
+            &harness.git.url(bomb.name()),
+            Some("rules"),
+            "2s",
+        ))
         .await;
     // The bystander commits while the bomb is being refused.
     let during = bystander_deploys(&harness, &shop, "1.2").await;
@@ -226,36 +209,13 @@ async fn an_unauthenticated_webhook_request_costs_no_api_request_and_reads_no_bo
         ..Default::default()
     })
     .await;
-    harness.namespace("bosun-system").await;
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "bosun-webhook", "namespace": "bosun-system"},
-        "stringData": {"token": "webhook-s3cret"},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(harness.client.clone(), "bosun-system")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
     let shop = harness.repo("shop");
     let first = ExampleRevision::good("1.0").commit_to(&shop, "first").unwrap();
     harness.quick_app(BYSTANDER, "shop", shop.name(), "10m").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    harness.start_controller_with(
-        &[
-            "--webhook-secret-name",
-            "bosun-webhook",
-            "--webhook-secret-namespace",
-            "bosun-system",
-            "--listen-address",
-            &address,
-        ],
-        &[],
-    );
+    let base = harness
+        .start_controller_with_webhook_receiver("webhook-s3cret")
+        .await;
+    let address = base.trim_start_matches("http://").to_string();
     harness
         .wait_for_phase(BYSTANDER, "shop", Phase::Healthy, &first)
         .await;
@@ -423,11 +383,12 @@ async fn a_malformed_app_or_runbook_does_not_stall_the_watches() {
     assert!(harness.controller_running(), "{}", harness.controller_log());
     // An app naming the unreadable Runbook is told why, not "not found".
     harness
-        .apply_app(&app_yaml(
+        .apply_app(&app_deployment_yaml(
             ATTACKER,
             "uses-broken",
             &harness.git.url(shop.name()),
-            "broken",
+            Some("broken"),
+            "2s",
         ))
         .await;
     harness
@@ -477,7 +438,13 @@ async fn events_of_a_253_character_app_with_long_multibyte_notes_reach_the_api_s
         ))
         .await;
     harness
-        .apply_app(&app_yaml(ATTACKER, &name, &harness.git.url(repo.name()), "rules"))
+        .apply_app(&app_deployment_yaml(
+            ATTACKER,
+            &name,
+            &harness.git.url(repo.name()),
+            Some("rules"),
+            "2s",
+        ))
         .await;
     harness.start_controller();
     harness
@@ -588,7 +555,7 @@ async fn a_deletion_refused_403_releases_the_finalizer_with_a_warning() {
         .await;
     let repo = harness.repo("shop");
     let first = ExampleRevision::good("1.0").commit_to(&repo, "first").unwrap();
-    let mut yaml = bosun_devenv::example::app_deployment_yaml(
+    let mut yaml = app_deployment_yaml(
         ATTACKER,
         "shop",
         &harness.git.url(repo.name()),

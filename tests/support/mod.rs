@@ -267,6 +267,44 @@ impl Harness {
         text
     }
 
+    /// Starts the controller with its webhook receiver on a free loopback port, the
+    /// receiver's token `token` in the Secret `bosun-system/bosun-webhook`; returns the
+    /// receiver's base URL.
+    pub async fn start_controller_with_webhook_receiver(&mut self, token: &str) -> String {
+        self.namespace("bosun-system").await;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bosun-webhook", "namespace": "bosun-system"},
+            "stringData": {"token": token},
+        }))
+        .unwrap();
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), "bosun-system")
+            .patch(
+                "bosun-webhook",
+                &PatchParams::apply("bosun-test").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .expect("webhook Secret");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        self.start_controller_with(
+            &[
+                "--webhook-secret-name",
+                "bosun-webhook",
+                "--webhook-secret-namespace",
+                "bosun-system",
+                "--listen-address",
+                &address,
+            ],
+            &[],
+        );
+        format!("http://{address}")
+    }
+
     pub async fn namespace(&self, name: &str) {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -380,6 +418,25 @@ impl Harness {
         }
     }
 
+    /// Waits until the app is Blocked with `reason` on its `Ready` condition.
+    pub async fn wait_for_blocked_reason(
+        &self,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> AppDeployment {
+        self.wait_for(namespace, name, &format!("Blocked by {reason}"), timeout, |app| {
+            app.status.as_ref().is_some_and(|s| {
+                s.phase == Phase::Blocked
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == reason)
+            })
+        })
+        .await
+    }
+
     pub async fn wait_for_phase(
         &self,
         namespace: &str,
@@ -417,6 +474,16 @@ pub async fn install_crds(client: &Client) {
 
 pub fn status(app: &AppDeployment) -> &bosun::api::AppDeploymentStatus {
     app.status.as_ref().expect("status")
+}
+
+/// The app's `Ready` condition.
+pub fn ready_condition(app: &AppDeployment) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status(app)
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .cloned()
+        .expect("Ready condition")
 }
 
 /// Logs of the code under test, shown for a failing test.
