@@ -113,16 +113,12 @@ async fn run(
                 passed.push(step_passed.summary(&step.name));
                 captured.insert(step.name.clone(), step_passed.values);
             }
-            // A failed step's message may quote a captured session token (in the URL
-            // or the body it echoes): the verdict needs its reference, not its value.
             Err(StepError::Failed(problem)) => {
-                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::failed(step_failed(&step.name, index, total, &problem));
             }
             // Every step's request passes the egress policy, so no captured value
             // travels where the policy would not let a request go.
             Err(StepError::Refused(problem)) => {
-                let problem = redact_captures(&problem, &captured);
                 return ProbeOutcome::refused(step_failed(&step.name, index, total, &problem));
             }
         }
@@ -351,32 +347,6 @@ pub fn substitute_request(request: &HttpGate, captured: &Captured) -> Result<Htt
     })
 }
 
-/// Captured values at least this long are shown as their reference in messages.
-const REDACTED_CAPTURE_CHARS: usize = 8;
-
-/// `message` with every captured value of [`REDACTED_CAPTURE_CHARS`] or more written as
-/// the reference that inserted it (`{{.steps.login.token}}`): a later step's URL,
-/// header or the body it quotes may carry a session token captured earlier, and the
-/// verdict needs the reference, not the value. Shorter values (an id) stay readable.
-pub fn redact_captures(message: &str, captured: &Captured) -> String {
-    let mut values: Vec<(&str, String)> = captured
-        .iter()
-        .flat_map(|(step, values)| {
-            values
-                .iter()
-                .filter(|(_, value)| value.chars().count() >= REDACTED_CAPTURE_CHARS)
-                .map(move |(name, value)| (value.as_str(), format!("{{{{.steps.{step}.{name}}}}}")))
-        })
-        .collect();
-    // The longest first, so that a value containing another is replaced whole.
-    values.sort_by_key(|(value, _)| std::cmp::Reverse(value.len()));
-    values
-        .into_iter()
-        .fold(message.to_string(), |text, (value, reference)| {
-            text.replace(value, &reference)
-        })
-}
-
 /// `step enriched (2 of 3): …`: which step, and where it stands in the run.
 fn step_failed(name: &str, index: usize, total: usize, problem: &str) -> String {
     format!("step {name} ({} of {total}): {problem}", index + 1)
@@ -400,24 +370,6 @@ fn seconds(duration: Duration) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn long_captured_values_are_shown_as_their_reference() {
-        let mut captured = Captured::new();
-        captured.insert(
-            "login".into(),
-            BTreeMap::from([
-                ("token".into(), "sess-0123456789".into()),
-                ("id".into(), "itm_1".into()),
-            ]),
-        );
-        assert_eq!(
-            redact_captures(
-                "GET http://h/items/itm_1?t=sess-0123456789: 500 (body: bad sess-0123456789)",
-                &captured
-            ),
-            "GET http://h/items/itm_1?t={{.steps.login.token}}: 500 (body: bad {{.steps.login.token}})"
-        );
-    }
     use crate::gates::http::Answer;
     use reqwest::header::HeaderValue;
 
