@@ -13,7 +13,7 @@
 //! - refused: every other 4xx, and an admission webhook's denial (which can come as a
 //!   403 too, but says "admission webhook ... denied the request"): the revision itself.
 
-use crate::core::{Failure, FailureKind};
+use crate::core::{Failure, FailureKind, StepOutcome};
 
 /// What an error means for the step that met it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,17 @@ impl Classified {
 
     pub fn is_transient(&self) -> bool {
         matches!(self, Classified::Transient(_))
+    }
+}
+
+/// A step that met a classified error reports it as is: retried later, or a refusal
+/// for [`crate::core::decide`] to judge.
+impl From<Classified> for StepOutcome {
+    fn from(classified: Classified) -> StepOutcome {
+        match classified {
+            Classified::Transient(message) => StepOutcome::Transient(message),
+            Classified::Refused(failure) => StepOutcome::Refused(failure),
+        }
     }
 }
 
@@ -88,15 +99,20 @@ fn is_admission_denial(message: &str) -> bool {
 pub fn server_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
-        other => with_causes(other),
+        other => error_chain(other),
     }
 }
 
 /// An error and the chain of its sources, each said once (many errors repeat their
-/// source in their own message).
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
+/// source in their own message): `error sending request: client error (Connect): tcp
+/// connect error: Connection refused (os error 111)`. The one formatter of causes.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    chain_after(error.to_string(), error.source())
+}
+
+/// `text` (what the caller says of an error, e.g. its own message without a URL)
+/// followed by the causes from `source` on, each said once.
+pub fn chain_after(mut text: String, mut source: Option<&dyn std::error::Error>) -> String {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {

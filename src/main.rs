@@ -270,6 +270,7 @@ async fn main() -> anyhow::Result<()> {
             if let Err(error) = bosun::controller::run(client, config, settings).await {
                 // At once: a replica that lost the Lease must not finish what it was
                 // doing (the runtime would wait for blocking Git fetches).
+                let error = bosun::failure::error_chain(&error);
                 tracing::error!(%error, "bosun controller stopped");
                 eprintln!("Error: {error}");
                 std::process::exit(1);

@@ -14,18 +14,49 @@
 //! `rotation/start`, `rollback/start`, `rollback/downgrade-running`,
 //! `rollback/downgrade`, `rollback/inventory`, `rollback/apply`, `rollback/verify`
 //! (recorded RolledBack). Unset, nothing happens.
+//!
+//! Only with the cargo feature `fault-injection`, which the tests enable (`cargo
+//! nextest run --all-features`) and the shipped build (`cargo build --release --bin
+//! bosun`, the image) does not have: there the switch is never armed, its hook is an
+//! empty inline function, and the variable is not read.
 
-use crate::api::{AppDeploymentStatus, OperationKind};
-use crate::core::{Decision, StepResult};
+use crate::api::AppDeploymentStatus;
+#[cfg(feature = "fault-injection")]
+use crate::api::OperationKind;
+use crate::core::Decision;
+#[cfg(feature = "fault-injection")]
+use crate::core::StepResult;
 
+/// The variable that arms the switch (read only with the `fault-injection` feature).
 pub const ENV: &str = "BOSUN_FAULT_ABORT_AFTER";
 
+/// The shipped build's switch: never armed, and [`FaultSwitch::after`] compiles to nothing.
+#[cfg(not(feature = "fault-injection"))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultSwitch;
+
+#[cfg(not(feature = "fault-injection"))]
+impl FaultSwitch {
+    pub fn from_env() -> Self {
+        FaultSwitch
+    }
+
+    pub fn is_armed(&self) -> bool {
+        false
+    }
+
+    #[inline(always)]
+    pub fn after(&self, _app: &str, _decision: &Decision, _status: &AppDeploymentStatus) {}
+}
+
+#[cfg(feature = "fault-injection")]
 #[derive(Clone, Debug, Default)]
 pub struct FaultSwitch {
     /// (app `namespace/name` or any, boundary)
     points: Vec<(Option<String>, String)>,
 }
 
+#[cfg(feature = "fault-injection")]
 impl FaultSwitch {
     pub fn from_env() -> Self {
         Self::parse(&std::env::var(ENV).unwrap_or_default())
@@ -68,6 +99,7 @@ impl FaultSwitch {
 }
 
 /// The boundary a persisted decision ends, named `<operation>/<step>`.
+#[cfg(feature = "fault-injection")]
 pub fn boundary(decision: &Decision, status: &AppDeploymentStatus) -> Option<String> {
     let kind = status.operation.as_ref().map(|op| op.kind);
     let name = |kind: Option<OperationKind>, step: &str| {
@@ -97,7 +129,7 @@ pub fn boundary(decision: &Decision, status: &AppDeploymentStatus) -> Option<Str
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fault-injection"))]
 mod tests {
     use super::*;
 

@@ -6,7 +6,7 @@
 
 use kube::ResourceExt;
 
-use super::steps::{StepInput, from, prepared, snapshot_manifests};
+use super::steps::{StepInput, prepared, snapshot_manifests};
 use super::{AppNames, Error};
 use crate::api::{JobKind, RunbookSpec, short_revision};
 use crate::core::{Failure, FailureKind, StepOutcome, StepResult};
@@ -58,14 +58,14 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
     };
     let job = match jobs::build_job(&request) {
         Ok(job) => job,
-        Err(error) => return Ok(from(error.classify())),
+        Err(error) => return Ok(StepOutcome::from(error.classify())),
     };
     let client = step.context.client_for(step.app)?;
     let name = job.name_any();
     let namespace = job.namespace().unwrap_or_default();
     let state = match jobs::ensure(&client, &job).await {
         Ok(state) => state,
-        Err(error) => return Ok(from(error.classify())),
+        Err(error) => return Ok(StepOutcome::from(error.classify())),
     };
     let what = format!("{} Job {namespace}/{name}", kind.as_str());
     // A Job that failed before this operation started is an earlier attempt's at the
@@ -78,7 +78,7 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
                     "{what} failed in an earlier attempt at revision {}; it is made again",
                     short_revision(&revision)
                 )),
-                Err(error) => from(error.classify()),
+                Err(error) => StepOutcome::from(error.classify()),
             },
         );
     }

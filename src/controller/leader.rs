@@ -174,7 +174,7 @@ impl LeaderClaim {
         if self.is_held() {
             Ok(())
         } else {
-            Err(Error::Internal(format!(
+            Err(Error::internal(format!(
                 "not the leader (the Lease is not held or its renewal is overdue): {what} not written"
             )))
         }

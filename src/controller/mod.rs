@@ -294,12 +294,12 @@ impl Context {
             ),
             git,
             prober: HttpProber::new(egress.clone())
-                .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?,
+                .map_err(|e| Error::internal_from("HTTP client", e))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
             fault: fault::FaultSwitch::from_env(),
             notifier: crate::notify::Notifier::start(crate::notify::DeliverySettings::default(), egress)
-                .map_err(|e| Error::Internal(format!("notifications: {e}")))?,
+                .map_err(|e| Error::internal_from("notifications", e))?,
             client,
             config,
             settings,
@@ -393,7 +393,7 @@ impl Context {
     pub fn apply_identity(&self, app: &AppDeployment) -> Result<Option<String>, Error> {
         self.identity(app)
             .map(|identity| identity.user())
-            .map_err(|failure| Error::Internal(failure.message))
+            .map_err(|failure| Error::internal(failure.message))
     }
 
     /// A client acting as the app's identity ([`Context::apply_identity`]): what it
@@ -416,7 +416,7 @@ impl Context {
                         let mut config = self.config.clone();
                         config.auth_info.impersonate = Some(user.clone());
                         let client = Client::try_from(config)
-                            .map_err(|e| Error::Internal(format!("client impersonating {user}: {e}")))?;
+                            .map_err(|e| Error::internal_from(&format!("client impersonating {user}"), e))?;
                         cache.insert(user, client.clone());
                         client
                     }
@@ -463,17 +463,17 @@ impl FetchNow {
         }
     }
 
-    /// Whether a push can wake anything here: only the replica that reconciles (a
-    /// standby has no apps in its cache and runs no passes).
-    pub fn is_reconciling(&self) -> bool {
+}
+
+impl crate::server::webhook::SourceWaker for FetchNow {
+    fn is_reconciling(&self) -> bool {
         self.ready.is_reconciling()
     }
 
     /// Every app (not suspended) whose `spec.source.git.url` `pushed` accepts: its
     /// repository's clone is marked stale, so the app's next pass fetches whatever its
-    /// interval, and the app is woken for that pass. Returns the apps woken
-    /// (`namespace/name`), sorted.
-    pub fn repository_pushed(&self, pushed: impl Fn(&str) -> bool) -> Vec<String> {
+    /// interval, and the app is woken for that pass.
+    fn wake(&self, pushed: &dyn Fn(&str) -> bool) -> Vec<String> {
         let mut woken: Vec<String> = self
             .apps
             .state()
@@ -513,10 +513,12 @@ pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -
     let mut webhook = None;
     if let Some(hooks) = &settings.webhook {
         let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone(), ready.clone());
-        let receiver = crate::server::webhook::WebhookReceiver::new(hooks, fetch_now, client.clone());
+        let receiver = crate::server::webhook::WebhookReceiver::new(hooks, Arc::new(fetch_now), client.clone());
         match hooks.listen {
             // A port of its own, e.g. to expose only the webhooks beyond the cluster.
-            Some(_) => crate::server::webhook::listen(hooks, receiver).await?,
+            Some(address) => crate::server::webhook::listen(hooks, receiver)
+                .await
+                .map_err(|e| Error::internal_from(&format!("--webhook-listen-address {address}"), e))?,
             None => webhook = Some(receiver),
         }
     }
@@ -533,7 +535,7 @@ pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -
         };
         let bound = crate::server::spawn(address, state)
             .await
-            .map_err(|e| Error::Internal(format!("--listen-address {address}: {e}")))?;
+            .map_err(|e| Error::internal_from(&format!("--listen-address {address}"), e))?;
         // The port actually listened on (`:0` picks one): the egress policy refuses it.
         settings.listen_address = Some(bound);
     }
@@ -637,7 +639,7 @@ pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -
         }
         Some(why) => {
             error!(%why, "lost the leader Lease: stopping reconciling and exiting");
-            Err(Error::Internal(format!("lost the leader Lease: {why}")))
+            Err(Error::internal(format!("lost the leader Lease: {why}")))
         }
     }
 }
@@ -698,17 +700,23 @@ async fn wait_for_api_server(
                 tokio::time::sleep(delay).await;
             }
             Err(kube::Error::Api(status)) if status.code == 400 && selector.is_some() => {
-                return Err(Error::Internal(format!(
-                    "--watch-label-selector {:?}: {}",
-                    selector.unwrap_or_default(),
-                    status.message
-                )));
+                return Err(Error::Internal {
+                    message: format!(
+                        "--watch-label-selector {:?}: {}",
+                        selector.unwrap_or_default(),
+                        status.message
+                    ),
+                    cause: Some(Box::new(kube::Error::Api(status))),
+                });
             }
             Err(error) => {
-                return Err(Error::Internal(format!(
-                    "cannot list AppDeployments: {}",
-                    crate::failure::server_message(&error)
-                )));
+                return Err(Error::Internal {
+                    message: format!(
+                        "cannot list AppDeployments: {}",
+                        crate::failure::server_message(&error)
+                    ),
+                    cause: Some(Box::new(error)),
+                });
             }
         }
     }

@@ -383,7 +383,7 @@ impl Pass<'_> {
         credentials: Option<&Credentials>,
     ) -> Result<StepOutcome, Error> {
         let Some(operation) = self.status.operation.clone() else {
-            return Err(Error::Internal("a step was decided without an operation".into()));
+            return Err(Error::internal("a step was decided without an operation"));
         };
         let input = StepInput {
             context: self.context,

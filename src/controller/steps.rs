@@ -35,13 +35,6 @@ impl StepInput<'_> {
     }
 }
 
-pub(super) fn from(classified: Classified) -> StepOutcome {
-    match classified {
-        Classified::Transient(message) => StepOutcome::Transient(message),
-        Classified::Refused(failure) => StepOutcome::Refused(failure),
-    }
-}
-
 /// Reads the revision's files from Git and parses them.
 pub async fn render(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome {
     let revision = &step.operation.revision;
@@ -66,13 +59,7 @@ async fn render_manifests(step: &StepInput<'_>, revision: &str) -> Result<Vec<Ma
         .git
         .files(&git.url, revision, git.path.as_deref(), step.credentials)
         .await
-        .map_err(|e| {
-            if e.is_transient() {
-                StepOutcome::Transient(e.to_string())
-            } else {
-                StepOutcome::Refused(Failure::new(FailureKind::RevisionInvalid, e.to_string()))
-            }
-        })?;
+        .map_err(|e| StepOutcome::from(e.classify()))?;
     if files.is_empty() {
         return Err(StepOutcome::Refused(Failure::new(
             FailureKind::RevisionInvalid,
@@ -123,7 +110,7 @@ pub async fn snapshot(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome
             state.rendered = None;
             StepOutcome::Done(StepResult::SnapshotStored { name })
         }
-        Err(error) => from(error.classify()),
+        Err(error) => StepOutcome::from(error.classify()),
     }
 }
 
@@ -151,7 +138,7 @@ pub(super) async fn snapshot_manifests(
             .await
             .map(Arc::new),
     };
-    loaded.map_err(|error| from(error.classify()))
+    loaded.map_err(|error| StepOutcome::from(error.classify()))
 }
 
 /// Checks the env contract and every Secret (and ConfigMap) the revision reads, from
@@ -242,7 +229,7 @@ pub async fn inventory(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
             Ok(planned) => StepOutcome::Done(StepResult::Planned {
                 inventory: planned.inventory,
             }),
-            Err(error) => from(error.classify()),
+            Err(error) => StepOutcome::from(error.classify()),
         },
     )
 }
@@ -286,7 +273,7 @@ pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
                 },
                 secret_digests,
             })),
-            Err(error) => from(error.classify()),
+            Err(error) => StepOutcome::from(error.classify()),
         },
     )
 }

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use crate::api::{HttpExpect, HttpGate};
 use crate::egress::{EgressPolicy, Refusal, refusal_in};
+use crate::failure::error_chain;
 
 /// Longest text from a response (body, a JSON value, header values, a `Location`)
 /// quoted in a message: gate messages end up in `status` and Events.
@@ -534,21 +535,6 @@ fn redact(text: &str) -> String {
             _ => text.to_string(),
         },
     }
-}
-
-/// `error sending request: client error (Connect): tcp connect error: Connection
-/// refused (os error 111)`: reqwest's own text alone does not say what failed.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
 }
 
 /// Text from a response as a message quotes it: at most [`MAX_QUOTED_CHARS`].

@@ -23,6 +23,7 @@ use super::http::{HttpProber, ProbeOutcome};
 use super::{Observation, truncate};
 use crate::api::{MetricsGate, NoData};
 use crate::egress::refusal_in;
+use crate::failure::error_chain;
 
 /// Longest query, label set or error text quoted in a message.
 const MAX_QUOTED_CHARS: usize = 200;
@@ -301,21 +302,6 @@ pub async fn probe(prober: &HttpProber, gate: &MetricsGate, timeout: Duration) -
             truncate(gate.query.trim(), MAX_QUOTED_CHARS)
         )),
     }
-}
-
-/// An error with its causes (`error sending request: … : Connection refused`).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

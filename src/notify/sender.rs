@@ -449,24 +449,13 @@ fn describe(error: &reqwest::Error, timeout: Duration, url: &str) -> String {
     if error.is_timeout() {
         return format!("no answer within {}s", timeout.as_secs_f64());
     }
-    let mut parts: Vec<String> = Vec::new();
-    let mut source: Option<&dyn std::error::Error> = Some(error);
-    while let Some(cause) = source {
-        let text = match parts.is_empty() {
-            // reqwest's own text, without the URL it appends.
-            true => match error.url() {
-                Some(url) => cause.to_string().replace(&format!(" for url ({url})"), ""),
-                None => cause.to_string(),
-            },
-            false => cause.to_string(),
-        };
-        if parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
+    // reqwest's own text, without the URL it appends.
+    let own = match error.url() {
+        Some(url) => error.to_string().replace(&format!(" for url ({url})"), ""),
+        None => error.to_string(),
+    };
     // Whatever a cause may quote of the URL goes too.
-    parts.join(": ").replace(url, "<url>")
+    crate::failure::chain_after(own, std::error::Error::source(error)).replace(url, "<url>")
 }
 
 #[cfg(test)]

@@ -52,7 +52,18 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 
-use crate::controller::FetchNow;
+/// What a push may do to the controller: wake the apps of a repository. All the
+/// receiver knows of the controller (which implements it, `controller::FetchNow`), so
+/// the server does not depend on the controller that starts it.
+pub trait SourceWaker: Send + Sync + 'static {
+    /// Whether a push can wake anything here: only the replica that reconciles (a
+    /// standby has no apps in its cache and runs no passes).
+    fn is_reconciling(&self) -> bool;
+
+    /// Wakes every app whose repository URL `pushed` accepts, so that its next pass
+    /// fetches whatever its interval; returns the apps woken (`namespace/name`), sorted.
+    fn wake(&self, pushed: &dyn Fn(&str) -> bool) -> Vec<String>;
+}
 
 /// Default limit on a request body. GitHub caps its payloads at 25 MB, but a push of a
 /// few commits is a few kB; commit lists are not read.
@@ -298,7 +309,7 @@ pub struct WebhookReceiver {
 }
 
 struct Inner {
-    fetch_now: FetchNow,
+    waker: Arc<dyn SourceWaker>,
     secret: SecretCache,
     body_limit: usize,
     limits: RateLimits,
@@ -531,10 +542,10 @@ fn address_key(address: IpAddr) -> IpAddr {
 }
 
 impl WebhookReceiver {
-    pub fn new(settings: &WebhookSettings, fetch_now: FetchNow, client: kube::Client) -> WebhookReceiver {
+    pub fn new(settings: &WebhookSettings, waker: Arc<dyn SourceWaker>, client: kube::Client) -> WebhookReceiver {
         WebhookReceiver {
             inner: Arc::new(Inner {
-                fetch_now,
+                waker,
                 secret: SecretCache::new(SecretSource::Kubernetes {
                     client,
                     namespace: settings.secret_namespace.clone(),
@@ -573,7 +584,7 @@ impl WebhookReceiver {
         }
         // A standby replica (or one still starting) runs no passes: say so, so that the
         // forge shows a failed delivery (and may redeliver) instead of a silent 202.
-        if !self.inner.fetch_now.is_reconciling() {
+        if !self.inner.waker.is_reconciling() {
             info!(source, repositories = ?names, "push received by a replica that does not reconcile");
             return answer(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -582,7 +593,7 @@ impl WebhookReceiver {
                 0,
             );
         }
-        let apps = self.inner.fetch_now.repository_pushed(|url| {
+        let apps = self.inner.waker.wake(&|url| {
             Repository::of(url).is_some_and(|repository| repositories.contains(&repository))
         });
         info!(source, repositories = ?names, apps = ?apps, "push received");
@@ -813,16 +824,11 @@ pub fn routes(receiver: WebhookReceiver) -> Router {
 
 /// Serves [`routes`] on `settings.listen`, when set, in the background. Binding
 /// happens before this returns, so a port in use fails the start.
-pub async fn listen(
-    settings: &WebhookSettings,
-    receiver: WebhookReceiver,
-) -> Result<(), crate::controller::Error> {
+pub async fn listen(settings: &WebhookSettings, receiver: WebhookReceiver) -> std::io::Result<()> {
     let Some(address) = settings.listen else {
         return Ok(());
     };
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
-        crate::controller::Error::Internal(format!("--webhook-listen-address {address}: {e}"))
-    })?;
+    let listener = tokio::net::TcpListener::bind(address).await?;
     info!(%address, "webhook receiver listening");
     tokio::spawn(async move {
         let service = routes(receiver).into_make_service_with_connect_info::<SocketAddr>();
@@ -1089,12 +1095,12 @@ mod tests {
         let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let receiver = WebhookReceiver {
             inner: Arc::new(Inner {
-                fetch_now: FetchNow::new(
+                waker: Arc::new(crate::controller::FetchNow::new(
                     store,
                     crate::source::GitCache::new(dir.path().into()),
                     trigger,
                     ready.clone(),
-                ),
+                )),
                 secret: SecretCache::new(SecretSource::Fixed(secret.clone(), reads.clone())),
                 body_limit: 4096,
                 limits: RateLimits::new(

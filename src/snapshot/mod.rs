@@ -118,18 +118,8 @@ impl SnapshotError {
         }
     }
 
-    /// Only API failures may go away by retrying; the others need a person.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            SnapshotError::Api {
-                class: crate::failure::ApiErrorClass::Transient,
-                ..
-            }
-        )
-    }
-
-    /// What the error means for the step that met it (see [`crate::failure`]).
+    /// What the error means for the step that met it (see [`crate::failure`]): only
+    /// an API server that did not answer may answer later; the others need a person.
     pub fn classify(&self) -> crate::failure::Classified {
         use crate::core::{Failure, FailureKind};
         use crate::failure::{ApiErrorClass, Classified};

@@ -27,6 +27,9 @@ pub use url::redact_url;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::{Failure, FailureKind};
+use crate::failure::Classified;
+
 /// A Git reference resolved to a commit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolved {
@@ -125,9 +128,20 @@ impl SourceError {
         }
     }
 
-    /// Whether trying again later may help (the server or network), as opposed to
-    /// an error that stays until the spec, the Secret or the repository changes.
-    pub fn is_transient(&self) -> bool {
+    /// What the error means for a step reading the revision (see [`crate::failure`]):
+    /// the server or the network may answer later; anything else stays until the spec,
+    /// the Secret or the repository changes, a verdict on the revision.
+    pub fn classify(&self) -> Classified {
+        if self.is_transient() {
+            Classified::Transient(self.to_string())
+        } else {
+            Classified::Refused(Failure::new(FailureKind::RevisionInvalid, self.to_string()))
+        }
+    }
+
+    /// Whether trying again later may help: the fetch retries these at once, and
+    /// [`SourceError::classify`] calls them transient.
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, SourceError::FetchFailed { .. } | SourceError::Git { .. })
     }
 
