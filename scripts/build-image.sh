@@ -41,6 +41,12 @@ if ldd "$binary" >/dev/null 2>&1 && ! ldd "$binary" 2>&1 | grep -q "statically l
   exit 1
 fi
 
+# The crash tests' fault switch is a cargo feature (fault-injection) the image must not have.
+if grep -qa "fault injection: aborting" "$binary"; then
+  echo "$binary has the fault switch: build it without --features fault-injection" >&2
+  exit 1
+fi
+
 echo "== image $image (FROM scratch)"
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT

@@ -19,7 +19,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-echo "== the controller as shipped builds without the devenv feature"
+echo "== the controller as shipped builds without the devenv and fault-injection features"
 cargo check --locked --bin bosun
 echo "== tests"
 cargo nextest run --workspace --all-features --locked --no-fail-fast "$@"

@@ -279,6 +279,36 @@ mod tests {
         );
     }
 
+    /// An error whose message already quotes its cause.
+    #[derive(Debug)]
+    struct Quoting(ConnectFailure);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "error sending request: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn every_cause_is_said_once() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let error = Quoting(ConnectFailure(refused));
+        assert_eq!(
+            error_chain(&error),
+            "error sending request: client error (Connect): Connection refused"
+        );
+        assert_eq!(
+            chain_after("sending".into(), std::error::Error::source(&error)),
+            "sending: client error (Connect): Connection refused"
+        );
+    }
+
     #[test]
     fn no_answer_is_transient() {
         let error = kube::Error::Service(Box::new(std::io::Error::new(

@@ -1,4 +1,4 @@
-//! High availability (SPEC §3): two real `bosun controller` processes elect a leader on
+//! High availability (README, "High availability and sharding"): two real `bosun controller` processes elect a leader on
 //! a `coordination.k8s.io/v1` Lease; only the leader writes; SIGKILLing it in the middle
 //! of a verification hands the revision to the other, which finishes it once. And
 //! sharding with `--watch-label-selector`.

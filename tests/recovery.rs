@@ -1,4 +1,4 @@
-//! Crash recovery at every step boundary (SPEC §2: the controller may be killed at any
+//! Crash recovery at every step boundary (README, "The life of a revision": the controller may be killed at any
 //! instant and, restarted, finishes the revision with no duplicate apply, no lost
 //! history and no second rollback).
 //!

@@ -1,4 +1,4 @@
-//! The runbook's Jobs end to end (SPEC §2 steps 4 and 8): backup, migration and
+//! The runbook's Jobs end to end (README, "The runbook, step by step"): backup, migration and
 //! downgrade Jobs run by the real `bosun` binary against the local control plane, whose
 //! Job controller runs them while the pod simulator plays their pods' scripts
 //! (`sh -c "echo …; exit N"`: a Job's pod logs each `echo` and ends at its `exit`).

@@ -1,7 +1,8 @@
-//! Apply stage (SPEC §2 step 5): the rendered manifests of a revision reach the cluster by
-//! server-side apply with the app's own field manager, in dependency order, after the
-//! whole set passed a server dry run; what is already in place is not sent again; what
-//! the previous revision owned and this one does not is pruned, within limits.
+//! Apply stage (the inventory and apply steps, README, "The life of a revision"): the
+//! rendered manifests of a revision reach the cluster by server-side apply with the
+//! app's own field manager, in dependency order, after the whole set passed a server
+//! dry run; what is already in place is not sent again; what the previous revision
+//! owned and this one does not is pruned, within limits.
 //!
 //! Two calls, matching the steps of an operation:
 //! - [`Applier::plan`] (step `inventory`): resolves every object, refuses objects that

@@ -118,10 +118,10 @@ pub struct AppState {
     errors: u32,
     /// The `resourceVersion` of our last write of the app.
     written_version: Option<String>,
-    /// Manifests rendered but not yet in a snapshot, keyed `revision/render digest`.
-    rendered: Option<(String, Arc<Vec<Manifest>>)>,
+    /// Manifests rendered but not yet in a snapshot.
+    rendered: Option<RenderedManifests>,
     /// Git credentials read from the Secret, with when and from which Secret.
-    credentials: Option<(Instant, String, Credentials)>,
+    credentials: Option<ReadCredentials>,
     /// When the blocked revision was last checked again (checks cost no write, so the
     /// status does not say when).
     last_block_check: Option<Instant>,
@@ -132,6 +132,21 @@ pub struct AppState {
     snapshots_retained: bool,
     /// A decision whose status write got no answer, written by the next pass.
     unsaved: Option<pass::Unsaved>,
+}
+
+/// Manifests the render step made, kept for the snapshot step of the same pass or the next.
+struct RenderedManifests {
+    /// `revision/render digest`: what they are the manifests of.
+    key: String,
+    manifests: Arc<Vec<Manifest>>,
+}
+
+/// Git credentials read from `spec.source.git.secretRef`, re-read after an interval.
+struct ReadCredentials {
+    read_at: Instant,
+    /// The Secret's name (the app may name another one since).
+    secret: String,
+    credentials: Credentials,
 }
 
 /// The names an app's applies go by: owner (`namespace/name`, the owner annotation),

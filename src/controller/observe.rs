@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
-use super::{AppState, Context};
+use super::{AppState, Context, ReadCredentials};
 use crate::api::{
     AppDeployment, AppDeploymentStatus, RunbookKind, RunbookSpec, condition, describe_problems,
     parse_duration, set_condition, short_revision,
@@ -18,9 +18,9 @@ use crate::core::record::Notice;
 use crate::core::{DesiredRevision, Failure, FailureKind};
 use crate::source::{Credentials, SourceError, SourcePolicy};
 
-/// The Runbook an app deploys with, and the version it was read at (an edit restarts
-/// verification).
-pub struct Runbook {
+/// The spec of the Runbook (or ClusterRunbook) an app deploys with, validated, and the
+/// version it was read at (an edit restarts verification).
+pub struct ValidatedRunbook {
     pub spec: RunbookSpec,
     pub version: String,
 }
@@ -28,9 +28,9 @@ pub struct Runbook {
 /// The app's Runbook from the cache, validated. No `runbookRef`: the defaults (the
 /// workload gate alone). A Runbook that is missing or invalid is a problem that blocks
 /// the app, never one that fails a revision.
-pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failure> {
+pub fn runbook(context: &Context, app: &AppDeployment) -> Result<ValidatedRunbook, Failure> {
     let Some(reference) = &app.spec.runbook_ref else {
-        return Ok(Runbook {
+        return Ok(ValidatedRunbook {
             spec: RunbookSpec::default(),
             version: String::new(),
         });
@@ -65,7 +65,7 @@ pub fn runbook(context: &Context, app: &AppDeployment) -> Result<Runbook, Failur
             format!("{what} cannot be evaluated: {}", describe_problems(&problems)),
         ));
     }
-    Ok(Runbook { spec, version })
+    Ok(ValidatedRunbook { spec, version })
 }
 
 /// The regular expressions of a Runbook (`logs` gates, env policies) that do not
@@ -277,11 +277,11 @@ async fn credentials(
     let Some(secret_ref) = &app.spec.source.git.secret_ref else {
         return Ok(None);
     };
-    if let Some((read_at, name, credentials)) = &state.credentials
-        && name == &secret_ref.name
-        && read_at.elapsed() < interval(app)
+    if let Some(read) = &state.credentials
+        && read.secret == secret_ref.name
+        && read.read_at.elapsed() < interval(app)
     {
-        return Ok(Some(credentials.clone()));
+        return Ok(Some(read.credentials.clone()));
     }
     let namespace = app.namespace().unwrap_or_default();
     // Read on the app's behalf: only a Secret its identity may read.
@@ -311,7 +311,11 @@ async fn credentials(
             )
         })?;
     let credentials = Credentials::from_secret(&secret_ref.name, secret).map_err(|e| e.to_string())?;
-    state.credentials = Some((Instant::now(), secret_ref.name.clone(), credentials.clone()));
+    state.credentials = Some(ReadCredentials {
+        read_at: Instant::now(),
+        secret: secret_ref.name.clone(),
+        credentials: credentials.clone(),
+    });
     Ok(Some(credentials))
 }
 

@@ -15,7 +15,7 @@ use kube::{Api, ResourceExt};
 use rand::Rng;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::observe::{self, Runbook};
+use super::observe::{self, ValidatedRunbook};
 use super::status_writer::{self, FINALIZER};
 use super::steps::{self, StepInput};
 use super::{AppNames, AppState, Context, Error, boundary, cleanup, job_steps, resync, verify};
@@ -189,7 +189,7 @@ impl Pass<'_> {
         let (runbook, runbook_problem) = match observe::runbook(self.context, &self.app) {
             Ok(runbook) => (runbook, None),
             Err(problem) => (
-                Runbook {
+                ValidatedRunbook {
                     spec: RunbookSpec::default(),
                     version: String::new(),
                 },
@@ -379,7 +379,7 @@ impl Pass<'_> {
     async fn run_step(
         &mut self,
         step: Step,
-        runbook: &Runbook,
+        runbook: &ValidatedRunbook,
         credentials: Option<&Credentials>,
     ) -> Result<StepOutcome, Error> {
         let Some(operation) = self.status.operation.clone() else {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use super::{AppNames, AppState, Context, Error};
+use super::{AppNames, AppState, Context, Error, RenderedManifests};
 use crate::api::{AppDeployment, Operation, RunbookSpec, short_revision};
 use crate::core::{Applied, Failure, FailureKind, Recheck, StepOutcome, StepResult};
 use crate::failure::Classified;
@@ -42,7 +42,10 @@ pub async fn render(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome {
         Ok(manifests) => {
             let objects = manifests.len();
             let render_digest = step.app.spec.render_digest();
-            state.rendered = Some((format!("{revision}/{render_digest}"), Arc::new(manifests)));
+            state.rendered = Some(RenderedManifests {
+                key: format!("{revision}/{render_digest}"),
+                manifests: Arc::new(manifests),
+            });
             StepOutcome::Done(StepResult::Rendered {
                 render_digest,
                 objects,
@@ -85,7 +88,7 @@ pub async fn snapshot(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome
         .unwrap_or_else(|| step.app.spec.render_digest());
     let key = format!("{revision}/{render_digest}");
     let manifests = match &state.rendered {
-        Some((rendered, manifests)) if *rendered == key => manifests.clone(),
+        Some(rendered) if rendered.key == key => rendered.manifests.clone(),
         // Rendered by a controller that stopped since: render again (same files).
         _ => match render_manifests(step, revision).await {
             Ok(manifests) => Arc::new(manifests),

@@ -1,6 +1,6 @@
-//! Backup, migration and downgrade Jobs (SPEC §2 steps 4 and 8): built from the Runbook
-//! and the revision's own workloads, started once, adopted after a restart, watched to
-//! their end, and cleaned up.
+//! Backup, migration and downgrade Jobs (README, "The runbook, step by step"): built
+//! from the Runbook and the revision's own workloads, started once, adopted after a
+//! restart, watched to their end, and cleaned up.
 //!
 //! - [`name`]: the Job's name and labels, deterministic from app, kind and revision,
 //!   so a restarted controller finds the Job it started instead of starting another;

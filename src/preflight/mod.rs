@@ -1,4 +1,4 @@
-//! Preflight (SPEC §2 step 3): before anything of a revision is written, does it meet
+//! Preflight (README, "The runbook, step by step"): before anything of a revision is written, does it meet
 //! the Runbook's env contract, and does every Secret it reads exist? Pure: the
 //! rendered objects, the Runbook and a [`ClusterLookup`] (the controller's watch
 //! caches) in, a verdict out. Also the two changes made to the objects before they are

@@ -1,7 +1,8 @@
 //! What bosun changes in a revision's objects before applying them: the Runbook's
-//! defaults injected where `inject: true` asks, and the digest of the external
-//! Secrets each workload reads in its pod template, so that rolling out a change of
-//! their data rolls the workload (SPEC §1, `spec.secrets.rolloutOnChange`).
+//! defaults injected where `inject: true` asks, and the digest of the external Secrets
+//! each workload reads in its pod template, so that rolling out a change of their data
+//! rolls the workload (`spec.secrets.rolloutOnChange`; README, "The runbook, step by
+//! step": Secret rotation).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,6 @@
-//! Render: the manifests of a revision (SPEC §2 step 2), from the files the source
-//! stage read. Pure: bytes in, validated and normalized Kubernetes objects out.
+//! Render: the manifests of a revision (the render step, README, "The life of a
+//! revision"), from the files the source stage read. Pure: bytes in, validated and
+//! normalized Kubernetes objects out.
 //!
 //! Every `*.yaml|*.yml` file may hold several documents; `*.json` holds one object.
 //! A `kind: List` expands into its items. Any error names the file and the line, so

@@ -1,7 +1,7 @@
-//! Healthy revisions stored in the cluster (SPEC §2 step 7): the rendered manifests of a
-//! revision that passed verification, gzipped JSON in a Secret owned by the
-//! AppDeployment, so that a rollback needs no Git and the garbage collector removes the
-//! snapshots together with the app.
+//! Healthy revisions stored in the cluster (the snapshot step, README, "The life of a
+//! revision"): the rendered manifests of a revision that passed verification, gzipped
+//! JSON in a Secret owned by the AppDeployment, so that a rollback needs no Git and the
+//! garbage collector removes the snapshots together with the app.
 //!
 //! Where they live: in the app's own namespace, written by the controller there only
 //! where the namespace was onboarded (the chart's `<release>-tenant` role), never by a

@@ -1,4 +1,5 @@
-//! Fetch: the first stage of a revision's life (SPEC §2 step 1).
+//! Fetch: the first stage of a revision's life (README, "The life of a revision" and
+//! "Git sources: who reads what").
 //!
 //! Bare clones ([`GitCache`]) are fetched incrementally and read without a work tree:
 //! a revision's manifests come straight out of the commit's tree

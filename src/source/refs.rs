@@ -5,7 +5,7 @@ use semver::{Version, VersionReq};
 use super::{Resolved, SourceError, field};
 use crate::api::GitRef;
 
-/// Branch when a ref names none (SPEC §1).
+/// Branch when a ref names none (README, "A minimal example").
 pub const DEFAULT_BRANCH: &str = "main";
 
 /// A validated `spec.source.git.ref`.

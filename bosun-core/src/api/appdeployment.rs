@@ -129,7 +129,7 @@ pub struct Pin {
     pub revision: String,
 }
 
-/// Where a revision is in its life; see SPEC §2.
+/// Where a revision is in its life; see the README, "The life of a revision".
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
     #[default]
