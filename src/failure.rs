@@ -54,7 +54,7 @@ pub enum ApiErrorClass {
     Refused,
 }
 
-pub fn class_of(error: &kube::Error) -> ApiErrorClass {
+pub(crate) fn class_of(error: &kube::Error) -> ApiErrorClass {
     match error {
         kube::Error::Api(status) => class_of_status(status.code, &status.message),
         // The request could not be built or its answer not read as JSON: the object is
@@ -67,7 +67,7 @@ pub fn class_of(error: &kube::Error) -> ApiErrorClass {
 }
 
 /// Classifies an answer of the API server by its HTTP status code and message.
-pub fn class_of_status(code: u16, message: &str) -> ApiErrorClass {
+pub(crate) fn class_of_status(code: u16, message: &str) -> ApiErrorClass {
     match code {
         401 | 408 | 409 | 410 | 429 => ApiErrorClass::Transient,
         403 if is_admission_denial(message) => ApiErrorClass::Refused,
@@ -96,7 +96,7 @@ fn is_admission_denial(message: &str) -> bool {
 /// The API server's own message when there is one (it names the field), else the error
 /// with its causes: `client error (Connect)` alone does not say that the connection
 /// was refused.
-pub fn server_message(error: &kube::Error) -> String {
+pub(crate) fn server_message(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
         other => error_chain(other),
@@ -112,7 +112,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// `text` (what the caller says of an error, e.g. its own message without a URL)
 /// followed by the causes from `source` on, each said once.
-pub fn chain_after(mut text: String, mut source: Option<&dyn std::error::Error>) -> String {
+pub(crate) fn chain_after(mut text: String, mut source: Option<&dyn std::error::Error>) -> String {
     while let Some(cause) = source {
         let cause_text = cause.to_string();
         if !text.contains(&cause_text) {
@@ -146,7 +146,7 @@ pub fn classify(error: &kube::Error, subject: &str) -> Classified {
 /// `configmaps "x" is forbidden: User "system:serviceaccount:team:deployer" cannot
 /// create resource "configmaps" in API group "" in the namespace "kube-system"`.
 /// Anything else is quoted as it came.
-pub fn describe_forbidden(message: &str) -> String {
+pub(crate) fn describe_forbidden(message: &str) -> String {
     let quoted_after = |marker: &str| -> Option<&str> {
         let start = message.find(marker)? + marker.len();
         let rest = &message[start..];

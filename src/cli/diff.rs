@@ -174,7 +174,7 @@ fn comparable(object: &DynamicObject, kind: &str) -> String {
 
 /// A unified-style line diff: ` ` kept, `-` only in `before`, `+` only in `after`
 /// (longest common subsequence of lines; manifests are small).
-pub fn line_diff(before: &str, after: &str) -> String {
+pub(crate) fn line_diff(before: &str, after: &str) -> String {
     let a: Vec<&str> = before.lines().collect();
     let b: Vec<&str> = after.lines().collect();
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];

@@ -156,7 +156,7 @@ async fn cluster_lookup(
 }
 
 /// The Secrets and ConfigMaps of `namespace`, as preflight looks them up.
-pub async fn lookup_of(client: &Client, namespace: &str) -> anyhow::Result<InMemoryLookup> {
+pub(crate) async fn lookup_of(client: &Client, namespace: &str) -> anyhow::Result<InMemoryLookup> {
     add_namespace(InMemoryLookup::default(), client, namespace).await
 }
 

@@ -13,7 +13,7 @@ use crate::core::quarantined_at;
 /// One line of `kubectl bosun status`; `-o json|yaml` prints it with full revisions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusRow {
+pub(crate) struct StatusRow {
     pub namespace: String,
     pub name: String,
     pub phase: String,
@@ -47,7 +47,7 @@ impl StatusRow {
 }
 
 /// The table of `status`: NAMESPACE, NAME, PHASE, CURRENT, LAST HEALTHY, AGE, TIP.
-pub fn status_table(rows: &[StatusRow], now: Timestamp) -> String {
+pub(crate) fn status_table(rows: &[StatusRow], now: Timestamp) -> String {
     let header = [
         "NAMESPACE",
         "NAME",
@@ -81,7 +81,7 @@ pub fn status_table(rows: &[StatusRow], now: Timestamp) -> String {
 /// `deploying (apply)`, `blocked: PreflightFailed`, `quarantined`, `rolling back`,
 /// `suspended`, `pending`, or `unknown` when Git was not read yet. A pinned app says
 /// so: `running (pinned)`.
-pub fn tip_fate(app: &AppDeployment) -> String {
+pub(crate) fn tip_fate(app: &AppDeployment) -> String {
     if app.spec.suspend {
         return "suspended".into();
     }
@@ -128,7 +128,7 @@ fn fate_of(status: &AppDeploymentStatus, tip: &str, spec_digest: &str) -> String
 
 /// The text of `history`: one row per revision, newest first, each followed by its
 /// gates' verdicts and messages.
-pub fn history_text(history: &[HistoryEntry]) -> String {
+pub(crate) fn history_text(history: &[HistoryEntry]) -> String {
     let header = ["REVISION", "PHASE", "STARTED", "FINISHED", "MESSAGE"];
     let rows: Vec<Vec<String>> = history
         .iter()
@@ -200,7 +200,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `45s`, `12m`, `5h`, `3d`: the age of an object as kubectl shows it.
-pub fn age(now: Timestamp, since: Timestamp) -> String {
+pub(crate) fn age(now: Timestamp, since: Timestamp) -> String {
     let elapsed: Duration = now.duration_since(since).try_into().unwrap_or(Duration::ZERO);
     let seconds = elapsed.as_secs();
     match seconds {

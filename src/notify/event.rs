@@ -18,7 +18,7 @@ use crate::gates::truncate;
 
 /// The phases a receiver can be told of (`spec.notify[].on` may list others; they are
 /// never told).
-pub const TOLD_PHASES: &[Phase] = &[
+pub(crate) const TOLD_PHASES: &[Phase] = &[
     Phase::Healthy,
     Phase::Blocked,
     Phase::Failed,

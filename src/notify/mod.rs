@@ -21,7 +21,7 @@ mod payload;
 mod receivers;
 mod sender;
 
-pub use event::{PhaseEvent, TOLD_PHASES, event_of};
-pub use payload::{SLACK_FIELD_MAX_CHARS, SLACK_TEXT_MAX_CHARS, json_payload, payload, slack_payload};
-pub use receivers::{DEFAULT_PHASES, Receiver, receivers_for, receivers_of, resolve, secrets_read_by, wants};
+pub use event::{PhaseEvent, event_of};
+pub(crate) use receivers::{receivers_of, secrets_read_by};
+pub use receivers::{Receiver, receivers_for};
 pub use sender::{Attempt, DeliveryOutcome, DeliveryReport, DeliverySettings, Notifier, NotifyError, judge};

@@ -9,12 +9,12 @@ use crate::gates::truncate;
 
 /// Slack's limit for a section block's `text` (and the top-level `text` shown in
 /// notifications) is 3,000 characters.
-pub const SLACK_TEXT_MAX_CHARS: usize = 3_000;
+pub(crate) const SLACK_TEXT_MAX_CHARS: usize = 3_000;
 /// Slack's limit for each text object of a section's `fields` is 2,000 characters.
-pub const SLACK_FIELD_MAX_CHARS: usize = 2_000;
+pub(crate) const SLACK_FIELD_MAX_CHARS: usize = 2_000;
 
 /// The body for a receiver of `format`.
-pub fn payload(format: NotifyFormat, event: &PhaseEvent) -> Value {
+pub(crate) fn payload(format: NotifyFormat, event: &PhaseEvent) -> Value {
     match format {
         NotifyFormat::Json => json_payload(event),
         NotifyFormat::Slack => slack_payload(event),
@@ -24,7 +24,7 @@ pub fn payload(format: NotifyFormat, event: &PhaseEvent) -> Value {
 /// `{"app", "namespace", "phase", "revision": {"from", "to"}, "gate", "reason", "message",
 /// "summary", "at"}`, plus `"rotation": [Secret names]` for a rollout of a Secret change.
 /// Revisions are full commit ids (links to a commit need them); absent values are null.
-pub fn json_payload(event: &PhaseEvent) -> Value {
+pub(crate) fn json_payload(event: &PhaseEvent) -> Value {
     let mut body = json!({
         "app": event.app,
         "namespace": event.namespace,
@@ -49,7 +49,7 @@ pub fn json_payload(event: &PhaseEvent) -> Value {
 /// Slack reads `&`, `<` and `>` as control characters in `mrkdwn` (`<url|label>`,
 /// `<!channel>`): they are escaped as `&amp;`, `&lt;`, `&gt;`, so nothing in a message
 /// becomes a link or a mention.
-pub fn slack_payload(event: &PhaseEvent) -> Value {
+pub(crate) fn slack_payload(event: &PhaseEvent) -> Value {
     let summary = truncate(&escape(&event.summary), SLACK_TEXT_MAX_CHARS - 1);
     let revision = |r: &Option<String>| match r {
         Some(r) => format!("`{}`", short_revision(r)),

@@ -13,7 +13,7 @@ use reqwest::Url;
 use crate::api::{Notify, NotifyFormat, Phase};
 
 /// The phases told when a receiver's `on` is empty.
-pub const DEFAULT_PHASES: &[Phase] = super::TOLD_PHASES;
+pub(crate) const DEFAULT_PHASES: &[Phase] = super::event::TOLD_PHASES;
 
 /// A receiver ready to be posted to.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Receiver {
 }
 
 /// Whether `receiver` wants to be told of `phase` (`on`, or [`DEFAULT_PHASES`]).
-pub fn wants(receiver: &Notify, phase: Phase) -> bool {
+pub(crate) fn wants(receiver: &Notify, phase: Phase) -> bool {
     if receiver.on.is_empty() {
         DEFAULT_PHASES.contains(&phase)
     } else {
@@ -44,13 +44,13 @@ pub fn wants(receiver: &Notify, phase: Phase) -> bool {
 }
 
 /// The receivers of `notify` that want `phase`, for [`resolve`].
-pub fn receivers_of(notify: &[Notify], phase: Phase) -> Vec<Notify> {
+pub(crate) fn receivers_of(notify: &[Notify], phase: Phase) -> Vec<Notify> {
     notify.iter().filter(|r| wants(r, phase)).cloned().collect()
 }
 
 /// The Secrets (names, in the AppDeployment's namespace) whose keys hold URLs of
 /// `receivers`: what to read before calling [`resolve`].
-pub fn secrets_read_by(receivers: &[Notify]) -> Vec<String> {
+pub(crate) fn secrets_read_by(receivers: &[Notify]) -> Vec<String> {
     let mut names: Vec<String> = receivers
         .iter()
         .filter_map(|r| r.url_from.as_ref().map(|from| from.name.clone()))
@@ -64,7 +64,7 @@ pub fn secrets_read_by(receivers: &[Notify]) -> Vec<String> {
 /// AppDeployment's), read through `secret_data(namespace, name)` (the Secret's `data`,
 /// `None` when it does not exist). Returns the receivers that can be posted to and,
 /// for the others, what is wrong, naming receiver, Secret and key (never a value).
-pub fn resolve(
+pub(crate) fn resolve(
     receivers: &[Notify],
     namespace: &str,
     secret_data: impl Fn(&str, &str) -> Option<BTreeMap<String, Vec<u8>>>,

@@ -24,7 +24,8 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
-use super::{PhaseEvent, Receiver, payload};
+use super::payload::payload;
+use super::{PhaseEvent, Receiver};
 use crate::api::Phase;
 use crate::egress::{EgressPolicy, refusal_in};
 

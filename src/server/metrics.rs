@@ -163,12 +163,12 @@ impl Metrics {
     }
 
     /// Counts the AppDeployments of `apps` by phase at every scrape.
-    pub fn count_apps(&self, apps: Store<AppDeployment>) {
+    pub(crate) fn count_apps(&self, apps: Store<AppDeployment>) {
         let _ = self.inner.apps.set(apps);
     }
 
     /// Every metric as OpenMetrics text (ends with `# EOF`).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
             .expect("writing to a String cannot fail");
@@ -176,7 +176,7 @@ impl Metrics {
     }
 
     /// A pass over the app `key` (`namespace/name`) begins.
-    pub fn pass_started(&self, key: &str) {
+    pub(crate) fn pass_started(&self, key: &str) {
         self.update_work(key, |work| work.running = true);
     }
 
@@ -199,12 +199,12 @@ impl Metrics {
 
     /// Whether the app `key` has a deploy or rollback in progress after its pass: such
     /// an app has more passes coming (a verification round, a Job, a retried step).
-    pub fn operation_in_progress(&self, key: &str, in_progress: bool) {
+    pub(crate) fn operation_in_progress(&self, key: &str, in_progress: bool) {
         self.update_work(key, |work| work.operating = in_progress);
     }
 
     /// The app `key` was deleted.
-    pub fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         lock(&self.inner.work).remove(key);
         lock(&self.inner.rollbacks_decided).remove(key);
     }
@@ -223,7 +223,7 @@ impl Metrics {
     /// A verification finished: one gate of `kind` (`workload`, `http`, `smoke`,
     /// `logs`, `metrics`) ended with `verdict`. A gate still pending when another one
     /// failed the revision has no verdict and is not counted.
-    pub fn gate_verdict(&self, kind: &str, verdict: Verdict) {
+    pub(crate) fn gate_verdict(&self, kind: &str, verdict: Verdict) {
         let verdict = match verdict {
             Verdict::Passed => "passed",
             Verdict::Failed => "failed",
@@ -244,7 +244,7 @@ impl Metrics {
     /// The clock starts at the verification round that failed the revision, which is
     /// the round of the decision: a gate with `failureThreshold: N` failed its first
     /// probe `N - 1` periods earlier, which this does not count.
-    pub fn rollback_decided(&self, namespace: &str, name: &str) {
+    pub(crate) fn rollback_decided(&self, namespace: &str, name: &str) {
         self.inner
             .rollbacks
             .get_or_create(&AppLabels {
@@ -269,7 +269,7 @@ impl Metrics {
 
     /// One Git fetch took `duration`; `error` is the reason it failed
     /// (`SourceError::reason`), `None` when it succeeded.
-    pub fn git_fetched(&self, duration: Duration, error: Option<&'static str>) {
+    pub(crate) fn git_fetched(&self, duration: Duration, error: Option<&'static str>) {
         let result = if error.is_some() { "error" } else { "ok" };
         self.inner
             .git_fetch_duration

@@ -69,7 +69,7 @@ impl Readiness {
     }
 
     /// Whether this replica reconciles: only then can a push wake an app here.
-    pub fn is_reconciling(&self) -> bool {
+    pub(crate) fn is_reconciling(&self) -> bool {
         self.0.load(Ordering::Acquire) == RECONCILING
     }
 

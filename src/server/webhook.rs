@@ -69,7 +69,7 @@ pub trait SourceWaker: Send + Sync + 'static {
 /// few commits is a few kB; commit lists are not read.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// The key of the Secret that holds the shared secret.
-pub const SECRET_KEY: &str = "token";
+pub(crate) const SECRET_KEY: &str = "token";
 
 /// Where the receiver's shared secret is, and where it listens.
 #[derive(Clone, Debug)]
@@ -181,7 +181,7 @@ fn host_of(authority: &str) -> Option<String> {
 
 /// Whether `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under `secret`,
 /// checked in constant time.
-pub fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+pub(crate) fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
     let Some(hex) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
         return false;
     };
@@ -195,7 +195,7 @@ pub fn signature_valid(secret: &[u8], body: &[u8], header: Option<&str>) -> bool
 
 /// Whether `given` is the secret, in constant time: digests are compared, so not even
 /// the length of the secret shows in the timing.
-pub fn token_valid(secret: &[u8], given: Option<&str>) -> bool {
+pub(crate) fn token_valid(secret: &[u8], given: Option<&str>) -> bool {
     let Some(given) = given else {
         return false;
     };
@@ -215,7 +215,7 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// What a valid request asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Hook {
+pub(crate) enum Hook {
     /// A push to a repository known by these URLs (every form the sender gave).
     Push(Vec<String>),
     /// GitHub's `ping`, sent when the webhook is set up: answered 200.
@@ -225,7 +225,7 @@ pub enum Hook {
 }
 
 /// A GitHub delivery: `event` is `X-GitHub-Event`.
-pub fn github_hook(event: Option<&str>, body: &[u8]) -> Result<Hook, String> {
+pub(crate) fn github_hook(event: Option<&str>, body: &[u8]) -> Result<Hook, String> {
     #[derive(Deserialize)]
     struct Payload {
         repository: Option<GitHubRepository>,
@@ -251,7 +251,7 @@ pub fn github_hook(event: Option<&str>, body: &[u8]) -> Result<Hook, String> {
 }
 
 /// A GitLab delivery (`object_kind` is the event).
-pub fn gitlab_hook(body: &[u8]) -> Result<Hook, String> {
+pub(crate) fn gitlab_hook(body: &[u8]) -> Result<Hook, String> {
     #[derive(Deserialize)]
     struct Payload {
         object_kind: Option<String>,
@@ -278,7 +278,7 @@ pub fn gitlab_hook(body: &[u8]) -> Result<Hook, String> {
 }
 
 /// A generic push: `{"repository": "<url>"}`.
-pub fn generic_hook(body: &[u8]) -> Result<Hook, String> {
+pub(crate) fn generic_hook(body: &[u8]) -> Result<Hook, String> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Payload {
@@ -317,7 +317,7 @@ struct Inner {
 
 /// A cached secret is used this long before it is read again (at the next request
 /// that presents a credential).
-pub const SECRET_TTL: Duration = Duration::from_secs(60);
+pub(crate) const SECRET_TTL: Duration = Duration::from_secs(60);
 /// After a credential that does not match, the secret is read again (it may have
 /// been rotated) unless it was read less than this ago: wrong guesses cost at most one
 /// Secret GET per this time, whatever their number.
@@ -451,7 +451,7 @@ impl SecretCache {
 
 /// A token bucket: `burst` requests at once, then one per `every`.
 #[derive(Clone, Copy, Debug)]
-pub struct Rate {
+pub(crate) struct Rate {
     pub burst: u32,
     pub every: Duration,
 }
@@ -461,11 +461,11 @@ pub struct Rate {
 /// cannot make bosun fetch in a loop). IPv6 addresses count by /64, which one host
 /// usually holds whole. `X-Forwarded-For` is not trusted: behind a proxy, the proxy's
 /// address is the one counted.
-pub const ADDRESS_RATE: Rate = Rate {
+pub(crate) const ADDRESS_RATE: Rate = Rate {
     burst: 60,
     every: Duration::from_millis(500),
 };
-pub const REPOSITORY_RATE: Rate = Rate {
+pub(crate) const REPOSITORY_RATE: Rate = Rate {
     burst: 20,
     every: Duration::from_secs(3),
 };
@@ -812,7 +812,7 @@ async fn generic(State(receiver): State<WebhookReceiver>, request: Request) -> R
 
 /// `POST /hooks/github`, `/hooks/gitlab`, `/hooks/generic`, to merge into the
 /// controller's HTTP server.
-pub fn routes(receiver: WebhookReceiver) -> Router {
+pub(crate) fn routes(receiver: WebhookReceiver) -> Router {
     let limit = receiver.inner.body_limit;
     Router::new()
         .route("/hooks/github", post(github))

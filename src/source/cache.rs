@@ -80,10 +80,10 @@ const BYTES_PER_REF: u64 = 4096;
 const RESERVE_STEP: u64 = 8 * 1024 * 1024;
 /// A clone no app uses is removed once it was not read for this long (a `kubectl
 /// bosun diff`, an app that moved to another URL).
-pub const UNUSED_GRACE: Duration = Duration::from_secs(5 * 60);
+pub(crate) const UNUSED_GRACE: Duration = Duration::from_secs(5 * 60);
 /// A clone not read at all for this long is removed even if an app said it uses it
 /// (an app that left this controller's watch without being deleted).
-pub const STALE_GRACE: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const STALE_GRACE: Duration = Duration::from_secs(6 * 3600);
 /// The limits on what one repository may cost, set by the `--git-max-*` flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GitBudgets {
@@ -205,7 +205,7 @@ impl GitCache {
     }
 
     /// A cache (under `root`) that tells `observer` of every fetch.
-    pub fn observed(root: PathBuf, observer: FetchObserver, budgets: GitBudgets) -> GitCache {
+    pub(crate) fn observed(root: PathBuf, observer: FetchObserver, budgets: GitBudgets) -> GitCache {
         GitCache::build(root, Some(observer), budgets)
     }
 
@@ -242,12 +242,12 @@ impl GitCache {
     }
 
     /// Bare clones created since start.
-    pub fn clone_count(&self) -> usize {
+    pub(crate) fn clone_count(&self) -> usize {
         self.inner.clones.load(Ordering::Relaxed)
     }
 
     /// Fetches attempted since start (including each clone's first one).
-    pub fn fetch_count(&self) -> usize {
+    pub(crate) fn fetch_count(&self) -> usize {
         self.inner.fetches.load(Ordering::Relaxed)
     }
 
@@ -333,7 +333,7 @@ impl GitCache {
     /// fetch, whatever the credentials: a push to the repository was announced (a
     /// webhook). Only a fetch begun after this call counts as fresh, so one already
     /// running cannot hide the push.
-    pub fn invalidate(&self, url: &str) -> Result<(), SourceError> {
+    pub(crate) fn invalidate(&self, url: &str) -> Result<(), SourceError> {
         let url = RepoUrl::parse(url)?;
         self.inner
             .pushed
@@ -345,7 +345,7 @@ impl GitCache {
 
     /// [`GitCache::resolve`] for the app `app` (`namespace/name`), which from now on
     /// uses this clone (and no longer the one it used before).
-    pub async fn resolve_as(
+    pub(crate) async fn resolve_as(
         &self,
         app: &str,
         url: &str,
@@ -382,7 +382,7 @@ impl GitCache {
     /// those not read for [`STALE_GRACE`]; then, while the total is over its budget,
     /// the least recently used. Clones being fetched or read are left alone. Blocking
     /// (removes directories): call it from a blocking thread.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         let candidates: Vec<(Arc<Entry>, &'static str)> = {
             let table = self.inner.table();
             table
@@ -414,7 +414,7 @@ impl GitCache {
     /// Resolves `reference` to a commit, fetching first when these credentials last
     /// proved access to `url` longer than `max_age` ago, or before a push announced by
     /// [`GitCache::invalidate`].
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         url: &str,
         reference: &GitRef,

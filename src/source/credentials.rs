@@ -13,7 +13,7 @@ use super::known_hosts::KnownHosts;
 /// installation tokens and accepts any username with personal access tokens; GitLab
 /// accepts any non-blank username with personal, project and group access tokens.
 /// So one fixed name serves both, where `git` would fail for GitHub App tokens.
-pub const TOKEN_USERNAME: &str = "x-access-token";
+pub(crate) const TOKEN_USERNAME: &str = "x-access-token";
 
 /// How to authenticate to a Git server.
 #[derive(Clone)]
@@ -50,7 +50,7 @@ impl fmt::Debug for Credentials {
 
 impl Credentials {
     /// Reads a Secret named by `spec.source.git.secretRef` (its `data`).
-    pub fn from_secret(
+    pub(crate) fn from_secret(
         secret_name: &str,
         secret: k8s_openapi::api::core::v1::Secret,
     ) -> Result<Credentials, SourceError> {
@@ -66,7 +66,7 @@ impl Credentials {
     /// Reads the Secret's data. Accepted keys, in order of precedence:
     /// `identity` (+ required `known_hosts`, optional `password` as passphrase),
     /// `token`, `username`+`password`.
-    pub fn from_secret_data(
+    pub(crate) fn from_secret_data(
         secret_name: &str,
         data: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Credentials, SourceError> {

@@ -77,7 +77,7 @@ impl KnownHosts {
     /// Feeds every entry (marker, host patterns, key) to `hasher`, length-prefixed so
     /// different contents never hash alike: callers share a fetch of the cache only
     /// if they trust the same host keys.
-    pub fn hash_into(&self, hasher: &mut Sha256) {
+    pub(crate) fn hash_into(&self, hasher: &mut Sha256) {
         let len = |n: usize| (n as u64).to_le_bytes();
         hasher.update(len(self.entries.len()));
         for entry in &self.entries {

@@ -53,9 +53,9 @@ pub struct SourceFile {
 /// Field names used in messages, so a user knows what to fix in the AppDeployment.
 pub(crate) mod field {
     pub const URL: &str = "spec.source.git.url";
-    pub const REF: &str = "spec.source.git.ref";
+    pub(crate) const REF: &str = "spec.source.git.ref";
     pub const PATH: &str = "spec.source.git.path";
-    pub const SECRET_REF: &str = "spec.source.git.secretRef";
+    pub(crate) const SECRET_REF: &str = "spec.source.git.secretRef";
 }
 
 /// Why fetching or reading a revision failed. Messages never carry credentials:

@@ -6,7 +6,7 @@ use super::{Resolved, SourceError, field};
 use crate::api::GitRef;
 
 /// Branch when a ref names none (README, "A minimal example").
-pub const DEFAULT_BRANCH: &str = "main";
+pub(crate) const DEFAULT_BRANCH: &str = "main";
 
 /// A validated `spec.source.git.ref`.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +22,7 @@ pub(crate) enum RefQuery {
 }
 
 impl RefQuery {
-    pub fn from_git_ref(reference: &GitRef) -> Result<RefQuery, SourceError> {
+    pub(crate) fn from_git_ref(reference: &GitRef) -> Result<RefQuery, SourceError> {
         let invalid = |message: String| SourceError::InvalidSpec {
             field: field::REF,
             message,
@@ -90,7 +90,7 @@ impl RefQuery {
     }
 
     /// Resolves the query against the (already fetched) bare repository.
-    pub fn resolve(&self, repo: &git2::Repository, url: &str) -> Result<Resolved, SourceError> {
+    pub(crate) fn resolve(&self, repo: &git2::Repository, url: &str) -> Result<Resolved, SourceError> {
         let not_found = |detail: String| SourceError::RefNotFound {
             url: url.to_string(),
             reference: self.describe(),

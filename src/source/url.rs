@@ -276,13 +276,13 @@ impl RepoUrl {
 
     /// Removes the URL's secrets from a message (libgit2 may echo the URL, or parts
     /// of it, in its errors).
-    pub fn scrub(&self, message: &str) -> String {
+    pub(crate) fn scrub(&self, message: &str) -> String {
         scrub_secrets(&message.replace(&self.raw, &self.redacted), &self.secrets)
     }
 
     /// Whether the URL itself carries credentials: any user information but an SSH
     /// account name (a token may be written as the user alone).
-    pub fn has_credentials(&self) -> bool {
+    pub(crate) fn has_credentials(&self) -> bool {
         match (&self.userinfo, self.scheme) {
             (None, _) => false,
             (Some(info), Scheme::Ssh) => info.contains(':'),
