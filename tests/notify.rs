@@ -18,7 +18,7 @@ use bosun::api::{
     AppDeployment, AppDeploymentSpec, AppDeploymentStatus, GateVerdict, Notify, NotifyFormat, Phase,
     SecretKeyRef, Step, Verdict,
 };
-use bosun::core::record::{self, Context};
+use bosun::core::record::{self, RecordInput};
 use bosun::core::{
     self, Applied, Decision, DesiredRevision, Failure, FailureKind, Input, Recheck, StepOutcome, StepResult,
     Verification,
@@ -202,7 +202,7 @@ impl Story {
             record::record(
                 &mut self.status,
                 &decision,
-                &Context {
+                &RecordInput {
                     now: self.now,
                     generation: Some(1),
                     history_limit: 10,

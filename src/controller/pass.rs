@@ -281,7 +281,7 @@ impl Pass<'_> {
             ) {
                 info!(decision = %describe(&decision), "decided");
             }
-            let record_context = record::Context {
+            let record_input = record::RecordInput {
                 now,
                 generation,
                 history_limit: self.app.spec.revision_history_limit.unwrap_or(10) as usize,
@@ -289,7 +289,7 @@ impl Pass<'_> {
                 desired: desired.revision(),
                 plan,
             };
-            notices.extend(record::record(&mut self.status, &decision, &record_context));
+            notices.extend(record::record(&mut self.status, &decision, &record_input));
             self.save(&mut notices).await?;
             self.publish(&mut notices).await;
             if matches!(decision, Decision::RollBack { .. }) {

@@ -14,7 +14,7 @@
 
 use proptest::prelude::*;
 
-use super::record::{Context, record};
+use super::record::{RecordInput, record};
 use super::tests::{A, B, C, DIGEST, job, t0};
 use super::*;
 use crate::api::{InventoryEntry, JobKind, MigrationRollbackPolicy, Verdict};
@@ -265,7 +265,7 @@ impl Model {
             record(
                 &mut self.status,
                 &decision,
-                &Context {
+                &RecordInput {
                     now: self.now,
                     generation: Some(self.generation),
                     history_limit: 10,

@@ -25,7 +25,7 @@ const MIN_JOB_RECORDS: usize = 20;
 
 /// What the bookkeeping needs besides the status.
 #[derive(Clone, Debug)]
-pub struct Context<'a> {
+pub struct RecordInput<'a> {
     pub now: Timestamp,
     pub generation: Option<i64>,
     /// `spec.revisionHistoryLimit` (default 10).
@@ -38,7 +38,7 @@ pub struct Context<'a> {
     pub plan: StepPlan,
 }
 
-impl Context<'_> {
+impl RecordInput<'_> {
     fn now_text(&self) -> String {
         rfc3339(self.now)
     }
@@ -81,7 +81,7 @@ pub fn rfc3339(time: Timestamp) -> String {
 }
 
 /// Writes `decision` into `status`; returns the Events that announce it.
-pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Context<'_>) -> Vec<Notice> {
+pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &RecordInput<'_>) -> Vec<Notice> {
     status.observed_generation = ctx.generation;
     let mut notices = Vec::new();
     match decision {
@@ -255,7 +255,7 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
 fn start_deploy(
     status: &mut AppDeploymentStatus,
     revision: &str,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let short = short_revision(revision);
@@ -336,7 +336,7 @@ fn start_deploy(
 fn advance(
     status: &mut AppDeploymentStatus,
     result: &StepResult,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let spec_digest = ctx.spec_digest.to_string();
@@ -531,7 +531,7 @@ pub fn next_step(operation: &Operation, jobs: &[JobRecord], plan: StepPlan) -> S
 }
 
 /// Keeps the newest record of every Job (one per name), newest first.
-fn record_job(status: &mut AppDeploymentStatus, job: JobRecord, ctx: &Context<'_>) {
+fn record_job(status: &mut AppDeploymentStatus, job: JobRecord, ctx: &RecordInput<'_>) {
     status.jobs.retain(|existing| existing.job != job.job);
     status.jobs.insert(0, job);
     status.jobs.truncate(ctx.history_limit.max(MIN_JOB_RECORDS));
@@ -540,7 +540,7 @@ fn record_job(status: &mut AppDeploymentStatus, job: JobRecord, ctx: &Context<'_
 fn mark_healthy(
     status: &mut AppDeploymentStatus,
     gates: &[GateVerdict],
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let Some(operation) = status.operation.take() else {
@@ -597,7 +597,7 @@ struct RollBackTo<'a> {
 fn roll_back(
     status: &mut AppDeploymentStatus,
     rollback: &RollBackTo<'_>,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let RollBackTo {
@@ -666,7 +666,7 @@ fn roll_back(
 fn start_rotation(
     status: &mut AppDeploymentStatus,
     secrets: &BTreeMap<String, String>,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let Some(revision) = status.current_revision.clone() else {
@@ -710,7 +710,7 @@ fn reject_rotation(
     status: &mut AppDeploymentStatus,
     message: &str,
     gates: &[GateVerdict],
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let Some(operation) = status.operation.take() else {
@@ -735,7 +735,7 @@ fn reject_rotation(
     ));
 }
 
-fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &Context<'_>, notices: &mut Vec<Notice>) {
+fn finish_rollback(status: &mut AppDeploymentStatus, ctx: &RecordInput<'_>, notices: &mut Vec<Notice>) {
     let Some(operation) = status.operation.take() else {
         return;
     };
@@ -769,7 +769,7 @@ fn give_up(
     status: &mut AppDeploymentStatus,
     step: Step,
     message: &str,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let Some(operation) = status.operation.take() else {
@@ -813,7 +813,7 @@ fn block(
     reason: crate::api::BlockReason,
     message: &str,
     retry: bool,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
     let note = format!("revision {}: {message}", short_revision(revision));
@@ -920,7 +920,7 @@ pub fn phase_at_rest(status: &AppDeploymentStatus, desired: Option<&str>, spec_d
 }
 
 /// Whether what runs is what Git (or the pin) asks for, rendered from the current spec.
-fn runs_desired(status: &AppDeploymentStatus, ctx: &Context<'_>) -> bool {
+fn runs_desired(status: &AppDeploymentStatus, ctx: &RecordInput<'_>) -> bool {
     ctx.desired
         .is_none_or(|desired| status.current_revision.as_deref() == Some(desired))
         && status
@@ -944,7 +944,7 @@ pub fn phase_of_step(operation: &Operation) -> Phase {
 /// when the app is Healthy *and* runs the Git tip (or pin); `Reconciling` (work under
 /// way) and `Stalled` (nothing changes without a new commit or spec) are present only
 /// while true, as kstatus expects.
-pub fn set_phase(status: &mut AppDeploymentStatus, phase: Phase, message: &str, ctx: &Context<'_>) {
+pub fn set_phase(status: &mut AppDeploymentStatus, phase: Phase, message: &str, ctx: &RecordInput<'_>) {
     let reason = match phase {
         Phase::Pending
         | Phase::Fetching
@@ -962,7 +962,7 @@ fn set_phase_with_reason(
     phase: Phase,
     reason: &str,
     message: &str,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
 ) {
     status.phase = phase;
     let runs_desired = runs_desired(status, ctx);
@@ -1012,7 +1012,7 @@ fn is_retrying(status: &AppDeploymentStatus) -> bool {
 }
 
 /// A step that finished is no longer being retried.
-fn remove_retrying(status: &mut AppDeploymentStatus, ctx: &Context<'_>) {
+fn remove_retrying(status: &mut AppDeploymentStatus, ctx: &RecordInput<'_>) {
     if is_retrying(status) {
         remove_condition(&mut status.conditions, condition::RECONCILING);
         let phase = status.phase;
@@ -1035,7 +1035,7 @@ pub fn set_condition_now(
     value: bool,
     reason: &str,
     message: &str,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
 ) {
     set_condition(
         &mut status.conditions,
@@ -1094,7 +1094,7 @@ pub fn update_history(
     phase: Phase,
     message: Option<&str>,
     finished: bool,
-    ctx: &Context<'_>,
+    ctx: &RecordInput<'_>,
 ) {
     if let Some(entry) = open_entry(status, revision) {
         entry.phase = phase;
@@ -1125,7 +1125,7 @@ fn record_gates(status: &mut AppDeploymentStatus, revision: &str, gates: &[GateV
 }
 
 /// Quarantines `revision` at the current generation; a repeat failure refreshes it.
-pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str, ctx: &Context<'_>) {
+pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str, ctx: &RecordInput<'_>) {
     status.quarantined.retain(|q| q.revision != revision);
     status.quarantined.insert(
         0,

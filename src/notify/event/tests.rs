@@ -8,7 +8,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
 use crate::api::{AppDeploymentSpec, GateVerdict, Step};
-use crate::core::record::{self, Context};
+use crate::core::record::{self, RecordInput};
 use crate::core::{
     self, Applied, Decision, DesiredRevision, Failure, FailureKind, Input, Recheck, StepOutcome, StepResult,
     Verification,
@@ -176,7 +176,7 @@ impl Story {
             record::record(
                 &mut self.status,
                 &decision,
-                &Context {
+                &RecordInput {
                     now: self.now,
                     generation: self.app.metadata.generation,
                     history_limit: 10,
