@@ -14,7 +14,7 @@ use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
 use bosun::gates::http::MAX_QUOTED_CHARS;
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{GateTracker, HttpProber, ProbeContext, SecretHeaders, Verification};
+use bosun::gates::{GateTracker, HttpProber, ProbeContext, SecretHeaders, RunbookGates};
 use serde_json::json;
 
 const NAMESPACE: &str = "shop";
@@ -264,7 +264,7 @@ async fn unexpected_json_fails_with_what_came() -> anyhow::Result<()> {
 
 /// A gate probed through the façade, one period per round, with synthetic time.
 struct Rounds {
-    verification: Verification,
+    verification: RunbookGates,
     prober: HttpProber,
     now: Instant,
     period: Duration,
@@ -274,7 +274,7 @@ impl Rounds {
     fn new(gate: Gate) -> anyhow::Result<Self> {
         Ok(Self {
             period: gate.period(),
-            verification: Verification::new(std::slice::from_ref(&gate)),
+            verification: RunbookGates::new(std::slice::from_ref(&gate)),
             prober: HttpProber::new(loopback_policy())?,
             now: Instant::now(),
         })

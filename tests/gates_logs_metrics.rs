@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bosun::api::{Gate, LogsGate, MetricsGate, NoData, Threshold, Verdict};
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{HttpProber, Observation, ProbeContext, Verification, logs, metrics};
+use bosun::gates::{HttpProber, Observation, ProbeContext, RunbookGates, logs, metrics};
 use bosun_devenv::{ControlPlane, ControlPlaneOptions, MetricsEndpoint, PodSimulator, Prometheus};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -454,7 +454,7 @@ async fn logs_and_metrics_gates_through_verification() {
             ..gate("error-rate")
         },
     ];
-    let mut verification = Verification::new(&gates);
+    let mut verification = RunbookGates::new(&gates);
     let prober = HttpProber::new(loopback_policy()).expect("prober");
     let started = Instant::now();
     while !verification.all_passed() {
@@ -490,7 +490,7 @@ async fn logs_and_metrics_gates_through_verification() {
     );
 
     // The same metrics gate on the failing app fails after two probes.
-    let mut verification = Verification::new(&[Gate {
+    let mut verification = RunbookGates::new(&[Gate {
         metrics: Some(metrics.gate(&error_rate(&metrics.failing.target()), "<", 0.01, NoData::Wait)),
         ..gate("error-rate")
     }]);

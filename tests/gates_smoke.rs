@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bosun::api::{Gate, Phase, RunbookSpec, SmokeGate, Verdict};
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{HttpProber, ProbeContext, SecretHeaders, Verification, smoke};
+use bosun::gates::{HttpProber, ProbeContext, SecretHeaders, RunbookGates, smoke};
 use bosun_devenv::example::ExampleRevision;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -541,7 +541,7 @@ async fn the_gate_timeout_bounds_each_request_not_an_eventually() -> anyhow::Res
     let app = LiteVault::start(Enrichment::After(Duration::from_secs(3))).await?;
     // One second per request, four for the item to be enriched.
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "4s"));
-    let mut verification = Verification::new(&[gate(smoke, 1, 1)]);
+    let mut verification = RunbookGates::new(&[gate(smoke, 1, 1)]);
     assert!(!verification.is_empty(), "a smoke gate is verified");
     let started = Instant::now();
     let (prober, client, workloads) = (
@@ -563,7 +563,7 @@ async fn the_gate_timeout_bounds_each_request_not_an_eventually() -> anyhow::Res
 async fn a_failed_smoke_run_counts_as_one_failed_probe() -> anyhow::Result<()> {
     let app = LiteVault::start(Enrichment::Never).await?;
     let smoke = smoke_gate(&litevault_smoke_yaml(&app.base, "1s"));
-    let mut verification = Verification::new(&[gate(smoke, 2, 2)]);
+    let mut verification = RunbookGates::new(&[gate(smoke, 2, 2)]);
     let (prober, client, workloads) = (
         HttpProber::new(loopback_policy())?,
         offline_client()?,

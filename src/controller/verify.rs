@@ -23,7 +23,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Gate state of one verification; lives in memory between passes.
 pub struct Session {
     key: SessionKey,
-    gates: gates::Verification,
+    gates: gates::RunbookGates,
     window: VerifyWindow,
     /// The verdicts were counted in the metrics (once per verification).
     counted: bool,
@@ -137,7 +137,7 @@ async fn judge(
     if session.as_ref().is_none_or(|s| s.key != key) {
         *session = Some(Session {
             key,
-            gates: gates::Verification::new(&runbook.gates),
+            gates: gates::RunbookGates::new(&runbook.gates),
             window: VerifyWindow::default(),
             counted: false,
             refused: None,
@@ -158,7 +158,7 @@ async fn judge(
         runbook.max_restarts(),
     );
     let workload_verdict = GateVerdict::from(workload.clone());
-    let with_gates = |gates: &gates::Verification| -> Vec<GateVerdict> {
+    let with_gates = |gates: &gates::RunbookGates| -> Vec<GateVerdict> {
         std::iter::once(workload_verdict.clone())
             .chain(gates.verdicts())
             .collect()

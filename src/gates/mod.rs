@@ -10,7 +10,7 @@
 //! - [`metrics`]: the Runbook's `metrics` gates: a PromQL query against a threshold.
 //! - [`tracker`]: one gate's verdict across probes (thresholds, period).
 //!
-//! [`Verification`] holds the Runbook gates of one revision for the controller; how
+//! [`RunbookGates`] holds the Runbook gates of one revision for the controller; how
 //! long they must keep passing (`verifyWindow`) is the controller's decision.
 
 pub mod http;
@@ -85,7 +85,7 @@ pub struct ProbeContext<'a> {
 
 /// The Runbook gates of one revision being verified, in Runbook order.
 #[derive(Clone, Debug)]
-pub struct Verification {
+pub struct RunbookGates {
     gates: Vec<TrackedGate>,
 }
 
@@ -100,7 +100,7 @@ struct TrackedGate {
     refused: Option<String>,
 }
 
-impl Verification {
+impl RunbookGates {
     /// Tracks every gate that has a probe this controller can send (`http`, `smoke`,
     /// `logs`, `metrics`: see `send_probe`).
     ///
@@ -356,7 +356,7 @@ mod tests {
         }
     }
 
-    fn record(verification: &mut Verification, name: &str, outcome: ProbeOutcome, now: Instant) {
+    fn record(verification: &mut RunbookGates, name: &str, outcome: ProbeOutcome, now: Instant) {
         let tracked = verification
             .gates
             .iter_mut()
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn no_gates_pass_and_idle() {
-        let verification = Verification::new(&[]);
+        let verification = RunbookGates::new(&[]);
         assert!(verification.all_passed());
         assert!(verification.failed().is_none());
         assert!(verification.verdicts().is_empty());
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn verdicts_follow_runbook_order_and_all_must_pass() {
-        let mut verification = Verification::new(&[http_gate("health", 5), http_gate("cors", 5)]);
+        let mut verification = RunbookGates::new(&[http_gate("health", 5), http_gate("cors", 5)]);
         let now = Instant::now();
         assert!(!verification.all_passed());
         record(&mut verification, "cors", ProbeOutcome::passed("cors ok"), now);
@@ -396,7 +396,7 @@ mod tests {
     fn failed_names_the_gate() {
         let mut gate = http_gate("health", 5);
         gate.failure_threshold = Some(1);
-        let mut verification = Verification::new(&[http_gate("cors", 5), gate]);
+        let mut verification = RunbookGates::new(&[http_gate("cors", 5), gate]);
         record(
             &mut verification,
             "health",
@@ -418,14 +418,14 @@ mod tests {
             name: "smoke".into(),
             ..Gate::default()
         };
-        let verification = Verification::new(std::slice::from_ref(&smoke));
+        let verification = RunbookGates::new(std::slice::from_ref(&smoke));
         assert!(verification.failed().is_none(), "never held against the revision");
         assert!(verification.is_empty());
         assert!(verification.all_passed(), "nothing left to wait for");
         assert_eq!(verification.next_due(Instant::now()), IDLE_RECHECK);
 
         // Next to a gate with a probe, only that one is verified.
-        let mut verification = Verification::new(&[smoke, http_gate("health", 5)]);
+        let mut verification = RunbookGates::new(&[smoke, http_gate("health", 5)]);
         let names: Vec<_> = verification.verdicts().into_iter().map(|v| v.name).collect();
         assert_eq!(names, ["health"]);
         assert!(!verification.all_passed(), "health not probed yet");
@@ -440,7 +440,7 @@ mod tests {
 
     #[test]
     fn next_due_is_the_soonest_gate() {
-        let mut verification = Verification::new(&[http_gate("slow", 30), http_gate("fast", 5)]);
+        let mut verification = RunbookGates::new(&[http_gate("slow", 30), http_gate("fast", 5)]);
         let start = Instant::now();
         assert_eq!(verification.next_due(start), Duration::ZERO);
         record(&mut verification, "slow", ProbeOutcome::passed("ok"), start);
@@ -458,14 +458,14 @@ mod tests {
     #[tokio::test]
     async fn run_due_probes_probes_only_due_gates() {
         // Port 1 on loopback refuses connections: every probe fails fast.
-        let mut verification = Verification::new(&[http_gate("a", 5), http_gate("b", 60)]);
+        let mut verification = RunbookGates::new(&[http_gate("a", 5), http_gate("b", 60)]);
         let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
         let probes = probe_context(&prober, &client, &workloads);
         let start = Instant::now();
         verification.run_due_probes(&probes, start).await;
-        let failures = |v: &Verification| -> Vec<u32> {
+        let failures = |v: &RunbookGates| -> Vec<u32> {
             v.gates.iter().map(|t| t.tracker.consecutive_failures()).collect()
         };
         assert_eq!(failures(&verification), [1, 1]);
@@ -524,7 +524,7 @@ mod tests {
         }
     }
 
-    fn observe(verification: &mut Verification, name: &str, observation: Observation, now: Instant) {
+    fn observe(verification: &mut RunbookGates, name: &str, observation: Observation, now: Instant) {
         let tracked = verification
             .gates
             .iter_mut()
@@ -535,7 +535,7 @@ mod tests {
 
     #[test]
     fn waiting_is_pending_not_counted_and_probed_again_a_period_later() {
-        let mut verification = Verification::new(&[metrics_gate("errors", NoData::Wait)]);
+        let mut verification = RunbookGates::new(&[metrics_gate("errors", NoData::Wait)]);
         let start = Instant::now();
         observe(
             &mut verification,
@@ -583,7 +583,7 @@ mod tests {
     fn a_final_observation_fails_at_once_and_a_passed_logs_gate_is_done() {
         let mut gate = logs_gate("worker-started");
         gate.failure_threshold = Some(5);
-        let mut verification = Verification::new(&[gate, logs_gate("other")]);
+        let mut verification = RunbookGates::new(&[gate, logs_gate("other")]);
         let start = Instant::now();
         observe(
             &mut verification,
@@ -617,7 +617,7 @@ mod tests {
     #[tokio::test]
     async fn metrics_probes_are_dispatched_and_counted() {
         // Nothing listens on port 1: a failed probe, counted like an http probe's.
-        let mut verification = Verification::new(&[metrics_gate("errors", NoData::Wait)]);
+        let mut verification = RunbookGates::new(&[metrics_gate("errors", NoData::Wait)]);
         let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
@@ -634,7 +634,7 @@ mod tests {
 
     #[tokio::test]
     async fn logs_probes_are_dispatched_and_wait_for_the_workload() {
-        let mut verification = Verification::new(&[logs_gate("worker-started")]);
+        let mut verification = RunbookGates::new(&[logs_gate("worker-started")]);
         let prober = HttpProber::new(crate::egress::EgressPolicy::unrestricted()).expect("client");
         let client = unreachable_client();
         let workloads = WorkloadObjects::default();
