@@ -14,7 +14,7 @@ use axum::routing::{any, get};
 use bosun::api::{Gate, HttpExpect, HttpGate, Verdict};
 use bosun::gates::http::MAX_QUOTED_CHARS;
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{GateTracker, HttpProber, ProbeContext, SecretHeaders, RunbookGates};
+use bosun::gates::{GateTracker, HttpProber, ProbeContext, RunbookGates, SecretHeaders};
 use serde_json::json;
 
 const NAMESPACE: &str = "shop";

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bosun::api::{Gate, Phase, RunbookSpec, SmokeGate, Verdict};
 use bosun::gates::workload::WorkloadObjects;
-use bosun::gates::{HttpProber, ProbeContext, SecretHeaders, RunbookGates, smoke};
+use bosun::gates::{HttpProber, ProbeContext, RunbookGates, SecretHeaders, smoke};
 use bosun_devenv::example::ExampleRevision;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;

@@ -55,7 +55,10 @@ mod tests {
     fn an_internal_error_keeps_its_cause_chain() {
         let refused = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
         let error = Error::internal_from("--listen-address 0.0.0.0:8080", refused);
-        assert_eq!(error.to_string(), "--listen-address 0.0.0.0:8080: Address already in use");
+        assert_eq!(
+            error.to_string(),
+            "--listen-address 0.0.0.0:8080: Address already in use"
+        );
         let cause = std::error::Error::source(&error).expect("the cause is kept");
         assert_eq!(cause.to_string(), "Address already in use");
         // Said once, though the message quotes it.

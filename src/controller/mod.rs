@@ -308,8 +308,7 @@ impl Context {
                 },
             ),
             git,
-            prober: HttpProber::new(egress.clone())
-                .map_err(|e| Error::internal_from("HTTP client", e))?,
+            prober: HttpProber::new(egress.clone()).map_err(|e| Error::internal_from("HTTP client", e))?,
             discovery: DiscoveryCache::new(),
             memo: UnchangedMemo::default(),
             fault: fault::FaultSwitch::from_env(),
@@ -477,7 +476,6 @@ impl FetchNow {
             ready,
         }
     }
-
 }
 
 impl crate::server::webhook::SourceWaker for FetchNow {
@@ -528,7 +526,8 @@ pub async fn run(client: Client, config: kube::Config, mut settings: Settings) -
     let mut webhook = None;
     if let Some(hooks) = &settings.webhook {
         let fetch_now = FetchNow::new(reader.clone(), git.clone(), trigger.clone(), ready.clone());
-        let receiver = crate::server::webhook::WebhookReceiver::new(hooks, Arc::new(fetch_now), client.clone());
+        let receiver =
+            crate::server::webhook::WebhookReceiver::new(hooks, Arc::new(fetch_now), client.clone());
         match hooks.listen {
             // A port of its own, e.g. to expose only the webhooks beyond the cluster.
             Some(address) => crate::server::webhook::listen(hooks, receiver)

@@ -22,6 +22,6 @@ mod receivers;
 mod sender;
 
 pub use event::{PhaseEvent, event_of};
-pub(crate) use receivers::{receivers_of, secrets_read_by};
 pub use receivers::{Receiver, receivers_for};
+pub(crate) use receivers::{receivers_of, secrets_read_by};
 pub use sender::{Attempt, DeliveryOutcome, DeliveryReport, DeliverySettings, Notifier, NotifyError, judge};

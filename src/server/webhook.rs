@@ -542,7 +542,11 @@ fn address_key(address: IpAddr) -> IpAddr {
 }
 
 impl WebhookReceiver {
-    pub fn new(settings: &WebhookSettings, waker: Arc<dyn SourceWaker>, client: kube::Client) -> WebhookReceiver {
+    pub fn new(
+        settings: &WebhookSettings,
+        waker: Arc<dyn SourceWaker>,
+        client: kube::Client,
+    ) -> WebhookReceiver {
         WebhookReceiver {
             inner: Arc::new(Inner {
                 waker,
@@ -593,9 +597,10 @@ impl WebhookReceiver {
                 0,
             );
         }
-        let apps = self.inner.waker.wake(&|url| {
-            Repository::of(url).is_some_and(|repository| repositories.contains(&repository))
-        });
+        let apps = self
+            .inner
+            .waker
+            .wake(&|url| Repository::of(url).is_some_and(|repository| repositories.contains(&repository)));
         info!(source, repositories = ?names, apps = ?apps, "push received");
         if apps.is_empty() {
             let message = format!("no AppDeployment uses {}: nothing triggered", names.join(", "));

@@ -1,7 +1,7 @@
 //! Scenarios of the decision, each a short story: a status, what was observed or what a
 //! step reported, and the decision with the status it leads to.
 
-use super::record::{RecordInput, Notice, record};
+use super::record::{Notice, RecordInput, record};
 use super::*;
 use crate::api::{
     BlockReason, InventoryEntry, JobKind, JobRecord, MigrationRollbackPolicy, Quarantine, Verdict,
