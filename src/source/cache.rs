@@ -449,7 +449,7 @@ impl GitCache {
                     Ok(()) => state.proven = Some(began),
                     // Unreachable is not a refusal: access shown holds until the
                     // server says otherwise.
-                    Err(error) if error.is_transient() => {
+                    Err(error) if error.classify().is_transient() => {
                         tracing::debug!(url = %fetcher.url.redacted, %error, "cannot reach the server; the pinned commit is in the clone");
                     }
                     Err(error) => return Err(fetcher.failed(state, error)),

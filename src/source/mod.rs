@@ -133,17 +133,12 @@ impl SourceError {
     /// the server or the network may answer later; anything else stays until the spec,
     /// the Secret or the repository changes, a verdict on the revision.
     pub fn classify(&self) -> Classified {
-        if self.is_transient() {
-            Classified::Transient(self.to_string())
-        } else {
-            Classified::Refused(Failure::new(FailureKind::RevisionInvalid, self.to_string()))
+        match self {
+            SourceError::FetchFailed { .. } | SourceError::Git { .. } => {
+                Classified::Transient(self.to_string())
+            }
+            _ => Classified::Refused(Failure::new(FailureKind::RevisionInvalid, self.to_string())),
         }
-    }
-
-    /// Whether trying again later may help: the fetch retries these at once, and
-    /// [`SourceError::classify`] calls them transient.
-    pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, SourceError::FetchFailed { .. } | SourceError::Git { .. })
     }
 
     pub(crate) fn git(context: &str, err: &git2::Error) -> SourceError {

@@ -604,7 +604,7 @@ async fn unreachable_server_is_a_fetch_error_without_the_password() {
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "FetchFailed", "{err}");
-    assert!(err.is_transient());
+    assert!(err.classify().is_transient());
     assert!(!err.to_string().contains("s3cret-pw"), "{err}");
     assert!(err.to_string().contains("http://***@127.0.0.1"), "{err}");
     assert!(!err.to_string().contains("bot:"), "{err}");
@@ -976,7 +976,7 @@ async fn a_repository_over_the_bytes_budget_is_refused_and_its_clone_removed() {
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "BudgetExceeded", "{err}");
-    assert!(!err.is_transient());
+    assert!(matches!(err.classify(), Classified::Refused(f) if f.kind == FailureKind::RevisionInvalid));
     let message = err.to_string();
     assert!(message.contains("--git-max-repo-bytes=1048576"), "{message}");
     assert!(message.contains(&url), "{message}");
