@@ -31,12 +31,12 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 
 /// How long a granted permission is taken as granted: a revocation is seen within this.
-pub const GRANT_TTL: Duration = Duration::from_secs(60);
+pub(crate) const GRANT_TTL: Duration = Duration::from_secs(60);
 /// How long a refusal is remembered: a permission granted to unblock an app is seen
 /// within this (a blocked app is checked again at its Git interval, not more often).
 pub const REFUSAL_TTL: Duration = Duration::from_secs(10);
 /// Answers kept at most; beyond, the oldest are evicted.
-pub const CAPACITY: usize = 4096;
+pub(crate) const CAPACITY: usize = 4096;
 
 /// Who an app's reads and writes are authorised as.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -105,13 +105,13 @@ impl Permission {
         }
     }
 
-    pub fn with_subresource(mut self, subresource: &str) -> Self {
+    pub(crate) fn with_subresource(mut self, subresource: &str) -> Self {
         self.subresource = Some(subresource.into());
         self
     }
 
     /// `pods/log`, `deployments.apps`, as the API server's RBAC refusals name them.
-    pub fn resource_name(&self) -> String {
+    pub(crate) fn resource_name(&self) -> String {
         let mut name = self.resource.clone();
         if !self.group.is_empty() {
             name.push('.');

@@ -46,7 +46,7 @@ use reqwest::redirect;
 
 /// A network: an address and how many leading bits of it count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
+pub(crate) struct Cidr {
     address: IpAddr,
     prefix: u8,
 }
@@ -262,7 +262,7 @@ impl std::error::Error for Refusal {}
 
 /// The refusal behind a failed request, if the egress policy refused it (the
 /// resolver's or the redirect policy's error, somewhere in the error's causes).
-pub fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+pub(crate) fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = cause {
         if let Some(refusal) = current.downcast_ref::<Refusal>() {
@@ -287,7 +287,7 @@ pub struct Builtins {
 impl Builtins {
     /// The API server of `cluster_url` (resolved now, and the in-cluster Service's
     /// address from the environment), the `listeners`, and the interface addresses.
-    pub fn discover(cluster_url: &str, listeners: Vec<SocketAddr>) -> Self {
+    pub(crate) fn discover(cluster_url: &str, listeners: Vec<SocketAddr>) -> Self {
         let mut api_server = Vec::new();
         if let Ok(url) = Url::parse(cluster_url)
             && let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default())
@@ -502,7 +502,7 @@ impl EgressPolicy {
     /// The part of the check a URL allows before any connection: its host name
     /// against the name rules, or its address when it is an IP literal (which no
     /// resolver sees). A URL without a host is refused.
-    pub fn check_url(&self, url: &Url) -> Result<(), Refusal> {
+    pub(crate) fn check_url(&self, url: &Url) -> Result<(), Refusal> {
         let port = url.port_or_known_default();
         let Some(host) = url.host_str().filter(|host| !host.is_empty()) else {
             return Err(Refusal {
@@ -541,7 +541,7 @@ impl EgressPolicy {
     /// A client builder whose every connection passes the policy: resolved addresses
     /// are filtered by it, and no proxy is used (a proxy would connect for us, to
     /// addresses this check never sees).
-    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+    pub(crate) fn client_builder(&self) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .no_proxy()
             .dns_resolver(Arc::new(PolicyResolver { policy: self.clone() }))
@@ -549,7 +549,7 @@ impl EgressPolicy {
 
     /// Follows at most `max` redirects, each to a URL the policy allows (its host
     /// name, or its IP literal; a name's addresses are checked by the resolver).
-    pub fn redirect_policy(&self, max: usize) -> redirect::Policy {
+    pub(crate) fn redirect_policy(&self, max: usize) -> redirect::Policy {
         let policy = self.clone();
         redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() > max {

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 /// The filter when neither `--log-level` nor `RUST_LOG` says otherwise.
-pub const DEFAULT_FILTER: &str = "info,kube=warn,hyper=warn";
+pub(crate) const DEFAULT_FILTER: &str = "info,kube=warn,hyper=warn";
 
 /// Libraries whose debug lines are about HTTP plumbing rather than bosun's work: a
 /// plain `--log-level` makes them no more verbose than `warn`.
@@ -39,7 +39,7 @@ pub fn init(json: bool, level: Option<&str>) -> Result<(), String> {
 /// The filter directives: `--log-level` first, then `RUST_LOG`, then the default. A
 /// plain word is read as a level, and one that is not a level is refused (`EnvFilter`
 /// would take it for a module name and log nothing of bosun's).
-pub fn filter_directives(level: Option<&str>, rust_log: Option<&str>) -> Result<String, String> {
+pub(crate) fn filter_directives(level: Option<&str>, rust_log: Option<&str>) -> Result<String, String> {
     let Some(level) = level.map(str::trim).filter(|l| !l.is_empty()) else {
         return Ok(rust_log
             .map(str::trim)

@@ -61,7 +61,7 @@ impl Manifest {
     }
 
     /// `Deployment shop/backend`, or `Namespace shop` without a namespace.
-    pub fn kind_and_name(&self) -> String {
+    pub(crate) fn kind_and_name(&self) -> String {
         match self.namespace() {
             Some(namespace) => format!("{} {namespace}/{}", self.kind(), self.name()),
             None => format!("{} {}", self.kind(), self.name()),

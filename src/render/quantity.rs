@@ -575,7 +575,7 @@ fn increment(digits: &str) -> String {
 
 /// One step of a path into a Kubernetes object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathStep<'a> {
+pub(crate) enum PathStep<'a> {
     Field(&'a str),
     Index(usize),
 }
@@ -630,7 +630,7 @@ const LIMIT_RANGE_LIMITS: &[Step] = &[
 /// lists, which the server rounds up to milli-units). The one place that knows them:
 /// render normalizes numbers there and the drift check compares values there.
 #[derive(Clone, Debug, Default)]
-pub struct QuantityFields {
+pub(crate) struct QuantityFields {
     locations: Vec<Vec<Step>>,
 }
 
@@ -643,7 +643,7 @@ impl QuantityFields {
     }
 
     /// For a kind of an API group (`""` for the core group).
-    pub fn of_kind(group: &str, kind: &str) -> QuantityFields {
+    pub(crate) fn of_kind(group: &str, kind: &str) -> QuantityFields {
         let mut locations: Vec<Vec<Step>> = Vec::new();
         if let Some(pod_spec) = pod_spec_path(group, kind) {
             let prefix = pod_spec.iter().copied().map(Step::Field);
