@@ -2,7 +2,8 @@
 //! instant and, restarted, finishes the revision with no duplicate apply, no lost
 //! history and no second rollback).
 //!
-//! The controller's fault switch (`BOSUN_FAULT_ABORT_AFTER`, src/controller/fault.rs)
+//! The controller's fault switch (`BOSUN_FAULT_ABORT_AFTER`, src/controller/fault.rs; in
+//! the binary only with the `fault-injection` feature, which these tests require)
 //! aborts it right after a named boundary was persisted and its Events published, so
 //! each test aims at exactly one moment instead of racing a poll. For every boundary of
 //! a Deploy and of a Rollback, one app (in a namespace named after the boundary) is
