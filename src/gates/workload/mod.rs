@@ -17,6 +17,7 @@
 
 mod pods;
 mod rollout;
+mod serving;
 mod view;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ use crate::api::{GateVerdict, InventoryEntry, RestartBaseline, Verdict};
 
 pub use pods::{PodCriteria, first_pod_failure, pod_failure};
 pub use rollout::{evaluate_daemon_set, evaluate_deployment, evaluate_stateful_set};
+pub use serving::{Serving, ServingPods, serving_pods};
 pub use view::{WorkloadObjects, WorkloadStores, WorkloadView};
 
 /// Name under which the workload gate appears in `status.history[].gates`.
