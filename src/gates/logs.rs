@@ -641,7 +641,11 @@ mod tests {
         assert!(plan.rolled_no_pod);
         assert_eq!(
             plan.targets,
-            [since("worker-b", 10), since("worker-c", 10), since("worker-a", 10)]
+            [
+                since("worker-b", 10),
+                since("worker-c", 10),
+                since("worker-a", 10)
+            ]
         );
         assert_eq!(
             plan.notes,
@@ -728,9 +732,9 @@ mod tests {
         };
         assert!(outcome.passed);
         assert!(
-            outcome
-                .message
-                .ends_with("pod worker-a logged \"config reloaded; EnrichmentWorker started\" since the apply"),
+            outcome.message.ends_with(
+                "pod worker-a logged \"config reloaded; EnrichmentWorker started\" since the apply"
+            ),
             "{outcome:?}"
         );
 

@@ -14,6 +14,10 @@
 //! lists ([`WorkloadObjects`]). The controller calls [`capture_baseline`] before it
 //! sends a revision's objects, persists the baseline with the operation, and calls
 //! [`evaluate_workloads`] every round.
+//!
+//! [`serving_pods`] names the pods of a workload's current revision, whenever they
+//! were created, for gates that read pods (the `logs` gate): a revision that rolled
+//! no pod is served by older pods all the same.
 
 mod pods;
 mod rollout;

@@ -257,7 +257,10 @@ pub(super) fn pod_of_replica_set(pod: &Pod, rs: &ReplicaSet) -> bool {
 /// revision a watch cache holds may still be the previous one, so the revision is
 /// found the way the DaemonSet controller finds it: by its template. The controller
 /// stores `spec.template` (with `$patch: replace`) in `data`.
-pub(super) fn current_daemon_set_hash<'a>(ds: &DaemonSet, revisions: &'a [Arc<ControllerRevision>]) -> Option<&'a str> {
+pub(super) fn current_daemon_set_hash<'a>(
+    ds: &DaemonSet,
+    revisions: &'a [Arc<ControllerRevision>],
+) -> Option<&'a str> {
     let template = &ds.spec.as_ref()?.template;
     revisions
         .iter()

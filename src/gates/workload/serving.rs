@@ -23,7 +23,10 @@ pub enum Serving {
     /// The workload is there, but which revision is current cannot be told yet (its
     /// controller has not observed the latest generation, or the view lacks the
     /// ReplicaSet / ControllerRevision): `why`.
-    Unknown { workload: String, why: String },
+    Unknown {
+        workload: String,
+        why: String,
+    },
     Found(ServingPods),
 }
 
@@ -68,11 +71,17 @@ pub fn serving_pods(view: &dyn WorkloadView, namespace: &str, name: &str) -> Ser
         // annotation still names the previous template's ReplicaSet.
         let observed = deploy.status.as_ref().and_then(|s| s.observed_generation);
         if observed.unwrap_or(0) < deploy.metadata.generation.unwrap_or(0) {
-            return unknown(&id, "waiting for the Deployment controller to observe the latest generation");
+            return unknown(
+                &id,
+                "waiting for the Deployment controller to observe the latest generation",
+            );
         }
         let replica_sets = view.replica_sets(namespace, &selector);
         let Some(current) = current_replica_set(&deploy, &replica_sets) else {
-            return unknown(&id, "waiting for the Deployment controller to show the current ReplicaSet");
+            return unknown(
+                &id,
+                "waiting for the Deployment controller to show the current ReplicaSet",
+            );
         };
         let expected = current.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let owned: Vec<Arc<Pod>> = pods
@@ -98,10 +107,13 @@ pub fn serving_pods(view: &dyn WorkloadView, namespace: &str, name: &str) -> Ser
         let status = sts.status.as_ref();
         let observed = status.and_then(|s| s.observed_generation).unwrap_or(0);
         let update_revision = status.and_then(|s| s.update_revision.as_deref());
-        let Some(update_revision) = update_revision.filter(|_| {
-            observed > 0 && observed >= sts.metadata.generation.unwrap_or(0)
-        }) else {
-            return unknown(&id, "waiting for the StatefulSet controller to record the update revision");
+        let Some(update_revision) =
+            update_revision.filter(|_| observed > 0 && observed >= sts.metadata.generation.unwrap_or(0))
+        else {
+            return unknown(
+                &id,
+                "waiting for the StatefulSet controller to record the update revision",
+            );
         };
         let expected = status.and_then(|s| s.updated_replicas).unwrap_or(0);
         let owned = pods
@@ -123,7 +135,10 @@ pub fn serving_pods(view: &dyn WorkloadView, namespace: &str, name: &str) -> Ser
         };
         let status = ds.status.as_ref();
         if status.and_then(|s| s.observed_generation).unwrap_or(0) < ds.metadata.generation.unwrap_or(0) {
-            return unknown(&id, "waiting for the DaemonSet controller to observe the latest generation");
+            return unknown(
+                &id,
+                "waiting for the DaemonSet controller to observe the latest generation",
+            );
         }
         let revisions = view.controller_revisions(namespace, &selector);
         let Some(hash) = current_daemon_set_hash(&ds, &revisions) else {
@@ -146,7 +161,12 @@ pub fn serving_pods(view: &dyn WorkloadView, namespace: &str, name: &str) -> Ser
 
 /// The workload's `owned` pods split into those of the current revision (`current`)
 /// that are not being deleted, and a count of the others.
-fn split(workload: String, owned: Vec<Arc<Pod>>, expected: i32, current: impl Fn(&Pod) -> bool) -> ServingPods {
+fn split(
+    workload: String,
+    owned: Vec<Arc<Pod>>,
+    expected: i32,
+    current: impl Fn(&Pod) -> bool,
+) -> ServingPods {
     let total = owned.len();
     let pods: Vec<Arc<Pod>> = owned
         .into_iter()

@@ -1271,7 +1271,10 @@ fn a_rollback_onto_a_surviving_pod_waits_for_the_crashing_one_to_go_then_passes(
     let mut done_deploy = done.clone();
     done_deploy.metadata.annotations = deploy.metadata.annotations.clone();
     let verdict = evaluate_deployment(&done_deploy, &arcs(&replica_sets), &arcs(&[survivor]), &criteria);
-    assert_eq!(verdict, WorkloadVerdict::passed("Deployment shop/backend: rolled out (1 replicas)"));
+    assert_eq!(
+        verdict,
+        WorkloadVerdict::passed("Deployment shop/backend: rolled out (1 replicas)")
+    );
 }
 
 #[test]
@@ -1296,7 +1299,10 @@ fn serving_pods_are_the_current_revisions_whenever_created() {
     };
     let names: Vec<_> = serving.pods.iter().map(|p| p.name_any()).collect();
     assert_eq!(names, ["backend-7d9-a"]);
-    assert_eq!((serving.workload.as_str(), serving.others), ("Deployment shop/backend", 2));
+    assert_eq!(
+        (serving.workload.as_str(), serving.others),
+        ("Deployment shop/backend", 2)
+    );
 
     // StatefulSet: the update revision's pods.
     let objects = WorkloadObjects {
