@@ -157,9 +157,10 @@ fn passed(observation: &Observation) -> bool {
 fn message(observation: &Observation) -> &str {
     match observation {
         Observation::Probe(outcome) => &outcome.message,
-        Observation::Waiting(message) | Observation::Final(message) | Observation::Refused(message) => {
-            message
-        }
+        Observation::Waiting(message)
+        | Observation::Final(message)
+        | Observation::Refused(message)
+        | Observation::NotApplicable(message) => message,
     }
 }
 

@@ -1,13 +1,20 @@
-//! The Runbook `logs` gate: a pod of the workload, created for the revision being
-//! verified, logs a line matching `pattern` within `within` (default 60s) of the
-//! apply ("EnrichmentWorker started").
+//! The Runbook `logs` gate: a pod that serves the revision being verified logs a
+//! line matching `pattern` within `within` (default 60s) of the apply
+//! ("EnrichmentWorker started").
 //!
-//! - Only pods of the workload created at or after the apply count: a pod of the
-//!   previous revision that logged the line proves nothing about this one. A
-//!   revision that does not roll the workload therefore has no pod to prove it.
-//! - Logs are read through the `pods/log` API, the last [`TAIL_LINES`] lines (at
-//!   most [`LIMIT_BYTES`]) of the gate's `container` (default: the pod's first
-//!   container), newest pods first, at most [`MAX_PODS`] per probe.
+//! - The pods read are those of the workload's current ReplicaSet (StatefulSet,
+//!   DaemonSet: current controller revision), whenever created: see
+//!   [`serving_pods`]. A pod of another revision proves nothing about this one.
+//! - A pod created at or after the apply is read whole (the last [`TAIL_LINES`]
+//!   lines); an older one only since the apply (`sinceTime`): what it logged before
+//!   was logged under another revision.
+//! - A revision that rolled no pod (a ConfigMap-only commit, a rollback onto pods
+//!   that never went away) passes on a line its pods logged since the apply, and
+//!   otherwise the gate does not apply ([`Observation::NotApplicable`]): stated in
+//!   the history, never a failure.
+//! - Logs are read through the `pods/log` API, at most [`LIMIT_BYTES`] each, of the
+//!   gate's `container` (default: the pod's first container), pods created since the
+//!   apply first, newest first, at most [`MAX_PODS`] per probe.
 //! - The gate passes at the first matching line and stays passed (a line that
 //!   scrolled out of the tail since is not a failure). Until `within` has passed
 //!   since the apply, not matching yet is waiting, not failing; then the gate fails
@@ -16,20 +23,17 @@
 //! Messages name the workload, the container and the pattern. [`plan`] (which pods
 //! to read, from the watch caches) and [`judge`] are pure; [`probe`] does the I/O.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::future::join_all;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::LogParams;
-use kube::core::Selector;
 use regex::Regex;
 
 use super::http::ProbeOutcome;
-use super::workload::WorkloadView;
+use super::workload::{Serving, WorkloadView, serving_pods};
 use super::{Observation, truncate};
 use crate::api::{LogsGate, parse_duration};
 
@@ -49,6 +53,9 @@ const MAX_QUOTED_CHARS: usize = 200;
 pub struct LogTarget {
     pub pod: String,
     pub container: String,
+    /// Read only the lines logged since then: set for a pod created before the apply,
+    /// whose earlier lines were logged under another revision.
+    pub since: Option<Timestamp>,
 }
 
 /// Which logs a probe reads, and what it could not read.
@@ -59,15 +66,20 @@ pub struct LogPlan {
     /// The container read (`None`: the gate names none and no pod was found to
     /// tell the first container's name).
     pub container: Option<String>,
-    /// Newest pod first.
+    /// Pods created since the apply first, then older pods that serve the revision;
+    /// newest first within each.
     pub targets: Vec<LogTarget>,
+    /// The revision rolled no pod: every pod that serves it was created before the
+    /// apply (a ConfigMap-only commit, a rollback onto pods that never went away).
+    pub rolled_no_pod: bool,
     /// Why there is nothing (more) to read: no such workload, no new pod, a pod
     /// whose container has not started.
     pub notes: Vec<String>,
 }
 
-/// The pods of the workload `gate.workload` in `namespace` created at or after
-/// `applied_at` whose container has started, from `view` (the watch caches).
+/// The pods that serve the current revision of the workload `gate.workload` in
+/// `namespace` (whenever created) whose container has started, from `view` (the
+/// watch caches): those created at or after `applied_at` first, newest first.
 pub fn plan(view: &dyn WorkloadView, gate: &LogsGate, namespace: &str, applied_at: Timestamp) -> LogPlan {
     let name = gate.workload.as_str();
     let mut plan = LogPlan {
@@ -75,82 +87,60 @@ pub fn plan(view: &dyn WorkloadView, gate: &LogsGate, namespace: &str, applied_a
         container: gate.container.clone(),
         ..LogPlan::default()
     };
-    let found: Option<(&str, ObjectMeta, LabelSelector)> =
-        if let Some(deploy) = view.deployment(namespace, name) {
-            deploy
-                .spec
-                .as_ref()
-                .map(|spec| ("Deployment", deploy.metadata.clone(), spec.selector.clone()))
-        } else if let Some(sts) = view.stateful_set(namespace, name) {
-            sts.spec
-                .as_ref()
-                .map(|spec| ("StatefulSet", sts.metadata.clone(), spec.selector.clone()))
-        } else if let Some(ds) = view.daemon_set(namespace, name) {
-            ds.spec
-                .as_ref()
-                .map(|spec| ("DaemonSet", ds.metadata.clone(), spec.selector.clone()))
-        } else {
-            None
-        };
-    let Some((kind, meta, selector)) = found else {
-        plan.notes.push(format!(
-            "no Deployment, StatefulSet or DaemonSet {namespace}/{name} found"
-        ));
-        return plan;
-    };
-    plan.workload = format!("{kind} {namespace}/{name}");
-    let selector = match Selector::try_from(selector) {
-        Ok(selector) => selector,
-        Err(error) => {
-            plan.notes
-                .push(format!("its selector cannot select pods: {error}"));
+    let serving = match serving_pods(view, namespace, name) {
+        Serving::NotFound => {
+            plan.notes.push(format!(
+                "no Deployment, StatefulSet or DaemonSet {namespace}/{name} found"
+            ));
             return plan;
         }
+        Serving::Unknown { workload, why } => {
+            plan.workload = workload;
+            plan.notes.push(why);
+            return plan;
+        }
+        Serving::Found(serving) => serving,
     };
-    // The owners of the workload's pods: a Deployment's ReplicaSets, else the workload.
-    let owners: HashSet<String> = if kind == "Deployment" {
-        view.replica_sets(namespace, &selector)
-            .iter()
-            .filter(|rs| owned_by(&rs.metadata, &meta))
-            .filter_map(|rs| rs.metadata.uid.clone())
-            .collect()
-    } else {
-        meta.uid.iter().cloned().collect()
-    };
-    let mut pods: Vec<_> = view
-        .pods(namespace, &selector)
-        .into_iter()
-        .filter(|pod| {
-            pod.metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|owner| owners.contains(&owner.uid))
-        })
-        .collect();
-    let before = pods.len();
+    plan.workload = serving.workload;
     // creationTimestamp has whole seconds: a pod created in the second of the apply counts.
-    pods.retain(|pod| {
+    let since_apply = |pod: &Pod| {
         pod.metadata
             .creation_timestamp
             .as_ref()
             .is_some_and(|created| created.0.as_second() >= applied_at.as_second())
-    });
-    if pods.is_empty() {
-        let older = if before > 0 {
-            format!(" ({before} older pods do not count)")
+    };
+    let mut pods = serving.pods;
+    let new = pods.iter().filter(|pod| since_apply(pod)).count();
+    if new == 0 {
+        let older = serving.others + pods.len();
+        let older = if older > 0 {
+            format!(" ({older} older pods do not count)")
         } else {
             String::new()
         };
         plan.notes.push(format!("no pod created since the apply{older}"));
-        return plan;
+        // Fewer pods than the controller wants: the view has not seen them all, and
+        // those it lacks may be new.
+        if pods.is_empty() || i32::try_from(pods.len()).unwrap_or(i32::MAX) < serving.expected {
+            return plan;
+        }
+        plan.rolled_no_pod = true;
     }
-    pods.sort_by_key(|pod| std::cmp::Reverse(pod.metadata.creation_timestamp.clone().map(|t| t.0)));
+    // Pods created for the revision first (their whole log is the revision's), then
+    // the older ones that serve it; newest first within each.
+    pods.sort_by_key(|pod| {
+        (
+            !since_apply(pod),
+            std::cmp::Reverse(pod.metadata.creation_timestamp.clone().map(|t| t.0)),
+        )
+    });
     if pods.len() > MAX_PODS {
         plan.notes
             .push(format!("read the newest {MAX_PODS} of {} pods", pods.len()));
         pods.truncate(MAX_PODS);
     }
+    // `sinceTime` has whole seconds too: from the second of the apply.
+    let apply_second = Timestamp::from_second(applied_at.as_second()).unwrap_or(applied_at);
     for pod in pods {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let Some(spec) = pod.spec.as_ref() else { continue };
@@ -183,6 +173,7 @@ pub fn plan(view: &dyn WorkloadView, gate: &LogsGate, namespace: &str, applied_a
         plan.targets.push(LogTarget {
             pod: pod_name,
             container,
+            since: (!since_apply(&pod)).then_some(apply_second),
         });
     }
     plan
@@ -207,13 +198,6 @@ fn container_started(pod: &Pod, container: &str) -> bool {
                     .as_ref()
                     .is_some_and(|last| last.terminated.is_some())
         })
-}
-
-fn owned_by(meta: &ObjectMeta, owner: &ObjectMeta) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|reference| Some(&reference.uid) == owner.uid.as_ref())
 }
 
 /// The verdict of one probe, given what it read: `logs[i]` is the log of
@@ -242,8 +226,13 @@ pub fn judge(
         match log {
             Ok(text) => {
                 if let Some(line) = text.lines().find(|line| pattern.is_match(line)) {
+                    let since = if target.since.is_some() {
+                        " since the apply"
+                    } else {
+                        ""
+                    };
                     return Observation::Probe(ProbeOutcome::passed(format!(
-                        "{what}: pod {} logged {:?}",
+                        "{what}: pod {} logged {:?}{since}",
                         target.pod,
                         truncate(line, MAX_QUOTED_CHARS)
                     )));
@@ -257,6 +246,24 @@ pub fn judge(
         }
     }
     let read = plan.targets.len() - logs.iter().filter(|log| log.is_err()).count();
+    // The pods that serve a revision that rolled no pod started under an earlier
+    // revision and logged what they log at start then; their lines since the apply
+    // hold no such line unless the app logs it again (e.g. on reload). With no line,
+    // there is nothing here to judge the revision by: the gate does not apply, at
+    // once rather than after `within`, since waiting would not bring a start-up line
+    // from pods that do not start. A rollback onto pods that never went away is the
+    // same case: they are the pods of the revision returned to, judged as already
+    // proven (it passed its gates when it was deployed); the workload gate still
+    // judges what happened to them since the apply.
+    if plan.rolled_no_pod {
+        problems.push(format!(
+            "the {read} pods serving it logged no matching line since the apply"
+        ));
+        return Observation::NotApplicable(format!(
+            "{what}: the gate does not apply, the revision rolled no pod: {}",
+            problems.join("; ")
+        ));
+    }
     let mut detail = format!("no matching line in the last {TAIL_LINES} lines of {read} pods");
     if !problems.is_empty() {
         detail.push_str("; ");
@@ -301,6 +308,7 @@ pub async fn read_logs(
         async move {
             let params = LogParams {
                 container: Some(target.container.clone()),
+                since_time: target.since,
                 tail_lines: Some(TAIL_LINES),
                 limit_bytes: Some(LIMIT_BYTES),
                 ..LogParams::default()
@@ -320,7 +328,7 @@ pub async fn read_logs(
     join_all(reads).await
 }
 
-/// One probe of `gate`: finds the new pods of its workload in `view`, reads their
+/// One probe of `gate`: finds the pods serving the revision in `view`, reads their
 /// logs with `client` and judges them. Never errors: a pattern or `within` that
 /// cannot be read fails the gate with a message naming the field.
 pub async fn probe(
@@ -384,27 +392,45 @@ mod tests {
         }
     }
 
-    fn deployment() -> Deployment {
+    /// Deployment `shop/worker` at revision `revision` (its controller has observed
+    /// the latest generation).
+    fn deployment_at(revision: &str) -> Deployment {
         serde_json::from_value(json!({
-            "metadata": { "name": "worker", "namespace": "shop", "uid": "d-1" },
+            "metadata": {
+                "name": "worker", "namespace": "shop", "uid": "d-1", "generation": 2,
+                "annotations": { "deployment.kubernetes.io/revision": revision }
+            },
             "spec": {
                 "selector": { "matchLabels": { "app": "worker" } },
                 "template": { "metadata": { "labels": { "app": "worker" } }, "spec": { "containers": [] } }
-            }
+            },
+            "status": { "observedGeneration": 2 }
         }))
         .unwrap()
     }
 
-    fn replica_set(uid: &str) -> ReplicaSet {
+    fn deployment() -> Deployment {
+        deployment_at("2")
+    }
+
+    /// ReplicaSet `uid` of the Deployment at `revision`, wanting `replicas` pods.
+    fn replica_set_at(uid: &str, revision: &str, replicas: i32) -> ReplicaSet {
         serde_json::from_value(json!({
             "metadata": {
                 "name": format!("worker-{uid}"), "namespace": "shop", "uid": uid,
                 "labels": { "app": "worker" },
+                "annotations": { "deployment.kubernetes.io/revision": revision },
                 "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "Deployment", "name": "worker", "uid": "d-1" }]
             },
-            "spec": { "selector": { "matchLabels": { "app": "worker" } } }
+            "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": "worker" } } }
         }))
         .unwrap()
+    }
+
+    /// `rs-old` is revision 1, `rs-new` revision 2 (the current one: see [`deployment`]).
+    fn replica_set(uid: &str) -> ReplicaSet {
+        let revision = if uid == "rs-old" { "1" } else { "2" };
+        replica_set_at(uid, revision, 3)
     }
 
     /// A pod of ReplicaSet `owner` created at `created`, its containers `worker`
@@ -445,6 +471,7 @@ mod tests {
         LogTarget {
             pod: pod.into(),
             container: container.into(),
+            since: None,
         }
     }
 
@@ -516,6 +543,7 @@ mod tests {
             workload: "Deployment shop/worker".into(),
             container: Some("worker".into()),
             targets: vec![target("worker-b", "worker"), target("worker-a", "worker")],
+            rolled_no_pod: false,
             notes: vec![],
         };
         let pattern = Regex::new("EnrichmentWorker started").unwrap();
@@ -589,6 +617,151 @@ mod tests {
         assert!(
             matches!(verdict, Observation::Waiting(_)),
             "anchored: {verdict:?}"
+        );
+    }
+
+    fn since(pod: &str, applied: i64) -> LogTarget {
+        LogTarget {
+            since: Some(at(applied)),
+            ..target(pod, "worker")
+        }
+    }
+
+    #[test]
+    fn a_revision_that_rolled_no_pod_reads_its_serving_pods_since_the_apply() {
+        // A ConfigMap-only commit: the current ReplicaSet is the one the pods were
+        // made for, before the apply.
+        let objects = view(vec![
+            pod("worker-old", "rs-old", 0, true),
+            pod("worker-a", "rs-new", 3, true),
+            pod("worker-b", "rs-new", 5, true),
+            pod("worker-c", "rs-new", 4, true),
+        ]);
+        let plan = plan(&objects, &gate(None), "shop", at(10));
+        assert!(plan.rolled_no_pod);
+        assert_eq!(
+            plan.targets,
+            [
+                since("worker-b", 10),
+                since("worker-c", 10),
+                since("worker-a", 10)
+            ]
+        );
+        assert_eq!(
+            plan.notes,
+            ["no pod created since the apply (4 older pods do not count)"]
+        );
+
+        // A rollback onto the ReplicaSet whose pod never went away: it is current again.
+        let rolled_back = WorkloadObjects {
+            deployments: vec![deployment_at("3")],
+            replica_sets: vec![replica_set_at("rs-old", "3", 1), replica_set_at("rs-new", "2", 0)],
+            pods: vec![pod("worker-old", "rs-old", 0, true)],
+            ..WorkloadObjects::default()
+        };
+        let plan = plan_for(&rolled_back, Some("worker"));
+        assert!(plan.rolled_no_pod);
+        assert_eq!(plan.targets, [since("worker-old", 10)]);
+    }
+
+    #[test]
+    fn pods_of_the_revision_come_first_then_older_ones_read_since_the_apply() {
+        // A rollback that scales the returned-to ReplicaSet up: one pod survived, one is new.
+        let objects = WorkloadObjects {
+            deployments: vec![deployment_at("3")],
+            replica_sets: vec![replica_set_at("rs-old", "3", 2), replica_set_at("rs-new", "2", 0)],
+            pods: vec![
+                pod("worker-survivor", "rs-old", 0, true),
+                pod("worker-new", "rs-old", 11, true),
+                pod("worker-crashing", "rs-new", 5, true),
+            ],
+            ..WorkloadObjects::default()
+        };
+        let plan = plan_for(&objects, None);
+        assert!(!plan.rolled_no_pod, "a pod was created for it");
+        assert_eq!(
+            plan.targets,
+            [target("worker-new", "worker"), since("worker-survivor", 10)]
+        );
+    }
+
+    #[test]
+    fn serving_pods_are_waited_for_until_the_view_shows_them() {
+        // The controller has not observed the apply: its revision annotation still
+        // names the previous ReplicaSet, whose pods prove nothing.
+        let mut stale = deployment();
+        stale.metadata.generation = Some(3);
+        let objects = WorkloadObjects {
+            deployments: vec![stale],
+            ..view(vec![pod("worker-a", "rs-new", 0, true)])
+        };
+        let plan_now = plan_for(&objects, None);
+        assert!(!plan_now.rolled_no_pod && plan_now.targets.is_empty());
+        assert_eq!(
+            plan_now.notes,
+            ["waiting for the Deployment controller to observe the latest generation"]
+        );
+
+        // Fewer older pods than the ReplicaSet wants: the others may be new ones the
+        // view does not show yet.
+        let objects = view(vec![pod("worker-a", "rs-new", 0, true)]);
+        let plan_now = plan_for(&objects, None);
+        assert!(!plan_now.rolled_no_pod && plan_now.targets.is_empty());
+    }
+
+    fn rolled_no_pod_plan() -> LogPlan {
+        LogPlan {
+            workload: "Deployment shop/worker".into(),
+            container: Some("worker".into()),
+            targets: vec![since("worker-a", 0)],
+            rolled_no_pod: true,
+            notes: vec!["no pod created since the apply (1 older pods do not count)".into()],
+        }
+    }
+
+    #[test]
+    fn a_revision_that_rolled_no_pod_passes_on_a_line_since_or_the_gate_does_not_apply() {
+        let pattern = Regex::new(PATTERN_FOR_TESTS).unwrap();
+        let plan = rolled_no_pod_plan();
+        let judge_now = |logs: &[Result<String, String>]| {
+            judge(&gate(None), &pattern, DEFAULT_WITHIN, &plan, logs, at(0), at(1))
+        };
+        let reloaded = judge_now(&[Ok("config reloaded; EnrichmentWorker started\n".into())]);
+        let Observation::Probe(outcome) = reloaded else {
+            panic!("{reloaded:?}")
+        };
+        assert!(outcome.passed);
+        assert!(
+            outcome.message.ends_with(
+                "pod worker-a logged \"config reloaded; EnrichmentWorker started\" since the apply"
+            ),
+            "{outcome:?}"
+        );
+
+        // Nothing since the apply: not applicable at once, long before `within`.
+        let quiet = judge_now(&[Ok(String::new())]);
+        assert_eq!(
+            quiet,
+            Observation::NotApplicable(
+                "Deployment shop/worker, container worker, pattern \"EnrichmentWorker started\": the gate \
+                 does not apply, the revision rolled no pod: no pod created since the apply (1 older pods \
+                 do not count); the 1 pods serving it logged no matching line since the apply"
+                    .into()
+            )
+        );
+        // A log that cannot be read leaves nothing to judge either: never a failure.
+        let unreadable = judge(
+            &gate(None),
+            &pattern,
+            DEFAULT_WITHIN,
+            &plan,
+            &[Err("pods \"worker-a\" not found".into())],
+            at(0),
+            at(600),
+        );
+        assert!(
+            matches!(&unreadable, Observation::NotApplicable(m) if m.contains("pod worker-a: pods \"worker-a\" not found")),
+            "{unreadable:?}"
         );
     }
 }

@@ -330,9 +330,10 @@ mod tests {
     fn message(observation: &Observation) -> &str {
         match observation {
             Observation::Probe(outcome) => &outcome.message,
-            Observation::Waiting(message) | Observation::Final(message) | Observation::Refused(message) => {
-                message
-            }
+            Observation::Waiting(message)
+            | Observation::Final(message)
+            | Observation::Refused(message)
+            | Observation::NotApplicable(message) => message,
         }
     }
 

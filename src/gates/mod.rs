@@ -5,8 +5,9 @@
 //!   revision was applied; read from watch caches, no API request per round.
 //! - [`http`]: the Runbook's `http` gates, probed every `periodSeconds`.
 //! - [`smoke`]: the Runbook's `smoke` gates: ordered HTTP steps, all run by one probe.
-//! - [`logs`]: the Runbook's `logs` gates: a new pod of a workload logs a line
-//!   matching a pattern within a time of the apply (the `pods/log` API).
+//! - [`logs`]: the Runbook's `logs` gates: a pod serving the revision logs a line
+//!   matching a pattern within a time of the apply (the `pods/log` API); a revision
+//!   that rolled no pod may leave the gate nothing to judge (it does not apply).
 //! - [`metrics`]: the Runbook's `metrics` gates: a PromQL query against a threshold.
 //! - [`tracker`]: one gate's verdict across probes (thresholds, period).
 //!
@@ -53,6 +54,10 @@ pub enum Observation {
     /// The egress policy refused a request of the probe: the Runbook must change, the
     /// revision is not to blame (never counted; verification stops on it).
     Refused(String),
+    /// The gate has nothing to judge this revision by (a `logs` gate on a revision
+    /// that rolled no pod): it counts as passed for good, the message saying why,
+    /// since a gate that cannot judge must not hold a good revision back.
+    NotApplicable(String),
 }
 
 impl Observation {
@@ -78,8 +83,8 @@ pub struct ProbeContext<'a> {
     pub namespace: &'a str,
     /// The `headersFrom` values of the gates, read from the app's Secrets.
     pub secret_headers: &'a SecretHeaders,
-    /// When the revision was applied: `logs` gates read only pods created since and
-    /// count `within` from then.
+    /// When the revision was applied: `logs` gates read lines logged since and count
+    /// `within` from then.
     pub applied_at: Timestamp,
 }
 
@@ -283,7 +288,8 @@ impl TrackedGate {
     }
 
     /// Whether the gate is probed again: not once failed, nor a `logs` gate once it
-    /// passed (the line was logged; the tail read later may no longer hold it).
+    /// passed (the line was logged, or the gate does not apply; the tail read later
+    /// may no longer hold the line).
     fn probed_again(&self) -> bool {
         match self.tracker.verdict() {
             Verdict::Failed => false,
@@ -324,6 +330,11 @@ impl TrackedGate {
             Observation::Refused(why) => {
                 self.waiting = None;
                 self.refused = Some(why);
+            }
+            Observation::NotApplicable(why) => {
+                self.waiting = None;
+                self.refused = None;
+                self.tracker.pass(why);
             }
         }
     }
@@ -611,6 +622,32 @@ mod tests {
             verification.next_due(start),
             IDLE_RECHECK,
             "nothing left to probe"
+        );
+    }
+
+    #[test]
+    fn a_gate_that_does_not_apply_passes_for_good_saying_why() {
+        let mut gate = logs_gate("worker-started");
+        gate.success_threshold = Some(3);
+        let mut verification = Verification::new(&[gate]);
+        let start = Instant::now();
+        observe(
+            &mut verification,
+            "worker-started",
+            Observation::NotApplicable("the gate does not apply, the revision rolled no pod".into()),
+            start,
+        );
+        assert!(verification.all_passed(), "not held against the revision");
+        assert!(verification.failed().is_none());
+        let verdict = &verification.verdicts()[0];
+        assert_eq!(verdict.verdict, Verdict::Passed);
+        assert_eq!(
+            verdict.message.as_deref(),
+            Some("the gate does not apply, the revision rolled no pod")
+        );
+        assert!(
+            !verification.gates[0].due(start + Duration::from_secs(3600)),
+            "not probed again"
         );
     }
 

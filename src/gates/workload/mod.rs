@@ -14,9 +14,14 @@
 //! lists ([`WorkloadObjects`]). The controller calls [`capture_baseline`] before it
 //! sends a revision's objects, persists the baseline with the operation, and calls
 //! [`evaluate_workloads`] every round.
+//!
+//! [`serving_pods`] names the pods of a workload's current revision, whenever they
+//! were created, for gates that read pods (the `logs` gate): a revision that rolled
+//! no pod is served by older pods all the same.
 
 mod pods;
 mod rollout;
+mod serving;
 mod view;
 
 #[cfg(test)]
@@ -34,6 +39,7 @@ use crate::api::{GateVerdict, InventoryEntry, RestartBaseline, Verdict};
 
 pub use pods::{PodCriteria, first_pod_failure, pod_failure};
 pub use rollout::{evaluate_daemon_set, evaluate_deployment, evaluate_stateful_set};
+pub use serving::{Serving, ServingPods, serving_pods};
 pub use view::{WorkloadObjects, WorkloadStores, WorkloadView};
 
 /// Name under which the workload gate appears in `status.history[].gates`.

@@ -15,7 +15,7 @@ use super::pods::{PodCriteria, first_pod_failure};
 
 const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
 const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
-const CONTROLLER_REVISION_HASH_LABEL: &str = "controller-revision-hash";
+pub(super) const CONTROLLER_REVISION_HASH_LABEL: &str = "controller-revision-hash";
 /// Longest condition message quoted in a verdict.
 const MAX_DETAIL_CHARS: usize = 160;
 
@@ -235,7 +235,7 @@ pub fn evaluate_daemon_set(
 /// The ReplicaSet the Deployment controller is rolling out: owned by the Deployment
 /// and carrying the Deployment's revision number. A watch cache that has not yet seen
 /// the controller's latest ReplicaSet write has none, which reads as pending.
-fn current_replica_set<'a>(
+pub(super) fn current_replica_set<'a>(
     deploy: &Deployment,
     replica_sets: &'a [Arc<ReplicaSet>],
 ) -> Option<&'a ReplicaSet> {
@@ -246,7 +246,7 @@ fn current_replica_set<'a>(
     })
 }
 
-fn pod_of_replica_set(pod: &Pod, rs: &ReplicaSet) -> bool {
+pub(super) fn pod_of_replica_set(pod: &Pod, rs: &ReplicaSet) -> bool {
     owned_by(&pod.metadata, "ReplicaSet", &rs.metadata)
         || label(&rs.metadata, POD_TEMPLATE_HASH_LABEL)
             .is_some_and(|hash| label(&pod.metadata, POD_TEMPLATE_HASH_LABEL) == Some(hash))
@@ -257,7 +257,10 @@ fn pod_of_replica_set(pod: &Pod, rs: &ReplicaSet) -> bool {
 /// revision a watch cache holds may still be the previous one, so the revision is
 /// found the way the DaemonSet controller finds it: by its template. The controller
 /// stores `spec.template` (with `$patch: replace`) in `data`.
-fn current_daemon_set_hash<'a>(ds: &DaemonSet, revisions: &'a [Arc<ControllerRevision>]) -> Option<&'a str> {
+pub(super) fn current_daemon_set_hash<'a>(
+    ds: &DaemonSet,
+    revisions: &'a [Arc<ControllerRevision>],
+) -> Option<&'a str> {
     let template = &ds.spec.as_ref()?.template;
     revisions
         .iter()
@@ -288,7 +291,7 @@ fn progress_deadline_exceeded(deploy: &Deployment) -> Option<String> {
 
 /// Whether `owner` (of `kind`) is among the object's owner references; by uid when
 /// both sides have one, else by name.
-fn owned_by(meta: &ObjectMeta, kind: &str, owner: &ObjectMeta) -> bool {
+pub(super) fn owned_by(meta: &ObjectMeta, kind: &str, owner: &ObjectMeta) -> bool {
     meta.owner_references.iter().flatten().any(|reference| {
         reference.kind == kind
             && match owner.uid.as_deref() {
@@ -298,7 +301,7 @@ fn owned_by(meta: &ObjectMeta, kind: &str, owner: &ObjectMeta) -> bool {
     })
 }
 
-fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
+pub(super) fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     lookup(meta.labels.as_ref(), key)
 }
 

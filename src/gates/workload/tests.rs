@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
 use k8s_openapi::api::core::v1::ContainerStatus;
+use kube::ResourceExt;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 
@@ -1232,4 +1233,101 @@ fn watch_caches_are_a_view_too() {
         capture_baseline(&stores, &inventory),
         capture_baseline(&objects, &inventory)
     );
+}
+
+// --- a rollback onto pods that never went away ---
+
+#[test]
+fn a_rollback_onto_a_surviving_pod_waits_for_the_crashing_one_to_go_then_passes() {
+    // A 1-replica rollout of revision 2 crash-loops and keeps the revision 1 pod; the
+    // rollback makes revision 1's ReplicaSet current again (as revision 3).
+    let mut deploy = deployment(2, 1, 1, 2, 1);
+    let annotations = deploy.metadata.annotations.as_mut().expect("annotations");
+    annotations.insert("deployment.kubernetes.io/revision".into(), "3".into());
+    let replica_sets = [
+        replica_set("backend-old", "old", "3"),
+        replica_set("backend-7d9", "7d9", "2"),
+    ];
+    let survivor = pod("backend-old-a", "old", &running(0));
+    let crashing = pod("backend-7d9-a", "7d9", &waiting("CrashLoopBackOff", 4));
+    // Taken before the rollback's apply: both pods are older than it.
+    let baseline = RestartBaseline::from_pods([&survivor, &crashing]);
+    let criteria = PodCriteria {
+        baseline: &baseline,
+        applied_at: at(APPLIED_AT),
+        max_restarts: MAX_RESTARTS,
+    };
+    let verdict = evaluate_deployment(
+        &deploy,
+        &arcs(&replica_sets),
+        &arcs(&[survivor.clone(), crashing]),
+        &criteria,
+    );
+    assert_eq!(
+        verdict,
+        WorkloadVerdict::pending("Deployment shop/backend: 1 old replicas pending termination")
+    );
+    let done = deployment(2, 1, 1, 1, 1);
+    let mut done_deploy = done.clone();
+    done_deploy.metadata.annotations = deploy.metadata.annotations.clone();
+    let verdict = evaluate_deployment(&done_deploy, &arcs(&replica_sets), &arcs(&[survivor]), &criteria);
+    assert_eq!(
+        verdict,
+        WorkloadVerdict::passed("Deployment shop/backend: rolled out (1 replicas)")
+    );
+}
+
+#[test]
+fn serving_pods_are_the_current_revisions_whenever_created() {
+    // Deployment: the current ReplicaSet's pods, not the old one's, nor one being deleted.
+    let mut leaving = pod("backend-7d9-b", "7d9", &running(0));
+    leaving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(
+        APPLIED_AT,
+    )));
+    let objects = WorkloadObjects {
+        deployments: vec![complete()],
+        replica_sets: replica_sets(),
+        pods: vec![
+            pod("backend-old-a", "old", &running(0)),
+            pod("backend-7d9-a", "7d9", &running(0)),
+            leaving,
+        ],
+        ..WorkloadObjects::default()
+    };
+    let Serving::Found(serving) = serving_pods(&objects, "shop", "backend") else {
+        panic!("found")
+    };
+    let names: Vec<_> = serving.pods.iter().map(|p| p.name_any()).collect();
+    assert_eq!(names, ["backend-7d9-a"]);
+    assert_eq!(
+        (serving.workload.as_str(), serving.others),
+        ("Deployment shop/backend", 2)
+    );
+
+    // StatefulSet: the update revision's pods.
+    let objects = WorkloadObjects {
+        stateful_sets: vec![stateful_set(2, 2, 1, "db-1", "db-2")],
+        pods: vec![
+            sts_pod("db-0", "db-1", &running(0)),
+            sts_pod("db-1", "db-2", &running(0)),
+        ],
+        ..WorkloadObjects::default()
+    };
+    let Serving::Found(serving) = serving_pods(&objects, "shop", "db") else {
+        panic!("found")
+    };
+    let names: Vec<_> = serving.pods.iter().map(|p| p.name_any()).collect();
+    assert_eq!((names, serving.expected), (vec!["db-1".to_string()], 1));
+
+    // Not observed yet: which revision is current cannot be told.
+    let objects = WorkloadObjects {
+        deployments: vec![deployment(1, 2, 2, 2, 2)],
+        replica_sets: replica_sets(),
+        ..WorkloadObjects::default()
+    };
+    assert!(matches!(
+        serving_pods(&objects, "shop", "backend"),
+        Serving::Unknown { .. }
+    ));
+    assert!(matches!(serving_pods(&objects, "shop", "api"), Serving::NotFound));
 }
