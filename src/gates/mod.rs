@@ -629,7 +629,7 @@ mod tests {
     fn a_gate_that_does_not_apply_passes_for_good_saying_why() {
         let mut gate = logs_gate("worker-started");
         gate.success_threshold = Some(3);
-        let mut verification = Verification::new(&[gate]);
+        let mut verification = RunbookGates::new(&[gate]);
         let start = Instant::now();
         observe(
             &mut verification,

@@ -366,8 +366,9 @@ pub struct Eventually {
     pub every: Option<String>,
 }
 
-/// A workload's pods (those created for the revision being verified) log a line
-/// matching `pattern` within `within` of the apply.
+/// A workload's pods that serve the revision being verified (whenever created; older
+/// ones read from the apply on) log a line matching `pattern` within `within` of the
+/// apply. A revision that rolled no pod and logged no such line: the gate does not apply.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LogsGate {
