@@ -215,9 +215,9 @@ async fn a_healthy_deploy_writes_the_status_at_most_3_times_and_a_rollback_at_mo
         .unwrap();
     harness
         .wait_for(ns, APP, "v3 rolled back", Duration::from_secs(120), |app| {
-            app.status
-                .as_ref()
-                .is_some_and(|s| s.phase == Phase::RolledBack && s.quarantined.iter().any(|q| q.revision == v3))
+            app.status.as_ref().is_some_and(|s| {
+                s.phase == Phase::RolledBack && s.quarantined.iter().any(|q| q.revision == v3)
+            })
         })
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -225,7 +225,13 @@ async fn a_healthy_deploy_writes_the_status_at_most_3_times_and_a_rollback_at_mo
     let events = app_events(&harness, ns).await;
     let new_events: Vec<_> = events.iter().filter(|e| !events_before.contains(e)).collect();
     println!("a Deploy rolled back: {rollback_writes} status writes, Events {new_events:?}");
-    for reason in ["Applying", "Verifying", "RollingBack", "RollbackApplied", "RolledBack"] {
+    for reason in [
+        "Applying",
+        "Verifying",
+        "RollingBack",
+        "RollbackApplied",
+        "RolledBack",
+    ] {
         assert!(
             new_events.iter().any(|e| e.0 == reason),
             "no {reason} Event: {new_events:#?}"

@@ -235,7 +235,10 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
     );
     for (what, counts) in [
         ("a Deploy that went Healthy", &healthy_writes),
-        ("a Deploy rolled back (its Applying to RolledBack)", &rollback_writes),
+        (
+            "a Deploy rolled back (its Applying to RolledBack)",
+            &rollback_writes,
+        ),
     ] {
         let (writes, events): (Vec<usize>, Vec<usize>) = counts.iter().map(|c| (c.status, c.events)).unzip();
         println!(

@@ -242,7 +242,9 @@ mod tests {
         assert_eq!(normalise(a), normalise(b));
         assert!(normalise(a).contains("containers[0].livenessProbe"));
         let typed = |first: &str, second: &str| {
-            format!("failed to create typed patch object: errors:\n  {first}: field not declared in schema\n  {second}: field not declared in schema")
+            format!(
+                "failed to create typed patch object: errors:\n  {first}: field not declared in schema\n  {second}: field not declared in schema"
+            )
         };
         let (x, y) = (
             ".spec.template.spec.containers[name=\"server\"].livenessProbe.grpc",
@@ -253,7 +255,9 @@ mod tests {
 
     #[test]
     fn different_refusals_stay_different() {
-        let field = |name: &str| format!("ConfigMap \"a\" is invalid: data[{name}]: Invalid value: \"{name}\": a valid config key");
+        let field = |name: &str| {
+            format!("ConfigMap \"a\" is invalid: data[{name}]: Invalid value: \"{name}\": a valid config key")
+        };
         assert_ne!(block_message(&field("x y")), block_message(&field("x z")));
         let block = BlockedRevision {
             revision: "a".into(),
@@ -261,9 +265,21 @@ mod tests {
             message: block_message("spec.replicas: Invalid value: -1"),
             ..Default::default()
         };
-        assert!(same_block(&block, BlockReason::RevisionInvalid, "spec.replicas: Invalid value: -1"));
-        assert!(!same_block(&block, BlockReason::Forbidden, "spec.replicas: Invalid value: -1"));
-        assert!(!same_block(&block, BlockReason::RevisionInvalid, "spec.replicas: Invalid value: -2"));
+        assert!(same_block(
+            &block,
+            BlockReason::RevisionInvalid,
+            "spec.replicas: Invalid value: -1"
+        ));
+        assert!(!same_block(
+            &block,
+            BlockReason::Forbidden,
+            "spec.replicas: Invalid value: -1"
+        ));
+        assert!(!same_block(
+            &block,
+            BlockReason::RevisionInvalid,
+            "spec.replicas: Invalid value: -2"
+        ));
     }
 
     #[test]
@@ -292,8 +308,8 @@ mod tests {
         use crate::core::record::{self, Context};
         use crate::core::tests::{A, B, DIGEST, t0};
         use crate::core::{
-            Decision, DesiredRevision, Failure, FailureKind, Input, Recheck, StepOutcome, StepPlan, StepResult,
-            decide,
+            Decision, DesiredRevision, Failure, FailureKind, Input, Recheck, StepOutcome, StepPlan,
+            StepResult, decide,
         };
 
         const HISTORY_LIMIT: usize = 10;
@@ -327,7 +343,11 @@ mod tests {
         fn refusal(which: usize, seed: u64) -> Failure {
             let address = format!("0xc{:09x}", seed & 0xf_ffff_ffff);
             let (first, second) = ("livenessProbe", "readinessProbe");
-            let (first, second) = if seed % 2 == 0 { (first, second) } else { (second, first) };
+            let (first, second) = if seed % 2 == 0 {
+                (first, second)
+            } else {
+                (second, first)
+            };
             match which {
                 0 => Failure::new(
                     FailureKind::RevisionInvalid,

@@ -305,8 +305,8 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
                 if !block::same_block(block, block_reason(failure.kind), &failure.message) =>
             {
                 Decision::Block {
-                revision: revision.clone(),
-                reason: block_reason(failure.kind),
+                    revision: revision.clone(),
+                    reason: block_reason(failure.kind),
                     message: failure.message.clone(),
                     retry: true,
                 }

@@ -833,10 +833,9 @@ fn block(
             ctx,
         );
     }
-    let repeated = status
-        .blocked
-        .as_ref()
-        .is_some_and(|block| block.revision == revision && block.reason == reason && block.message == message);
+    let repeated = status.blocked.as_ref().is_some_and(|block| {
+        block.revision == revision && block.reason == reason && block.message == message
+    });
     status.blocked = Some(BlockedRevision {
         revision: revision.to_string(),
         reason,
