@@ -343,7 +343,7 @@ mod tests {
         fn refusal(which: usize, seed: u64) -> Failure {
             let address = format!("0xc{:09x}", seed & 0xf_ffff_ffff);
             let (first, second) = ("livenessProbe", "readinessProbe");
-            let (first, second) = if seed % 2 == 0 {
+            let (first, second) = if seed.is_multiple_of(2) {
                 (first, second)
             } else {
                 (second, first)
