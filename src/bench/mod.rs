@@ -187,12 +187,18 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
     let mut to_healthy = Vec::new();
     let mut to_applied = Vec::new();
     let mut to_rolled_back = Vec::new();
+    // (status writes, Events) of each revision, from the API server's audit log.
+    let mut healthy_writes = Vec::new();
+    let mut rollback_writes = Vec::new();
     for _ in 0..runs {
         version += 1;
+        let at_start = app_writes(env).await?;
         let started = Instant::now();
         last = env.commit(&ExampleRevision::good(&format!("{version}.0")), "good")?;
         wait_phase(env, Phase::Healthy, &last).await?;
         to_healthy.push(started.elapsed());
+        let at_healthy = app_writes(env).await?;
+        healthy_writes.push(at_healthy - at_start);
 
         version += 1;
         let healthy = last.clone();
@@ -215,6 +221,7 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
         to_applied.push(first_failure.elapsed());
         wait_phase(env, Phase::RolledBack, &healthy).await?;
         to_rolled_back.push(first_failure.elapsed());
+        rollback_writes.push(app_writes(env).await? - at_healthy);
     }
     controller.abort();
     summary("commit -> Healthy (interval 1s, verifyWindow 0s)", &to_healthy);
@@ -226,7 +233,70 @@ async fn revisions(env: &DemoEnvironment, runs: usize) -> anyhow::Result<()> {
         "flip-back: first failing probe -> RolledBack (rollout Ready, gates pass)",
         &to_rolled_back,
     );
+    for (what, counts) in [
+        ("a Deploy that went Healthy", &healthy_writes),
+        (
+            "a Deploy rolled back (its Applying to RolledBack)",
+            &rollback_writes,
+        ),
+    ] {
+        let (writes, events): (Vec<usize>, Vec<usize>) = counts.iter().map(|c| (c.status, c.events)).unzip();
+        println!(
+            "per revision, {what}: status writes {}, Events {} (the API server's audit log)",
+            spread(&writes),
+            spread(&events)
+        );
+    }
     Ok(())
+}
+
+/// Status writes of the AppDeployment and Events written about it so far.
+#[derive(Clone, Copy, Debug)]
+struct AppWrites {
+    status: usize,
+    events: usize,
+}
+
+impl std::ops::Sub for AppWrites {
+    type Output = AppWrites;
+    fn sub(self, earlier: AppWrites) -> AppWrites {
+        AppWrites {
+            status: self.status.saturating_sub(earlier.status),
+            events: self.events.saturating_sub(earlier.events),
+        }
+    }
+}
+
+/// Counted from the outside, in the API server's audit log: writes of the example app's
+/// status subresource, and writes (create, or a series' patch) of events.k8s.io Events in
+/// its namespace (only bosun writes that API there; the control plane's own Events are
+/// core/v1). Waits a moment first: Events follow the status write they announce.
+async fn app_writes(env: &DemoEnvironment) -> anyhow::Result<AppWrites> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = env.control_plane.audit_writes().await?;
+    let in_app = |w: &&bosun_devenv::AuditedWrite| w.namespace.as_deref() == Some("litevault") && !w.dry_run;
+    Ok(AppWrites {
+        status: writes
+            .iter()
+            .filter(in_app)
+            .filter(|w| w.resource == "appdeployments" && w.subresource.as_deref() == Some("status"))
+            .count(),
+        events: writes
+            .iter()
+            .filter(in_app)
+            .filter(|w| w.group == "events.k8s.io" && w.resource == "events")
+            .count(),
+    })
+}
+
+/// `min/median/max` of counts.
+fn spread(counts: &[usize]) -> String {
+    let mut sorted = counts.to_vec();
+    sorted.sort_unstable();
+    match (sorted.first(), sorted.get(sorted.len() / 2), sorted.last()) {
+        (Some(min), Some(median), Some(max)) => format!("min {min} median {median} max {max}"),
+        _ => "none".into(),
+    }
 }
 
 /// Commit → the new image in the Deployment, for an app polling every second, then

@@ -47,6 +47,12 @@ impl FaultSwitch {
 
     #[inline(always)]
     pub fn after(&self, _app: &str, _decision: &Decision, _status: &AppDeploymentStatus) {}
+
+    /// Never: the shipped build persists only where the pass needs to.
+    #[inline(always)]
+    pub fn must_persist(&self, _decision: &Decision, _status: &AppDeploymentStatus) -> bool {
+        false
+    }
 }
 
 #[cfg(feature = "fault-injection")]
@@ -77,6 +83,12 @@ impl FaultSwitch {
 
     pub fn is_armed(&self) -> bool {
         !self.points.is_empty()
+    }
+
+    /// Whether `decision` must be persisted at once: with the switch armed, every
+    /// boundary is, so that a test aims at a recorded state.
+    pub fn must_persist(&self, decision: &Decision, status: &AppDeploymentStatus) -> bool {
+        self.is_armed() && boundary(decision, status).is_some()
     }
 
     /// Aborts the process if `decision`, just persisted for `app`, ends an armed boundary.

@@ -3,8 +3,15 @@
 //!
 //! The order inside the loop is what makes every step resumable: a decision is written
 //! into the status and persisted (with the `resourceVersion` it was computed from)
-//! before the step it leads to runs; the Events announcing it follow; only then does
-//! the fault switch get its chance to stop the process, and only then is the step run.
+//! before a step that changes the cluster runs (an apply, a Job); the Events announcing
+//! it follow; only then does the fault switch get its chance to stop the process, and
+//! only then is the step run. Steps that only read (render, preflight, the inventory's
+//! dry run, a verification round) are not preceded by a write: what one pass learns goes
+//! out in one write when the pass ends, or before the next step that writes ([`persists_before`]).
+//! A verification round that changes nothing a reader acts on (same operation, phase
+//! and condition reasons) is carried to the next pass in memory ([`Unsaved`]) and goes
+//! out with the write that ends the verification; lost with the process, it is taken
+//! again from the last write (the step before it is repeated, and finds nothing to do).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +118,9 @@ async fn reconcile_app(
         // nothing changed the app since it was computed.
         let (status, pending) = match state.unsaved.take() {
             Some(unsaved) if unsaved.computed_from == app.resource_version() => {
-                info!("writing the status an earlier pass could not write");
+                if !unsaved.carried {
+                    info!("writing the status an earlier pass could not write");
+                }
                 (unsaved.status, unsaved.notices)
             }
             // Written after all (the answer was lost), or changed by someone else:
@@ -160,6 +169,9 @@ pub(super) struct Unsaved {
     computed_from: Option<String>,
     status: AppDeploymentStatus,
     notices: Vec<Notice>,
+    /// Carried on purpose (a verification round coalesced with the next write), not a
+    /// write that got no answer.
+    carried: bool,
 }
 
 /// One pass: the app as read, the status being worked on, and what was last saved.
@@ -251,9 +263,13 @@ impl Pass<'_> {
         let mut recheck: Option<Recheck> = None;
         // Judged once per pass: the re-check this pass makes must not make itself
         // "not due" before its result is decided on.
-        let block_retry_due = self.block_retry_due(Timestamp::now(), interval);
+        let mut block_retry_due = self.block_retry_due(Timestamp::now(), interval);
         for _ in 0..MAX_DECISIONS {
             let now = Timestamp::now();
+            // One re-check per pass: once its result is decided on (a new block recorded,
+            // say), the next check waits for the interval.
+            let recheck_found = recheck.take();
+            let rechecked = recheck_found.is_some();
             let decision = core::decide(&core::Input {
                 status: &self.status,
                 generation,
@@ -266,11 +282,14 @@ impl Pass<'_> {
                 now,
                 step_deadline,
                 block_retry_due,
-                recheck: recheck.take(),
+                recheck: recheck_found,
                 plan,
                 rotated: rotated.clone(),
                 retry: core::RetryRequest::from_annotations(self.app.annotations()),
             });
+            if rechecked {
+                block_retry_due = false;
+            }
             self.name_revision_in_logs(&desired);
             if !matches!(
                 decision,
@@ -290,8 +309,16 @@ impl Pass<'_> {
                 plan,
             };
             notices.extend(record::record(&mut self.status, &decision, &record_input));
-            self.save(&mut notices).await?;
-            self.publish(&mut notices).await;
+            if let Decision::Block { message, .. } = &decision {
+                // The status and the Event keep it normalised and within a budget.
+                info!(%message, "the refusal in full");
+            }
+            // Persisted before a step that writes, and when the pass ends; with the fault
+            // switch armed, at every boundary, so that a test aims at a recorded state.
+            if persists_before(&decision) || self.context.fault.must_persist(&decision, &self.status) {
+                self.save(&mut notices).await?;
+                self.publish(&mut notices).await;
+            }
             if matches!(decision, Decision::RollBack { .. }) {
                 self.context
                     .metrics
@@ -341,6 +368,7 @@ impl Pass<'_> {
                     return Ok(Action::requeue(interval));
                 }
                 Decision::KeepVerifying { .. } => {
+                    self.carry_or_save(&mut notices).await?;
                     return Ok(Action::requeue(self.next_round.unwrap_or(Duration::from_secs(5))));
                 }
                 // The Job watch wakes the app when the Job ends; this is a safety net.
@@ -453,6 +481,7 @@ impl Pass<'_> {
                     computed_from: self.app.resource_version(),
                     status: self.status.clone(),
                     notices: std::mem::take(notices),
+                    carried: false,
                 });
                 return Err(Error::Kube(error));
             }
@@ -462,6 +491,24 @@ impl Pass<'_> {
         self.state.written_version = Some(version);
         let before = std::mem::replace(&mut self.saved, self.status.clone());
         self.tell(&before).await;
+        Ok(())
+    }
+
+    /// Ends a verification round: a round that changed nothing a reader acts on since the
+    /// last write ([`carried_to_next_write`]) is kept for the next pass with its Events;
+    /// any other is written now.
+    async fn carry_or_save(&mut self, notices: &mut Vec<Notice>) -> Result<(), Error> {
+        if self.status != self.saved && carried_to_next_write(&self.saved, &self.status) {
+            self.state.unsaved = Some(Unsaved {
+                computed_from: self.app.resource_version(),
+                status: self.status.clone(),
+                notices: std::mem::take(notices),
+                carried: true,
+            });
+            return Ok(());
+        }
+        self.save(notices).await?;
+        self.publish(notices).await;
         Ok(())
     }
 
@@ -586,6 +633,51 @@ impl Pass<'_> {
             self.logged_revision = Some(short);
         }
     }
+}
+
+/// Whether `decision` is persisted as soon as it is recorded: before a step that changes
+/// the cluster (so that a restart finds the step it was at), and when it ends the pass.
+/// A decision that continues the pass, or leads to a step that only reads, goes out with
+/// the next write. (Snapshot Secrets are written unrecorded: one nothing refers to is
+/// deleted at the next start.)
+fn persists_before(decision: &Decision) -> bool {
+    match decision {
+        Decision::Run(step) => matches!(step, Step::Apply | Step::Backup | Step::Migrate | Step::Downgrade),
+        // A re-check only reads; its result is decided on in this same pass.
+        Decision::RecheckBlock { .. } => false,
+        // Ends with a verification round, coalesced or written then.
+        Decision::KeepVerifying { .. } => false,
+        other => !other.continues(),
+    }
+}
+
+/// Whether a verification round's status may wait for the next write: the same
+/// operation at its Verify step, in the same phase, with the same conditions (type,
+/// status, reason), and `saved` at its Apply or Verify step. Only the gates' verdicts,
+/// the messages and what the apply recorded differ: a rollback's apply, made after its
+/// RollingBack was written, is recorded with the write that ends it.
+fn carried_to_next_write(saved: &AppDeploymentStatus, status: &AppDeploymentStatus) -> bool {
+    let (Some(before), Some(now)) = (&saved.operation, &status.operation) else {
+        return false;
+    };
+    let conditions = |s: &AppDeploymentStatus| {
+        let mut list: Vec<(String, String, String)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        list.sort();
+        list
+    };
+    now.step == Step::Verify
+        && matches!(before.step, Step::Apply | Step::Verify)
+        && before.kind == now.kind
+        && before.revision == now.revision
+        && before.started_at == now.started_at
+        && saved.phase == status.phase
+        && saved.blocked == status.blocked
+        && saved.quarantined == status.quarantined
+        && conditions(saved) == conditions(status)
 }
 
 /// A decision in a log line: its name and revision, not every gate's message.

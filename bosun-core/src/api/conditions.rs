@@ -14,8 +14,27 @@ pub mod condition {
     pub const PRUNED: &str = "Pruned";
 }
 
+/// How many bytes of a message the status keeps (conditions, history, a block, a
+/// quarantine): a refusal can quote kilobytes of the object it refused, and the status is
+/// rewritten whole on every change. The full text is in the controller's log.
+pub const MESSAGE_BUDGET_BYTES: usize = 1024;
+
+/// `message` cut to [`MESSAGE_BUDGET_BYTES`] on a character boundary, ending in `…` when
+/// cut.
+pub fn within_budget(message: &str) -> String {
+    if message.len() <= MESSAGE_BUDGET_BYTES {
+        return message.to_string();
+    }
+    let ellipsis = "…";
+    let mut end = MESSAGE_BUDGET_BYTES - ellipsis.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &message[..end])
+}
+
 /// Sets a condition, keeping `lastTransitionTime` when the status does not change.
-/// Returns whether anything changed.
+/// The message is kept [`within_budget`]. Returns whether anything changed.
 pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
@@ -26,6 +45,8 @@ pub fn set_condition(
     now: &Time,
 ) -> bool {
     let status = if status { "True" } else { "False" };
+    let message = within_budget(message);
+    let message = message.as_str();
     if let Some(existing) = conditions.iter_mut().find(|c| c.type_ == type_) {
         let unchanged = existing.status == status
             && existing.reason == reason

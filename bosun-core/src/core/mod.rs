@@ -8,6 +8,7 @@
 //! [`Step`]s. Each step reports a [`StepOutcome`]; this module alone turns outcomes
 //! into the next step, a rollback, a block or a failure.
 
+pub mod block;
 mod outcome;
 pub mod record;
 
@@ -298,12 +299,18 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
             Some(Recheck::Clear) => Decision::StartDeploy {
                 revision: revision.clone(),
             },
-            Some(Recheck::Refused(failure)) if failure.message != block.message => Decision::Block {
-                revision: revision.clone(),
-                reason: block_reason(failure.kind),
-                message: failure.message.clone(),
-                retry: true,
-            },
+            // The same refusal worded anew (addresses, order of causes) is the same block:
+            // nothing to record.
+            Some(Recheck::Refused(failure))
+                if !block::same_block(block, block_reason(failure.kind), &failure.message) =>
+            {
+                Decision::Block {
+                    revision: revision.clone(),
+                    reason: block_reason(failure.kind),
+                    message: failure.message.clone(),
+                    retry: true,
+                }
+            }
             Some(Recheck::Refused(_) | Recheck::Transient(_)) => rotation().unwrap_or(Decision::Wait),
         };
     }

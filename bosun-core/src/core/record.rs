@@ -13,7 +13,7 @@ use super::{Decision, StepPlan, StepResult};
 use crate::api::{
     AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
     InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
-    remove_condition, set_condition, short_revision,
+    remove_condition, set_condition, short_revision, within_budget,
 };
 
 /// How many quarantine entries are kept (quarantine matters only while Git points at
@@ -164,6 +164,7 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Recor
             // The first attempt, and any whose cause differs from the one before (a
             // webhook failing, then the API server unreachable), is announced; a
             // repeat of the same cause only updates the condition.
+            let message = within_budget(message);
             let new_cause = operation.last_error.as_deref() != Some(message.as_str());
             operation.attempt = operation.attempt.saturating_add(1);
             operation.last_error = Some(message.clone());
@@ -179,8 +180,9 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Recor
         }
         Decision::BlockOnProblem(problem) => {
             let reason = problem.kind.reason();
-            let changed =
-                status.phase != Phase::Blocked || ready_message(status) != Some(problem.message.as_str());
+            // The Ready condition keeps the message within the budget: compared so.
+            let changed = status.phase != Phase::Blocked
+                || ready_message(status) != Some(within_budget(&problem.message).as_str());
             set_phase_with_reason(status, Phase::Blocked, reason, &problem.message, ctx);
             if changed {
                 let about = status
@@ -790,7 +792,7 @@ fn give_up(
         status.blocked = Some(BlockedRevision {
             revision: revision.clone(),
             reason: BlockReason::DeadlineExceeded,
-            message: note.clone(),
+            message: within_budget(&note),
             generation: ctx.generation,
             at: ctx.now_text(),
             retry: true,
@@ -816,6 +818,10 @@ fn block(
     ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
+    // The status and the Event keep the refusal normalised and within the budget (the
+    // full text is in the log): the same refusal worded anew is the same block.
+    let message = super::block::block_message(message);
+    let message = message.as_str();
     let note = format!("revision {}: {message}", short_revision(revision));
     if reason == BlockReason::PreflightFailed {
         set_condition_now(
@@ -827,10 +833,9 @@ fn block(
             ctx,
         );
     }
-    let repeated = status
-        .blocked
-        .as_ref()
-        .is_some_and(|block| block.revision == revision && block.message == message);
+    let repeated = status.blocked.as_ref().is_some_and(|block| {
+        block.revision == revision && block.reason == reason && block.message == message
+    });
     status.blocked = Some(BlockedRevision {
         revision: revision.to_string(),
         reason,
@@ -840,13 +845,18 @@ fn block(
         retry,
     });
     if open_entry(status, revision).is_none() && !repeated {
-        open_history(
-            status,
-            revision,
-            Phase::Blocked,
-            &ctx.now_text(),
-            ctx.history_limit,
-        );
+        match status.history.iter_mut().find(|entry| entry.revision == revision) {
+            // Blocked again for another reason: the revision keeps its one entry (a new
+            // entry per re-check would push the healthy ones out of the history).
+            Some(entry) if entry.phase == Phase::Blocked => entry.finished_at = None,
+            _ => open_history(
+                status,
+                revision,
+                Phase::Blocked,
+                &ctx.now_text(),
+                ctx.history_limit,
+            ),
+        }
     }
     update_history(status, revision, Phase::Blocked, Some(message), true, ctx);
     remove_retrying(status, ctx);
@@ -1099,7 +1109,7 @@ pub fn update_history(
     if let Some(entry) = open_entry(status, revision) {
         entry.phase = phase;
         if let Some(message) = message {
-            entry.message = Some(message.to_string());
+            entry.message = Some(within_budget(message));
         }
         if finished {
             entry.finished_at = Some(ctx.now_text());
@@ -1131,7 +1141,7 @@ pub fn quarantine(status: &mut AppDeploymentStatus, revision: &str, reason: &str
         0,
         Quarantine {
             revision: revision.to_string(),
-            reason: reason.to_string(),
+            reason: within_budget(reason),
             at: ctx.now_text(),
             generation: ctx.generation,
             spec_digest: Some(ctx.spec_digest.to_string()),
