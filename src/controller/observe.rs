@@ -315,27 +315,21 @@ async fn credentials(
     Ok(Some(credentials))
 }
 
-/// The Secrets the running workloads read whose data changed since they were rolled
-/// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
-/// A Secret that is gone is preflight's business, not a rotation; data whose rollout
-/// was refused before is not offered again. Data put back to what runs after a refused
-/// change is offered (a change stopped at preflight left the app `Failed` with nothing
-/// applied; verifying what runs ends it, and clears the refusal). Only Secrets of
-/// `readable` namespaces are looked at (`None`: every one, for the controller's own
-/// identity): the app's identity may read them (see `boundary`).
-pub fn rotated_secrets(
+/// The digest of the data every Secret of `status.secretDigests` holds now, from the
+/// watch cache (`namespace/name` → digest), when the Runbook rolls on a change; which
+/// changes count as a rotation is [`crate::core`]'s to decide. A Secret that is gone
+/// is left out. Only Secrets of `readable` namespaces are looked at (`None`: every
+/// one, for the controller's own identity): the app's identity may read them (see
+/// `boundary`).
+pub fn secret_data(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
-    runbook: &RunbookSpec,
     readable: Option<&std::collections::BTreeSet<String>>,
 ) -> std::collections::BTreeMap<String, String> {
-    if !runbook.rollout_on_secret_change() {
-        return Default::default();
-    }
     status
         .secret_digests
-        .iter()
-        .filter_map(|(key, applied)| {
+        .keys()
+        .filter_map(|key| {
             let (namespace, name) = key.split_once('/')?;
             if readable.is_some_and(|readable| !readable.contains(namespace)) {
                 return None;
@@ -347,11 +341,7 @@ pub fn rotated_secrets(
                 .flatten()
                 .map(|(key, value)| (key.clone(), value.0.clone()))
                 .collect();
-            let now = crate::preflight::secret_data_digest(&data);
-            let refused = status.rejected_secret_digests.get(key);
-            let changed = &now != applied && refused != Some(&now);
-            let refusal_undone = &now == applied && refused.is_some_and(|refused| *refused != now);
-            (changed || refusal_undone).then(|| (key.clone(), now))
+            Some((key.clone(), crate::preflight::secret_data_digest(&data)))
         })
         .collect()
 }

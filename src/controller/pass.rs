@@ -245,13 +245,25 @@ impl Pass<'_> {
         } else {
             None
         };
-        let rotated = observe::rotated_secrets(self.context, &self.status, &runbook.spec, readable.as_ref());
+        // Read only where the Runbook asks for rotations: the data of a Secret is looked
+        // at for no other purpose.
+        let secret_data = if runbook.spec.rollout_on_secret_change() {
+            observe::secret_data(self.context, &self.status, readable.as_ref())
+        } else {
+            Default::default()
+        };
+        let pass_started = Timestamp::now();
+        // Taken once per pass: the re-check this pass makes must not make itself
+        // "not due" before its result is decided on.
+        let block_checked_at = self.state.last_block_check.map(|at| wall_time(pass_started, at));
+        let config_changed_at = self
+            .context
+            .caches
+            .config_changed_at(&AppNames::of(&self.app).target_namespace)
+            .map(|at| wall_time(pass_started, at));
 
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
-        // Judged once per pass: the re-check this pass makes must not make itself
-        // "not due" before its result is decided on.
-        let block_retry_due = self.block_retry_due(Timestamp::now(), interval);
         for _ in 0..MAX_DECISIONS {
             let now = Timestamp::now();
             let decision = core::decide(&core::Input {
@@ -265,10 +277,13 @@ impl Pass<'_> {
                 outcome: outcome.take(),
                 now,
                 step_deadline,
-                block_retry_due,
+                interval,
+                block_checked_at,
+                config_changed_at,
                 recheck: recheck.take(),
                 plan,
-                rotated: rotated.clone(),
+                rollout_on_secret_change: runbook.spec.rollout_on_secret_change(),
+                secret_data: secret_data.clone(),
                 retry: core::RetryRequest::from_annotations(self.app.annotations()),
             });
             self.name_revision_in_logs(&desired);
@@ -543,34 +558,6 @@ impl Pass<'_> {
         }
     }
 
-    /// A block that may pass is checked again once the Git interval has passed since it
-    /// was recorded and since this controller last checked it.
-    fn block_retry_due(&self, now: Timestamp, interval: Duration) -> bool {
-        let since_block = self
-            .status
-            .blocked
-            .as_ref()
-            .is_some_and(|block| interval_passed_since(now, &block.at, interval));
-        let since_check = self
-            .state
-            .last_block_check
-            .is_none_or(|at| at.elapsed() >= interval);
-        // A preflight miss is checked again as soon as a Secret (or ConfigMap) of the
-        // target namespace changed since the last check: creating the missing Secret
-        // unblocks the revision within seconds, not an interval later.
-        let preflight_fixable = self
-            .status
-            .blocked
-            .as_ref()
-            .is_some_and(|block| block.reason == crate::api::BlockReason::PreflightFailed && block.retry);
-        let changed_since_check = preflight_fixable
-            && self.context.caches.config_changed_since(
-                &AppNames::of(&self.app).target_namespace,
-                self.state.last_block_check,
-            );
-        (since_block && since_check) || changed_since_check
-    }
-
     /// Every log line of this pass names the revision it is about.
     fn name_revision_in_logs(&mut self, desired: &DesiredRevision) {
         let revision = match (&self.status.operation, desired) {
@@ -646,11 +633,12 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-/// Whether `interval` has passed since `at`, a time in status. Status times are
-/// truncated to the second; a second of slack keeps a pass requeued one interval after
-/// the moment from finding it not quite due and waiting a whole interval more.
-fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
-    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+/// The wall-clock time of `at`, a moment of this process taken before `now`.
+fn wall_time(now: Timestamp, at: std::time::Instant) -> Timestamp {
+    k8s_openapi::jiff::SignedDuration::try_from(at.elapsed())
+        .ok()
+        .and_then(|elapsed| now.checked_sub(elapsed).ok())
+        .unwrap_or(now)
 }
 
 /// The back-off, but never past the step's deadline: the step is tried once more just
@@ -665,20 +653,6 @@ fn retry_delay(backoff: Duration, step_deadline: Duration, elapsed: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
-        let interval = Duration::from_secs(5);
-        let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
-        // Recorded as 00:00:10 (truncated, as metav1.Time is); the pass requeued 5 s later runs at 15.6 s.
-        let at = record::rfc3339(blocked);
-        assert_eq!(at, "2026-01-01T00:00:10Z");
-        let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
-        assert!(interval_passed_since(requeued, &at, interval));
-        // Well before the interval: not yet.
-        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
-        assert!(!interval_passed_since(early, &at, interval));
-    }
 
     #[test]
     fn a_retry_never_waits_past_the_step_deadline() {

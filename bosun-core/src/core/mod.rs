@@ -63,20 +63,27 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// How long one step may take (the Runbook's `progressDeadline`).
     pub step_deadline: Duration,
-    /// A blocked revision whose block may pass (a permission, an owner, a deadline) may
-    /// be checked again: the Git interval has passed since it was blocked or last checked.
-    pub block_retry_due: bool,
+    /// How often Git is looked at (`spec.source.git.interval`): the pace of re-checks
+    /// of a blocked revision and of drift repair.
+    pub interval: Duration,
+    /// When this controller last checked the blocked revision again (checks cost no
+    /// write, so the status does not say; `None`: not since it took the app over).
+    pub block_checked_at: Option<Timestamp>,
+    /// When a Secret or ConfigMap of the target namespace last changed (as the watch
+    /// caches saw it; `None`: not since they started).
+    pub config_changed_at: Option<Timestamp>,
     /// What checking the blocked revision again (render and dry run, nothing written)
     /// found, in this same pass.
     pub recheck: Option<Recheck>,
     /// Which optional steps the Runbook asks for.
     pub plan: StepPlan,
-    /// Secrets read by the running workloads whose data changed since it was rolled
-    /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
-    /// change; a change already rolled out and refused is not listed again. A refused
-    /// change that was undone (the data is back to what runs) is listed, with the data
-    /// that runs: its rollout, verified, ends the `Failed` the refusal left.
-    pub rotated: BTreeMap<String, String>,
+    /// The Runbook rolls the running revision out again when a Secret it reads changes
+    /// (`spec.secrets.rolloutOnChange`, default true).
+    pub rollout_on_secret_change: bool,
+    /// The digest of the data every Secret of `status.secretDigests` holds now
+    /// (`namespace/name` → digest), as far as the app's identity may read it; a Secret
+    /// that is gone is not listed (preflight's business, not a rotation).
+    pub secret_data: BTreeMap<String, String>,
     /// A person asked for a quarantined revision to be tried again (the AppDeployment's
     /// `bosun.dev/retry` annotation, read by the controller).
     pub retry: Option<RetryRequest>,
@@ -264,9 +271,8 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     let rotation = || {
         let runs_healthy =
             status.current_revision.is_some() && status.current_revision == status.last_healthy_revision;
-        (runs_healthy && !input.rotated.is_empty()).then(|| Decision::StartRotation {
-            secrets: input.rotated.clone(),
-        })
+        let rotated = rotated_secrets(input);
+        (runs_healthy && !rotated.is_empty()).then_some(Decision::StartRotation { secrets: rotated })
     };
     if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
@@ -356,9 +362,63 @@ fn recheckable_block<'a>(input: &'a Input<'_>, revision: &str) -> Option<&'a cra
     (block.revision == revision
         && block.generation == input.generation
         && block.retry
-        && input.block_retry_due
+        && block_check_due(input, block)
         && !quarantined)
         .then_some(block)
+}
+
+/// A block that may pass (a permission, an owner, a deadline) is checked again once
+/// the Git interval has passed since it was recorded and since it was last checked. A
+/// preflight miss is checked as soon as a Secret or ConfigMap of the target namespace
+/// changed since the last check: creating the missing Secret unblocks the revision
+/// within seconds, not an interval later.
+pub fn block_check_due(input: &Input<'_>, block: &crate::api::BlockedRevision) -> bool {
+    let since_block = interval_passed_since(input.now, &block.at, input.interval);
+    let since_check = input
+        .block_checked_at
+        .is_none_or(|checked| elapsed(input.now, checked) >= input.interval);
+    let changed_since_check = block.reason == BlockReason::PreflightFailed
+        && block.retry
+        && input
+            .config_changed_at
+            .is_some_and(|changed| input.block_checked_at.is_none_or(|checked| changed > checked));
+    (since_block && since_check) || changed_since_check
+}
+
+/// Whether `interval` has passed since `at`, a time in status. Status times are
+/// truncated to the second; a second of slack keeps a pass requeued one interval after
+/// the moment from finding it not quite due and waiting a whole interval more.
+pub fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
+    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+}
+
+/// How long from `since` to `now` (zero if `since` is later).
+fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
+    now.duration_since(since).try_into().unwrap_or(Duration::ZERO)
+}
+
+/// The Secrets read by the running workloads whose data changed since it was rolled
+/// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
+/// change. A change already rolled out and refused is not offered again. Data put
+/// back to what runs after a refused change is offered (a change stopped at preflight
+/// left the app `Failed` with nothing applied; verifying what runs ends it, and
+/// clears the refusal).
+pub fn rotated_secrets(input: &Input<'_>) -> BTreeMap<String, String> {
+    if !input.rollout_on_secret_change {
+        return BTreeMap::new();
+    }
+    let status = input.status;
+    status
+        .secret_digests
+        .iter()
+        .filter_map(|(key, applied)| {
+            let now = input.secret_data.get(key)?;
+            let refused = status.rejected_secret_digests.get(key);
+            let changed = now != applied && refused != Some(now);
+            let refusal_undone = now == applied && refused.is_some_and(|refused| refused != now);
+            (changed || refusal_undone).then(|| (key.clone(), now.clone()))
+        })
+        .collect()
 }
 
 fn block_reason(kind: FailureKind) -> BlockReason {

@@ -20,6 +20,8 @@ use super::*;
 use crate::api::{InventoryEntry, JobKind, MigrationRollbackPolicy, Verdict};
 
 const REVISIONS: [&str; 3] = [A, B, C];
+/// The Git interval.
+const INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// What happens between two passes.
 #[derive(Clone, Debug)]
@@ -31,7 +33,8 @@ struct World {
     automatic_rollback: bool,
     runbook_broken: bool,
     minutes_later: u8,
-    block_retry_due: bool,
+    /// A Secret or ConfigMap of the target namespace changed since the last pass.
+    config_change: bool,
     plan: StepPlan,
     /// A Secret the running workloads read changed (its new digest).
     secret_change: Option<u8>,
@@ -76,7 +79,7 @@ fn world() -> impl Strategy<Value = World> {
                 automatic_rollback,
                 runbook_broken,
                 minutes_later,
-                block_retry_due,
+                config_change,
                 plan,
                 secret_change,
             )| World {
@@ -87,7 +90,7 @@ fn world() -> impl Strategy<Value = World> {
                 automatic_rollback,
                 runbook_broken,
                 minutes_later,
-                block_retry_due,
+                config_change,
                 plan,
                 secret_change,
             },
@@ -194,6 +197,9 @@ struct Model {
     generation: i64,
     digest: &'static str,
     now: Timestamp,
+    block_checked_at: Option<Timestamp>,
+    config_changed_at: Option<Timestamp>,
+    secret_data: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -203,6 +209,9 @@ impl Model {
             generation: 1,
             digest: DIGEST,
             now: t0(),
+            block_checked_at: None,
+            config_changed_at: None,
+            secret_data: BTreeMap::new(),
         }
     }
 
@@ -226,17 +235,15 @@ impl Model {
         let problem = world
             .runbook_broken
             .then(|| Failure::new(FailureKind::RunbookInvalid, "spec.gates[0]: no probe"));
-        // What the controller would observe: a Secret's data differs from what the
-        // running workloads were given, and that data was not refused before.
-        let rotated: BTreeMap<String, String> = world
-            .secret_change
-            .map(|digest| ("shop/jwt".to_string(), format!("digest-{digest}")))
-            .filter(|(name, digest)| {
-                self.status.secret_digests.get(name) != Some(digest)
-                    && self.status.rejected_secret_digests.get(name) != Some(digest)
-            })
-            .into_iter()
-            .collect();
+        if world.config_change {
+            self.config_changed_at = Some(self.now);
+        }
+        // What the Secret the running workloads read holds now.
+        if let Some(digest) = world.secret_change {
+            self.secret_data = [("shop/jwt".to_string(), format!("digest-{digest}"))].into();
+        }
+        // Taken once per pass, as the controller does.
+        let block_checked_at = self.block_checked_at;
         let mut decisions = Vec::new();
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
@@ -252,10 +259,13 @@ impl Model {
                 outcome: outcome.take(),
                 now: self.now,
                 step_deadline: Duration::from_secs(600),
-                block_retry_due: world.block_retry_due,
+                interval: INTERVAL,
+                block_checked_at,
+                config_changed_at: self.config_changed_at,
                 recheck: recheck.take(),
                 plan: world.plan,
-                rotated: rotated.clone(),
+                rollout_on_secret_change: true,
+                secret_data: self.secret_data.clone(),
                 retry: None,
             };
             let reported = input.outcome.clone();
@@ -290,13 +300,13 @@ impl Model {
                             .as_ref()
                             .map(|op| op.rotation.clone())
                             .filter(|rotation| !rotation.is_empty())
-                            .or_else(|| {
-                                world
-                                    .secret_change
-                                    .map(|d| [("shop/jwt".to_string(), format!("digest-{d}"))].into())
-                            })
+                            .or_else(|| (!self.secret_data.is_empty()).then(|| self.secret_data.clone()))
                             .unwrap_or_else(|| self.status.secret_digests.clone());
                     }
+                }
+                Decision::RecheckBlock { .. } => {
+                    self.block_checked_at = Some(self.now);
+                    return decisions;
                 }
                 ref d if d.continues() => {}
                 _ => return decisions,
@@ -441,7 +451,7 @@ proptest! {
             automatic_rollback: true,
             runbook_broken: false,
             minutes_later: 1,
-            block_retry_due: false,
+            config_change: false,
             plan: StepPlan::default(),
             secret_change: None,
         };

@@ -12,6 +12,8 @@ pub(super) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 pub(super) const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
 pub(super) const DIGEST: &str = "d1";
 const DEADLINE: Duration = Duration::from_secs(600);
+/// The Git interval.
+const INTERVAL: Duration = Duration::from_secs(60);
 
 pub(super) fn t0() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
@@ -59,12 +61,16 @@ struct World {
     automatic_rollback: bool,
     problem: Option<Failure>,
     now: Timestamp,
-    block_retry_due: bool,
+    /// When the controller last checked the block again (what a pass that re-checks
+    /// remembers for the next).
+    block_checked_at: std::cell::Cell<Option<Timestamp>>,
+    config_changed_at: Option<Timestamp>,
     spec_digest: &'static str,
     /// What a re-check of a blocked revision finds.
     recheck: Recheck,
     plan: StepPlan,
-    rotated: BTreeMap<String, String>,
+    /// What the Secrets the running workloads read hold now.
+    secrets: BTreeMap<String, String>,
     retry: Option<RetryRequest>,
 }
 
@@ -77,11 +83,12 @@ impl World {
             automatic_rollback: true,
             problem: None,
             now: t0(),
-            block_retry_due: false,
+            block_checked_at: Default::default(),
+            config_changed_at: None,
             spec_digest: DIGEST,
             recheck: Recheck::Clear,
             plan: StepPlan::default(),
-            rotated: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             retry: None,
         }
     }
@@ -107,10 +114,13 @@ impl World {
             outcome,
             now: self.now,
             step_deadline: DEADLINE,
-            block_retry_due: self.block_retry_due,
+            interval: INTERVAL,
+            block_checked_at: self.block_checked_at.get(),
+            config_changed_at: self.config_changed_at,
             recheck,
             plan: self.plan,
-            rotated: self.rotated.clone(),
+            rollout_on_secret_change: true,
+            secret_data: self.secrets.clone(),
             retry: self.retry.clone(),
         })
     }
@@ -156,14 +166,25 @@ impl World {
         let mut decisions = Vec::new();
         let mut outcome = None;
         let mut recheck = None;
+        let mut checked = None;
         for _ in 0..40 {
             let decision = self.step_with(status, outcome.take(), recheck.take());
             decisions.push(decision.clone());
             match decision {
                 Decision::Run(step) => outcome = Some(run(status, step)),
-                Decision::RecheckBlock { .. } => recheck = Some(self.recheck.clone()),
+                Decision::RecheckBlock { .. } => {
+                    recheck = Some(self.recheck.clone());
+                    checked = Some(self.now);
+                }
                 ref d if d.continues() => {}
-                _ => return decisions,
+                _ => {
+                    // As the controller does: the time of a check counts from the next
+                    // pass on.
+                    if checked.is_some() {
+                        self.block_checked_at.set(checked);
+                    }
+                    return decisions;
+                }
             }
         }
         panic!("a pass did not end: {decisions:?}");
@@ -590,7 +611,7 @@ fn a_step_past_its_deadline_gives_up_without_quarantine() {
     // Not retried in a loop; checked again once the interval has passed, without
     // writing anything, and deployed when the check finds nothing in the way.
     assert_eq!(world.decide(&status, None), Decision::Wait);
-    world.block_retry_due = true;
+    world.now = at(601 + 60);
     assert_eq!(
         world.decide(&status, None),
         Decision::RecheckBlock { revision: B.into() }
@@ -607,7 +628,7 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     let mut status = healthy_on(A);
     world.pass(&mut status, refusing_at(Step::Inventory, FailureKind::Forbidden));
     let blocked = status.clone();
-    world.block_retry_due = true;
+    world.now = at(60);
     // The same refusal: nothing changes, not even the time of the block.
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::Forbidden,
@@ -620,10 +641,12 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     );
     assert_eq!(status, blocked);
     // A check that cannot be made now changes nothing either.
+    world.now = at(120);
     world.recheck = Recheck::Transient("connection refused".into());
     world.pass(&mut status, succeeding(Verdict::Passed));
     assert_eq!(status, blocked);
     // Another reason is recorded (and announced once).
+    world.now = at(180);
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::OwnershipConflict,
         "ConfigMap shop/a (deploy/a.yaml:1) belongs to AppDeployment shop/other",
@@ -632,6 +655,7 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     let block = status.blocked.as_ref().unwrap();
     assert_eq!(block.reason, BlockReason::OwnershipConflict);
     // Cleared: deployed.
+    world.now = at(240);
     world.recheck = Recheck::Clear;
     world.pass(&mut status, succeeding(Verdict::Passed));
     assert_eq!(status.last_healthy_revision.as_deref(), Some(B));
@@ -1507,7 +1531,8 @@ fn a_preflight_miss_blocks_before_any_job_or_write_and_a_recheck_clears_it() {
     );
     assert!(!is_quarantined(&status, B));
     // The Secret is created: the re-check finds nothing in the way and B deploys.
-    world.block_retry_due = true;
+    world.now = at(5);
+    world.config_changed_at = Some(at(4));
     let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
     assert!(decisions.contains(&Decision::StartDeploy { revision: B.into() }));
     assert_eq!(status.phase, Phase::Healthy);
@@ -1524,7 +1549,8 @@ fn a_secret_change_rolls_the_running_revision_through_preflight_and_the_gates() 
     world.plan = with_jobs(MigrationRollbackPolicy::Keep);
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
-    world.rotated = rotation("new");
+    status.secret_digests = rotation("old");
+    world.secrets = rotation("new");
     let decisions = world.pass(&mut status, |status, step| match step {
         Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry("a")],
@@ -1556,7 +1582,7 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("old");
-    world.rotated = rotation("new");
+    world.secrets = rotation("new");
     let mut notices = Vec::new();
     let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
     let mut replay = healthy_on(A);
@@ -1579,8 +1605,7 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
         .find(|n| n.reason == "RotationFailed")
         .expect("a warning");
     assert!(warning.note.contains("app/jwt"), "{}", warning.note);
-    // The controller no longer reports the refused data as changed: nothing more happens.
-    world.rotated = BTreeMap::new();
+    // The refused data stays in the Secret: it is not rolled out again.
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
@@ -1613,12 +1638,12 @@ fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("first");
     // "second" fails the gates: refused.
-    world.rotated = rotation("second");
+    world.secrets = rotation("second");
     world.pass(&mut status, rolling_out("second", Ok(()), Verdict::Failed));
     assert_eq!(status.phase, Phase::Failed);
     assert_eq!(status.rejected_secret_digests, rotation("second"));
     // "third" passes: what runs is verified, the refusal of "second" is history.
-    world.rotated = rotation("third");
+    world.secrets = rotation("third");
     world.pass(&mut status, rolling_out("third", Ok(()), Verdict::Passed));
     assert_eq!(status.phase, Phase::Healthy);
     assert_eq!(status.secret_digests, rotation("third"));
@@ -1628,7 +1653,7 @@ fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
         status.rejected_secret_digests
     );
     // "second" comes back: rolled out like any change.
-    world.rotated = rotation("second");
+    world.secrets = rotation("second");
     assert_eq!(
         world.decide(&status, None),
         Decision::StartRotation {
@@ -1643,7 +1668,7 @@ fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("first");
-    world.rotated = rotation("default");
+    world.secrets = rotation("default");
     let decisions = world.pass(
         &mut status,
         rolling_out(
@@ -1661,11 +1686,10 @@ fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
     );
     assert_eq!(status.rejected_secret_digests, rotation("default"));
     // Nothing changes while the refused data stays.
-    world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
     // The data is put back: the controller lists it (it is what runs, and a refusal of
     // other data is recorded); its rollout is verified and the app is Healthy again.
-    world.rotated = rotation("first");
+    world.secrets = rotation("first");
     let decisions = world.pass(&mut status, rolling_out("first", Ok(()), Verdict::Passed));
     assert!(decisions.contains(&Decision::StartRotation {
         secrets: rotation("first")
@@ -1693,8 +1717,9 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_r
     assert_eq!(status.phase, Phase::Blocked);
     // A Secret A reads changes; the Secret change makes the block due for a re-check,
     // which still refuses B: A rolls out the new data meanwhile.
-    world.rotated = rotation("new");
-    world.block_retry_due = true;
+    world.secrets = rotation("new");
+    world.now = at(5);
+    world.config_changed_at = Some(at(4));
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::PreflightFailed,
         status.blocked.as_ref().unwrap().message.clone(),
@@ -1716,9 +1741,7 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_r
         "B is still what Git asks for, and blocked"
     );
     assert_eq!(status.blocked.as_ref().map(|b| b.revision.as_str()), Some(B));
-    // Nothing more: the data rolled out is recorded.
-    world.rotated = BTreeMap::new();
-    world.block_retry_due = false;
+    // Nothing more: the data rolled out is recorded, and the block was just checked.
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
@@ -1731,7 +1754,9 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
     world.pass(&mut status, judging(&[B], &[]));
     assert_eq!(status.phase, Phase::RolledBack);
     assert!(is_quarantined(&status, B));
-    world.rotated = rotation("new");
+    // What the rollback wrote into A's pod templates (the stub's apply reports none).
+    status.secret_digests = rotation("old");
+    world.secrets = rotation("new");
     let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
     assert_eq!(
         decisions[0],
@@ -1748,7 +1773,7 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
         "Git still points at the quarantined B"
     );
     // A rotation that fails while held there: Failed, no rollback, B still out.
-    world.rotated = rotation("newer");
+    world.secrets = rotation("newer");
     let decisions = world.pass(&mut status, rolling_out("newer", Ok(()), Verdict::Failed));
     assert!(
         decisions
@@ -1761,6 +1786,19 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
             .any(|d| matches!(d, Decision::RollBack { .. } | Decision::StartDeploy { .. }))
     );
     assert_eq!(status.phase, Phase::Failed);
-    world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
+    let interval = Duration::from_secs(5);
+    let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
+    // Recorded as 00:00:10 (truncated, as metav1.Time is); the pass requeued 5 s later runs at 15.6 s.
+    let at = record::rfc3339(blocked);
+    assert_eq!(at, "2026-01-01T00:00:10Z");
+    let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
+    assert!(interval_passed_since(requeued, &at, interval));
+    // Well before the interval: not yet.
+    let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
+    assert!(!interval_passed_since(early, &at, interval));
 }
