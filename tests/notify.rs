@@ -195,6 +195,8 @@ impl Story {
                 interval: Duration::from_secs(3600),
                 block_checked_at: None,
                 config_changed_at: None,
+                // Drift was just repaired: these stories are about revisions.
+                last_resync: Some(self.now),
                 recheck: None::<Recheck>,
                 plan: Default::default(),
                 rollout_on_secret_change: false,

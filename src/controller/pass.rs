@@ -282,6 +282,7 @@ impl Pass<'_> {
                 config_changed_at,
                 recheck: recheck.take(),
                 plan,
+                last_resync: self.state.last_resync.map(|at| wall_time(now, at)),
                 rollout_on_secret_change: runbook.spec.rollout_on_secret_change(),
                 secret_data: secret_data.clone(),
                 retry: core::RetryRequest::from_annotations(self.app.annotations()),
@@ -293,6 +294,8 @@ impl Pass<'_> {
                     | Decision::Run(_)
                     | Decision::KeepVerifying { .. }
                     | Decision::BlockOnProblem(_)
+                    | Decision::Resync { .. }
+                    | Decision::DriftRepaired(_)
             ) {
                 info!(decision = %describe(&decision), "decided");
             }
@@ -337,18 +340,25 @@ impl Pass<'_> {
                     }
                     recheck = Some(found);
                 }
-                ref continuing if continuing.continues() => {}
-                Decision::Wait => {
-                    resync::if_due(
+                Decision::Resync {
+                    ref revision,
+                    ref snapshot,
+                } => {
+                    // Counted from the attempt: a repair that fails waits an interval too.
+                    resync::mark_done(self.state);
+                    let done = resync::run(
                         self.context,
                         &self.app,
-                        self.state,
-                        &mut self.status,
-                        interval,
+                        revision,
+                        snapshot,
+                        &self.status,
                         &runbook.spec,
                     )
-                    .await;
-                    self.save(&mut notices).await?;
+                    .await?;
+                    outcome = Some(done);
+                }
+                ref continuing if continuing.continues() => {}
+                Decision::Wait => {
                     if !self.state.snapshots_retained {
                         self.state.snapshots_retained = true;
                         resync::retain_snapshots(self.context, &self.app, &self.status).await;
@@ -608,6 +618,12 @@ fn describe(decision: &Decision) -> String {
             )
         }
         Decision::RejectRotation { .. } => "reject the Secret change".into(),
+        Decision::Resync { revision, .. } => format!("repair drift of {}", short_revision(revision)),
+        Decision::DriftRepaired(resynced) => format!(
+            "drift repaired ({} re-applied, {} pruned)",
+            resynced.sent.len(),
+            resynced.pruned
+        ),
         other => format!("{other:?}"),
     }
 }

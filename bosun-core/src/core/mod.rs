@@ -21,7 +21,7 @@ use crate::api::{
     OperationKind, Phase, Step,
 };
 
-pub use outcome::{Applied, Failure, FailureKind, StepOutcome, StepResult, Verification};
+pub use outcome::{Applied, Failure, FailureKind, Resynced, StepOutcome, StepResult, Verification};
 
 pub use record::next_step;
 
@@ -77,6 +77,9 @@ pub struct Input<'a> {
     pub recheck: Option<Recheck>,
     /// Which optional steps the Runbook asks for.
     pub plan: StepPlan,
+    /// When the running revision was last applied again to repair drift (or applied
+    /// and verified); `None`: not since this controller took the app over.
+    pub last_resync: Option<Timestamp>,
     /// The Runbook rolls the running revision out again when a Secret it reads changes
     /// (`spec.secrets.rolloutOnChange`, default true).
     pub rollout_on_secret_change: bool,
@@ -214,6 +217,12 @@ pub enum Decision {
         message: String,
         gates: Vec<GateVerdict>,
     },
+    /// Nothing else to do and an interval has passed since the last time: apply the
+    /// running, healthy revision's snapshot again (what drifted is sent, what failed to
+    /// prune is pruned). Nothing is recorded before it runs.
+    Resync { revision: String, snapshot: String },
+    /// The drift repair ran: record what the app owns now and whether pruning failed.
+    DriftRepaired(Resynced),
 }
 
 impl Decision {
@@ -230,15 +239,45 @@ impl Decision {
                 | Decision::Resume { .. }
                 | Decision::Adopt { .. }
                 | Decision::LiftQuarantine { .. }
+                | Decision::DriftRepaired(_)
         )
     }
 }
 
 pub fn decide(input: &Input<'_>) -> Decision {
-    match &input.status.operation {
+    if let Some(StepOutcome::Resynced(resynced)) = &input.outcome {
+        return Decision::DriftRepaired(resynced.clone());
+    }
+    let decision = match &input.status.operation {
         Some(operation) => decide_operation(input, operation),
         None => decide_at_rest(input),
+    };
+    match decision {
+        Decision::Wait => resync_due(input).unwrap_or(Decision::Wait),
+        other => other,
     }
+}
+
+/// Drift is repaired once per interval, and only for an app at rest on a revision
+/// known healthy: a failed revision is not reasserted, and a suspended app is left as
+/// it is. A drift repair that could not be made is tried again an interval later.
+fn resync_due(input: &Input<'_>) -> Option<Decision> {
+    let status = input.status;
+    if status.operation.is_some() || input.suspended {
+        return None;
+    }
+    let revision = status.current_revision.as_ref()?;
+    let snapshot = status.current_snapshot.as_ref()?;
+    if status.last_healthy_revision.as_ref() != Some(revision) {
+        return None;
+    }
+    let due = input
+        .last_resync
+        .is_none_or(|last| elapsed(input.now, last) >= input.interval);
+    due.then(|| Decision::Resync {
+        revision: revision.clone(),
+        snapshot: snapshot.clone(),
+    })
 }
 
 /// No operation in progress: follow Git, or wait.
@@ -542,6 +581,8 @@ fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcom
             }
         }
         StepOutcome::Refused(failure) => decide_refusal(input, operation, failure),
+        // Reported only at rest (see `decide`).
+        StepOutcome::Resynced(resynced) => Decision::DriftRepaired(resynced.clone()),
     }
 }
 

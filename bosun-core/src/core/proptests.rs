@@ -199,6 +199,7 @@ struct Model {
     now: Timestamp,
     block_checked_at: Option<Timestamp>,
     config_changed_at: Option<Timestamp>,
+    last_resync: Option<Timestamp>,
     secret_data: BTreeMap<String, String>,
 }
 
@@ -211,6 +212,7 @@ impl Model {
             now: t0(),
             block_checked_at: None,
             config_changed_at: None,
+            last_resync: None,
             secret_data: BTreeMap::new(),
         }
     }
@@ -262,6 +264,7 @@ impl Model {
                 interval: INTERVAL,
                 block_checked_at,
                 config_changed_at: self.config_changed_at,
+                last_resync: self.last_resync,
                 recheck: recheck.take(),
                 plan: world.plan,
                 rollout_on_secret_change: true,
@@ -306,6 +309,22 @@ impl Model {
                 }
                 Decision::RecheckBlock { .. } => {
                     self.block_checked_at = Some(self.now);
+                    return decisions;
+                }
+                // Some drift repaired; one object could not be pruned.
+                Decision::Resync { .. } => {
+                    self.last_resync = Some(self.now);
+                    let mut inventory = self.status.inventory.clone();
+                    inventory.truncate(1);
+                    outcome = Some(StepOutcome::Resynced(Resynced {
+                        inventory,
+                        sent: vec!["ConfigMap shop/cm".into()],
+                        pruned: 0,
+                        prune_failures: vec!["ConfigMap shop/old: forbidden".into()],
+                    }));
+                }
+                Decision::MarkHealthy { .. } | Decision::FinishRollback => {
+                    self.last_resync = Some(self.now);
                     return decisions;
                 }
                 ref d if d.continues() => {}
@@ -460,7 +479,9 @@ proptest! {
             model.pass(&quiet, &mut succeed);
         }
         prop_assert!(model.status.operation.is_none(), "still in an operation: {:#?}", model.status);
-        let last = model.pass(&quiet, &mut succeed);
+        // Decided again at once (no time for a drift repair to fall due): nothing more.
+        let again = World { minutes_later: 0, ..quiet };
+        let last = model.pass(&again, &mut succeed);
         prop_assert_eq!(last, vec![Decision::Wait]);
     }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 
 use std::collections::BTreeMap;
 
-use super::{Decision, StepPlan, StepResult};
+use super::{Decision, Resynced, StepPlan, StepResult};
 use crate::api::{
     AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
     InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
@@ -85,7 +85,12 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
     status.observed_generation = ctx.generation;
     let mut notices = Vec::new();
     match decision {
-        Decision::Wait | Decision::Run(_) | Decision::RecheckBlock { .. } | Decision::AwaitJob { .. } => {}
+        Decision::Wait
+        | Decision::Run(_)
+        | Decision::RecheckBlock { .. }
+        | Decision::AwaitJob { .. }
+        | Decision::Resync { .. } => {}
+        Decision::DriftRepaired(resynced) => drift_repaired(status, resynced, ctx, &mut notices),
         Decision::StartDeploy { revision } => start_deploy(status, revision, ctx, &mut notices),
         Decision::StartRotation { secrets } => start_rotation(status, secrets, ctx, &mut notices),
         Decision::RejectRotation { message, gates } => {
@@ -250,6 +255,45 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
         }
     }
     notices
+}
+
+/// What a drift repair found: what the app owns now, and whether a prune failed (the
+/// `Pruned` condition, present only while it is false). Drift that was corrected is
+/// announced; a repair that found nothing is not.
+fn drift_repaired(
+    status: &mut AppDeploymentStatus,
+    resynced: &Resynced,
+    ctx: &Context<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    if !resynced.sent.is_empty() || resynced.pruned > 0 {
+        let note = format!(
+            "revision {}: corrected drift: {} re-applied{}, {} pruned",
+            status
+                .current_revision
+                .as_deref()
+                .map(short_revision)
+                .unwrap_or_default(),
+            resynced.sent.len(),
+            if resynced.sent.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", resynced.sent.join(", "))
+            },
+            resynced.pruned
+        );
+        notices.push(Notice::normal("DriftCorrected", note));
+    }
+    status.inventory = resynced.inventory.clone();
+    if resynced.prune_failures.is_empty() {
+        remove_condition(&mut status.conditions, condition::PRUNED);
+    } else {
+        let message = format!(
+            "could not prune (retried): {}",
+            resynced.prune_failures.join("; ")
+        );
+        set_condition_now(status, condition::PRUNED, false, "PruneFailed", &message, ctx);
+    }
 }
 
 fn start_deploy(

@@ -65,6 +65,8 @@ struct World {
     /// remembers for the next).
     block_checked_at: std::cell::Cell<Option<Timestamp>>,
     config_changed_at: Option<Timestamp>,
+    /// When drift was last repaired (or a revision verified): a pass updates it.
+    last_resync: std::cell::Cell<Option<Timestamp>>,
     spec_digest: &'static str,
     /// What a re-check of a blocked revision finds.
     recheck: Recheck,
@@ -85,6 +87,7 @@ impl World {
             now: t0(),
             block_checked_at: Default::default(),
             config_changed_at: None,
+            last_resync: std::cell::Cell::new(Some(t0())),
             spec_digest: DIGEST,
             recheck: Recheck::Clear,
             plan: StepPlan::default(),
@@ -117,6 +120,7 @@ impl World {
             interval: INTERVAL,
             block_checked_at: self.block_checked_at.get(),
             config_changed_at: self.config_changed_at,
+            last_resync: self.last_resync.get(),
             recheck,
             plan: self.plan,
             rollout_on_secret_change: true,
@@ -176,10 +180,21 @@ impl World {
                     recheck = Some(self.recheck.clone());
                     checked = Some(self.now);
                 }
+                // Nothing drifted.
+                Decision::Resync { .. } => {
+                    self.last_resync.set(Some(self.now));
+                    outcome = Some(StepOutcome::Resynced(Resynced {
+                        inventory: status.inventory.clone(),
+                        ..Default::default()
+                    }));
+                }
                 ref d if d.continues() => {}
-                _ => {
-                    // As the controller does: the time of a check counts from the next
-                    // pass on.
+                ref end => {
+                    // As the controller does: a verified revision's resync is an
+                    // interval away, and the time of a check counts from the next pass.
+                    if matches!(end, Decision::MarkHealthy { .. } | Decision::FinishRollback) {
+                        self.last_resync.set(Some(self.now));
+                    }
                     if checked.is_some() {
                         self.block_checked_at.set(checked);
                     }
@@ -873,7 +888,7 @@ fn a_retry_request_lifts_the_quarantine_once_and_a_repeat_failure_stands() {
     assert_eq!(status.phase, Phase::RolledBack);
     assert!(is_quarantined(&status, B));
     // A request made before the quarantine was recorded does not lift it.
-    world.now = at(60);
+    world.now = at(50);
     world.retry = Some(RetryRequest {
         revision: B.into(),
         requested_at: t0() - k8s_openapi::jiff::SignedDuration::from_secs(10),

@@ -169,6 +169,8 @@ impl Story {
                 interval: self.interval,
                 block_checked_at: None,
                 config_changed_at: None,
+                // Drift was just repaired: these stories are about revisions.
+                last_resync: Some(self.now),
                 recheck: recheck.take(),
                 plan: Default::default(),
                 rollout_on_secret_change: false,
