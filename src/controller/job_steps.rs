@@ -101,15 +101,13 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
             StepOutcome::Running(format!("{what} running since {since}"))
         }
         Some(record) if record.succeeded => StepOutcome::Done(StepResult::JobFinished(record)),
+        // Whether the deploy goes on without it (an optional backup) is core's to decide.
         Some(mut record) => {
-            let message = format!("{what} failed: {}", state.failure_message().unwrap_or_default());
-            let optional = kind == JobKind::Backup && runbook.backup.as_ref().is_some_and(|b| !b.required);
-            if optional {
-                record.message = Some(message);
-                StepOutcome::Done(StepResult::JobFinished(record))
-            } else {
-                StepOutcome::Refused(Failure::new(FailureKind::JobFailed, message))
-            }
+            record.message = Some(format!(
+                "{what} failed: {}",
+                state.failure_message().unwrap_or_default()
+            ));
+            StepOutcome::Done(StepResult::JobFinished(record))
         }
     };
     if state.is_finished() {

@@ -21,7 +21,7 @@ use super::steps::{self, StepInput};
 use super::{AppNames, AppState, Context, Error, boundary, cleanup, job_steps, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
-use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
+use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, SourceRead, StepOutcome};
 use crate::failure::{self, ApiErrorClass};
 use crate::source::Credentials;
 
@@ -211,13 +211,14 @@ impl Pass<'_> {
         };
         // A source the spec may not use is not fetched at all (credentials over plain
         // HTTP would already be on the wire).
-        let (desired, credentials, source_notice, source_problem) = match spec_problem {
-            Some(_) => (DesiredRevision::Unavailable, None, None, None),
+        let (source_read, credentials, source_problem) = match spec_problem {
+            Some(_) => (SourceRead::NotRead, None, None),
             None => {
-                let source = observe::source(self.context, &self.app, self.state, &mut self.status).await;
-                (source.desired, source.credentials, source.notice, source.problem)
+                let source = observe::source(self.context, &self.app, self.state, &self.status).await;
+                (source.read, source.credentials, source.problem)
             }
         };
+        let desired = source_read.desired();
         // A gate the egress policy refused is a Runbook problem until the Runbook changes.
         let refused = self
             .state
@@ -226,7 +227,6 @@ impl Pass<'_> {
             .and_then(|session| session.refusal(&runbook.version));
         let problem: Option<Failure> = spec_problem.or(source_problem).or(runbook_problem).or(refused);
         let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
-        notices.extend(source_notice);
         let interval = observe::interval(&self.app);
         let step_deadline = runbook
             .spec
@@ -236,6 +236,7 @@ impl Pass<'_> {
         let generation = self.app.metadata.generation;
         let plan = core::StepPlan {
             backup: runbook.spec.backup.is_some(),
+            backup_optional: runbook.spec.backup.as_ref().is_some_and(|b| !b.required),
             migrate: runbook.spec.migrate.is_some(),
             migration_rollback: runbook.spec.migration_rollback_policy(),
         };
@@ -253,6 +254,23 @@ impl Pass<'_> {
             Default::default()
         };
         let pass_started = Timestamp::now();
+        let history_limit = self.app.spec.revision_history_limit.unwrap_or(10) as usize;
+        let source_notice = record::source_read(
+            &mut self.status,
+            &source_read,
+            &record::Context {
+                now: pass_started,
+                generation,
+                history_limit,
+                spec_digest: &spec_digest,
+                desired: desired.revision(),
+                plan,
+            },
+        );
+        if let (SourceRead::Failed { reason, message }, Some(_)) = (&source_read, &source_notice) {
+            warn!(reason, message, "source not ready");
+        }
+        notices.extend(source_notice);
         // Taken once per pass: the re-check this pass makes must not make itself
         // "not due" before its result is decided on.
         let block_checked_at = self.state.last_block_check.map(|at| wall_time(pass_started, at));
@@ -302,7 +320,7 @@ impl Pass<'_> {
             let record_context = record::Context {
                 now,
                 generation,
-                history_limit: self.app.spec.revision_history_limit.unwrap_or(10) as usize,
+                history_limit,
                 spec_digest: &spec_digest,
                 desired: desired.revision(),
                 plan,

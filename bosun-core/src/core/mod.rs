@@ -34,6 +34,34 @@ pub enum DesiredRevision {
     Unavailable,
 }
 
+/// What reading the source (the Git ref, or the pin) found this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRead {
+    /// `reference` (how the `SourceReady` condition names it) resolves to `revision`.
+    Resolved {
+        revision: String,
+        pinned: bool,
+        reference: String,
+    },
+    /// The source could not be read: why, as a condition reason and message.
+    Failed { reason: &'static str, message: String },
+    /// Not read this pass (the app is suspended, or its spec may not be fetched).
+    NotRead,
+}
+
+impl SourceRead {
+    /// The revision the source asks for.
+    pub fn desired(&self) -> DesiredRevision {
+        match self {
+            SourceRead::Resolved { revision, pinned, .. } => DesiredRevision::Known {
+                revision: revision.clone(),
+                pinned: *pinned,
+            },
+            SourceRead::Failed { .. } | SourceRead::NotRead => DesiredRevision::Unavailable,
+        }
+    }
+}
+
 impl DesiredRevision {
     pub fn revision(&self) -> Option<&str> {
         match self {
@@ -125,6 +153,9 @@ pub struct RetryRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
     pub backup: bool,
+    /// A failed backup is a warning and the deploy goes on (`spec.backup.required:
+    /// false`); otherwise it fails the revision like any required Job.
+    pub backup_optional: bool,
     pub migrate: bool,
     pub migration_rollback: MigrationRollbackPolicy,
 }
@@ -558,6 +589,13 @@ fn decide_operation(input: &Input<'_>, operation: &Operation) -> Decision {
 
 fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcome) -> Decision {
     match outcome {
+        StepOutcome::Done(StepResult::JobFinished(job)) if !job.succeeded && !optional_backup(input, job) => {
+            let message = job
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{} Job {} failed", job.kind.as_str(), job.job));
+            decide_refusal(input, operation, &Failure::new(FailureKind::JobFailed, message))
+        }
         StepOutcome::Done(result) => Decision::Advance(result.clone()),
         StepOutcome::Verified(verification) => decide_verification(input, operation, verification),
         StepOutcome::Running(message) => Decision::AwaitJob {
@@ -726,6 +764,22 @@ fn failure_response(
             quarantine: Some(revision.to_string()),
             gates,
         },
+    }
+}
+
+/// A backup the Runbook does not require: its failure is a warning, and the deploy
+/// goes on without it (every other failed Job fails the revision).
+fn optional_backup(input: &Input<'_>, job: &crate::api::JobRecord) -> bool {
+    job.kind == JobKind::Backup && input.plan.backup_optional
+}
+
+/// How long every gate must keep passing before the operation is done. A rollback
+/// returns to a revision that already proved itself: once its rollout is complete and
+/// the gates pass again, it is done. A deploy waits the Runbook's `verifyWindow`.
+pub fn verify_window(kind: OperationKind, runbook_window: Duration) -> Duration {
+    match kind {
+        OperationKind::Rollback => Duration::ZERO,
+        OperationKind::Deploy => runbook_window,
     }
 }
 

@@ -44,17 +44,21 @@ fn plan() -> impl Strategy<Value = StepPlan> {
     (
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
         prop_oneof![
             Just(MigrationRollbackPolicy::Keep),
             Just(MigrationRollbackPolicy::Downgrade),
             Just(MigrationRollbackPolicy::Hold),
         ],
     )
-        .prop_map(|(backup, migrate, migration_rollback)| StepPlan {
-            backup,
-            migrate,
-            migration_rollback,
-        })
+        .prop_map(
+            |(backup, backup_optional, migrate, migration_rollback)| StepPlan {
+                backup,
+                backup_optional,
+                migrate,
+                migration_rollback,
+            },
+        )
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -240,10 +244,12 @@ impl Model {
         if world.config_change {
             self.config_changed_at = Some(self.now);
         }
-        // What the Secret the running workloads read holds now.
-        if let Some(digest) = world.secret_change {
-            self.secret_data = [("shop/jwt".to_string(), format!("digest-{digest}"))].into();
-        }
+        // What the Secret the running workloads read holds now, in a pass where it
+        // changed; otherwise it is not in the cache (gone, or not readable): no rotation.
+        self.secret_data = world
+            .secret_change
+            .map(|digest| [("shop/jwt".to_string(), format!("digest-{digest}"))].into())
+            .unwrap_or_default();
         // Taken once per pass, as the controller does.
         let block_checked_at = self.block_checked_at;
         let mut decisions = Vec::new();

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 
 use std::collections::BTreeMap;
 
-use super::{Decision, Resynced, StepPlan, StepResult};
+use super::{Decision, Resynced, SourceRead, StepPlan, StepResult};
 use crate::api::{
     AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
     InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
@@ -78,6 +78,35 @@ pub fn rfc3339(time: Timestamp) -> String {
         .smallest(Unit::Second)
         .mode(RoundMode::Trunc);
     time.round(whole_seconds).unwrap_or(time).to_string()
+}
+
+/// Writes what reading the source found: `status.desiredRevision` and the
+/// `SourceReady` condition. A failure is announced when it is new (or its message
+/// changed).
+pub fn source_read(status: &mut AppDeploymentStatus, read: &SourceRead, ctx: &Context<'_>) -> Option<Notice> {
+    match read {
+        SourceRead::Resolved {
+            revision, reference, ..
+        } => {
+            let message = format!("{reference} at {}", short_revision(revision));
+            set_condition_now(status, condition::SOURCE_READY, true, "Fetched", &message, ctx);
+            status.desired_revision = Some(revision.clone());
+            None
+        }
+        SourceRead::Failed { reason, message } => {
+            let changed = set_condition(
+                &mut status.conditions,
+                condition::SOURCE_READY,
+                false,
+                reason,
+                message,
+                ctx.generation,
+                &Time(ctx.now),
+            );
+            changed.then(|| Notice::warning(reason, format!("Git source: {message}")))
+        }
+        SourceRead::NotRead => None,
+    }
 }
 
 /// Writes `decision` into `status`; returns the Events that announce it.
@@ -441,7 +470,9 @@ fn advance(
                     "Downgraded",
                     format!("revision {revision}: downgrade Job {} succeeded", job.job),
                 )),
-                (_, false) => notices.push(Notice::warning(
+                // Only an optional backup's failure goes on (see `core::decide`).
+                (JobKind::Migrate | JobKind::Downgrade, false) => {}
+                (JobKind::Backup, false) => notices.push(Notice::warning(
                     "BackupFailed",
                     format!(
                         "revision {revision}: backup Job {} failed; going on (spec.backup.required is false): {}",

@@ -1284,6 +1284,7 @@ fn condition_status<'a>(status: &'a AppDeploymentStatus, type_: &str) -> Option<
 fn with_jobs(policy: MigrationRollbackPolicy) -> StepPlan {
     StepPlan {
         backup: true,
+        backup_optional: false,
         migrate: true,
         migration_rollback: policy,
     }
@@ -1407,6 +1408,7 @@ fn a_failed_migration_leaves_the_workloads_alone_fails_and_holds_the_revision_ou
 fn an_optional_backup_that_fails_is_a_warning_and_the_revision_goes_on() {
     let mut world = World::on(git(A));
     world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    world.plan.backup_optional = true;
     let mut status = AppDeploymentStatus::default();
     let mut notices = Vec::new();
     let decisions = world.pass(&mut status, |status, step| match step {
