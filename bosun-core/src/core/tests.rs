@@ -107,6 +107,15 @@ impl World {
         recheck: Option<Recheck>,
     ) -> Decision {
         decide(&Input {
+            outcome,
+            recheck,
+            ..self.input(status)
+        })
+    }
+
+    /// What the controller gathers for a decision, nothing reported yet.
+    fn input<'a>(&'a self, status: &'a AppDeploymentStatus) -> Input<'a> {
+        Input {
             status,
             generation: Some(self.generation),
             suspended: self.suspended,
@@ -114,19 +123,19 @@ impl World {
             desired: self.desired.clone(),
             spec_digest: self.spec_digest,
             problem: self.problem.clone(),
-            outcome,
+            outcome: None,
             now: self.now,
             step_deadline: DEADLINE,
             interval: INTERVAL,
             block_checked_at: self.block_checked_at.get(),
             config_changed_at: self.config_changed_at,
             last_resync: self.last_resync.get(),
-            recheck,
+            recheck: None,
             plan: self.plan,
             rollout_on_secret_change: true,
             secret_data: self.secrets.clone(),
             retry: self.retry.clone(),
-        })
+        }
     }
 
     fn record(&self, status: &mut AppDeploymentStatus, decision: &Decision) -> Vec<Notice> {
@@ -1818,4 +1827,264 @@ fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
     // Well before the interval: not yet.
     let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
     assert!(!interval_passed_since(early, &at, interval));
+}
+
+/// A block of B recorded at t0 for `reason`, A running healthy.
+fn blocked_on_b(reason: BlockReason) -> AppDeploymentStatus {
+    let mut status = healthy_on(A);
+    status.blocked = Some(crate::api::BlockedRevision {
+        revision: B.into(),
+        reason,
+        message: "refused".into(),
+        generation: Some(1),
+        at: record::rfc3339(t0()),
+        retry: true,
+    });
+    status.phase = Phase::Blocked;
+    status
+}
+
+#[test]
+fn a_block_is_checked_again_an_interval_after_it_was_recorded_and_after_the_last_check() {
+    let mut world = World::on(git(B));
+    let status = blocked_on_b(BlockReason::Forbidden);
+    let recheck = Decision::RecheckBlock { revision: B.into() };
+    // (A second of slack: status times are truncated to the second.)
+    world.now = at(58);
+    assert_eq!(world.decide(&status, None), Decision::Wait, "within the interval");
+    world.now = at(60);
+    assert_eq!(world.decide(&status, None), recheck);
+    // Checked 30 s ago: the next check is 30 s away.
+    world.block_checked_at.set(Some(at(30)));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.now = at(90);
+    assert_eq!(world.decide(&status, None), recheck);
+    // A change of a Secret or ConfigMap does not hurry a block that no Secret can lift.
+    world.now = at(70);
+    world.config_changed_at = Some(at(65));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_preflight_block_is_checked_again_as_soon_as_a_secret_or_configmap_changed_since_the_last_check() {
+    let mut world = World::on(git(B));
+    let status = blocked_on_b(BlockReason::PreflightFailed);
+    let recheck = Decision::RecheckBlock { revision: B.into() };
+    world.now = at(10);
+    assert_eq!(world.decide(&status, None), Decision::Wait, "nothing changed");
+    world.config_changed_at = Some(at(5));
+    assert_eq!(world.decide(&status, None), recheck, "never checked since");
+    world.block_checked_at.set(Some(at(8)));
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::Wait,
+        "checked after the change"
+    );
+    world.config_changed_at = Some(at(9));
+    assert_eq!(world.decide(&status, None), recheck, "changed after the check");
+}
+
+#[test]
+fn which_secret_changes_count_as_a_rotation() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    let rotate = |digest: &str| Decision::StartRotation {
+        secrets: rotation(digest),
+    };
+    // The data that runs: nothing to roll.
+    world.secrets = rotation("old");
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // A Secret that is gone is preflight's business, not a rotation.
+    world.secrets = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // New data rolls out, unless the Runbook says not to.
+    world.secrets = rotation("new");
+    assert_eq!(world.decide(&status, None), rotate("new"));
+    let input = Input {
+        rollout_on_secret_change: false,
+        ..world.input(&status)
+    };
+    assert_eq!(decide(&input), Decision::Wait);
+    // Data refused before is not offered again; data put back after a refusal is, so
+    // that verifying what runs ends the failure the refusal left.
+    status.rejected_secret_digests = rotation("new");
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.secrets = rotation("old");
+    assert_eq!(world.decide(&status, None), rotate("old"));
+    // Only the running healthy revision rolls.
+    status.last_healthy_revision = Some(C.into());
+    world.secrets = rotation("newer");
+    assert_ne!(world.decide(&status, None), rotate("newer"));
+}
+
+#[test]
+fn drift_is_repaired_once_per_interval_and_only_on_a_healthy_revision_at_rest() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    let resync = Decision::Resync {
+        revision: A.into(),
+        snapshot: "app-aaaa".into(),
+    };
+    // Verified at t0: an interval later, not before.
+    world.now = at(59);
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.now = at(60);
+    assert_eq!(world.decide(&status, None), resync);
+    // Never since the controller took the app over: at once.
+    world.now = at(1);
+    world.last_resync.set(None);
+    assert_eq!(world.decide(&status, None), resync);
+    // Suspended: left as it is.
+    world.suspended = true;
+    status.phase = Phase::Suspended;
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.suspended = false;
+    status.phase = Phase::Healthy;
+    // A failed revision is not reasserted.
+    let mut failed = status.clone();
+    failed.last_healthy_revision = Some(C.into());
+    failed.phase = Phase::Failed;
+    assert!(!matches!(world.decide(&failed, None), Decision::Resync { .. }));
+    // No snapshot to apply: nothing.
+    let mut bare = status.clone();
+    bare.current_snapshot = None;
+    assert_eq!(world.decide(&bare, None), Decision::Wait);
+    // An operation in progress is never interrupted by a drift repair.
+    let mut deploying = status.clone();
+    world.desired = git(B);
+    world.step(&mut deploying, None);
+    assert!(deploying.operation.is_some());
+    assert!(!matches!(world.decide(&deploying, None), Decision::Resync { .. }));
+}
+
+#[test]
+fn a_drift_repair_is_recorded_by_record_with_its_inventory_its_prune_failures_and_an_event() {
+    let world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.inventory = vec![entry("a"), entry("old")];
+    let repaired = Resynced {
+        inventory: vec![entry("a"), entry("old")],
+        sent: vec!["ConfigMap shop/a".into()],
+        pruned: 0,
+        prune_failures: vec!["ConfigMap shop/old: forbidden".into()],
+    };
+    let decision = world.decide(&status, Some(StepOutcome::Resynced(repaired.clone())));
+    assert_eq!(decision, Decision::DriftRepaired(repaired));
+    assert!(decision.continues());
+    let notices = world.record(&mut status, &decision);
+    assert_eq!(
+        condition_status(&status, crate::api::condition::PRUNED),
+        Some("False")
+    );
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].reason, "DriftCorrected");
+    assert!(
+        notices[0]
+            .note
+            .contains("1 re-applied (ConfigMap shop/a), 0 pruned"),
+        "{}",
+        notices[0].note
+    );
+    // The next repair prunes it: the inventory shrinks, the condition goes, nothing
+    // drifted is announced only when something was corrected.
+    let pruned = Resynced {
+        inventory: vec![entry("a")],
+        pruned: 1,
+        ..Default::default()
+    };
+    let notices = world.record(&mut status, &Decision::DriftRepaired(pruned));
+    assert_eq!(status.inventory, vec![entry("a")]);
+    assert_eq!(condition_status(&status, crate::api::condition::PRUNED), None);
+    assert_eq!(notices.len(), 1);
+    let quiet = world.record(
+        &mut status,
+        &Decision::DriftRepaired(Resynced {
+            inventory: vec![entry("a")],
+            ..Default::default()
+        }),
+    );
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert_eq!(status.phase, Phase::Healthy, "a drift repair is no phase change");
+}
+
+#[test]
+fn a_required_backup_that_fails_fails_the_revision_and_quarantines_it() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Backup => {
+            let mut record = job(status, step, false);
+            record.message = Some("backup Job shop/app-backup failed: BackoffLimitExceeded".into());
+            StepOutcome::Done(StepResult::JobFinished(record))
+        }
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert!(
+        matches!(decisions.last(), Some(Decision::Fail { message, quarantine: Some(q), .. })
+            if q == B && message.contains("BackoffLimitExceeded")),
+        "{decisions:?}"
+    );
+    assert!(!steps_run(&decisions).contains(&Step::Migrate));
+    assert!(
+        status.jobs.is_empty(),
+        "a failed required Job is not recorded as done"
+    );
+}
+
+#[test]
+fn a_rollback_verifies_without_a_window_and_a_deploy_waits_the_runbooks() {
+    let window = Duration::from_secs(300);
+    assert_eq!(verify_window(OperationKind::Rollback, window), Duration::ZERO);
+    assert_eq!(verify_window(OperationKind::Deploy, window), window);
+}
+
+#[test]
+fn record_writes_what_reading_the_source_found_and_announces_a_failure_once() {
+    let world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    let ctx = Context {
+        now: world.now,
+        generation: Some(1),
+        history_limit: 10,
+        spec_digest: DIGEST,
+        desired: Some(A),
+        plan: StepPlan::default(),
+    };
+    let resolved = SourceRead::Resolved {
+        revision: A.into(),
+        pinned: false,
+        reference: "branch main".into(),
+    };
+    assert_eq!(resolved.desired(), git(A));
+    assert_eq!(record::source_read(&mut status, &resolved, &ctx), None);
+    assert_eq!(status.desired_revision.as_deref(), Some(A));
+    assert_eq!(
+        condition_status(&status, crate::api::condition::SOURCE_READY),
+        Some("True")
+    );
+    let failed = SourceRead::Failed {
+        reason: "FetchFailed",
+        message: "connection refused".into(),
+    };
+    assert_eq!(failed.desired(), DesiredRevision::Unavailable);
+    let notice = record::source_read(&mut status, &failed, &ctx).expect("announced");
+    assert_eq!((notice.reason, notice.warning), ("FetchFailed", true));
+    assert_eq!(notice.note, "Git source: connection refused");
+    assert_eq!(
+        condition_status(&status, crate::api::condition::SOURCE_READY),
+        Some("False")
+    );
+    assert_eq!(
+        status.desired_revision.as_deref(),
+        Some(A),
+        "the last tip known stays"
+    );
+    assert_eq!(record::source_read(&mut status, &failed, &ctx), None, "not news");
+    let before = status.clone();
+    assert_eq!(record::source_read(&mut status, &SourceRead::NotRead, &ctx), None);
+    assert_eq!(status, before);
 }
