@@ -10,7 +10,11 @@
 //! - a revision's migration never runs again once it succeeded, and a running Job is
 //!   never abandoned for a newer commit;
 //! - a revision whose irreversible migration ran is never flipped back under `Hold`;
-//! - a failed rollout of a Secret change quarantines no revision.
+//! - a failed rollout of a Secret change quarantines no revision;
+//! - a failed Job goes on only as an optional backup;
+//! - drift is repaired only at rest on the healthy revision, once per interval; a
+//!   block is re-checked only when due; a rotation rolls out the data of now, never
+//!   data refused before.
 
 use proptest::prelude::*;
 
@@ -157,8 +161,11 @@ fn outcome_of(step: Step, report: Report, status: &AppDeploymentStatus) -> StepO
             FailureKind::PreflightFailed,
             "Secret app/jwt is missing",
         )),
+        // A Job that failed is reported as it ended; whether the deploy goes on is core's.
         (_, Report::Refuse(_)) if job_step => {
-            StepOutcome::Refused(Failure::new(FailureKind::JobFailed, "migration Job failed"))
+            let mut record = job(status, step, false);
+            record.message = Some("Job failed: BackoffLimitExceeded".into());
+            StepOutcome::Done(StepResult::JobFinished(record))
         }
         (_, Report::Refuse(kind)) if step != Step::Verify => StepOutcome::Refused(Failure::new(
             [
@@ -399,6 +406,49 @@ impl Model {
                 "a re-check of {revision} without a block that may pass"
             );
         }
+        // A failed Job goes on only when it is a backup the Runbook does not require.
+        if let Some(StepOutcome::Done(StepResult::JobFinished(job))) = reported
+            && !job.succeeded
+        {
+            let goes_on = matches!(decision, Decision::Advance(_));
+            let optional = job.kind == JobKind::Backup && input.plan.backup_optional;
+            assert_eq!(goes_on, optional, "failed {:?} Job led to {decision:?}", job.kind);
+        }
+        // Drift is repaired only at rest, on the healthy revision, once per interval.
+        if let Decision::Resync { revision, snapshot } = decision {
+            assert!(
+                status.operation.is_none() && !input.suspended,
+                "{decision:?} while busy"
+            );
+            assert_eq!(Some(revision), status.last_healthy_revision.as_ref());
+            assert_eq!(Some(revision), status.current_revision.as_ref());
+            assert_eq!(Some(snapshot), status.current_snapshot.as_ref());
+            assert!(
+                input
+                    .last_resync
+                    .is_none_or(|last| input.now.duration_since(last).unsigned_abs() >= input.interval),
+                "a drift repair within the interval"
+            );
+        }
+        // A block is re-checked only when its time came (or a Secret changed for a
+        // preflight miss), never in the same pass twice as a new block.
+        if let Decision::RecheckBlock { .. } = decision {
+            let block = status.blocked.as_ref().expect("checked above");
+            assert!(block_check_due(input, block), "a re-check not due");
+        }
+        // A rotation rolls out exactly the data the Secrets hold now, and only when the
+        // Runbook asks for it.
+        if let Decision::StartRotation { secrets } = decision {
+            assert!(input.rollout_on_secret_change);
+            for (key, digest) in secrets {
+                assert_eq!(input.secret_data.get(key), Some(digest));
+                assert_ne!(
+                    status.rejected_secret_digests.get(key),
+                    Some(digest),
+                    "refused data again"
+                );
+            }
+        }
         // A transient error is never a verdict.
         if matches!(reported, Some(StepOutcome::Transient(_))) {
             assert!(
@@ -489,5 +539,14 @@ proptest! {
         let again = World { minutes_later: 0, ..quiet };
         let last = model.pass(&again, &mut succeed);
         prop_assert_eq!(last, vec![Decision::Wait]);
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_rollback_never_waits_a_verify_window(seconds in 0..100_000u64) {
+        let window = Duration::from_secs(seconds);
+        prop_assert_eq!(verify_window(OperationKind::Rollback, window), Duration::ZERO);
+        prop_assert_eq!(verify_window(OperationKind::Deploy, window), window);
     }
 }
