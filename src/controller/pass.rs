@@ -607,7 +607,7 @@ impl Pass<'_> {
 fn describe(decision: &Decision) -> String {
     match decision {
         Decision::StartDeploy { revision } => format!("deploy {}", short_revision(revision)),
-        Decision::Advance(result) => format!("advance after {}", step_of(result)),
+        Decision::Advance(result, next) => format!("advance after {} to {}", step_of(result), next.step),
         Decision::RollBack {
             failed_revision, to, ..
         } => format!(

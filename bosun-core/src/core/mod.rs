@@ -171,6 +171,14 @@ pub enum Recheck {
     Transient(String),
 }
 
+/// Where a finished step leads: the step that comes next and the phase that says
+/// what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub step: Step,
+    pub phase: Phase,
+}
+
 /// The one next step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -182,8 +190,9 @@ pub enum Decision {
     /// progress is kept aside and restored if this revision is refused before any of it
     /// is written; a rollback in progress is given up for it (a pin or a new commit).
     StartDeploy { revision: String },
-    /// The step finished: record what it learned and move to the next step.
-    Advance(StepResult),
+    /// The step finished: record what it learned and move to the next step, whose
+    /// phase says what it does.
+    Advance(StepResult, Next),
     /// Verification goes on; the gates' verdicts so far.
     KeepVerifying { gates: Vec<GateVerdict> },
     /// The deployed revision passed every gate for the whole window.
@@ -264,7 +273,7 @@ impl Decision {
             self,
             Decision::StartDeploy { .. }
                 | Decision::StartRotation { .. }
-                | Decision::Advance(_)
+                | Decision::Advance(..)
                 | Decision::RollBack { .. }
                 | Decision::Block { .. }
                 | Decision::Resume { .. }
@@ -596,7 +605,7 @@ fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcom
                 .unwrap_or_else(|| format!("{} Job {} failed", job.kind.as_str(), job.job));
             decide_refusal(input, operation, &Failure::new(FailureKind::JobFailed, message))
         }
-        StepOutcome::Done(result) => Decision::Advance(result.clone()),
+        StepOutcome::Done(result) => Decision::Advance(result.clone(), next_after(input, operation, result)),
         StepOutcome::Verified(verification) => decide_verification(input, operation, verification),
         StepOutcome::Running(message) => Decision::AwaitJob {
             message: message.clone(),
@@ -764,6 +773,27 @@ fn failure_response(
             quarantine: Some(revision.to_string()),
             gates,
         },
+    }
+}
+
+/// The step after `operation`'s current one, given what it learned (a Job that just
+/// finished counts as done), and the phase of that step.
+fn next_after(input: &Input<'_>, operation: &Operation, result: &StepResult) -> Next {
+    let step = match result {
+        StepResult::Rendered { .. } => Step::Snapshot,
+        StepResult::SnapshotStored { .. } => Step::Preflight,
+        StepResult::PreflightPassed => next_step(operation, &input.status.jobs, input.plan),
+        StepResult::JobFinished(job) => {
+            let mut jobs = vec![job.clone()];
+            jobs.extend(input.status.jobs.iter().cloned());
+            next_step(operation, &jobs, input.plan)
+        }
+        StepResult::Planned { .. } => Step::Apply,
+        StepResult::Applied(_) => Step::Verify,
+    };
+    Next {
+        step,
+        phase: record::phase_of(operation.kind, step),
     }
 }
 

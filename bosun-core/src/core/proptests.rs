@@ -410,7 +410,7 @@ impl Model {
         if let Some(StepOutcome::Done(StepResult::JobFinished(job))) = reported
             && !job.succeeded
         {
-            let goes_on = matches!(decision, Decision::Advance(_));
+            let goes_on = matches!(decision, Decision::Advance(..));
             let optional = job.kind == JobKind::Backup && input.plan.backup_optional;
             assert_eq!(goes_on, optional, "failed {:?} Job led to {decision:?}", job.kind);
         }
@@ -484,6 +484,13 @@ impl Model {
         {
             assert_eq!(Some(&operation.revision), after.last_healthy_revision.as_ref());
             assert_eq!(operation.snapshot, after.last_healthy_snapshot, "rollback source");
+        }
+        // The step and phase an Advance names are what the status says after it.
+        if let (Decision::Advance(result, next), Some(operation)) = (decision, &after.operation) {
+            assert_eq!(operation.step, next.step, "{decision:?}");
+            if !matches!(result, StepResult::Applied(_)) {
+                assert_eq!(after.phase, next.phase, "{decision:?}");
+            }
         }
         // History stays bounded; one open entry per revision at most.
         assert!(after.history.len() <= 10);

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 
 use std::collections::BTreeMap;
 
-use super::{Decision, Resynced, SourceRead, StepPlan, StepResult};
+use super::{Decision, Next, Resynced, SourceRead, StepPlan, StepResult};
 use crate::api::{
     AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
     InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
@@ -125,7 +125,7 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Conte
         Decision::RejectRotation { message, gates } => {
             reject_rotation(status, message, gates, ctx, &mut notices)
         }
-        Decision::Advance(result) => advance(status, result, ctx, &mut notices),
+        Decision::Advance(result, next) => advance(status, result, *next, ctx, &mut notices),
         Decision::KeepVerifying { gates } => {
             if let Some(operation) = &status.operation
                 && operation.kind == OperationKind::Deploy
@@ -406,9 +406,12 @@ fn start_deploy(
     notices.push(Notice::normal("Applying", message));
 }
 
+/// Writes what the step learned and moves the operation to `next` (decided by
+/// [`super::decide`]), announcing a change of phase.
 fn advance(
     status: &mut AppDeploymentStatus,
     result: &StepResult,
+    next: Next,
     ctx: &Context<'_>,
     notices: &mut Vec<Notice>,
 ) {
@@ -417,17 +420,14 @@ fn advance(
     let Some(operation) = status.operation.as_mut() else {
         return;
     };
-    let next = match result {
+    match result {
         StepResult::Rendered { render_digest, .. } => {
             operation.render_digest = Some(render_digest.clone());
-            Step::Snapshot
         }
         StepResult::SnapshotStored { name } => {
             operation.snapshot = Some(name.clone());
-            Step::Preflight
         }
         StepResult::PreflightPassed => {
-            let next = next_step(operation, &status.jobs, ctx.plan);
             let message = format!(
                 "revision {}: the env contract and every Secret reference hold",
                 short_revision(&operation.revision)
@@ -440,14 +440,10 @@ fn advance(
                 &message,
                 ctx,
             );
-            next
         }
         StepResult::JobFinished(job) => {
             let job = job.clone();
             record_job(status, job.clone(), ctx);
-            let next = status.operation.as_ref().map_or(Step::Inventory, |operation| {
-                next_step(operation, &status.jobs, ctx.plan)
-            });
             let revision = short_revision(&job.revision);
             match (job.kind, job.succeeded) {
                 (JobKind::Migrate, true) => {
@@ -481,13 +477,11 @@ fn advance(
                     ),
                 )),
             }
-            next
         }
         StepResult::Planned { inventory } => {
             // Written ahead: whatever the apply creates is owned even if it stops half-way.
             let owned = union(&status.inventory, inventory);
             status.inventory = owned;
-            Step::Apply
         }
         StepResult::Applied(applied) => {
             // When the apply step began: every object it created (and every pod the
@@ -539,45 +533,40 @@ fn advance(
                 OperationKind::Deploy => {
                     update_history(status, &revision, Phase::Verifying, Some(&message), false, ctx);
                     set_condition_now(status, condition::GATES_PASSED, false, "Verifying", &message, ctx);
-                    set_phase(status, Phase::Verifying, &message, ctx);
+                    set_phase(status, next.phase, &message, ctx);
                     notices.push(Notice::normal("Verifying", message));
                 }
                 OperationKind::Rollback => {
                     let message = format!("last healthy {message}");
-                    set_phase(status, Phase::RollingBack, &message, ctx);
+                    set_phase(status, next.phase, &message, ctx);
                     notices.push(Notice::warning("RollbackApplied", message));
                 }
             }
-            Step::Verify
         }
-    };
+    }
     if let Some(operation) = status.operation.as_mut() {
-        operation.step = next;
+        operation.step = next.step;
         operation.step_started_at = now;
         operation.attempt = 0;
         operation.last_error = None;
     }
     remove_retrying(status, ctx);
+    // The phase follows the step (applied: already written, with what was applied).
     if let Some(operation) = status.operation.as_ref()
-        && let Some((phase, what)) = match (operation.kind, next) {
-            (OperationKind::Deploy, Step::Backup) => Some((Phase::BackingUp, "backing up")),
-            (OperationKind::Deploy, Step::Migrate) => Some((Phase::Migrating, "migrating")),
-            (OperationKind::Rollback, Step::Downgrade) => {
-                Some((Phase::RollingBack, "downgrading the schema"))
-            }
-            (OperationKind::Deploy, Step::Inventory)
-                if matches!(status.phase, Phase::BackingUp | Phase::Migrating) =>
-            {
-                Some((Phase::Applying, "applying"))
-            }
-            _ => None,
-        }
+        && !matches!(result, StepResult::Applied(_))
+        && status.phase != next.phase
     {
+        let what = match next.phase {
+            Phase::BackingUp => "backing up",
+            Phase::Migrating => "migrating",
+            Phase::RollingBack => "rolling back",
+            _ => "applying",
+        };
         let message = format!("{what} for revision {}", short_revision(&operation.revision));
         if operation.kind == OperationKind::Deploy {
-            update_history(status, &operation.revision.clone(), phase, None, false, ctx);
+            update_history(status, &operation.revision.clone(), next.phase, None, false, ctx);
         }
-        set_phase(status, phase, &message, ctx);
+        set_phase(status, next.phase, &message, ctx);
     }
 }
 
@@ -1006,7 +995,12 @@ fn runs_desired(status: &AppDeploymentStatus, ctx: &Context<'_>) -> bool {
 
 /// The phase that says what an operation at its current step is doing.
 pub fn phase_of_step(operation: &Operation) -> Phase {
-    match (operation.kind, operation.step) {
+    phase_of(operation.kind, operation.step)
+}
+
+/// The phase that says what an operation of `kind` at `step` is doing.
+pub fn phase_of(kind: OperationKind, step: Step) -> Phase {
+    match (kind, step) {
         (OperationKind::Rollback, _) => Phase::RollingBack,
         (OperationKind::Deploy, Step::Verify) => Phase::Verifying,
         (OperationKind::Deploy, Step::Backup) => Phase::BackingUp,

@@ -401,7 +401,7 @@ fn each_step_is_persisted_before_the_next_runs() {
     });
     assert!(matches!(
         world.step(&mut status, Some(done)),
-        Decision::Advance(_)
+        Decision::Advance(..)
     ));
     let operation = status.operation.as_ref().unwrap();
     assert_eq!(operation.step, Step::Snapshot);
@@ -1067,7 +1067,7 @@ fn suspend_is_honoured_between_any_two_steps_and_resume_continues() {
     world.suspended = true;
     assert!(matches!(
         world.step(&mut status, Some(rendered)),
-        Decision::Advance(_)
+        Decision::Advance(..)
     ));
     // ...but the next one does not start.
     assert_eq!(world.step(&mut status, None), Decision::Suspend);
@@ -2087,4 +2087,48 @@ fn record_writes_what_reading_the_source_found_and_announces_a_failure_once() {
     let before = status.clone();
     assert_eq!(record::source_read(&mut status, &SourceRead::NotRead, &ctx), None);
     assert_eq!(status, before);
+}
+
+#[test]
+fn advance_names_the_next_step_and_its_phase_and_record_only_writes_them() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    let nexts: Vec<(Step, Phase)> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Advance(_, next) => Some((next.step, next.phase)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        nexts,
+        [
+            (Step::Snapshot, Phase::Applying),
+            (Step::Preflight, Phase::Applying),
+            (Step::Backup, Phase::BackingUp),
+            (Step::Migrate, Phase::Migrating),
+            (Step::Inventory, Phase::Applying),
+            (Step::Apply, Phase::Applying),
+            (Step::Verify, Phase::Verifying),
+        ]
+    );
+    // A rollback's steps all say RollingBack.
+    let world = World::on(git(C));
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, judging(&[C], &[]));
+    let rollback_nexts: Vec<Next> = decisions
+        .iter()
+        .skip_while(|d| !matches!(d, Decision::RollBack { .. }))
+        .filter_map(|d| match d {
+            Decision::Advance(_, next) => Some(*next),
+            _ => None,
+        })
+        .collect();
+    assert!(!rollback_nexts.is_empty());
+    assert!(
+        rollback_nexts.iter().all(|next| next.phase == Phase::RollingBack),
+        "{rollback_nexts:?}"
+    );
 }
