@@ -1,7 +1,8 @@
 //! Drift correction of an app at rest: once per interval (as [`crate::core::decide`]
-//! decides) the running revision's snapshot is applied again. Unchanged objects are not sent (judged from the watch
-//! caches and, where that is unsure, the API server's dry run), so an idle resync writes
-//! nothing; prunes that failed before are tried again.
+//! decides) the running revision's snapshot is applied again. Unchanged objects are
+//! not sent (judged from the watch caches and, where that is unsure, the API server's
+//! dry run), so an idle resync writes nothing; prunes that failed before are tried
+//! again. What it did is recorded by [`crate::core::record`].
 
 use std::time::Instant;
 
