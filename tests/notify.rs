@@ -192,10 +192,15 @@ impl Story {
                 outcome: outcome.take(),
                 now: self.now,
                 step_deadline: Duration::from_secs(600),
-                block_retry_due: false,
+                interval: Duration::from_secs(3600),
+                block_checked_at: None,
+                config_changed_at: None,
+                // Drift was just repaired: these stories are about revisions.
+                last_resync: Some(self.now),
                 recheck: None::<Recheck>,
                 plan: Default::default(),
-                rotated: Default::default(),
+                rollout_on_secret_change: false,
+                secret_data: Default::default(),
                 retry: None,
             });
             let before = self.status.clone();

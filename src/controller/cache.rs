@@ -406,15 +406,11 @@ impl Caches {
         }))
     }
 
-    /// Whether a Secret or ConfigMap of `namespace` changed after `since` (or ever,
-    /// with no `since`).
-    pub fn config_changed_since(&self, namespace: &str, since: Option<Instant>) -> bool {
+    /// When a Secret or ConfigMap of `namespace` last changed (`None`: not since the
+    /// caches started).
+    pub fn config_changed_at(&self, namespace: &str) -> Option<Instant> {
         let changes = self.secret_changes.lock().expect("secret change times poisoned");
-        match (changes.get(namespace), since) {
-            (Some(changed), Some(since)) => *changed > since,
-            (Some(_), None) => true,
-            (None, _) => false,
-        }
+        changes.get(namespace).copied()
     }
 
     /// What preflight reads: Secrets and ConfigMaps from the caches.

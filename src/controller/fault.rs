@@ -123,17 +123,17 @@ pub fn boundary(decision: &Decision, status: &AppDeploymentStatus) -> Option<Str
     };
     match decision {
         Decision::StartDeploy { .. } => name(Some(OperationKind::Deploy), "start"),
-        Decision::Advance(StepResult::Rendered { .. }) => name(kind, "render"),
-        Decision::Advance(StepResult::SnapshotStored { .. }) => name(kind, "snapshot"),
-        Decision::Advance(StepResult::PreflightPassed) => name(kind, "preflight"),
-        Decision::Advance(StepResult::JobFinished(job)) => name(kind, job.kind.as_str()),
+        Decision::Advance(StepResult::Rendered { .. }, _) => name(kind, "render"),
+        Decision::Advance(StepResult::SnapshotStored { .. }, _) => name(kind, "snapshot"),
+        Decision::Advance(StepResult::PreflightPassed, _) => name(kind, "preflight"),
+        Decision::Advance(StepResult::JobFinished(job), _) => name(kind, job.kind.as_str()),
         Decision::AwaitJob { .. } => {
             let step = status.operation.as_ref().map(|op| op.step)?;
             name(kind, &format!("{step}-running"))
         }
         Decision::StartRotation { .. } => Some("rotation/start".into()),
-        Decision::Advance(StepResult::Planned { .. }) => name(kind, "inventory"),
-        Decision::Advance(StepResult::Applied(_)) => name(kind, "apply"),
+        Decision::Advance(StepResult::Planned { .. }, _) => name(kind, "inventory"),
+        Decision::Advance(StepResult::Applied(_), _) => name(kind, "apply"),
         Decision::MarkHealthy { .. } => name(Some(OperationKind::Deploy), "verify"),
         Decision::RollBack { .. } => name(Some(OperationKind::Rollback), "start"),
         Decision::FinishRollback => name(Some(OperationKind::Rollback), "verify"),

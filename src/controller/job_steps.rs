@@ -6,8 +6,8 @@
 
 use kube::ResourceExt;
 
-use super::steps::{StepInput, prepared, snapshot_manifests};
-use super::{AppNames, Error};
+use super::Error;
+use super::steps::{StepInput, prepare};
 use crate::api::{JobKind, RunbookSpec, short_revision};
 use crate::core::{Failure, FailureKind, StepOutcome, StepResult};
 use crate::jobs::{self, JobRequest, JobState};
@@ -23,17 +23,22 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
         ),
         JobKind::Backup | JobKind::Migrate => (operation.revision.clone(), operation.snapshot.clone()),
     };
-    let manifests = match snapshot_manifests(step, snapshot.as_deref(), &revision).await {
-        Ok(manifests) => manifests,
-        Err(outcome) => return Ok(outcome),
-    };
     // The Job runs the container as the workload will run it: with the defaults the
     // Runbook injects (`spec.env[].inject`), not as the bare manifests have it.
-    let target = AppNames::of(step.app).target_namespace;
-    let (objects, _) = match prepared(step.context, step.app, &manifests, runbook, &target, None).await {
+    let prepared = match prepare(
+        step.context,
+        step.app,
+        snapshot.as_deref(),
+        &revision,
+        runbook,
+        None,
+    )
+    .await
+    {
         Ok(prepared) => prepared,
         Err(outcome) => return Ok(outcome),
     };
+    let objects = prepared.objects;
     let request = match (kind, &runbook.backup, &runbook.migrate) {
         (JobKind::Backup, Some(backup), _) => JobRequest::backup(step.app, backup, &revision, &objects),
         (JobKind::Migrate, _, Some(migrate)) => JobRequest::migrate(step.app, migrate, &revision, &objects),
@@ -96,21 +101,19 @@ pub async fn run(step: &StepInput<'_>, runbook: &RunbookSpec, kind: JobKind) -> 
             StepOutcome::Running(format!("{what} running since {since}"))
         }
         Some(record) if record.succeeded => StepOutcome::Done(StepResult::JobFinished(record)),
+        // Whether the deploy goes on without it (an optional backup) is core's to decide.
         Some(mut record) => {
-            let message = format!("{what} failed: {}", state.failure_message().unwrap_or_default());
-            let optional = kind == JobKind::Backup && runbook.backup.as_ref().is_some_and(|b| !b.required);
-            if optional {
-                record.message = Some(message);
-                StepOutcome::Done(StepResult::JobFinished(record))
-            } else {
-                StepOutcome::Refused(Failure::new(FailureKind::JobFailed, message))
-            }
+            record.message = Some(format!(
+                "{what} failed: {}",
+                state.failure_message().unwrap_or_default()
+            ));
+            StepOutcome::Done(StepResult::JobFinished(record))
         }
     };
     if state.is_finished() {
         // Only the newest Jobs of the app are kept (`revisionHistoryLimit`).
         let keep = step.app.spec.revision_history_limit.unwrap_or(10) as usize;
-        let label = AppNames::of(step.app).label;
+        let label = prepared.names.label;
         if let Err(error) = jobs::cleanup(&client, &namespace, &label, keep.max(1)).await {
             tracing::warn!(%error, "could not delete the app's old Jobs (tried again after the next Job)");
         }

@@ -4,18 +4,14 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::{Api, ResourceExt};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{AppState, Context, ReadCredentials};
 use crate::api::{
-    AppDeployment, AppDeploymentStatus, RunbookKind, RunbookSpec, condition, describe_problems,
-    parse_duration, set_condition, short_revision,
+    AppDeployment, AppDeploymentStatus, RunbookKind, RunbookSpec, describe_problems, parse_duration,
 };
-use crate::core::record::Notice;
-use crate::core::{DesiredRevision, Failure, FailureKind};
+use crate::core::{Failure, FailureKind, SourceRead};
 use crate::source::{Credentials, SourceError, SourcePolicy};
 
 /// The spec of the Runbook (or ClusterRunbook) an app deploys with, validated, and the
@@ -141,43 +137,42 @@ pub fn interval(app: &AppDeployment) -> Duration {
         .max(Duration::from_secs(1))
 }
 
-/// What [`source`] observed: the revision Git wants, the credentials, the Event to
-/// publish when the source's state changed, and a problem that blocks the app (the
-/// repository exceeds a budget: the tenant's to fix, not a reason to wait silently).
+/// What [`source`] observed: what reading the source found (written into the status
+/// by [`crate::core::record::source_read`]), the credentials, and a problem that blocks
+/// the app (the repository exceeds a budget: the tenant's to fix, not a reason to wait
+/// silently).
 pub struct Source {
-    pub desired: DesiredRevision,
+    pub read: SourceRead,
     pub credentials: Option<Credentials>,
-    pub notice: Option<Notice>,
     pub problem: Option<Failure>,
 }
 
-/// Resolves the Git tip (or the pin), recording `desiredRevision` and `SourceReady`.
-/// The fetch is this app's own, with its own credentials (see `crate::source`): a
-/// clone fetched with another app's credentials is never read for it.
+/// Resolves the Git tip (or the pin). The fetch is this app's own, with its own
+/// credentials (see `crate::source`): a clone fetched with another app's credentials
+/// is never read for it. `status` is what was recorded (for the log only).
 pub async fn source(
     context: &Context,
     app: &AppDeployment,
     state: &mut AppState,
-    status: &mut AppDeploymentStatus,
+    status: &AppDeploymentStatus,
 ) -> Source {
-    let generation = app.metadata.generation;
     let credentials = match credentials(context, app, state).await {
         Ok(credentials) => credentials,
         Err(message) => {
-            let notice = source_failed(status, "CredentialsInvalid", &message, generation);
             return Source {
-                desired: DesiredRevision::Unavailable,
+                read: SourceRead::Failed {
+                    reason: "CredentialsInvalid",
+                    message,
+                },
                 credentials: None,
-                notice,
                 problem: None,
             };
         }
     };
     if app.spec.suspend {
         return Source {
-            desired: DesiredRevision::Unavailable,
+            read: SourceRead::NotRead,
             credentials,
-            notice: None,
             problem: None,
         };
     }
@@ -199,34 +194,21 @@ pub async fn source(
         .await
     {
         Ok(resolved) => {
-            let message = format!("{} at {}", resolved.reference, short_revision(&resolved.commit));
             if status.desired_revision.as_deref() != Some(resolved.commit.as_str()) {
                 info!(revision = %resolved.commit, "new Git tip");
             }
-            set_condition(
-                &mut status.conditions,
-                condition::SOURCE_READY,
-                true,
-                "Fetched",
-                &message,
-                generation,
-                &Time(Timestamp::now()),
-            );
-            status.desired_revision = Some(resolved.commit.clone());
-            let desired = DesiredRevision::Known {
-                revision: resolved.commit,
-                pinned,
-            };
             Source {
-                desired,
+                read: SourceRead::Resolved {
+                    reference: resolved.reference,
+                    revision: resolved.commit,
+                    pinned,
+                },
                 credentials,
-                notice: None,
                 problem: None,
             }
         }
         Err(error) => {
             let message = error.to_string();
-            let notice = source_failed(status, error.reason(), &message, generation);
             let problem = matches!(error, SourceError::BudgetExceeded { .. }).then(|| {
                 Failure::new(
                     FailureKind::SpecInvalid,
@@ -234,38 +216,15 @@ pub async fn source(
                 )
             });
             Source {
-                desired: DesiredRevision::Unavailable,
+                read: SourceRead::Failed {
+                    reason: error.reason(),
+                    message,
+                },
                 credentials,
-                notice,
                 problem,
             }
         }
     }
-}
-
-fn source_failed(
-    status: &mut AppDeploymentStatus,
-    reason: &'static str,
-    message: &str,
-    generation: Option<i64>,
-) -> Option<Notice> {
-    let changed = set_condition(
-        &mut status.conditions,
-        condition::SOURCE_READY,
-        false,
-        reason,
-        message,
-        generation,
-        &Time(Timestamp::now()),
-    );
-    changed.then(|| {
-        warn!(reason, message, "source not ready");
-        Notice {
-            warning: true,
-            reason,
-            note: format!("Git source: {message}"),
-        }
-    })
 }
 
 /// The Git credentials of `spec.source.git.secretRef`, read at most once per interval.
@@ -319,27 +278,21 @@ async fn credentials(
     Ok(Some(credentials))
 }
 
-/// The Secrets the running workloads read whose data changed since they were rolled
-/// out (`namespace/name` → digest of the new data), when the Runbook rolls on a change.
-/// A Secret that is gone is preflight's business, not a rotation; data whose rollout
-/// was refused before is not offered again. Data put back to what runs after a refused
-/// change is offered (a change stopped at preflight left the app `Failed` with nothing
-/// applied; verifying what runs ends it, and clears the refusal). Only Secrets of
-/// `readable` namespaces are looked at (`None`: every one, for the controller's own
-/// identity): the app's identity may read them (see `boundary`).
-pub fn rotated_secrets(
+/// The digest of the data every Secret of `status.secretDigests` holds now, from the
+/// watch cache (`namespace/name` → digest), when the Runbook rolls on a change; which
+/// changes count as a rotation is [`crate::core`]'s to decide. A Secret that is gone
+/// is left out. Only Secrets of `readable` namespaces are looked at (`None`: every
+/// one, for the controller's own identity): the app's identity may read them (see
+/// `boundary`).
+pub fn secret_data(
     context: &Context,
     status: &crate::api::AppDeploymentStatus,
-    runbook: &RunbookSpec,
     readable: Option<&std::collections::BTreeSet<String>>,
 ) -> std::collections::BTreeMap<String, String> {
-    if !runbook.rollout_on_secret_change() {
-        return Default::default();
-    }
     status
         .secret_digests
-        .iter()
-        .filter_map(|(key, applied)| {
+        .keys()
+        .filter_map(|key| {
             let (namespace, name) = key.split_once('/')?;
             if readable.is_some_and(|readable| !readable.contains(namespace)) {
                 return None;
@@ -351,11 +304,7 @@ pub fn rotated_secrets(
                 .flatten()
                 .map(|(key, value)| (key.clone(), value.0.clone()))
                 .collect();
-            let now = crate::preflight::secret_data_digest(&data);
-            let refused = status.rejected_secret_digests.get(key);
-            let changed = &now != applied && refused != Some(&now);
-            let refusal_undone = &now == applied && refused.is_some_and(|refused| *refused != now);
-            (changed || refusal_undone).then(|| (key.clone(), now))
+            Some((key.clone(), crate::preflight::secret_data_digest(&data)))
         })
         .collect()
 }

@@ -28,7 +28,7 @@ use super::steps::{self, StepInput};
 use super::{AppNames, AppState, Context, Error, boundary, cleanup, job_steps, resync, verify};
 use crate::api::{AppDeployment, AppDeploymentStatus, JobKind, RunbookSpec, Step, short_revision};
 use crate::core::record::{self, Notice};
-use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, StepOutcome};
+use crate::core::{self, Decision, DesiredRevision, Failure, Recheck, SourceRead, StepOutcome};
 use crate::failure::{self, ApiErrorClass};
 use crate::source::Credentials;
 
@@ -223,13 +223,14 @@ impl Pass<'_> {
         };
         // A source the spec may not use is not fetched at all (credentials over plain
         // HTTP would already be on the wire).
-        let (desired, credentials, source_notice, source_problem) = match spec_problem {
-            Some(_) => (DesiredRevision::Unavailable, None, None, None),
+        let (source_read, credentials, source_problem) = match spec_problem {
+            Some(_) => (SourceRead::NotRead, None, None),
             None => {
-                let source = observe::source(self.context, &self.app, self.state, &mut self.status).await;
-                (source.desired, source.credentials, source.notice, source.problem)
+                let source = observe::source(self.context, &self.app, self.state, &self.status).await;
+                (source.read, source.credentials, source.problem)
             }
         };
+        let desired = source_read.desired();
         // A gate the egress policy refused is a Runbook problem until the Runbook changes.
         let refused = self
             .state
@@ -238,7 +239,6 @@ impl Pass<'_> {
             .and_then(|session| session.refusal(&runbook.version));
         let problem: Option<Failure> = spec_problem.or(source_problem).or(runbook_problem).or(refused);
         let mut notices: Vec<Notice> = std::mem::take(&mut self.pending);
-        notices.extend(source_notice);
         let interval = observe::interval(&self.app);
         let step_deadline = runbook
             .spec
@@ -248,6 +248,7 @@ impl Pass<'_> {
         let generation = self.app.metadata.generation;
         let plan = core::StepPlan {
             backup: runbook.spec.backup.is_some(),
+            backup_optional: runbook.spec.backup.as_ref().is_some_and(|b| !b.required),
             migrate: runbook.spec.migrate.is_some(),
             migration_rollback: runbook.spec.migration_rollback_policy(),
         };
@@ -257,13 +258,42 @@ impl Pass<'_> {
         } else {
             None
         };
-        let rotated = observe::rotated_secrets(self.context, &self.status, &runbook.spec, readable.as_ref());
+        // Read only where the Runbook asks for rotations: the data of a Secret is looked
+        // at for no other purpose.
+        let secret_data = if runbook.spec.rollout_on_secret_change() {
+            observe::secret_data(self.context, &self.status, readable.as_ref())
+        } else {
+            Default::default()
+        };
+        let pass_started = Timestamp::now();
+        let history_limit = self.app.spec.revision_history_limit.unwrap_or(10) as usize;
+        let source_notice = record::source_read(
+            &mut self.status,
+            &source_read,
+            &record::RecordInput {
+                now: pass_started,
+                generation,
+                history_limit,
+                spec_digest: &spec_digest,
+                desired: desired.revision(),
+                plan,
+            },
+        );
+        if let (SourceRead::Failed { reason, message }, Some(_)) = (&source_read, &source_notice) {
+            warn!(reason, message, "source not ready");
+        }
+        notices.extend(source_notice);
+        // Taken once per pass: the re-check this pass makes must not make itself
+        // "not due" before its result is decided on.
+        let mut block_checked_at = self.state.last_block_check.map(|at| wall_time(pass_started, at));
+        let config_changed_at = self
+            .context
+            .caches
+            .config_changed_at(&AppNames::of(&self.app).target_namespace)
+            .map(|at| wall_time(pass_started, at));
 
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
-        // Judged once per pass: the re-check this pass makes must not make itself
-        // "not due" before its result is decided on.
-        let mut block_retry_due = self.block_retry_due(Timestamp::now(), interval);
         for _ in 0..MAX_DECISIONS {
             let now = Timestamp::now();
             // One re-check per pass: once its result is decided on (a new block recorded,
@@ -281,14 +311,19 @@ impl Pass<'_> {
                 outcome: outcome.take(),
                 now,
                 step_deadline,
-                block_retry_due,
+                interval,
+                block_checked_at,
+                config_changed_at,
                 recheck: recheck_found,
                 plan,
-                rotated: rotated.clone(),
+                last_resync: self.state.last_resync.map(|at| wall_time(now, at)),
+                rollout_on_secret_change: runbook.spec.rollout_on_secret_change(),
+                secret_data: secret_data.clone(),
                 retry: core::RetryRequest::from_annotations(self.app.annotations()),
             });
             if rechecked {
-                block_retry_due = false;
+                // Its result decided on: the block counts as checked now.
+                block_checked_at = Some(now);
             }
             self.name_revision_in_logs(&desired);
             if !matches!(
@@ -297,13 +332,15 @@ impl Pass<'_> {
                     | Decision::Run(_)
                     | Decision::KeepVerifying { .. }
                     | Decision::BlockOnProblem(_)
+                    | Decision::Resync { .. }
+                    | Decision::DriftRepaired(_)
             ) {
                 info!(decision = %describe(&decision), "decided");
             }
             let record_input = record::RecordInput {
                 now,
                 generation,
-                history_limit: self.app.spec.revision_history_limit.unwrap_or(10) as usize,
+                history_limit,
                 spec_digest: &spec_digest,
                 desired: desired.revision(),
                 plan,
@@ -349,18 +386,25 @@ impl Pass<'_> {
                     }
                     recheck = Some(found);
                 }
-                ref continuing if continuing.continues() => {}
-                Decision::Wait => {
-                    resync::if_due(
+                Decision::Resync {
+                    ref revision,
+                    ref snapshot,
+                } => {
+                    // Counted from the attempt: a repair that fails waits an interval too.
+                    resync::mark_done(self.state);
+                    let done = resync::run(
                         self.context,
                         &self.app,
-                        self.state,
-                        &mut self.status,
-                        interval,
+                        revision,
+                        snapshot,
+                        &self.status,
                         &runbook.spec,
                     )
-                    .await;
-                    self.save(&mut notices).await?;
+                    .await?;
+                    outcome = Some(done);
+                }
+                ref continuing if continuing.continues() => {}
+                Decision::Wait => {
                     if !self.state.snapshots_retained {
                         self.state.snapshots_retained = true;
                         resync::retain_snapshots(self.context, &self.app, &self.status).await;
@@ -590,34 +634,6 @@ impl Pass<'_> {
         }
     }
 
-    /// A block that may pass is checked again once the Git interval has passed since it
-    /// was recorded and since this controller last checked it.
-    fn block_retry_due(&self, now: Timestamp, interval: Duration) -> bool {
-        let since_block = self
-            .status
-            .blocked
-            .as_ref()
-            .is_some_and(|block| interval_passed_since(now, &block.at, interval));
-        let since_check = self
-            .state
-            .last_block_check
-            .is_none_or(|at| at.elapsed() >= interval);
-        // A preflight miss is checked again as soon as a Secret (or ConfigMap) of the
-        // target namespace changed since the last check: creating the missing Secret
-        // unblocks the revision within seconds, not an interval later.
-        let preflight_fixable = self
-            .status
-            .blocked
-            .as_ref()
-            .is_some_and(|block| block.reason == crate::api::BlockReason::PreflightFailed && block.retry);
-        let changed_since_check = preflight_fixable
-            && self.context.caches.config_changed_since(
-                &AppNames::of(&self.app).target_namespace,
-                self.state.last_block_check,
-            );
-        (since_block && since_check) || changed_since_check
-    }
-
     /// Every log line of this pass names the revision it is about.
     fn name_revision_in_logs(&mut self, desired: &DesiredRevision) {
         let revision = match (&self.status.operation, desired) {
@@ -684,7 +700,7 @@ fn carried_to_next_write(saved: &AppDeploymentStatus, status: &AppDeploymentStat
 fn describe(decision: &Decision) -> String {
     match decision {
         Decision::StartDeploy { revision } => format!("deploy {}", short_revision(revision)),
-        Decision::Advance(result) => format!("advance after {}", step_of(result)),
+        Decision::Advance(result, next) => format!("advance after {} to {}", step_of(result), next.step),
         Decision::RollBack {
             failed_revision, to, ..
         } => format!(
@@ -713,6 +729,12 @@ fn describe(decision: &Decision) -> String {
             )
         }
         Decision::RejectRotation { .. } => "reject the Secret change".into(),
+        Decision::Resync { revision, .. } => format!("repair drift of {}", short_revision(revision)),
+        Decision::DriftRepaired(resynced) => format!(
+            "drift repaired ({} re-applied, {} pruned)",
+            resynced.sent.len(),
+            resynced.pruned
+        ),
         other => format!("{other:?}"),
     }
 }
@@ -738,11 +760,12 @@ pub fn backoff(attempt: u32) -> Duration {
     capped.mul_f64(jitter)
 }
 
-/// Whether `interval` has passed since `at`, a time in status. Status times are
-/// truncated to the second; a second of slack keeps a pass requeued one interval after
-/// the moment from finding it not quite due and waiting a whole interval more.
-fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
-    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+/// The wall-clock time of `at`, a moment of this process taken before `now`.
+fn wall_time(now: Timestamp, at: std::time::Instant) -> Timestamp {
+    k8s_openapi::jiff::SignedDuration::try_from(at.elapsed())
+        .ok()
+        .and_then(|elapsed| now.checked_sub(elapsed).ok())
+        .unwrap_or(now)
 }
 
 /// The back-off, but never past the step's deadline: the step is tried once more just
@@ -757,20 +780,6 @@ fn retry_delay(backoff: Duration, step_deadline: Duration, elapsed: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
-        let interval = Duration::from_secs(5);
-        let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
-        // Recorded as 00:00:10 (truncated, as metav1.Time is); the pass requeued 5 s later runs at 15.6 s.
-        let at = record::rfc3339(blocked);
-        assert_eq!(at, "2026-01-01T00:00:10Z");
-        let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
-        assert!(interval_passed_since(requeued, &at, interval));
-        // Well before the interval: not yet.
-        let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
-        assert!(!interval_passed_since(early, &at, interval));
-    }
 
     #[test]
     fn a_retry_never_waits_past_the_step_deadline() {

@@ -1,19 +1,17 @@
-//! Drift correction of an app at rest: once per interval the running revision's
-//! snapshot is applied again. Unchanged objects are not sent (judged from the watch
-//! caches and, where that is unsure, the API server's dry run), so an idle resync writes
-//! nothing; prunes that failed before are tried again.
+//! Drift correction of an app at rest: once per interval (as [`crate::core::decide`]
+//! decides) the running revision's snapshot is applied again. Unchanged objects are
+//! not sent (judged from the watch caches and, where that is unsure, the API server's
+//! dry run), so an idle resync writes nothing; prunes that failed before are tried
+//! again. What it did is recorded by [`crate::core::record`].
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::{debug, warn};
 
-use super::{AppNames, AppState, Context};
-use crate::api::{
-    AppDeployment, AppDeploymentStatus, RunbookSpec, condition, remove_condition, short_revision,
-};
-use crate::core::record::Notice;
+use super::{AppState, Context, Error};
+use crate::api::{AppDeployment, AppDeploymentStatus, RunbookSpec};
+use crate::core::{Resynced, StepOutcome};
 use crate::snapshot;
 
 /// The running revision was just applied and verified: the next resync is an interval away.
@@ -21,63 +19,28 @@ pub fn mark_done(state: &mut AppState) {
     state.last_resync = Some(Instant::now());
 }
 
-/// Re-applies the running revision when an interval has passed since the last time.
-/// Only a healthy revision is kept in place: a failed one is not reasserted.
-pub async fn if_due(
+/// Applies the running revision's snapshot again ([`Decision::Resync`], decided by
+/// [`crate::core::decide`]) and reports what it did; the status is written by
+/// [`crate::core::record`]. A repair that cannot be made now is logged and tried again
+/// at the next interval.
+///
+/// [`Decision::Resync`]: crate::core::Decision::Resync
+pub async fn run(
     context: &Context,
     app: &AppDeployment,
-    state: &mut AppState,
-    status: &mut AppDeploymentStatus,
-    interval: Duration,
+    revision: &str,
+    snapshot: &str,
+    status: &AppDeploymentStatus,
     runbook: &RunbookSpec,
-) {
-    if status.operation.is_some() || app.spec.suspend {
-        return;
-    }
-    let (Some(current), Some(snapshot_name)) =
-        (status.current_revision.clone(), status.current_snapshot.clone())
-    else {
-        return;
-    };
-    if status.last_healthy_revision.as_ref() != Some(&current) {
-        return;
-    }
-    if state.last_resync.is_some_and(|at| at.elapsed() < interval) {
-        return;
-    }
-    state.last_resync = Some(Instant::now());
-    let namespace = app.namespace().unwrap_or_default();
-    let manifests = match context.caches.snapshot(&namespace, &snapshot_name, &current) {
-        Some(Ok(manifests)) => manifests,
-        Some(Err(error)) => {
-            warn!(%error, "resync skipped: the running revision's snapshot is unreadable");
-            return;
-        }
-        None => match snapshot::load(&context.client, &namespace, &snapshot_name, &current).await {
-            Ok(manifests) => std::sync::Arc::new(manifests),
-            Err(error) => {
-                warn!(%error, "resync skipped: no snapshot of the running revision");
-                return;
-            }
-        },
-    };
-    let applier = match context.applier(app) {
-        Ok(applier) => applier,
-        Err(error) => {
-            warn!(%error, "resync skipped");
-            return;
-        }
-    };
-    let names = AppNames::of(app);
-    let inventory = status.inventory.clone();
+) -> Result<StepOutcome, Error> {
     // With the Secret digests of the last rollout: a Secret change goes out through
     // preflight and the gates, never through a drift repair.
-    let (manifests, _) = match super::steps::prepared(
+    let prepared = match super::steps::prepare(
         context,
         app,
-        &manifests,
+        Some(snapshot),
+        revision,
         runbook,
-        &names.target_namespace,
         Some(&status.secret_digests),
     )
     .await
@@ -86,58 +49,40 @@ pub async fn if_due(
         Err(outcome) => {
             warn!(
                 ?outcome,
-                "resync skipped: the revision's reads are not the app's to make"
+                "resync skipped: the running revision cannot be prepared"
             );
-            return;
+            return Ok(outcome);
         }
     };
-    match applier.apply(names.plan(&manifests, &inventory)).await {
-        Ok(outcome) => {
-            if !outcome.sent.is_empty() || !outcome.pruned.is_empty() {
-                let objects: Vec<String> = outcome.sent.iter().map(ToString::to_string).collect();
-                let note = format!(
-                    "revision {}: corrected drift: {} re-applied{}, {} pruned",
-                    short_revision(&current),
-                    outcome.sent.len(),
-                    if objects.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", objects.join(", "))
-                    },
-                    outcome.pruned.len()
-                );
-                context
-                    .events
-                    .publish(
-                        app,
-                        &Notice {
-                            warning: false,
-                            reason: "DriftCorrected",
-                            note,
-                        },
-                    )
-                    .await;
-            } else {
-                debug!("resync: nothing drifted");
-            }
-            status.inventory = outcome.inventory.clone();
-            if outcome.prune_failures.is_empty() {
-                remove_condition(&mut status.conditions, condition::PRUNED);
-            } else {
-                let failures = outcome.prune_failure_notes();
-                crate::api::set_condition(
-                    &mut status.conditions,
-                    condition::PRUNED,
-                    false,
-                    "PruneFailed",
-                    &format!("could not prune (retried): {}", failures.join("; ")),
-                    app.metadata.generation,
-                    &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-                );
-            }
+    let applier = match context.applier(app) {
+        Ok(applier) => applier,
+        Err(error) => {
+            warn!(%error, "resync skipped");
+            return Ok(StepOutcome::Transient(error.to_string()));
         }
-        Err(error) => warn!(%error, "resync failed; tried again at the next interval"),
-    }
+    };
+    Ok(
+        match applier
+            .apply(prepared.names.plan(&prepared.objects, &status.inventory))
+            .await
+        {
+            Ok(outcome) => {
+                if outcome.sent.is_empty() && outcome.pruned.is_empty() {
+                    debug!("resync: nothing drifted");
+                }
+                StepOutcome::Resynced(Resynced {
+                    sent: outcome.sent.iter().map(ToString::to_string).collect(),
+                    pruned: outcome.pruned.len(),
+                    prune_failures: outcome.prune_failure_notes(),
+                    inventory: outcome.inventory,
+                })
+            }
+            Err(error) => {
+                warn!(%error, "resync failed; tried again at the next interval");
+                StepOutcome::from(error.classify())
+            }
+        },
+    )
 }
 
 /// Deletes snapshot Secrets nothing can return to any more: only the running revision's

@@ -30,8 +30,17 @@ pub struct StepInput<'a> {
 }
 
 impl StepInput<'_> {
-    fn namespace(&self) -> String {
-        self.app.namespace().unwrap_or_default()
+    /// The operation's snapshot as it is applied, with the Secret digests of now.
+    async fn prepare(&self) -> Result<Prepared, StepOutcome> {
+        prepare(
+            self.context,
+            self.app,
+            self.operation.snapshot.as_deref(),
+            &self.operation.revision,
+            self.runbook,
+            None,
+        )
+        .await
     }
 }
 
@@ -119,12 +128,19 @@ pub async fn snapshot(step: &StepInput<'_>, state: &mut AppState) -> StepOutcome
 
 /// The manifests of the operation's snapshot, from the watch cache or the API server.
 async fn manifests(step: &StepInput<'_>) -> Result<Arc<Vec<Manifest>>, StepOutcome> {
-    snapshot_manifests(step, step.operation.snapshot.as_deref(), &step.operation.revision).await
+    snapshot_manifests(
+        step.context,
+        step.app,
+        step.operation.snapshot.as_deref(),
+        &step.operation.revision,
+    )
+    .await
 }
 
 /// The manifests of snapshot `name` of `revision`, from the watch cache or the API server.
-pub(super) async fn snapshot_manifests(
-    step: &StepInput<'_>,
+async fn snapshot_manifests(
+    context: &Context,
+    app: &AppDeployment,
     name: Option<&str>,
     revision: &str,
 ) -> Result<Arc<Vec<Manifest>>, StepOutcome> {
@@ -134,14 +150,73 @@ pub(super) async fn snapshot_manifests(
             format!("no snapshot recorded for revision {}", short_revision(revision)),
         )));
     };
-    let namespace = step.namespace();
-    let loaded = match step.context.caches.snapshot(&namespace, name, revision) {
+    let namespace = app.namespace().unwrap_or_default();
+    let loaded = match context.caches.snapshot(&namespace, name, revision) {
         Some(cached) => cached,
-        None => snapshot::load(&step.context.client, &namespace, name, revision)
+        None => snapshot::load(&context.client, &namespace, name, revision)
             .await
             .map(Arc::new),
     };
     loaded.map_err(|error| StepOutcome::from(error.classify()))
+}
+
+/// A revision's objects as they are applied, and where they go.
+pub(super) struct Prepared {
+    pub names: AppNames,
+    /// The manifests with the Runbook's injected defaults and the Secret digests in
+    /// their pod templates.
+    pub objects: Vec<Manifest>,
+    /// The digests written into the pod templates (Secret `namespace/name` → digest).
+    pub secret_digests: std::collections::BTreeMap<String, String>,
+}
+
+impl Prepared {
+    /// What applying (or dry-running) the objects over what the app owns means.
+    pub fn plan<'a>(&'a self, inventory: &'a [crate::api::InventoryEntry]) -> crate::apply::ApplyPlan<'a> {
+        self.names.plan(&self.objects, inventory)
+    }
+}
+
+/// The objects of snapshot `name` of `revision` as they are applied (see
+/// [`prepare_manifests`]): what the inventory, apply, Job and drift repair steps work
+/// from.
+pub(super) async fn prepare(
+    context: &Context,
+    app: &AppDeployment,
+    name: Option<&str>,
+    revision: &str,
+    runbook: &RunbookSpec,
+    digests: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Prepared, StepOutcome> {
+    let manifests = snapshot_manifests(context, app, name, revision).await?;
+    prepare_manifests(context, app, &manifests, runbook, digests).await
+}
+
+/// `manifests` as they are applied: the Runbook's injected defaults added, and the
+/// digest of the Secrets each workload reads in its pod template. `digests`: `None`
+/// for the digests of now (a deploy or rollback); those recorded at the last rollout
+/// for a drift repair, which must never roll a Secret change out past the gates. Read
+/// only where the app's identity may read ([`super::boundary::lookup`]).
+pub(super) async fn prepare_manifests(
+    context: &Context,
+    app: &AppDeployment,
+    manifests: &[Manifest],
+    runbook: &RunbookSpec,
+    digests: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Prepared, StepOutcome> {
+    let names = AppNames::of(app);
+    let target = &names.target_namespace;
+    let lookup = super::boundary::lookup(context, app, manifests, runbook, target).await?;
+    let secret_digests = match digests {
+        Some(recorded) => recorded.clone(),
+        None => preflight::secret_digests(manifests, target, &lookup),
+    };
+    let objects = preflight::apply_transforms(manifests, runbook, target, &lookup, &secret_digests);
+    Ok(Prepared {
+        names,
+        objects,
+        secret_digests,
+    })
 }
 
 /// Checks the env contract and every Secret (and ConfigMap) the revision reads, from
@@ -183,102 +258,48 @@ async fn check_preflight(
     }
 }
 
-/// The manifests as they are applied: the Runbook's injected defaults added, and the
-/// digest of the Secrets each workload reads in its pod template. `digests`: the
-/// digests of now on a deploy or rollback; those recorded at the last rollout on a
-/// drift repair, which must never roll a Secret change out past the gates. Read only
-/// where the app's identity may read ([`super::boundary::lookup`]).
-pub(super) async fn prepared(
-    context: &Context,
-    app: &AppDeployment,
-    manifests: &[Manifest],
-    runbook: &RunbookSpec,
-    target_namespace: &str,
-    digests: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<(Vec<Manifest>, std::collections::BTreeMap<String, String>), StepOutcome> {
-    let lookup = super::boundary::lookup(context, app, manifests, runbook, target_namespace).await?;
-    let digests = match digests {
-        Some(recorded) => recorded.clone(),
-        None => preflight::secret_digests(manifests, target_namespace, &lookup),
-    };
-    let objects = preflight::apply_transforms(manifests, runbook, target_namespace, &lookup, &digests);
-    Ok((objects, digests))
-}
-
 /// Resolves every object, refuses what another app owns, dry-runs what changes, and
 /// says what the revision will own, before anything is written.
 pub async fn inventory(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
-    let manifests = match manifests(step).await {
-        Ok(manifests) => manifests,
-        Err(outcome) => return Ok(outcome),
-    };
-    let applier = step.context.applier(step.app)?;
-    let names = AppNames::of(step.app);
-    let (manifests, _) = match prepared(
-        step.context,
-        step.app,
-        &manifests,
-        step.runbook,
-        &names.target_namespace,
-        None,
-    )
-    .await
-    {
+    let prepared = match step.prepare().await {
         Ok(prepared) => prepared,
         Err(outcome) => return Ok(outcome),
     };
-    Ok(
-        match applier.plan(&names.plan(&manifests, step.inventory)).await {
-            Ok(planned) => StepOutcome::Done(StepResult::Planned {
-                inventory: planned.inventory,
-            }),
-            Err(error) => StepOutcome::from(error.classify()),
-        },
-    )
+    let applier = step.context.applier(step.app)?;
+    Ok(match applier.plan(&prepared.plan(step.inventory)).await {
+        Ok(planned) => StepOutcome::Done(StepResult::Planned {
+            inventory: planned.inventory,
+        }),
+        Err(error) => StepOutcome::from(error.classify()),
+    })
 }
 
 /// Applies what changed and prunes; records the container restarts the gates count from.
 pub async fn apply(step: &StepInput<'_>) -> Result<StepOutcome, Error> {
-    let manifests = match manifests(step).await {
-        Ok(manifests) => manifests,
-        Err(outcome) => return Ok(outcome),
-    };
-    let applier = step.context.applier(step.app)?;
-    let names = AppNames::of(step.app);
-    let (manifests, secret_digests) = match prepared(
-        step.context,
-        step.app,
-        &manifests,
-        step.runbook,
-        &names.target_namespace,
-        None,
-    )
-    .await
-    {
+    let prepared = match step.prepare().await {
         Ok(prepared) => prepared,
         Err(outcome) => return Ok(outcome),
     };
+    let applier = step.context.applier(step.app)?;
     // Taken before anything is sent: the pods it lists predate the revision.
     let mut restart_baseline = capture_baseline(&step.context.caches.workloads, step.inventory);
-    Ok(
-        match applier.apply(names.plan(&manifests, step.inventory)).await {
-            Ok(outcome) => StepOutcome::Done(StepResult::Applied(Applied {
-                sent: outcome.sent.len(),
-                unchanged: outcome.unchanged,
-                pruned: outcome.pruned.len(),
-                prune_failures: outcome.prune_failure_notes(),
-                inventory: outcome.inventory,
-                restart_baseline: {
-                    for (entry, generation) in &outcome.generations {
-                        restart_baseline.record_generation(entry, *generation);
-                    }
-                    restart_baseline
-                },
-                secret_digests,
-            })),
-            Err(error) => StepOutcome::from(error.classify()),
-        },
-    )
+    Ok(match applier.apply(prepared.plan(step.inventory)).await {
+        Ok(outcome) => StepOutcome::Done(StepResult::Applied(Applied {
+            sent: outcome.sent.len(),
+            unchanged: outcome.unchanged,
+            pruned: outcome.pruned.len(),
+            prune_failures: outcome.prune_failure_notes(),
+            inventory: outcome.inventory,
+            restart_baseline: {
+                for (entry, generation) in &outcome.generations {
+                    restart_baseline.record_generation(entry, *generation);
+                }
+                restart_baseline
+            },
+            secret_digests: prepared.secret_digests,
+        })),
+        Err(error) => StepOutcome::from(error.classify()),
+    })
 }
 
 /// Checks a blocked revision again without writing anything: its files rendered from
@@ -331,13 +352,12 @@ pub async fn recheck(
     if let Err(outcome) = check_preflight(context, app, &manifests, runbook, &names.target_namespace).await {
         return Ok(as_recheck(outcome));
     }
+    let prepared = match prepare_manifests(context, app, &manifests, runbook, None).await {
+        Ok(prepared) => prepared,
+        Err(outcome) => return Ok(as_recheck(outcome)),
+    };
     let applier = context.applier(app)?;
-    let (manifests, _) =
-        match prepared(context, app, &manifests, runbook, &names.target_namespace, None).await {
-            Ok(prepared) => prepared,
-            Err(outcome) => return Ok(as_recheck(outcome)),
-        };
-    Ok(match applier.plan(&names.plan(&manifests, inventory)).await {
+    Ok(match applier.plan(&prepared.plan(inventory)).await {
         Ok(_) => Recheck::Clear,
         Err(error) => match error.classify() {
             Classified::Transient(message) => Recheck::Transient(message),

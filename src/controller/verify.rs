@@ -216,12 +216,10 @@ async fn judge(
             next: IDLE_RECHECK,
         };
     }
-    let window = match operation.kind {
-        // A rollback returns to a revision that already proved itself: once its
-        // rollout is complete and the gates pass again, it is done.
-        OperationKind::Rollback => Duration::ZERO,
-        OperationKind::Deploy => runbook.verify_window().unwrap_or(Duration::from_secs(60)),
-    };
+    let window = crate::core::verify_window(
+        operation.kind,
+        runbook.verify_window().unwrap_or(Duration::from_secs(60)),
+    );
     let (verification, until_window) = match session.window.observe(session.gates.all_passed(), now, window) {
         WindowState::Complete => (Verification::Passed { gates }, Duration::ZERO),
         WindowState::Holding { remaining, .. } => (Verification::Pending { gates }, remaining),

@@ -423,10 +423,21 @@ mod tests {
                     outcome: outcome.take(),
                     now,
                     step_deadline: Duration::from_secs(600),
-                    block_retry_due: due,
+                    // Due: an interval of a second has passed since the block (with the
+                    // second of slack, always); not due: an interval of ten days.
+                    interval: if due {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_secs(10 * 24 * 3600)
+                    },
+                    block_checked_at: None,
+                    config_changed_at: None,
                     recheck: recheck.take(),
                     plan: StepPlan::default(),
-                    rotated: BTreeMap::new(),
+                    // Drift was just repaired: no resync falls due in these passes.
+                    last_resync: Some(now),
+                    rollout_on_secret_change: false,
+                    secret_data: BTreeMap::new(),
                     retry: None,
                 };
                 let decision = decide(&input);

@@ -22,7 +22,7 @@ use crate::api::{
     OperationKind, Phase, Step,
 };
 
-pub use outcome::{Applied, Failure, FailureKind, StepOutcome, StepResult, Verification};
+pub use outcome::{Applied, Failure, FailureKind, Resynced, StepOutcome, StepResult, Verification};
 
 pub use record::next_step;
 
@@ -33,6 +33,34 @@ pub enum DesiredRevision {
     Known { revision: String, pinned: bool },
     /// The source could not be read; the reason is already in a condition.
     Unavailable,
+}
+
+/// What reading the source (the Git ref, or the pin) found this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRead {
+    /// `reference` (how the `SourceReady` condition names it) resolves to `revision`.
+    Resolved {
+        revision: String,
+        pinned: bool,
+        reference: String,
+    },
+    /// The source could not be read: why, as a condition reason and message.
+    Failed { reason: &'static str, message: String },
+    /// Not read this pass (the app is suspended, or its spec may not be fetched).
+    NotRead,
+}
+
+impl SourceRead {
+    /// The revision the source asks for.
+    pub fn desired(&self) -> DesiredRevision {
+        match self {
+            SourceRead::Resolved { revision, pinned, .. } => DesiredRevision::Known {
+                revision: revision.clone(),
+                pinned: *pinned,
+            },
+            SourceRead::Failed { .. } | SourceRead::NotRead => DesiredRevision::Unavailable,
+        }
+    }
 }
 
 impl DesiredRevision {
@@ -64,20 +92,30 @@ pub struct Input<'a> {
     pub now: Timestamp,
     /// How long one step may take (the Runbook's `progressDeadline`).
     pub step_deadline: Duration,
-    /// A blocked revision whose block may pass (a permission, an owner, a deadline) may
-    /// be checked again: the Git interval has passed since it was blocked or last checked.
-    pub block_retry_due: bool,
+    /// How often Git is looked at (`spec.source.git.interval`): the pace of re-checks
+    /// of a blocked revision and of drift repair.
+    pub interval: Duration,
+    /// When this controller last checked the blocked revision again (checks cost no
+    /// write, so the status does not say; `None`: not since it took the app over).
+    pub block_checked_at: Option<Timestamp>,
+    /// When a Secret or ConfigMap of the target namespace last changed (as the watch
+    /// caches saw it; `None`: not since they started).
+    pub config_changed_at: Option<Timestamp>,
     /// What checking the blocked revision again (render and dry run, nothing written)
     /// found, in this same pass.
     pub recheck: Option<Recheck>,
     /// Which optional steps the Runbook asks for.
     pub plan: StepPlan,
-    /// Secrets read by the running workloads whose data changed since it was rolled
-    /// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
-    /// change; a change already rolled out and refused is not listed again. A refused
-    /// change that was undone (the data is back to what runs) is listed, with the data
-    /// that runs: its rollout, verified, ends the `Failed` the refusal left.
-    pub rotated: BTreeMap<String, String>,
+    /// When the running revision was last applied again to repair drift (or applied
+    /// and verified); `None`: not since this controller took the app over.
+    pub last_resync: Option<Timestamp>,
+    /// The Runbook rolls the running revision out again when a Secret it reads changes
+    /// (`spec.secrets.rolloutOnChange`, default true).
+    pub rollout_on_secret_change: bool,
+    /// The digest of the data every Secret of `status.secretDigests` holds now
+    /// (`namespace/name` → digest), as far as the app's identity may read it; a Secret
+    /// that is gone is not listed (preflight's business, not a rotation).
+    pub secret_data: BTreeMap<String, String>,
     /// A person asked for a quarantined revision to be tried again (the AppDeployment's
     /// `bosun.dev/retry` annotation, read by the controller).
     pub retry: Option<RetryRequest>,
@@ -116,6 +154,9 @@ pub struct RetryRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StepPlan {
     pub backup: bool,
+    /// A failed backup is a warning and the deploy goes on (`spec.backup.required:
+    /// false`); otherwise it fails the revision like any required Job.
+    pub backup_optional: bool,
     pub migrate: bool,
     pub migration_rollback: MigrationRollbackPolicy,
 }
@@ -131,6 +172,14 @@ pub enum Recheck {
     Transient(String),
 }
 
+/// Where a finished step leads: the step that comes next and the phase that says
+/// what it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Next {
+    pub step: Step,
+    pub phase: Phase,
+}
+
 /// The one next step.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
@@ -142,8 +191,9 @@ pub enum Decision {
     /// progress is kept aside and restored if this revision is refused before any of it
     /// is written; a rollback in progress is given up for it (a pin or a new commit).
     StartDeploy { revision: String },
-    /// The step finished: record what it learned and move to the next step.
-    Advance(StepResult),
+    /// The step finished: record what it learned and move to the next step, whose
+    /// phase says what it does.
+    Advance(StepResult, Next),
     /// Verification goes on; the gates' verdicts so far.
     KeepVerifying { gates: Vec<GateVerdict> },
     /// The deployed revision passed every gate for the whole window.
@@ -208,6 +258,12 @@ pub enum Decision {
         message: String,
         gates: Vec<GateVerdict>,
     },
+    /// Nothing else to do and an interval has passed since the last time: apply the
+    /// running, healthy revision's snapshot again (what drifted is sent, what failed to
+    /// prune is pruned). Nothing is recorded before it runs.
+    Resync { revision: String, snapshot: String },
+    /// The drift repair ran: record what the app owns now and whether pruning failed.
+    DriftRepaired(Resynced),
 }
 
 impl Decision {
@@ -218,21 +274,51 @@ impl Decision {
             self,
             Decision::StartDeploy { .. }
                 | Decision::StartRotation { .. }
-                | Decision::Advance(_)
+                | Decision::Advance(..)
                 | Decision::RollBack { .. }
                 | Decision::Block { .. }
                 | Decision::Resume { .. }
                 | Decision::Adopt { .. }
                 | Decision::LiftQuarantine { .. }
+                | Decision::DriftRepaired(_)
         )
     }
 }
 
 pub fn decide(input: &Input<'_>) -> Decision {
-    match &input.status.operation {
+    if let Some(StepOutcome::Resynced(resynced)) = &input.outcome {
+        return Decision::DriftRepaired(resynced.clone());
+    }
+    let decision = match &input.status.operation {
         Some(operation) => decide_operation(input, operation),
         None => decide_at_rest(input),
+    };
+    match decision {
+        Decision::Wait => resync_due(input).unwrap_or(Decision::Wait),
+        other => other,
     }
+}
+
+/// Drift is repaired once per interval, and only for an app at rest on a revision
+/// known healthy: a failed revision is not reasserted, and a suspended app is left as
+/// it is. A drift repair that could not be made is tried again an interval later.
+fn resync_due(input: &Input<'_>) -> Option<Decision> {
+    let status = input.status;
+    if status.operation.is_some() || input.suspended {
+        return None;
+    }
+    let revision = status.current_revision.as_ref()?;
+    let snapshot = status.current_snapshot.as_ref()?;
+    if status.last_healthy_revision.as_ref() != Some(revision) {
+        return None;
+    }
+    let due = input
+        .last_resync
+        .is_none_or(|last| elapsed(input.now, last) >= input.interval);
+    due.then(|| Decision::Resync {
+        revision: revision.clone(),
+        snapshot: snapshot.clone(),
+    })
 }
 
 /// No operation in progress: follow Git, or wait.
@@ -265,9 +351,8 @@ fn decide_at_rest(input: &Input<'_>) -> Decision {
     let rotation = || {
         let runs_healthy =
             status.current_revision.is_some() && status.current_revision == status.last_healthy_revision;
-        (runs_healthy && !input.rotated.is_empty()).then(|| Decision::StartRotation {
-            secrets: input.rotated.clone(),
-        })
+        let rotated = rotated_secrets(input);
+        (runs_healthy && !rotated.is_empty()).then_some(Decision::StartRotation { secrets: rotated })
     };
     if status.current_revision.as_deref() == Some(revision.as_str()) && !spec_changed {
         let healthy = status.last_healthy_revision.as_deref() == Some(revision.as_str());
@@ -363,9 +448,63 @@ fn recheckable_block<'a>(input: &'a Input<'_>, revision: &str) -> Option<&'a cra
     (block.revision == revision
         && block.generation == input.generation
         && block.retry
-        && input.block_retry_due
+        && block_check_due(input, block)
         && !quarantined)
         .then_some(block)
+}
+
+/// A block that may pass (a permission, an owner, a deadline) is checked again once
+/// the Git interval has passed since it was recorded and since it was last checked. A
+/// preflight miss is checked as soon as a Secret or ConfigMap of the target namespace
+/// changed since the last check: creating the missing Secret unblocks the revision
+/// within seconds, not an interval later.
+pub fn block_check_due(input: &Input<'_>, block: &crate::api::BlockedRevision) -> bool {
+    let since_block = interval_passed_since(input.now, &block.at, input.interval);
+    let since_check = input
+        .block_checked_at
+        .is_none_or(|checked| elapsed(input.now, checked) >= input.interval);
+    let changed_since_check = block.reason == BlockReason::PreflightFailed
+        && block.retry
+        && input
+            .config_changed_at
+            .is_some_and(|changed| input.block_checked_at.is_none_or(|checked| changed > checked));
+    (since_block && since_check) || changed_since_check
+}
+
+/// Whether `interval` has passed since `at`, a time in status. Status times are
+/// truncated to the second; a second of slack keeps a pass requeued one interval after
+/// the moment from finding it not quite due and waiting a whole interval more.
+pub fn interval_passed_since(now: Timestamp, at: &str, interval: Duration) -> bool {
+    record::elapsed_since(now, at) + Duration::from_secs(1) >= interval
+}
+
+/// How long from `since` to `now` (zero if `since` is later).
+fn elapsed(now: Timestamp, since: Timestamp) -> Duration {
+    now.duration_since(since).try_into().unwrap_or(Duration::ZERO)
+}
+
+/// The Secrets read by the running workloads whose data changed since it was rolled
+/// out (`namespace/name` → digest of the new data), when the Runbook rolls on a
+/// change. A change already rolled out and refused is not offered again. Data put
+/// back to what runs after a refused change is offered (a change stopped at preflight
+/// left the app `Failed` with nothing applied; verifying what runs ends it, and
+/// clears the refusal).
+pub fn rotated_secrets(input: &Input<'_>) -> BTreeMap<String, String> {
+    if !input.rollout_on_secret_change {
+        return BTreeMap::new();
+    }
+    let status = input.status;
+    status
+        .secret_digests
+        .iter()
+        .filter_map(|(key, applied)| {
+            let now = input.secret_data.get(key)?;
+            let refused = status.rejected_secret_digests.get(key);
+            let changed = now != applied && refused != Some(now);
+            let refusal_undone = now == applied && refused.is_some_and(|refused| refused != now);
+            (changed || refusal_undone).then(|| (key.clone(), now.clone()))
+        })
+        .collect()
 }
 
 fn block_reason(kind: FailureKind) -> BlockReason {
@@ -466,7 +605,14 @@ fn decide_operation(input: &Input<'_>, operation: &Operation) -> Decision {
 
 fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcome) -> Decision {
     match outcome {
-        StepOutcome::Done(result) => Decision::Advance(result.clone()),
+        StepOutcome::Done(StepResult::JobFinished(job)) if !job.succeeded && !optional_backup(input, job) => {
+            let message = job
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("{} Job {} failed", job.kind.as_str(), job.job));
+            decide_refusal(input, operation, &Failure::new(FailureKind::JobFailed, message))
+        }
+        StepOutcome::Done(result) => Decision::Advance(result.clone(), next_after(input, operation, result)),
         StepOutcome::Verified(verification) => decide_verification(input, operation, verification),
         StepOutcome::Running(message) => Decision::AwaitJob {
             message: message.clone(),
@@ -489,6 +635,8 @@ fn decide_outcome(input: &Input<'_>, operation: &Operation, outcome: &StepOutcom
             }
         }
         StepOutcome::Refused(failure) => decide_refusal(input, operation, failure),
+        // Reported only at rest (see `decide`).
+        StepOutcome::Resynced(resynced) => Decision::DriftRepaired(resynced.clone()),
     }
 }
 
@@ -632,6 +780,43 @@ fn failure_response(
             quarantine: Some(revision.to_string()),
             gates,
         },
+    }
+}
+
+/// The step after `operation`'s current one, given what it learned (a Job that just
+/// finished counts as done), and the phase of that step.
+fn next_after(input: &Input<'_>, operation: &Operation, result: &StepResult) -> Next {
+    let step = match result {
+        StepResult::Rendered { .. } => Step::Snapshot,
+        StepResult::SnapshotStored { .. } => Step::Preflight,
+        StepResult::PreflightPassed => next_step(operation, &input.status.jobs, input.plan),
+        StepResult::JobFinished(job) => {
+            let mut jobs = vec![job.clone()];
+            jobs.extend(input.status.jobs.iter().cloned());
+            next_step(operation, &jobs, input.plan)
+        }
+        StepResult::Planned { .. } => Step::Apply,
+        StepResult::Applied(_) => Step::Verify,
+    };
+    Next {
+        step,
+        phase: record::phase_of(operation.kind, step),
+    }
+}
+
+/// A backup the Runbook does not require: its failure is a warning, and the deploy
+/// goes on without it (every other failed Job fails the revision).
+fn optional_backup(input: &Input<'_>, job: &crate::api::JobRecord) -> bool {
+    job.kind == JobKind::Backup && input.plan.backup_optional
+}
+
+/// How long every gate must keep passing before the operation is done. A rollback
+/// returns to a revision that already proved itself: once its rollout is complete and
+/// the gates pass again, it is done. A deploy waits the Runbook's `verifyWindow`.
+pub fn verify_window(kind: OperationKind, runbook_window: Duration) -> Duration {
+    match kind {
+        OperationKind::Rollback => Duration::ZERO,
+        OperationKind::Deploy => runbook_window,
     }
 }
 

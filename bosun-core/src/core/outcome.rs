@@ -22,6 +22,23 @@ pub enum StepOutcome {
     /// The step cannot succeed as things are: the revision, the spec, the Runbook or a
     /// permission is wrong.
     Refused(Failure),
+    /// The drift repair of an app at rest ([`super::Decision::Resync`]) applied the
+    /// running revision again.
+    Resynced(Resynced),
+}
+
+/// What a drift repair did: the running revision's snapshot applied again, with the
+/// Secret digests of its last rollout.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resynced {
+    /// What the app owns now: the revision's objects, plus any whose prune failed.
+    pub inventory: Vec<InventoryEntry>,
+    /// The objects that had drifted and were sent again.
+    pub sent: Vec<String>,
+    pub pruned: usize,
+    /// Objects that should have been pruned but could not be (retried at the next
+    /// resync; a warning, never a verdict on the revision).
+    pub prune_failures: Vec<String>,
 }
 
 /// What a finished step learned.

@@ -10,7 +10,11 @@
 //! - a revision's migration never runs again once it succeeded, and a running Job is
 //!   never abandoned for a newer commit;
 //! - a revision whose irreversible migration ran is never flipped back under `Hold`;
-//! - a failed rollout of a Secret change quarantines no revision.
+//! - a failed rollout of a Secret change quarantines no revision;
+//! - a failed Job goes on only as an optional backup;
+//! - drift is repaired only at rest on the healthy revision, once per interval; a
+//!   block is re-checked only when due; a rotation rolls out the data of now, never
+//!   data refused before.
 
 use proptest::prelude::*;
 
@@ -20,6 +24,8 @@ use super::*;
 use crate::api::{InventoryEntry, JobKind, MigrationRollbackPolicy, Verdict};
 
 const REVISIONS: [&str; 3] = [A, B, C];
+/// The Git interval.
+const INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// What happens between two passes.
 #[derive(Clone, Debug)]
@@ -31,7 +37,8 @@ struct World {
     automatic_rollback: bool,
     runbook_broken: bool,
     minutes_later: u8,
-    block_retry_due: bool,
+    /// A Secret or ConfigMap of the target namespace changed since the last pass.
+    config_change: bool,
     plan: StepPlan,
     /// A Secret the running workloads read changed (its new digest).
     secret_change: Option<u8>,
@@ -41,17 +48,21 @@ fn plan() -> impl Strategy<Value = StepPlan> {
     (
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
         prop_oneof![
             Just(MigrationRollbackPolicy::Keep),
             Just(MigrationRollbackPolicy::Downgrade),
             Just(MigrationRollbackPolicy::Hold),
         ],
     )
-        .prop_map(|(backup, migrate, migration_rollback)| StepPlan {
-            backup,
-            migrate,
-            migration_rollback,
-        })
+        .prop_map(
+            |(backup, backup_optional, migrate, migration_rollback)| StepPlan {
+                backup,
+                backup_optional,
+                migrate,
+                migration_rollback,
+            },
+        )
 }
 
 fn world() -> impl Strategy<Value = World> {
@@ -76,7 +87,7 @@ fn world() -> impl Strategy<Value = World> {
                 automatic_rollback,
                 runbook_broken,
                 minutes_later,
-                block_retry_due,
+                config_change,
                 plan,
                 secret_change,
             )| World {
@@ -87,7 +98,7 @@ fn world() -> impl Strategy<Value = World> {
                 automatic_rollback,
                 runbook_broken,
                 minutes_later,
-                block_retry_due,
+                config_change,
                 plan,
                 secret_change,
             },
@@ -150,8 +161,11 @@ fn outcome_of(step: Step, report: Report, status: &AppDeploymentStatus) -> StepO
             FailureKind::PreflightFailed,
             "Secret app/jwt is missing",
         )),
+        // A Job that failed is reported as it ended; whether the deploy goes on is core's.
         (_, Report::Refuse(_)) if job_step => {
-            StepOutcome::Refused(Failure::new(FailureKind::JobFailed, "migration Job failed"))
+            let mut record = job(status, step, false);
+            record.message = Some("Job failed: BackoffLimitExceeded".into());
+            StepOutcome::Done(StepResult::JobFinished(record))
         }
         (_, Report::Refuse(kind)) if step != Step::Verify => StepOutcome::Refused(Failure::new(
             [
@@ -194,6 +208,10 @@ struct Model {
     generation: i64,
     digest: &'static str,
     now: Timestamp,
+    block_checked_at: Option<Timestamp>,
+    config_changed_at: Option<Timestamp>,
+    last_resync: Option<Timestamp>,
+    secret_data: BTreeMap<String, String>,
 }
 
 impl Model {
@@ -203,6 +221,10 @@ impl Model {
             generation: 1,
             digest: DIGEST,
             now: t0(),
+            block_checked_at: None,
+            config_changed_at: None,
+            last_resync: None,
+            secret_data: BTreeMap::new(),
         }
     }
 
@@ -226,17 +248,17 @@ impl Model {
         let problem = world
             .runbook_broken
             .then(|| Failure::new(FailureKind::RunbookInvalid, "spec.gates[0]: no probe"));
-        // What the controller would observe: a Secret's data differs from what the
-        // running workloads were given, and that data was not refused before.
-        let rotated: BTreeMap<String, String> = world
+        if world.config_change {
+            self.config_changed_at = Some(self.now);
+        }
+        // What the Secret the running workloads read holds now, in a pass where it
+        // changed; otherwise it is not in the cache (gone, or not readable): no rotation.
+        self.secret_data = world
             .secret_change
-            .map(|digest| ("shop/jwt".to_string(), format!("digest-{digest}")))
-            .filter(|(name, digest)| {
-                self.status.secret_digests.get(name) != Some(digest)
-                    && self.status.rejected_secret_digests.get(name) != Some(digest)
-            })
-            .into_iter()
-            .collect();
+            .map(|digest| [("shop/jwt".to_string(), format!("digest-{digest}"))].into())
+            .unwrap_or_default();
+        // Taken once per pass, as the controller does.
+        let block_checked_at = self.block_checked_at;
         let mut decisions = Vec::new();
         let mut outcome: Option<StepOutcome> = None;
         let mut recheck: Option<Recheck> = None;
@@ -252,10 +274,14 @@ impl Model {
                 outcome: outcome.take(),
                 now: self.now,
                 step_deadline: Duration::from_secs(600),
-                block_retry_due: world.block_retry_due,
+                interval: INTERVAL,
+                block_checked_at,
+                config_changed_at: self.config_changed_at,
+                last_resync: self.last_resync,
                 recheck: recheck.take(),
                 plan: world.plan,
-                rotated: rotated.clone(),
+                rollout_on_secret_change: true,
+                secret_data: self.secret_data.clone(),
                 retry: None,
             };
             let reported = input.outcome.clone();
@@ -290,13 +316,29 @@ impl Model {
                             .as_ref()
                             .map(|op| op.rotation.clone())
                             .filter(|rotation| !rotation.is_empty())
-                            .or_else(|| {
-                                world
-                                    .secret_change
-                                    .map(|d| [("shop/jwt".to_string(), format!("digest-{d}"))].into())
-                            })
+                            .or_else(|| (!self.secret_data.is_empty()).then(|| self.secret_data.clone()))
                             .unwrap_or_else(|| self.status.secret_digests.clone());
                     }
+                }
+                Decision::RecheckBlock { .. } => {
+                    self.block_checked_at = Some(self.now);
+                    return decisions;
+                }
+                // Some drift repaired; one object could not be pruned.
+                Decision::Resync { .. } => {
+                    self.last_resync = Some(self.now);
+                    let mut inventory = self.status.inventory.clone();
+                    inventory.truncate(1);
+                    outcome = Some(StepOutcome::Resynced(Resynced {
+                        inventory,
+                        sent: vec!["ConfigMap shop/cm".into()],
+                        pruned: 0,
+                        prune_failures: vec!["ConfigMap shop/old: forbidden".into()],
+                    }));
+                }
+                Decision::MarkHealthy { .. } | Decision::FinishRollback => {
+                    self.last_resync = Some(self.now);
+                    return decisions;
                 }
                 ref d if d.continues() => {}
                 _ => return decisions,
@@ -364,6 +406,49 @@ impl Model {
                 "a re-check of {revision} without a block that may pass"
             );
         }
+        // A failed Job goes on only when it is a backup the Runbook does not require.
+        if let Some(StepOutcome::Done(StepResult::JobFinished(job))) = reported
+            && !job.succeeded
+        {
+            let goes_on = matches!(decision, Decision::Advance(..));
+            let optional = job.kind == JobKind::Backup && input.plan.backup_optional;
+            assert_eq!(goes_on, optional, "failed {:?} Job led to {decision:?}", job.kind);
+        }
+        // Drift is repaired only at rest, on the healthy revision, once per interval.
+        if let Decision::Resync { revision, snapshot } = decision {
+            assert!(
+                status.operation.is_none() && !input.suspended,
+                "{decision:?} while busy"
+            );
+            assert_eq!(Some(revision), status.last_healthy_revision.as_ref());
+            assert_eq!(Some(revision), status.current_revision.as_ref());
+            assert_eq!(Some(snapshot), status.current_snapshot.as_ref());
+            assert!(
+                input
+                    .last_resync
+                    .is_none_or(|last| input.now.duration_since(last).unsigned_abs() >= input.interval),
+                "a drift repair within the interval"
+            );
+        }
+        // A block is re-checked only when its time came (or a Secret changed for a
+        // preflight miss), never in the same pass twice as a new block.
+        if let Decision::RecheckBlock { .. } = decision {
+            let block = status.blocked.as_ref().expect("checked above");
+            assert!(block_check_due(input, block), "a re-check not due");
+        }
+        // A rotation rolls out exactly the data the Secrets hold now, and only when the
+        // Runbook asks for it.
+        if let Decision::StartRotation { secrets } = decision {
+            assert!(input.rollout_on_secret_change);
+            for (key, digest) in secrets {
+                assert_eq!(input.secret_data.get(key), Some(digest));
+                assert_ne!(
+                    status.rejected_secret_digests.get(key),
+                    Some(digest),
+                    "refused data again"
+                );
+            }
+        }
         // A transient error is never a verdict.
         if matches!(reported, Some(StepOutcome::Transient(_))) {
             assert!(
@@ -399,6 +484,13 @@ impl Model {
         {
             assert_eq!(Some(&operation.revision), after.last_healthy_revision.as_ref());
             assert_eq!(operation.snapshot, after.last_healthy_snapshot, "rollback source");
+        }
+        // The step and phase an Advance names are what the status says after it.
+        if let (Decision::Advance(result, next), Some(operation)) = (decision, &after.operation) {
+            assert_eq!(operation.step, next.step, "{decision:?}");
+            if !matches!(result, StepResult::Applied(_)) {
+                assert_eq!(after.phase, next.phase, "{decision:?}");
+            }
         }
         // History stays bounded; one open entry per revision at most.
         assert!(after.history.len() <= 10);
@@ -441,7 +533,7 @@ proptest! {
             automatic_rollback: true,
             runbook_broken: false,
             minutes_later: 1,
-            block_retry_due: false,
+            config_change: false,
             plan: StepPlan::default(),
             secret_change: None,
         };
@@ -450,7 +542,18 @@ proptest! {
             model.pass(&quiet, &mut succeed);
         }
         prop_assert!(model.status.operation.is_none(), "still in an operation: {:#?}", model.status);
-        let last = model.pass(&quiet, &mut succeed);
+        // Decided again at once (no time for a drift repair to fall due): nothing more.
+        let again = World { minutes_later: 0, ..quiet };
+        let last = model.pass(&again, &mut succeed);
         prop_assert_eq!(last, vec![Decision::Wait]);
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_rollback_never_waits_a_verify_window(seconds in 0..100_000u64) {
+        let window = Duration::from_secs(seconds);
+        prop_assert_eq!(verify_window(OperationKind::Rollback, window), Duration::ZERO);
+        prop_assert_eq!(verify_window(OperationKind::Deploy, window), window);
     }
 }

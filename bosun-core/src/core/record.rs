@@ -9,7 +9,7 @@ use k8s_openapi::jiff::{RoundMode, Timestamp, TimestampRound, Unit};
 
 use std::collections::BTreeMap;
 
-use super::{Decision, StepPlan, StepResult};
+use super::{Decision, Next, Resynced, SourceRead, StepPlan, StepResult};
 use crate::api::{
     AppDeploymentStatus, BlockReason, BlockedRevision, GateVerdict, HistoryEntry, InterruptedVerification,
     InventoryEntry, JobKind, JobRecord, Operation, OperationKind, Phase, Quarantine, Step, condition,
@@ -80,18 +80,56 @@ pub fn rfc3339(time: Timestamp) -> String {
     time.round(whole_seconds).unwrap_or(time).to_string()
 }
 
+/// Writes what reading the source found: `status.desiredRevision` and the
+/// `SourceReady` condition. A failure is announced when it is new (or its message
+/// changed).
+pub fn source_read(
+    status: &mut AppDeploymentStatus,
+    read: &SourceRead,
+    ctx: &RecordInput<'_>,
+) -> Option<Notice> {
+    match read {
+        SourceRead::Resolved {
+            revision, reference, ..
+        } => {
+            let message = format!("{reference} at {}", short_revision(revision));
+            set_condition_now(status, condition::SOURCE_READY, true, "Fetched", &message, ctx);
+            status.desired_revision = Some(revision.clone());
+            None
+        }
+        SourceRead::Failed { reason, message } => {
+            let changed = set_condition(
+                &mut status.conditions,
+                condition::SOURCE_READY,
+                false,
+                reason,
+                message,
+                ctx.generation,
+                &Time(ctx.now),
+            );
+            changed.then(|| Notice::warning(reason, format!("Git source: {message}")))
+        }
+        SourceRead::NotRead => None,
+    }
+}
+
 /// Writes `decision` into `status`; returns the Events that announce it.
 pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &RecordInput<'_>) -> Vec<Notice> {
     status.observed_generation = ctx.generation;
     let mut notices = Vec::new();
     match decision {
-        Decision::Wait | Decision::Run(_) | Decision::RecheckBlock { .. } | Decision::AwaitJob { .. } => {}
+        Decision::Wait
+        | Decision::Run(_)
+        | Decision::RecheckBlock { .. }
+        | Decision::AwaitJob { .. }
+        | Decision::Resync { .. } => {}
+        Decision::DriftRepaired(resynced) => drift_repaired(status, resynced, ctx, &mut notices),
         Decision::StartDeploy { revision } => start_deploy(status, revision, ctx, &mut notices),
         Decision::StartRotation { secrets } => start_rotation(status, secrets, ctx, &mut notices),
         Decision::RejectRotation { message, gates } => {
             reject_rotation(status, message, gates, ctx, &mut notices)
         }
-        Decision::Advance(result) => advance(status, result, ctx, &mut notices),
+        Decision::Advance(result, next) => advance(status, result, *next, ctx, &mut notices),
         Decision::KeepVerifying { gates } => {
             if let Some(operation) = &status.operation
                 && operation.kind == OperationKind::Deploy
@@ -254,6 +292,45 @@ pub fn record(status: &mut AppDeploymentStatus, decision: &Decision, ctx: &Recor
     notices
 }
 
+/// What a drift repair found: what the app owns now, and whether a prune failed (the
+/// `Pruned` condition, present only while it is false). Drift that was corrected is
+/// announced; a repair that found nothing is not.
+fn drift_repaired(
+    status: &mut AppDeploymentStatus,
+    resynced: &Resynced,
+    ctx: &RecordInput<'_>,
+    notices: &mut Vec<Notice>,
+) {
+    if !resynced.sent.is_empty() || resynced.pruned > 0 {
+        let note = format!(
+            "revision {}: corrected drift: {} re-applied{}, {} pruned",
+            status
+                .current_revision
+                .as_deref()
+                .map(short_revision)
+                .unwrap_or_default(),
+            resynced.sent.len(),
+            if resynced.sent.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", resynced.sent.join(", "))
+            },
+            resynced.pruned
+        );
+        notices.push(Notice::normal("DriftCorrected", note));
+    }
+    status.inventory = resynced.inventory.clone();
+    if resynced.prune_failures.is_empty() {
+        remove_condition(&mut status.conditions, condition::PRUNED);
+    } else {
+        let message = format!(
+            "could not prune (retried): {}",
+            resynced.prune_failures.join("; ")
+        );
+        set_condition_now(status, condition::PRUNED, false, "PruneFailed", &message, ctx);
+    }
+}
+
 fn start_deploy(
     status: &mut AppDeploymentStatus,
     revision: &str,
@@ -335,9 +412,12 @@ fn start_deploy(
     notices.push(Notice::normal("Applying", message));
 }
 
+/// Writes what the step learned and moves the operation to `next` (decided by
+/// [`super::decide`]), announcing a change of phase.
 fn advance(
     status: &mut AppDeploymentStatus,
     result: &StepResult,
+    next: Next,
     ctx: &RecordInput<'_>,
     notices: &mut Vec<Notice>,
 ) {
@@ -346,17 +426,14 @@ fn advance(
     let Some(operation) = status.operation.as_mut() else {
         return;
     };
-    let next = match result {
+    match result {
         StepResult::Rendered { render_digest, .. } => {
             operation.render_digest = Some(render_digest.clone());
-            Step::Snapshot
         }
         StepResult::SnapshotStored { name } => {
             operation.snapshot = Some(name.clone());
-            Step::Preflight
         }
         StepResult::PreflightPassed => {
-            let next = next_step(operation, &status.jobs, ctx.plan);
             let message = format!(
                 "revision {}: the env contract and every Secret reference hold",
                 short_revision(&operation.revision)
@@ -369,14 +446,10 @@ fn advance(
                 &message,
                 ctx,
             );
-            next
         }
         StepResult::JobFinished(job) => {
             let job = job.clone();
             record_job(status, job.clone(), ctx);
-            let next = status.operation.as_ref().map_or(Step::Inventory, |operation| {
-                next_step(operation, &status.jobs, ctx.plan)
-            });
             let revision = short_revision(&job.revision);
             match (job.kind, job.succeeded) {
                 (JobKind::Migrate, true) => {
@@ -399,7 +472,9 @@ fn advance(
                     "Downgraded",
                     format!("revision {revision}: downgrade Job {} succeeded", job.job),
                 )),
-                (_, false) => notices.push(Notice::warning(
+                // Only an optional backup's failure goes on (see `core::decide`).
+                (JobKind::Migrate | JobKind::Downgrade, false) => {}
+                (JobKind::Backup, false) => notices.push(Notice::warning(
                     "BackupFailed",
                     format!(
                         "revision {revision}: backup Job {} failed; going on (spec.backup.required is false): {}",
@@ -408,13 +483,11 @@ fn advance(
                     ),
                 )),
             }
-            next
         }
         StepResult::Planned { inventory } => {
             // Written ahead: whatever the apply creates is owned even if it stops half-way.
             let owned = union(&status.inventory, inventory);
             status.inventory = owned;
-            Step::Apply
         }
         StepResult::Applied(applied) => {
             // When the apply step began: every object it created (and every pod the
@@ -466,45 +539,40 @@ fn advance(
                 OperationKind::Deploy => {
                     update_history(status, &revision, Phase::Verifying, Some(&message), false, ctx);
                     set_condition_now(status, condition::GATES_PASSED, false, "Verifying", &message, ctx);
-                    set_phase(status, Phase::Verifying, &message, ctx);
+                    set_phase(status, next.phase, &message, ctx);
                     notices.push(Notice::normal("Verifying", message));
                 }
                 OperationKind::Rollback => {
                     let message = format!("last healthy {message}");
-                    set_phase(status, Phase::RollingBack, &message, ctx);
+                    set_phase(status, next.phase, &message, ctx);
                     notices.push(Notice::warning("RollbackApplied", message));
                 }
             }
-            Step::Verify
         }
-    };
+    }
     if let Some(operation) = status.operation.as_mut() {
-        operation.step = next;
+        operation.step = next.step;
         operation.step_started_at = now;
         operation.attempt = 0;
         operation.last_error = None;
     }
     remove_retrying(status, ctx);
+    // The phase follows the step (applied: already written, with what was applied).
     if let Some(operation) = status.operation.as_ref()
-        && let Some((phase, what)) = match (operation.kind, next) {
-            (OperationKind::Deploy, Step::Backup) => Some((Phase::BackingUp, "backing up")),
-            (OperationKind::Deploy, Step::Migrate) => Some((Phase::Migrating, "migrating")),
-            (OperationKind::Rollback, Step::Downgrade) => {
-                Some((Phase::RollingBack, "downgrading the schema"))
-            }
-            (OperationKind::Deploy, Step::Inventory)
-                if matches!(status.phase, Phase::BackingUp | Phase::Migrating) =>
-            {
-                Some((Phase::Applying, "applying"))
-            }
-            _ => None,
-        }
+        && !matches!(result, StepResult::Applied(_))
+        && status.phase != next.phase
     {
+        let what = match next.phase {
+            Phase::BackingUp => "backing up",
+            Phase::Migrating => "migrating",
+            Phase::RollingBack => "rolling back",
+            _ => "applying",
+        };
         let message = format!("{what} for revision {}", short_revision(&operation.revision));
         if operation.kind == OperationKind::Deploy {
-            update_history(status, &operation.revision.clone(), phase, None, false, ctx);
+            update_history(status, &operation.revision.clone(), next.phase, None, false, ctx);
         }
-        set_phase(status, phase, &message, ctx);
+        set_phase(status, next.phase, &message, ctx);
     }
 }
 
@@ -941,7 +1009,12 @@ fn runs_desired(status: &AppDeploymentStatus, ctx: &RecordInput<'_>) -> bool {
 
 /// The phase that says what an operation at its current step is doing.
 pub fn phase_of_step(operation: &Operation) -> Phase {
-    match (operation.kind, operation.step) {
+    phase_of(operation.kind, operation.step)
+}
+
+/// The phase that says what an operation of `kind` at `step` is doing.
+pub fn phase_of(kind: OperationKind, step: Step) -> Phase {
+    match (kind, step) {
         (OperationKind::Rollback, _) => Phase::RollingBack,
         (OperationKind::Deploy, Step::Verify) => Phase::Verifying,
         (OperationKind::Deploy, Step::Backup) => Phase::BackingUp,

@@ -12,6 +12,8 @@ pub(super) const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 pub(super) const C: &str = "cccccccccccccccccccccccccccccccccccccccc";
 pub(super) const DIGEST: &str = "d1";
 const DEADLINE: Duration = Duration::from_secs(600);
+/// The Git interval.
+const INTERVAL: Duration = Duration::from_secs(60);
 
 pub(super) fn t0() -> Timestamp {
     "2026-01-01T00:00:00Z".parse().unwrap()
@@ -59,12 +61,18 @@ struct World {
     automatic_rollback: bool,
     problem: Option<Failure>,
     now: Timestamp,
-    block_retry_due: bool,
+    /// When the controller last checked the block again (what a pass that re-checks
+    /// remembers for the next).
+    block_checked_at: std::cell::Cell<Option<Timestamp>>,
+    config_changed_at: Option<Timestamp>,
+    /// When drift was last repaired (or a revision verified): a pass updates it.
+    last_resync: std::cell::Cell<Option<Timestamp>>,
     spec_digest: &'static str,
     /// What a re-check of a blocked revision finds.
     recheck: Recheck,
     plan: StepPlan,
-    rotated: BTreeMap<String, String>,
+    /// What the Secrets the running workloads read hold now.
+    secrets: BTreeMap<String, String>,
     retry: Option<RetryRequest>,
 }
 
@@ -77,11 +85,13 @@ impl World {
             automatic_rollback: true,
             problem: None,
             now: t0(),
-            block_retry_due: false,
+            block_checked_at: Default::default(),
+            config_changed_at: None,
+            last_resync: std::cell::Cell::new(Some(t0())),
             spec_digest: DIGEST,
             recheck: Recheck::Clear,
             plan: StepPlan::default(),
-            rotated: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             retry: None,
         }
     }
@@ -97,6 +107,15 @@ impl World {
         recheck: Option<Recheck>,
     ) -> Decision {
         decide(&Input {
+            outcome,
+            recheck,
+            ..self.input(status)
+        })
+    }
+
+    /// What the controller gathers for a decision, nothing reported yet.
+    fn input<'a>(&'a self, status: &'a AppDeploymentStatus) -> Input<'a> {
+        Input {
             status,
             generation: Some(self.generation),
             suspended: self.suspended,
@@ -104,15 +123,19 @@ impl World {
             desired: self.desired.clone(),
             spec_digest: self.spec_digest,
             problem: self.problem.clone(),
-            outcome,
+            outcome: None,
             now: self.now,
             step_deadline: DEADLINE,
-            block_retry_due: self.block_retry_due,
-            recheck,
+            interval: INTERVAL,
+            block_checked_at: self.block_checked_at.get(),
+            config_changed_at: self.config_changed_at,
+            last_resync: self.last_resync.get(),
+            recheck: None,
             plan: self.plan,
-            rotated: self.rotated.clone(),
+            rollout_on_secret_change: true,
+            secret_data: self.secrets.clone(),
             retry: self.retry.clone(),
-        })
+        }
     }
 
     fn record(&self, status: &mut AppDeploymentStatus, decision: &Decision) -> Vec<Notice> {
@@ -156,14 +179,36 @@ impl World {
         let mut decisions = Vec::new();
         let mut outcome = None;
         let mut recheck = None;
+        let mut checked = None;
         for _ in 0..40 {
             let decision = self.step_with(status, outcome.take(), recheck.take());
             decisions.push(decision.clone());
             match decision {
                 Decision::Run(step) => outcome = Some(run(status, step)),
-                Decision::RecheckBlock { .. } => recheck = Some(self.recheck.clone()),
+                Decision::RecheckBlock { .. } => {
+                    recheck = Some(self.recheck.clone());
+                    checked = Some(self.now);
+                }
+                // Nothing drifted.
+                Decision::Resync { .. } => {
+                    self.last_resync.set(Some(self.now));
+                    outcome = Some(StepOutcome::Resynced(Resynced {
+                        inventory: status.inventory.clone(),
+                        ..Default::default()
+                    }));
+                }
                 ref d if d.continues() => {}
-                _ => return decisions,
+                ref end => {
+                    // As the controller does: a verified revision's resync is an
+                    // interval away, and the time of a check counts from the next pass.
+                    if matches!(end, Decision::MarkHealthy { .. } | Decision::FinishRollback) {
+                        self.last_resync.set(Some(self.now));
+                    }
+                    if checked.is_some() {
+                        self.block_checked_at.set(checked);
+                    }
+                    return decisions;
+                }
             }
         }
         panic!("a pass did not end: {decisions:?}");
@@ -356,7 +401,7 @@ fn each_step_is_persisted_before_the_next_runs() {
     });
     assert!(matches!(
         world.step(&mut status, Some(done)),
-        Decision::Advance(_)
+        Decision::Advance(..)
     ));
     let operation = status.operation.as_ref().unwrap();
     assert_eq!(operation.step, Step::Snapshot);
@@ -590,7 +635,7 @@ fn a_step_past_its_deadline_gives_up_without_quarantine() {
     // Not retried in a loop; checked again once the interval has passed, without
     // writing anything, and deployed when the check finds nothing in the way.
     assert_eq!(world.decide(&status, None), Decision::Wait);
-    world.block_retry_due = true;
+    world.now = at(601 + 60);
     assert_eq!(
         world.decide(&status, None),
         Decision::RecheckBlock { revision: B.into() }
@@ -607,7 +652,7 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     let mut status = healthy_on(A);
     world.pass(&mut status, refusing_at(Step::Inventory, FailureKind::Forbidden));
     let blocked = status.clone();
-    world.block_retry_due = true;
+    world.now = at(60);
     // The same refusal: nothing changes, not even the time of the block.
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::Forbidden,
@@ -620,10 +665,12 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     );
     assert_eq!(status, blocked);
     // A check that cannot be made now changes nothing either.
+    world.now = at(120);
     world.recheck = Recheck::Transient("connection refused".into());
     world.pass(&mut status, succeeding(Verdict::Passed));
     assert_eq!(status, blocked);
     // Another reason is recorded (and announced once).
+    world.now = at(180);
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::OwnershipConflict,
         "ConfigMap shop/a (deploy/a.yaml:1) belongs to AppDeployment shop/other",
@@ -632,6 +679,7 @@ fn a_block_that_still_holds_costs_no_write_and_a_new_reason_is_recorded() {
     let block = status.blocked.as_ref().unwrap();
     assert_eq!(block.reason, BlockReason::OwnershipConflict);
     // Cleared: deployed.
+    world.now = at(240);
     world.recheck = Recheck::Clear;
     world.pass(&mut status, succeeding(Verdict::Passed));
     assert_eq!(status.last_healthy_revision.as_deref(), Some(B));
@@ -849,7 +897,7 @@ fn a_retry_request_lifts_the_quarantine_once_and_a_repeat_failure_stands() {
     assert_eq!(status.phase, Phase::RolledBack);
     assert!(is_quarantined(&status, B));
     // A request made before the quarantine was recorded does not lift it.
-    world.now = at(60);
+    world.now = at(50);
     world.retry = Some(RetryRequest {
         revision: B.into(),
         requested_at: t0() - k8s_openapi::jiff::SignedDuration::from_secs(10),
@@ -1019,7 +1067,7 @@ fn suspend_is_honoured_between_any_two_steps_and_resume_continues() {
     world.suspended = true;
     assert!(matches!(
         world.step(&mut status, Some(rendered)),
-        Decision::Advance(_)
+        Decision::Advance(..)
     ));
     // ...but the next one does not start.
     assert_eq!(world.step(&mut status, None), Decision::Suspend);
@@ -1245,6 +1293,7 @@ fn condition_status<'a>(status: &'a AppDeploymentStatus, type_: &str) -> Option<
 fn with_jobs(policy: MigrationRollbackPolicy) -> StepPlan {
     StepPlan {
         backup: true,
+        backup_optional: false,
         migrate: true,
         migration_rollback: policy,
     }
@@ -1368,6 +1417,7 @@ fn a_failed_migration_leaves_the_workloads_alone_fails_and_holds_the_revision_ou
 fn an_optional_backup_that_fails_is_a_warning_and_the_revision_goes_on() {
     let mut world = World::on(git(A));
     world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    world.plan.backup_optional = true;
     let mut status = AppDeploymentStatus::default();
     let mut notices = Vec::new();
     let decisions = world.pass(&mut status, |status, step| match step {
@@ -1507,7 +1557,8 @@ fn a_preflight_miss_blocks_before_any_job_or_write_and_a_recheck_clears_it() {
     );
     assert!(!is_quarantined(&status, B));
     // The Secret is created: the re-check finds nothing in the way and B deploys.
-    world.block_retry_due = true;
+    world.now = at(5);
+    world.config_changed_at = Some(at(4));
     let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
     assert!(decisions.contains(&Decision::StartDeploy { revision: B.into() }));
     assert_eq!(status.phase, Phase::Healthy);
@@ -1524,7 +1575,8 @@ fn a_secret_change_rolls_the_running_revision_through_preflight_and_the_gates() 
     world.plan = with_jobs(MigrationRollbackPolicy::Keep);
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
-    world.rotated = rotation("new");
+    status.secret_digests = rotation("old");
+    world.secrets = rotation("new");
     let decisions = world.pass(&mut status, |status, step| match step {
         Step::Apply => StepOutcome::Done(StepResult::Applied(Applied {
             inventory: vec![entry("a")],
@@ -1556,7 +1608,7 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("old");
-    world.rotated = rotation("new");
+    world.secrets = rotation("new");
     let mut notices = Vec::new();
     let decisions = world.pass(&mut status, succeeding(Verdict::Failed));
     let mut replay = healthy_on(A);
@@ -1579,8 +1631,7 @@ fn a_secret_change_that_fails_the_gates_fails_the_app_quarantines_nothing_and_is
         .find(|n| n.reason == "RotationFailed")
         .expect("a warning");
     assert!(warning.note.contains("app/jwt"), "{}", warning.note);
-    // The controller no longer reports the refused data as changed: nothing more happens.
-    world.rotated = BTreeMap::new();
+    // The refused data stays in the Secret: it is not rolled out again.
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
@@ -1613,12 +1664,12 @@ fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("first");
     // "second" fails the gates: refused.
-    world.rotated = rotation("second");
+    world.secrets = rotation("second");
     world.pass(&mut status, rolling_out("second", Ok(()), Verdict::Failed));
     assert_eq!(status.phase, Phase::Failed);
     assert_eq!(status.rejected_secret_digests, rotation("second"));
     // "third" passes: what runs is verified, the refusal of "second" is history.
-    world.rotated = rotation("third");
+    world.secrets = rotation("third");
     world.pass(&mut status, rolling_out("third", Ok(()), Verdict::Passed));
     assert_eq!(status.phase, Phase::Healthy);
     assert_eq!(status.secret_digests, rotation("third"));
@@ -1628,7 +1679,7 @@ fn a_refused_secret_change_no_longer_stands_once_other_data_is_verified() {
         status.rejected_secret_digests
     );
     // "second" comes back: rolled out like any change.
-    world.rotated = rotation("second");
+    world.secrets = rotation("second");
     assert_eq!(
         world.decide(&status, None),
         Decision::StartRotation {
@@ -1643,7 +1694,7 @@ fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
     let mut status = healthy_on(A);
     status.current_snapshot = Some("app-aaaa".into());
     status.secret_digests = rotation("first");
-    world.rotated = rotation("default");
+    world.secrets = rotation("default");
     let decisions = world.pass(
         &mut status,
         rolling_out(
@@ -1661,11 +1712,10 @@ fn a_secret_change_refused_at_preflight_ends_when_the_data_is_put_back() {
     );
     assert_eq!(status.rejected_secret_digests, rotation("default"));
     // Nothing changes while the refused data stays.
-    world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
     // The data is put back: the controller lists it (it is what runs, and a refusal of
     // other data is recorded); its rollout is verified and the app is Healthy again.
-    world.rotated = rotation("first");
+    world.secrets = rotation("first");
     let decisions = world.pass(&mut status, rolling_out("first", Ok(()), Verdict::Passed));
     assert!(decisions.contains(&Decision::StartRotation {
         secrets: rotation("first")
@@ -1693,8 +1743,9 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_r
     assert_eq!(status.phase, Phase::Blocked);
     // A Secret A reads changes; the Secret change makes the block due for a re-check,
     // which still refuses B: A rolls out the new data meanwhile.
-    world.rotated = rotation("new");
-    world.block_retry_due = true;
+    world.secrets = rotation("new");
+    world.now = at(5);
+    world.config_changed_at = Some(at(4));
     world.recheck = Recheck::Refused(Failure::new(
         FailureKind::PreflightFailed,
         status.blocked.as_ref().unwrap().message.clone(),
@@ -1716,9 +1767,7 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_blocked_r
         "B is still what Git asks for, and blocked"
     );
     assert_eq!(status.blocked.as_ref().map(|b| b.revision.as_str()), Some(B));
-    // Nothing more: the data rolled out is recorded.
-    world.rotated = BTreeMap::new();
-    world.block_retry_due = false;
+    // Nothing more: the data rolled out is recorded, and the block was just checked.
     assert_eq!(world.decide(&status, None), Decision::Wait);
 }
 
@@ -1731,7 +1780,9 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
     world.pass(&mut status, judging(&[B], &[]));
     assert_eq!(status.phase, Phase::RolledBack);
     assert!(is_quarantined(&status, B));
-    world.rotated = rotation("new");
+    // What the rollback wrote into A's pod templates (the stub's apply reports none).
+    status.secret_digests = rotation("old");
+    world.secrets = rotation("new");
     let decisions = world.pass(&mut status, rolling_out("new", Ok(()), Verdict::Passed));
     assert_eq!(
         decisions[0],
@@ -1748,7 +1799,7 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
         "Git still points at the quarantined B"
     );
     // A rotation that fails while held there: Failed, no rollback, B still out.
-    world.rotated = rotation("newer");
+    world.secrets = rotation("newer");
     let decisions = world.pass(&mut status, rolling_out("newer", Ok(()), Verdict::Failed));
     assert!(
         decisions
@@ -1761,6 +1812,323 @@ fn the_running_revision_rolls_on_a_secret_change_while_git_points_at_a_quarantin
             .any(|d| matches!(d, Decision::RollBack { .. } | Decision::StartDeploy { .. }))
     );
     assert_eq!(status.phase, Phase::Failed);
-    world.rotated = BTreeMap::new();
     assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_block_is_due_one_interval_after_it_was_recorded_whatever_the_rounding() {
+    let interval = Duration::from_secs(5);
+    let blocked: Timestamp = "2026-01-01T00:00:10.6Z".parse().unwrap();
+    // Recorded as 00:00:10 (truncated, as metav1.Time is); the pass requeued 5 s later runs at 15.6 s.
+    let at = record::rfc3339(blocked);
+    assert_eq!(at, "2026-01-01T00:00:10Z");
+    let requeued = blocked + k8s_openapi::jiff::SignedDuration::from_millis(5_010);
+    assert!(interval_passed_since(requeued, &at, interval));
+    // Well before the interval: not yet.
+    let early = blocked + k8s_openapi::jiff::SignedDuration::from_millis(3_000);
+    assert!(!interval_passed_since(early, &at, interval));
+}
+
+/// A block of B recorded at t0 for `reason`, A running healthy.
+fn blocked_on_b(reason: BlockReason) -> AppDeploymentStatus {
+    let mut status = healthy_on(A);
+    status.blocked = Some(crate::api::BlockedRevision {
+        revision: B.into(),
+        reason,
+        message: "refused".into(),
+        generation: Some(1),
+        at: record::rfc3339(t0()),
+        retry: true,
+    });
+    status.phase = Phase::Blocked;
+    status
+}
+
+#[test]
+fn a_block_is_checked_again_an_interval_after_it_was_recorded_and_after_the_last_check() {
+    let mut world = World::on(git(B));
+    let status = blocked_on_b(BlockReason::Forbidden);
+    let recheck = Decision::RecheckBlock { revision: B.into() };
+    // (A second of slack: status times are truncated to the second.)
+    world.now = at(58);
+    assert_eq!(world.decide(&status, None), Decision::Wait, "within the interval");
+    world.now = at(60);
+    assert_eq!(world.decide(&status, None), recheck);
+    // Checked 30 s ago: the next check is 30 s away.
+    world.block_checked_at.set(Some(at(30)));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.now = at(90);
+    assert_eq!(world.decide(&status, None), recheck);
+    // A change of a Secret or ConfigMap does not hurry a block that no Secret can lift.
+    world.now = at(70);
+    world.config_changed_at = Some(at(65));
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+}
+
+#[test]
+fn a_preflight_block_is_checked_again_as_soon_as_a_secret_or_configmap_changed_since_the_last_check() {
+    let mut world = World::on(git(B));
+    let status = blocked_on_b(BlockReason::PreflightFailed);
+    let recheck = Decision::RecheckBlock { revision: B.into() };
+    world.now = at(10);
+    assert_eq!(world.decide(&status, None), Decision::Wait, "nothing changed");
+    world.config_changed_at = Some(at(5));
+    assert_eq!(world.decide(&status, None), recheck, "never checked since");
+    world.block_checked_at.set(Some(at(8)));
+    assert_eq!(
+        world.decide(&status, None),
+        Decision::Wait,
+        "checked after the change"
+    );
+    world.config_changed_at = Some(at(9));
+    assert_eq!(world.decide(&status, None), recheck, "changed after the check");
+}
+
+#[test]
+fn which_secret_changes_count_as_a_rotation() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    status.secret_digests = rotation("old");
+    let rotate = |digest: &str| Decision::StartRotation {
+        secrets: rotation(digest),
+    };
+    // The data that runs: nothing to roll.
+    world.secrets = rotation("old");
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // A Secret that is gone is preflight's business, not a rotation.
+    world.secrets = BTreeMap::new();
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    // New data rolls out, unless the Runbook says not to.
+    world.secrets = rotation("new");
+    assert_eq!(world.decide(&status, None), rotate("new"));
+    let input = Input {
+        rollout_on_secret_change: false,
+        ..world.input(&status)
+    };
+    assert_eq!(decide(&input), Decision::Wait);
+    // Data refused before is not offered again; data put back after a refusal is, so
+    // that verifying what runs ends the failure the refusal left.
+    status.rejected_secret_digests = rotation("new");
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.secrets = rotation("old");
+    assert_eq!(world.decide(&status, None), rotate("old"));
+    // Only the running healthy revision rolls.
+    status.last_healthy_revision = Some(C.into());
+    world.secrets = rotation("newer");
+    assert_ne!(world.decide(&status, None), rotate("newer"));
+}
+
+#[test]
+fn drift_is_repaired_once_per_interval_and_only_on_a_healthy_revision_at_rest() {
+    let mut world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.current_snapshot = Some("app-aaaa".into());
+    let resync = Decision::Resync {
+        revision: A.into(),
+        snapshot: "app-aaaa".into(),
+    };
+    // Verified at t0: an interval later, not before.
+    world.now = at(59);
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.now = at(60);
+    assert_eq!(world.decide(&status, None), resync);
+    // Never since the controller took the app over: at once.
+    world.now = at(1);
+    world.last_resync.set(None);
+    assert_eq!(world.decide(&status, None), resync);
+    // Suspended: left as it is.
+    world.suspended = true;
+    status.phase = Phase::Suspended;
+    assert_eq!(world.decide(&status, None), Decision::Wait);
+    world.suspended = false;
+    status.phase = Phase::Healthy;
+    // A failed revision is not reasserted.
+    let mut failed = status.clone();
+    failed.last_healthy_revision = Some(C.into());
+    failed.phase = Phase::Failed;
+    assert!(!matches!(world.decide(&failed, None), Decision::Resync { .. }));
+    // No snapshot to apply: nothing.
+    let mut bare = status.clone();
+    bare.current_snapshot = None;
+    assert_eq!(world.decide(&bare, None), Decision::Wait);
+    // An operation in progress is never interrupted by a drift repair.
+    let mut deploying = status.clone();
+    world.desired = git(B);
+    world.step(&mut deploying, None);
+    assert!(deploying.operation.is_some());
+    assert!(!matches!(world.decide(&deploying, None), Decision::Resync { .. }));
+}
+
+#[test]
+fn a_drift_repair_is_recorded_by_record_with_its_inventory_its_prune_failures_and_an_event() {
+    let world = World::on(git(A));
+    let mut status = healthy_on(A);
+    status.inventory = vec![entry("a"), entry("old")];
+    let repaired = Resynced {
+        inventory: vec![entry("a"), entry("old")],
+        sent: vec!["ConfigMap shop/a".into()],
+        pruned: 0,
+        prune_failures: vec!["ConfigMap shop/old: forbidden".into()],
+    };
+    let decision = world.decide(&status, Some(StepOutcome::Resynced(repaired.clone())));
+    assert_eq!(decision, Decision::DriftRepaired(repaired));
+    assert!(decision.continues());
+    let notices = world.record(&mut status, &decision);
+    assert_eq!(
+        condition_status(&status, crate::api::condition::PRUNED),
+        Some("False")
+    );
+    assert_eq!(notices.len(), 1);
+    assert_eq!(notices[0].reason, "DriftCorrected");
+    assert!(
+        notices[0]
+            .note
+            .contains("1 re-applied (ConfigMap shop/a), 0 pruned"),
+        "{}",
+        notices[0].note
+    );
+    // The next repair prunes it: the inventory shrinks, the condition goes, nothing
+    // drifted is announced only when something was corrected.
+    let pruned = Resynced {
+        inventory: vec![entry("a")],
+        pruned: 1,
+        ..Default::default()
+    };
+    let notices = world.record(&mut status, &Decision::DriftRepaired(pruned));
+    assert_eq!(status.inventory, vec![entry("a")]);
+    assert_eq!(condition_status(&status, crate::api::condition::PRUNED), None);
+    assert_eq!(notices.len(), 1);
+    let quiet = world.record(
+        &mut status,
+        &Decision::DriftRepaired(Resynced {
+            inventory: vec![entry("a")],
+            ..Default::default()
+        }),
+    );
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert_eq!(status.phase, Phase::Healthy, "a drift repair is no phase change");
+}
+
+#[test]
+fn a_required_backup_that_fails_fails_the_revision_and_quarantines_it() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, |status, step| match step {
+        Step::Backup => {
+            let mut record = job(status, step, false);
+            record.message = Some("backup Job shop/app-backup failed: BackoffLimitExceeded".into());
+            StepOutcome::Done(StepResult::JobFinished(record))
+        }
+        other => succeeding(Verdict::Passed)(status, other),
+    });
+    assert!(
+        matches!(decisions.last(), Some(Decision::Fail { message, quarantine: Some(q), .. })
+            if q == B && message.contains("BackoffLimitExceeded")),
+        "{decisions:?}"
+    );
+    assert!(!steps_run(&decisions).contains(&Step::Migrate));
+    assert!(
+        status.jobs.is_empty(),
+        "a failed required Job is not recorded as done"
+    );
+}
+
+#[test]
+fn a_rollback_verifies_without_a_window_and_a_deploy_waits_the_runbooks() {
+    let window = Duration::from_secs(300);
+    assert_eq!(verify_window(OperationKind::Rollback, window), Duration::ZERO);
+    assert_eq!(verify_window(OperationKind::Deploy, window), window);
+}
+
+#[test]
+fn record_writes_what_reading_the_source_found_and_announces_a_failure_once() {
+    let world = World::on(git(A));
+    let mut status = AppDeploymentStatus::default();
+    let ctx = RecordInput {
+        now: world.now,
+        generation: Some(1),
+        history_limit: 10,
+        spec_digest: DIGEST,
+        desired: Some(A),
+        plan: StepPlan::default(),
+    };
+    let resolved = SourceRead::Resolved {
+        revision: A.into(),
+        pinned: false,
+        reference: "branch main".into(),
+    };
+    assert_eq!(resolved.desired(), git(A));
+    assert_eq!(record::source_read(&mut status, &resolved, &ctx), None);
+    assert_eq!(status.desired_revision.as_deref(), Some(A));
+    assert_eq!(
+        condition_status(&status, crate::api::condition::SOURCE_READY),
+        Some("True")
+    );
+    let failed = SourceRead::Failed {
+        reason: "FetchFailed",
+        message: "connection refused".into(),
+    };
+    assert_eq!(failed.desired(), DesiredRevision::Unavailable);
+    let notice = record::source_read(&mut status, &failed, &ctx).expect("announced");
+    assert_eq!((notice.reason, notice.warning), ("FetchFailed", true));
+    assert_eq!(notice.note, "Git source: connection refused");
+    assert_eq!(
+        condition_status(&status, crate::api::condition::SOURCE_READY),
+        Some("False")
+    );
+    assert_eq!(
+        status.desired_revision.as_deref(),
+        Some(A),
+        "the last tip known stays"
+    );
+    assert_eq!(record::source_read(&mut status, &failed, &ctx), None, "not news");
+    let before = status.clone();
+    assert_eq!(record::source_read(&mut status, &SourceRead::NotRead, &ctx), None);
+    assert_eq!(status, before);
+}
+
+#[test]
+fn advance_names_the_next_step_and_its_phase_and_record_only_writes_them() {
+    let mut world = World::on(git(B));
+    world.plan = with_jobs(MigrationRollbackPolicy::Keep);
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, succeeding(Verdict::Passed));
+    let nexts: Vec<(Step, Phase)> = decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Advance(_, next) => Some((next.step, next.phase)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        nexts,
+        [
+            (Step::Snapshot, Phase::Applying),
+            (Step::Preflight, Phase::Applying),
+            (Step::Backup, Phase::BackingUp),
+            (Step::Migrate, Phase::Migrating),
+            (Step::Inventory, Phase::Applying),
+            (Step::Apply, Phase::Applying),
+            (Step::Verify, Phase::Verifying),
+        ]
+    );
+    // A rollback's steps all say RollingBack.
+    let world = World::on(git(C));
+    let mut status = healthy_on(A);
+    let decisions = world.pass(&mut status, judging(&[C], &[]));
+    let rollback_nexts: Vec<Next> = decisions
+        .iter()
+        .skip_while(|d| !matches!(d, Decision::RollBack { .. }))
+        .filter_map(|d| match d {
+            Decision::Advance(_, next) => Some(*next),
+            _ => None,
+        })
+        .collect();
+    assert!(!rollback_nexts.is_empty());
+    assert!(
+        rollback_nexts.iter().all(|next| next.phase == Phase::RollingBack),
+        "{rollback_nexts:?}"
+    );
 }

@@ -106,7 +106,8 @@ struct Story {
     automatic_rollback: bool,
     problem: Option<Failure>,
     suspended: bool,
-    block_retry_due: bool,
+    /// The Git interval: a block is checked again once it has passed.
+    interval: Duration,
     /// What a re-check of a blocked revision finds.
     recheck: Recheck,
     /// Every save: the status before and after it.
@@ -125,7 +126,7 @@ impl Story {
             automatic_rollback: true,
             problem: None,
             suspended: false,
-            block_retry_due: false,
+            interval: Duration::from_secs(3600),
             recheck: Recheck::Clear,
             saves: Vec::new(),
         }
@@ -165,10 +166,15 @@ impl Story {
                 outcome: outcome.take(),
                 now: self.now,
                 step_deadline: DEADLINE,
-                block_retry_due: self.block_retry_due,
+                interval: self.interval,
+                block_checked_at: None,
+                config_changed_at: None,
+                // Drift was just repaired: these stories are about revisions.
+                last_resync: Some(self.now),
                 recheck: recheck.take(),
                 plan: Default::default(),
-                rotated: Default::default(),
+                rollout_on_secret_change: false,
+                secret_data: Default::default(),
                 retry: None,
             };
             let decision = core::decide(&input);
@@ -401,8 +407,8 @@ fn a_refused_revision_is_told_blocked_with_its_reason_once() {
             .is_empty()
     );
 
-    // Checked again: still refused, in other words: not news.
-    story.block_retry_due = true;
+    // Checked again (every pass, with no interval): still refused, in other words: not news.
+    story.interval = Duration::ZERO;
     story.recheck = Recheck::Refused(Failure::new(
         FailureKind::Forbidden,
         "system:serviceaccount:shop:deployer cannot patch deployments.apps in namespace shop",
