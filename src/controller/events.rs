@@ -127,15 +127,7 @@ impl EventRecorder {
 /// `note` cut to [`MAX_NOTE_BYTES`] bytes on a character boundary, ending in `…` when
 /// cut.
 fn note_within_limit(note: &str) -> String {
-    if note.len() <= MAX_NOTE_BYTES {
-        return note.to_string();
-    }
-    let ellipsis = "…";
-    let mut end = MAX_NOTE_BYTES - ellipsis.len();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{ellipsis}", &note[..end])
+    crate::api::cut_to_bytes(note, MAX_NOTE_BYTES)
 }
 
 /// `<app>.<time in hex>`, or, when that would pass [`MAX_NAME_BYTES`], the app's name

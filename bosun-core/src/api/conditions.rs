@@ -19,18 +19,22 @@ pub mod condition {
 /// rewritten whole on every change. The full text is in the controller's log.
 pub const MESSAGE_BUDGET_BYTES: usize = 1024;
 
-/// `message` cut to [`MESSAGE_BUDGET_BYTES`] on a character boundary, ending in `…` when
-/// cut.
+/// `message` cut to [`MESSAGE_BUDGET_BYTES`] (see [`cut_to_bytes`]).
 pub fn within_budget(message: &str) -> String {
-    if message.len() <= MESSAGE_BUDGET_BYTES {
-        return message.to_string();
+    cut_to_bytes(message, MESSAGE_BUDGET_BYTES)
+}
+
+/// `text` cut to at most `limit` bytes on a character boundary, ending in `…` when cut.
+pub fn cut_to_bytes(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
     }
     let ellipsis = "…";
-    let mut end = MESSAGE_BUDGET_BYTES - ellipsis.len();
-    while !message.is_char_boundary(end) {
+    let mut end = limit.saturating_sub(ellipsis.len());
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}{ellipsis}", &message[..end])
+    format!("{}{ellipsis}", &text[..end])
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when the status does not change.
