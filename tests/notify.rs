@@ -213,7 +213,6 @@ impl Story {
                     history_limit: 10,
                     spec_digest: "d1",
                     desired: Some(desired),
-                    plan: Default::default(),
                 },
             );
             if before != self.status {

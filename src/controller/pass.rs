@@ -276,7 +276,6 @@ impl Pass<'_> {
                 history_limit,
                 spec_digest: &spec_digest,
                 desired: desired.revision(),
-                plan,
             },
         );
         if let (SourceRead::Failed { reason, message }, Some(_)) = (&source_read, &source_notice) {
@@ -343,7 +342,6 @@ impl Pass<'_> {
                 history_limit,
                 spec_digest: &spec_digest,
                 desired: desired.revision(),
-                plan,
             };
             notices.extend(record::record(&mut self.status, &decision, &record_input));
             if let Decision::Block { message, .. } = &decision {

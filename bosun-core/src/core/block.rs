@@ -450,7 +450,6 @@ mod tests {
                     history_limit: HISTORY_LIMIT,
                     spec_digest: DIGEST,
                     desired: Some(B),
-                    plan: StepPlan::default(),
                 };
                 notices.extend(record::record(status, &decision, &context));
                 match decision {

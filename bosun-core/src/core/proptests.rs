@@ -297,7 +297,6 @@ impl Model {
                     history_limit: 10,
                     spec_digest: self.digest,
                     desired: desired.revision(),
-                    plan: world.plan,
                 },
             );
             self.check_recorded(&before, &decision);

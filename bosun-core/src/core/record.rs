@@ -34,8 +34,6 @@ pub struct RecordInput<'a> {
     pub spec_digest: &'a str,
     /// The Git tip (or pin) when known: `Ready` is true only when it is what runs.
     pub desired: Option<&'a str>,
-    /// Which optional steps the Runbook asks for.
-    pub plan: StepPlan,
 }
 
 impl RecordInput<'_> {

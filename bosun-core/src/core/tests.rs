@@ -148,7 +148,6 @@ impl World {
                 history_limit: 10,
                 spec_digest: self.spec_digest,
                 desired: self.desired.revision(),
-                plan: self.plan,
             },
         )
     }
@@ -2052,7 +2051,6 @@ fn record_writes_what_reading_the_source_found_and_announces_a_failure_once() {
         history_limit: 10,
         spec_digest: DIGEST,
         desired: Some(A),
-        plan: StepPlan::default(),
     };
     let resolved = SourceRead::Resolved {
         revision: A.into(),

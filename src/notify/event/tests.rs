@@ -188,7 +188,6 @@ impl Story {
                     history_limit: 10,
                     spec_digest: "d1",
                     desired: Some(desired),
-                    plan: Default::default(),
                 },
             );
             if self.status != before {
