@@ -22,6 +22,9 @@ pub struct SecretHeaders {
     by_request: BTreeMap<String, BTreeMap<String, HeaderMap>>,
 }
 
+/// The longest header value taken from a Secret (servers commonly refuse 8 KiB headers).
+const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+
 /// Shared by every request that reads no Secret.
 static NONE: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
@@ -141,6 +144,17 @@ fn header_value(
     })?;
     // A Secret written with `echo` ends in a line break no header may carry.
     let held = held.strip_suffix(b"\n").unwrap_or(held);
+    // A Secret may hold 1 MiB; no server takes a header that long, and each probe
+    // would send it.
+    if held.len() > MAX_HEADER_VALUE_BYTES {
+        return Err(format!(
+            "the value of key {} of Secret {namespace}/{} is {} bytes, over the {MAX_HEADER_VALUE_BYTES} \
+             bytes a header value may have",
+            reference.key,
+            reference.name,
+            held.len()
+        ));
+    }
     let mut bytes = from.prefix.clone().unwrap_or_default().into_bytes();
     bytes.extend_from_slice(held);
     let mut value = HeaderValue::from_bytes(&bytes).map_err(|_| {
@@ -178,6 +192,7 @@ mod tests {
                 ("token".to_string(), b"canary-token\n".to_vec()),
                 ("key".to_string(), b"canary-key".to_vec()),
                 ("broken".to_string(), b"a\r\nInjected: yes".to_vec()),
+                ("huge".to_string(), vec![b'x'; MAX_HEADER_VALUE_BYTES + 1]),
             ])
         })
     }
@@ -202,7 +217,8 @@ mod tests {
         let missing_key = GATES.replace("key: key", "key: nope");
         let missing_secret = GATES.replace("name: api, key: token", "name: gone, key: token");
         let broken = GATES.replace("key: key", "key: broken");
-        let problems: Vec<String> = [missing_key, missing_secret, broken]
+        let huge = GATES.replace("key: key", "key: huge");
+        let problems: Vec<String> = [missing_key, missing_secret, broken, huge]
             .iter()
             .map(|yaml| SecretHeaders::read(&gates(yaml), "mine", api_secret).expect_err("unreadable"))
             .collect();
@@ -213,6 +229,8 @@ mod tests {
                 "gate api: spec.gates[0].http.headersFrom[\"Authorization\"]: Secret mine/gone does not exist",
                 "gate flow: spec.gates[1].smoke.steps[0].headersFrom[\"X-Api-Key\"]: the value of key broken of \
                  Secret mine/api is not a valid header value (a line break or another control character)",
+                "gate flow: spec.gates[1].smoke.steps[0].headersFrom[\"X-Api-Key\"]: the value of key huge of \
+                 Secret mine/api is 8193 bytes, over the 8192 bytes a header value may have",
             ]
         );
         assert!(!problems.concat().contains("Injected"));

@@ -39,9 +39,15 @@ pub fn same_block(block: &BlockedRevision, reason: BlockReason, message: &str) -
     block.reason == reason && block.message == block_message(message)
 }
 
+/// How much of a refusal is normalised: the status keeps 1 KiB of it, a Go value dump
+/// of a pod template is about 3 KiB, and brace matching is quadratic in the worst case
+/// (a tenant's manifest quoted back as `{{{{…`), so the rest is not looked at.
+const NORMALISED_BYTES: usize = 8 * 1024;
+
 /// `message` without what changes between two refusals of the same thing.
 pub fn normalise(message: &str) -> String {
-    let elided = elide_dumps(message);
+    let message = crate::api::cut_to_bytes(message, NORMALISED_BYTES);
+    let elided = elide_dumps(&message);
     let addresses = mask_addresses(&elided);
     let lines = sort_indented_lines(&addresses);
     sort_bracket_lists(&lines)
@@ -196,6 +202,14 @@ fn next_char_boundary(text: &str, index: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_message_is_normalised_only_as_far_as_the_status_needs() {
+        let hostile = "{".repeat(1024 * 1024);
+        let normalised = normalise(&hostile);
+        assert!(normalised.len() <= NORMALISED_BYTES, "{}", normalised.len());
+        assert!(block_message(&hostile).len() <= crate::api::MESSAGE_BUDGET_BYTES);
+    }
 
     /// The shape of 1.20's refusal of a Job template edit (shortened), with the
     /// addresses of one request.
